@@ -1,0 +1,49 @@
+# overcommit-sim: every target builds .venv from the project's own files on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC ?= experiments/quickstart.yaml
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+
+.PHONY: venv run test unit lint bench proto clean lock
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/overcommit run $(SPEC) --report
+
+test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check services bench tests scripts
+	$(BIN)/lint-imports
+	@if command -v npx >/dev/null 2>&1 && npx --yes @bufbuild/buf --version >/dev/null 2>&1; then \
+		npx --yes @bufbuild/buf lint protos; else echo "buf not available: proto style kept by review"; fi
+
+bench: $(STAMP)
+	$(BIN)/python bench/guest_allocator.py --json
+	$(BIN)/python bench/host_pool.py --json
+	@if [ -f bench/grpc_sync.py ]; then $(BIN)/python bench/grpc_sync.py --json; fi
+	@if [ -f bench/end_to_end.py ]; then $(BIN)/python bench/end_to_end.py --json; fi
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable > constraints.txt
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""overcommit-sim services: guest and host core models, transport, orchestration."""

@@ -1,0 +1,1 @@
+"""Guest side: the pure core model (``core``), its gRPC transport and its Ray actor."""
