@@ -1,0 +1,1 @@
+"""Generated wire protocol of overcommit-sim (see protos/)."""

@@ -1,0 +1,1 @@
+"""Generated code for protos/overcommit/v1; run `make proto` to refresh."""
