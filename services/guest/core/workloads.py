@@ -1,0 +1,294 @@
+"""Guest workloads: generators of allocate / free / touch operations in simulated time.
+
+A workload runs inside one guest. The orchestration layer calls
+:meth:`Workload.run` once per slice of simulated time with the time the guest
+may spend working in it: host costs (faults, zero-fill, swap-in) that the guest
+paid in the previous epoch are subtracted, so a guest that refaults makes less
+progress. Progress is counted in page operations (pages allocated, freed or
+touched), the unit of "workload operations completed" in results.
+
+All amounts are integers; fractional progress is carried as an integer
+remainder, so results do not depend on how time is sliced into epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
+
+NS_PER_S = 1_000_000_000
+DEFAULT_GROW_BYTES_PER_S = 2 << 30  # first-touch anonymous faults ~2 GiB/s per thread (figures.md Q2: 1-2 us per 4 KiB)
+DEFAULT_FREE_BYTES_PER_S = 16 << 30  # munmap of populated memory: much faster than faulting it in
+DEFAULT_TOUCH_BYTES_PER_S = 4 << 30  # re-touching mapped memory, one store per page
+
+GROW, FREE, IDLE, TOUCH = "grow", "free", "idle", "touch"
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    action: str
+    duration_ns: int
+    target: float | None = None  # held memory at the end, as a fraction of guest memory
+    rate_bytes_per_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in (GROW, FREE, IDLE, TOUCH):
+            raise ValueError(f"phase.action must be grow, free, idle or touch, got {self.action!r}")
+        if self.duration_ns <= 0:
+            raise ValueError(f"phase.duration_ns must be > 0, got {self.duration_ns}")
+        if self.action in (GROW, FREE) and (self.target is None or not 0 <= self.target <= 1):
+            raise ValueError(f"phase.target must be in [0, 1] for {self.action}, got {self.target}")
+        if self.rate_bytes_per_s is not None and self.rate_bytes_per_s <= 0:
+            raise ValueError(f"phase.rate_bytes_per_s must be > 0, got {self.rate_bytes_per_s}")
+
+    @property
+    def rate(self) -> int:
+        if self.rate_bytes_per_s is not None:
+            return self.rate_bytes_per_s
+        return {GROW: DEFAULT_GROW_BYTES_PER_S, FREE: DEFAULT_FREE_BYTES_PER_S}.get(
+            self.action, DEFAULT_TOUCH_BYTES_PER_S
+        )
+
+
+@dataclass(frozen=True)
+class MemhogConfig:
+    phases: tuple[PhaseConfig, ...]
+    repeat: bool = False
+    thp: bool = False  # order-9 allocations, like an MADV_HUGEPAGE region
+    start_delay_ns: int = 0
+    migratetype: int = MIGRATE_MOVABLE
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise ValueError("memhog.phases must not be empty")
+        if self.start_delay_ns < 0:
+            raise ValueError(f"memhog.start_delay_ns must be >= 0, got {self.start_delay_ns}")
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    initial_fill: float = 0.0  # allocate, touch and free this fraction at start (boot noise)
+
+
+@dataclass
+class WorkStats:
+    """Page operations completed by a workload (cumulative)."""
+
+    pages_allocated: int = 0
+    pages_freed: int = 0
+    pages_touched: int = 0
+    alloc_failures: int = 0
+
+    @property
+    def ops(self) -> int:
+        return self.pages_allocated + self.pages_freed + self.pages_touched
+
+
+def pfns_to_runs(pfns: np.ndarray, npages_each: int) -> tuple[np.ndarray, np.ndarray]:
+    """Compress blocks of ``npages_each`` pages at ``pfns`` into sorted (start, npages) runs."""
+    if len(pfns) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    p = np.sort(np.asarray(pfns, dtype=np.int64))
+    breaks = np.nonzero(np.diff(p) != npages_each)[0] + 1
+    starts = p[np.concatenate(([0], breaks))]
+    counts = np.diff(np.concatenate(([0], breaks, [len(p)])))
+    return starts, counts.astype(np.int64) * npages_each
+
+
+class HeldBlocks:
+    """The blocks a workload holds: a growable int64 array (no Python object per page)."""
+
+    def __init__(self) -> None:
+        self.pfns = np.zeros(1024, np.int64)
+        self.count = 0
+
+    def add(self, pfns: np.ndarray) -> None:
+        need = self.count + len(pfns)
+        if need > len(self.pfns):
+            grown = np.zeros(max(need, 2 * len(self.pfns)), np.int64)
+            grown[: self.count] = self.pfns[: self.count]
+            self.pfns = grown
+        self.pfns[self.count : need] = pfns
+        self.count = need
+
+    def take_random(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Remove ``n`` blocks chosen uniformly at random (munmap scatters physically)."""
+        n = min(n, self.count)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        idx = rng.choice(self.count, size=n, replace=False)
+        taken = self.pfns[idx].copy()
+        keep = np.ones(self.count, bool)
+        keep[idx] = False
+        rest = self.pfns[: self.count][keep]
+        self.count = len(rest)
+        self.pfns[: self.count] = rest
+        return taken
+
+    def slice_cyclic(self, start: int, n: int) -> np.ndarray:
+        if self.count == 0 or n <= 0:
+            return np.zeros(0, np.int64)
+        idx = (start + np.arange(min(n, self.count))) % self.count
+        return self.pfns[idx]
+
+
+class Memhog:
+    """memhog-style phases: grow to a target, free to a target, idle, re-touch."""
+
+    def __init__(self, config: MemhogConfig, nr_pages: int, rng: np.random.Generator):
+        self.config = config
+        self.nr_pages = nr_pages
+        self.rng = rng
+        self.order = 9 if config.thp else 0
+        self.block_pages = 1 << self.order
+        self.held = HeldBlocks()
+        self.stats = WorkStats()
+        self._credit = 0  # bytes*ns of progress not yet turned into whole blocks
+        self._touch_cursor = 0
+        self._phase_index = 0
+        self._phase_start_ns = config.start_delay_ns
+        self.finished = False
+
+    # -- time ---------------------------------------------------------------
+    def _phase(self) -> PhaseConfig:
+        return self.config.phases[self._phase_index]
+
+    def _phase_end_ns(self) -> int:
+        return self._phase_start_ns + self._phase().duration_ns
+
+    def _enter_next_phase(self) -> None:
+        self._phase_start_ns = self._phase_end_ns()
+        self._credit = 0
+        self._phase_index += 1
+        if self._phase_index == len(self.config.phases):
+            if self.config.repeat:
+                self._phase_index = 0
+            else:
+                self.finished = True
+
+    def next_event_ns(self, now_ns: int) -> int | None:
+        """The earliest time this workload will do something (None: never again)."""
+        if self.finished:
+            return None
+        if now_ns < self._phase_start_ns:
+            return self._phase_start_ns
+        if self._phase().action == IDLE or self._phase_done():
+            return self._phase_end_ns()
+        return now_ns
+
+    def _phase_done(self) -> bool:
+        ph = self._phase()
+        if ph.action == GROW:
+            return self.held.count * self.block_pages >= self._target_pages(ph)
+        if ph.action == FREE:
+            return self.held.count * self.block_pages <= self._target_pages(ph)
+        return ph.action == IDLE
+
+    def _target_pages(self, ph: PhaseConfig) -> int:
+        return int(ph.target * self.nr_pages) // self.block_pages * self.block_pages
+
+    # -- work ---------------------------------------------------------------
+    def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
+        """Work in [t0, t1) for at most ``work_ns`` of the guest's time (costs removed)."""
+        t = t0_ns
+        while not self.finished and t < t1_ns:
+            if t < self._phase_start_ns:
+                t = min(self._phase_start_ns, t1_ns)
+                continue
+            end = min(self._phase_end_ns(), t1_ns)
+            share = (end - t) * work_ns // max(1, t1_ns - t0_ns)
+            self._work(guest, share)
+            t = end
+            if t == self._phase_end_ns():
+                self._enter_next_phase()
+
+    def _blocks_for(self, ph: PhaseConfig, work_ns: int) -> int:
+        self._credit += ph.rate * work_ns
+        unit = NS_PER_S * (self.block_pages << PAGE_SHIFT)
+        n, self._credit = divmod(self._credit, unit)
+        return int(n)
+
+    def _work(self, guest, work_ns: int) -> None:
+        ph = self._phase()
+        if ph.action == IDLE or work_ns <= 0:
+            return
+        n = self._blocks_for(ph, work_ns)
+        if ph.action == GROW:
+            want = self._target_pages(ph) // self.block_pages - self.held.count
+            self._grow(guest, min(n, max(0, want)))
+        elif ph.action == FREE:
+            excess = self.held.count - self._target_pages(ph) // self.block_pages
+            self._free(guest, min(n, max(0, excess)))
+        elif ph.action == TOUCH:
+            self._retouch(guest, n)
+
+    def _grow(self, guest, n: int) -> None:
+        if n <= 0:
+            return
+        pfns = guest.alloc(self.order, self.config.migratetype, n)
+        if len(pfns) < n:
+            self.stats.alloc_failures += n - len(pfns)
+        if len(pfns):
+            self.held.add(pfns)
+            guest.touch(*pfns_to_runs(pfns, self.block_pages))
+            self.stats.pages_allocated += len(pfns) * self.block_pages
+            self.stats.pages_touched += len(pfns) * self.block_pages
+
+    def _free(self, guest, n: int) -> None:
+        pfns = self.held.take_random(n, self.rng)
+        if len(pfns):
+            guest.free(pfns, self.order)
+            self.stats.pages_freed += len(pfns) * self.block_pages
+
+    def _retouch(self, guest, n: int) -> None:
+        pfns = self.held.slice_cyclic(self._touch_cursor, n)
+        if len(pfns):
+            self._touch_cursor = (self._touch_cursor + len(pfns)) % max(1, self.held.count)
+            guest.touch(*pfns_to_runs(pfns, self.block_pages))
+            self.stats.pages_touched += len(pfns) * self.block_pages
+
+
+class Idle:
+    """An idle guest: optional boot noise, then nothing (reporting still runs)."""
+
+    def __init__(self, config: IdleConfig, nr_pages: int, rng: np.random.Generator):
+        self.config = config
+        self.nr_pages = nr_pages
+        self.rng = rng
+        self.stats = WorkStats()
+        self.finished = config.initial_fill == 0
+        self.held = HeldBlocks()
+
+    def next_event_ns(self, now_ns: int) -> int | None:
+        return None if self.finished else now_ns
+
+    def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
+        if self.finished:
+            return
+        n = int(self.config.initial_fill * self.nr_pages)
+        pfns = guest.alloc(0, MIGRATE_MOVABLE, n)
+        guest.touch(*pfns_to_runs(pfns, 1))
+        self.rng.shuffle(pfns)
+        guest.free(pfns, 0)
+        self.stats.pages_allocated += len(pfns)
+        self.stats.pages_touched += len(pfns)
+        self.stats.pages_freed += len(pfns)
+        self.finished = True
+
+
+def make_workload(config, nr_pages: int, rng: np.random.Generator):
+    """Build the runner for a workload config (a discriminated union of dataclasses)."""
+    if isinstance(config, MemhogConfig):
+        return Memhog(config, nr_pages, rng)
+    if isinstance(config, IdleConfig):
+        return Idle(config, nr_pages, rng)
+    raise ValueError(f"workload: unknown config type {type(config).__name__}")
+
+
+__all__ = [
+    "IdleConfig", "MemhogConfig", "PhaseConfig", "WorkStats", "Memhog", "Idle",
+    "make_workload", "pfns_to_runs",
+]

@@ -1,0 +1,130 @@
+"""The ``overcommit`` command: run, sweep, validate, report, serve.
+
+Errors are one clear line (exit status 2 for a bad spec, 1 otherwise) unless
+``--debug`` is given, which shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .spec import SpecError, load_spec
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a spec field, e.g. --set guest_groups.0.reporting.order=10")
+    p.add_argument("--out", default="runs", help="results root (default: runs/)")
+    p.add_argument("--shards", type=int, default=None, help="guest shard actors (default: available CPUs)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an embedded local cluster)")
+    p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc",
+                   help="guest-host path: real gRPC between Ray actors, or in-process without Ray")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="overcommit", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="run one experiment (and its paired baselines)")
+    p.add_argument("spec")
+    _add_common(p)
+    p.add_argument("--report", action="store_true", help="also write report.html and plots")
+
+    p = sub.add_parser("sweep", help="run a spec's sweep grid x seeds into one results.parquet")
+    p.add_argument("spec")
+    _add_common(p)
+
+    p = sub.add_parser("validate", help="check a spec; print every error with its field path")
+    p.add_argument("spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+
+    p = sub.add_parser("report", help="write report.html and PNG plots for a run directory")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("serve", help="serve ExperimentService for gRPC clients")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--bind", default="127.0.0.1", help="address to bind (anything else needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--token", default=None, help="bearer token clients must present")
+    p.add_argument("--out", default="runs")
+    return ap
+
+
+def cmd_validate(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    from .placement import place
+
+    hosts, guests = place(spec)
+    print(f"{args.spec}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .coordinator import print_summary, run_experiment
+
+    spec = load_spec(args.spec, args.overrides)
+    result = run_experiment(spec, out_dir=args.out, shards=args.shards, address=args.address,
+                            transport=args.transport, progress=not args.no_progress)
+    print_summary(result)
+    print(f"results: {result.run_dir}")
+    if args.report:
+        from .report import write_report
+
+        print(f"report:  {write_report(result.run_dir)}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    spec = load_spec(args.spec, args.overrides)
+    path = run_sweep(spec, out_dir=args.out, shards=args.shards, address=args.address,
+                     transport=args.transport, progress=not args.no_progress)
+    print(f"sweep results: {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    if not os.path.exists(os.path.join(args.run_dir, "summary.json")):
+        raise FileNotFoundError(f"run_dir: no summary.json in {args.run_dir}")
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(port=args.port, bind=args.bind, allow_remote=args.allow_remote, token=args.token, out_dir=args.out)
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "report": cmd_report, "serve": cmd_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except SpecError as e:
+        if args.debug:
+            raise
+        for path, msg in e.errors:
+            print(f"error: {path}: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line, unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

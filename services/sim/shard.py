@@ -1,0 +1,255 @@
+"""A guest shard: many guests advanced together in lockstep epochs.
+
+This is a plain state class (no Ray, no gRPC). The Ray actor in
+``services/sim/actors.py`` is a thin shell over it, and the in-process runner
+uses it directly. In one epoch every guest runs its workload and its reporting
+worker up to the epoch's end; everything it did that a host must see (report
+batches, touched and freed page runs) is recorded in op-sequence order, one
+:class:`GuestEpochOps` per guest, and handed to the host the guest lives on.
+The host's answer (swapped-out runs, simulated time lost to costs) is applied
+before the next epoch: lost time is subtracted from the guest's working time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.guest.core.config import GuestConfig
+from services.guest.core.constants import RNG_KIND_WORKLOAD
+from services.guest.core.guest import Guest
+from services.guest.core.reporting import ReportOutcome
+from services.guest.core.workloads import IdleConfig, MemhogConfig, make_workload, pfns_to_runs
+
+LOST_KINDS = ("fault", "zero", "swapin", "decompress")
+
+
+@dataclass(frozen=True)
+class GuestInit:
+    """Everything needed to build one guest inside a shard."""
+
+    guest_id: int
+    group: str
+    host_id: int
+    config: GuestConfig
+    workload: MemhogConfig | IdleConfig
+    discard_mode: str = "dontneed"
+
+
+@dataclass
+class GuestEpochOps:
+    """What one guest did in one epoch that its host must apply, in op-sequence order."""
+
+    guest_id: int
+    report_seq: list[int] = field(default_factory=list)
+    report_pfns: list[np.ndarray] = field(default_factory=list)
+    report_orders: list[np.ndarray] = field(default_factory=list)
+    touch_seq: list[int] = field(default_factory=list)
+    touch_start: list[np.ndarray] = field(default_factory=list)
+    touch_npages: list[np.ndarray] = field(default_factory=list)
+    free_seq: list[int] = field(default_factory=list)
+    free_start: list[np.ndarray] = field(default_factory=list)
+    free_npages: list[np.ndarray] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.report_seq or self.touch_seq or self.free_seq)
+
+
+@dataclass
+class GuestEpochResult:
+    """The host's answer for one guest."""
+
+    guest_id: int
+    report_errors: int = 0
+    swapped_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    swapped_npages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lost_ns: dict[str, int] = field(default_factory=dict)
+
+
+class HostLink:
+    """The guest's PageReporter port plus its op log for the host (one per guest).
+
+    Reports are acknowledged at once, as virtio-balloon does once the buffer is
+    queued (§6.4, §4.7): the host applies the batch at the epoch's sync and can
+    only refuse input that the guest model cannot produce (its acks are checked
+    and counted as ``report_errors``).
+    """
+
+    def __init__(self, guest_id: int, report_latency_ns: int):
+        self.guest_id = guest_id
+        self.report_latency_ns = report_latency_ns
+        self._seq = 0
+        self.ops = GuestEpochOps(guest_id)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
+        self.ops.report_seq.append(self._next_seq())
+        self.ops.report_pfns.append(np.array(pfns, dtype=np.int64))
+        self.ops.report_orders.append(np.array(orders, dtype=np.int64))
+        return ReportOutcome(error=0, latency_ns=self.report_latency_ns)
+
+    def record_touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
+        if len(starts):
+            self.ops.touch_seq.append(self._next_seq())
+            self.ops.touch_start.append(np.asarray(starts, np.int64))
+            self.ops.touch_npages.append(np.asarray(npages, np.int64))
+
+    def record_free(self, starts: np.ndarray, npages: np.ndarray) -> None:
+        if len(starts):
+            self.ops.free_seq.append(self._next_seq())
+            self.ops.free_start.append(np.asarray(starts, np.int64))
+            self.ops.free_npages.append(np.asarray(npages, np.int64))
+
+    def take(self) -> GuestEpochOps:
+        ops, self.ops = self.ops, GuestEpochOps(self.guest_id)
+        return ops
+
+
+class _GuestDriver:
+    """What a workload sees: the guest's alloc/free/touch, with host-visible ops logged."""
+
+    def __init__(self, guest: Guest, link: HostLink):
+        self.guest = guest
+        self.link = link
+
+    def alloc(self, order: int, mt: int, count: int) -> np.ndarray:
+        return self.guest.alloc(order, mt, count)
+
+    def free(self, pfns: np.ndarray, order: int) -> None:
+        self.guest.free(pfns, order)
+        self.link.record_free(*pfns_to_runs(pfns, 1 << order))
+
+    def touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
+        self.guest.touch(starts, npages)
+        self.link.record_touch(starts, npages)
+
+
+@dataclass
+class _Slot:
+    init: GuestInit
+    guest: Guest
+    link: HostLink
+    driver: _GuestDriver
+    workload: object
+    stall_ns: int = 0
+    lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
+    report_errors: int = 0
+
+
+class GuestShard:
+    """Many guests advanced together; one op log per guest per epoch."""
+
+    def __init__(self, shard_id: int, guests: list[GuestInit], seed: int, report_latency_ns: int = 0,
+                 fast: bool = True):
+        self.shard_id = shard_id
+        self.seed = seed
+        self.now_ns = 0
+        self.slots: dict[int, _Slot] = {}
+        for init in sorted(guests, key=lambda g: g.guest_id):
+            link = HostLink(init.guest_id, report_latency_ns)
+            guest = Guest(init.guest_id, init.config, seed, link, fast=fast)
+            rng = np.random.default_rng(np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id]))
+            workload = make_workload(init.workload, init.config.nr_pages, rng)
+            self.slots[init.guest_id] = _Slot(init, guest, link, _GuestDriver(guest, link), workload)
+
+    # -- placement --------------------------------------------------------------
+    def host_ids(self) -> list[int]:
+        return sorted({s.init.host_id for s in self.slots.values()})
+
+    def guests_on(self, host_id: int) -> list[GuestInit]:
+        return [s.init for s in self.slots.values() if s.init.host_id == host_id]
+
+    # -- time -------------------------------------------------------------------
+    def next_event_ns(self) -> int | None:
+        """The earliest simulated time at which any guest of this shard does something."""
+        events = []
+        for s in self.slots.values():
+            if s.stall_ns:
+                events.append(self.now_ns)
+            w = s.workload.next_event_ns(self.now_ns)
+            g = s.guest.next_event_ns()
+            events += [e for e in (w, g) if e is not None]
+        return min(events) if events else None
+
+    def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
+        """Advance every guest through [t0, t1); return each host's op logs, by host id."""
+        out: dict[int, list[GuestEpochOps]] = defaultdict(list)
+        for gid, s in self.slots.items():
+            self._run_guest(s, t0_ns, t1_ns)
+            out[s.init.host_id].append(s.link.take())
+        self.now_ns = t1_ns
+        return dict(out)
+
+    def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
+        span = t1_ns - t0_ns
+        stall = min(s.stall_ns, span)
+        s.stall_ns -= stall
+        work_ns = span - stall
+        t = t0_ns
+        while t < t1_ns:
+            nxt = s.guest.next_event_ns()
+            seg_end = t1_ns if nxt is None or nxt >= t1_ns else max(nxt, t + 1)
+            seg_work = (seg_end - t) * work_ns // span
+            s.workload.run(s.driver, t, seg_end, seg_work)
+            s.guest.advance_to(seg_end - 1)
+            t = seg_end
+
+    def skip_to(self, t_ns: int) -> None:
+        """Jump over a stretch in which no guest has anything to do."""
+        for s in self.slots.values():
+            s.stall_ns = max(0, s.stall_ns - (t_ns - self.now_ns))
+            s.guest.advance_to(t_ns - 1)
+        self.now_ns = t_ns
+
+    def apply_results(self, results: list[GuestEpochResult]) -> None:
+        for r in results:
+            s = self.slots[r.guest_id]
+            s.report_errors += r.report_errors
+            lost = 0
+            for kind, ns in r.lost_ns.items():
+                s.lost_ns[kind] = s.lost_ns.get(kind, 0) + int(ns)
+                lost += int(ns)
+            s.stall_ns += lost
+            if len(r.swapped_start):
+                s.guest.backing.swapped_out(r.swapped_start, r.swapped_npages)
+
+    # -- observation -----------------------------------------------------------
+    def sample(self) -> dict[str, dict[str, float]]:
+        """Per guest group sums of what the results and metrics need."""
+        groups: dict[str, dict[str, float]] = {}
+        for s in self.slots.values():
+            g = groups.setdefault(s.init.group, defaultdict(float))
+            st = s.guest.state()
+            g["guests"] += 1
+            g["memory_bytes"] += s.init.config.nr_bytes
+            g["free_bytes"] += st["free_bytes"]
+            g["reported_bytes"] += st["reported_bytes"]
+            for order, nbytes in enumerate(st["free_bytes_by_order"]):
+                g[f"free_bytes_order_{order}"] += nbytes
+            w = s.workload.stats
+            g["ops_total"] += w.ops
+            g["pages_allocated_total"] += w.pages_allocated
+            g["pages_freed_total"] += w.pages_freed
+            g["pages_touched_total"] += w.pages_touched
+            g["alloc_failures_total"] += w.alloc_failures
+            g["held_bytes"] += s.workload.held.count * (1 << getattr(s.workload, "order", 0)) * 4096
+            for kind, ns in s.lost_ns.items():
+                g[f"lost_{kind}_seconds_total"] += ns / 1e9
+            wk = s.guest.worker
+            g["report_calls_total"] += wk.reports
+            g["reported_pages_total"] += wk.reported_pages
+            g["report_passes_total"] += wk.passes
+            g["report_errors_total"] += s.report_errors
+        return {k: dict(v) for k, v in groups.items()}
+
+    def guest_state(self, guest_id: int) -> dict:
+        if guest_id not in self.slots:
+            raise KeyError(f"guest_id {guest_id} is not in shard {self.shard_id}")
+        return self.slots[guest_id].guest.state()
+
+

@@ -1,0 +1,284 @@
+"""Experiment specs: YAML validated at the edge by pydantic.
+
+A spec names hosts, guest groups with their workloads, a placement policy,
+optional paired baselines and an optional sweep. Every field has a
+description (``overcommit validate --explain`` prints them). Sizes accept
+``"4GiB"``-style strings, durations ``"50ms"``-style strings; both resolve to
+integers (bytes, simulated nanoseconds).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .units import parse_duration_ns, parse_size_bytes
+
+PAGE_SIZE = 4096
+MAX_BLOCK_BYTES = PAGE_SIZE << 10  # guests are whole multiples of an order-10 block (4 MiB)
+
+
+class SpecError(ValueError):
+    """A spec failed validation; ``errors`` lists (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{p}: {m}" for p, m in errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _size(v: Any, info) -> int:
+    return parse_size_bytes(v, info.field_name)
+
+
+def _dur(v: Any, info) -> int:
+    return parse_duration_ns(v, info.field_name)
+
+
+class SwapSpec(_Model):
+    capacity: int = Field(8 << 30, description="Swap device capacity in bytes (0 disables swap).")
+    read_bytes_per_s: int = Field(3_400_000_000, description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).")
+    write_bytes_per_s: int = Field(1_900_000_000, description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).")
+    latency: int = Field(80_000, description="Swap-in latency per I/O, simulated ns (NAND QD1 4 KiB read ~80 us).")
+
+    _sizes = field_validator("capacity", "read_bytes_per_s", "write_bytes_per_s", mode="before")(_size)
+    _durs = field_validator("latency", mode="before")(_dur)
+
+
+class ZswapSpec(_Model):
+    enabled: bool = Field(False, description="Put a compressed tier (zswap-like) in front of swap.")
+    max_pool_fraction: float = Field(0.2, gt=0, le=1, description="Largest share of host memory the compressed pool may use.")
+    compression_ratio: float = Field(2.63, gt=1, description="Uncompressed/compressed size (lz4 in figures.md Q2).")
+
+
+class HostGroup(_Model):
+    name: str = Field(description="Group name, used in host ids and metric labels.")
+    count: int = Field(1, ge=1, description="Number of identical hosts in the group.")
+    memory: int = Field(description="Physical memory per host, bytes.")
+    reserve: int = Field(0, description="Memory the host keeps for itself, bytes.")
+    thp: bool = Field(True, description="Back guest memory with 2 MiB transparent huge pages.")
+    backing: Literal["anon", "hugetlb_2m", "hugetlb_1g"] = Field("anon", description="Guest RAM backing (spec §7.3).")
+    discard_mode: Literal["dontneed", "free", "disabled"] = Field("dontneed", description="What a report does: MADV_DONTNEED, MADV_FREE, or nothing (VFIO/postcopy, §7.2).")
+    swap: SwapSpec = Field(default_factory=SwapSpec, description="Swap device.")
+    zswap: ZswapSpec = Field(default_factory=ZswapSpec, description="Optional compressed tier.")
+    oom_policy: Literal["kill_largest", "refuse"] = Field("kill_largest", description="What happens when swap is full.")
+    costs: dict[str, float | int] = Field(default_factory=dict, description="Overrides of host cost-model fields (see services/host/core/costs.py).")
+
+    _sizes = field_validator("memory", "reserve", mode="before")(_size)
+
+    @model_validator(mode="after")
+    def _check(self) -> HostGroup:
+        if self.memory <= 0:
+            raise ValueError(f"memory must be > 0, got {self.memory}")
+        if self.reserve >= self.memory:
+            raise ValueError(f"reserve ({self.reserve}) must be smaller than memory ({self.memory})")
+        return self
+
+
+class ReportingSpec(_Model):
+    enabled: bool = Field(True, description="Free page reporting on or off.")
+    order: int | None = Field(None, ge=0, le=10, description="Reporting order R (default: pageblock order 9).")
+    capacity: int = Field(32, ge=1, description="Entries per report (PAGE_REPORTING_CAPACITY).")
+    delay: int = Field(2_000_000_000, description="Delay before a pass after a qualifying free (PAGE_REPORTING_DELAY).")
+    budget_divisor: int = Field(16, ge=1, description="A pass reports about 1/divisor of each free list.")
+
+    _durs = field_validator("delay", mode="before")(_dur)
+
+
+class Phase(_Model):
+    action: Literal["grow", "free", "idle", "touch"] = Field(description="grow: allocate and touch; free: release; idle: nothing; touch: re-touch held memory.")
+    duration: int = Field(description="Phase length, simulated ns.")
+    target: float | None = Field(None, ge=0, le=1, description="grow/free: held memory at the end of the phase, as a fraction of guest memory.")
+    rate: int | None = Field(None, ge=1, description="grow/free/touch: bytes per simulated second (default: as fast as possible within one epoch).")
+
+    _durs = field_validator("duration", mode="before")(_dur)
+    _sizes = field_validator("rate", mode="before")(lambda v, info: None if v is None else parse_size_bytes(v, info.field_name))
+
+    @model_validator(mode="after")
+    def _check(self) -> Phase:
+        if self.action in ("grow", "free") and self.target is None:
+            raise ValueError(f"a {self.action} phase needs a target fraction")
+        return self
+
+
+class MemhogWorkload(_Model):
+    kind: Literal["memhog"] = "memhog"
+    phases: list[Phase] = Field(min_length=1, description="Phases run in order.")
+    repeat: bool = Field(False, description="Start again from the first phase after the last.")
+    thp: bool = Field(False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region.")
+    start_jitter: int = Field(0, description="Each guest starts after a seeded random delay in [0, start_jitter).")
+
+    _durs = field_validator("start_jitter", mode="before")(_dur)
+
+
+class IdleWorkload(_Model):
+    kind: Literal["idle"] = "idle"
+    initial_fill: float = Field(0.0, ge=0, le=1, description="Fraction of memory allocated, touched and then freed at start (boot noise).")
+
+
+Workload = Annotated[MemhogWorkload | IdleWorkload, Field(discriminator="kind")]
+
+
+class GuestGroup(_Model):
+    name: str = Field(description="Group name, used in guest ids and metric labels.")
+    count: int = Field(1, ge=1, description="Number of identical guests.")
+    memory: int = Field(description="Guest RAM, bytes (a multiple of 4 MiB).")
+    profile: Literal["5.7", "6.1", "modern"] = Field("modern", description="Kernel rules to follow.")
+    reporting: ReportingSpec = Field(default_factory=ReportingSpec, description="Free page reporting.")
+    shuffle: bool = Field(False, description="page_alloc.shuffle=1 (spec §5).")
+    thp: bool = Field(True, description="Guest THP on (raises min_free_kbytes).")
+    zones: Literal["single", "dma32_normal"] = Field("single", description="One zone, or DMA32 + Normal (guests over 4 GiB).")
+    discard_mode: Literal["dontneed", "free", "disabled"] | None = Field(None, description="Override the host's discard mode for these guests (e.g. disabled for VFIO).")
+    workload: Workload = Field(default_factory=IdleWorkload, description="What the guests do.")
+
+    _sizes = field_validator("memory", mode="before")(_size)
+
+    @model_validator(mode="after")
+    def _check(self) -> GuestGroup:
+        if self.memory <= 0 or self.memory % MAX_BLOCK_BYTES:
+            raise ValueError(f"memory must be a positive multiple of 4 MiB, got {self.memory}")
+        return self
+
+
+class PlacementSpec(_Model):
+    policy: Literal["first_fit", "spread"] = Field("first_fit", description="first_fit fills hosts in order; spread balances committed memory.")
+    max_overcommit_ratio: float = Field(2.0, gt=0, description="Largest guest memory / host memory allowed on one host.")
+
+
+class SweepSpec(_Model):
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Field path -> values; the runs are the cross product.")
+    seeds: list[int] = Field(default_factory=list, description="Seeds to run each grid point with (default: the spec's seed).")
+
+
+class ExperimentSpec(_Model):
+    name: str = Field(description="Experiment name; results go to runs/<name>/<run_id>/.")
+    seed: int = Field(0, ge=0, description="Root of every random stream.")
+    duration: int = Field(description="Simulated time to run.")
+    epoch: int = Field(50_000_000, description="Lockstep epoch length (default 50 ms).")
+    sample_interval: int = Field(1_000_000_000, description="Time-series sample interval (default 1 s; at least one epoch).")
+    hosts: list[HostGroup] = Field(min_length=1, description="Host groups.")
+    guest_groups: list[GuestGroup] = Field(min_length=1, description="Guest groups.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="How guests are placed on hosts.")
+    compare: list[Literal["reporting_off"]] = Field(default_factory=list, description="Paired baselines run with the same seed.")
+    sweep: SweepSpec | None = Field(None, description="Grid of overrides x seeds (overcommit sweep).")
+
+    _durs = field_validator("duration", "epoch", "sample_interval", mode="before")(_dur)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentSpec:
+        if self.epoch <= 0:
+            raise ValueError("epoch must be > 0")
+        if self.duration <= 0:
+            raise ValueError("duration must be > 0")
+        if self.sample_interval < self.epoch or self.sample_interval % self.epoch:
+            raise ValueError(
+                f"sample_interval ({self.sample_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
+            )
+        names = [h.name for h in self.hosts] + [g.name for g in self.guest_groups]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"group names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The spec with every default filled in, sizes and times as integers."""
+        return self.model_dump(mode="json")
+
+    def run_id(self) -> str:
+        """A run's identity: a hash of its resolved spec (wall time is not in it)."""
+        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _error_path(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"] if p not in ("memhog", "idle")) or "<spec>"
+
+
+def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
+    """Validate a spec dict; raises SpecError listing every error with its field path."""
+    if not isinstance(data, dict):
+        raise SpecError([("<spec>", f"expected a mapping at top level, got {type(data).__name__}")])
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError([(_error_path(x), x["msg"]) for x in e.errors()]) from None
+
+
+def load_spec_text(text: str, overrides: list[str] | None = None) -> ExperimentSpec:
+    """Parse YAML text, apply ``path=value`` overrides, validate."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError([("<yaml>", str(e).replace("\n", " "))]) from None
+    if isinstance(data, dict):
+        for ov in overrides or []:
+            data = apply_override(data, ov)
+    return parse_spec(data)
+
+
+def load_spec(path: str, overrides: list[str] | None = None) -> ExperimentSpec:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError([("<file>", f"cannot read {path}: {e.strerror}")]) from None
+    return load_spec_text(text, overrides)
+
+
+def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``a.b.0.c=value`` applied (value parsed as YAML)."""
+    if "=" not in override:
+        raise SpecError([("--set", f"expected path=value, got {override!r}")])
+    path, raw = override.split("=", 1)
+    return set_path(data, path.strip(), yaml.safe_load(raw))
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    keys = path.split(".")
+    node: Any = out
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise SpecError([(path, f"no list index {k!r} at {'.'.join(keys[:i]) or '<spec>'}")])
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                if k not in node or node[k] is None:
+                    node[k] = {}
+                node = node[k]
+        else:
+            raise SpecError([(path, f"cannot set {k!r} inside a {type(node).__name__}")])
+    return out
+
+
+def with_overrides(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentSpec:
+    """A new validated spec with field paths replaced (used by baselines and sweeps)."""
+    data = spec.resolved_dict()
+    for path, value in changes.items():
+        data = set_path(data, path, value)
+    return parse_spec(data)
+
+
+def baseline_spec(spec: ExperimentSpec, kind: str) -> ExperimentSpec:
+    """The paired baseline: the same spec and seed with reporting off in every group."""
+    if kind != "reporting_off":
+        raise SpecError([("compare", f"unknown baseline {kind!r}")])
+    changes = {f"guest_groups.{i}.reporting.enabled": False for i in range(len(spec.guest_groups))}
+    changes["compare"] = []
+    changes["sweep"] = None
+    return with_overrides(spec, changes)
