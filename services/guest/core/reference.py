@@ -35,12 +35,13 @@ from .constants import (
     PROFILE_5_7,
     ZONES_DMA32_NORMAL,
 )
+from .reporting import (
+    REPORT_BATCH_FULL,
+    REPORT_BUDGET_EXHAUSTED,
+    REPORT_ISOLATE_REFUSED,
+    REPORT_LIST_END,
+)
 from .watermarks import guest_pcp_sizes, guest_watermarks, zone_ranges
-
-REPORT_LIST_END = 0  # walked to the end of the list
-REPORT_BATCH_FULL = 1  # batch full and another unreported block waits
-REPORT_BUDGET_EXHAUSTED = 2  # budget < 0 at an unreported block
-REPORT_ISOLATE_REFUSED = 3  # watermark refused an isolation (§4.5)
 
 # §3.3: fallback preference per request type. HIGHATOMIC/CMA/ISOLATE never fall back.
 FALLBACKS = {
