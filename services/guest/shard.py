@@ -179,7 +179,7 @@ class GuestShard:
     def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
         """Advance every guest through [t0, t1); return each host's op logs, by host id."""
         out: dict[int, list[GuestEpochOps]] = defaultdict(list)
-        for gid, s in self.slots.items():
+        for s in self.slots.values():
             self._run_guest(s, t0_ns, t1_ns)
             out[s.init.host_id].append(s.link.take())
         self.now_ns = t1_ns
@@ -219,11 +219,12 @@ class GuestShard:
                 s.guest.backing.swapped_out(r.swapped_start, r.swapped_npages)
 
     # -- observation -----------------------------------------------------------
-    def sample(self) -> dict[str, dict[str, float]]:
-        """Per guest group sums of what the results and metrics need."""
-        groups: dict[str, dict[str, float]] = {}
+    def sample(self) -> dict[str, dict[str, int]]:
+        """Per guest group sums of what the results and metrics need (integers only,
+        so sums over shards do not depend on how guests are split into shards)."""
+        groups: dict[str, dict[str, int]] = {}
         for s in self.slots.values():
-            g = groups.setdefault(s.init.group, defaultdict(float))
+            g = groups.setdefault(s.init.group, defaultdict(int))
             st = s.guest.state()
             g["guests"] += 1
             g["memory_bytes"] += s.init.config.nr_bytes
@@ -239,7 +240,7 @@ class GuestShard:
             g["alloc_failures_total"] += w.alloc_failures
             g["held_bytes"] += s.workload.held.count * (1 << getattr(s.workload, "order", 0)) * 4096
             for kind, ns in s.lost_ns.items():
-                g[f"lost_{kind}_seconds_total"] += ns / 1e9
+                g[f"lost_{kind}_ns_total"] += ns
             wk = s.guest.worker
             g["report_calls_total"] += wk.reports
             g["reported_pages_total"] += wk.reported_pages

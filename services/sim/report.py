@@ -42,7 +42,7 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
     part = ts[ts["kind"] == "host"]
     runs = _runs(ts)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True, squeeze=False)
-    for ax, run in zip(axes[0], runs):
+    for ax, run in zip(axes[0], runs, strict=True):
         for entity, df in part[part["run"] == run].groupby("entity"):
             ax.plot(df["time_s"], df["backed_bytes"] / GIB, label=f"{entity} backed")
             if "capacity_bytes" in df:

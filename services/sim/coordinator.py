@@ -1,0 +1,249 @@
+"""The coordinator: the epoch loop that drives guest shards and hosts.
+
+``run_experiment(spec) -> RunResult`` is the one entry point; the CLI, the
+ExperimentService and the tests are thin shells over it. The loop advances
+simulated time one sample interval at a time: every shard runs that many
+epochs concurrently, syncing once per epoch with each of its hosts (the
+hosts' per-epoch barrier keeps shards in lockstep and applies their ops in
+guest-id order). After each interval the coordinator records one sample per
+host and per guest group. When no guest has anything to do before a later
+sample boundary (idle guests, reporting delay, workload pause), the
+coordinator skips ahead in one step. Simulated time never waits on the wall
+clock.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .placement import GuestSlot, HostSlot, place, shard_guests
+from .results import RunResult, compare, summarize_run, timeseries_frame, write_run
+from .spec import ExperimentSpec, baseline_spec
+
+RNG_KIND_START_JITTER = 3
+NS_PER_S = 1_000_000_000
+
+
+class Session(Protocol):
+    """One simulation's running entities (in-process objects or Ray actors)."""
+
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]: ...
+    def skip_to(self, t_ns: int) -> None: ...
+    def group_samples(self) -> dict[str, dict[str, int]]: ...
+    def host_samples(self) -> dict[int, dict[str, int]]: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    nr_shards_default: int
+
+    def start(self, spec: ExperimentSpec, hosts: list[HostSlot], shards: list[list[GuestSlot]]) -> Session: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Progress:
+    """Progress reporting on the terminal: simulated time, epochs/s, speed vs real time."""
+
+    enabled: bool
+    label: str
+    duration_ns: int
+
+    def __post_init__(self) -> None:
+        self._bar = None
+        if self.enabled:
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._rp = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(),
+                TextColumn("{task.fields[sim]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                transient=False,
+            )
+            self._rp.start()
+            self._bar = self._rp.add_task(self.label, total=self.duration_ns, sim="", rate="")
+        self._wall0 = time.perf_counter()
+
+    def update(self, t_ns: int, epochs: int) -> None:
+        if self._bar is None:
+            return
+        wall = max(time.perf_counter() - self._wall0, 1e-9)
+        self._rp.update(
+            self._bar, completed=t_ns, sim=f"sim {t_ns / NS_PER_S:7.1f}s",
+            rate=f"{epochs / wall:7.0f} epochs/s  {t_ns / NS_PER_S / wall:6.1f}x real time",
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._rp.stop()
+
+
+def start_delays(spec: ExperimentSpec, guests: list[GuestSlot]) -> dict[int, int]:
+    """Each guest's workload start delay, drawn from its own seeded stream."""
+    out = {}
+    for g in guests:
+        jitter = getattr(g.group.workload, "start_jitter", 0)
+        if jitter:
+            rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id]))
+            out[g.guest_id] = int(rng.integers(0, jitter))
+        else:
+            out[g.guest_id] = 0
+    return out
+
+
+def _host_row(t_ns: int, label: str, slot: HostSlot, counters: dict[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": label, "kind": "host", "entity": slot.name}
+    row.update({k: float(v) for k, v in counters.items()})
+    row["capacity_bytes"] = float(slot.group.memory - slot.group.reserve)
+    return row
+
+
+def _group_row(t_ns: int, label: str, group: str, sums: dict[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": label, "kind": "guest_group", "entity": group}
+    for k, v in sums.items():
+        if k.endswith("_ns_total"):
+            row[k[: -len("_ns_total")] + "_seconds_total"] = v / NS_PER_S
+        else:
+            row[k] = float(v)
+    return row
+
+
+def simulate(spec: ExperimentSpec, backend: Backend, label: str, shards: int | None,
+             progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run one spec to its end on ``backend``; return (time-series rows, run stats)."""
+    hosts, guests = place(spec)
+    nr_shards = shards or backend.nr_shards_default
+    shard_lists = shard_guests(guests, nr_shards)
+    session = backend.start(spec, hosts, shard_lists)
+    rows: list[dict[str, Any]] = []
+    bar = Progress(progress, f"{spec.name} [{label}]", spec.duration)
+    t, epoch, epochs_run = 0, 0, 0
+    wall0 = time.perf_counter()
+
+    def record(t_ns: int) -> None:
+        hs = session.host_samples()
+        for h in hosts:
+            rows.append(_host_row(t_ns, label, h, hs[h.host_id]))
+        for group, sums in sorted(session.group_samples().items()):
+            rows.append(_group_row(t_ns, label, group, sums))
+
+    try:
+        record(0)
+        while t < spec.duration:
+            t_next = min(t + spec.sample_interval, spec.duration)
+            count = max(1, -(-(t_next - t) // spec.epoch))
+            events = session.run_epochs(epoch, t, count, spec.epoch)
+            epoch += count
+            epochs_run += count
+            t = t_next
+            record(t)
+            t = _skip_ahead(spec, session, events, t, record)
+            bar.update(t, epochs_run)
+        wall = time.perf_counter() - wall0
+    finally:
+        bar.close()
+        session.close()
+    stats = {"epochs_run": epochs_run, "wall_seconds": wall, "shards": len(shard_lists),
+             "sim_seconds_per_wall_second": spec.duration / NS_PER_S / max(wall, 1e-9)}
+    return rows, stats
+
+
+def _skip_ahead(spec: ExperimentSpec, session: Session, events: list[int | None], t: int, record) -> int:
+    """Jump whole sample intervals in which no guest has anything to do."""
+    pending = [e for e in events if e is not None]
+    nxt = min(pending) if pending else spec.duration
+    target = min(spec.duration, (nxt // spec.sample_interval) * spec.sample_interval)
+    if target <= t:
+        return t
+    session.skip_to(target)
+    while t < target:
+        t = min(t + spec.sample_interval, target)
+        record(t)
+    return t
+
+
+def make_backend(transport: str, address: str | None):
+    if transport == "inprocess":
+        from .inprocess import InProcessBackend
+
+        return InProcessBackend()
+    from .raybackend import RayBackend
+
+    return RayBackend(address=address)
+
+
+def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | None = None,
+                   address: str | None = None, transport: str = "grpc", progress: bool = False,
+                   backend=None) -> RunResult:
+    """Run a spec and its paired baselines; write and return the results."""
+    runs = [("run", spec)] + [(kind, baseline_spec(spec, kind)) for kind in spec.compare]
+    own_backend = backend is None
+    backend = backend or make_backend(transport, address)
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    wall0 = time.time()
+    try:
+        for label, s in runs:
+            r, st = simulate(s, backend, label, shards, progress)
+            rows += r
+            stats[label] = st
+    finally:
+        if own_backend:
+            backend.close()
+    ts = timeseries_frame(rows)
+    hosts, guests = place(spec)
+    physical = sum(h.group.memory for h in hosts)
+    guest_bytes = sum(g.group.memory for g in guests)
+    summary = summarize_run(ts, "run", physical, guest_bytes)
+    summary["name"] = spec.name
+    summary["run_id"] = spec.run_id()
+    summary["seed"] = spec.seed
+    summary["duration_seconds"] = spec.duration / NS_PER_S
+    if len(runs) > 1:
+        summary["baselines"] = {label: summarize_run(ts, label, physical, guest_bytes) for label, _ in runs[1:]}
+        summary["comparison"] = {label: compare(summary, summary["baselines"][label]) for label, _ in runs[1:]}
+    run_dir = os.path.join(out_dir, spec.name, spec.run_id())
+    metadata = _metadata(spec, backend.name, stats, wall0)
+    write_run(run_dir, spec.resolved_dict(), summary, ts, metadata)
+    return RunResult(summary, ts, run_dir, metadata)
+
+
+def _metadata(spec: ExperimentSpec, backend: str, stats: dict[str, Any], wall0: float) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("overcommit-sim", "numpy", "numba", "ray", "grpcio", "protobuf", "pandas", "pyarrow"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "name": spec.name, "run_id": spec.run_id(), "backend": backend, "runs": stats,
+        "started_unix": wall0, "wall_seconds": time.time() - wall0,
+        "python": platform.python_version(), "machine": platform.machine(), "versions": versions,
+    }
+
+
+def print_summary(result: RunResult) -> None:
+    """The table a newcomer reads first: what reporting bought and what it cost."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import summary_lines
+
+    s = result.summary
+    table = Table(title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, value in summary_lines(s):
+        table.add_row(label, value)
+    Console().print(table)
+
+
