@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from services.guest.core.config import GuestConfig, ReportingConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig
 
+from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
+from services.host.core.costs import CostModel
+
 from .spec import ExperimentSpec, GuestGroup, HostGroup, SpecError
 
 PAGE_SIZE = 4096
@@ -107,3 +110,32 @@ def shard_guests(guests: list[GuestSlot], nr_shards: int) -> list[list[GuestSlot
     ordered = sorted(guests, key=lambda g: (g.host_id, g.guest_id))
     n = min(nr_shards, len(ordered))
     return [ordered[i * len(ordered) // n:(i + 1) * len(ordered) // n] for i in range(n)]
+
+
+def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
+    """The host core's config for one host of ``group`` (costs: defaults + overrides)."""
+    sw = group.swap
+    costs = {
+        "swap_read_latency_ns": sw.read_latency,
+        "swap_read_bytes_per_s": sw.read_bytes_per_s,
+        "swap_write_latency_ns": sw.write_latency,
+        "swap_write_bytes_per_s": sw.write_bytes_per_s,
+    }
+    costs.update(group.costs)
+    try:
+        cost_model = CostModel(**costs)
+    except (TypeError, ValueError) as e:
+        raise SpecError([(f"hosts.{group.name}.costs", str(e))]) from None
+    zs = group.zswap
+    pool = int(group.memory * zs.max_pool_fraction) // PAGE_SIZE * PAGE_SIZE
+    return HostConfig(
+        memory_bytes=group.memory,
+        reserve_bytes=group.reserve,
+        backing=group.backing,
+        thp=group.thp,
+        swap=SwapConfig(capacity_bytes=sw.capacity // PAGE_SIZE * PAGE_SIZE),
+        zswap=ZswapConfig(enabled=zs.enabled, compression_ratio=zs.compression_ratio, max_pool_bytes=max(pool, PAGE_SIZE)),
+        oom_policy=group.oom_policy,
+        max_overcommit_ratio=max_overcommit_ratio,
+        costs=cost_model,
+    )

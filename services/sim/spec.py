@@ -47,10 +47,11 @@ class SwapSpec(_Model):
     capacity: int = Field(8 << 30, description="Swap device capacity in bytes (0 disables swap).")
     read_bytes_per_s: int = Field(3_400_000_000, description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).")
     write_bytes_per_s: int = Field(1_900_000_000, description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).")
-    latency: int = Field(80_000, description="Swap-in latency per I/O, simulated ns (NAND QD1 4 KiB read ~80 us).")
+    read_latency: int = Field(80_000, description="Swap-in latency per 4 KiB read, simulated ns (NAND QD1 ~80 us, figures.md Q2).")
+    write_latency: int = Field(0, description="Extra swap-out latency per page, simulated ns (writes are batched and buffered).")
 
     _sizes = field_validator("capacity", "read_bytes_per_s", "write_bytes_per_s", mode="before")(_size)
-    _durs = field_validator("latency", mode="before")(_dur)
+    _durs = field_validator("read_latency", "write_latency", mode="before")(_dur)
 
 
 class ZswapSpec(_Model):
@@ -69,8 +70,8 @@ class HostGroup(_Model):
     discard_mode: Literal["dontneed", "free", "disabled"] = Field("dontneed", description="What a report does: MADV_DONTNEED, MADV_FREE, or nothing (VFIO/postcopy, §7.2).")
     swap: SwapSpec = Field(default_factory=SwapSpec, description="Swap device.")
     zswap: ZswapSpec = Field(default_factory=ZswapSpec, description="Optional compressed tier.")
-    oom_policy: Literal["kill_largest", "refuse"] = Field("kill_largest", description="What happens when swap is full.")
-    costs: dict[str, float | int] = Field(default_factory=dict, description="Overrides of host cost-model fields (see services/host/core/costs.py).")
+    oom_policy: Literal["stop_largest", "refuse"] = Field("stop_largest", description="When swap is full: stop the largest guest, or refuse the touch.")
+    costs: dict[str, int] = Field(default_factory=dict, description="Overrides of host cost-model fields, integers in ns or bytes/s (see services/host/core/costs.py).")
 
     _sizes = field_validator("memory", "reserve", mode="before")(_size)
 
@@ -141,11 +142,12 @@ class GuestGroup(_Model):
 
     _sizes = field_validator("memory", mode="before")(_size)
 
-    @model_validator(mode="after")
-    def _check(self) -> GuestGroup:
-        if self.memory <= 0 or self.memory % MAX_BLOCK_BYTES:
-            raise ValueError(f"memory must be a positive multiple of 4 MiB, got {self.memory}")
-        return self
+    @field_validator("memory")
+    @classmethod
+    def _whole_blocks(cls, v: int) -> int:
+        if v <= 0 or v % MAX_BLOCK_BYTES:
+            raise ValueError(f"memory must be a positive multiple of 4 MiB, got {v}")
+        return v
 
 
 class PlacementSpec(_Model):

@@ -1,0 +1,141 @@
+"""One simulated guest: allocator + reporting worker + backing view, in simulated time.
+
+The guest owns its clock (``now_ns``, integer nanoseconds) and only moves it
+forward in :meth:`Guest.advance_to`. After every free or pcp drain that notified
+(the allocator's ``notify_count`` moved, §2.6) it requests a reporting pass
+(§4.2). Successful reports mark the reported blocks DISCARDED in the backing
+view before the result goes back to the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backing import BackingView, CostPort, NullCostPort
+from .config import GuestConfig
+from .constants import MIGRATE_TYPES, PAGE_SHIFT, RNG_KIND_SHUFFLE
+from .reference import ReferenceAllocator
+from .reporting import PageReporter, PageReportingWorker, ReportOutcome
+
+WORKER_STATE_NAMES = ("idle", "requested", "active")
+
+
+def make_allocator(config: GuestConfig, rng: np.random.Generator | None, fast: bool):
+    """BuddyAllocator (numba fast path) when fast, else the pure-Python reference.
+
+    buddy.py is imported lazily; without it ``fast=True`` raises ImportError
+    (no silent fallback to the slow reference).
+    """
+    if not fast:
+        return ReferenceAllocator(config, rng)
+    from .buddy import BuddyAllocator
+
+    return BuddyAllocator(config, rng)
+
+
+def shuffle_rng(seed: int, guest_id: int) -> np.random.Generator:
+    """The guest's shuffle stream: SeedSequence([seed, RNG_KIND_SHUFFLE, guest_id])."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, RNG_KIND_SHUFFLE, guest_id])))
+
+
+class _DiscardingReporter:
+    """Wraps the device port: a successful report discards the blocks in the backing view."""
+
+    def __init__(self, reporter: PageReporter, backing: BackingView):
+        self.reporter = reporter
+        self.backing = backing
+
+    def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
+        outcome = self.reporter.report(now_ns, pfns, orders)
+        if outcome.error == 0:
+            self.backing.discard(pfns, orders)
+        return outcome
+
+
+class Guest:
+    """A guest advanced in simulated time; see docs/core-api.md."""
+
+    def __init__(
+        self,
+        guest_id: int,
+        config: GuestConfig,
+        seed: int,
+        reporter: PageReporter,
+        fast: bool = True,
+        cost_port: CostPort | None = None,
+    ):
+        self.guest_id = guest_id
+        self.config = config
+        self.now_ns = 0
+        rng = shuffle_rng(seed, guest_id) if config.shuffle else None
+        self.allocator = make_allocator(config, rng, fast)
+        self.backing = BackingView(config.nr_pages)
+        self.cost_port = cost_port if cost_port is not None else NullCostPort()
+        self.touch_cost_ns = 0
+        self.worker = PageReportingWorker(
+            self.allocator, config.reporting, _DiscardingReporter(reporter, self.backing)
+        )
+        self._notify_seen = self.allocator.notify_count
+        if config.reporting.enabled:
+            self.worker.register(self.now_ns)
+
+    def alloc(self, order: int, mt: int, count: int = 1) -> np.ndarray:
+        return self.allocator.alloc(order, mt, count)
+
+    def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
+        self.allocator.free(pfns, order)
+        self._notify()
+
+    def drain_pcp(self) -> None:
+        self.allocator.drain_pcp()
+        self._notify()
+
+    def _notify(self) -> None:
+        """page_reporting_notify_free: request a pass if a free ended at order >= R."""
+        if self.allocator.notify_count != self._notify_seen:
+            self._notify_seen = self.allocator.notify_count
+            if self.config.reporting.enabled:
+                self.worker.request(self.now_ns)
+
+    def touch(self, starts, npages) -> np.ndarray:
+        """Touch page ranges; returns pages per prior backing state, prices them."""
+        counts = self.backing.touch(starts, npages)
+        self.touch_cost_ns += int(self.cost_port.price_touch(counts))
+        return counts
+
+    def advance_to(self, now_ns: int) -> None:
+        """Move the clock forward to now_ns, running every reporting pass due by then."""
+        if now_ns < self.now_ns:
+            raise ValueError(f"now_ns={now_ns} is before the guest clock {self.now_ns}")
+        self.now_ns = now_ns
+        self.worker.run_until(now_ns)
+
+    def next_event_ns(self) -> int | None:
+        return self.worker.next_event_ns()
+
+    def state(self) -> dict:
+        """A snapshot for metrics and results."""
+        a = self.allocator
+        free_blocks = {
+            order: {mt: sum(len(a.free_list(z, order, mt)) for z in range(a.nr_zones))
+                    for mt in range(MIGRATE_TYPES)}
+            for order in range(self.config.max_order + 1)
+        }
+        backing = self.backing.counts()
+        return {
+            "guest_id": self.guest_id,
+            "now_ns": self.now_ns,
+            "free_blocks": free_blocks,
+            "free_bytes": a.free_pages_total() << PAGE_SHIFT,
+            "pcp_bytes": a.pcp_pages() << PAGE_SHIFT,
+            "reported_bytes": a.reported_pages() << PAGE_SHIFT,
+            "backed_bytes": backing["backed"] << PAGE_SHIFT,
+            "discarded_bytes": backing["discarded"] << PAGE_SHIFT,
+            "worker_state": WORKER_STATE_NAMES[self.worker.state],
+            "reports": self.worker.reports,
+            "passes": self.worker.passes,
+            "touch_cost_ns": self.touch_cost_ns,
+        }
+
