@@ -37,7 +37,9 @@ def make_allocator(config: GuestConfig, rng: np.random.Generator | None, fast: b
 
 def shuffle_rng(seed: int, guest_id: int) -> np.random.Generator:
     """The guest's shuffle stream: SeedSequence([seed, RNG_KIND_SHUFFLE, guest_id])."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, RNG_KIND_SHUFFLE, guest_id])))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, RNG_KIND_SHUFFLE, guest_id]))
+    )
 
 
 class _DiscardingReporter:
@@ -119,8 +121,10 @@ class Guest:
         """A snapshot for metrics and results."""
         a = self.allocator
         free_blocks = {
-            order: {mt: sum(len(a.free_list(z, order, mt)) for z in range(a.nr_zones))
-                    for mt in range(MIGRATE_TYPES)}
+            order: {
+                mt: sum(len(a.free_list(z, order, mt)) for z in range(a.nr_zones))
+                for mt in range(MIGRATE_TYPES)
+            }
             for order in range(self.config.max_order + 1)
         }
         backing = self.backing.counts()
@@ -138,4 +142,3 @@ class Guest:
             "passes": self.worker.passes,
             "touch_cost_ns": self.touch_cost_ns,
         }
-

@@ -485,7 +485,9 @@ class ReferenceAllocator:
         seen = set()
         for pfn in pfns:
             if not 0 <= pfn < self.config.nr_pages:
-                raise ValueError(f"free: pfn={pfn} out of range 0..{self.config.nr_pages - 1} (order={order})")
+                raise ValueError(
+                    f"free: pfn={pfn} out of range 0..{self.config.nr_pages - 1} (order={order})"
+                )
             if pfn & ((1 << order) - 1):
                 raise ValueError(f"free: pfn={pfn} not aligned to order={order}")
             if pfn in seen:
@@ -495,7 +497,9 @@ class ReferenceAllocator:
             if entry is None:
                 raise ValueError(f"free: pfn={pfn} order={order} is not allocated (double free?)")
             if entry[0] != order:
-                raise ValueError(f"free: pfn={pfn} order={order} but it was allocated at order={entry[0]}")
+                raise ValueError(
+                    f"free: pfn={pfn} order={order} but it was allocated at order={entry[0]}"
+                )
 
     def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
         """Free blocks allocated at this order (pageblock mt at free time)."""
@@ -566,7 +570,10 @@ class ReferenceAllocator:
             first = pfn >> self.pageblock_order
             last = (pfn + (1 << order) - 1) >> self.pageblock_order
             for pb in range(first, last + 1):
-                if is_mergeable(self._pageblock_mt[pb]) and self._pageblock_mt[pb] != MIGRATE_MOVABLE:
+                if (
+                    is_mergeable(self._pageblock_mt[pb])
+                    and self._pageblock_mt[pb] != MIGRATE_MOVABLE
+                ):
                     self._pageblock_mt[pb] = MIGRATE_MOVABLE
                     if self.config.is_modern:  # ~6.10: the pageblock's free blocks follow
                         heads, _, _ = self._pageblock_census(pb << self.pageblock_order)

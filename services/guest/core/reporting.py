@@ -61,7 +61,9 @@ class PageReportingWorker:
         self.report_order = guest.pageblock_order if config.order is None else config.order
         self.max_order = guest.max_order
         if not 0 <= self.report_order <= self.max_order:
-            raise ValueError(f"reporting order must be in 0..{self.max_order}, got {self.report_order}")
+            raise ValueError(
+                f"reporting order must be in 0..{self.max_order}, got {self.report_order}"
+            )
         self.state = self.IDLE
         self._next_run_ns: int | None = None
         self._busy_until_ns = 0  # end of the last pass (its report latencies included)
@@ -146,7 +148,8 @@ class PageReportingWorker:
         """page_reporting_cycle: at most budget + 1 device calls in this list visit."""
         # An empty list costs nothing: report_fill returns LIST_END at once.
         budget = math.ceil(
-            self.allocator.nr_free(zone, order) / (self.config.capacity * self.config.budget_divisor)
+            self.allocator.nr_free(zone, order)
+            / (self.config.capacity * self.config.budget_divisor)
         )
         while True:
             status = self._fill(zone, order, mt, budget)

@@ -94,8 +94,12 @@ def guest_watermarks(config: GuestConfig) -> list[tuple[int, int, int]]:
 def guest_pcp_sizes(config: GuestConfig) -> list[tuple[int, int]]:
     """(batch, high) pages of every zone; PcpConfig.batch/high override the derived values."""
     sizes = []
-    for (start, end), (_, low, _) in zip(zone_ranges(config), guest_watermarks(config), strict=True):
+    for (start, end), (_, low, _) in zip(
+        zone_ranges(config), guest_watermarks(config), strict=True
+    ):
         batch = config.pcp.batch if config.pcp.batch is not None else pcp_batch(end - start)
-        high = config.pcp.high if config.pcp.high is not None else pcp_high(batch, low, config.profile)
+        high = (
+            config.pcp.high if config.pcp.high is not None else pcp_high(batch, low, config.profile)
+        )
         sizes.append((batch, high))
     return sizes
