@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from services.guest.core.config import GuestConfig, ReportingConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig
-
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
 
