@@ -1,0 +1,197 @@
+"""Shared helpers for guest core tests: allocator kinds, recording reporter, snapshots.
+
+Everything here uses only the allocator contract (docs/core-api.md), so the same
+checks run against the reference and the numba fast path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
+from services.guest.core.constants import (
+    MIGRATE_ISOLATE,
+    MIGRATE_PCPTYPES,
+    MIGRATE_TYPES,
+    PROFILE_5_7,
+)
+from services.guest.core.reference import ReferenceAllocator, is_mergeable
+from services.guest.core.reporting import ReportOutcome
+
+SEC_NS = 1_000_000_000
+
+
+def fast_allocator_class():
+    """BuddyAllocator if services.guest.core.buddy imports, else None."""
+    try:
+        module = importlib.import_module("services.guest.core.buddy")
+    except ImportError:
+        return None
+    return getattr(module, "BuddyAllocator", None)
+
+
+@dataclass(frozen=True)
+class AllocatorKind:
+    """One allocator implementation: its name, Guest's `fast` flag and its class."""
+
+    name: str
+    fast: bool
+    cls: type
+
+    def __call__(self, config: GuestConfig, rng=None):
+        return self.cls(config, rng)
+
+
+def allocator_kind_params() -> list:
+    """pytest params: the reference, and the fast path (skipped until buddy.py exists)."""
+    params = [pytest.param("reference", id="reference")]
+    marks = () if fast_allocator_class() is not None else pytest.mark.skip("buddy.py not importable yet")
+    params.append(pytest.param("fast", id="fast", marks=marks))
+    return params
+
+
+def allocator_kind(name: str) -> AllocatorKind:
+    if name == "reference":
+        return AllocatorKind("reference", False, ReferenceAllocator)
+    cls = fast_allocator_class()
+    if cls is None:
+        pytest.skip("services.guest.core.buddy is not importable yet")
+    return AllocatorKind("fast", True, cls)
+
+
+@pytest.fixture(params=allocator_kind_params())
+def allocator_factory(request) -> AllocatorKind:
+    """Yields the reference allocator kind, then the fast one when buddy.py imports."""
+    return allocator_kind(request.param)
+
+
+def small_config(
+    nr_pages: int = 8192,
+    profile: str = "modern",
+    capacity: int = 4,
+    order: int | None = None,
+    pcp: PcpConfig | None = None,
+    **kw,
+) -> GuestConfig:
+    """A small guest whose zone passes the reporting gate (capacity << R below free memory)."""
+    return GuestConfig(
+        nr_pages=nr_pages,
+        profile=profile,
+        reporting=ReportingConfig(capacity=capacity, order=order),
+        pcp=pcp if pcp is not None else PcpConfig(),
+        **kw,
+    )
+
+
+@dataclass
+class RecordingReporter:
+    """In-process PageReporter: records every call; errors follow a script, then ok."""
+
+    errors: list[int] = field(default_factory=list)
+    latency_ns: int = 0
+    calls: list[tuple[int, list[int], list[int], int]] = field(default_factory=list)
+    on_report: object = None  # optional callback(now_ns, pfns, orders) run during the call
+
+    def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
+        err = self.errors.pop(0) if self.errors else 0
+        self.calls.append((now_ns, [int(p) for p in pfns], [int(o) for o in orders], err))
+        if self.on_report is not None:
+            self.on_report(now_ns, pfns, orders)
+        return ReportOutcome(error=err, latency_ns=self.latency_ns)
+
+    def reported_blocks(self) -> list[tuple[int, int]]:
+        """(pfn, order) of every entry of every successful call."""
+        return [(p, o) for _, ps, os_, err in self.calls if not err for p, o in zip(ps, os_, strict=True)]
+
+
+def snapshot(a) -> dict:
+    """Every observable of an allocator through the contract (small guests only)."""
+    cfg = a.config
+    snap = {"notify_count": a.notify_count, "pcp_pages": a.pcp_pages()}
+    snap["free_pages_total"] = a.free_pages_total()
+    snap["reported_pages"] = a.reported_pages()
+    zones = []
+    for z in range(a.nr_zones):
+        zones.append(
+            {
+                "range": tuple(a.zone_range(z)),
+                "nr_free": [a.nr_free(z, o) for o in range(cfg.max_order + 1)],
+                "nr_free_pages": a.nr_free_pages(z),
+                "free_lists": {
+                    (o, mt): [(int(p), bool(r)) for p, r in a.free_list(z, o, mt)]
+                    for o in range(cfg.max_order + 1)
+                    for mt in range(MIGRATE_TYPES)
+                },
+                "pcp_lists": {
+                    (o, mt): [int(p) for p in a.pcp_list(z, o, mt)]
+                    for o in cfg.pcp_orders
+                    for mt in range(MIGRATE_PCPTYPES)
+                },
+                "watermarks": tuple(a.watermarks(z)),
+            }
+        )
+    snap["zones"] = zones
+    snap["pageblock_mt"] = [a.pageblock_mt(p) for p in range(0, cfg.nr_pages, 1 << cfg.pageblock_order)]
+    snap["allocated"] = {p: o for p in range(cfg.nr_pages) if (o := a.allocated_order(p)) >= 0}
+    return snap
+
+
+def merge_forbidden(cfg: GuestConfig, mt: int, bmt: int, order: int) -> bool:
+    """§2.2: the profile rule that may refuse a merge at order >= pageblock_order."""
+    if order < cfg.pageblock_order:
+        return False
+    if cfg.profile == PROFILE_5_7:
+        return (mt == MIGRATE_ISOLATE) != (bmt == MIGRATE_ISOLATE)
+    return bmt != mt and not (is_mergeable(mt) and is_mergeable(bmt))
+
+
+def check_invariants(a, isolated_pages: int = 0) -> None:
+    """Conservation, alignment, no overlap, merged buddies, counters (contract level)."""
+    cfg = a.config
+    owner = np.zeros(cfg.nr_pages, dtype=np.int8)  # 0 unseen, 1 free, 2 pcp, 3 allocated
+    free_heads: dict[int, tuple[int, int]] = {}
+    reported_pages = 0
+    for z in range(a.nr_zones):
+        start, end = a.zone_range(z)
+        pages_on_lists = 0
+        for o in range(cfg.max_order + 1):
+            blocks = 0
+            for mt in range(MIGRATE_TYPES):
+                for pfn, reported in a.free_list(z, o, mt):
+                    assert pfn % (1 << o) == 0, f"free block {pfn} misaligned for order {o}"
+                    assert start <= pfn and pfn + (1 << o) <= end, f"free block {pfn} outside zone {z}"
+                    assert not owner[pfn : pfn + (1 << o)].any(), f"free block {pfn}/{o} overlaps"
+                    owner[pfn : pfn + (1 << o)] = 1
+                    free_heads[pfn] = (o, mt)
+                    blocks += 1
+                    pages_on_lists += (1 << o) if mt != MIGRATE_ISOLATE else 0
+                    reported_pages += (1 << o) if reported else 0
+            assert a.nr_free(z, o) == blocks, f"nr_free({z},{o}) != blocks on its lists"
+        assert a.nr_free_pages(z) == pages_on_lists, f"NR_FREE_PAGES of zone {z} wrong"
+        for o in cfg.pcp_orders:
+            for mt in range(MIGRATE_PCPTYPES):
+                for pfn in a.pcp_list(z, o, mt):
+                    assert pfn % (1 << o) == 0 and not owner[pfn : pfn + (1 << o)].any()
+                    owner[pfn : pfn + (1 << o)] = 2
+    allocated_pages = 0
+    for pfn in range(cfg.nr_pages):
+        o = a.allocated_order(pfn)
+        if o >= 0:
+            assert not owner[pfn : pfn + (1 << o)].any(), f"allocated {pfn}/{o} overlaps"
+            owner[pfn : pfn + (1 << o)] = 3
+            allocated_pages += 1 << o
+    total = a.free_pages_total() + a.pcp_pages() + isolated_pages + allocated_pages
+    assert total == cfg.nr_pages, f"pages not conserved: {total} != {cfg.nr_pages}"
+    assert int((owner == 2).sum()) == a.pcp_pages(), "pcp count != pages on pcp lists"
+    assert a.reported_pages() == reported_pages, "reported_pages != Reported heads on lists"
+    for pfn, (o, mt) in free_heads.items():
+        if o == cfg.max_order:
+            continue
+        buddy = pfn ^ (1 << o)
+        if buddy in free_heads and free_heads[buddy][0] == o:
+            bmt = a.pageblock_mt(buddy)
+            assert merge_forbidden(cfg, mt, bmt, o), f"free buddies {pfn},{buddy} at order {o} unmerged"
