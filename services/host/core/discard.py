@@ -1,0 +1,133 @@
+"""Applying a report batch on the host: discard or lazily free reported ranges (§7.2-§7.4).
+
+`report_kernel` walks the (pfn, order) ranges of one batch, granule by granule:
+
+* anonymous backing, `dontneed` (MADV_DONTNEED): frames are released now; a
+  swapped page loses its slot. A range that covers a whole huge granule drops
+  the THP without splitting it; a partial range splits the granule into 4 KiB
+  backing first (split_huge_pmd) and releases only its pages.
+* anonymous backing, `free` (MADV_FREE): backed pages become lazily freeable
+  and keep their frames until host reclaim; swapped pages lose their slot. A
+  whole huge granule becomes a lazily freed THP; a partial range splits it.
+* hugetlbfs backing: only ranges aligned to the huge page size and a multiple
+  of it are punched (fallocate); the others are skipped silently, as QEMU does
+  (§7.3). `free` behaves like `dontneed` there (fd-backed RAM uses fallocate).
+
+Every page of an applied range is marked reported, so a later fault on it
+counts as a refault. The `disabled` mode never reaches this kernel.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .pagestate import (
+    ER_APPLIED,
+    ER_IGNORED,
+    ER_LAZIED,
+    ER_RELEASED,
+    ER_SPLITS,
+    ER_SWAP_FREED,
+    GK_EMPTY,
+    GK_HUGE,
+    GK_HUGE_LAZY,
+    GK_MASK,
+    GR_REPORTED,
+    P_GRAN_SHIFT,
+    P_HUGETLB,
+    PG_REPORTED,
+    RES_BACKED,
+    RES_LAZY,
+    RES_MASK,
+    RES_SWAPPED,
+    RES_UNBACKED,
+    granule_materialize,
+    granule_set,
+    granule_split,
+    page_set_res,
+)
+
+
+@njit(cache=True)
+def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
+    """Per-page discard of [lo, hi) inside one GK_PAGES granule."""
+    for j in range(lo, hi):
+        res = state[j] & RES_MASK
+        if res == RES_SWAPPED:
+            page_set_res(state, gused, gstat, hs, p, slot, j, RES_UNBACKED, False)
+            er[ER_SWAP_FREED] += 1
+        elif lazy:
+            if res == RES_BACKED:
+                page_set_res(state, gused, gstat, hs, p, slot, j, RES_LAZY, False)
+                er[ER_LAZIED] += 1
+        elif res != RES_UNBACKED:
+            page_set_res(state, gused, gstat, hs, p, slot, j, RES_UNBACKED, False)
+            er[ER_RELEASED] += 1
+        state[j] |= PG_REPORTED
+
+
+@njit(cache=True)
+def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
+    shift = p[P_GRAN_SHIFT]
+    mask = (1 << shift) - 1
+    if (a & mask) or (end & mask):
+        er[ER_IGNORED] += 1
+        return
+    er[ER_APPLIED] += 1
+    for g in range(a >> shift, end >> shift):
+        if gran[g] & GK_MASK == GK_HUGE:
+            granule_set(gran, gused, gstat, hs, p, slot, g, GK_EMPTY | GR_REPORTED)
+            er[ER_RELEASED] += 1 << shift
+        else:
+            gran[g] |= GR_REPORTED
+
+
+@njit(cache=True)
+def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders, lazy, er):
+    """Discard (lazy=False) or lazily free (lazy=True) every range of one batch."""
+    base = offsets[slot]
+    shift = p[P_GRAN_SHIFT]
+    gpages = 1 << shift
+    for k in range(pfns.size):
+        a = base + pfns[k]
+        end = a + (1 << orders[k])
+        if p[P_HUGETLB]:
+            _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er)
+            continue
+        er[ER_APPLIED] += 1
+        i = a
+        while i < end:
+            g = i >> shift
+            g0 = g << shift
+            gend = min(end, g0 + gpages)
+            whole = i == g0 and gend == g0 + gpages
+            gb = gran[g]
+            kind = gb & GK_MASK
+            if kind == GK_EMPTY:
+                if whole:
+                    gran[g] = gb | GR_REPORTED
+                    i = gend
+                    continue
+                granule_materialize(state, gran, p, g)
+            elif kind == GK_HUGE or kind == GK_HUGE_LAZY:
+                if whole:
+                    if not lazy:
+                        granule_set(gran, gused, gstat, hs, p, slot, g, GK_EMPTY | GR_REPORTED)
+                        er[ER_RELEASED] += gpages
+                    elif kind == GK_HUGE:
+                        granule_set(gran, gused, gstat, hs, p, slot, g, GK_HUGE_LAZY | GR_REPORTED)
+                        er[ER_LAZIED] += gpages
+                    else:
+                        gran[g] = gb | GR_REPORTED
+                    i = gend
+                    continue
+                granule_split(state, gran, gstat, p, slot, g)
+                er[ER_SPLITS] += 1
+            elif whole and gused[g] == 0:
+                gran[g] = GK_EMPTY | GR_REPORTED
+                i = gend
+                continue
+            _discard_pages(state, gused, gstat, hs, p, slot, i, gend, lazy, er)
+            if whole and not lazy:
+                gran[g] = GK_EMPTY | GR_REPORTED  # every page is now unbacked and reported
+            i = gend

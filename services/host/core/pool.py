@@ -1,0 +1,607 @@
+"""The host: physical pool, guests placed on it, their page state, and counters.
+
+`Host` validates every batch completely before it changes anything, calls one
+numba kernel per batch (discard.py, fault.py, reclaim.py), prices what the
+kernel counted with costs.py, and keeps plain-int counters for the metrics
+layer. Page and granule state is laid out as described in pagestate.py.
+
+Out of memory (a frame is needed, nothing is lazily freed, swap is full):
+policy `stop_largest` stops the guest with the largest footprint on this host
+(backed + lazy + swapped pages; ties: the lowest guest id), releasing all its
+memory; later calls for it raise ValueError. Policy `refuse` leaves the page
+as it was and reports it in `TouchResult.refused_pages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import costs
+from .config import DISCARD_DISABLED, DISCARD_FREE, DISCARD_MODES, OOM_REFUSE, HostConfig
+from .discard import report_kernel
+from .fault import touch_kernel
+from .pagestate import (
+    ER_APPLIED,
+    ER_IGNORED,
+    ER_LAZIED,
+    ER_RELEASED,
+    ER_SPLITS,
+    ER_SWAP_FREED,
+    EV_FAULT_4K,
+    EV_FAULT_HUGE,
+    EV_LAZY_REUSE,
+    EV_OOM,
+    EV_PRIOR_UNBACKED,
+    EV_RECLAIM_DISK,
+    EV_RECLAIM_LAZY,
+    EV_RECLAIM_ZSWAP,
+    EV_REFAULT_PAGES,
+    EV_REFUSED,
+    EV_SWAPIN_DISK,
+    EV_SWAPIN_ZSWAP,
+    G_LAZY_RECLAIMED,
+    G_SWAPOUT_DISK,
+    G_SWAPOUT_ZSWAP,
+    G_THP_SPLITS,
+    G_ZSWAP,
+    GK_EMPTY,
+    GK_MASK,
+    GK_PAGES,
+    H_LAZY_PAGES,
+    H_LOG_N,
+    H_POOL_BYTES,
+    H_SCANNED_PAGES,
+    H_SWAP_USED_PAGES,
+    H_ZSWAP_BYTES,
+    NER,
+    NEV,
+    NG,
+    NH,
+    NP,
+    P_GRAN_SHIFT,
+    P_HUGE_FAULTS,
+    P_HUGETLB,
+    P_LIMIT_BYTES,
+    P_LOG_RESERVE,
+    P_REFUSE,
+    P_SWAP_CAP_PAGES,
+    P_ZSWAP_CBYTES,
+    P_ZSWAP_COUNTS,
+    P_ZSWAP_MAX_BYTES,
+    P_ZSWAP_ON,
+    PAGE_SIZE,
+    RES_BACKED,
+    RES_LAZY,
+    RES_MASK,
+    RES_NAMES,
+    RES_SWAPPED,
+    RES_UNBACKED,
+    ST_DONE,
+    ST_LOG_FULL,
+)
+from .reclaim import reclaim_kernel
+from .swap import swapin_cost_ns, swapout_cost_ns
+
+LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
+
+_GUEST_EVENT_COUNTERS = (
+    "reports",
+    "report_ranges",
+    "reported_pages",
+    "discard_ranges",
+    "discard_ranges_ignored",
+    "discarded_pages",
+    "lazyfreed_pages",
+    "swap_freed_pages",
+    "touched_pages",
+    "faults_4k",
+    "faults_huge",
+    "faults_swapin",
+    "swapin_disk_pages",
+    "swapin_zswap_pages",
+    "refault_pages",
+    "lazy_reuse_pages",
+    "refused_pages",
+    "oom_events",
+    "zeroed_bytes",
+    "direct_reclaim_pages",
+    "lost_report_ns",
+) + tuple(f"lost_{k}_ns" for k in LOST_KINDS)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Outcome of one report call (one virtqueue buffer)."""
+
+    latency_ns: int  # round trip: one exit plus the discards, blocks the reporting worker
+    ranges: int
+    pages_reported: int
+    ranges_applied: int
+    ranges_ignored: int  # hugetlbfs: smaller than or misaligned to the huge page
+    released_pages: int  # frames released now
+    lazy_pages: int  # pages made lazily freeable (MADV_FREE)
+    swap_freed_pages: int
+    thp_splits: int
+
+
+@dataclass(frozen=True)
+class TouchResult:
+    """Outcome of one batch of touches for one guest."""
+
+    lost_ns: dict[str, int]  # per kind in LOST_KINDS: simulated time the guest lost
+    prior_pages: dict[str, int]  # touched pages by residency before the touch
+    refused_pages: int = 0
+    refault_pages: int = 0
+    lazy_reuse_pages: int = 0
+    zeroed_bytes: int = 0
+    oom_events: int = 0
+    stopped_guests: tuple[int, ...] = ()
+
+    @property
+    def total_lost_ns(self) -> int:
+        return sum(self.lost_ns.values())
+
+
+@dataclass
+class _Guest:
+    guest_id: int
+    slot: int
+    nr_pages: int
+    discard_mode: str
+    stopped: bool = False
+    counters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(_GUEST_EVENT_COUNTERS, 0)
+    )
+
+
+def _int_array(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=True)
+
+
+class Host:
+    """A host's memory: capacity, reserve, the guests on it and their pages."""
+
+    def __init__(self, host_id: int, config: HostConfig):
+        if not isinstance(config, HostConfig):
+            raise ValueError(f"config must be a HostConfig, got {config!r}")
+        self.host_id = host_id
+        self.config = config
+        self._gran_pages = config.granule_pages
+        self._shift = self._gran_pages.bit_length() - 1
+        zs = config.zswap
+        cbytes = zs.compressed_page_bytes
+        p = np.zeros(NP, np.int64)
+        p[P_LIMIT_BYTES] = config.limit_bytes
+        p[P_GRAN_SHIFT] = self._shift
+        p[P_HUGE_FAULTS] = int(config.hugetlb or config.thp)
+        p[P_HUGETLB] = int(config.hugetlb)
+        p[P_ZSWAP_ON] = int(zs.enabled)
+        p[P_ZSWAP_CBYTES] = cbytes
+        p[P_ZSWAP_MAX_BYTES] = zs.max_pool_bytes
+        p[P_ZSWAP_COUNTS] = int(zs.enabled and zs.counts_against_host)
+        p[P_SWAP_CAP_PAGES] = config.swap.capacity_bytes // PAGE_SIZE
+        p[P_REFUSE] = int(config.oom_policy == OOM_REFUSE)
+        # Swap-outs one page may need: a huge fault needs a granule of frames; each
+        # page stored in a counted zswap pool frees only 4096 - cbytes.
+        per_frame = -(-PAGE_SIZE // (PAGE_SIZE - cbytes)) if p[P_ZSWAP_COUNTS] else 1
+        p[P_LOG_RESERVE] = 1 if config.hugetlb else self._gran_pages * per_frame + 8
+        self._p = p
+        self._hs = np.zeros(NH, np.int64)
+        self._state = np.zeros(0, np.uint8)
+        self._gran = np.zeros(0, np.uint8)
+        self._gused = np.zeros(0, np.uint32)
+        self._gstat = np.zeros((0, NG), np.int64)
+        self._offsets = np.zeros(1, np.int64)
+        self._log = np.zeros(max(4096, 4 * int(p[P_LOG_RESERVE])), np.int64)
+        self._guests: dict[int, _Guest] = {}
+        self._by_slot: list[_Guest] = []
+        self._host = {"oom_events": 0, "background_reclaim_ns": 0, "background_reclaim_pages": 0}
+
+    # ----------------------------------------------------------------- placement
+
+    def add_guest(self, guest_id: int, nr_pages: int, discard_mode: str = "dontneed") -> None:
+        """Place a guest of `nr_pages` 4 KiB pages (a multiple of the granule) on this host."""
+        if not isinstance(guest_id, int | np.integer) or isinstance(guest_id, bool):
+            raise ValueError(f"guest_id must be an int, got {guest_id!r}")
+        guest_id = int(guest_id)
+        if guest_id in self._guests:
+            raise ValueError(f"guest_id {guest_id} is already placed on host {self.host_id}")
+        if not isinstance(nr_pages, int | np.integer) or nr_pages <= 0:
+            raise ValueError(f"nr_pages must be a positive int, got {nr_pages!r}")
+        nr_pages = int(nr_pages)
+        if nr_pages % self._gran_pages:
+            raise ValueError(
+                f"nr_pages must be a multiple of the {self._gran_pages}-page granule, got {nr_pages}"
+            )
+        if discard_mode not in DISCARD_MODES:
+            raise ValueError(f"discard_mode must be one of {DISCARD_MODES}, got {discard_mode!r}")
+        ratio = self.config.max_overcommit_ratio
+        if ratio is not None:
+            placed = sum(g.nr_pages for g in self._guests.values() if not g.stopped)
+            new_ratio = (placed + nr_pages) * PAGE_SIZE / self.config.memory_bytes
+            if new_ratio > ratio:
+                raise ValueError(
+                    f"add_guest {guest_id}: nr_pages {nr_pages} brings the overcommit ratio to "
+                    f"{new_ratio:.3f}, over max_overcommit_ratio {ratio}"
+                )
+        slot = len(self._by_slot)
+        rec = _Guest(guest_id, slot, nr_pages, discard_mode)
+        self._state = np.concatenate([self._state, np.zeros(nr_pages, np.uint8)])
+        ngran = nr_pages >> self._shift
+        self._gran = np.concatenate([self._gran, np.full(ngran, GK_EMPTY, np.uint8)])
+        self._gused = np.concatenate([self._gused, np.zeros(ngran, np.uint32)])
+        row = np.zeros((1, NG), np.int64)
+        row[0, RES_UNBACKED] = nr_pages
+        self._gstat = np.concatenate([self._gstat, row])
+        self._offsets = np.append(self._offsets, self._offsets[-1] + nr_pages)
+        self._guests[guest_id] = rec
+        self._by_slot.append(rec)
+        self._debug_check()
+
+    def guest_ids(self) -> list[int]:
+        return list(self._guests)
+
+    def is_stopped(self, guest_id: int) -> bool:
+        return self._lookup(guest_id).stopped
+
+    # ------------------------------------------------------------------- reports
+
+    def apply_report(self, guest_id: int, pfns, orders) -> ReportResult:
+        """Apply one report buffer of (pfn, order) ranges with the guest's discard mode."""
+        rec = self._live(guest_id)
+        pfns, orders = self._validate_ranges(rec, pfns, orders)
+        er = np.zeros(NER, np.int64)
+        if rec.discard_mode != DISCARD_DISABLED and pfns.size:
+            lazy = rec.discard_mode == DISCARD_FREE and not self.config.hugetlb
+            report_kernel(
+                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+                self._offsets, rec.slot, pfns, orders, lazy, er,
+            )  # fmt: skip
+        pages = np.left_shift(np.int64(1), orders)
+        cm = self.config.costs
+        latency = costs.report_ns(cm, 1)
+        if rec.discard_mode != DISCARD_DISABLED:
+            applied = pages
+            if self.config.hugetlb:
+                gmask = self._gran_pages - 1
+                applied = pages[((pfns & gmask) == 0) & ((pages & gmask) == 0)]
+            big = applied >= 512
+            latency += costs.discard_ns(
+                cm, int(applied[~big].sum()), int((applied[big] // 512).sum())
+            )
+        c = rec.counters
+        c["reports"] += 1
+        c["report_ranges"] += int(pfns.size)
+        c["reported_pages"] += int(pages.sum())
+        c["discard_ranges"] += int(er[ER_APPLIED])
+        c["discard_ranges_ignored"] += int(er[ER_IGNORED])
+        c["discarded_pages"] += int(er[ER_RELEASED])
+        c["lazyfreed_pages"] += int(er[ER_LAZIED])
+        c["swap_freed_pages"] += int(er[ER_SWAP_FREED])
+        c["lost_report_ns"] += latency
+        self._debug_check()
+        return ReportResult(
+            latency_ns=latency,
+            ranges=int(pfns.size),
+            pages_reported=int(pages.sum()),
+            ranges_applied=int(er[ER_APPLIED]),
+            ranges_ignored=int(er[ER_IGNORED]),
+            released_pages=int(er[ER_RELEASED]),
+            lazy_pages=int(er[ER_LAZIED]),
+            swap_freed_pages=int(er[ER_SWAP_FREED]),
+            thp_splits=int(er[ER_SPLITS]),
+        )
+
+    # ------------------------------------------------------------------- touches
+
+    def apply_touch(self, guest_id: int, starts, npages) -> TouchResult:
+        """Apply touches of runs (start pfn, npages); reclaims inline when the pool is full."""
+        rec = self._live(guest_id)
+        starts, npages = self._validate_runs(rec, starts, npages)
+        ev = np.zeros(NEV, np.int64)
+        run, off = 0, 0
+        stopped: list[int] = []
+        oom_stops = 0
+        while True:
+            status, run, off = touch_kernel(
+                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+                self._offsets, self._log, ev, rec.slot, starts, npages, run, off,
+            )  # fmt: skip
+            if status == ST_DONE:
+                break
+            if status == ST_LOG_FULL:
+                self._grow_log()
+                continue
+            oom_stops += 1  # ST_OOM under the stop_largest policy
+            victim = self._oom_victim(rec)
+            self._stop_guest(victim)
+            stopped.append(victim.guest_id)
+            if victim is rec:
+                break
+        result = self._account_touch(rec, ev, oom_stops, tuple(stopped))
+        self._debug_check()
+        return result
+
+    def _account_touch(self, rec: _Guest, ev: np.ndarray, oom_stops: int, stopped) -> TouchResult:
+        cm = self.config.costs
+        ev = [int(x) for x in ev]
+        huge_faults = ev[EV_FAULT_HUGE]
+        if self._gran_pages == costs.HUGE_1G_BYTES // PAGE_SIZE:
+            zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge_faults)
+        else:
+            zero = costs.zero_ns(cm, ev[EV_FAULT_4K], huge_faults)
+        swapin, decompress = swapin_cost_ns(cm, ev[EV_SWAPIN_DISK], ev[EV_SWAPIN_ZSWAP])
+        lost = {
+            "fault": costs.host_fault_ns(cm, ev[EV_FAULT_4K], huge_faults),
+            "zero": zero,
+            "swapin": swapin,
+            "decompress": decompress,
+            "reclaim": swapout_cost_ns(cm, ev[EV_RECLAIM_DISK], ev[EV_RECLAIM_ZSWAP]),
+        }
+        prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
+        zeroed = (ev[EV_FAULT_4K] + huge_faults * self._gran_pages) * PAGE_SIZE
+        oom = ev[EV_OOM] + oom_stops
+        self._host["oom_events"] += oom
+        c = rec.counters
+        c["touched_pages"] += sum(prior.values())
+        c["faults_4k"] += ev[EV_FAULT_4K]
+        c["faults_huge"] += huge_faults
+        c["faults_swapin"] += ev[EV_SWAPIN_DISK] + ev[EV_SWAPIN_ZSWAP]
+        c["swapin_disk_pages"] += ev[EV_SWAPIN_DISK]
+        c["swapin_zswap_pages"] += ev[EV_SWAPIN_ZSWAP]
+        c["refault_pages"] += ev[EV_REFAULT_PAGES]
+        c["lazy_reuse_pages"] += ev[EV_LAZY_REUSE]
+        c["refused_pages"] += ev[EV_REFUSED]
+        c["oom_events"] += oom
+        c["zeroed_bytes"] += zeroed
+        c["direct_reclaim_pages"] += (
+            ev[EV_RECLAIM_DISK] + ev[EV_RECLAIM_ZSWAP] + ev[EV_RECLAIM_LAZY]
+        )
+        for kind, ns in lost.items():
+            c[f"lost_{kind}_ns"] += ns
+        return TouchResult(
+            lost_ns=lost,
+            prior_pages=prior,
+            refused_pages=ev[EV_REFUSED],
+            refault_pages=ev[EV_REFAULT_PAGES],
+            lazy_reuse_pages=ev[EV_LAZY_REUSE],
+            zeroed_bytes=zeroed,
+            oom_events=oom,
+            stopped_guests=stopped,
+        )
+
+    # ------------------------------------------------------------------- reclaim
+
+    def reclaim(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Reclaim down to the limit, then return, per guest, the ranges swapped out since
+        the last call that are still swapped: guest_id -> (start pfns, npages), ascending.
+        """
+        ev = np.zeros(NEV, np.int64)
+        self._ensure_log_room()
+        reclaim_kernel(
+            self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+            self._offsets, self._log, ev,
+        )  # fmt: skip
+        cm = self.config.costs
+        self._host["background_reclaim_ns"] += swapout_cost_ns(
+            cm, int(ev[EV_RECLAIM_DISK]), int(ev[EV_RECLAIM_ZSWAP])
+        )
+        self._host["background_reclaim_pages"] += int(
+            ev[EV_RECLAIM_DISK] + ev[EV_RECLAIM_ZSWAP] + ev[EV_RECLAIM_LAZY]
+        )
+        out = self._drain_log()
+        self._debug_check()
+        return out
+
+    def _swapped_log_entries(self) -> np.ndarray:
+        idx = np.unique(self._log[: self._hs[H_LOG_N]])
+        if idx.size == 0:
+            return idx
+        live = (self._state[idx] & RES_MASK == RES_SWAPPED) & (
+            self._gran[idx >> self._shift] & GK_MASK == GK_PAGES
+        )
+        return idx[live]
+
+    def _drain_log(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        idx = self._swapped_log_entries()
+        self._hs[H_LOG_N] = 0
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if idx.size == 0:
+            return out
+        slots = np.searchsorted(self._offsets, idx, side="right") - 1
+        for slot in np.unique(slots):
+            local = idx[slots == slot] - self._offsets[slot]
+            breaks = np.flatnonzero(np.diff(local) != 1) + 1
+            starts = local[np.concatenate(([0], breaks))]
+            ends = local[np.concatenate((breaks - 1, [local.size - 1]))] + 1
+            out[self._by_slot[slot].guest_id] = (starts, ends - starts)
+        return out
+
+    def _grow_log(self) -> None:
+        kept = self._swapped_log_entries()
+        size = max(self._log.size, 2 * kept.size + 4 * int(self._p[P_LOG_RESERVE]))
+        log = np.zeros(size, np.int64)
+        log[: kept.size] = kept
+        self._log = log
+        self._hs[H_LOG_N] = kept.size
+
+    def _ensure_log_room(self) -> None:
+        """Room for every swap-out that bringing the pool under the limit may need."""
+        p = self._p
+        excess = max(0, int(self._hs[H_POOL_BYTES] - p[P_LIMIT_BYTES]))
+        freed = PAGE_SIZE - int(p[P_ZSWAP_CBYTES]) if p[P_ZSWAP_COUNTS] else PAGE_SIZE
+        need = excess // freed + 2 + int(p[P_LOG_RESERVE])
+        if self._log.size - int(self._hs[H_LOG_N]) < need:
+            self._grow_log()
+        if self._log.size - int(self._hs[H_LOG_N]) < need:
+            log = np.zeros(int(self._hs[H_LOG_N]) + need, np.int64)
+            log[: self._hs[H_LOG_N]] = self._log[: self._hs[H_LOG_N]]
+            self._log = log
+
+    # --------------------------------------------------------------------- OOM
+
+    def _footprint_pages(self, rec: _Guest) -> int:
+        row = self._gstat[rec.slot]
+        return int(row[RES_BACKED] + row[RES_LAZY] + row[RES_SWAPPED])
+
+    def _oom_victim(self, caller: _Guest) -> _Guest:
+        live = [g for g in self._by_slot if not g.stopped]
+        victim = max(live, key=lambda g: (self._footprint_pages(g), -g.guest_id))
+        if self._footprint_pages(victim) == 0:
+            return caller  # nothing to free anywhere: the request itself cannot fit
+        return victim
+
+    def _stop_guest(self, rec: _Guest) -> None:
+        """Stop a guest: release every frame, swap slot and zswap entry it holds."""
+        slot, row, hs, p = rec.slot, self._gstat[rec.slot], self._hs, self._p
+        zs = int(row[G_ZSWAP])
+        cbytes = int(p[P_ZSWAP_CBYTES])
+        hs[H_POOL_BYTES] -= int(row[RES_BACKED] + row[RES_LAZY]) * PAGE_SIZE
+        if p[P_ZSWAP_COUNTS]:
+            hs[H_POOL_BYTES] -= zs * cbytes
+        hs[H_SWAP_USED_PAGES] -= int(row[RES_SWAPPED]) - zs
+        hs[H_ZSWAP_BYTES] -= zs * cbytes
+        hs[H_LAZY_PAGES] -= int(row[RES_LAZY])
+        row[: RES_SWAPPED + 1] = 0
+        row[RES_UNBACKED] = rec.nr_pages
+        row[G_ZSWAP] = 0
+        lo, hi = int(self._offsets[slot]), int(self._offsets[slot + 1])
+        self._state[lo:hi] = 0
+        self._gran[lo >> self._shift : hi >> self._shift] = GK_EMPTY
+        self._gused[lo >> self._shift : hi >> self._shift] = 0
+        rec.stopped = True
+
+    # ------------------------------------------------------------------ counters
+
+    def guest_counters(self, guest_id: int) -> dict[str, int]:
+        """Plain-int counters of one guest (stopped guests included)."""
+        rec = self._lookup(guest_id)
+        row = [int(x) for x in self._gstat[rec.slot]]
+        out = {"nr_pages": rec.nr_pages, "stopped": int(rec.stopped)}
+        for k, name in enumerate(RES_NAMES):
+            out[f"{name}_bytes"] = row[k] * PAGE_SIZE
+        out["resident_bytes"] = (row[RES_BACKED] + row[RES_LAZY]) * PAGE_SIZE
+        out["zswap_pages"] = row[G_ZSWAP]
+        out["swapout_disk_pages"] = row[G_SWAPOUT_DISK]
+        out["swapout_zswap_pages"] = row[G_SWAPOUT_ZSWAP]
+        out["swapout_bytes"] = (row[G_SWAPOUT_DISK] + row[G_SWAPOUT_ZSWAP]) * PAGE_SIZE
+        out["lazy_reclaimed_bytes"] = row[G_LAZY_RECLAIMED] * PAGE_SIZE
+        out["thp_splits"] = row[G_THP_SPLITS]
+        out.update(rec.counters)
+        out["swapin_bytes"] = out["faults_swapin"] * PAGE_SIZE
+        return out
+
+    def host_counters(self) -> dict[str, int]:
+        """Host totals: capacity and pool, swap, and every guest counter summed."""
+        cfg, hs = self.config, self._hs
+        out = {
+            "memory_bytes": cfg.memory_bytes,
+            "reserve_bytes": cfg.reserve_bytes,
+            "limit_bytes": cfg.limit_bytes,
+            "pool_used_bytes": int(hs[H_POOL_BYTES]),
+            "swap_capacity_bytes": cfg.swap.capacity_bytes,
+            "swap_used_bytes": int(hs[H_SWAP_USED_PAGES]) * PAGE_SIZE,
+            "zswap_pool_bytes": int(hs[H_ZSWAP_BYTES]),
+            "lazy_pages": int(hs[H_LAZY_PAGES]),
+            "reclaim_scanned_pages": int(hs[H_SCANNED_PAGES]),
+            "guests": len(self._guests),
+            "guests_stopped": sum(g.stopped for g in self._by_slot),
+            "guest_pages": sum(g.nr_pages for g in self._by_slot),
+        }
+        out.update(self._host)
+        summed: dict[str, int] = {}
+        for rec in self._by_slot:
+            for key, value in self.guest_counters(rec.guest_id).items():
+                if key not in ("nr_pages", "stopped", "oom_events"):
+                    summed[key] = summed.get(key, 0) + value
+        for key, value in summed.items():
+            out.setdefault(key, value)
+        return out
+
+    # ---------------------------------------------------------------- invariants
+
+    def check_invariants(self) -> None:
+        """Recompute every total from the page and granule bytes; AssertionError on a mismatch."""
+        from .invariants import check_host  # local: tests and debug mode only
+
+        check_host(self)
+
+    def _debug_check(self) -> None:
+        if self.config.debug_checks:
+            self.check_invariants()
+
+    # ---------------------------------------------------------------- validation
+
+    def _lookup(self, guest_id) -> _Guest:
+        rec = self._guests.get(guest_id) if isinstance(guest_id, int | np.integer) else None
+        if rec is None:
+            raise ValueError(f"guest_id {guest_id!r} is not placed on host {self.host_id}")
+        return rec
+
+    def _live(self, guest_id) -> _Guest:
+        rec = self._lookup(guest_id)
+        if rec.stopped:
+            raise ValueError(f"guest_id {guest_id} was stopped by the host OOM policy")
+        return rec
+
+    def _validate_ranges(self, rec: _Guest, pfns, orders) -> tuple[np.ndarray, np.ndarray]:
+        pfns = _int_array("pfns", pfns)
+        orders = _int_array("orders", orders)
+        if pfns.size != orders.size:
+            raise ValueError(f"pfns and orders differ in length: {pfns.size} != {orders.size}")
+        max_order = self.config.max_report_order
+        bad = np.flatnonzero((orders < 0) | (orders > max_order))
+        if bad.size:
+            k = bad[0]
+            raise ValueError(
+                f"guest {rec.guest_id}: order {orders[k]} (pfn {pfns[k]}) out of range 0..{max_order}"
+            )
+        bad = np.flatnonzero(pfns < 0)
+        if bad.size:
+            k = bad[0]
+            raise ValueError(f"guest {rec.guest_id}: pfn {pfns[k]} (order {orders[k]}) is negative")
+        size = np.left_shift(np.int64(1), orders)
+        bad = np.flatnonzero(pfns & (size - 1))
+        if bad.size:
+            k = bad[0]
+            raise ValueError(
+                f"guest {rec.guest_id}: pfn {pfns[k]} is not aligned to order {orders[k]}"
+            )
+        bad = np.flatnonzero(pfns + size > rec.nr_pages)
+        if bad.size:
+            k = bad[0]
+            raise ValueError(
+                f"guest {rec.guest_id}: pfn {pfns[k]} order {orders[k]} ends past "
+                f"nr_pages {rec.nr_pages}"
+            )
+        return pfns, orders
+
+    def _validate_runs(self, rec: _Guest, starts, npages) -> tuple[np.ndarray, np.ndarray]:
+        starts = _int_array("starts", starts)
+        npages = _int_array("npages", npages)
+        if starts.size != npages.size:
+            raise ValueError(f"starts and npages differ in length: {starts.size} != {npages.size}")
+        bad = np.flatnonzero(starts < 0)
+        if bad.size:
+            raise ValueError(f"guest {rec.guest_id}: start pfn {starts[bad[0]]} is negative")
+        bad = np.flatnonzero(npages <= 0)
+        if bad.size:
+            k = bad[0]
+            raise ValueError(
+                f"guest {rec.guest_id}: npages {npages[k]} (start pfn {starts[k]}) must be > 0"
+            )
+        bad = np.flatnonzero(starts + npages > rec.nr_pages)
+        if bad.size:
+            k = bad[0]
+            raise ValueError(
+                f"guest {rec.guest_id}: run at pfn {starts[k]} of {npages[k]} pages ends past "
+                f"nr_pages {rec.nr_pages}"
+            )
+        return starts, npages

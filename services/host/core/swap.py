@@ -1,0 +1,66 @@
+"""Swap device and compressed tier (zswap-like): where a page goes, what it costs.
+
+The swap device holds `SwapConfig.capacity_bytes / 4096` slots. The optional
+compressed tier stores a page in `ZswapConfig.compressed_page_bytes` bytes
+while its pool stays under `max_pool_bytes`; it is tried first. When the
+pool counts against host memory, storing a page there frees only
+`4096 - compressed_page_bytes` bytes of the host pool.
+
+Numba helpers operate on the shared arrays described in pagestate.py; the
+pricing helper turns page counts into simulated ns with costs.py.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from . import costs
+from .pagestate import (
+    G_SWAPOUT_DISK,
+    G_SWAPOUT_ZSWAP,
+    H_LOG_N,
+    H_SWAP_USED_PAGES,
+    H_ZSWAP_BYTES,
+    P_SWAP_CAP_PAGES,
+    P_ZSWAP_CBYTES,
+    P_ZSWAP_MAX_BYTES,
+    P_ZSWAP_ON,
+    RES_SWAPPED,
+    page_set_res,
+)
+
+SWAP_NONE = 0  # no room anywhere: swap is full
+SWAP_TO_ZSWAP = 1
+SWAP_TO_DISK = 2
+
+
+@njit(cache=True)
+def swap_dest(hs, p):
+    """Where the next swapped-out page goes: the compressed tier first, then the device."""
+    if p[P_ZSWAP_ON] and hs[H_ZSWAP_BYTES] + p[P_ZSWAP_CBYTES] <= p[P_ZSWAP_MAX_BYTES]:
+        return SWAP_TO_ZSWAP
+    if hs[H_SWAP_USED_PAGES] < p[P_SWAP_CAP_PAGES]:
+        return SWAP_TO_DISK
+    return SWAP_NONE
+
+
+@njit(cache=True)
+def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
+    """Swap out backed page i (GK_PAGES granule) to `dest` and log it for the guest."""
+    page_set_res(state, gused, gstat, hs, p, slot, i, RES_SWAPPED, dest == SWAP_TO_ZSWAP)
+    if dest == SWAP_TO_ZSWAP:
+        gstat[slot, G_SWAPOUT_ZSWAP] += 1
+    else:
+        gstat[slot, G_SWAPOUT_DISK] += 1
+    log[hs[H_LOG_N]] = i
+    hs[H_LOG_N] += 1
+
+
+def swapout_cost_ns(cm: costs.CostModel, disk_pages: int, zswap_pages: int) -> int:
+    """Reclaim time to write `disk_pages` to the device and compress `zswap_pages`."""
+    return costs.swapout_ns(cm, disk_pages) + costs.compress_ns(cm, zswap_pages)
+
+
+def swapin_cost_ns(cm: costs.CostModel, disk_pages: int, zswap_pages: int) -> tuple[int, int]:
+    """(swap-in ns from the device, decompress ns from the compressed tier)."""
+    return costs.swapin_ns(cm, disk_pages), costs.decompress_ns(cm, zswap_pages)
