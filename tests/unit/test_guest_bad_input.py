@@ -93,7 +93,7 @@ def test_valid_batch_after_rejection_still_works(allocator_factory):
 def test_alloc_bad_migratetype(allocator_factory, mt):
     a, _, _, _ = prepared(allocator_factory)
     before = snapshot(a)
-    with pytest.raises(ValueError, match=rf"(mt|migratetype)\W{0,3}{mt}\b"):
+    with pytest.raises(ValueError, match=rf"(mt|migratetype)\W{{0,3}}{mt}\b"):
         a.alloc(0, mt, 1)
     assert snapshot(a) == before
 
