@@ -119,7 +119,7 @@ class ReportAck(_message.Message):
     def __init__(self, op_seq: _Optional[int] = ..., status: _Optional[_Union[ReportStatus, str]] = ..., discarded_pages: _Optional[int] = ..., latency_ns: _Optional[int] = ...) -> None: ...
 
 class GuestEpochResult(_message.Message):
-    __slots__ = ("guest_id", "report_acks", "swapped_out", "lost_ns", "touched_pages")
+    __slots__ = ("guest_id", "report_acks", "swapped_out", "lost_ns", "touched_pages", "stopped")
     class LostNsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,12 +139,14 @@ class GuestEpochResult(_message.Message):
     SWAPPED_OUT_FIELD_NUMBER: _ClassVar[int]
     LOST_NS_FIELD_NUMBER: _ClassVar[int]
     TOUCHED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
     guest_id: int
     report_acks: _containers.RepeatedCompositeFieldContainer[ReportAck]
     swapped_out: _common_pb2.PageRuns
     lost_ns: _containers.ScalarMap[str, int]
     touched_pages: _containers.ScalarMap[str, int]
-    def __init__(self, guest_id: _Optional[int] = ..., report_acks: _Optional[_Iterable[_Union[ReportAck, _Mapping]]] = ..., swapped_out: _Optional[_Union[_common_pb2.PageRuns, _Mapping]] = ..., lost_ns: _Optional[_Mapping[str, int]] = ..., touched_pages: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    stopped: bool
+    def __init__(self, guest_id: _Optional[int] = ..., report_acks: _Optional[_Iterable[_Union[ReportAck, _Mapping]]] = ..., swapped_out: _Optional[_Union[_common_pb2.PageRuns, _Mapping]] = ..., lost_ns: _Optional[_Mapping[str, int]] = ..., touched_pages: _Optional[_Mapping[str, int]] = ..., stopped: _Optional[bool] = ...) -> None: ...
 
 class SyncEpochResponse(_message.Message):
     __slots__ = ("epoch", "sequence", "guests")

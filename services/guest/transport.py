@@ -1,0 +1,358 @@
+"""Guest transport: GuestService messages <-> a guest shard, over a plain Protocol.
+
+Every guest-shard actor serves GuestService. The servicer translates messages
+to calls on :class:`GuestShardApi`, which the orchestration layer implements
+(``services/sim``); nothing here knows how a shard runs its guests.
+
+Errors: an implementation raises ``ValueError`` for bad input (INVALID_ARGUMENT),
+``KeyError``/``LookupError`` for an unknown guest (NOT_FOUND), or any
+:class:`~services.transport.validation.StatusError` for a precise status. It must
+change no state when it raises.
+
+Start a server::
+
+    server = start_guest_server(shard_api, ServerOptions(port=0), experiment_id="exp-1")
+    with server:
+        client = connect_guest(server.address)
+        client.list_guests()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from overcommit.v1 import guest_pb2, guest_pb2_grpc
+from services.guest.core.constants import MIGRATE_ISOLATE, MIGRATE_TYPES
+from services.transport.client import (
+    DEFAULT_TIMEOUT_S,
+    ChannelOptions,
+    RetryPolicy,
+    RpcCaller,
+    make_channel,
+)
+from services.transport.security import ClientTls, check_experiment_binding
+from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
+from services.transport.validation import (
+    check_page_runs,
+    not_found,
+    require,
+    translate_errors,
+)
+
+REPORTING_STATE_TO_PB = {
+    "idle": guest_pb2.REPORTING_STATE_IDLE,
+    "requested": guest_pb2.REPORTING_STATE_REQUESTED,
+    "active": guest_pb2.REPORTING_STATE_ACTIVE,
+}
+MAX_BUDDY_ORDER = 18  # transport-level bound; the guest checks its own max_order
+
+
+# ------------------------------------------------------------- plain types
+
+
+@dataclass(frozen=True)
+class AllocOp:
+    """Allocate ``count`` blocks of 2**order pages of migratetype ``migratetype``."""
+
+    order: int
+    migratetype: int
+    count: int
+
+
+@dataclass(frozen=True)
+class FreeOp:
+    """Free the blocks at ``pfns`` (order ``order``), or, if ``pfns`` is empty, the
+    ``count`` blocks of that order the guest allocated most recently."""
+
+    order: int
+    pfns: np.ndarray  # int64 head pfns
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class TouchOp:
+    """Touch runs [starts[i], starts[i] + npages[i]) (4 KiB pages)."""
+
+    starts: np.ndarray  # int64
+    npages: np.ndarray  # int64
+
+
+GuestOp = AllocOp | FreeOp | TouchOp
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """Outcome of one op: pfns allocated or freed (empty for touch), ns lost (touch)."""
+
+    pfns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lost_ns: int = 0
+
+
+@dataclass(frozen=True)
+class ApplyOpsResult:
+    """Outcomes, one per op in order, and the guest's simulated time afterwards (ns)."""
+
+    results: Sequence[OpResult]
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """One guest as its shard describes it."""
+
+    guest_id: int
+    nr_pages: int
+    host_id: int
+    now_ns: int
+    workload: str = ""  # running workload kind; "" when idle
+
+
+@runtime_checkable
+class GuestShardApi(Protocol):
+    """What a guest shard offers GuestService. Implemented by the orchestration layer.
+
+    All times are simulated ns; pfns count 4 KiB guest pages.
+    """
+
+    def list_guests(self) -> Sequence[GuestInfo]:
+        """The shard's guests (any order; the servicer sorts them by guest id)."""
+        ...
+
+    def apply_ops(self, guest_id: int, ops: Sequence[GuestOp]) -> ApplyOpsResult:
+        """Apply ``ops`` to the guest in order at its current time. Validate the whole
+        list first: on ValueError/KeyError nothing may have changed."""
+        ...
+
+    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
+                       duration_ns: int) -> tuple[int, int]:
+        """Start workload kind ``workload`` (e.g. "memhog") with the spec's parameters
+        for that kind; returns (start_ns, end_ns)."""
+        ...
+
+    def guest_state(self, guest_id: int) -> Mapping[str, Any]:
+        """The guest's state, as ``services.guest.core.guest.Guest.state()`` returns it:
+        keys ``guest_id``, ``now_ns``, ``free_blocks`` ({order: {mt: blocks}}),
+        ``reported_bytes``, ``backed_bytes``, ``worker_state`` ("idle" |
+        "requested" | "active"), and optionally ``nr_pages``."""
+        ...
+
+
+# ---------------------------------------------------------- message codec
+
+
+def decode_ops(request: guest_pb2.ApplyOpsRequest) -> list[GuestOp]:
+    """ApplyOpsRequest.ops -> plain ops, checking what needs no guest state."""
+    ops: list[GuestOp] = []
+    for i, op in enumerate(request.ops):
+        path = f"ops[{i}]"
+        kind = op.WhichOneof("op")
+        require(kind is not None, path, None, "one of alloc, free, touch must be set")
+        if kind == "alloc":
+            a = op.alloc
+            _check_order(f"{path}.alloc.order", a.order)
+            require(a.migratetype < MIGRATE_TYPES and a.migratetype != MIGRATE_ISOLATE,
+                    f"{path}.alloc.migratetype", a.migratetype,
+                    f"must be in 0..{MIGRATE_TYPES - 1} and not MIGRATE_ISOLATE")
+            require(a.count > 0, f"{path}.alloc.count", a.count, "must be > 0")
+            ops.append(AllocOp(a.order, a.migratetype, a.count))
+        elif kind == "free":
+            f = op.free
+            _check_order(f"{path}.free.order", f.order)
+            require(bool(f.pfns) or f.count > 0, f"{path}.free.count", f.count,
+                    "must be > 0 when pfns is empty")
+            ops.append(FreeOp(f.order, np.fromiter(f.pfns, dtype=np.int64), f.count))
+        else:
+            starts = np.fromiter(op.touch.runs.starts, dtype=np.uint64)
+            npages = np.fromiter(op.touch.runs.npages, dtype=np.uint64)
+            check_page_runs(f"{path}.touch.runs", starts, npages, nr_pages=2**63)
+            ops.append(TouchOp(starts.astype(np.int64), npages.astype(np.int64)))
+    return ops
+
+
+def _check_order(field_name: str, order: int) -> None:
+    require(order <= MAX_BUDDY_ORDER, field_name, order, f"order out of range 0..{MAX_BUDDY_ORDER}")
+
+
+def encode_ops(ops: Sequence[GuestOp]) -> list[guest_pb2.GuestOp]:
+    """Plain ops -> GuestOp messages (what a client sends)."""
+    out = []
+    for op in ops:
+        if isinstance(op, AllocOp):
+            out.append(guest_pb2.GuestOp(alloc=guest_pb2.AllocOp(
+                order=op.order, migratetype=op.migratetype, count=op.count)))
+        elif isinstance(op, FreeOp):
+            out.append(guest_pb2.GuestOp(free=guest_pb2.FreeOp(
+                order=op.order, pfns=np.asarray(op.pfns).tolist(), count=op.count)))
+        else:
+            touch = guest_pb2.TouchOp()
+            touch.runs.starts.extend(np.asarray(op.starts).tolist())
+            touch.runs.npages.extend(np.asarray(op.npages).tolist())
+            out.append(guest_pb2.GuestOp(touch=touch))
+    return out
+
+
+def struct_to_params(params: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct -> dict; whole numbers come back as int (Struct stores doubles)."""
+    def fix(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(json_format.MessageToDict(params))
+
+
+def params_to_struct(params: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(params))
+    return struct
+
+
+def encode_state(state: Mapping[str, Any]) -> guest_pb2.GetGuestStateResponse:
+    """A ``Guest.state()``-shaped mapping -> GetGuestStateResponse."""
+    response = guest_pb2.GetGuestStateResponse(
+        guest_id=int(state["guest_id"]), now_ns=int(state["now_ns"]),
+        nr_pages=int(state.get("nr_pages", 0)),
+        reported_bytes=int(state["reported_bytes"]), backed_bytes=int(state["backed_bytes"]),
+        reporting_state=REPORTING_STATE_TO_PB.get(str(state["worker_state"]),
+                                                  guest_pb2.REPORTING_STATE_UNSPECIFIED),
+    )
+    for order, by_mt in sorted(state["free_blocks"].items()):
+        for mt, nr_free in sorted(by_mt.items()):
+            if nr_free:
+                response.free_areas.add(order=int(order), migratetype=int(mt), nr_free=int(nr_free))
+    return response
+
+
+# --------------------------------------------------------------- servicer
+
+
+class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
+    """GuestService over a :class:`GuestShardApi`: decode, call, encode."""
+
+    def __init__(self, shard: GuestShardApi, experiment_id: str = ""):
+        self.shard = shard
+        self.experiment_id = experiment_id
+
+    def _check_experiment(self, experiment_id: str, context: grpc.ServicerContext | None) -> None:
+        check_experiment_binding(context, experiment_id or self.experiment_id)
+        if experiment_id and self.experiment_id and experiment_id != self.experiment_id:
+            raise not_found("experiment_id", experiment_id, "this shard serves another experiment")
+
+    @translate_errors
+    def ListGuests(self, request: guest_pb2.ListGuestsRequest,
+                   context: grpc.ServicerContext | None) -> guest_pb2.ListGuestsResponse:
+        self._check_experiment(request.experiment_id, context)
+        response = guest_pb2.ListGuestsResponse()
+        for info in sorted(self.shard.list_guests(), key=lambda g: g.guest_id):
+            response.guests.add(guest_id=info.guest_id, nr_pages=info.nr_pages,
+                                host_id=info.host_id, now_ns=info.now_ns, workload=info.workload)
+        return response
+
+    @translate_errors
+    def ApplyOps(self, request: guest_pb2.ApplyOpsRequest,
+                 context: grpc.ServicerContext | None) -> guest_pb2.ApplyOpsResponse:
+        self._check_experiment(request.experiment_id, context)
+        result = self.shard.apply_ops(request.guest_id, decode_ops(request))
+        response = guest_pb2.ApplyOpsResponse(now_ns=result.now_ns)
+        for r in result.results:
+            response.results.add(pfns=np.asarray(r.pfns).tolist(), lost_ns=int(r.lost_ns))
+        return response
+
+    @translate_errors
+    def StartWorkload(self, request: guest_pb2.StartWorkloadRequest,
+                      context: grpc.ServicerContext | None) -> guest_pb2.StartWorkloadResponse:
+        self._check_experiment(request.experiment_id, context)
+        require(bool(request.workload), "workload", request.workload, "must not be empty")
+        require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
+        start_ns, end_ns = self.shard.start_workload(
+            request.guest_id, request.workload, struct_to_params(request.params),
+            request.duration_ns)
+        return guest_pb2.StartWorkloadResponse(start_ns=start_ns, end_ns=end_ns)
+
+    @translate_errors
+    def GetGuestState(self, request: guest_pb2.GetGuestStateRequest,
+                      context: grpc.ServicerContext | None) -> guest_pb2.GetGuestStateResponse:
+        self._check_experiment(request.experiment_id, context)
+        return encode_state(self.shard.guest_state(request.guest_id))
+
+
+def guest_service_binding(shard: GuestShardApi, experiment_id: str = "") -> ServiceBinding:
+    """What :func:`services.transport.server.build_server` needs to serve GuestService."""
+    return ServiceBinding(guest_pb2.DESCRIPTOR.services_by_name["GuestService"].full_name,
+                          guest_pb2_grpc.add_GuestServiceServicer_to_server,
+                          GuestServicer(shard, experiment_id))
+
+
+def start_guest_server(shard: GuestShardApi, options: ServerOptions | None = None,
+                       experiment_id: str = "") -> GrpcServer:
+    """A bound (not started) server for one shard; use ``with`` or ``start()``."""
+    return build_server(options or ServerOptions(), [guest_service_binding(shard, experiment_id)])
+
+
+# ----------------------------------------------------------------- client
+
+
+class GuestClient:
+    """GuestService over a channel, with plain-typed helpers. Errors are ``grpc.RpcError``."""
+
+    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None,
+                 experiment_id: str = ""):
+        self.channel = channel
+        self.stub = guest_pb2_grpc.GuestServiceStub(channel)
+        self.caller = caller or RpcCaller()
+        self.experiment_id = experiment_id
+
+    def list_guests(self) -> guest_pb2.ListGuestsResponse:
+        return self.caller.unary(self.stub.ListGuests, guest_pb2.ListGuestsRequest(
+            experiment_id=self.experiment_id), idempotent=True)
+
+    def apply_ops(self, guest_id: int, ops: Sequence[GuestOp]) -> guest_pb2.ApplyOpsResponse:
+        """Not retried: allocating twice is not harmless."""
+        request = guest_pb2.ApplyOpsRequest(experiment_id=self.experiment_id, guest_id=guest_id,
+                                            ops=encode_ops(ops))
+        return self.caller.unary(self.stub.ApplyOps, request, idempotent=False)
+
+    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
+                       duration_ns: int) -> guest_pb2.StartWorkloadResponse:
+        request = guest_pb2.StartWorkloadRequest(
+            experiment_id=self.experiment_id, guest_id=guest_id, workload=workload,
+            params=params_to_struct(params), duration_ns=duration_ns)
+        return self.caller.unary(self.stub.StartWorkload, request, idempotent=False)
+
+    def guest_state(self, guest_id: int) -> guest_pb2.GetGuestStateResponse:
+        return self.caller.unary(self.stub.GetGuestState, guest_pb2.GetGuestStateRequest(
+            experiment_id=self.experiment_id, guest_id=guest_id), idempotent=True)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GuestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_guest(target: str, *, tls: ClientTls | None = None, token: str | None = None,
+                  experiment_id: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,
+                  retry: RetryPolicy | None = None) -> GuestClient:
+    """A GuestClient for ``target`` with deadline, retries (reads only) and token."""
+    caller = RpcCaller(token=token, experiment_id=experiment_id or None, timeout_s=timeout_s,
+                       retry=retry)
+    return GuestClient(make_channel(ChannelOptions(target, tls)), caller, experiment_id)
+
+
+def iter_free_areas(response: guest_pb2.GetGuestStateResponse) -> Iterator[tuple[int, int, int]]:
+    """(order, migratetype, nr_free) of every non-empty free list in a state response."""
+    for area in response.free_areas:
+        yield area.order, area.migratetype, area.nr_free

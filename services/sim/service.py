@@ -1,0 +1,257 @@
+"""ExperimentService: the coordinator's gRPC face, over a plain Protocol.
+
+The servicer translates messages to calls on :class:`ExperimentManagerApi`, which
+the orchestration layer implements; it holds no experiment logic itself.
+
+Errors: the manager raises ``KeyError`` for an unknown experiment (NOT_FOUND),
+``ValueError`` for a bad spec or duration (INVALID_ARGUMENT), or a
+:class:`~services.transport.validation.StatusError` for anything more precise
+(``failed_precondition(...)`` for advancing a cancelled experiment).
+
+Tokens: with a :class:`~services.transport.security.TokenStore`, CreateExperiment
+(called with the server's admin token) makes a fresh token for the new
+experiment, registers it in the store and returns it; later calls about that
+experiment may use it.
+
+::
+
+    server = start_experiment_server(manager, ServerOptions(port=0), tokens=TokenStore("admin"))
+    with server:
+        client = connect_experiments(server.address, token="admin")
+        experiment_id, token = client.create(spec_yaml)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
+from services.transport.client import (
+    DEFAULT_TIMEOUT_S,
+    ChannelOptions,
+    RetryPolicy,
+    RpcCaller,
+    make_channel,
+)
+from services.transport.security import ClientTls, TokenStore, check_experiment_binding
+from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
+from services.transport.validation import require, require_id, translate_errors
+
+STATE_TO_PB = {
+    "created": experiment_pb2.EXPERIMENT_STATE_CREATED,
+    "finished": experiment_pb2.EXPERIMENT_STATE_FINISHED,
+    "cancelled": experiment_pb2.EXPERIMENT_STATE_CANCELLED,
+}
+TOKEN_BYTES = 24  # random bytes per experiment token (urlsafe base64 text)
+
+
+@dataclass(frozen=True)
+class ExperimentStatus:
+    """Where an experiment stands: simulated time reached (ns) and lifecycle state."""
+
+    now_ns: int
+    state: str  # "created" | "finished" | "cancelled"
+
+
+@runtime_checkable
+class ExperimentManagerApi(Protocol):
+    """What the coordinator offers ExperimentService. Implemented in ``services/sim``."""
+
+    def create(self, spec: str | Mapping[str, Any]) -> str:
+        """Create an experiment from YAML text or an already parsed mapping; return its id.
+        Nothing runs yet. Bad spec: ValueError (message names the field)."""
+        ...
+
+    def advance(self, experiment_id: str, duration_ns: int) -> ExperimentStatus:
+        """Run whole epochs covering ``duration_ns`` of simulated time."""
+        ...
+
+    def run_to_end(self, experiment_id: str) -> ExperimentStatus:
+        """Run to the end of the spec's duration (no-op when finished)."""
+        ...
+
+    def cancel(self, experiment_id: str) -> ExperimentStatus:
+        """Stop the experiment; idempotent."""
+        ...
+
+    def summary(self, experiment_id: str) -> Mapping[str, Any]:
+        """The summary (JSON-serialisable: what summary.json holds)."""
+        ...
+
+    def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
+        """Samples oldest first, each {"sim_time_ns": int, "entity": str,
+        "metrics": {name: number}}; the iterator may wait for new samples of a
+        running experiment and ends when the experiment has ended."""
+        ...
+
+
+def _status(response_type: Any, status: ExperimentStatus) -> Any:
+    return response_type(now_ns=status.now_ns, state=STATE_TO_PB.get(
+        status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED))
+
+
+class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
+    """ExperimentService over an :class:`ExperimentManagerApi`: decode, call, encode."""
+
+    def __init__(self, manager: ExperimentManagerApi, tokens: TokenStore | None = None):
+        self.manager = manager
+        self.tokens = tokens
+
+    def _experiment(self, experiment_id: str, context: grpc.ServicerContext | None) -> str:
+        require_id("experiment_id", experiment_id)
+        check_experiment_binding(context, experiment_id)
+        return experiment_id
+
+    @translate_errors
+    def CreateExperiment(self, request: experiment_pb2.CreateExperimentRequest,
+                         context: grpc.ServicerContext | None) -> experiment_pb2.CreateExperimentResponse:
+        which = request.WhichOneof("spec")
+        require(which is not None, "spec", None, "spec_yaml or spec_struct must be set")
+        if which == "spec_yaml":
+            require(bool(request.spec_yaml.strip()), "spec_yaml", "", "must not be empty")
+            spec: str | dict[str, Any] = request.spec_yaml
+        else:
+            spec = json_format.MessageToDict(request.spec_struct)
+        experiment_id = self.manager.create(spec)
+        token = ""
+        if self.tokens is not None:
+            token = secrets.token_urlsafe(TOKEN_BYTES)
+            self.tokens.set(experiment_id, token)
+        return experiment_pb2.CreateExperimentResponse(experiment_id=experiment_id, token=token)
+
+    @translate_errors
+    def Advance(self, request: experiment_pb2.AdvanceRequest,
+                context: grpc.ServicerContext | None) -> experiment_pb2.AdvanceResponse:
+        experiment_id = self._experiment(request.experiment_id, context)
+        require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
+        return _status(experiment_pb2.AdvanceResponse,
+                       self.manager.advance(experiment_id, request.duration_ns))
+
+    @translate_errors
+    def RunToEnd(self, request: experiment_pb2.RunToEndRequest,
+                 context: grpc.ServicerContext | None) -> experiment_pb2.RunToEndResponse:
+        experiment_id = self._experiment(request.experiment_id, context)
+        return _status(experiment_pb2.RunToEndResponse, self.manager.run_to_end(experiment_id))
+
+    @translate_errors
+    def Cancel(self, request: experiment_pb2.CancelRequest,
+               context: grpc.ServicerContext | None) -> experiment_pb2.CancelResponse:
+        experiment_id = self._experiment(request.experiment_id, context)
+        status = self.manager.cancel(experiment_id)
+        return experiment_pb2.CancelResponse(state=STATE_TO_PB.get(
+            status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED))
+
+    @translate_errors
+    def GetSummary(self, request: experiment_pb2.GetSummaryRequest,
+                   context: grpc.ServicerContext | None) -> experiment_pb2.GetSummaryResponse:
+        experiment_id = self._experiment(request.experiment_id, context)
+        text = json.dumps(self.manager.summary(experiment_id), sort_keys=True, default=_jsonable)
+        summary = struct_pb2.Struct()
+        summary.update(json.loads(text))
+        return experiment_pb2.GetSummaryResponse(summary_json=text, summary=summary)
+
+    @translate_errors
+    def StreamSamples(self, request: experiment_pb2.StreamSamplesRequest,
+                      context: grpc.ServicerContext | None) -> Iterator[experiment_pb2.StreamSamplesResponse]:
+        experiment_id = self._experiment(request.experiment_id, context)
+        for sample in self.manager.stream_samples(experiment_id):
+            yield experiment_pb2.StreamSamplesResponse(
+                sim_time_ns=int(sample["sim_time_ns"]), entity=str(sample["entity"]),
+                metrics={k: float(v) for k, v in sample["metrics"].items()})
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays in a summary -> plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"summary value {value!r} of type {type(value).__name__} is not JSON")
+
+
+def experiment_service_binding(manager: ExperimentManagerApi,
+                               tokens: TokenStore | None = None) -> ServiceBinding:
+    """What :func:`services.transport.server.build_server` needs to serve ExperimentService."""
+    return ServiceBinding(
+        experiment_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
+        experiment_pb2_grpc.add_ExperimentServiceServicer_to_server,
+        ExperimentServicer(manager, tokens))
+
+
+def start_experiment_server(manager: ExperimentManagerApi, options: ServerOptions | None = None,
+                            tokens: TokenStore | None = None) -> GrpcServer:
+    """A bound (not started) server; ``tokens`` both checks calls and receives new tokens.
+
+    Pass the same store in ``options.tokens`` and ``tokens`` (done here when
+    ``options`` is None or has no store)."""
+    options = options or ServerOptions()
+    if tokens is not None and options.tokens is None:
+        options = replace(options, tokens=tokens)
+    return build_server(options, [experiment_service_binding(manager, tokens)])
+
+
+class ExperimentClient:
+    """ExperimentService over a channel. Errors are ``grpc.RpcError``."""
+
+    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
+        self.channel = channel
+        self.stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+        self.caller = caller or RpcCaller()
+
+    def create(self, spec: str | Mapping[str, Any]) -> tuple[str, str]:
+        """Create from YAML text or a mapping; returns (experiment_id, token). Not retried."""
+        if isinstance(spec, str):
+            request = experiment_pb2.CreateExperimentRequest(spec_yaml=spec)
+        else:
+            struct = struct_pb2.Struct()
+            struct.update(dict(spec))
+            request = experiment_pb2.CreateExperimentRequest(spec_struct=struct)
+        response = self.caller.unary(self.stub.CreateExperiment, request, idempotent=False)
+        return response.experiment_id, response.token
+
+    def advance(self, experiment_id: str, duration_ns: int,
+                timeout_s: float | None = None) -> experiment_pb2.AdvanceResponse:
+        return self.caller.unary(self.stub.Advance, experiment_pb2.AdvanceRequest(
+            experiment_id=experiment_id, duration_ns=duration_ns), idempotent=False,
+            timeout_s=timeout_s)
+
+    def run_to_end(self, experiment_id: str,
+                   timeout_s: float | None = None) -> experiment_pb2.RunToEndResponse:
+        return self.caller.unary(self.stub.RunToEnd, experiment_pb2.RunToEndRequest(
+            experiment_id=experiment_id), idempotent=True, timeout_s=timeout_s)
+
+    def cancel(self, experiment_id: str) -> experiment_pb2.CancelResponse:
+        return self.caller.unary(self.stub.Cancel, experiment_pb2.CancelRequest(
+            experiment_id=experiment_id), idempotent=True)
+
+    def summary(self, experiment_id: str) -> dict[str, Any]:
+        response = self.caller.unary(self.stub.GetSummary, experiment_pb2.GetSummaryRequest(
+            experiment_id=experiment_id), idempotent=True)
+        return json.loads(response.summary_json)
+
+    def stream_samples(self, experiment_id: str,
+                       timeout_s: float | None = None) -> Iterator[experiment_pb2.StreamSamplesResponse]:
+        return self.caller.stream(self.stub.StreamSamples, experiment_pb2.StreamSamplesRequest(
+            experiment_id=experiment_id), timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ExperimentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_experiments(target: str, *, tls: ClientTls | None = None, token: str | None = None,
+                        experiment_id: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                        retry: RetryPolicy | None = None) -> ExperimentClient:
+    """An ExperimentClient for ``target``; ``experiment_id`` pairs with an experiment token."""
+    caller = RpcCaller(token=token, experiment_id=experiment_id, timeout_s=timeout_s, retry=retry)
+    return ExperimentClient(make_channel(ChannelOptions(target, tls)), caller)

@@ -1,0 +1,105 @@
+"""Client side: channels, deadlines on every call, retries of UNAVAILABLE, token metadata.
+
+:class:`RpcCaller` is what the service clients call through. Every call gets a
+deadline (``timeout_s``). Calls marked idempotent are retried on UNAVAILABLE with
+exponential backoff while the deadline allows; that is safe because the host
+applies a SyncEpoch once per (shard, epoch, sequence), registrations repeat
+harmlessly and reads change nothing. Non-idempotent calls (ApplyOps, Advance,
+CreateExperiment, StartWorkload) are never retried here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.transport.security import ClientTls, bearer_metadata
+from services.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for UNAVAILABLE: initial, x multiplier, capped, bounded attempts."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.02
+    max_backoff_s: float = 1.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts={self.max_attempts}: must be >= 1")
+        if self.initial_backoff_s < 0 or self.multiplier < 1:
+            raise ValueError("initial_backoff_s must be >= 0 and multiplier >= 1")
+
+    def backoff_s(self, attempt: int) -> float:
+        """Pause after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """Where to connect and how."""
+
+    target: str  # "127.0.0.1:50051"
+    tls: ClientTls | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+def make_channel(options: ChannelOptions) -> grpc.Channel:
+    """A channel to ``options.target``; TLS (and mutual TLS) when ``options.tls`` is set."""
+    channel_args: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+    ]
+    if options.tls is None:
+        return grpc.insecure_channel(options.target, options=channel_args)
+    if options.tls.server_name_override:
+        channel_args.append(("grpc.ssl_target_name_override", options.tls.server_name_override))
+    return grpc.secure_channel(options.target, options.tls.credentials(), options=channel_args)
+
+
+class RpcCaller:
+    """Calls stub methods with a deadline, token metadata and (if idempotent) retries."""
+
+    def __init__(self, *, token: str | None = None, experiment_id: str | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s={timeout_s}: must be > 0")
+        self.metadata = bearer_metadata(token, experiment_id)
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self.retries = 0  # UNAVAILABLE attempts retried, for tests and metrics
+
+    def unary(self, method: Callable[..., Any], request: Any, *, idempotent: bool,
+              timeout_s: float | None = None) -> Any:
+        """One unary call; raises ``grpc.RpcError`` with the final status."""
+        deadline = self._clock() + (timeout_s or self.timeout_s)
+        attempts = self.retry.max_attempts if idempotent else 1
+        for attempt in range(1, attempts + 1):
+            remaining = deadline - self._clock()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self.metadata)
+            except grpc.RpcError as err:
+                pause = self.retry.backoff_s(attempt)
+                retryable = err.code() == grpc.StatusCode.UNAVAILABLE and attempt < attempts
+                if not retryable or self._clock() + pause >= deadline:
+                    raise
+                self.retries += 1
+                self._sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stream(self, method: Callable[..., Any], request: Any, *,
+               timeout_s: float | None = None) -> Iterator[Any]:
+        """A server-streaming call (not retried: a stream may have been half read)."""
+        return method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
