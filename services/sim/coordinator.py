@@ -20,13 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-
-from .placement import GuestSlot, HostSlot, place, shard_guests
+from .entities import SimPlan, make_plan
+from .placement import HostSlot, place
 from .results import RunResult, compare, summarize_run, timeseries_frame, write_run
 from .spec import ExperimentSpec, baseline_spec
 
-RNG_KIND_START_JITTER = 3
 NS_PER_S = 1_000_000_000
 
 
@@ -44,7 +42,7 @@ class Backend(Protocol):
     name: str
     nr_shards_default: int
 
-    def start(self, spec: ExperimentSpec, hosts: list[HostSlot], shards: list[list[GuestSlot]]) -> Session: ...
+    def start(self, plan: SimPlan) -> Session: ...
     def close(self) -> None: ...
 
 
@@ -85,22 +83,35 @@ class Progress:
             self._rp.stop()
 
 
-def start_delays(spec: ExperimentSpec, guests: list[GuestSlot]) -> dict[int, int]:
-    """Each guest's workload start delay, drawn from its own seeded stream."""
-    out = {}
-    for g in guests:
-        jitter = getattr(g.group.workload, "start_jitter", 0)
-        if jitter:
-            rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id]))
-            out[g.guest_id] = int(rng.integers(0, jitter))
-        else:
-            out[g.guest_id] = 0
+# Host counters that are levels, not running totals (everything else gets ``_total``).
+HOST_GAUGES = frozenset({
+    "memory_bytes", "reserve_bytes", "limit_bytes", "pool_used_bytes", "swap_capacity_bytes",
+    "swap_used_bytes", "zswap_pool_bytes", "lazy_pages", "guests", "guests_stopped", "guest_pages",
+    "unbacked_bytes", "backed_bytes", "lazy_bytes", "swapped_bytes", "resident_bytes", "zswap_pages",
+})
+PAGE_BYTES = 4096
+
+
+def host_metrics(counters: dict[str, int]) -> dict[str, int]:
+    """Host core counters under result names: levels as they are, running totals as
+    ``*_total`` (``*_ns`` totals become ``*_ns_total``), plus byte forms of page totals."""
+    out: dict[str, int] = {}
+    for k, v in counters.items():
+        out[k if k in HOST_GAUGES else f"{k}_total"] = int(v)
+    if "reported_pages" in counters:
+        out["reported_bytes_total"] = int(counters["reported_pages"]) * PAGE_BYTES
+    if "refault_pages" in counters:
+        out["refaulted_reported_bytes_total"] = int(counters["refault_pages"]) * PAGE_BYTES
     return out
 
 
 def _host_row(t_ns: int, label: str, slot: HostSlot, counters: dict[str, int]) -> dict[str, Any]:
     row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": label, "kind": "host", "entity": slot.name}
-    row.update({k: float(v) for k, v in counters.items()})
+    for k, v in host_metrics(counters).items():
+        if k.endswith("_ns_total"):
+            row[k[: -len("_ns_total")] + "_seconds_total"] = v / NS_PER_S
+        else:
+            row[k] = float(v)
     row["capacity_bytes"] = float(slot.group.memory - slot.group.reserve)
     return row
 
@@ -118,10 +129,10 @@ def _group_row(t_ns: int, label: str, group: str, sums: dict[str, int]) -> dict[
 def simulate(spec: ExperimentSpec, backend: Backend, label: str, shards: int | None,
              progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run one spec to its end on ``backend``; return (time-series rows, run stats)."""
-    hosts, guests = place(spec)
     nr_shards = shards or backend.nr_shards_default
-    shard_lists = shard_guests(guests, nr_shards)
-    session = backend.start(spec, hosts, shard_lists)
+    plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{label}", nr_shards)
+    hosts = plan.hosts
+    session = backend.start(plan)
     rows: list[dict[str, Any]] = []
     bar = Progress(progress, f"{spec.name} [{label}]", spec.duration)
     t, epoch, epochs_run = 0, 0, 0
@@ -150,7 +161,7 @@ def simulate(spec: ExperimentSpec, backend: Backend, label: str, shards: int | N
     finally:
         bar.close()
         session.close()
-    stats = {"epochs_run": epochs_run, "wall_seconds": wall, "shards": len(shard_lists),
+    stats = {"epochs_run": epochs_run, "wall_seconds": wall, "shards": len(plan.shard_inits),
              "sim_seconds_per_wall_second": spec.duration / NS_PER_S / max(wall, 1e-9)}
     return rows, stats
 

@@ -114,18 +114,18 @@ class HeldBlocks:
         self.pfns[self.count : need] = pfns
         self.count = need
 
-    def take_random(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Remove ``n`` blocks chosen uniformly at random (munmap scatters physically)."""
+    def take_last(self, n: int) -> np.ndarray:
+        """Remove the ``n`` most recently added blocks, newest first.
+
+        A memhog-style process shrinks by unmapping the end of its region; the
+        pages behind it were faulted in last, and pages faulted in one after the
+        other come from the same split blocks, so freeing them lets the buddy
+        allocator merge them back (freeing a random subset would leave every
+        pageblock pinned by a few survivors and nothing would ever merge).
+        """
         n = min(n, self.count)
-        if n == 0:
-            return np.zeros(0, np.int64)
-        idx = rng.choice(self.count, size=n, replace=False)
-        taken = self.pfns[idx].copy()
-        keep = np.ones(self.count, bool)
-        keep[idx] = False
-        rest = self.pfns[: self.count][keep]
-        self.count = len(rest)
-        self.pfns[: self.count] = rest
+        taken = self.pfns[self.count - n:self.count][::-1].copy()
+        self.count -= n
         return taken
 
     def slice_cyclic(self, start: int, n: int) -> np.ndarray:
@@ -238,7 +238,7 @@ class Memhog:
             self.stats.pages_touched += len(pfns) * self.block_pages
 
     def _free(self, guest, n: int) -> None:
-        pfns = self.held.take_random(n, self.rng)
+        pfns = self.held.take_last(n)
         if len(pfns):
             guest.free(pfns, self.order)
             self.stats.pages_freed += len(pfns) * self.block_pages

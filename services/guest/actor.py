@@ -1,0 +1,89 @@
+"""The guest-shard actor: a thin shell that wires a GuestShard to its hosts over gRPC.
+
+:class:`ShardRunner` is a plain class (unit-testable without Ray);
+:data:`GuestShardActor` is the same class as a Ray actor. It owns the epoch
+loop for its guests: run every guest through the epoch, send each host one
+SyncEpoch with the epoch's op logs, apply the answers. Domain logic lives in
+``services/guest/core`` and ``services/guest/shard.py``.
+"""
+
+from __future__ import annotations
+
+from overcommit.v1 import host_pb2
+from services.guest.shard import GuestInit, GuestShard
+from services.guest.wire import from_outcome, to_guest_ops
+from services.host.server import connect_host
+from services.host.transport import build_sync_request, decode_outcome
+
+DISCARD_ENUM = {
+    "dontneed": host_pb2.DISCARD_MODE_DONTNEED,
+    "free": host_pb2.DISCARD_MODE_FREE,
+    "disabled": host_pb2.DISCARD_MODE_DISABLED,
+}
+SYNC_TIMEOUT_S = 120.0  # one epoch may wait this long for the slowest shard of a host
+
+
+def register_request(experiment_id: str, shard_id: int, init: GuestInit) -> host_pb2.RegisterGuestRequest:
+    c = init.config
+    return host_pb2.RegisterGuestRequest(
+        experiment_id=experiment_id, host_id=init.host_id, shard_id=shard_id, guest_id=init.guest_id,
+        nr_pages=c.nr_pages, discard_mode=DISCARD_ENUM[init.discard_mode], page_size_bytes=4096,
+        guest_thp=c.thp, report_capacity=c.reporting.capacity, max_order=c.max_order,
+    )
+
+
+class ShardRunner:
+    """A GuestShard plus one HostService client per host it has guests on."""
+
+    def __init__(self, experiment_id: str, shard_id: int, guests: list[GuestInit], seed: int,
+                 report_latency_ns: int, host_targets: dict[int, str], token: str | None = None,
+                 fast: bool = True):
+        self.experiment_id = experiment_id
+        self.shard = GuestShard(shard_id, guests, seed, report_latency_ns, fast=fast)
+        self.clients = {
+            h: connect_host(host_targets[h], token=token, experiment_id=experiment_id, timeout_s=SYNC_TIMEOUT_S)
+            for h in self.shard.host_ids()
+        }
+        for init in guests:
+            self.clients[init.host_id].register_guest(register_request(experiment_id, shard_id, init))
+        self.guest_server = None
+
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> int | None:
+        """Run ``count`` epochs from ``t0_ns``; return the shard's next event time."""
+        for k in range(count):
+            t = t0_ns + k * epoch_ns
+            logs = self.shard.run_epoch(t, t + epoch_ns)
+            for host_id, client in self.clients.items():
+                request = build_sync_request(
+                    self.experiment_id, host_id, self.shard.shard_id, first_epoch + k, 0, t + epoch_ns,
+                    [to_guest_ops(log) for log in logs.get(host_id, [])],
+                )
+                response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
+                self.shard.apply_results(from_outcome(decode_outcome(response)))
+        return self.shard.next_event_ns()
+
+    def skip_to(self, t_ns: int) -> None:
+        self.shard.skip_to(t_ns)
+
+    def sample(self) -> dict[str, dict[str, int]]:
+        return self.shard.sample()
+
+    def start_guest_service(self) -> str:
+        """Serve GuestService for this shard's guests on a loopback port; return its address."""
+        from services.guest.service import start_guest_server
+
+        self.guest_server = start_guest_server(self.shard)
+        return self.guest_server.address
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        if self.guest_server is not None:
+            self.guest_server.stop()
+
+
+def remote_class():
+    """The Ray actor class (imported lazily so this module works without Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ShardRunner)

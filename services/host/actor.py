@@ -1,0 +1,59 @@
+"""The host actor: host core models behind one HostService gRPC server and a metrics endpoint.
+
+:class:`HostRunner` is a plain class; :func:`remote_class` makes it a Ray actor.
+One actor may hold several hosts (``hosts``: host id -> HostConfig): the server
+routes each call by (experiment id, host id), so results do not depend on how
+hosts are grouped into actors.
+"""
+
+from __future__ import annotations
+
+from services.host.core.config import HostConfig
+from services.host.core.pool import Host
+from services.host.server import start_host_server
+from services.host.transport import HostDirectory, HostEndpoint
+from services.transport.security import TokenStore
+from services.transport.server import ServerOptions
+
+
+class HostRunner:
+    def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None,
+                 metrics: bool = False, host_names: dict[int, str] | None = None):
+        self.experiment_id = experiment_id
+        self.endpoints = {
+            h: HostEndpoint(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
+        }
+        self.directory = HostDirectory(self.endpoints.values())
+        tokens = TokenStore(tokens={experiment_id: token}) if token else None
+        self.server = start_host_server(self.directory, ServerOptions(port=0, tokens=tokens))
+        self.server.start()
+        self.names = host_names or {h: str(h) for h in hosts}
+        self.metrics = None
+        if metrics:
+            from services.metrics import CounterCollector, MetricsEndpoint
+
+            collector = CounterCollector("overcommit_host", experiment_id, "host", self._named_counters)
+            self.metrics = MetricsEndpoint([collector])
+
+    def address(self) -> str:
+        return self.server.address
+
+    def metrics_url(self) -> str | None:
+        return self.metrics.url if self.metrics else None
+
+    def samples(self) -> dict[int, dict[str, int]]:
+        return {h: dict(ep.host.host_counters()) for h, ep in self.endpoints.items()}
+
+    def _named_counters(self) -> dict[str, dict[str, int]]:
+        return {self.names[h]: c for h, c in self.samples().items()}
+
+    def close(self) -> None:
+        self.server.stop()
+        if self.metrics:
+            self.metrics.close()
+
+
+def remote_class():
+    import ray
+
+    return ray.remote(num_cpus=0)(HostRunner)

@@ -1,0 +1,106 @@
+"""Run a simulation on Ray: guest-shard actors talk to host actors over real gRPC.
+
+``ray.init()`` starts an embedded local cluster unless ``address`` (or
+``RAY_ADDRESS``) names an existing one, so the same command runs on a laptop
+and on a cluster. Actors reserve no CPU (the work is paced by the epoch
+barrier, not by Ray's scheduler) and are spread over the cluster's nodes.
+Host actors bind their gRPC servers to loopback, so a multi-machine cluster
+needs the hosts' ``bind`` widened (see deploy/); on one machine, with one or
+several raylets, loopback reaches every actor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from .entities import SimPlan
+from .inprocess import merge_group_samples
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class RaySession:
+    def __init__(self, plan: SimPlan, hosts_per_actor: int | None, metrics: bool):
+        import ray
+
+        from services.guest.actor import remote_class as shard_class
+        from services.host.actor import remote_class as host_class
+
+        self.ray = ray
+        self.plan = plan
+        token = secrets.token_hex(16)
+        host_ids = sorted(plan.host_configs)
+        per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
+        groups = [host_ids[i:i + per] for i in range(0, len(host_ids), per)]
+        HostActor = host_class().options(scheduling_strategy="SPREAD")
+        self.host_actors = [
+            HostActor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token, metrics,
+                             {h: plan.host_names[h] for h in g})
+            for g in groups
+        ]
+        addresses = ray.get([a.address.remote() for a in self.host_actors])
+        targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
+        ShardActor = shard_class().options(scheduling_strategy="SPREAD")
+        self.shard_actors = [
+            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets, token)
+            for i, inits in enumerate(plan.shard_inits)
+        ]
+        ray.get([a.sample.remote() for a in self.shard_actors])  # construction errors surface here
+
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
+        return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns) for a in self.shard_actors])
+
+    def skip_to(self, t_ns: int) -> None:
+        self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
+
+    def group_samples(self) -> dict[str, dict[str, int]]:
+        return merge_group_samples(self.ray.get([a.sample.remote() for a in self.shard_actors]))
+
+    def host_samples(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for part in self.ray.get([a.samples.remote() for a in self.host_actors]):
+            out.update(part)
+        return out
+
+    def close(self) -> None:
+        ray = self.ray
+        for actors in (self.shard_actors, self.host_actors):
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=30)
+            except Exception:  # noqa: BLE001 - best effort; the actors are killed next anyway
+                pass
+            for a in actors:
+                ray.kill(a)
+
+
+class RayBackend:
+    """Ray, embedded or at ``address``; ``hosts_per_actor`` groups hosts into actors."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, hosts_per_actor: int | None = None, metrics: bool = False,
+                 num_cpus: int | None = None):
+        import ray
+
+        self.ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            address = address or os.environ.get("RAY_ADDRESS")
+            kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+                          configure_logging=True)
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=num_cpus, **kwargs)
+        self.hosts_per_actor = hosts_per_actor
+        self.metrics = metrics
+        self.nr_shards_default = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def start(self, plan: SimPlan) -> RaySession:
+        return RaySession(plan, self.hosts_per_actor, self.metrics)
+
+    def close(self) -> None:
+        if self._owns and self.ray.is_initialized():
+            self.ray.shutdown()
