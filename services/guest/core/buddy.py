@@ -1,0 +1,313 @@
+"""Fast buddy allocator: compact numpy state driven by the numba kernels in ``_kernels``.
+
+``BuddyAllocator`` implements the Allocator API of docs/core-api.md with the same
+semantics as the pure-Python ``ReferenceAllocator`` (the differential test holds
+them together). This module owns the Python side: argument validation (a whole
+batch is checked before anything changes), the one-time boot shuffle (§5), the
+shuffle coin supply, and introspection. Every per-page loop runs in a kernel,
+once per batch.
+
+Per-page state is 10 bytes: int32 next/prev links, int8 order, uint8 flags; plus
+one int8 migratetype per pageblock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _kernels as k
+from .config import GuestConfig
+from .constants import (
+    MIGRATE_ISOLATE,
+    MIGRATE_MOVABLE,
+    MIGRATE_PCPTYPES,
+    MIGRATE_TYPES,
+    PROFILE_5_7,
+    PROFILE_6_1,
+)
+from .watermarks import guest_pcp_sizes, guest_watermarks, zone_ranges
+
+SHUFFLE_RETRY = 10  # SHUFFLE_RETRY in mm/shuffle.c: draws per position before giving up
+COIN_WORD_BITS = 64  # shuffle_pick_tail consumes one bit of a 64-bit random word per decision
+
+REPORT_LIST_END = k.REPORT_LIST_END
+REPORT_BATCH_FULL = k.REPORT_BATCH_FULL
+REPORT_BUDGET_EXHAUSTED = k.REPORT_BUDGET_EXHAUSTED
+REPORT_ISOLATE_REFUSED = k.REPORT_ISOLATE_REFUSED
+
+_PROFILE_CODES = {PROFILE_5_7: k.PROFILE_5_7, PROFILE_6_1: k.PROFILE_6_1}
+_CHECK_REASONS = {
+    k.CHECK_RANGE: "pfn out of range",
+    k.CHECK_ALIGN: "pfn not aligned to order",
+    k.CHECK_NOT_ALLOCATED: "pfn not allocated (double free?)",
+    k.CHECK_WRONG_ORDER: "pfn allocated at a different order",
+    k.CHECK_DUPLICATE: "duplicate pfn in batch",
+}
+
+
+class BuddyAllocator:
+    """Buddy allocator with pcp lists and reporting primitives (docs/core-api.md)."""
+
+    def __init__(self, config: GuestConfig, rng: np.random.Generator | None = None):
+        if config.shuffle and rng is None:
+            raise ValueError("shuffle=True needs an rng (RNG_KIND_SHUFFLE stream)")
+        self.config = config
+        self._rng = rng
+        self._init_state()
+        k.k_boot(self.nxt, self.prv, self.pgo, self.pgf, self.fl, self.nr_free_arr,
+                 self.zone, self.g, config.boot_to_tail)
+        if config.shuffle:
+            for z in range(self.nr_zones):
+                self._shuffle_zone(z)
+
+    # ------------------------------------------------------------------ state
+
+    def _init_state(self) -> None:
+        c = self.config
+        nr_pages = c.nr_pages
+        ranges = zone_ranges(c)
+        nz = len(ranges)
+        nr_orders = c.max_order + 1
+        self.pcp_orders = tuple(c.pcp_orders)
+        self.nxt = np.full(nr_pages, k.NIL, dtype=np.int32)
+        self.prv = np.full(nr_pages, k.NIL, dtype=np.int32)
+        self.pgo = np.zeros(nr_pages, dtype=np.int8)
+        self.pgf = np.zeros(nr_pages, dtype=np.uint8)
+        self.pbmt = np.full(nr_pages >> c.pageblock_order, MIGRATE_MOVABLE, dtype=np.int8)
+        self.fl = np.full((nz * nr_orders * MIGRATE_TYPES, 2), k.NIL, dtype=np.int32)
+        nr_pcp_lists = len(self.pcp_orders) * MIGRATE_PCPTYPES
+        self.pcp = np.full((max(nz * nr_pcp_lists, 1), 2), k.NIL, dtype=np.int32)
+        self.nr_free_arr = np.zeros((nz, nr_orders), dtype=np.int64)
+        self.pcp_idx = np.full(nr_orders, -1, dtype=np.int8)
+        for i, order in enumerate(self.pcp_orders):
+            self.pcp_idx[order] = i
+        self.zone = np.zeros((nz, k.Z_FIELDS), dtype=np.int64)
+        for z, ((start, end), (wmin, low, high), (batch, pcp_high)) in enumerate(
+            zip(ranges, guest_watermarks(c), guest_pcp_sizes(c), strict=True)
+        ):
+            self.zone[z, [k.Z_START, k.Z_END, k.Z_MIN, k.Z_LOW, k.Z_HIGH]] = start, end, wmin, low, high
+            self.zone[z, [k.Z_PCP_BATCH, k.Z_PCP_HIGH]] = batch, pcp_high
+            self.zone[z, k.Z_PCP_CURSOR] = nr_pcp_lists - 1  # the first drain starts at list 0
+        self.g = np.zeros(k.G_FIELDS, dtype=np.int64)
+        self.g[k.G_NR_PAGES] = nr_pages
+        self.g[k.G_MAX_ORDER] = c.max_order
+        self.g[k.G_PB_ORDER] = c.pageblock_order
+        self.g[k.G_REPORT_ORDER] = c.report_order
+        self.g[k.G_PROFILE] = _PROFILE_CODES.get(c.profile, k.PROFILE_MODERN)
+        self.g[k.G_SHUFFLE] = int(c.shuffle)
+        self.g[k.G_NR_ZONES] = nz
+        self.g[k.G_CAPACITY] = c.reporting.capacity
+        self.g[k.G_NR_PCP_LISTS] = nr_pcp_lists
+        self.coins = np.zeros(1, dtype=np.uint64)
+
+    def per_page_nbytes(self) -> int:
+        """Bytes of every array indexed by pfn (or pageblock): the per-page state."""
+        return sum(a.nbytes for a in (self.nxt, self.prv, self.pgo, self.pgf, self.pbmt))
+
+    # ------------------------------------------------------------------ shuffle (§5)
+
+    def _ensure_coins(self, max_decisions: int) -> None:
+        """Make sure max_decisions coin bits are drawn. Words are drawn in stream order,
+        so drawing early gives the same bits as drawing one word when needed."""
+        if not self.config.shuffle:
+            return
+        g = self.g
+        need = g[k.G_COIN_POS] + max_decisions - g[k.G_COIN_END]
+        if need <= 0:
+            return
+        words = -(-int(need) // COIN_WORD_BITS)
+        fresh = self._rng.integers(0, 2**64, size=words, dtype=np.uint64)
+        used = int(g[k.G_COIN_POS]) // COIN_WORD_BITS
+        keep = self.coins[used : (int(g[k.G_COIN_END]) + COIN_WORD_BITS - 1) // COIN_WORD_BITS]
+        self.coins = np.concatenate([keep, fresh])
+        g[k.G_COIN_POS] -= used * COIN_WORD_BITS
+        g[k.G_COIN_END] = g[k.G_COIN_END] - used * COIN_WORD_BITS + words * COIN_WORD_BITS
+
+    def _shuffle_zone(self, z: int) -> None:
+        """__shuffle_zone: swap free max_order blocks with random partners of the same type."""
+        max_order = self.config.max_order
+        start, end = self.zone_range(z)
+        nr_blocks = (end - start) >> max_order
+        lists: dict[int, list[int]] = {}
+        where: dict[int, tuple[int, int]] = {}
+        for mt in range(MIGRATE_TYPES):
+            pfns = [pfn for pfn, _ in self.free_list(z, max_order, mt)]
+            lists[mt] = pfns
+            where.update((pfn, (mt, i)) for i, pfn in enumerate(pfns))
+        for i in range(start, end, 1 << max_order):
+            if i not in where:
+                continue
+            for _ in range(SHUFFLE_RETRY):
+                j = start + (int(self._rng.integers(0, nr_blocks)) << max_order)
+                if j != i and j in where:
+                    break
+            else:
+                continue
+            pb = self.config.pageblock_order
+            if self.pbmt[i >> pb] != self.pbmt[j >> pb]:
+                continue
+            (mi, ii), (mj, ij) = where[i], where[j]
+            lists[mi][ii], lists[mj][ij] = j, i
+            where[i], where[j] = (mj, ij), (mi, ii)
+        for mt, pfns in lists.items():
+            self._relink(self.fl, self._fl_id(z, max_order, mt), pfns)
+
+    def _relink(self, lists: np.ndarray, lid: int, pfns: list[int]) -> None:
+        """Rebuild free list lid to hold exactly pfns, in that order."""
+        arr = np.asarray(pfns, dtype=np.int64)
+        if arr.size == 0:
+            lists[lid] = k.NIL
+            return
+        self.nxt[arr[:-1]] = arr[1:]
+        self.nxt[arr[-1]] = k.NIL
+        self.prv[arr[1:]] = arr[:-1]
+        self.prv[arr[0]] = k.NIL
+        lists[lid] = arr[0], arr[-1]
+        keep = self.pgf[arr] & np.uint8(~(7 << k.MT_SHIFT) & 0xFF)
+        self.pgf[arr] = keep | np.uint8((lid % MIGRATE_TYPES) << k.MT_SHIFT)
+
+    # ------------------------------------------------------------------ operations
+
+    def alloc(self, order: int, mt: int, count: int = 1) -> np.ndarray:
+        """Allocate up to count blocks; head pfns in allocation order."""
+        self._check_order(order, None)
+        if not 0 <= mt < MIGRATE_TYPES or mt == MIGRATE_ISOLATE:
+            raise ValueError(f"alloc: migratetype {mt} invalid (order {order})")
+        if count < 0:
+            raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
+        out = np.empty(count, dtype=np.int64)
+        n = k.k_alloc(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
+                      self.nr_free_arr, self.zone, self.g, self.pcp_idx, order, mt, count, out)
+        return out[:n]
+
+    def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
+        """Free blocks allocated at order: pcp head or buddy (merge, place, notify)."""
+        arr = np.ascontiguousarray(pfns, dtype=np.int64).reshape(-1)
+        self._check_order(order, arr[0] if arr.size else None)
+        if arr.size == 0:
+            return
+        code, bad = k.k_check_free(self.pgo, self.pgf, self.g, arr, order)
+        if code != k.CHECK_OK:
+            raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
+        self._ensure_coins(2 * arr.size + self.pcp_pages() + 1)
+        k.k_free(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
+                 self.nr_free_arr, self.zone, self.g, self.pcp_idx, self.coins, arr, order)
+
+    def drain_pcp(self) -> None:
+        """Drain every pcp list to the buddy (notifies like any buddy free)."""
+        self._ensure_coins(self.pcp_pages() + 1)
+        k.k_drain_pcp(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
+                      self.nr_free_arr, self.zone, self.g, self.coins)
+
+    def _check_order(self, order: int, pfn) -> None:
+        if not 0 <= order <= self.config.max_order:
+            raise ValueError(f"pfn {pfn} order {order}: order must be in 0..{self.config.max_order}")
+
+    # ------------------------------------------------------------------ reporting primitives
+
+    def report_fill(self, zone: int, order: int, mt: int, batch_pfn: np.ndarray,
+                    batch_order: np.ndarray, n: int, budget: int) -> tuple[int, int]:
+        """Isolate unreported blocks of list (zone, order, mt) into the batch (§4.4-4.5)."""
+        self._check_zone(zone)
+        self._check_order(order, None)
+        if not 0 <= mt < MIGRATE_TYPES:
+            raise ValueError(f"report_fill: migratetype {mt} invalid (order {order})")
+        if not 0 <= n <= min(len(batch_pfn), len(batch_order)):
+            raise ValueError(f"report_fill: n={n} outside the batch arrays (order {order})")
+        if n < self.config.reporting.capacity and len(batch_pfn) < self.config.reporting.capacity:
+            raise ValueError(f"report_fill: batch arrays shorter than capacity (order {order})")
+        status, n = k.k_report_fill(self.nxt, self.prv, self.pgf, self.pbmt, self.fl,
+                                    self.nr_free_arr, self.zone, self.g, zone, order, mt,
+                                    batch_pfn, batch_order, n, budget)
+        return int(status), int(n)
+
+    def report_drain(self, batch_pfn: np.ndarray, batch_order: np.ndarray, n: int, ok: bool) -> None:
+        """Put each isolated block back (§4.6); Reported if ok and still that free head."""
+        bad = k.k_check_drain(self.pgo, self.pgf, self.g, batch_pfn, batch_order, n)
+        if bad >= 0:
+            raise ValueError(
+                f"report_drain: pfn {int(batch_pfn[bad])} order {int(batch_order[bad])}: "
+                "not an isolated block of that order"
+            )
+        self._ensure_coins(n + 1)
+        k.k_report_drain(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl,
+                         self.nr_free_arr, self.zone, self.g, self.coins, batch_pfn,
+                         batch_order, n, bool(ok))
+
+    def zone_report_gate(self, zone: int) -> bool:
+        """§4.3: NR_FREE_PAGES - highatomic > low + (capacity << R)."""
+        self._check_zone(zone)
+        zr = self.zone[zone]
+        threshold = zr[k.Z_LOW] + (self.config.reporting.capacity << self.config.report_order)
+        return bool(zr[k.Z_FREE] - zr[k.Z_HIGHATOMIC] > threshold)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def nr_zones(self) -> int:
+        return int(self.g[k.G_NR_ZONES])
+
+    @property
+    def notify_count(self) -> int:
+        return int(self.g[k.G_NOTIFY])
+
+    def _check_zone(self, zone: int) -> None:
+        if not 0 <= zone < self.nr_zones:
+            raise ValueError(f"zone must be in 0..{self.nr_zones - 1}, got {zone}")
+
+    def _fl_id(self, zone: int, order: int, mt: int) -> int:
+        return (zone * (self.config.max_order + 1) + order) * MIGRATE_TYPES + mt
+
+    def _walk(self, lists: np.ndarray, lid: int) -> list[int]:
+        out = []
+        pfn = int(lists[lid, 0])
+        while pfn != k.NIL:
+            out.append(pfn)
+            pfn = int(self.nxt[pfn])
+        return out
+
+    def zone_range(self, zone: int) -> tuple[int, int]:
+        self._check_zone(zone)
+        return int(self.zone[zone, k.Z_START]), int(self.zone[zone, k.Z_END])
+
+    def nr_free(self, zone: int, order: int) -> int:
+        return int(self.nr_free_arr[zone, order])
+
+    def nr_free_pages(self, zone: int) -> int:
+        return int(self.zone[zone, k.Z_FREE])
+
+    def free_pages_total(self) -> int:
+        sizes = np.left_shift(np.int64(1), np.arange(self.config.max_order + 1, dtype=np.int64))
+        return int((self.nr_free_arr * sizes).sum())
+
+    def pcp_pages(self) -> int:
+        return int(self.zone[:, k.Z_PCP_COUNT].sum())
+
+    def free_list(self, zone: int, order: int, mt: int) -> list[tuple[int, bool]]:
+        pfns = self._walk(self.fl, self._fl_id(zone, order, mt))
+        return [(pfn, bool(self.pgf[pfn] & k.PG_REPORTED)) for pfn in pfns]
+
+    def pcp_list(self, zone: int, order: int, mt: int) -> list[int]:
+        if self.pcp_idx[order] < 0 or not 0 <= mt < MIGRATE_PCPTYPES:
+            return []
+        nl = int(self.g[k.G_NR_PCP_LISTS])
+        return self._walk(self.pcp, zone * nl + int(self.pcp_idx[order]) * MIGRATE_PCPTYPES + mt)
+
+    def pageblock_mt(self, pfn: int) -> int:
+        return int(self.pbmt[pfn >> self.config.pageblock_order])
+
+    def allocated_order(self, pfn: int) -> int:
+        if not 0 <= pfn < self.config.nr_pages:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.config.nr_pages - 1}")
+        if (self.pgf[pfn] & k.ST_MASK) != k.ST_ALLOC:
+            return -1
+        return int(self.pgo[pfn])
+
+    def reported_pages(self) -> int:
+        return int(self.g[k.G_REPORTED_PAGES])
+
+    def watermarks(self, zone: int) -> tuple[int, int, int]:
+        zr = self.zone[zone]
+        return int(zr[k.Z_MIN]), int(zr[k.Z_LOW]), int(zr[k.Z_HIGH])
