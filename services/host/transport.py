@@ -445,6 +445,11 @@ class HostEndpoint:
 
     # -- state
 
+    def pending_shards(self) -> list[int]:
+        """Shards whose message for the current epoch is stored, waiting for the rest."""
+        with self._cond:
+            return sorted(self._pending)
+
     def state(self) -> dict[str, Any]:
         """Counters of the host and of every guest, plus the barrier's position."""
         with self._cond:

@@ -478,6 +478,17 @@ class Host:
         self._gused[lo >> self._shift : hi >> self._shift] = 0
         rec.stopped = True
 
+    def residency(self, guest_id: int) -> np.ndarray:
+        """Per-page residency of a guest (uint8, RES_UNBACKED..RES_SWAPPED; tests, debugging)."""
+        rec = self._lookup(guest_id)
+        lo, hi = int(self._offsets[rec.slot]), int(self._offsets[rec.slot + 1])
+        kinds = self._gran[lo >> self._shift : hi >> self._shift] & GK_MASK
+        by_kind = np.array([0, RES_UNBACKED, RES_BACKED, RES_LAZY], np.uint8)
+        out = np.repeat(by_kind[kinds], self._gran_pages)
+        pages = np.repeat(kinds == GK_PAGES, self._gran_pages)
+        out[pages] = self._state[lo:hi][pages] & RES_MASK
+        return out
+
     # ------------------------------------------------------------------ counters
 
     def guest_counters(self, guest_id: int) -> dict[str, int]:

@@ -92,7 +92,8 @@ def reclaim_lazy_one(state, gran, gused, gstat, hs, p, offsets, ev):
 def clock_swap_one(state, gran, gused, gstat, hs, p, offsets, log, ev, dest):
     """Advance the clock to the next unreferenced backed page and swap it out.
 
-    Returns False when no backed page exists (after two sweeps).
+    Returns False when no backed page exists (two sweeps found none); then nothing
+    changed and the hand stays where it was.
     """
     total = state.size
     shift = p[P_GRAN_SHIFT]
@@ -135,7 +136,6 @@ def clock_swap_one(state, gran, gused, gstat, hs, p, offsets, log, ev, dest):
                 return True
         i += 1
         scanned += 1
-    hs[H_CLOCK_HAND] = i
     hs[H_SCANNED_PAGES] += scanned
     return False
 
