@@ -16,6 +16,7 @@ so ``grpcurl -plaintext 127.0.0.1:PORT list`` works. Messages over
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -97,8 +98,12 @@ class GrpcServer:
 
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish (up to grace)."""
+        self.stop_async(grace_s).wait()
+
+    def stop_async(self, grace_s: float | None = None) -> threading.Event:
+        """Begin :meth:`stop`; the event is set once every in-flight call has ended."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(self.grace_s if grace_s is None else grace_s).wait()
+        return self.server.stop(self.grace_s if grace_s is None else grace_s)
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout_s)

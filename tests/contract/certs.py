@@ -22,7 +22,7 @@ class Pem:
 
 
 @dataclass(frozen=True)
-class TestPki:
+class Pki:
     ca: Pem
     server: Pem
     client: Pem
@@ -77,11 +77,11 @@ def _leaf(common_name: str, ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Na
     return Pem(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
 
-def make_test_pki() -> TestPki:
+def make_test_pki() -> Pki:
     now = datetime.datetime.now(datetime.UTC)
     ca, ca_key, ca_name = _ca("overcommit-sim test CA", now)
     other_ca, other_key, other_name = _ca("untrusted test CA", now)
-    return TestPki(
+    return Pki(
         ca=ca,
         server=_leaf("localhost", ca_key, ca_name, now, server=True),
         client=_leaf("shard-0", ca_key, ca_name, now, server=False),

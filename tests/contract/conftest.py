@@ -21,7 +21,7 @@ from services.host.transport import (
     build_sync_request,
 )
 from services.transport.server import GrpcServer, ServerOptions
-from tests.contract.certs import TestPki, make_test_pki
+from tests.contract.certs import Pki, make_test_pki
 
 EXPERIMENT = "exp-contract"
 GUEST_PAGES = 1 << 15  # 128 MiB guests
@@ -104,5 +104,5 @@ def running_host() -> Iterator[RunningHost]:
 
 
 @pytest.fixture(scope="session")
-def pki() -> TestPki:
+def pki() -> Pki:
     return make_test_pki()
