@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true")
     p.add_argument("--token", default=None, help="bearer token clients must present")
     p.add_argument("--out", default="runs")
+    p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc")
     return ap
 
 
@@ -100,7 +101,8 @@ def cmd_report(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
 
-    return serve(port=args.port, bind=args.bind, allow_remote=args.allow_remote, token=args.token, out_dir=args.out)
+    return serve(port=args.port, bind=args.bind, allow_remote=args.allow_remote, token=args.token,
+                 out_dir=args.out, transport=args.transport)
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "report": cmd_report, "serve": cmd_serve}

@@ -126,58 +126,95 @@ def _group_row(t_ns: int, label: str, group: str, sums: dict[str, int]) -> dict[
     return row
 
 
+class Simulation:
+    """One spec on one backend, advanced sample interval by sample interval.
+
+    ``advance_to(t)`` runs whole sample intervals up to ``t`` (or the end);
+    ``rows`` holds every sample so far. ``simulate`` runs one to the end;
+    ExperimentService drives one step by step.
+    """
+
+    def __init__(self, spec: ExperimentSpec, backend: Backend, label: str = "run",
+                 shards: int | None = None, progress: bool = False):
+        self.spec = spec
+        self.label = label
+        self.plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{label}", shards or backend.nr_shards_default)
+        self.session = backend.start(self.plan)
+        self.rows: list[dict[str, Any]] = []
+        self.now_ns = 0
+        self.epoch = 0
+        self.epochs_run = 0
+        self.wall_s = 0.0
+        self.closed = False
+        self._bar = Progress(progress, f"{spec.name} [{label}]", spec.duration)
+        self._record(0)
+
+    @property
+    def finished(self) -> bool:
+        return self.now_ns >= self.spec.duration
+
+    def _record(self, t_ns: int) -> None:
+        hs = self.session.host_samples()
+        for h in self.plan.hosts:
+            self.rows.append(_host_row(t_ns, self.label, h, hs[h.host_id]))
+        for group, sums in sorted(self.session.group_samples().items()):
+            self.rows.append(_group_row(t_ns, self.label, group, sums))
+
+    def advance_to(self, target_ns: int) -> None:
+        """Run to ``target_ns`` rounded up to a sample boundary (capped at the end)."""
+        spec = self.spec
+        wall0 = time.perf_counter()
+        while self.now_ns < min(target_ns, spec.duration):
+            t = self.now_ns
+            t_next = min(t + spec.sample_interval, spec.duration)
+            count = max(1, -(-(t_next - t) // spec.epoch))
+            events = self.session.run_epochs(self.epoch, t, count, spec.epoch)
+            self.epoch += count
+            self.epochs_run += count
+            self.now_ns = t_next
+            self._record(t_next)
+            self._skip_ahead(events, min(target_ns, spec.duration))
+            self._bar.update(self.now_ns, self.epochs_run)
+        self.wall_s += time.perf_counter() - wall0
+
+    def _skip_ahead(self, events: list[int | None], limit_ns: int) -> None:
+        """Jump whole sample intervals in which no guest has anything to do."""
+        spec = self.spec
+        pending = [e for e in events if e is not None]
+        nxt = min(pending) if pending else spec.duration
+        target = min(limit_ns, (nxt // spec.sample_interval) * spec.sample_interval)
+        if target <= self.now_ns:
+            return
+        self.session.skip_to(target)
+        last = [dict(r) for r in self.rows[-(len(self.plan.hosts) + self._groups()):]]
+        while self.now_ns < target:
+            self.now_ns = min(self.now_ns + spec.sample_interval, target)
+            for r in last:
+                self.rows.append({**r, "time_s": self.now_ns / NS_PER_S})
+
+    def _groups(self) -> int:
+        return len({g.group.name for g in self.plan.guests})
+
+    def stats(self) -> dict[str, Any]:
+        return {"epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
+                "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._bar.close()
+            self.session.close()
+
+
 def simulate(spec: ExperimentSpec, backend: Backend, label: str, shards: int | None,
              progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run one spec to its end on ``backend``; return (time-series rows, run stats)."""
-    nr_shards = shards or backend.nr_shards_default
-    plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{label}", nr_shards)
-    hosts = plan.hosts
-    session = backend.start(plan)
-    rows: list[dict[str, Any]] = []
-    bar = Progress(progress, f"{spec.name} [{label}]", spec.duration)
-    t, epoch, epochs_run = 0, 0, 0
-    wall0 = time.perf_counter()
-
-    def record(t_ns: int) -> None:
-        hs = session.host_samples()
-        for h in hosts:
-            rows.append(_host_row(t_ns, label, h, hs[h.host_id]))
-        for group, sums in sorted(session.group_samples().items()):
-            rows.append(_group_row(t_ns, label, group, sums))
-
+    sim = Simulation(spec, backend, label, shards, progress)
     try:
-        record(0)
-        while t < spec.duration:
-            t_next = min(t + spec.sample_interval, spec.duration)
-            count = max(1, -(-(t_next - t) // spec.epoch))
-            events = session.run_epochs(epoch, t, count, spec.epoch)
-            epoch += count
-            epochs_run += count
-            t = t_next
-            record(t)
-            t = _skip_ahead(spec, session, events, t, record)
-            bar.update(t, epochs_run)
-        wall = time.perf_counter() - wall0
+        sim.advance_to(spec.duration)
     finally:
-        bar.close()
-        session.close()
-    stats = {"epochs_run": epochs_run, "wall_seconds": wall, "shards": len(plan.shard_inits),
-             "sim_seconds_per_wall_second": spec.duration / NS_PER_S / max(wall, 1e-9)}
-    return rows, stats
-
-
-def _skip_ahead(spec: ExperimentSpec, session: Session, events: list[int | None], t: int, record) -> int:
-    """Jump whole sample intervals in which no guest has anything to do."""
-    pending = [e for e in events if e is not None]
-    nxt = min(pending) if pending else spec.duration
-    target = min(spec.duration, (nxt // spec.sample_interval) * spec.sample_interval)
-    if target <= t:
-        return t
-    session.skip_to(target)
-    while t < target:
-        t = min(t + spec.sample_interval, target)
-        record(t)
-    return t
+        sim.close()
+    return sim.rows, sim.stats()
 
 
 def make_backend(transport: str, address: str | None):
@@ -208,7 +245,10 @@ def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | No
     finally:
         if own_backend:
             backend.close()
-    ts = timeseries_frame(rows)
+    return finish_run(spec, rows, stats, backend.name, out_dir, wall0, [label for label, _ in runs[1:]])
+
+
+def summarize(spec: ExperimentSpec, ts, baselines: list[str]) -> dict[str, Any]:
     hosts, guests = place(spec)
     physical = sum(h.group.memory for h in hosts)
     guest_bytes = sum(g.group.memory for g in guests)
@@ -217,11 +257,19 @@ def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | No
     summary["run_id"] = spec.run_id()
     summary["seed"] = spec.seed
     summary["duration_seconds"] = spec.duration / NS_PER_S
-    if len(runs) > 1:
-        summary["baselines"] = {label: summarize_run(ts, label, physical, guest_bytes) for label, _ in runs[1:]}
-        summary["comparison"] = {label: compare(summary, summary["baselines"][label]) for label, _ in runs[1:]}
+    if baselines:
+        summary["baselines"] = {label: summarize_run(ts, label, physical, guest_bytes) for label in baselines}
+        summary["comparison"] = {label: compare(summary, summary["baselines"][label]) for label in baselines}
+    return summary
+
+
+def finish_run(spec: ExperimentSpec, rows: list[dict[str, Any]], stats: dict[str, Any], backend_name: str,
+               out_dir: str, wall0: float, baselines: list[str]) -> RunResult:
+    """Summarize and write a finished run (and its baselines) to its run directory."""
+    ts = timeseries_frame(rows)
+    summary = summarize(spec, ts, baselines)
     run_dir = os.path.join(out_dir, spec.name, spec.run_id())
-    metadata = _metadata(spec, backend.name, stats, wall0)
+    metadata = _metadata(spec, backend_name, stats, wall0)
     write_run(run_dir, spec.resolved_dict(), summary, ts, metadata)
     return RunResult(summary, ts, run_dir, metadata)
 

@@ -43,11 +43,12 @@ class SimPlan:
 
 def start_delay_ns(spec: ExperimentSpec, g: GuestSlot) -> int:
     """A guest's workload start delay, from its own seeded stream."""
+    delay = g.index * getattr(g.group.workload, "start_stagger", 0)
     jitter = getattr(g.group.workload, "start_jitter", 0)
-    if not jitter:
-        return 0
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id]))
-    return int(rng.integers(0, jitter))
+    if jitter:
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id]))
+        delay += int(rng.integers(0, jitter))
+    return delay
 
 
 def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPlan:

@@ -115,9 +115,10 @@ class MemhogWorkload(_Model):
     phases: list[Phase] = Field(min_length=1, description="Phases run in order.")
     repeat: bool = Field(False, description="Start again from the first phase after the last.")
     thp: bool = Field(False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region.")
-    start_jitter: int = Field(0, description="Each guest starts after a seeded random delay in [0, start_jitter).")
+    start_stagger: int = Field(0, description="Guest i of the group starts i x start_stagger late (take turns).")
+    start_jitter: int = Field(0, description="Each guest starts after a further seeded random delay in [0, start_jitter).")
 
-    _durs = field_validator("start_jitter", mode="before")(_dur)
+    _durs = field_validator("start_stagger", "start_jitter", mode="before")(_dur)
 
 
 class IdleWorkload(_Model):

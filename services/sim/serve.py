@@ -1,0 +1,204 @@
+"""``overcommit serve``: ExperimentService for gRPC clients, over the coordinator.
+
+:class:`ExperimentManager` implements the servicer's ``ExperimentManagerApi``:
+experiments are created from a spec, advanced step by step or run to the end,
+streamed as samples while they run, and written to ``runs/`` like any CLI run
+when they finish (with their paired baselines).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from services.transport.validation import failed_precondition
+
+from .coordinator import Simulation, finish_run, make_backend, simulate, summarize
+from .results import timeseries_frame
+from .spec import baseline_spec, load_spec_text, parse_spec
+
+NS_PER_S = 1_000_000_000
+ROW_KEYS = ("time_s", "run", "kind", "entity")
+
+
+class _Experiment:
+    def __init__(self, experiment_id: str, spec):
+        self.id = experiment_id
+        self.spec = spec
+        self.sim: Simulation | None = None
+        self.state = "created"
+        self.result = None
+        self.lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.wall0 = time.time()
+
+    @property
+    def now_ns(self) -> int:
+        return self.sim.now_ns if self.sim else 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.sim.rows if self.sim else []
+
+
+class ExperimentManager:
+    """Experiments by id; each runs on the shared backend (Ray, or in-process)."""
+
+    def __init__(self, out_dir: str = "runs", transport: str = "grpc", address: str | None = None,
+                 shards: int | None = None, backend=None):
+        self.out_dir = out_dir
+        self.shards = shards
+        self.backend = backend or make_backend(transport, address)
+        self._experiments: dict[str, _Experiment] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # -- ExperimentManagerApi ---------------------------------------------------------
+    def create(self, spec: str | Mapping[str, Any]) -> str:
+        parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
+        with self._lock:
+            experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
+            self._experiments[experiment_id] = _Experiment(experiment_id, parsed)
+        return experiment_id
+
+    def advance(self, experiment_id: str, duration_ns: int):
+        if duration_ns <= 0:
+            raise ValueError(f"duration_ns must be > 0, got {duration_ns}")
+        exp = self._get(experiment_id)
+        with exp.lock:
+            self._check_running(exp)
+            sim = self._sim(exp)
+            sim.advance_to(sim.now_ns + duration_ns)
+            self._notify(exp)
+            if sim.finished:
+                self._finish(exp)
+            return self._status(exp)
+
+    def run_to_end(self, experiment_id: str):
+        exp = self._get(experiment_id)
+        with exp.lock:
+            if exp.state == "finished":
+                return self._status(exp)
+            self._check_running(exp)
+            sim = self._sim(exp)
+            step = exp.spec.sample_interval
+            while not sim.finished:
+                sim.advance_to(sim.now_ns + step)
+                self._notify(exp)
+            self._finish(exp)
+            return self._status(exp)
+
+    def cancel(self, experiment_id: str):
+        exp = self._get(experiment_id)
+        with exp.lock:
+            if exp.state == "created":
+                exp.state = "cancelled"
+                if exp.sim:
+                    exp.sim.close()
+            self._notify(exp)
+            return self._status(exp)
+
+    def summary(self, experiment_id: str) -> Mapping[str, Any]:
+        exp = self._get(experiment_id)
+        with exp.lock:
+            if exp.result is not None:
+                return exp.result.summary
+            rows = exp.rows()
+            if not rows:
+                return {"name": exp.spec.name, "state": exp.state, "now_seconds": 0.0}
+            summary = summarize(exp.spec, timeseries_frame(list(rows)), [])
+            summary["state"] = exp.state
+            summary["now_seconds"] = exp.now_ns / NS_PER_S
+            return summary
+
+    def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
+        exp = self._get(experiment_id)
+        sent = 0
+        while True:
+            with exp.cond:
+                rows = exp.rows()
+                while sent == len(rows) and exp.state == "created":
+                    exp.cond.wait(timeout=1.0)
+                    rows = exp.rows()
+                batch = rows[sent:]
+                done = exp.state != "created"
+            for row in batch:
+                if row["run"] == "run":
+                    yield {
+                        "sim_time_ns": int(round(row["time_s"] * NS_PER_S)),
+                        "entity": f"{row['kind']}/{row['entity']}",
+                        "metrics": {k: v for k, v in row.items() if k not in ROW_KEYS and v == v},
+                    }
+            sent += len(batch)
+            if done and sent == len(exp.rows()):
+                return
+
+    # -- internals ------------------------------------------------------------------
+    def _get(self, experiment_id: str) -> _Experiment:
+        with self._lock:
+            exp = self._experiments.get(experiment_id)
+        if exp is None:
+            raise KeyError(f"experiment_id {experiment_id!r} is unknown")
+        return exp
+
+    def _check_running(self, exp: _Experiment) -> None:
+        if exp.state != "created":
+            raise failed_precondition("experiment_id", exp.id, f"experiment is {exp.state}")
+
+    def _sim(self, exp: _Experiment) -> Simulation:
+        if exp.sim is None:
+            exp.sim = Simulation(exp.spec, self.backend, "run", self.shards)
+        return exp.sim
+
+    def _notify(self, exp: _Experiment) -> None:
+        with exp.cond:
+            exp.cond.notify_all()
+
+    def _finish(self, exp: _Experiment) -> None:
+        sim = exp.sim
+        sim.close()
+        rows, stats = list(sim.rows), {"run": sim.stats()}
+        for kind in exp.spec.compare:
+            r, st = simulate(baseline_spec(exp.spec, kind), self.backend, kind, self.shards, False)
+            rows += r
+            stats[kind] = st
+        exp.result = finish_run(exp.spec, rows, stats, self.backend.name, self.out_dir, exp.wall0,
+                                list(exp.spec.compare))
+        exp.state = "finished"
+        self._notify(exp)
+
+    def _status(self, exp: _Experiment):
+        from .service import ExperimentStatus
+
+        return ExperimentStatus(now_ns=exp.now_ns, state=exp.state)
+
+    def close(self) -> None:
+        for exp in list(self._experiments.values()):
+            if exp.sim is not None:
+                exp.sim.close()
+        self.backend.close()
+
+
+def serve(port: int = 50051, bind: str = "127.0.0.1", allow_remote: bool = False, token: str | None = None,
+          out_dir: str = "runs", transport: str = "grpc") -> int:
+    """Run ExperimentService until interrupted."""
+    from services.transport.security import TokenStore
+    from services.transport.server import ServerOptions, serve_until_terminated
+
+    from .service import start_experiment_server
+
+    manager = ExperimentManager(out_dir=out_dir, transport=transport)
+    tokens = TokenStore(admin_token=token) if token else None
+    server = start_experiment_server(manager, ServerOptions(host=bind, port=port, allow_remote=allow_remote),
+                                     tokens=tokens)
+    print(f"ExperimentService on {server.address}" + (" (bearer token required)" if token else ""), flush=True)
+    try:
+        serve_until_terminated(server)
+    finally:
+        manager.close()
+    return 0
+
+
+__all__ = ["ExperimentManager", "serve"]
