@@ -9,8 +9,22 @@ SyncEpoch with the epoch's op logs, apply the answers. Domain logic lives in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
 from overcommit.v1 import host_pb2
 from services.guest.shard import GuestInit, GuestShard
+from services.guest.transport import (
+    AllocOp,
+    ApplyOpsResult,
+    FreeOp,
+    GuestInfo,
+    OpResult,
+    TouchOp,
+    start_guest_server,
+)
 from services.guest.wire import from_outcome, to_guest_ops
 from services.host.server import connect_host
 from services.host.transport import build_sync_request, decode_outcome
@@ -32,12 +46,72 @@ def register_request(experiment_id: str, shard_id: int, init: GuestInit) -> host
     )
 
 
+class ShardApi:
+    """GuestService's view of a shard (implements ``GuestShardApi``).
+
+    Ops run at the shard's current simulated time, between epochs; what they do
+    reaches the host with the next epoch's sync, so the host's prices for touches
+    arrive with it (``lost_ns`` here is always 0). A client may free only blocks
+    it allocated itself, so it can never free a workload's memory twice.
+    """
+
+    def __init__(self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None):
+        self.shard = shard
+        self.workload_factory = workload_factory
+        self.token = token
+
+    def list_guests(self) -> Sequence[GuestInfo]:
+        with self.shard.lock:
+            out = []
+            for gid, s in self.shard.slots.items():
+                running = [w for w in (s.workload, *s.extra_workloads) if not w.finished]
+                kind = type(running[-1]).__name__.lower() if running else ""
+                out.append(GuestInfo(gid, s.init.config.nr_pages, s.init.host_id, self.shard.now_ns, kind))
+            return out
+
+    def apply_ops(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
+        shard = self.shard
+        with shard.lock:
+            slot = shard.slot(guest_id)
+            max_order = slot.init.config.max_order
+            frees = {}
+            for i, op in enumerate(ops):  # validate everything before changing anything
+                if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
+                    raise ValueError(f"ops[{i}].order={op.order}: above the guest's max_order {max_order}")
+                if isinstance(op, FreeOp):
+                    frees[i] = shard.check_client_free(guest_id, op.order, np.asarray(op.pfns, np.int64), op.count)
+                elif isinstance(op, TouchOp):
+                    shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+            results = []
+            for i, op in enumerate(ops):
+                if isinstance(op, AllocOp):
+                    results.append(OpResult(pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count)))
+                elif isinstance(op, FreeOp):
+                    shard.client_free(guest_id, op.order, frees[i])
+                    results.append(OpResult(pfns=frees[i]))
+                else:
+                    shard.client_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+                    results.append(OpResult())
+            return ApplyOpsResult(results, shard.now_ns)
+
+    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
+                       duration_ns: int) -> tuple[int, int]:
+        if self.workload_factory is None:
+            raise ValueError("workload: this shard was started without workload support")
+        config = self.workload_factory(workload, dict(params))
+        with self.shard.lock:
+            return self.shard.start_workload(guest_id, config, duration_ns)
+
+    def guest_state(self, guest_id: int) -> Mapping[str, Any]:
+        return self.shard.guest_state(guest_id)
+
+
 class ShardRunner:
     """A GuestShard plus one HostService client per host it has guests on."""
 
     def __init__(self, experiment_id: str, shard_id: int, guests: list[GuestInit], seed: int,
                  report_latency_ns: int, host_targets: dict[int, str], token: str | None = None,
-                 fast: bool = True):
+                 fast: bool = True, workload_factory: Callable[[str, dict], Any] | None = None):
         self.experiment_id = experiment_id
         self.shard = GuestShard(shard_id, guests, seed, report_latency_ns, fast=fast)
         self.clients = {
@@ -47,6 +121,7 @@ class ShardRunner:
         for init in guests:
             self.clients[init.host_id].register_guest(register_request(experiment_id, shard_id, init))
         self.guest_server = None
+        self.workload_factory = workload_factory
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> int | None:
         """Run ``count`` epochs from ``t0_ns``; return the shard's next event time."""
@@ -70,9 +145,15 @@ class ShardRunner:
 
     def start_guest_service(self) -> str:
         """Serve GuestService for this shard's guests on a loopback port; return its address."""
-        from services.guest.service import start_guest_server
+        if self.guest_server is None:
+            from services.transport.security import TokenStore
+            from services.transport.server import ServerOptions
 
-        self.guest_server = start_guest_server(self.shard)
+            tokens = TokenStore(tokens={self.experiment_id: self.token}) if self.token else None
+            self.guest_server = start_guest_server(ShardApi(self.shard, self.workload_factory),
+                                                   ServerOptions(port=0, tokens=tokens),
+                                                   experiment_id=self.experiment_id)
+            self.guest_server.start()
         return self.guest_server.address
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ before the next epoch: lost time is subtracted from the guest's working time.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -139,6 +140,8 @@ class _Slot:
     stall_ns: int = 0
     lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     report_errors: int = 0
+    extra_workloads: list = field(default_factory=list)  # started by GuestService clients
+    client_blocks: dict[int, int] = field(default_factory=dict)  # pfn -> order, allocated by clients
 
 
 class GuestShard:
@@ -149,6 +152,7 @@ class GuestShard:
         self.shard_id = shard_id
         self.seed = seed
         self.now_ns = 0
+        self.lock = threading.RLock()  # GuestService calls arrive on server threads
         self.slots: dict[int, _Slot] = {}
         for init in sorted(guests, key=lambda g: g.guest_id):
             link = HostLink(init.guest_id, report_latency_ns)
@@ -171,18 +175,23 @@ class GuestShard:
         for s in self.slots.values():
             if s.stall_ns:
                 events.append(self.now_ns)
-            w = s.workload.next_event_ns(self.now_ns)
+            for wl in (s.workload, *s.extra_workloads):
+                w = wl.next_event_ns(self.now_ns)
+                if w is not None:
+                    events.append(w)
             g = s.guest.next_event_ns()
-            events += [e for e in (w, g) if e is not None]
+            if g is not None:
+                events.append(g)
         return min(events) if events else None
 
     def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
         """Advance every guest through [t0, t1); return each host's op logs, by host id."""
         out: dict[int, list[GuestEpochOps]] = defaultdict(list)
-        for s in self.slots.values():
-            self._run_guest(s, t0_ns, t1_ns)
-            out[s.init.host_id].append(s.link.take())
-        self.now_ns = t1_ns
+        with self.lock:
+            for s in self.slots.values():
+                self._run_guest(s, t0_ns, t1_ns)
+                out[s.init.host_id].append(s.link.take())
+            self.now_ns = t1_ns
         return dict(out)
 
     def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
@@ -197,6 +206,8 @@ class GuestShard:
             seg_end = t1_ns if nxt is None or nxt >= t1_ns else max(nxt, t + 1)
             seg_work = (seg_end - t) * work_ns // span
             s.workload.run(s.driver, t, seg_end, seg_work)
+            for extra in s.extra_workloads:
+                extra.run(s.driver, t, seg_end, seg_work)
             t = seg_end
 
     def skip_to(self, t_ns: int) -> None:
@@ -206,6 +217,10 @@ class GuestShard:
         self.now_ns = t_ns
 
     def apply_results(self, results: list[GuestEpochResult]) -> None:
+        with self.lock:
+            self._apply_results(results)
+
+    def _apply_results(self, results: list[GuestEpochResult]) -> None:
         for r in results:
             s = self.slots[r.guest_id]
             s.report_errors += r.report_errors
@@ -234,13 +249,15 @@ class GuestShard:
             for order in range(s.init.config.max_order + 1):
                 blocks = sum(a.nr_free(z, order) for z in range(a.nr_zones))
                 g[f"free_bytes_order_{order}"] += blocks << (order + 12)
-            w = s.workload.stats
-            g["ops_total"] += w.ops
-            g["pages_allocated_total"] += w.pages_allocated
-            g["pages_freed_total"] += w.pages_freed
-            g["pages_touched_total"] += w.pages_touched
-            g["alloc_failures_total"] += w.alloc_failures
-            g["held_bytes"] += s.workload.held.count * (1 << getattr(s.workload, "order", 0)) * 4096
+            for wl in (s.workload, *s.extra_workloads):
+                w = wl.stats
+                g["ops_total"] += w.ops
+                g["pages_allocated_total"] += w.pages_allocated
+                g["pages_freed_total"] += w.pages_freed
+                g["pages_touched_total"] += w.pages_touched
+                g["alloc_failures_total"] += w.alloc_failures
+                g["held_bytes"] += wl.held.count * (1 << getattr(wl, "order", 0)) * 4096
+            g["held_bytes"] += sum(4096 << o for o in s.client_blocks.values())
             for kind, ns in s.lost_ns.items():
                 g[f"lost_{kind}_ns_total"] += ns
             wk = s.guest.worker
@@ -251,8 +268,64 @@ class GuestShard:
         return {k: dict(v) for k, v in groups.items()}
 
     def guest_state(self, guest_id: int) -> dict:
-        if guest_id not in self.slots:
+        with self.lock:
+            st = self.slot(guest_id).guest.state()
+            st["nr_pages"] = self.slot(guest_id).init.config.nr_pages
+            return st
+
+    # -- driving guests from outside (GuestService) ---------------------------------
+    def slot(self, guest_id: int) -> _Slot:
+        s = self.slots.get(guest_id)
+        if s is None:
             raise KeyError(f"guest_id {guest_id} is not in shard {self.shard_id}")
-        return self.slots[guest_id].guest.state()
+        return s
+
+    def client_alloc(self, guest_id: int, order: int, mt: int, count: int) -> np.ndarray:
+        """Allocate ``count`` blocks for a client and touch them (first touch faults)."""
+        s = self.slot(guest_id)
+        pfns = s.driver.alloc(order, mt, count)
+        if len(pfns):
+            s.driver.touch(*pfns_to_runs(pfns, 1 << order))
+            for p in pfns.tolist():
+                s.client_blocks[p] = order
+        return pfns
+
+    def check_client_free(self, guest_id: int, order: int, pfns: np.ndarray, count: int) -> np.ndarray:
+        """The blocks a client free would release; ValueError (no change) if any is not the client's."""
+        s = self.slot(guest_id)
+        if len(pfns) == 0:
+            mine = [p for p, o in s.client_blocks.items() if o == order]
+            if len(mine) < count:
+                raise ValueError(f"free.count={count}: the client holds only {len(mine)} blocks of order {order}")
+            return np.array(mine[len(mine) - count:][::-1], np.int64)
+        for p in pfns.tolist():
+            if s.client_blocks.get(p) != order:
+                raise ValueError(f"free: pfn={p} order={order} is not a block this client allocated at that order")
+        if len(set(pfns.tolist())) != len(pfns):
+            raise ValueError("free.pfns: duplicate pfns")
+        return pfns
+
+    def client_free(self, guest_id: int, order: int, pfns: np.ndarray) -> None:
+        s = self.slot(guest_id)
+        s.driver.free(pfns, order)
+        for p in pfns.tolist():
+            del s.client_blocks[p]
+
+    def check_touch(self, guest_id: int, starts: np.ndarray, npages: np.ndarray) -> None:
+        nr = self.slot(guest_id).init.config.nr_pages
+        if len(starts) and (int((starts + npages).max()) > nr or int(starts.min()) < 0):
+            raise ValueError(f"touch.runs: a run ends beyond the guest's {nr} pages")
+
+    def client_touch(self, guest_id: int, starts: np.ndarray, npages: np.ndarray) -> None:
+        self.slot(guest_id).driver.touch(starts, npages)
+
+    def start_workload(self, guest_id: int, config, duration_ns: int) -> tuple[int, int]:
+        """Run ``config`` (a workload config) from now for ``duration_ns``, beside the spec's workload."""
+        s = self.slot(guest_id)
+        start, end = self.now_ns, self.now_ns + duration_ns
+        rng = np.random.default_rng(np.random.SeedSequence(
+            [self.seed, RNG_KIND_WORKLOAD, guest_id, 1 + len(s.extra_workloads)]))
+        s.extra_workloads.append(make_workload(config, s.init.config.nr_pages, rng, start_ns=start, stop_ns=end))
+        return start, end
 
 

@@ -138,3 +138,23 @@ def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
         max_overcommit_ratio=max_overcommit_ratio,
         costs=cost_model,
     )
+
+
+def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig:
+    """A GuestService StartWorkload request's workload, validated like a spec's."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from .spec import Workload
+
+    try:
+        w = TypeAdapter(Workload).validate_python({**params, "kind": kind})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}") from None
+    if w.kind == "idle":
+        return IdleConfig(initial_fill=w.initial_fill)
+    phases = tuple(
+        PhaseConfig(action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate)
+        for p in w.phases
+    )
+    return MemhogConfig(phases=phases, repeat=w.repeat, thp=w.thp)

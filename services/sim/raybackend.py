@@ -15,6 +15,7 @@ import os
 import secrets
 
 from .entities import SimPlan
+from .placement import workload_from_params
 from .inprocess import merge_group_samples
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -44,10 +45,14 @@ class RaySession:
         targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
         ShardActor = shard_class().options(scheduling_strategy="SPREAD")
         self.shard_actors = [
-            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets, token)
+            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets, token,
+                              workload_factory=workload_from_params)
             for i, inits in enumerate(plan.shard_inits)
         ]
-        ray.get([a.sample.remote() for a in self.shard_actors])  # construction errors surface here
+        self.token = token
+        self.host_addresses = targets
+        # construction errors surface here; every shard serves GuestService for its guests
+        self.guest_service_addresses = ray.get([a.start_guest_service.remote() for a in self.shard_actors])
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
         return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns) for a in self.shard_actors])

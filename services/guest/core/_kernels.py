@@ -2,33 +2,45 @@
 
 State is a handful of flat numpy arrays, passed to every kernel:
 
-* per page: ``nxt``/``prv`` (int32 list links, NIL = -1) shared by the buddy free
-  lists and the pcp lists, ``pgo`` (int8 order of the block whose head this is),
-  ``pgf`` (uint8: state in bits 0-2, Reported in bit 3, a scratch mark in bit 4,
-  the migratetype of the list the block sits on -- or its allocation type -- in
-  bits 5-7). Only heads carry a state; tail pages are ``ST_NONE``.
-* per pageblock: ``pbmt`` (int8 migratetype).
-* ``fl`` int32 (nr_zones * nr_orders * MIGRATE_TYPES, 2): head/tail of each free list,
-  ``pcp`` int32 (nr_zones * nr_pcp_lists, 2): head/tail of each pcp list.
+* per page: ``lk`` int32 (nr_pages, 2) list links [next, prev] (NIL = -1), shared by
+  the buddy free lists and the pcp lists; ``pg`` uint8 (nr_pages, 2) [order, flags].
+  Flags: state in bits 0-2, Reported in bit 3, a scratch mark in bit 4, and in bits
+  5-7 the migratetype of the list the block sits on (or its allocation type).
+  Only heads carry a state; tail pages are ``ST_NONE``. Interleaving next/prev and
+  order/flags keeps a page's state in two cache lines.
+* per pageblock: ``pbmt`` int8 migratetype.
+* ``fl`` int32 (nr_zones * nr_orders * MIGRATE_TYPES, 2): [head, tail] of each free
+  list; ``pcp`` int32 (nr_zones * nr_pcp_lists, 2): the same for the pcp lists.
 * ``nr_free`` int64 (nr_zones, nr_orders): blocks per order, all migratetypes.
 * ``zone`` int64 (nr_zones, Z_FIELDS) and ``g`` int64 (G_FIELDS): scalars.
 * ``pcp_idx`` int8 (nr_orders): pcp list group of an order, -1 if not pcp-eligible.
 * ``coins`` uint64: pre-drawn shuffle coin words (§2.3, §5), consumed LSB first.
+* ``scratch`` int64: room for one pcp drain (blocks taken before they are freed).
 
-Every kernel is called once per batch. The helpers are ``inline='always'`` so the
-hot loops stay flat: a numba call that passes the state arrays costs ~10x the
-work it does (shared/reference/platform-notes.md). Rare paths (fallback) are
-ordinary calls. Callers validate; kernels assume valid input.
+Every kernel is called once per batch. Helpers are ``inline='always'`` and take the
+geometry as scalars so the hot loops stay flat: a numba call that passes the state
+arrays costs ~10x the work it does (shared/reference/platform-notes.md). Kernels
+are compiled without NRT (no refcount traffic; they allocate nothing). Rare paths
+(fallback) are ordinary calls. Callers validate; kernels assume valid input.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 NIL = -1
+NEXT = 0  # lk[:, NEXT]
+PREV = 1  # lk[:, PREV]
+HEAD = 0  # fl/pcp[:, HEAD]
+TAIL = 1  # fl/pcp[:, TAIL]
+ORD = 0  # pg[:, ORD]
+FLG = 1  # pg[:, FLG]
 
-# pgf bits
+# pg[:, FLG] bits
 ST_MASK = 0x07
 ST_NONE = 0  # tail page (or nothing)
 ST_BUDDY = 1  # head of a free block on a buddy list (PageBuddy)
@@ -38,6 +50,7 @@ ST_ISOLATED = 4  # head of a block isolated by reporting (in a batch)
 PG_REPORTED = 0x08  # PG_reported: valid on ST_BUDDY heads only
 PG_MARK = 0x10  # scratch: duplicate detection inside one batch
 MT_SHIFT = 5  # bits 5-7: list migratetype (buddy/pcp) or allocation type
+MT_BITS = 7 << MT_SHIFT
 
 # Migratetypes (constants.py; repeated here as numba globals)
 MT_UNMOVABLE = 0
@@ -64,7 +77,8 @@ Z_PCP_BATCH = 7
 Z_PCP_HIGH = 8
 Z_PCP_CURSOR = 9  # last pcp list drained (round-robin position)
 Z_HIGHATOMIC = 10  # highatomic pages excluded by watermark tests (no reserves: 0)
-Z_FIELDS = 11
+Z_PCP_MASK = 11  # bit li set <=> pcp list li of the zone is non-empty
+Z_FIELDS = 12
 
 # g[] fields
 G_NR_PAGES = 0
@@ -80,7 +94,8 @@ G_COIN_POS = 9  # coin bits consumed
 G_COIN_END = 10  # coin bits available
 G_CAPACITY = 11  # PAGE_REPORTING_CAPACITY
 G_NR_PCP_LISTS = 12  # per zone
-G_FIELDS = 13
+G_ZONE_SPLIT = 13  # first pfn of zone 1 (nr_pages with a single zone)
+G_FIELDS = 14
 
 # modern rmqueue mode, cached across one pcp refill (§3.3)
 MODE_NORMAL = 0
@@ -100,116 +115,128 @@ CHECK_NOT_ALLOCATED = 3
 CHECK_WRONG_ORDER = 4
 CHECK_DUPLICATE = 5
 
-# fallbacks[start_mt] (§3.3); rows for HIGHATOMIC.. are unused (no fallback)
+PREFETCH_DISTANCE = 16  # batch entries ahead whose page state is prefetched
+
+# fallbacks[start_mt] (§3.3); HIGHATOMIC and above have no fallback
 FALLBACKS = np.array(
     [[MT_RECLAIMABLE, MT_MOVABLE], [MT_RECLAIMABLE, MT_UNMOVABLE], [MT_UNMOVABLE, MT_MOVABLE]],
     dtype=np.int64,
 )
 
 
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """llvm.prefetch (write, high locality) of &arr[idx, 0]."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty, idxty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        idx = context.cast(builder, args[1], idxty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx, zero], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ---------------------------------------------------------------- list primitives
 
 
 @njit(inline="always")
-def _link_head(nxt, prv, lists, lid, pfn):
-    h = lists[lid, 0]
-    prv[pfn] = NIL
-    nxt[pfn] = h
+def _link_head(lk, lists, lid, pfn):
+    h = lists[lid, HEAD]
+    lk[pfn, PREV] = NIL
+    lk[pfn, NEXT] = h
     if h == NIL:
-        lists[lid, 1] = pfn
+        lists[lid, TAIL] = pfn
     else:
-        prv[h] = pfn
-    lists[lid, 0] = pfn
+        lk[h, PREV] = pfn
+    lists[lid, HEAD] = pfn
 
 
 @njit(inline="always")
-def _link_tail(nxt, prv, lists, lid, pfn):
-    t = lists[lid, 1]
-    nxt[pfn] = NIL
-    prv[pfn] = t
+def _link_tail(lk, lists, lid, pfn):
+    t = lists[lid, TAIL]
+    lk[pfn, NEXT] = NIL
+    lk[pfn, PREV] = t
     if t == NIL:
-        lists[lid, 0] = pfn
+        lists[lid, HEAD] = pfn
     else:
-        nxt[t] = pfn
-    lists[lid, 1] = pfn
+        lk[t, NEXT] = pfn
+    lists[lid, TAIL] = pfn
 
 
 @njit(inline="always")
-def _unlink(nxt, prv, lists, lid, pfn):
-    p = prv[pfn]
-    n = nxt[pfn]
+def _unlink(lk, lists, lid, pfn):
+    p = lk[pfn, PREV]
+    n = lk[pfn, NEXT]
     if p == NIL:
-        lists[lid, 0] = n
+        lists[lid, HEAD] = n
     else:
-        nxt[p] = n
+        lk[p, NEXT] = n
     if n == NIL:
-        lists[lid, 1] = p
+        lists[lid, TAIL] = p
     else:
-        prv[n] = p
+        lk[n, PREV] = p
 
 
 @njit(inline="always")
-def _rotate_to_front(nxt, prv, lists, lid, pfn):
+def _rotate_to_front(lk, lists, lid, pfn):
     """L = L[idx(pfn):] + L[:idx(pfn)] (§4.4)."""
-    head = lists[lid, 0]
+    head = lists[lid, HEAD]
     if head == pfn:
         return
-    tail = lists[lid, 1]
-    p = prv[pfn]
-    nxt[p] = NIL
-    prv[pfn] = NIL
-    nxt[tail] = head
-    prv[head] = tail
-    lists[lid, 0] = pfn
-    lists[lid, 1] = p
+    tail = lists[lid, TAIL]
+    p = lk[pfn, PREV]
+    lk[p, NEXT] = NIL
+    lk[pfn, PREV] = NIL
+    lk[tail, NEXT] = head
+    lk[head, PREV] = tail
+    lists[lid, HEAD] = pfn
+    lists[lid, TAIL] = p
 
 
 @njit(inline="always")
-def _fl_id(g, z, order, mt):
-    return (z * (g[G_MAX_ORDER] + 1) + order) * MT_TYPES + mt
+def _fl_id(nro, z, order, mt):
+    return (z * nro + order) * MT_TYPES + mt
 
 
 @njit(inline="always")
-def _zone_of(zone, g, pfn):
-    z = g[G_NR_ZONES] - 1
-    while z > 0 and pfn < zone[z, Z_START]:
-        z -= 1
-    return z
+def _is_free_head(pg, pfn, order):
+    return (pg[pfn, FLG] & ST_MASK) == ST_BUDDY and pg[pfn, ORD] == order
 
 
 @njit(inline="always")
-def _is_free_head(pgo, pgf, pfn, order):
-    return (pgf[pfn] & ST_MASK) == ST_BUDDY and pgo[pfn] == order
+def _list_mt(pg, pfn):
+    return np.int64(pg[pfn, FLG] >> MT_SHIFT)
 
 
 @njit(inline="always")
-def _list_mt(pgf, pfn):
-    return (pgf[pfn] >> MT_SHIFT) & 7
-
-
-@njit(inline="always")
-def _del_free(nxt, prv, pgf, fl, nr_free, g, z, pfn, order, lid):
+def _del_free(lk, pg, fl, nr_free, g, z, pfn, order, lid):
     """Unlink a free block (del_page_from_free_list): clears Reported (§2.5)."""
-    _unlink(nxt, prv, fl, lid, pfn)
+    _unlink(lk, fl, lid, pfn)
     nr_free[z, order] -= 1
-    if pgf[pfn] & PG_REPORTED:
+    if pg[pfn, FLG] & PG_REPORTED:
         g[G_REPORTED_PAGES] -= 1 << order
-    pgf[pfn] = ST_NONE
+    pg[pfn, FLG] = ST_NONE
 
 
 @njit(inline="always")
-def _set_free_head(pgo, pgf, pfn, order, mt):
-    pgo[pfn] = order
-    pgf[pfn] = ST_BUDDY | (mt << MT_SHIFT)
+def _set_head(pg, pfn, order, state, mt):
+    pg[pfn, ORD] = order
+    pg[pfn, FLG] = state | (mt << MT_SHIFT)
 
 
 @njit(inline="always")
-def _relabel_pageblocks(pbmt, g, pfn, order, mt):
+def _relabel_pageblocks(pbmt, pb, pfn, order, mt):
     """Set the migratetype of every pageblock the block [pfn, pfn + 2**order) touches."""
-    pb = g[G_PB_ORDER]
-    first = pfn >> pb
-    last = (pfn + (1 << order) - 1) >> pb
-    for b in range(first, last + 1):
+    for b in range(pfn >> pb, ((pfn + (1 << order) - 1) >> pb) + 1):
         pbmt[b] = mt
 
 
@@ -225,6 +252,7 @@ def _merge_refused(profile, mt, bmt):
 
 @njit(inline="always")
 def _coin(g, coins):
+    """shuffle_pick_tail: the next random bit; 1 = tail."""
     pos = g[G_COIN_POS]
     if pos >= g[G_COIN_END]:
         raise RuntimeError("shuffle coin words exhausted")
@@ -233,137 +261,192 @@ def _coin(g, coins):
 
 
 @njit(inline="always")
-def _free_one(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, to_tail, notify):
+def _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, to_tail, notify):
     """__free_one_page: merge (§2.2), place (§2.3), notify (§2.6)."""
-    z = _zone_of(zone, g, pfn)
+    max_order = g[G_MAX_ORDER]
+    nro = max_order + 1
+    pb = g[G_PB_ORDER]
+    z = np.int64(pfn >= g[G_ZONE_SPLIT])
     if mt != MT_ISOLATE:
         zone[z, Z_FREE] += 1 << order
-    max_order = g[G_MAX_ORDER]
-    pb = g[G_PB_ORDER]
-    profile = g[G_PROFILE]
-    pgf[pfn] = ST_NONE
+    pg[pfn, FLG] = ST_NONE
     while order < max_order:
         b = pfn ^ (1 << order)
-        if not _is_free_head(pgo, pgf, b, order):
+        if not _is_free_head(pg, b, order):
             break
         if order >= pb:
-            bmt = pbmt[b >> pb]
+            bmt = np.int64(pbmt[b >> pb])
+            profile = g[G_PROFILE]
             if _merge_refused(profile, mt, bmt):
                 break
             if profile == PROFILE_MODERN and bmt != mt:
-                _relabel_pageblocks(pbmt, g, b, order, mt)
-        _del_free(nxt, prv, pgf, fl, nr_free, g, z, b, order, _fl_id(g, z, order, _list_mt(pgf, b)))
-        if b < pfn:
-            pfn = b
+                _relabel_pageblocks(pbmt, pb, b, order, mt)
+        _del_free(lk, pg, fl, nr_free, g, z, b, order, _fl_id(nro, z, order, _list_mt(pg, b)))
+        pfn = min(pfn, b)
         order += 1
-    _set_free_head(pgo, pgf, pfn, order, mt)
-    if not to_tail:
+    _set_head(pg, pfn, order, ST_BUDDY, mt)
+    tail = to_tail
+    if not tail:
         if g[G_SHUFFLE] != 0 and order >= max_order:
-            to_tail = _coin(g, coins) != 0
+            tail = _coin(g, coins) != 0
         elif order < max_order - 1:
             # buddy_merge_likely: is the order+1 buddy of our order+1 block free?
             higher = (pfn & ~(1 << order)) ^ (1 << (order + 1))
-            to_tail = _is_free_head(pgo, pgf, higher, order + 1)
-    lid = _fl_id(g, z, order, mt)
-    if to_tail:
-        _link_tail(nxt, prv, fl, lid, pfn)
+            tail = _is_free_head(pg, higher, order + 1)
+    lid = _fl_id(nro, z, order, mt)
+    if tail:
+        _link_tail(lk, fl, lid, pfn)
     else:
-        _link_head(nxt, prv, fl, lid, pfn)
+        _link_head(lk, fl, lid, pfn)
     nr_free[z, order] += 1
     if notify and order >= g[G_REPORT_ORDER]:
         g[G_NOTIFY] += 1
 
 
 @njit(inline="always")
-def _pcp_drain_pages(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, coins, z, target):
-    """free_pcppages_bulk: round-robin over the zone's pcp lists, one block from each tail."""
+def _pcp_take(lk, pg, pcp, zone, g, z, target, scratch):
+    """free_pcppages_bulk, first half: take blocks round-robin over the zone's pcp lists
+    (one block from a list's tail per turn) until target pages; returns how many blocks.
+    The buddy frees come after: they do not touch the pcp lists, so the order is kept."""
     nl = g[G_NR_PCP_LISTS]
     base = z * nl
     li = zone[z, Z_PCP_CURSOR]
-    drained = 0
-    while drained < target and zone[z, Z_PCP_COUNT] > 0:
+    mask = zone[z, Z_PCP_MASK]
+    taken = 0
+    pages = 0
+    while pages < target and mask != 0:
         li += 1
-        if li >= nl:
+        if li >= nl or (mask >> li) == 0:
             li = 0
-        pfn = pcp[base + li, 1]
-        if pfn == NIL:
-            continue
-        _unlink(nxt, prv, pcp, base + li, pfn)
-        order = np.int64(pgo[pfn])
-        zone[z, Z_PCP_COUNT] -= 1 << order
-        drained += 1 << order
-        mt = np.int64(pbmt[pfn >> g[G_PB_ORDER]])
-        _free_one(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+        while not (mask >> li) & 1:  # skip empty lists
+            li += 1
+        pfn = np.int64(pcp[base + li, TAIL])
+        _unlink(lk, pcp, base + li, pfn)
+        if pcp[base + li, HEAD] == NIL:
+            mask &= ~(np.int64(1) << li)
+        size = np.int64(1) << pg[pfn, ORD]
+        zone[z, Z_PCP_COUNT] -= size
+        pages += size
+        scratch[taken] = pfn
+        taken += 1
+    zone[z, Z_PCP_MASK] = mask
     zone[z, Z_PCP_CURSOR] = li
+    return taken
+
+
+@njit(inline="always")
+def _prefetch_buddy_free(lk, pg, pfn):
+    """Warm the lines a buddy free of pfn will touch: its state, its buddy's list
+    neighbours (the buddy's state shares pfn's line for small orders)."""
+    order = pg[pfn, ORD]
+    b = pfn ^ (np.int64(1) << order)
+    if (pg[b, FLG] & ST_MASK) == ST_BUDDY and pg[b, ORD] == order:
+        p = lk[b, PREV]
+        n = lk[b, NEXT]
+        if p != NIL:
+            _prefetch(lk, p)
+        if n != NIL:
+            _prefetch(lk, n)
+
+
+@njit(inline="always")
+def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n):
+    """Buddy-free blocks[:n] in order (each at its pg order, pageblock mt re-read), notifying."""
+    pb = g[G_PB_ORDER]
+    for j in range(n):
+        if j + PREFETCH_DISTANCE < n:
+            _prefetch(lk, blocks[j + PREFETCH_DISTANCE])
+            _prefetch(pg, blocks[j + PREFETCH_DISTANCE])
+        if j + PREFETCH_DISTANCE // 2 < n:
+            _prefetch_buddy_free(lk, pg, blocks[j + PREFETCH_DISTANCE // 2])
+        pfn = blocks[j]
+        order = np.int64(pg[pfn, ORD])
+        mt = np.int64(pbmt[pfn >> pb])
+        _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
 
 
 @njit(cache=True, _nrt=False)
-def k_free(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, pfns, order):
+def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfns, order):
     """free(): pcp-eligible orders to the pcp list head (drain at high), others to the buddy."""
     pi = np.int64(pcp_idx[order])
     pb = g[G_PB_ORDER]
-    size = 1 << order
-    for i in range(pfns.shape[0]):
+    nl = g[G_NR_PCP_LISTS]
+    size = np.int64(1) << order
+    n = pfns.shape[0]
+    for i in range(n):
+        if i + PREFETCH_DISTANCE < n:
+            _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
+            _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
         pfn = pfns[i]
         mt = np.int64(pbmt[pfn >> pb])
-        if pi >= 0 and mt != MT_ISOLATE:
-            if mt >= MT_PCPTYPES:
-                mt = MT_MOVABLE
-            z = _zone_of(zone, g, pfn)
-            _link_head(nxt, prv, pcp, z * g[G_NR_PCP_LISTS] + pi * MT_PCPTYPES + mt, pfn)
-            pgf[pfn] = ST_PCP | (mt << MT_SHIFT)
-            zone[z, Z_PCP_COUNT] += size
-            while zone[z, Z_PCP_COUNT] >= zone[z, Z_PCP_HIGH]:
-                _pcp_drain_pages(
-                    nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, coins, z, zone[z, Z_PCP_BATCH]
-                )
-        else:
-            _free_one(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+        if pi < 0 or mt == MT_ISOLATE:
+            if pi < 0 and i + PREFETCH_DISTANCE // 2 < n:
+                _prefetch_buddy_free(lk, pg, pfns[i + PREFETCH_DISTANCE // 2])
+            _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+            continue
+        if mt >= MT_PCPTYPES:
+            mt = MT_MOVABLE  # HIGHATOMIC/CMA frees use the MOVABLE pcp list
+        z = np.int64(pfn >= g[G_ZONE_SPLIT])
+        li = pi * MT_PCPTYPES + mt
+        _link_head(lk, pcp, z * nl + li, pfn)
+        zone[z, Z_PCP_MASK] |= np.int64(1) << li
+        pg[pfn, FLG] = ST_PCP | (mt << MT_SHIFT)
+        zone[z, Z_PCP_COUNT] += size
+        while zone[z, Z_PCP_COUNT] >= zone[z, Z_PCP_HIGH]:
+            taken = _pcp_take(lk, pg, pcp, zone, g, z, zone[z, Z_PCP_BATCH], scratch)
+            _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
 
 
 @njit(cache=True, _nrt=False)
-def k_drain_pcp(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, coins):
+def k_drain_pcp(lk, pg, pbmt, fl, pcp, nr_free, zone, g, coins, scratch):
     """drain_pcp(): every pcp list completely, zones and lists ascending, tail first."""
     nl = g[G_NR_PCP_LISTS]
-    pb = g[G_PB_ORDER]
     for z in range(g[G_NR_ZONES]):
         for li in range(nl):
             lid = z * nl + li
-            while pcp[lid, 1] != NIL:
-                pfn = pcp[lid, 1]
-                _unlink(nxt, prv, pcp, lid, pfn)
-                order = np.int64(pgo[pfn])
-                zone[z, Z_PCP_COUNT] -= 1 << order
-                mt = np.int64(pbmt[pfn >> pb])
-                _free_one(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+            while pcp[lid, TAIL] != NIL:
+                taken = 0
+                while pcp[lid, TAIL] != NIL and taken < scratch.shape[0]:
+                    pfn = np.int64(pcp[lid, TAIL])
+                    _unlink(lk, pcp, lid, pfn)
+                    zone[z, Z_PCP_COUNT] -= np.int64(1) << pg[pfn, ORD]
+                    scratch[taken] = pfn
+                    taken += 1
+                _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+            zone[z, Z_PCP_MASK] &= ~(np.int64(1) << li)
 
 
 @njit(cache=True, _nrt=False)
-def k_check_free(pgo, pgf, g, pfns, order):
+def k_check_free(pg, g, pfns, order):
     """Validate a free batch without changing state: (code, index of the bad entry)."""
     nr_pages = g[G_NR_PAGES]
     mask = (1 << order) - 1
+    n = pfns.shape[0]
     bad = -1
     code = CHECK_OK
-    for i in range(pfns.shape[0]):
+    for i in range(n):
+        if i + PREFETCH_DISTANCE < n:
+            ahead = pfns[i + PREFETCH_DISTANCE]
+            if 0 <= ahead < nr_pages:
+                _prefetch(pg, ahead)
         pfn = pfns[i]
         if pfn < 0 or pfn >= nr_pages:
             code = CHECK_RANGE
         elif pfn & mask:
             code = CHECK_ALIGN
-        elif (pgf[pfn] & ST_MASK) != ST_ALLOC:
+        elif (pg[pfn, FLG] & ST_MASK) != ST_ALLOC:
             code = CHECK_NOT_ALLOCATED
-        elif pgo[pfn] != order:
+        elif pg[pfn, ORD] != order:
             code = CHECK_WRONG_ORDER
-        elif pgf[pfn] & PG_MARK:
+        elif pg[pfn, FLG] & PG_MARK:
             code = CHECK_DUPLICATE
         if code != CHECK_OK:
             bad = i
             break
-        pgf[pfn] |= PG_MARK
-    end = pfns.shape[0] if bad < 0 else bad
+        pg[pfn, FLG] |= PG_MARK
+    end = n if bad < 0 else bad
     for i in range(end):
-        pgf[pfns[i]] &= ~PG_MARK
+        pg[pfns[i], FLG] &= ~PG_MARK
     return code, bad
 
 
@@ -371,32 +454,34 @@ def k_check_free(pgo, pgf, g, pfns, order):
 
 
 @njit(inline="always")
-def _expand(nxt, prv, pgo, pgf, fl, nr_free, g, z, pfn, low, high, mt):
+def _expand(lk, pg, fl, nr_free, nro, z, pfn, low, high, mt):
     """expand(): upper halves go to the head of their lists, unreported (§3.2)."""
     while high > low:
         high -= 1
         upper = pfn + (1 << high)
-        _link_head(nxt, prv, fl, _fl_id(g, z, high, mt), upper)
-        _set_free_head(pgo, pgf, upper, high, mt)
+        _link_head(lk, fl, _fl_id(nro, z, high, mt), upper)
+        _set_head(pg, upper, high, ST_BUDDY, mt)
         nr_free[z, high] += 1
 
 
 @njit(inline="always")
-def _take_block(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, pfn, low, high, mt, expand_mt):
+def _take_block(lk, pg, fl, nr_free, zone, g, z, pfn, low, high, mt, expand_mt):
     """Unlink a free block of order high from list mt and split it down to order low."""
-    _del_free(nxt, prv, pgf, fl, nr_free, g, z, pfn, high, _fl_id(g, z, high, mt))
-    _expand(nxt, prv, pgo, pgf, fl, nr_free, g, z, pfn, low, high, expand_mt)
+    nro = g[G_MAX_ORDER] + 1
+    _del_free(lk, pg, fl, nr_free, g, z, pfn, high, _fl_id(nro, z, high, mt))
+    _expand(lk, pg, fl, nr_free, nro, z, pfn, low, high, expand_mt)
     zone[z, Z_FREE] -= 1 << low
 
 
 @njit(inline="always")
-def _rmqueue_smallest(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, mt):
-    for o in range(order, g[G_MAX_ORDER] + 1):
-        pfn = fl[_fl_id(g, z, o, mt), 0]
+def _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt):
+    nro = g[G_MAX_ORDER] + 1
+    for o in range(order, nro):
+        pfn = np.int64(fl[_fl_id(nro, z, o, mt), HEAD])
         if pfn != NIL:
-            _take_block(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, pfn, order, o, mt, mt)
+            _take_block(lk, pg, fl, nr_free, zone, g, z, pfn, order, o, mt, mt)
             return pfn
-    return NIL
+    return np.int64(NIL)
 
 
 @njit(_nrt=False)
@@ -413,44 +498,46 @@ def _find_fallback(fl, nr_free, g, z, order, start_mt):
     """First non-empty fallback list at this order, or -1."""
     if nr_free[z, order] == 0:
         return -1
+    nro = g[G_MAX_ORDER] + 1
     for i in range(2):
         fmt = FALLBACKS[start_mt, i]
-        if fl[_fl_id(g, z, order, fmt), 0] != NIL:
+        if fl[_fl_id(nro, z, order, fmt), HEAD] != NIL:
             return fmt
     return -1
 
 
 @njit(_nrt=False)
-def _move_free_block(nxt, prv, pgf, fl, g, z, pfn, order, new_mt, to_tail):
+def _move_free_block(lk, pg, fl, g, z, pfn, order, new_mt, to_tail):
     """move_to_free_list: keeps Reported (§2.5)."""
-    _unlink(nxt, prv, fl, _fl_id(g, z, order, _list_mt(pgf, pfn)), pfn)
-    lid = _fl_id(g, z, order, new_mt)
+    nro = g[G_MAX_ORDER] + 1
+    _unlink(lk, fl, _fl_id(nro, z, order, _list_mt(pg, pfn)), pfn)
+    lid = _fl_id(nro, z, order, new_mt)
     if to_tail:
-        _link_tail(nxt, prv, fl, lid, pfn)
+        _link_tail(lk, fl, lid, pfn)
     else:
-        _link_head(nxt, prv, fl, lid, pfn)
-    pgf[pfn] = (pgf[pfn] & ~(7 << MT_SHIFT)) | (new_mt << MT_SHIFT)
+        _link_head(lk, fl, lid, pfn)
+    pg[pfn, FLG] = (pg[pfn, FLG] & ~MT_BITS) | (new_mt << MT_SHIFT)
 
 
 @njit(_nrt=False)
-def _pageblock_census(pgo, pgf, g, start, move, nxt, prv, fl, z, new_mt, to_tail):
-    """Walk one pageblock by heads: (free pages, movable allocated pages); optionally move
-    every free block in it to new_mt's list (move_freepages_block)."""
+def _pageblock_census(lk, pg, fl, g, z, start, move, new_mt, to_tail):
+    """Walk one pageblock by heads: (free pages, movable allocated pages); with move,
+    also move every free block in it to new_mt's list (move_freepages_block)."""
     end = start + (1 << g[G_PB_ORDER])
     free_pages = 0
     movable_pages = 0
     pfn = start
     while pfn < end:
-        st = pgf[pfn] & ST_MASK
-        if st == ST_NONE:  # cannot happen for a consistent state; step one page
+        st = pg[pfn, FLG] & ST_MASK
+        if st == ST_NONE:  # not a head: cannot happen in a consistent state
             pfn += 1
             continue
-        size = 1 << np.int64(pgo[pfn])
+        size = np.int64(1) << pg[pfn, ORD]
         if st == ST_BUDDY:
             free_pages += size
             if move:
-                _move_free_block(nxt, prv, pgf, fl, g, z, pfn, np.int64(pgo[pfn]), new_mt, to_tail)
-        elif st == ST_ALLOC and _list_mt(pgf, pfn) == MT_MOVABLE:
+                _move_free_block(lk, pg, fl, g, z, pfn, np.int64(pg[pfn, ORD]), new_mt, to_tail)
+        elif st == ST_ALLOC and _list_mt(pg, pfn) == MT_MOVABLE:
             movable_pages += size
         pfn += size
     return free_pages, movable_pages
@@ -470,7 +557,7 @@ def _claim_enough(g, start_mt, block_mt, free_pages, movable_pages):
 
 
 @njit(_nrt=False)
-def _fallback_5_7(nxt, prv, pgo, pgf, pbmt, fl, nr_free, g, z, order, start_mt):
+def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt):
     """5.7-era __rmqueue_fallback: move a fallback block to start_mt; True if it did."""
     max_order = g[G_MAX_ORDER]
     pb = g[G_PB_ORDER]
@@ -478,160 +565,155 @@ def _fallback_5_7(nxt, prv, pgo, pgf, pbmt, fl, nr_free, g, z, order, start_mt):
     found = -1
     co = max_order
     while co >= order:
-        fmt = _find_fallback(fl, nr_free, g, z, co, start_mt)
-        if fmt >= 0:
-            found = fmt
+        found = _find_fallback(fl, nr_free, g, z, co, start_mt)
+        if found >= 0:
             break
         co -= 1
     if found < 0:
         return False
     can_steal = _can_claim(g, co, start_mt)
     if not can_steal and start_mt == MT_MOVABLE and co > order:
-        found = -1
-        for o in range(order, max_order + 1):
-            fmt = _find_fallback(fl, nr_free, g, z, o, start_mt)
-            if fmt >= 0:
-                found = fmt
+        for o in range(order, max_order + 1):  # find_smallest
+            found = _find_fallback(fl, nr_free, g, z, o, start_mt)
+            if found >= 0:
                 co = o
                 break
         can_steal = _can_claim(g, co, start_mt)
-    page = fl[_fl_id(g, z, co, found), 0]
+    page = np.int64(fl[_fl_id(max_order + 1, z, co, found), HEAD])
     old_mt = pbmt[page >> pb]
     if old_mt != MT_HIGHATOMIC:
         if co >= pb:
-            _relabel_pageblocks(pbmt, g, page, co, start_mt)
+            _relabel_pageblocks(pbmt, pb, page, co, start_mt)
         elif can_steal:
             start = page & ~((1 << pb) - 1)
-            free_pages, movable_pages = _pageblock_census(
-                pgo, pgf, g, start, True, nxt, prv, fl, z, start_mt, to_tail
-            )
+            free_pages, movable_pages = _pageblock_census(lk, pg, fl, g, z, start, True, start_mt, to_tail)
             if _claim_enough(g, start_mt, old_mt, free_pages, movable_pages):
                 pbmt[start >> pb] = start_mt
             return True
-    _move_free_block(nxt, prv, pgf, fl, g, z, page, co, start_mt, to_tail)
+    _move_free_block(lk, pg, fl, g, z, page, co, start_mt, to_tail)
     return True
 
 
 @njit(_nrt=False)
-def _claim_modern(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, start_mt):
+def _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, start_mt):
     """__rmqueue_claim: largest first; whole pageblocks or a majority-free pageblock."""
     pb = g[G_PB_ORDER]
-    co = g[G_MAX_ORDER]
+    nro = g[G_MAX_ORDER] + 1
+    co = nro - 1
     while co >= order:
         fmt = _find_fallback(fl, nr_free, g, z, co, start_mt)
         if fmt >= 0:
             if not _can_claim(g, co, start_mt):
-                return NIL  # orders too low to claim
-            page = fl[_fl_id(g, z, co, fmt), 0]
+                return np.int64(NIL)  # orders too low to claim
+            page = np.int64(fl[_fl_id(nro, z, co, fmt), HEAD])
             if co >= pb:
-                _del_free(nxt, prv, pgf, fl, nr_free, g, z, page, co, _fl_id(g, z, co, fmt))
-                _relabel_pageblocks(pbmt, g, page, co, start_mt)
-                _expand(nxt, prv, pgo, pgf, fl, nr_free, g, z, page, order, co, start_mt)
+                _del_free(lk, pg, fl, nr_free, g, z, page, co, _fl_id(nro, z, co, fmt))
+                _relabel_pageblocks(pbmt, pb, page, co, start_mt)
+                _expand(lk, pg, fl, nr_free, nro, z, page, order, co, start_mt)
                 zone[z, Z_FREE] -= 1 << order
                 return page
             start = page & ~((1 << pb) - 1)
-            free_pages, movable_pages = _pageblock_census(
-                pgo, pgf, g, start, False, nxt, prv, fl, z, start_mt, True
-            )
+            free_pages, movable_pages = _pageblock_census(lk, pg, fl, g, z, start, False, start_mt, True)
             if _claim_enough(g, start_mt, fmt, free_pages, movable_pages):
-                _pageblock_census(pgo, pgf, g, start, True, nxt, prv, fl, z, start_mt, True)
+                _pageblock_census(lk, pg, fl, g, z, start, True, start_mt, True)
                 pbmt[start >> pb] = start_mt
-                return _rmqueue_smallest(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, start_mt)
+                return _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, start_mt)
         co -= 1
-    return NIL
+    return np.int64(NIL)
 
 
 @njit(_nrt=False)
-def _steal_modern(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, start_mt):
+def _steal_modern(lk, pg, fl, nr_free, zone, g, z, order, start_mt):
     """__rmqueue_steal: smallest first, one block, split keeping the fallback type."""
-    for co in range(order, g[G_MAX_ORDER] + 1):
+    nro = g[G_MAX_ORDER] + 1
+    for co in range(order, nro):
         fmt = _find_fallback(fl, nr_free, g, z, co, start_mt)
         if fmt >= 0:
-            page = fl[_fl_id(g, z, co, fmt), 0]
-            _take_block(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, page, order, co, fmt, fmt)
+            page = np.int64(fl[_fl_id(nro, z, co, fmt), HEAD])
+            _take_block(lk, pg, fl, nr_free, zone, g, z, page, order, co, fmt, fmt)
             return page
-    return NIL
+    return np.int64(NIL)
 
 
 @njit(_nrt=False)
-def _rmqueue_fallback(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
+def _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
     """Fallback after smallest-fit failed (§3.3): returns (pfn or NIL, mode)."""
     if mt >= MT_PCPTYPES:
-        return NIL, mode
+        return np.int64(NIL), mode
     if g[G_PROFILE] != PROFILE_MODERN:
-        while _fallback_5_7(nxt, prv, pgo, pgf, pbmt, fl, nr_free, g, z, order, mt):
-            pfn = _rmqueue_smallest(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, mt)
+        while _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, mt):
+            pfn = _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt)
             if pfn != NIL:
                 return pfn, mode
-        return NIL, mode
+        return np.int64(NIL), mode
     if mode == MODE_NORMAL:
-        pfn = _claim_modern(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt)
+        pfn = _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt)
         if pfn != NIL:
-            return pfn, MODE_NORMAL
-    pfn = _steal_modern(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, mt)
+            return pfn, np.int64(MODE_NORMAL)
+    pfn = _steal_modern(lk, pg, fl, nr_free, zone, g, z, order, mt)
     if pfn != NIL:
-        return pfn, MODE_STEAL
-    return NIL, mode
+        return pfn, np.int64(MODE_STEAL)
+    return np.int64(NIL), mode
 
 
 @njit(inline="always")
-def _rmqueue(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
+def _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
     """__rmqueue: smallest fit, then fallback; modern skips to steal in MODE_STEAL."""
     if mode == MODE_NORMAL:
-        pfn = _rmqueue_smallest(nxt, prv, pgo, pgf, fl, nr_free, zone, g, z, order, mt)
+        pfn = _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt)
         if pfn != NIL:
             return pfn, mode
-    return _rmqueue_fallback(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
+    return _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
 
 
 @njit(inline="always")
-def _pcp_alloc(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi):
+def _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi):
     """rmqueue_pcplist: pop the head; refill an empty list with batch >> order blocks."""
-    lid = z * g[G_NR_PCP_LISTS] + pi * MT_PCPTYPES + mt
-    pfn = pcp[lid, 0]
+    li = pi * MT_PCPTYPES + mt
+    lid = z * g[G_NR_PCP_LISTS] + li
+    pfn = np.int64(pcp[lid, HEAD])
     if pfn == NIL:
-        want = zone[z, Z_PCP_BATCH] >> order
-        if want < 1:
-            want = 1
-        mode = MODE_NORMAL
+        want = max(zone[z, Z_PCP_BATCH] >> order, 1)
+        mode = np.int64(MODE_NORMAL)
         for _ in range(want):
-            blk, mode = _rmqueue(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
+            blk, mode = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
             if blk == NIL:
                 break
-            _link_tail(nxt, prv, pcp, lid, blk)
-            pgo[blk] = order
-            pgf[blk] = ST_PCP | (mt << MT_SHIFT)
+            _link_tail(lk, pcp, lid, blk)
+            _set_head(pg, blk, order, ST_PCP, mt)
             zone[z, Z_PCP_COUNT] += 1 << order
-        pfn = pcp[lid, 0]
+        pfn = np.int64(pcp[lid, HEAD])
         if pfn == NIL:
-            return NIL
-    _unlink(nxt, prv, pcp, lid, pfn)
+            return pfn
+        zone[z, Z_PCP_MASK] |= np.int64(1) << li
+    _unlink(lk, pcp, lid, pfn)
+    if pcp[lid, HEAD] == NIL:
+        zone[z, Z_PCP_MASK] &= ~(np.int64(1) << li)
     zone[z, Z_PCP_COUNT] -= 1 << order
     return pfn
 
 
 @njit(cache=True, _nrt=False)
-def k_alloc(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, out):
+def k_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, out):
     """alloc(): zones from the highest index down, each behind its min watermark."""
-    pi = np.int64(pcp_idx[order]) if mt < MT_PCPTYPES else -1
-    size = 1 << order
+    pi = np.int64(pcp_idx[order]) if mt < MT_PCPTYPES else np.int64(-1)
+    size = np.int64(1) << order
     nz = g[G_NR_ZONES]
     n = 0
     while n < count:
-        pfn = NIL
+        pfn = np.int64(NIL)
         for z in range(nz - 1, -1, -1):
             if zone[z, Z_FREE] - size < zone[z, Z_MIN]:
                 continue
             if pi >= 0:
-                pfn = _pcp_alloc(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi)
+                pfn = _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi)
             else:
-                pfn, _ = _rmqueue(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, MODE_NORMAL)
+                pfn, _ = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, np.int64(MODE_NORMAL))
             if pfn != NIL:
                 break
         if pfn == NIL:
             break
-        pgo[pfn] = order
-        pgf[pfn] = ST_ALLOC | (mt << MT_SHIFT)
+        _set_head(pg, pfn, order, ST_ALLOC, mt)
         out[n] = pfn
         n += 1
     return n
@@ -641,18 +723,18 @@ def k_alloc(nxt, prv, pgo, pgf, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order,
 
 
 @njit(cache=True, _nrt=False)
-def k_boot(nxt, prv, pgo, pgf, fl, nr_free, zone, g, to_tail):
+def k_boot(lk, pg, fl, nr_free, zone, g, to_tail):
     """Release every zone as max_order blocks, ascending pfn, MOVABLE, without notifying."""
     max_order = g[G_MAX_ORDER]
-    size = 1 << max_order
+    size = np.int64(1) << max_order
     for z in range(g[G_NR_ZONES]):
-        lid = _fl_id(g, z, max_order, MT_MOVABLE)
+        lid = _fl_id(max_order + 1, z, max_order, MT_MOVABLE)
         for pfn in range(zone[z, Z_START], zone[z, Z_END], size):
-            _set_free_head(pgo, pgf, pfn, max_order, MT_MOVABLE)
+            _set_head(pg, pfn, max_order, ST_BUDDY, MT_MOVABLE)
             if to_tail:
-                _link_tail(nxt, prv, fl, lid, pfn)
+                _link_tail(lk, fl, lid, pfn)
             else:
-                _link_head(nxt, prv, fl, lid, pfn)
+                _link_head(lk, fl, lid, pfn)
             nr_free[z, max_order] += 1
             zone[z, Z_FREE] += size
 
@@ -661,31 +743,31 @@ def k_boot(nxt, prv, pgo, pgf, fl, nr_free, zone, g, to_tail):
 
 
 @njit(cache=True, _nrt=False)
-def k_report_fill(nxt, prv, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, batch_order, n, budget):
+def k_report_fill(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, batch_order, n, budget):
     """Walk list (z, order, mt) from its head, isolating unreported blocks into the batch."""
-    lid = _fl_id(g, z, order, mt)
+    lid = _fl_id(g[G_MAX_ORDER] + 1, z, order, mt)
     pb = g[G_PB_ORDER]
-    pfn = fl[lid, 0]
+    pfn = np.int64(fl[lid, HEAD])
     while pfn != NIL:
-        if pgf[pfn] & PG_REPORTED:
-            pfn = nxt[pfn]
+        if pg[pfn, FLG] & PG_REPORTED:
+            pfn = np.int64(lk[pfn, NEXT])
             continue
         if budget < 0:
-            _rotate_to_front(nxt, prv, fl, lid, pfn)
+            _rotate_to_front(lk, fl, lid, pfn)
             return REPORT_BUDGET_EXHAUSTED, n
         if n >= g[G_CAPACITY]:
-            _rotate_to_front(nxt, prv, fl, lid, pfn)
+            _rotate_to_front(lk, fl, lid, pfn)
             return REPORT_BATCH_FULL, n
         bmt = pbmt[pfn >> pb]
         if bmt != MT_ISOLATE:
             usable = zone[z, Z_FREE] - zone[z, Z_HIGHATOMIC]
             if not usable > zone[z, Z_MIN] + (1 << order):
-                _rotate_to_front(nxt, prv, fl, lid, pfn)
+                _rotate_to_front(lk, fl, lid, pfn)
                 return REPORT_ISOLATE_REFUSED, n
             zone[z, Z_FREE] -= 1 << order
-        following = nxt[pfn]
-        _del_free(nxt, prv, pgf, fl, nr_free, g, z, pfn, order, lid)
-        pgf[pfn] = ST_ISOLATED | (mt << MT_SHIFT)
+        following = np.int64(lk[pfn, NEXT])
+        _del_free(lk, pg, fl, nr_free, g, z, pfn, order, lid)
+        _set_head(pg, pfn, order, ST_ISOLATED, mt)
         if order >= pb - 1:
             for b in range(pfn >> pb, ((pfn + (1 << order) - 1) >> pb) + 1):
                 if pbmt[b] < MT_PCPTYPES:
@@ -698,19 +780,19 @@ def k_report_fill(nxt, prv, pgf, pbmt, fl, nr_free, zone, g, z, order, mt, batch
 
 
 @njit(cache=True, _nrt=False)
-def k_check_drain(pgo, pgf, g, batch_pfn, batch_order, n):
+def k_check_drain(pg, g, batch_pfn, batch_order, n):
     """Index of the first batch entry that is not an isolated block of its order, or -1."""
     for i in range(n):
         pfn = batch_pfn[i]
         if pfn < 0 or pfn >= g[G_NR_PAGES]:
             return i
-        if (pgf[pfn] & ST_MASK) != ST_ISOLATED or pgo[pfn] != batch_order[i]:
+        if (pg[pfn, FLG] & ST_MASK) != ST_ISOLATED or pg[pfn, ORD] != batch_order[i]:
             return i
     return -1
 
 
 @njit(cache=True, _nrt=False)
-def k_report_drain(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, batch_pfn, batch_order, n, ok):
+def k_report_drain(lk, pg, pbmt, fl, nr_free, zone, g, coins, batch_pfn, batch_order, n, ok):
     """__putback_isolated_page for each entry (§4.6), then Reported if still that head."""
     pb = g[G_PB_ORDER]
     to_tail = g[G_PROFILE] != PROFILE_5_7
@@ -718,7 +800,7 @@ def k_report_drain(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, batch_
         pfn = batch_pfn[i]
         order = np.int64(batch_order[i])
         mt = np.int64(pbmt[pfn >> pb])
-        _free_one(nxt, prv, pgo, pgf, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, to_tail, False)
-        if ok and _is_free_head(pgo, pgf, pfn, order):
-            pgf[pfn] |= PG_REPORTED
+        _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, to_tail, False)
+        if ok and _is_free_head(pg, pfn, order):
+            pg[pfn, FLG] |= PG_REPORTED
             g[G_REPORTED_PAGES] += 1 << order

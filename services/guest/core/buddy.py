@@ -7,7 +7,7 @@ batch is checked before anything changes), the one-time boot shuffle (§5), the
 shuffle coin supply, and introspection. Every per-page loop runs in a kernel,
 once per batch.
 
-Per-page state is 10 bytes: int32 next/prev links, int8 order, uint8 flags; plus
+Per-page state is 10 bytes: int32 [next, prev] links and uint8 [order, flags]; plus
 one int8 migratetype per pageblock.
 """
 
@@ -56,8 +56,7 @@ class BuddyAllocator:
         self.config = config
         self._rng = rng
         self._init_state()
-        k.k_boot(self.nxt, self.prv, self.pgo, self.pgf, self.fl, self.nr_free_arr,
-                 self.zone, self.g, config.boot_to_tail)
+        k.k_boot(self.lk, self.pg, self.fl, self.nr_free_arr, self.zone, self.g, config.boot_to_tail)
         if config.shuffle:
             for z in range(self.nr_zones):
                 self._shuffle_zone(z)
@@ -71,10 +70,8 @@ class BuddyAllocator:
         nz = len(ranges)
         nr_orders = c.max_order + 1
         self.pcp_orders = tuple(c.pcp_orders)
-        self.nxt = np.full(nr_pages, k.NIL, dtype=np.int32)
-        self.prv = np.full(nr_pages, k.NIL, dtype=np.int32)
-        self.pgo = np.zeros(nr_pages, dtype=np.int8)
-        self.pgf = np.zeros(nr_pages, dtype=np.uint8)
+        self.lk = np.full((nr_pages, 2), k.NIL, dtype=np.int32)  # [next, prev]
+        self.pg = np.zeros((nr_pages, 2), dtype=np.uint8)  # [order, flags]
         self.pbmt = np.full(nr_pages >> c.pageblock_order, MIGRATE_MOVABLE, dtype=np.int8)
         self.fl = np.full((nz * nr_orders * MIGRATE_TYPES, 2), k.NIL, dtype=np.int32)
         nr_pcp_lists = len(self.pcp_orders) * MIGRATE_PCPTYPES
@@ -90,6 +87,7 @@ class BuddyAllocator:
             self.zone[z, [k.Z_START, k.Z_END, k.Z_MIN, k.Z_LOW, k.Z_HIGH]] = start, end, wmin, low, high
             self.zone[z, [k.Z_PCP_BATCH, k.Z_PCP_HIGH]] = batch, pcp_high
             self.zone[z, k.Z_PCP_CURSOR] = nr_pcp_lists - 1  # the first drain starts at list 0
+        self._scratch = np.zeros(int(self.zone[:, k.Z_PCP_BATCH].max()) + 1, dtype=np.int64)
         self.g = np.zeros(k.G_FIELDS, dtype=np.int64)
         self.g[k.G_NR_PAGES] = nr_pages
         self.g[k.G_MAX_ORDER] = c.max_order
@@ -100,11 +98,12 @@ class BuddyAllocator:
         self.g[k.G_NR_ZONES] = nz
         self.g[k.G_CAPACITY] = c.reporting.capacity
         self.g[k.G_NR_PCP_LISTS] = nr_pcp_lists
+        self.g[k.G_ZONE_SPLIT] = ranges[1][0] if nz > 1 else nr_pages
         self.coins = np.zeros(1, dtype=np.uint64)
 
     def per_page_nbytes(self) -> int:
         """Bytes of every array indexed by pfn (or pageblock): the per-page state."""
-        return sum(a.nbytes for a in (self.nxt, self.prv, self.pgo, self.pgf, self.pbmt))
+        return sum(a.nbytes for a in (self.lk, self.pg, self.pbmt))
 
     # ------------------------------------------------------------------ shuffle (§5)
 
@@ -160,13 +159,13 @@ class BuddyAllocator:
         if arr.size == 0:
             lists[lid] = k.NIL
             return
-        self.nxt[arr[:-1]] = arr[1:]
-        self.nxt[arr[-1]] = k.NIL
-        self.prv[arr[1:]] = arr[:-1]
-        self.prv[arr[0]] = k.NIL
+        self.lk[arr[:-1], k.NEXT] = arr[1:]
+        self.lk[arr[-1], k.NEXT] = k.NIL
+        self.lk[arr[1:], k.PREV] = arr[:-1]
+        self.lk[arr[0], k.PREV] = k.NIL
         lists[lid] = arr[0], arr[-1]
-        keep = self.pgf[arr] & np.uint8(~(7 << k.MT_SHIFT) & 0xFF)
-        self.pgf[arr] = keep | np.uint8((lid % MIGRATE_TYPES) << k.MT_SHIFT)
+        keep = self.pg[arr, k.FLG] & np.uint8(~k.MT_BITS & 0xFF)
+        self.pg[arr, k.FLG] = keep | np.uint8((lid % MIGRATE_TYPES) << k.MT_SHIFT)
 
     # ------------------------------------------------------------------ operations
 
@@ -178,8 +177,8 @@ class BuddyAllocator:
         if count < 0:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
         out = np.empty(count, dtype=np.int64)
-        n = k.k_alloc(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
-                      self.nr_free_arr, self.zone, self.g, self.pcp_idx, order, mt, count, out)
+        n = k.k_alloc(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr,
+                      self.zone, self.g, self.pcp_idx, order, mt, count, out)
         return out[:n]
 
     def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
@@ -188,18 +187,18 @@ class BuddyAllocator:
         self._check_order(order, arr[0] if arr.size else None)
         if arr.size == 0:
             return
-        code, bad = k.k_check_free(self.pgo, self.pgf, self.g, arr, order)
+        code, bad = k.k_check_free(self.pg, self.g, arr, order)
         if code != k.CHECK_OK:
             raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
         self._ensure_coins(2 * arr.size + self.pcp_pages() + 1)
-        k.k_free(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
-                 self.nr_free_arr, self.zone, self.g, self.pcp_idx, self.coins, arr, order)
+        k.k_free(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr, self.zone,
+                 self.g, self.pcp_idx, self.coins, self._scratch, arr, order)
 
     def drain_pcp(self) -> None:
         """Drain every pcp list to the buddy (notifies like any buddy free)."""
         self._ensure_coins(self.pcp_pages() + 1)
-        k.k_drain_pcp(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl, self.pcp,
-                      self.nr_free_arr, self.zone, self.g, self.coins)
+        k.k_drain_pcp(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr,
+                      self.zone, self.g, self.coins, self._scratch)
 
     def _check_order(self, order: int, pfn) -> None:
         if not 0 <= order <= self.config.max_order:
@@ -218,23 +217,22 @@ class BuddyAllocator:
             raise ValueError(f"report_fill: n={n} outside the batch arrays (order {order})")
         if n < self.config.reporting.capacity and len(batch_pfn) < self.config.reporting.capacity:
             raise ValueError(f"report_fill: batch arrays shorter than capacity (order {order})")
-        status, n = k.k_report_fill(self.nxt, self.prv, self.pgf, self.pbmt, self.fl,
-                                    self.nr_free_arr, self.zone, self.g, zone, order, mt,
-                                    batch_pfn, batch_order, n, budget)
+        status, n = k.k_report_fill(self.lk, self.pg, self.pbmt, self.fl, self.nr_free_arr,
+                                    self.zone, self.g, zone, order, mt, batch_pfn,
+                                    batch_order, n, budget)
         return int(status), int(n)
 
     def report_drain(self, batch_pfn: np.ndarray, batch_order: np.ndarray, n: int, ok: bool) -> None:
         """Put each isolated block back (§4.6); Reported if ok and still that free head."""
-        bad = k.k_check_drain(self.pgo, self.pgf, self.g, batch_pfn, batch_order, n)
+        bad = k.k_check_drain(self.pg, self.g, batch_pfn, batch_order, n)
         if bad >= 0:
             raise ValueError(
                 f"report_drain: pfn {int(batch_pfn[bad])} order {int(batch_order[bad])}: "
                 "not an isolated block of that order"
             )
         self._ensure_coins(n + 1)
-        k.k_report_drain(self.nxt, self.prv, self.pgo, self.pgf, self.pbmt, self.fl,
-                         self.nr_free_arr, self.zone, self.g, self.coins, batch_pfn,
-                         batch_order, n, bool(ok))
+        k.k_report_drain(self.lk, self.pg, self.pbmt, self.fl, self.nr_free_arr, self.zone,
+                         self.g, self.coins, batch_pfn, batch_order, n, bool(ok))
 
     def zone_report_gate(self, zone: int) -> bool:
         """§4.3: NR_FREE_PAGES - highatomic > low + (capacity << R)."""
@@ -265,7 +263,7 @@ class BuddyAllocator:
         pfn = int(lists[lid, 0])
         while pfn != k.NIL:
             out.append(pfn)
-            pfn = int(self.nxt[pfn])
+            pfn = int(self.lk[pfn, k.NEXT])
         return out
 
     def zone_range(self, zone: int) -> tuple[int, int]:
@@ -287,7 +285,7 @@ class BuddyAllocator:
 
     def free_list(self, zone: int, order: int, mt: int) -> list[tuple[int, bool]]:
         pfns = self._walk(self.fl, self._fl_id(zone, order, mt))
-        return [(pfn, bool(self.pgf[pfn] & k.PG_REPORTED)) for pfn in pfns]
+        return [(pfn, bool(self.pg[pfn, k.FLG] & k.PG_REPORTED)) for pfn in pfns]
 
     def pcp_list(self, zone: int, order: int, mt: int) -> list[int]:
         if self.pcp_idx[order] < 0 or not 0 <= mt < MIGRATE_PCPTYPES:
@@ -301,9 +299,9 @@ class BuddyAllocator:
     def allocated_order(self, pfn: int) -> int:
         if not 0 <= pfn < self.config.nr_pages:
             raise ValueError(f"pfn {pfn} out of range 0..{self.config.nr_pages - 1}")
-        if (self.pgf[pfn] & k.ST_MASK) != k.ST_ALLOC:
+        if (self.pg[pfn, k.FLG] & k.ST_MASK) != k.ST_ALLOC:
             return -1
-        return int(self.pgo[pfn])
+        return int(self.pg[pfn, k.ORD])
 
     def reported_pages(self) -> int:
         return int(self.g[k.G_REPORTED_PAGES])

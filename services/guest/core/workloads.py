@@ -150,6 +150,7 @@ class Memhog:
         self._touch_cursor = 0
         self._phase_index = 0
         self._phase_start_ns = config.start_delay_ns
+        self.stop_ns: int | None = None
         self.finished = False
 
     # -- time ---------------------------------------------------------------
@@ -173,6 +174,8 @@ class Memhog:
         """The earliest time this workload will do something (None: never again)."""
         if self.finished:
             return None
+        if self.stop_ns is not None and now_ns >= self.stop_ns:
+            return now_ns  # one more call marks it finished
         if now_ns < self._phase_start_ns:
             return self._phase_start_ns
         if self._phase().action == IDLE or self._phase_done():
@@ -193,6 +196,11 @@ class Memhog:
     # -- work ---------------------------------------------------------------
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Work in [t0, t1) for at most ``work_ns`` of the guest's time (costs removed)."""
+        if self.stop_ns is not None:
+            t1_ns = min(t1_ns, self.stop_ns)
+            if t0_ns >= t1_ns:
+                self.finished = True
+                return
         t = t0_ns
         while not self.finished and t < t1_ns:
             if t < self._phase_start_ns:
@@ -279,10 +287,18 @@ class Idle:
         self.finished = True
 
 
-def make_workload(config, nr_pages: int, rng: np.random.Generator):
-    """Build the runner for a workload config (a discriminated union of dataclasses)."""
+def make_workload(config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0,
+                  stop_ns: int | None = None):
+    """Build the runner for a workload config (a discriminated union of dataclasses).
+
+    ``start_ns`` shifts the workload's clock (a workload started mid-run);
+    ``stop_ns`` ends it early (it keeps what it holds).
+    """
     if isinstance(config, MemhogConfig):
-        return Memhog(config, nr_pages, rng)
+        w = Memhog(config, nr_pages, rng)
+        w._phase_start_ns += start_ns
+        w.stop_ns = stop_ns
+        return w
     if isinstance(config, IdleConfig):
         return Idle(config, nr_pages, rng)
     raise ValueError(f"workload: unknown config type {type(config).__name__}")
