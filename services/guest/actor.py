@@ -58,7 +58,6 @@ class ShardApi:
     def __init__(self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None):
         self.shard = shard
         self.workload_factory = workload_factory
-        self.token = token
 
     def list_guests(self) -> Sequence[GuestInfo]:
         with self.shard.lock:
@@ -122,6 +121,7 @@ class ShardRunner:
             self.clients[init.host_id].register_guest(register_request(experiment_id, shard_id, init))
         self.guest_server = None
         self.workload_factory = workload_factory
+        self.token = token
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> int | None:
         """Run ``count`` epochs from ``t0_ns``; return the shard's next event time."""

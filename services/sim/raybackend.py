@@ -15,8 +15,8 @@ import os
 import secrets
 
 from .entities import SimPlan
-from .placement import workload_from_params
 from .inprocess import merge_group_samples
+from .placement import workload_from_params
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
