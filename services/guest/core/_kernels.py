@@ -76,9 +76,8 @@ Z_PCP_COUNT = 6
 Z_PCP_BATCH = 7
 Z_PCP_HIGH = 8
 Z_PCP_CURSOR = 9  # last pcp list drained (round-robin position)
-Z_HIGHATOMIC = 10  # highatomic pages excluded by watermark tests (no reserves: 0)
-Z_PCP_MASK = 11  # bit li set <=> pcp list li of the zone is non-empty
-Z_FIELDS = 12
+Z_PCP_MASK = 10  # bit li set <=> pcp list li of the zone is non-empty
+Z_FIELDS = 11
 
 # g[] fields
 G_NR_PAGES = 0
@@ -96,10 +95,6 @@ G_CAPACITY = 11  # PAGE_REPORTING_CAPACITY
 G_NR_PCP_LISTS = 12  # per zone
 G_ZONE_SPLIT = 13  # first pfn of zone 1 (nr_pages with a single zone)
 G_FIELDS = 14
-
-# modern rmqueue mode, cached across one pcp refill (§3.3)
-MODE_NORMAL = 0
-MODE_STEAL = 1
 
 # report_fill statuses (docs/core-api.md)
 REPORT_LIST_END = 0
@@ -379,13 +374,11 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
         pfn = pfns[i]
         mt = np.int64(pbmt[pfn >> pb])
-        if pi < 0 or mt == MT_ISOLATE:
+        if pi < 0 or mt >= MT_PCPTYPES:  # pcp only for pcp orders and types
             if pi < 0 and i + PREFETCH_DISTANCE // 2 < n:
                 _prefetch_buddy_free(lk, pg, pfns[i + PREFETCH_DISTANCE // 2])
             _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
             continue
-        if mt >= MT_PCPTYPES:
-            mt = MT_MOVABLE  # HIGHATOMIC/CMA frees use the MOVABLE pcp list
         z = np.int64(pfn >= g[G_ZONE_SPLIT])
         li = pi * MT_PCPTYPES + mt
         _link_head(lk, pcp, z * nl + li, pfn)
@@ -557,14 +550,15 @@ def _claim_enough(g, start_mt, block_mt, free_pages, movable_pages):
 
 
 @njit(_nrt=False)
-def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt):
+def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt, nofrag):
     """5.7-era __rmqueue_fallback: move a fallback block to start_mt; True if it did."""
     max_order = g[G_MAX_ORDER]
     pb = g[G_PB_ORDER]
     to_tail = g[G_PROFILE] != PROFILE_5_7  # move_to_free_list goes to the tail from 5.10
+    min_order = pb if nofrag and order < pb else order  # ALLOC_NOFRAGMENT
     found = -1
     co = max_order
-    while co >= order:
+    while co >= min_order:
         found = _find_fallback(fl, nr_free, g, z, co, start_mt)
         if found >= 0:
             break
@@ -595,12 +589,13 @@ def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt):
 
 
 @njit(_nrt=False)
-def _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, start_mt):
+def _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, start_mt, nofrag):
     """__rmqueue_claim: largest first; whole pageblocks or a majority-free pageblock."""
     pb = g[G_PB_ORDER]
     nro = g[G_MAX_ORDER] + 1
+    min_order = pb if nofrag and order < pb else order  # ALLOC_NOFRAGMENT
     co = nro - 1
-    while co >= order:
+    while co >= min_order:
         fmt = _find_fallback(fl, nr_free, g, z, co, start_mt)
         if fmt >= 0:
             if not _can_claim(g, co, start_mt):
@@ -636,47 +631,41 @@ def _steal_modern(lk, pg, fl, nr_free, zone, g, z, order, start_mt):
 
 
 @njit(_nrt=False)
-def _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
-    """Fallback after smallest-fit failed (§3.3): returns (pfn or NIL, mode)."""
+def _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag):
+    """Fallback after smallest-fit failed (§3.3): 5.7-era, or modern claim then steal."""
     if mt >= MT_PCPTYPES:
-        return np.int64(NIL), mode
+        return np.int64(NIL)  # HIGHATOMIC/CMA requests never fall back
     if g[G_PROFILE] != PROFILE_MODERN:
-        while _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, mt):
+        while _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, mt, nofrag):
             pfn = _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt)
             if pfn != NIL:
-                return pfn, mode
-        return np.int64(NIL), mode
-    if mode == MODE_NORMAL:
-        pfn = _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt)
-        if pfn != NIL:
-            return pfn, np.int64(MODE_NORMAL)
-    pfn = _steal_modern(lk, pg, fl, nr_free, zone, g, z, order, mt)
+                return pfn
+        return np.int64(NIL)
+    pfn = _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
+    if pfn == NIL and not nofrag:
+        pfn = _steal_modern(lk, pg, fl, nr_free, zone, g, z, order, mt)
+    return pfn
+
+
+@njit(inline="always")
+def _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag):
+    """__rmqueue: smallest fit, then the profile's fallback."""
+    pfn = _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt)
     if pfn != NIL:
-        return pfn, np.int64(MODE_STEAL)
-    return np.int64(NIL), mode
+        return pfn
+    return _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
 
 
 @njit(inline="always")
-def _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode):
-    """__rmqueue: smallest fit, then fallback; modern skips to steal in MODE_STEAL."""
-    if mode == MODE_NORMAL:
-        pfn = _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt)
-        if pfn != NIL:
-            return pfn, mode
-    return _rmqueue_fallback(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
-
-
-@njit(inline="always")
-def _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi):
+def _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi, nofrag):
     """rmqueue_pcplist: pop the head; refill an empty list with batch >> order blocks."""
     li = pi * MT_PCPTYPES + mt
     lid = z * g[G_NR_PCP_LISTS] + li
     pfn = np.int64(pcp[lid, HEAD])
     if pfn == NIL:
         want = max(zone[z, Z_PCP_BATCH] >> order, 1)
-        mode = np.int64(MODE_NORMAL)
         for _ in range(want):
-            blk, mode = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, mode)
+            blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
             if blk == NIL:
                 break
             _link_tail(lk, pcp, lid, blk)
@@ -693,24 +682,32 @@ def _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi):
     return pfn
 
 
+@njit(inline="always")
+def _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, nofrag):
+    """One block: zones from the highest index down, each behind its min watermark."""
+    for z in range(g[G_NR_ZONES] - 1, -1, -1):
+        if zone[z, Z_FREE] - (np.int64(1) << order) < zone[z, Z_MIN]:
+            continue
+        if pi >= 0:
+            pfn = _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi, nofrag)
+        else:
+            pfn = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
+        if pfn != NIL:
+            return pfn
+    return np.int64(NIL)
+
+
 @njit(cache=True, _nrt=False)
 def k_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, out):
-    """alloc(): zones from the highest index down, each behind its min watermark."""
+    """alloc(): stops at the first block no zone can supply. With two zones the walk is
+    first done under ALLOC_NOFRAGMENT, then without (§3.3)."""
     pi = np.int64(pcp_idx[order]) if mt < MT_PCPTYPES else np.int64(-1)
-    size = np.int64(1) << order
-    nz = g[G_NR_ZONES]
+    two_walks = g[G_NR_ZONES] > 1
     n = 0
     while n < count:
-        pfn = np.int64(NIL)
-        for z in range(nz - 1, -1, -1):
-            if zone[z, Z_FREE] - size < zone[z, Z_MIN]:
-                continue
-            if pi >= 0:
-                pfn = _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi)
-            else:
-                pfn, _ = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, np.int64(MODE_NORMAL))
-            if pfn != NIL:
-                break
+        pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, two_walks)
+        if pfn == NIL and two_walks:
+            pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, False)
         if pfn == NIL:
             break
         _set_head(pg, pfn, order, ST_ALLOC, mt)
@@ -742,6 +739,44 @@ def k_boot(lk, pg, fl, nr_free, zone, g, to_tail):
 # ---------------------------------------------------------------- reporting (§4.4-4.6)
 
 
+@njit(_nrt=False)
+def _highatomic_pages(lk, fl, g, z):
+    """Free pages on the zone's HIGHATOMIC lists (subtracted by watermark tests)."""
+    nro = g[G_MAX_ORDER] + 1
+    pages = 0
+    for o in range(nro):
+        pfn = fl[_fl_id(nro, z, o, MT_HIGHATOMIC), HEAD]
+        while pfn != NIL:
+            pages += 1 << o
+            pfn = lk[pfn, NEXT]
+    return pages
+
+
+@njit(_nrt=False)
+def _isolate_relabel(lk, pg, pbmt, fl, g, z, pfn, order):
+    """§4.5: relabel the block's mergeable non-MOVABLE pageblocks to MOVABLE; in the
+    modern profile their free blocks not on a MOVABLE list follow (to the tail)."""
+    pb = g[G_PB_ORDER]
+    modern = g[G_PROFILE] == PROFILE_MODERN
+    for b in range(pfn >> pb, ((pfn + (1 << order) - 1) >> pb) + 1):
+        if pbmt[b] >= MT_PCPTYPES or pbmt[b] == MT_MOVABLE:
+            continue
+        pbmt[b] = MT_MOVABLE
+        if not modern:
+            continue
+        head = b << pb
+        end = head + (1 << pb)
+        while head < end:
+            st = pg[head, FLG] & ST_MASK
+            if st == ST_NONE:
+                head += 1
+                continue
+            o = np.int64(pg[head, ORD])
+            if st == ST_BUDDY and _list_mt(pg, head) != MT_MOVABLE:
+                _move_free_block(lk, pg, fl, g, z, head, o, MT_MOVABLE, True)
+            head += np.int64(1) << o
+
+
 @njit(cache=True, _nrt=False)
 def k_report_fill(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, batch_order, n, budget):
     """Walk list (z, order, mt) from its head, isolating unreported blocks into the batch."""
@@ -760,18 +795,17 @@ def k_report_fill(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, b
             return REPORT_BATCH_FULL, n
         bmt = pbmt[pfn >> pb]
         if bmt != MT_ISOLATE:
-            usable = zone[z, Z_FREE] - zone[z, Z_HIGHATOMIC]
+            usable = zone[z, Z_FREE] - _highatomic_pages(lk, fl, g, z)
             if not usable > zone[z, Z_MIN] + (1 << order):
                 _rotate_to_front(lk, fl, lid, pfn)
                 return REPORT_ISOLATE_REFUSED, n
+        if mt != MT_ISOLATE:
             zone[z, Z_FREE] -= 1 << order
         following = np.int64(lk[pfn, NEXT])
         _del_free(lk, pg, fl, nr_free, g, z, pfn, order, lid)
         _set_head(pg, pfn, order, ST_ISOLATED, mt)
         if order >= pb - 1:
-            for b in range(pfn >> pb, ((pfn + (1 << order) - 1) >> pb) + 1):
-                if pbmt[b] < MT_PCPTYPES:
-                    pbmt[b] = MT_MOVABLE
+            _isolate_relabel(lk, pg, pbmt, fl, g, z, pfn, order)
         batch_pfn[n] = pfn
         batch_order[n] = order
         n += 1

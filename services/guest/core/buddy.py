@@ -148,8 +148,10 @@ class BuddyAllocator:
             if self.pbmt[i >> pb] != self.pbmt[j >> pb]:
                 continue
             (mi, ii), (mj, ij) = where[i], where[j]
-            lists[mi][ii], lists[mj][ij] = j, i
-            where[i], where[j] = (mj, ij), (mi, ii)
+            if mi != mj:
+                continue  # only swap inside one list
+            lists[mi][ii], lists[mi][ij] = j, i
+            where[i], where[j] = (mi, ij), (mi, ii)
         for mt, pfns in lists.items():
             self._relink(self.fl, self._fl_id(z, max_order, mt), pfns)
 
@@ -239,7 +241,8 @@ class BuddyAllocator:
         self._check_zone(zone)
         zr = self.zone[zone]
         threshold = zr[k.Z_LOW] + (self.config.reporting.capacity << self.config.report_order)
-        return bool(zr[k.Z_FREE] - zr[k.Z_HIGHATOMIC] > threshold)
+        highatomic = k._highatomic_pages(self.lk, self.fl, self.g, zone)
+        return bool(zr[k.Z_FREE] - highatomic > threshold)
 
     # ------------------------------------------------------------------ introspection
 
@@ -277,8 +280,7 @@ class BuddyAllocator:
         return int(self.zone[zone, k.Z_FREE])
 
     def free_pages_total(self) -> int:
-        sizes = np.left_shift(np.int64(1), np.arange(self.config.max_order + 1, dtype=np.int64))
-        return int((self.nr_free_arr * sizes).sum())
+        return int(self.zone[:, k.Z_FREE].sum())
 
     def pcp_pages(self) -> int:
         return int(self.zone[:, k.Z_PCP_COUNT].sum())
