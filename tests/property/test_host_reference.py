@@ -412,7 +412,8 @@ def touch_lost_ns(cm: costs.CostModel, ev: dict, gran_pages: int) -> dict[str, i
         "zero": zero,
         "swapin": costs.swapin_ns(cm, ev["swapin_disk"]),
         "decompress": costs.decompress_ns(cm, ev["swapin_zswap"]),
-        "reclaim": costs.swapout_ns(cm, ev["reclaim_disk"]) + costs.compress_ns(cm, ev["reclaim_zswap"]),
+        "reclaim": costs.swapout_ns(cm, ev["reclaim_disk"])
+        + costs.compress_ns(cm, ev["reclaim_zswap"]),
     }
 
 

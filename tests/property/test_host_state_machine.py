@@ -103,7 +103,9 @@ class HostMachine(RuleBasedStateMachine):
         assert got.lazy_reuse_pages == ev["lazy_reuse"]
         assert got.oom_events == ev["oom"]
         assert got.stopped_guests == tuple(ev["stopped"])
-        assert got.lost_ns == touch_lost_ns(self.host.config.costs, ev, self.host.config.granule_pages)
+        assert got.lost_ns == touch_lost_ns(
+            self.host.config.costs, ev, self.host.config.granule_pages
+        )
 
     @rule(data=st.data())
     def report(self, data):
@@ -150,7 +152,9 @@ class HostMachine(RuleBasedStateMachine):
     def reclaim(self):
         got = self.host.reclaim()
         want = self.ref.reclaim()
-        got_runs = {gid: list(zip(s.tolist(), n.tolist(), strict=True)) for gid, (s, n) in got.items()}
+        got_runs = {
+            gid: list(zip(s.tolist(), n.tolist(), strict=True)) for gid, (s, n) in got.items()
+        }
         assert got_runs == want
 
     @invariant()
