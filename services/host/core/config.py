@@ -119,6 +119,12 @@ class HostConfig:
             raise ValueError(f"zswap must be a ZswapConfig, got {self.zswap!r}")
         if not isinstance(self.costs, CostModel):
             raise ValueError(f"costs must be a CostModel, got {self.costs!r}")
+        huge_bytes = self.granule_pages * PAGE_SIZE
+        if self.hugetlb and self.limit_bytes < huge_bytes:
+            raise ValueError(
+                f"memory_bytes - reserve_bytes = {self.limit_bytes} is smaller than one "
+                f"{huge_bytes}-byte huge page of backing {self.backing!r}"
+            )
 
     @property
     def granule_pages(self) -> int:

@@ -30,7 +30,7 @@ class CostModel:
     # figures.md Q2 "suggested defaults": install a 2 MiB page 0.25-0.5 ms including
     # zeroing; zeroing 2 MiB at 15.1 GB/s is ~0.14 ms -> ~0.11 ms of fault path.
     # Also used for 1 GiB hugetlbfs faults (no figure; zeroing dominates there).
-    fault_2m_ns: int = 110_000
+    fault_2m_ns: int = 112_000
     # figures.md Q2 "Page zeroing bandwidth": clear_pages 13.7 GB/s in 4 KiB chunks
     # (AMD Milan, commit "x86/clear_page: introduce clear_pages()").
     zero_4k_bytes_per_s: int = 13_700_000_000
