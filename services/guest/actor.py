@@ -9,6 +9,7 @@ SyncEpoch with the epoch's op logs, apply the answers. Domain logic lives in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ class ShardRunner:
         for init in guests:
             self.clients[init.host_id].register_guest(register_request(experiment_id, shard_id, init))
         self.guest_server = None
+        self.wall = {"guests_s": 0.0, "sync_s": 0.0}
         self.workload_factory = workload_factory
         self.token = token
 
@@ -127,15 +129,24 @@ class ShardRunner:
         """Run ``count`` epochs from ``t0_ns``; return the shard's next event time."""
         for k in range(count):
             t = t0_ns + k * epoch_ns
+            w0 = time.perf_counter()
             logs = self.shard.run_epoch(t, t + epoch_ns)
+            self.wall["guests_s"] += time.perf_counter() - w0
             for host_id, client in self.clients.items():
+                w0 = time.perf_counter()
                 request = build_sync_request(
                     self.experiment_id, host_id, self.shard.shard_id, first_epoch + k, 0, t + epoch_ns,
                     [to_guest_ops(log) for log in logs.get(host_id, [])],
                 )
                 response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
-                self.shard.apply_results(from_outcome(decode_outcome(response)))
+                results = from_outcome(decode_outcome(response))
+                self.wall["sync_s"] += time.perf_counter() - w0
+                self.shard.apply_results(results)
         return self.shard.next_event_ns()
+
+    def timings(self) -> dict[str, float]:
+        """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""
+        return dict(self.wall)
 
     def skip_to(self, t_ns: int) -> None:
         self.shard.skip_to(t_ns)

@@ -196,8 +196,12 @@ class Simulation:
         return len({g.group.name for g in self.plan.guests})
 
     def stats(self) -> dict[str, Any]:
-        return {"epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
-                "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
+        out = {"epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
+               "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
+        timings = getattr(self.session, "timings", None)
+        if timings is not None and not self.closed:
+            out["shard_wall_seconds"] = timings()
+        return out
 
     def close(self) -> None:
         if not self.closed:
@@ -212,9 +216,10 @@ def simulate(spec: ExperimentSpec, backend: Backend, label: str, shards: int | N
     sim = Simulation(spec, backend, label, shards, progress)
     try:
         sim.advance_to(spec.duration)
+        stats = sim.stats()
     finally:
         sim.close()
-    return sim.rows, sim.stats()
+    return sim.rows, stats
 
 
 def make_backend(transport: str, address: str | None):

@@ -57,6 +57,10 @@ class RaySession:
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
         return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns) for a in self.shard_actors])
 
+    def timings(self) -> list[dict[str, float]]:
+        """Per shard: wall seconds simulating guests and syncing with hosts (metadata only)."""
+        return self.ray.get([a.timings.remote() for a in self.shard_actors])
+
     def skip_to(self, t_ns: int) -> None:
         self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
 

@@ -1,0 +1,145 @@
+"""End-to-end speed of whole experiments on Ray with real gRPC.
+
+Prints one JSON object: for the quickstart and the scale experiment
+(experiments/scale.yaml: 1,000 guests of 4 GiB on 50 hosts, 5 simulated
+minutes, mostly idle with bursts) the simulated seconds per wall second, page
+operations per wall second, epochs per wall second, the peak RSS summed over
+the driver and every process it started (Ray's included), and the share of
+shard wall time not spent simulating guests (coordinator + transport + waiting
+for hosts). Targets: quickstart >= 50x real time; scale < 600 s and < 16 GiB;
+overhead < 25 %.
+
+    python bench/end_to_end.py --json [--only quickstart|scale] [--shards N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from services.sim.coordinator import run_experiment  # noqa: E402
+from services.sim.raybackend import RayBackend  # noqa: E402
+from services.sim.spec import load_spec  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1 << 30
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(pid))
+    return tree
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS of ``root`` and all its descendants, from /proc."""
+    tree, total, stack = _children(), 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack += tree.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class PeakRss:
+    """Samples the process tree's RSS every ``interval_s`` in a thread."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
+            self._stop.wait(interval_s)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
+
+
+def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
+    spec = load_spec(spec_path)
+    with tempfile.TemporaryDirectory() as out, PeakRss() as rss:
+        t0 = time.perf_counter()
+        result = run_experiment(spec, out_dir=out, shards=shards, backend=backend)
+        wall_total = time.perf_counter() - t0
+    run = result.metadata["runs"]["run"]
+    wall = run["wall_seconds"]
+    ops = result.summary["cluster"]["ops_completed"]
+    shard_wall = run.get("shard_wall_seconds", [])
+    guests_s = sum(t["guests_s"] for t in shard_wall) / max(1, len(shard_wall))
+    return {
+        "spec": spec_path,
+        "guests": sum(g.count for g in spec.guest_groups),
+        "hosts": sum(h.count for h in spec.hosts),
+        "simulated_seconds": spec.duration / 1e9,
+        "wall_seconds": round(wall, 3),
+        "wall_seconds_with_setup_and_baselines": round(wall_total, 3),
+        "sim_seconds_per_wall_second": round(spec.duration / 1e9 / wall, 2),
+        "page_ops_per_wall_second": round(ops / wall),
+        "epochs_per_wall_second": round(run["epochs_run"] / wall, 1),
+        "epochs_run": run["epochs_run"],
+        "shards": run["shards"],
+        "peak_rss_bytes": rss.peak,
+        "coordinator_transport_overhead_fraction": round(1 - guests_s / wall, 3) if shard_wall else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
+    ap.add_argument("--only", choices=("quickstart", "scale"), default=None)
+    ap.add_argument("--shards", type=int, default=None)
+    args = ap.parse_args()
+    backend = RayBackend()
+    out: dict = {}
+    try:
+        if args.only in (None, "quickstart"):
+            q = measure(os.path.join(ROOT, "experiments/quickstart.yaml"), backend, args.shards)
+            q["target_sim_seconds_per_wall_second"] = 50
+            q["met"] = q["sim_seconds_per_wall_second"] >= 50
+            out["quickstart"] = q
+        if args.only in (None, "scale"):
+            s = measure(os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards)
+            s["target_wall_seconds"] = 600
+            s["target_peak_rss_bytes"] = 16 * GIB
+            s["met"] = s["wall_seconds_with_setup_and_baselines"] < 600 and s["peak_rss_bytes"] < 16 * GIB
+            out["scale"] = s
+    finally:
+        backend.close()
+    for v in out.values():
+        if v.get("coordinator_transport_overhead_fraction") is not None:
+            v["overhead_target"] = 0.25
+            v["overhead_met"] = v["coordinator_transport_overhead_fraction"] < 0.25
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
