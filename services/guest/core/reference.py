@@ -575,7 +575,9 @@ class ReferenceAllocator:
                     and self._pageblock_mt[pb] != MIGRATE_MOVABLE
                 ):
                     self._pageblock_mt[pb] = MIGRATE_MOVABLE
-                    if self.config.is_modern:  # ~6.10: the pageblock's free blocks follow
+                    if self.config.is_modern and order < self.pageblock_order:
+                        # ~6.10: the pageblock's other free blocks follow it to MOVABLE
+                        # (a block of order >= pageblock_order fills its pageblocks alone)
                         heads, _, _ = self._pageblock_census(pb << self.pageblock_order)
                         for head in heads:
                             if self._free[head][1] != MIGRATE_MOVABLE:

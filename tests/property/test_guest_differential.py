@@ -1,0 +1,119 @@
+"""Differential test: the numba fast path against the reference allocator.
+
+Random sequences of alloc, free, touch, drain_pcp and simulated-time advances
+(reporting passes with an in-process recording reporter that also returns
+errors) drive two guests, one per allocator. After every step the two must be
+indistinguishable through the contract: same blocks in the same list positions,
+same Reported flags, same pcp lists, same counters, same report calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
+from services.guest.core.guest import Guest
+from tests.guest_helpers import RecordingReporter, fast_allocator_class, snapshot
+
+pytestmark = pytest.mark.skipif(
+    fast_allocator_class() is None, reason="services.guest.core.buddy not importable yet"
+)
+
+MS_NS = 1_000_000
+
+
+def config_for(shape: int, profile: str, shuffle: bool, small_pcp: bool) -> GuestConfig:
+    """Small guests, including small max_order / pageblock_order geometries."""
+    pcp = PcpConfig(batch=4, high=12) if small_pcp else PcpConfig()
+    shapes = [
+        dict(nr_pages=4096, reporting=ReportingConfig(capacity=2)),
+        dict(nr_pages=8192, reporting=ReportingConfig(capacity=4, order=7)),
+        dict(nr_pages=1024, max_order=6, pageblock_order=3, reporting=ReportingConfig(capacity=4, order=4)),
+        dict(nr_pages=256, max_order=4, pageblock_order=2, reporting=ReportingConfig(capacity=2)),
+        dict(nr_pages=512, max_order=5, pageblock_order=5, reporting=ReportingConfig(capacity=2, order=3)),
+    ]
+    return GuestConfig(profile=profile, shuffle=shuffle, pcp=pcp, **shapes[shape])
+
+
+op_strategy = st.one_of(
+    st.tuples(st.just("alloc"), st.integers(0, 20), st.integers(0, 3), st.integers(1, 12)),
+    st.tuples(st.just("free"), st.integers(0, 2**16), st.integers(1, 12), st.integers(0, 20)),
+    st.tuples(st.just("touch"), st.integers(0, 2**16), st.integers(0, 300), st.just(0)),
+    st.tuples(st.just("drain"), st.just(0), st.just(0), st.just(0)),
+    st.tuples(st.just("advance"), st.integers(0, 5000), st.just(0), st.just(0)),
+)
+
+
+def pick_order(raw: int, max_order: int) -> int:
+    """Mostly small orders, sometimes the big ones."""
+    return raw % 4 if raw < 12 else raw % (max_order + 1)
+
+
+def observe(g: Guest, rec: RecordingReporter) -> dict:
+    w = g.worker
+    return {
+        "alloc": snapshot(g.allocator),
+        "calls": list(rec.calls),
+        "worker": (w.state, w.next_event_ns(), w.passes, w.reports, w.reported_blocks,
+                   w.reported_pages, w.report_errors, w.budget_exhaustions, w.zones_skipped),
+        "backing": g.backing.state.tobytes(),
+    }
+
+
+def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
+    """Apply one op to one guest; returns what the op returned (for comparison)."""
+    kind, a, b, c = op
+    cfg = g.config
+    if kind == "alloc":
+        order = pick_order(a, cfg.max_order)
+        pfns = g.alloc(order, b, c).tolist()
+        held.setdefault(order, []).extend(pfns)
+        return pfns
+    if kind == "free":
+        orders = sorted(o for o, blocks in held.items() if blocks)
+        if not orders:
+            return None
+        order = orders[c % len(orders)]
+        blocks = held[order]
+        rng = np.random.default_rng(a)
+        chosen = rng.permutation(len(blocks))[: min(b, len(blocks))]
+        pfns = [blocks[i] for i in sorted(chosen)]
+        held[order] = [p for i, p in enumerate(blocks) if i not in set(chosen.tolist())]
+        g.free(pfns, order)
+        return pfns
+    if kind == "touch":
+        start = a % cfg.nr_pages
+        return g.touch([start], [min(b, cfg.nr_pages - start)]).tolist()
+    if kind == "drain":
+        g.drain_pcp()
+        return None
+    g.advance_to(g.now_ns + a * MS_NS)
+    return g.now_ns
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.integers(0, 4),
+    profile=st.sampled_from(["5.7", "6.1", "modern"]),
+    shuffle=st.booleans(),
+    small_pcp=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    errors=st.lists(st.sampled_from([0, 0, 0, 0, 5]), max_size=12),
+    latency_ms=st.sampled_from([0, 0, 30, 2500]),
+    ops=st.lists(op_strategy, min_size=1, max_size=40),
+)
+def test_fast_path_matches_reference(shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops):
+    cfg = config_for(shape, profile, shuffle, small_pcp)
+    recs = [RecordingReporter(errors=list(errors), latency_ns=latency_ms * MS_NS) for _ in range(2)]
+    ref = Guest(0, cfg, seed, recs[0], fast=False)
+    fast = Guest(0, cfg, seed, recs[1], fast=True)
+    helds: list[dict[int, list[int]]] = [{}, {}]
+    assert observe(fast, recs[1]) == observe(ref, recs[0]), "after boot"
+    for step, op in enumerate(ops):
+        out_ref = apply(ref, helds[0], op)
+        out_fast = apply(fast, helds[1], op)
+        assert out_fast == out_ref, f"step {step} {op}: results differ"
+        assert observe(fast, recs[1]) == observe(ref, recs[0]), f"step {step} {op}: state differs"
