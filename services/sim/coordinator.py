@@ -300,14 +300,16 @@ def print_summary(result: RunResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import summary_lines
+    from .report import summary_lines, summary_rows
 
     s = result.summary
+    header, rows = summary_rows(s)
     table = Table(title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console = Console()
+    console.print(table)
     for label, value in summary_lines(s):
-        table.add_row(label, value)
-    Console().print(table)
-
-
+        console.print(f"  {label}: [bold]{value}[/bold]")
