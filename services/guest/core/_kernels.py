@@ -762,7 +762,7 @@ def _isolate_relabel(lk, pg, pbmt, fl, g, z, pfn, order):
         if pbmt[b] >= MT_PCPTYPES or pbmt[b] == MT_MOVABLE:
             continue
         pbmt[b] = MT_MOVABLE
-        if not modern:
+        if not modern or order >= pb:  # a block >= pageblock fills its pageblocks alone
             continue
         head = b << pb
         end = head + (1 << pb)
