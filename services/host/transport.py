@@ -44,7 +44,7 @@ from services.transport.validation import (
     already_exists,
     as_status_error,
     check_page_runs,
-    check_report_ranges,
+    check_report_batches,
     failed_precondition,
     invalid_argument,
     not_found,
@@ -296,42 +296,28 @@ def validate_submission(sub: EpochSubmission, guests: Mapping[int, GuestRegistra
 
 
 def _validate_guest_ops(path: str, ops: GuestOps, reg: GuestRegistration) -> None:
-    report_seqs = np.fromiter((r.op_seq for r in ops.reports), dtype=np.uint64,
-                              count=len(ops.reports))
+    check_report_batches(f"{path}.reports", [r.pfns for r in ops.reports],
+                         [r.orders for r in ops.reports], nr_pages=reg.nr_pages,
+                         max_order=reg.max_order, capacity=reg.report_capacity)
+    report_seqs: set[int] = set()
     for ri, report in enumerate(ops.reports):
-        check_report_ranges(f"{path}.reports[{ri}]", report.pfns, report.orders,
-                            nr_pages=reg.nr_pages, max_order=reg.max_order,
-                            capacity=reg.report_capacity)
-    if len(np.unique(report_seqs)) != len(report_seqs):
-        dup = _first_duplicate(report_seqs)
-        raise invalid_argument(f"{path}.reports[{dup}].op_seq", int(report_seqs[dup]),
-                               "op_seq used by another report batch")
+        require(report.op_seq not in report_seqs, f"{path}.reports[{ri}].op_seq", report.op_seq,
+                "op_seq used by another report batch")
+        report_seqs.add(report.op_seq)
+    taken = report_seqs
     for name, runs in (("touched", ops.touched), ("freed", ops.freed)):
         check_page_runs(f"{path}.{name}", runs.starts, runs.npages, nr_pages=reg.nr_pages)
         if len(runs.op_seqs) != len(runs.starts):
             raise invalid_argument(f"{path}.{name}.op_seqs", len(runs.op_seqs),
                                    f"length differs from {path}.{name}.starts "
                                    f"(length {len(runs.starts)})")
-    for name, runs in (("touched", ops.touched), ("freed", ops.freed)):
-        clash = np.flatnonzero(np.isin(runs.op_seqs, report_seqs))
-        if clash.size:
-            i = int(clash[0])
+        seqs = set(runs.op_seqs.tolist())
+        if seqs & taken:
+            i = next(i for i, q in enumerate(runs.op_seqs.tolist()) if q in taken)
+            owner = "a report batch" if runs.op_seqs[i] in report_seqs else "touched runs"
             raise invalid_argument(f"{path}.{name}.op_seqs[{i}]", int(runs.op_seqs[i]),
-                                   "op_seq already used by a report batch")
-    clash = np.flatnonzero(np.isin(ops.freed.op_seqs, ops.touched.op_seqs))
-    if clash.size:
-        i = int(clash[0])
-        raise invalid_argument(f"{path}.freed.op_seqs[{i}]", int(ops.freed.op_seqs[i]),
-                               "op_seq already used by touched runs")
-
-
-def _first_duplicate(values: np.ndarray) -> int:
-    seen: set[int] = set()
-    for i, v in enumerate(values.tolist()):
-        if v in seen:
-            return i
-        seen.add(v)
-    return 0
+                                   f"op_seq already used by {owner}")
+        taken = taken | seqs
 
 
 # ------------------------------------------------------------------- endpoint

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -193,31 +193,63 @@ def check_report_ranges(
 
     ``field`` is the batch's path, e.g. ``guests[0].reports[2]``.
     """
-    check_same_length(f"{field}.pfns", pfns, f"{field}.orders", orders)
-    count = len(pfns)
-    require(count > 0, f"{field}.pfns", count, "a report batch carries at least one range")
-    require(count <= capacity, f"{field}.pfns", count,
-            f"batch carries {count} ranges, over capacity {capacity}")
+    check_report_batches(field, [pfns], [orders], nr_pages=nr_pages, max_order=max_order,
+                         capacity=capacity, single=True)
+
+
+def check_report_batches(
+    field: str, pfns_list: Sequence[np.ndarray], orders_list: Sequence[np.ndarray], *,
+    nr_pages: int, max_order: int, capacity: int, single: bool = False,
+) -> None:
+    """Several report batches of one guest, checked in one vectorised pass.
+
+    ``field`` is the path of the list, e.g. ``guests[0].reports``; errors name
+    ``guests[0].reports[2].pfns[5]``. Ranges must be disjoint within a batch
+    (a block is reported once per report); batches may repeat a range.
+    """
+    def path(b: int) -> str:
+        return field if single else f"{field}[{b}]"
+
+    lengths = np.fromiter((len(p) for p in pfns_list), dtype=np.int64, count=len(pfns_list))
+    for b, (pfns, orders) in enumerate(zip(pfns_list, orders_list, strict=True)):
+        check_same_length(f"{path(b)}.pfns", pfns, f"{path(b)}.orders", orders)
+        require(0 < len(pfns), f"{path(b)}.pfns", 0, "a report batch carries at least one range")
+        require(len(pfns) <= capacity, f"{path(b)}.pfns", len(pfns),
+                f"batch carries {len(pfns)} ranges, over capacity {capacity}")
+    if not pfns_list:
+        return
+    pfns = np.concatenate(pfns_list).astype(np.uint64, copy=False)
+    orders = np.concatenate(orders_list)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+
+    def where(i: int) -> str:
+        b = int(np.searchsorted(starts, i, side="right")) - 1
+        return f"{path(b)}.%s[{i - int(starts[b])}]"
+
     bad = np.flatnonzero(orders > max_order)
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(f"{field}.orders[{i}]", int(orders[i]),
-                               f"order out of range 0..{max_order}")
+        raise invalid_argument(where(i) % "orders", int(orders[i]), f"order out of range 0..{max_order}")
     sizes = np.left_shift(np.uint64(1), orders.astype(np.uint64))
     bad = np.flatnonzero(pfns & (sizes - np.uint64(1)))
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(f"{field}.pfns[{i}]", int(pfns[i]),
+        raise invalid_argument(where(i) % "pfns", int(pfns[i]),
                                f"not aligned to 2**order={int(sizes[i])} pages")
-    bad = np.flatnonzero(pfns >= np.uint64(nr_pages))
-    if bad.size == 0:
-        bad = np.flatnonzero(pfns + sizes > np.uint64(nr_pages))
+    bad = np.flatnonzero((pfns >= np.uint64(nr_pages)) | (pfns + sizes > np.uint64(nr_pages)))
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(f"{field}.pfns[{i}]", int(pfns[i]),
-                               f"range of {int(sizes[i])} pages outside the guest's "
-                               f"{nr_pages} pages")
-    _check_disjoint(f"{field}.pfns", pfns, sizes)
+        raise invalid_argument(where(i) % "pfns", int(pfns[i]),
+                               f"range of {int(sizes[i])} pages outside the guest's {nr_pages} pages")
+    batch = np.repeat(np.arange(len(lengths)), lengths)
+    order = np.lexsort((pfns, batch))
+    sorted_pfns = pfns[order]
+    overlap = (sorted_pfns[:-1] + sizes[order][:-1] > sorted_pfns[1:]) & (
+        batch[order][:-1] == batch[order][1:])
+    bad = np.flatnonzero(overlap)
+    if bad.size:
+        i = int(order[int(bad[0]) + 1])
+        raise invalid_argument(where(i) % "pfns", int(pfns[i]), "range overlaps another range")
 
 
 def check_page_runs(field: str, starts: np.ndarray, npages: np.ndarray, *, nr_pages: int) -> None:
@@ -235,15 +267,3 @@ def check_page_runs(field: str, starts: np.ndarray, npages: np.ndarray, *, nr_pa
         raise invalid_argument(f"{field}.starts[{i}]", int(starts[i]),
                                f"run of {int(npages[i])} pages outside the guest's "
                                f"{nr_pages} pages")
-
-
-def _check_disjoint(field: str, pfns: np.ndarray, sizes: np.ndarray) -> None:
-    """Ranges [pfn, pfn + size) must not overlap (a block is reported once)."""
-    if len(pfns) < 2:
-        return
-    order = np.argsort(pfns, kind="stable")
-    ends = pfns[order] + sizes[order]
-    bad = np.flatnonzero(ends[:-1] > pfns[order][1:])
-    if bad.size:
-        i = int(order[int(bad[0]) + 1])
-        raise invalid_argument(f"{field}[{i}]", int(pfns[i]), "range overlaps another range")

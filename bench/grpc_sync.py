@@ -1,0 +1,329 @@
+"""Benchmark of the HostService epoch sync over real gRPC on loopback.
+
+Two measurements, printed as one JSON object with ``--json``:
+
+1. Throughput: 1 and 8 guest shards sync epochs with one host. The host runs in
+   its own process (as a host actor would) behind a real gRPC server; each
+   shard is a client thread with its own channel. Every shard's message per
+   epoch carries 8 guests, each with 3 report batches of 32 order-9 ranges and
+   16 touched runs. Reported: host epochs/s, SyncEpoch calls/s, report ranges
+   applied/s, message size, and the round trip of an empty SyncEpoch (the
+   transport's floor; the rest of an epoch is the host core's work).
+2. ``transport_overhead_ratio``: the same small multi-guest simulation (three
+   guest shards with real guest cores and workloads, two hosts with the real
+   host core) run for the same epochs with the in-process transport and with
+   every SyncEpoch over gRPC to a separate host process (the host actor). The
+   guest work runs in the same order in both, so the difference is the
+   transport. Ratio = gRPC wall time / in-process wall time (best of several
+   repeats, measured in this run). Both runs must end with identical host
+   counters.
+
+Usage: python bench/grpc_sync.py [--json] [--seconds S] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from overcommit.v1 import host_pb2  # noqa: E402
+from services.host.core.config import HostConfig  # noqa: E402
+from services.host.core.pool import Host  # noqa: E402
+from services.host.server import connect_host, start_host_server  # noqa: E402
+from services.host.transport import (  # noqa: E402
+    GuestOps,
+    HostDirectory,
+    HostEndpoint,
+    PageRunOps,
+    ReportOp,
+    build_sync_request,
+)
+from services.transport.server import ServerOptions  # noqa: E402
+
+EXPERIMENT = "bench"
+GUESTS_PER_SHARD = 8
+GUEST_PAGES = 1 << 16  # 256 MiB guests
+REPORTS_PER_GUEST = 3
+RANGES_PER_REPORT = 32  # PAGE_REPORTING_CAPACITY
+TOUCH_RUNS_PER_GUEST = 16
+EPOCH_NS = 50_000_000
+
+OVERHEAD_SPEC = """
+name: grpc-overhead
+seed: 7
+duration: 60s
+epoch: 50ms
+sample_interval: 1s
+hosts:
+  - {name: host, count: 2, memory: 2GiB, reserve: 128MiB, thp: true, discard_mode: dontneed,
+     swap: {capacity: 4GiB}}
+guest_groups:
+  - name: phased
+    count: 6
+    memory: 512MiB
+    workload:
+      kind: memhog
+      start_stagger: 1s
+      repeat: true
+      phases:
+        - {action: grow, target: 0.6, rate: 1GiB, duration: 1s}
+        - {action: touch, rate: 256MiB, duration: 2s}
+        - {action: free, target: 0.1, duration: 1s}
+        - {action: idle, duration: 3s}
+placement: {policy: spread, max_overcommit_ratio: 2.0}
+"""
+OVERHEAD_SHARDS = 3
+
+
+# ------------------------------------------------------------- throughput
+
+
+def _serve_host(conn) -> None:
+    """Child process: one host behind a gRPC server; reports the port, stops on request."""
+    host = Host(0, HostConfig(memory_bytes=64 << 30))
+    server = start_host_server(HostDirectory([HostEndpoint(EXPERIMENT, 0, host)]),
+                               ServerOptions(max_workers=32))
+    with server:
+        conn.send(server.port)
+        conn.recv()  # "stop"
+
+
+def _shard_message(shard_id: int, seed: int) -> host_pb2.SyncEpochRequest:
+    rng = np.random.default_rng([seed, shard_id])
+    guests = []
+    for k in range(GUESTS_PER_SHARD):
+        guest_id = shard_id * GUESTS_PER_SHARD + k
+        blocks = rng.choice(GUEST_PAGES >> 9, size=REPORTS_PER_GUEST * RANGES_PER_REPORT,
+                            replace=False).astype(np.uint64) << np.uint64(9)
+        reports = tuple(
+            ReportOp(op_seq=2 * r + 2, pfns=np.sort(blocks[r * RANGES_PER_REPORT:(r + 1) * RANGES_PER_REPORT]),
+                     orders=np.full(RANGES_PER_REPORT, 9, np.uint32))
+            for r in range(REPORTS_PER_GUEST))
+        starts = np.sort(rng.choice(GUEST_PAGES // 64, TOUCH_RUNS_PER_GUEST, replace=False)) * 64
+        seqs = np.repeat(np.arange(REPORTS_PER_GUEST + 1) * 2 + 1, -(-TOUCH_RUNS_PER_GUEST // (REPORTS_PER_GUEST + 1)))
+        touched = PageRunOps(starts.astype(np.uint64), np.full(TOUCH_RUNS_PER_GUEST, 64, np.uint64),
+                             seqs[:TOUCH_RUNS_PER_GUEST].astype(np.uint64))
+        guests.append(GuestOps(guest_id, reports, touched))
+    return build_sync_request(EXPERIMENT, 0, shard_id, 0, 0, EPOCH_NS, guests)
+
+
+def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve_host, args=(child,), daemon=True)
+    proc.start()
+    try:
+        port = parent.recv()
+        target = f"127.0.0.1:{port}"
+        clients = [connect_host(target, timeout_s=60) for _ in range(nr_shards)]
+        messages = [_shard_message(s, seed=1) for s in range(nr_shards)]
+        for s, client in enumerate(clients):
+            for k in range(GUESTS_PER_SHARD):
+                client.register_guest(host_pb2.RegisterGuestRequest(
+                    experiment_id=EXPERIMENT, host_id=0, shard_id=s, guest_id=s * GUESTS_PER_SHARD + k,
+                    nr_pages=GUEST_PAGES, discard_mode=host_pb2.DISCARD_MODE_DONTNEED))
+        def shard_loop(s: int, first: int, end: list[int]) -> int:
+            """Sync epochs first, first+1, ... until epoch ``end[0]`` (read as it goes)."""
+            message, client = messages[s], clients[s]
+            e = first
+            while e < end[0]:
+                message.epoch = message.sequence = e
+                message.epoch_end_ns = (e + 1) * EPOCH_NS
+                client.sync_epoch(message)
+                e += 1
+            return e
+
+        warmup = 20
+        with ThreadPoolExecutor(nr_shards) as pool:
+            list(pool.map(lambda s: shard_loop(s, 0, [warmup]), range(nr_shards)))
+            end = [1 << 60]
+            t0 = time.perf_counter()
+            futures = [pool.submit(shard_loop, s, warmup, end) for s in range(nr_shards)]
+            while time.perf_counter() - t0 < seconds:
+                time.sleep(0.05)
+            # Shards are at most one epoch apart (the host's barrier): stop all at one epoch.
+            end[0] = max(m.epoch for m in messages) + 2
+            done = [f.result() for f in futures]
+            wall = time.perf_counter() - t0
+        assert len(set(done)) == 1, done
+        epochs = done[0] - warmup
+        floor = _empty_sync_latency_s(clients[0], done[0]) if nr_shards == 1 else None
+        ranges = epochs * nr_shards * GUESTS_PER_SHARD * REPORTS_PER_GUEST * RANGES_PER_REPORT
+        for client in clients:
+            client.close()
+        return {
+            "sync_epochs_per_s": round(epochs / wall, 1),
+            "sync_calls_per_s": round(epochs * nr_shards / wall, 1),
+            "ranges_per_s": round(ranges / wall),
+            "message_bytes": messages[0].ByteSize(),
+            "epochs": epochs,
+            "empty_sync_p50_ms": None if floor is None else round(floor * 1e3, 3),
+        }
+    finally:
+        parent.send("stop")
+        proc.join(timeout=30)
+
+
+def _empty_sync_latency_s(client, first_epoch: int, calls: int = 300) -> float:
+    """Median round trip of a SyncEpoch that carries no guest ops: the transport floor."""
+    message = host_pb2.SyncEpochRequest(experiment_id=EXPERIMENT, host_id=0, shard_id=0)
+    latencies = []
+    for e in range(first_epoch, first_epoch + calls):
+        message.epoch = message.sequence = e
+        message.epoch_end_ns = (e + 1) * EPOCH_NS
+        t0 = time.perf_counter()
+        client.sync_epoch(message)
+        latencies.append(time.perf_counter() - t0)
+    return float(np.median(latencies))
+
+
+# ------------------------------------------------------- transport overhead
+
+
+def _plan():
+    from services.sim.entities import make_plan
+    from services.sim.spec import load_spec_text
+
+    return make_plan(load_spec_text(OVERHEAD_SPEC), EXPERIMENT, OVERHEAD_SHARDS)
+
+
+def run_in_process(epochs: int) -> tuple[float, dict]:
+    from services.sim.inprocess import InProcessSession
+
+    session = InProcessSession(_plan())
+    t0 = time.perf_counter()
+    session.run_epochs(0, 0, epochs, EPOCH_NS)
+    wall = time.perf_counter() - t0
+    return wall, session.host_samples()
+
+
+def _serve_plan_hosts(conn) -> None:
+    """Child process: the plan's hosts behind one gRPC server (like a host actor holding
+    several hosts). On "reset" it rebuilds them fresh and sends the new port."""
+    plan = _plan()
+    while conn.recv() == "reset":
+        directory = HostDirectory(HostEndpoint(plan.experiment_id, h, Host(h, cfg))
+                                  for h, cfg in plan.host_configs.items())
+        server = start_host_server(directory, ServerOptions())
+        server.start()
+        conn.send(server.port)
+        conn.recv()  # "done": the parent has read the state
+        server.stop(0)
+
+
+def run_grpc(epochs: int, conn) -> tuple[float, dict]:
+    """The in-process loop, with every SyncEpoch over gRPC to a host process.
+
+    Shards run their epochs one after another in this thread, exactly as the
+    in-process session does; each epoch's SyncEpoch calls of all shards go out
+    together as gRPC futures (the host applies an epoch once every shard is in)
+    and the answers are applied when they return.
+    """
+    from services.guest.actor import register_request
+    from services.guest.shard import GuestShard
+    from services.guest.wire import from_outcome, to_guest_ops
+    from services.host.transport import decode_outcome
+
+    plan = _plan()
+    conn.send("reset")
+    target = f"127.0.0.1:{conn.recv()}"
+    client = connect_host(target, timeout_s=120)
+    shards = [GuestShard(i, inits, plan.seed, plan.report_latency_ns)
+              for i, inits in enumerate(plan.shard_inits)]
+    for shard, inits in zip(shards, plan.shard_inits, strict=True):
+        for init in inits:
+            client.register_guest(register_request(plan.experiment_id, shard.shard_id, init))
+    metadata = client.caller.metadata
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        t = epoch * EPOCH_NS
+        sent = []
+        for shard in shards:
+            logs = shard.run_epoch(t, t + EPOCH_NS)
+            for host_id in shard.host_ids():
+                request = build_sync_request(
+                    plan.experiment_id, host_id, shard.shard_id, epoch, 0, t + EPOCH_NS,
+                    [to_guest_ops(log) for log in logs.get(host_id, [])])
+                sent.append((shard, client.stub.SyncEpoch.future(request, timeout=120,
+                                                                   metadata=metadata)))
+        for shard, future in sent:
+            shard.apply_results(from_outcome(decode_outcome(future.result())))
+    wall = time.perf_counter() - t0
+    counters = {h: dict(client.get_host_state(host_pb2.GetHostStateRequest(
+        experiment_id=plan.experiment_id, host_id=h)).counters) for h in plan.host_configs}
+    client.close()
+    conn.send("done")
+    return wall, counters
+
+
+def measure_overhead(epochs: int, repeats: int) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve_plan_hosts, args=(child,), daemon=True)
+    proc.start()
+    try:
+        run_in_process(10)  # compile the numba kernels and warm caches
+        run_grpc(10, parent)  # the same in the host process
+        grpc_times, local_times = [], []
+        grpc_hosts = local_hosts = None
+        for _ in range(repeats):
+            wall, grpc_hosts = run_grpc(epochs, parent)
+            grpc_times.append(wall)
+            wall, local_hosts = run_in_process(epochs)
+            local_times.append(wall)
+    finally:
+        parent.send("stop")
+        proc.join(timeout=30)
+    if grpc_hosts != local_hosts:
+        raise AssertionError("gRPC and in-process runs ended with different host counters")
+    return {
+        "transport_overhead_ratio": round(min(grpc_times) / min(local_times), 3),
+        "overhead_grpc_wall_s": round(min(grpc_times), 3),
+        "overhead_inprocess_wall_s": round(min(local_times), 3),
+        "overhead_epochs": epochs,
+        "overhead_shards": OVERHEAD_SHARDS,
+        "overhead_hosts": len(grpc_hosts),
+        "overhead_results_identical": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=3.0, help="throughput run length per case")
+    parser.add_argument("--epochs", type=int, default=400, help="epochs of the overhead run")
+    parser.add_argument("--repeats", type=int, default=3, help="overhead runs per transport")
+    args = parser.parse_args(argv)
+    one = measure_throughput(1, args.seconds)
+    eight = measure_throughput(8, args.seconds)
+    result = {
+        "sync_epochs_per_s": {"1_shard": one["sync_epochs_per_s"], "8_shards": eight["sync_epochs_per_s"]},
+        "sync_calls_per_s": {"1_shard": one["sync_calls_per_s"], "8_shards": eight["sync_calls_per_s"]},
+        "ranges_per_s": {"1_shard": one["ranges_per_s"], "8_shards": eight["ranges_per_s"]},
+        "message_bytes_per_shard": one["message_bytes"],
+        "empty_sync_p50_ms": one["empty_sync_p50_ms"],
+        "guests_per_shard": GUESTS_PER_SHARD,
+        "report_batches_per_guest": REPORTS_PER_GUEST,
+        "ranges_per_batch": RANGES_PER_REPORT,
+        "touch_runs_per_guest": TOUCH_RUNS_PER_GUEST,
+        **measure_overhead(args.epochs, args.repeats),
+    }
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
