@@ -111,6 +111,7 @@ CHECK_WRONG_ORDER = 4
 CHECK_DUPLICATE = 5
 
 PREFETCH_DISTANCE = 16  # batch entries ahead whose page state is prefetched
+PREFETCH_MERGE_LEVELS = 3  # merge levels whose buddy list neighbours are prefetched
 
 # fallbacks[start_mt] (§3.3); HIGHATOMIC and above have no fallback
 FALLBACKS = np.array(
@@ -330,30 +331,45 @@ def _pcp_take(lk, pg, pcp, zone, g, z, target, scratch):
 
 
 @njit(inline="always")
-def _prefetch_buddy_free(lk, pg, pfn):
-    """Warm the lines a buddy free of pfn will touch: its state, its buddy's list
-    neighbours (the buddy's state shares pfn's line for small orders)."""
-    order = pg[pfn, ORD]
-    b = pfn ^ (np.int64(1) << order)
-    if (pg[b, FLG] & ST_MASK) == ST_BUDDY and pg[b, ORD] == order:
+def _prefetch_buddy_free(lk, pg, g, pfn):
+    """Warm the lines a buddy free of pfn will likely touch: the list neighbours of the
+    buddies it would absorb (first PREFETCH_MERGE_LEVELS levels) and the next buddy."""
+    order = np.int64(pg[pfn, ORD])
+    max_order = g[G_MAX_ORDER]
+    for _ in range(PREFETCH_MERGE_LEVELS):
+        if order >= max_order:
+            return
+        b = pfn ^ (np.int64(1) << order)
+        if (pg[b, FLG] & ST_MASK) != ST_BUDDY or pg[b, ORD] != order:
+            return
         p = lk[b, PREV]
         n = lk[b, NEXT]
         if p != NIL:
             _prefetch(lk, p)
         if n != NIL:
             _prefetch(lk, n)
+        pfn = min(pfn, b)
+        order += 1
+        if order < max_order:
+            nb = pfn ^ (np.int64(1) << order)
+            _prefetch(pg, nb)
+            _prefetch(lk, nb)
 
 
 @njit(inline="always")
 def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n):
     """Buddy-free blocks[:n] in order (each at its pg order, pageblock mt re-read), notifying."""
     pb = g[G_PB_ORDER]
+    for j in range(min(n, PREFETCH_DISTANCE)):
+        _prefetch(pg, blocks[j])
+    for j in range(min(n, PREFETCH_DISTANCE // 2)):
+        _prefetch_buddy_free(lk, pg, g, blocks[j])
     for j in range(n):
         if j + PREFETCH_DISTANCE < n:
             _prefetch(lk, blocks[j + PREFETCH_DISTANCE])
             _prefetch(pg, blocks[j + PREFETCH_DISTANCE])
         if j + PREFETCH_DISTANCE // 2 < n:
-            _prefetch_buddy_free(lk, pg, blocks[j + PREFETCH_DISTANCE // 2])
+            _prefetch_buddy_free(lk, pg, g, blocks[j + PREFETCH_DISTANCE // 2])
         pfn = blocks[j]
         order = np.int64(pg[pfn, ORD])
         mt = np.int64(pbmt[pfn >> pb])
@@ -368,6 +384,7 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
     nl = g[G_NR_PCP_LISTS]
     size = np.int64(1) << order
     n = pfns.shape[0]
+    ahead = np.int64(NIL)  # walks the pcp list from its tail, warming the next drain
     for i in range(n):
         if i + PREFETCH_DISTANCE < n:
             _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
@@ -376,7 +393,7 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
         mt = np.int64(pbmt[pfn >> pb])
         if pi < 0 or mt >= MT_PCPTYPES:  # pcp only for pcp orders and types
             if pi < 0 and i + PREFETCH_DISTANCE // 2 < n:
-                _prefetch_buddy_free(lk, pg, pfns[i + PREFETCH_DISTANCE // 2])
+                _prefetch_buddy_free(lk, pg, g, pfns[i + PREFETCH_DISTANCE // 2])
             _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
             continue
         z = np.int64(pfn >= g[G_ZONE_SPLIT])
@@ -385,9 +402,14 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
         zone[z, Z_PCP_MASK] |= np.int64(1) << li
         pg[pfn, FLG] = ST_PCP | (mt << MT_SHIFT)
         zone[z, Z_PCP_COUNT] += size
+        ahead = np.int64(pcp[z * nl + li, TAIL]) if ahead == NIL else np.int64(lk[ahead, PREV])
+        if ahead != NIL:
+            _prefetch(lk, ahead)
+            _prefetch(pg, ahead)
         while zone[z, Z_PCP_COUNT] >= zone[z, Z_PCP_HIGH]:
             taken = _pcp_take(lk, pg, pcp, zone, g, z, zone[z, Z_PCP_BATCH], scratch)
             _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+            ahead = np.int64(NIL)
 
 
 @njit(cache=True, _nrt=False)
@@ -411,7 +433,9 @@ def k_drain_pcp(lk, pg, pbmt, fl, pcp, nr_free, zone, g, coins, scratch):
 
 @njit(cache=True, _nrt=False)
 def k_check_free(pg, g, pfns, order):
-    """Validate a free batch without changing state: (code, index of the bad entry)."""
+    """Validate a free batch: (code, index of the bad entry). On error the state is
+    unchanged. On success every pfn keeps PG_MARK: the caller must run k_free on the
+    same batch next, which rewrites each freed head's flags (one pass saved)."""
     nr_pages = g[G_NR_PAGES]
     mask = (1 << order) - 1
     n = pfns.shape[0]
@@ -437,9 +461,9 @@ def k_check_free(pg, g, pfns, order):
             bad = i
             break
         pg[pfn, FLG] |= PG_MARK
-    end = n if bad < 0 else bad
-    for i in range(end):
-        pg[pfns[i], FLG] &= ~PG_MARK
+    if bad >= 0:
+        for i in range(bad):
+            pg[pfns[i], FLG] &= ~PG_MARK
     return code, bad
 
 
@@ -468,12 +492,26 @@ def _take_block(lk, pg, fl, nr_free, zone, g, z, pfn, low, high, mt, expand_mt):
 
 @njit(inline="always")
 def _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt):
+    """__rmqueue_smallest: the head of the first non-empty list of mt, split (§3.1)."""
     nro = g[G_MAX_ORDER] + 1
+    lid = _fl_id(nro, z, order, mt)
     for o in range(order, nro):
-        pfn = np.int64(fl[_fl_id(nro, z, o, mt), HEAD])
+        pfn = np.int64(fl[lid, HEAD])
         if pfn != NIL:
-            _take_block(lk, pg, fl, nr_free, zone, g, z, pfn, order, o, mt, mt)
+            nx = lk[pfn, NEXT]  # unlink the head
+            fl[lid, HEAD] = nx
+            if nx == NIL:
+                fl[lid, TAIL] = NIL
+            else:
+                lk[nx, PREV] = NIL
+            nr_free[z, o] -= 1
+            if pg[pfn, FLG] & PG_REPORTED:
+                g[G_REPORTED_PAGES] -= 1 << o
+            pg[pfn, FLG] = ST_NONE
+            _expand(lk, pg, fl, nr_free, nro, z, pfn, order, o, mt)
+            zone[z, Z_FREE] -= 1 << order
             return pfn
+        lid += MT_TYPES
     return np.int64(NIL)
 
 
@@ -697,14 +735,58 @@ def _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, nofrag):
     return np.int64(NIL)
 
 
+@njit(inline="always")
+def _pcp_refill_direct(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n):
+    """A single zone's empty pcp list refilled and popped `want` times in a row, without
+    the list: the refill's blocks go straight to out. The first pop passed the watermark
+    check before the refill; the later pops all pass or all fail the same check (nothing
+    changes NR_FREE_PAGES between them), and on failure stay on the list as the
+    step-by-step path leaves them. Returns (new n, stop)."""
+    size = np.int64(1) << order
+    got = 0
+    for _ in range(want):
+        blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, 0, order, mt, False)
+        if blk == NIL:
+            break
+        _set_head(pg, blk, order, ST_PCP, mt)  # as in the list, for any census meanwhile
+        out[n + got] = blk
+        got += 1
+    if got == 0:
+        return n, True
+    keep = got if zone[0, Z_FREE] - size >= zone[0, Z_MIN] else 1
+    for i in range(keep):
+        _set_head(pg, out[n + i], order, ST_ALLOC, mt)
+    if keep == got:
+        return n + got, False
+    li = pi * MT_PCPTYPES + mt
+    for i in range(keep, got):
+        _link_tail(lk, pcp, li, out[n + i])
+        zone[0, Z_PCP_COUNT] += size
+    zone[0, Z_PCP_MASK] |= np.int64(1) << li
+    return n + keep, True
+
+
 @njit(cache=True, _nrt=False)
 def k_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, out):
     """alloc(): stops at the first block no zone can supply. With two zones the walk is
     first done under ALLOC_NOFRAGMENT, then without (§3.3)."""
     pi = np.int64(pcp_idx[order]) if mt < MT_PCPTYPES else np.int64(-1)
     two_walks = g[G_NR_ZONES] > 1
+    size = np.int64(1) << order
+    want = max(zone[0, Z_PCP_BATCH] >> order, 1)
+    direct = pi >= 0 and not two_walks
     n = 0
     while n < count:
+        if (
+            direct
+            and count - n >= want
+            and pcp[pi * MT_PCPTYPES + mt, HEAD] == NIL
+            and zone[0, Z_FREE] - size >= zone[0, Z_MIN]
+        ):
+            n, stop = _pcp_refill_direct(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n)
+            if stop:
+                break
+            continue
         pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, two_walks)
         if pfn == NIL and two_walks:
             pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, False)
