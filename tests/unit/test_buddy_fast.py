@@ -151,3 +151,58 @@ def test_shuffle_consumes_coins_in_word_order():
     assert probe.free_list(0, cfg.max_order, MIGRATE_MOVABLE) != []
     word = int(stream.integers(0, 2**64, dtype=np.uint64))
     assert int(a.coins[0]) == word
+
+
+@pytest.mark.parametrize("profile", ["5.7", "6.1", "modern"])
+def test_two_zone_guest_matches_reference(profile):
+    """The differential test uses single-zone guests; this covers the DMA32/Normal walk
+    (ALLOC_NOFRAGMENT first) with a fixed script against the reference."""
+    from services.guest.core.reference import ReferenceAllocator
+
+    cfg = GuestConfig(
+        nr_pages=DMA32_END_PFN + (1 << 14),
+        zones="dma32_normal",
+        profile=profile,
+        pcp=PcpConfig(batch=8, high=40),
+        reporting=ReportingConfig(capacity=4),
+    )
+    allocators = [ReferenceAllocator(cfg), BuddyAllocator(cfg)]
+    rng = np.random.default_rng(3)
+    script = [(int(o), int(mt), int(c)) for o, mt, c in zip(
+        rng.integers(0, 11, 60), rng.integers(0, 3, 60), rng.integers(1, 40, 60), strict=True
+    )]
+    held = [[], []]
+    for step, (order, mt, count) in enumerate(script):
+        outs = [a.alloc(order, mt, count).tolist() for a in allocators]
+        assert outs[0] == outs[1], f"step {step}: alloc({order}, {mt}, {count})"
+        for h, out in zip(held, outs, strict=True):
+            h.extend((p, order) for p in out)
+        if step % 3 == 2:
+            pick = sorted(np.random.default_rng(step).permutation(len(held[0]))[: len(held[0]) // 2])
+            for a, h in zip(allocators, held, strict=True):
+                chosen = [h[i] for i in pick]
+                for order_ in sorted({o for _, o in chosen}):
+                    a.free([p for p, o in chosen if o == order_], order_)
+                h[:] = [x for i, x in enumerate(h) if i not in set(pick)]
+        if step % 7 == 6:
+            for a in allocators:
+                a.drain_pcp()
+    batches = []
+    for a in allocators:
+        pfns, orders = np.zeros(4, np.int64), np.zeros(4, np.int8)
+        status, n = a.report_fill(1, cfg.max_order, MIGRATE_MOVABLE, pfns, orders, 0, 0)
+        a.report_drain(pfns, orders, n, True)
+        batches.append((status, n, pfns[:n].tolist()))
+    assert batches[0] == batches[1]
+    ref, fast = allocators
+    for z in range(2):
+        for o in range(cfg.max_order + 1):
+            assert ref.nr_free(z, o) == fast.nr_free(z, o)
+            for mt in range(6):
+                assert ref.free_list(z, o, mt) == fast.free_list(z, o, mt), (z, o, mt)
+        assert ref.nr_free_pages(z) == fast.nr_free_pages(z)
+        assert ref.pcp_list(z, 0, MIGRATE_MOVABLE) == fast.pcp_list(z, 0, MIGRATE_MOVABLE)
+    pbs = range(0, cfg.nr_pages, 1 << cfg.pageblock_order)
+    assert [ref.pageblock_mt(p) for p in pbs] == [fast.pageblock_mt(p) for p in pbs]
+    assert ref.notify_count == fast.notify_count
+    assert ref.reported_pages() == fast.reported_pages()
