@@ -94,7 +94,7 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
     return g.now_ns
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=st.integers(0, 4),
     profile=st.sampled_from(["5.7", "6.1", "modern"]),
@@ -103,7 +103,7 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
     seed=st.integers(0, 2**32 - 1),
     errors=st.lists(st.sampled_from([0, 0, 0, 0, 5]), max_size=12),
     latency_ms=st.sampled_from([0, 0, 30, 2500]),
-    ops=st.lists(op_strategy, min_size=1, max_size=40),
+    ops=st.lists(op_strategy, min_size=10, max_size=60),
 )
 def test_fast_path_matches_reference(shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops):
     cfg = config_for(shape, profile, shuffle, small_pcp)
