@@ -40,9 +40,19 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
-from services.transport.security import ClientTls, TokenStore, check_experiment_binding
+from services.transport.security import (
+    ClientTls,
+    TokenStore,
+    check_experiment_binding,
+    experiment_header,
+)
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
-from services.transport.validation import require, require_id, translate_errors
+from services.transport.validation import (
+    permission_denied,
+    require,
+    require_id,
+    translate_errors,
+)
 
 STATE_TO_PB = {
     "created": experiment_pb2.EXPERIMENT_STATE_CREATED,
@@ -112,6 +122,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     @translate_errors
     def CreateExperiment(self, request: experiment_pb2.CreateExperimentRequest,
                          context: grpc.ServicerContext | None) -> experiment_pb2.CreateExperimentResponse:
+        if context is not None and experiment_header(context) is not None:
+            raise permission_denied("experiment_id", experiment_header(context),
+                                    "an experiment's token cannot create experiments")
         which = request.WhichOneof("spec")
         require(which is not None, "spec", None, "spec_yaml or spec_struct must be set")
         if which == "spec_yaml":

@@ -135,6 +135,11 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, reason: str) -> grp
     return factory(refuse, handler.request_deserializer, handler.response_serializer)
 
 
+def experiment_header(context: grpc.ServicerContext) -> str | None:
+    """The experiment a call says it is about (``x-overcommit-experiment``), if any."""
+    return _metadata_value(context.invocation_metadata(), EXPERIMENT_HEADER)
+
+
 def check_experiment_binding(context: grpc.ServicerContext | None, experiment_id: str) -> None:
     """PERMISSION_DENIED when the call's experiment header names another experiment.
 
@@ -143,7 +148,7 @@ def check_experiment_binding(context: grpc.ServicerContext | None, experiment_id
     """
     if context is None:
         return
-    header = _metadata_value(context.invocation_metadata(), EXPERIMENT_HEADER)
+    header = experiment_header(context)
     if header is not None and header != experiment_id:
         raise permission_denied("experiment_id", experiment_id,
                                 f"call is authorised for experiment {header!r} only")

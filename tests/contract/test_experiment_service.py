@@ -90,6 +90,9 @@ def test_an_experiment_token_opens_that_experiment_only(served) -> None:
         with pytest.raises(grpc.RpcError) as err:
             own.advance(second, 1)
         assert err.value.code() == CODE.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as err:
+            own.create(SPEC_YAML)
+        assert err.value.code() == CODE.PERMISSION_DENIED
     with connect_experiments(address, token=token, experiment_id=second, timeout_s=5) as forged:
         with pytest.raises(grpc.RpcError) as err:
             forged.advance(second, 1)
