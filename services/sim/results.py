@@ -36,7 +36,11 @@ def _stats(series: pd.Series) -> dict[str, float]:
 
 
 def _final(df: pd.DataFrame, col: str) -> float:
-    return float(df[col].iloc[-1]) if col in df and not df.empty else 0.0
+    """The last sample of a column (0 where the entity never reported it)."""
+    if col not in df or df.empty:
+        return 0.0
+    value = float(df[col].iloc[-1])
+    return 0.0 if value != value else value
 
 
 def summarize_run(ts: pd.DataFrame, run: str, physical_bytes: int, guest_bytes: int) -> dict[str, Any]:

@@ -10,7 +10,14 @@ import pytest
 
 from services.guest.actor import ShardApi
 from services.guest.shard import GuestShard
-from services.guest.transport import AllocOp, FreeOp, TouchOp, connect_guest, iter_free_areas, start_guest_server
+from services.guest.transport import (
+    AllocOp,
+    FreeOp,
+    TouchOp,
+    connect_guest,
+    iter_free_areas,
+    start_guest_server,
+)
 from services.sim.entities import make_plan
 from services.sim.inprocess import InProcessBackend
 from services.sim.placement import workload_from_params
@@ -135,8 +142,8 @@ def test_guest_service_refuses_without_changing_state(guest_server):
         with pytest.raises(grpc.RpcError) as e:
             client.start_workload(1, "memhog", {"phases": [{"action": "grow", "duration": "1s"}]}, 10**9)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        start, end = client.start_workload(1, "memhog", {"phases": [
-            {"action": "grow", "target": 0.25, "duration": "1s"}]}, 2 * 10**9).start_ns, None
-        assert start == shard.now_ns
+        started = client.start_workload(1, "memhog", {"phases": [
+            {"action": "grow", "target": 0.25, "duration": "1s"}]}, 2 * 10**9)
+        assert (started.start_ns, started.end_ns) == (shard.now_ns, shard.now_ns + 2 * 10**9)
     shard.run_epoch(0, 50_000_000)
     assert shard.slots[1].extra_workloads[0].held.count == int(0.25 * shard.slots[1].init.config.nr_pages)
