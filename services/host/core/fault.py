@@ -22,6 +22,7 @@ returns ST_LOG_FULL with its position when the swap-out log may overflow.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .pagestate import (
@@ -67,13 +68,6 @@ from .reclaim import reclaim_frames
 
 
 @njit(cache=True)
-def _get_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, need_bytes):
-    if hs[H_POOL_BYTES] + need_bytes <= p[P_LIMIT_BYTES]:
-        return True
-    return reclaim_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, need_bytes)
-
-
-@njit(cache=True)
 def _reported_pages(state, p, g):
     shift = p[P_GRAN_SHIFT]
     n = 0
@@ -83,23 +77,82 @@ def _reported_pages(state, p, g):
     return n
 
 
+# Touch position pos[...]: shared by the inner loop, the driver and the caller.
+POS_RUN = 0  # run to resume at
+POS_OFF = 1  # page offset inside that run
+POS_EXHAUSTED = 2  # policy "refuse": reclaim failed once, refuse every later frame
+POS_NEED = 3  # bytes of frames the inner loop is waiting for (ST_NEED_FRAMES)
+POS_FAILED = 4  # FAILED_*: the reclaim asked for at the resume position failed
+POS_SLOT = 5  # guest slot
+POS_BASE = 6  # global index of the guest's pfn 0
+NPOS = 7
+
+ST_NEED_FRAMES = 3  # inner loop -> driver: reclaim pos[POS_NEED] bytes, then resume
+FAILED_NONE = 0
+FAILED_HUGE = 1  # reclaim could not free a granule of frames for this page
+FAILED_4K = 2  # reclaim could not free one frame for this page
+
+
 @njit(cache=True)
-def touch_kernel(
-    state, gran, gused, gstat, hs, p, offsets, log, ev, slot, starts, npages, run0, off0
-):
-    """Apply runs [run0:] (the first from page offset off0). Returns (status, run, offset)."""
-    base = offsets[slot]
+def _touch_span(state, gused, gstat, hs, p, ev, slot, i, hi):
+    """Touch pages [i, hi) of one GK_PAGES granule while frames are free.
+
+    Returns where it stopped: hi, or the first page that needs a frame when the
+    pool is full. A tight loop of its own so the compiler keeps it simple.
+    """
+    while i < hi:
+        s = state[i]
+        res = s & RES_MASK
+        if res == RES_BACKED:
+            ev[EV_PRIOR_UNBACKED + RES_BACKED] += 1
+            state[i] = s | PG_REFERENCED
+            i += 1
+            continue
+        if res == RES_LAZY:
+            page_set_res(state, gused, gstat, hs, p, slot, i, RES_BACKED, False)
+            state[i] = (state[i] & ~PG_REPORTED) | PG_REFERENCED
+            ev[EV_PRIOR_UNBACKED + RES_LAZY] += 1
+            ev[EV_LAZY_REUSE] += 1
+            i += 1
+            continue
+        if hs[H_POOL_BYTES] + PAGE_SIZE > p[P_LIMIT_BYTES]:
+            return i
+        if res == RES_UNBACKED:
+            ev[EV_FAULT_4K] += 1
+            if s & PG_REPORTED:
+                ev[EV_REFAULT_PAGES] += 1
+        elif s & PG_ZSWAP:
+            ev[EV_SWAPIN_ZSWAP] += 1
+        else:
+            ev[EV_SWAPIN_DISK] += 1
+        ev[EV_PRIOR_UNBACKED + res] += 1
+        page_set_res(state, gused, gstat, hs, p, slot, i, RES_BACKED, False)
+        state[i] = (state[i] & ~PG_REPORTED) | PG_REFERENCED
+        i += 1
+    return i
+
+
+@njit(cache=True)
+def _touch_runs(state, gran, gused, gstat, hs, p, ev, starts, npages, pos):
+    """The loop over pages. It never calls reclaim itself (a call site in the loop costs
+    ~50 ns per page even when not taken): it returns ST_NEED_FRAMES and its position.
+    pos[POS_FAILED] applies to the first page only: the reclaim it asked for there
+    failed. (Few arguments on purpose: one more argument costs ~30 ns per page.)
+    """
+    slot = pos[POS_SLOT]
+    base = pos[POS_BASE]
+    failed = pos[POS_FAILED]
     shift = p[P_GRAN_SHIFT]
     gpages = 1 << shift
+    limit = p[P_LIMIT_BYTES]
     refuse = p[P_REFUSE] != 0
-    exhausted = False
+    run0 = pos[POS_RUN]
+    exhausted = pos[POS_EXHAUSTED] != 0
     for r in range(run0, starts.size):
         a = base + starts[r]
         end = a + npages[r]
-        i = a + off0 if r == run0 else a
+        i = a + pos[POS_OFF] if r == run0 else a
         while i < end:
-            if log.size - hs[H_LOG_N] < p[P_LOG_RESERVE]:
-                return ST_LOG_FULL, r, i - a
             g = i >> shift
             gb = gran[g]
             kind = gb & GK_MASK
@@ -117,9 +170,11 @@ def touch_kernel(
                 continue
             empty = kind == GK_EMPTY or gused[g] == 0
             if empty and p[P_HUGE_FAULTS] and not exhausted:
-                if _get_frames(
-                    state, gran, gused, gstat, hs, p, offsets, log, ev, gpages * PAGE_SIZE
-                ):
+                if failed == FAILED_NONE:  # after any failed reclaim here, no huge retry
+                    if hs[H_POOL_BYTES] + gpages * PAGE_SIZE > limit:
+                        pos[POS_NEED] = gpages * PAGE_SIZE
+                        pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = r, i - a, exhausted
+                        return ST_NEED_FRAMES
                     if kind == GK_EMPTY:
                         refault = gpages if gb & GR_REPORTED else 0
                     else:
@@ -131,57 +186,76 @@ def touch_kernel(
                     ev[EV_REFAULT_PAGES] += refault
                     i = gend
                     continue
-                if p[P_HUGETLB]:
-                    if refuse:
-                        if not exhausted:
-                            ev[EV_OOM] += 1
-                            exhausted = True
-                        ev[EV_REFUSED] += gend - i
-                        i = gend
-                        continue
-                    return ST_OOM, r, i - a
+                if p[P_HUGETLB]:  # no 4 KiB fallback for static huge pages
+                    if not refuse:
+                        pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = r, i - a, exhausted
+                        return ST_OOM
+                    if not exhausted:  # first refusal of this call: one OOM event
+                        ev[EV_OOM] += 1
+                        exhausted = True
+                    ev[EV_REFUSED] += gend - i
+                    failed = FAILED_NONE
+                    i = gend
+                    continue
             elif empty and p[P_HUGETLB]:
-                ev[EV_REFUSED] += gend - i  # exhausted under "refuse"
+                if not exhausted:  # first refusal of this call: one OOM event
+                    ev[EV_OOM] += 1
+                    exhausted = True
+                ev[EV_REFUSED] += gend - i
                 i = gend
                 continue
+            if failed == FAILED_HUGE:
+                failed = FAILED_NONE  # anonymous memory falls back to a 4 KiB fault
             if kind == GK_EMPTY:
                 granule_materialize(state, gran, p, g)
-            s = state[i]
-            res = s & RES_MASK
-            if res == RES_BACKED:
-                ev[EV_PRIOR_UNBACKED + RES_BACKED] += 1
-                state[i] = s | PG_REFERENCED
-                i += 1
+            i = _touch_span(state, gused, gstat, hs, p, ev, slot, i, gend)
+            if i == gend:
+                failed = FAILED_NONE
                 continue
-            if res == RES_LAZY:
-                page_set_res(state, gused, gstat, hs, p, slot, i, RES_BACKED, False)
-                state[i] = (state[i] & ~PG_REPORTED) | PG_REFERENCED
-                ev[EV_PRIOR_UNBACKED + RES_LAZY] += 1
-                ev[EV_LAZY_REUSE] += 1
-                i += 1
-                continue
-            if exhausted or not _get_frames(
-                state, gran, gused, gstat, hs, p, offsets, log, ev, PAGE_SIZE
-            ):
+            # Page i needs a frame and the pool is full.
+            if exhausted or failed == FAILED_4K:
                 if not refuse:
-                    return ST_OOM, r, i - a
-                if not exhausted:
+                    pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = r, i - a, exhausted
+                    return ST_OOM
+                if not exhausted:  # first refusal of this call: one OOM event
                     ev[EV_OOM] += 1
                     exhausted = True
                 ev[EV_REFUSED] += 1
+                failed = FAILED_NONE
                 i += 1
                 continue
-            s = state[i]  # reclaim never changes a page that is not backed, but re-read
-            if res == RES_UNBACKED:
-                ev[EV_FAULT_4K] += 1
-                if s & PG_REPORTED:
-                    ev[EV_REFAULT_PAGES] += 1
-            elif s & PG_ZSWAP:
-                ev[EV_SWAPIN_ZSWAP] += 1
-            else:
-                ev[EV_SWAPIN_DISK] += 1
-            ev[EV_PRIOR_UNBACKED + res] += 1
-            page_set_res(state, gused, gstat, hs, p, slot, i, RES_BACKED, False)
-            state[i] = (state[i] & ~PG_REPORTED) | PG_REFERENCED
-            i += 1
-    return ST_DONE, starts.size, 0
+            pos[POS_NEED] = PAGE_SIZE
+            pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = r, i - a, exhausted
+            return ST_NEED_FRAMES
+    pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = starts.size, 0, exhausted
+    return ST_DONE
+
+
+@njit(cache=True)
+def touch_kernel(state, gran, gused, gstat, hs, p, offsets, log, ev, starts, npages, pos):
+    """Apply the runs from position `pos` on, reclaiming when frames run out.
+
+    Returns ST_DONE, ST_LOG_FULL or ST_OOM (policy stop_largest); `pos` holds where
+    to resume. Start with pos = new_touch_pos(slot, offsets).
+    """
+    pos[POS_FAILED] = FAILED_NONE
+    while True:
+        # The inner loop never swaps, so the log only needs room before reclaim runs.
+        if log.size - hs[H_LOG_N] < p[P_LOG_RESERVE]:
+            return ST_LOG_FULL
+        status = _touch_runs(state, gran, gused, gstat, hs, p, ev, starts, npages, pos)
+        if status != ST_NEED_FRAMES:
+            return status
+        need = pos[POS_NEED]
+        if reclaim_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, need):
+            pos[POS_FAILED] = FAILED_NONE
+        else:
+            pos[POS_FAILED] = FAILED_HUGE if need > PAGE_SIZE else FAILED_4K
+
+
+def new_touch_pos(slot: int, offsets: np.ndarray) -> np.ndarray:
+    """Position vector for a fresh apply_touch of guest `slot`."""
+    pos = np.zeros(NPOS, np.int64)
+    pos[POS_SLOT] = slot
+    pos[POS_BASE] = offsets[slot]
+    return pos

@@ -113,7 +113,7 @@ ST_OOM = 1  # no frame can be found; the caller applies the OOM policy and resum
 ST_LOG_FULL = 2  # the swap-out log needs room; the caller grows it and resumes
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def page_set_res(state, gused, gstat, hs, p, slot, i, new_res, to_zswap):
     """Move page i (in a GK_PAGES granule) to residency `new_res`, fixing all totals.
 
@@ -158,7 +158,7 @@ def page_set_res(state, gused, gstat, hs, p, slot, i, new_res, to_zswap):
     state[i] = ns
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _kind_res(kind):
     if kind == GK_HUGE:
         return RES_BACKED
@@ -167,7 +167,7 @@ def _kind_res(kind):
     return RES_UNBACKED
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def granule_set(gran, gused, gstat, hs, p, slot, g, new_byte):
     """Whole-granule transition between GK_EMPTY, GK_HUGE and GK_HUGE_LAZY.
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import costs
 from .config import DISCARD_DISABLED, DISCARD_FREE, DISCARD_MODES, OOM_REFUSE, HostConfig
 from .discard import report_kernel
-from .fault import touch_kernel
+from .fault import new_touch_pos, touch_kernel
 from .pagestate import (
     ER_APPLIED,
     ER_IGNORED,
@@ -306,13 +306,13 @@ class Host:
         rec = self._live(guest_id)
         starts, npages = self._validate_runs(rec, starts, npages)
         ev = np.zeros(NEV, np.int64)
-        run, off = 0, 0
+        pos = new_touch_pos(rec.slot, self._offsets)
         stopped: list[int] = []
         oom_stops = 0
         while True:
-            status, run, off = touch_kernel(
+            status = touch_kernel(
                 self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
-                self._offsets, self._log, ev, rec.slot, starts, npages, run, off,
+                self._offsets, self._log, ev, starts, npages, pos,
             )  # fmt: skip
             if status == ST_DONE:
                 break

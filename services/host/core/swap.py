@@ -52,8 +52,11 @@ def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
         gstat[slot, G_SWAPOUT_ZSWAP] += 1
     else:
         gstat[slot, G_SWAPOUT_DISK] += 1
-    log[hs[H_LOG_N]] = i
-    hs[H_LOG_N] += 1
+    n = hs[H_LOG_N]
+    if n >= log.size:  # callers keep room (ST_LOG_FULL); never write out of bounds
+        raise IndexError("swap-out log full")
+    log[n] = i
+    hs[H_LOG_N] = n + 1
 
 
 def swapout_cost_ns(cm: costs.CostModel, disk_pages: int, zswap_pages: int) -> int:
