@@ -370,7 +370,7 @@ class ReferenceAllocator:
         for head in heads:  # ascending pfn
             self._move_free(zone, head, mt)
         if claimed:
-            self._set_pageblocks(pfn, self.pageblock_order, mt)
+            self._pageblock_mt[pfn >> self.pageblock_order] = mt
 
     def _claim_modern(self, zone: _Zone, order: int, mt: int, nofragment: bool) -> int | None:
         """~6.15 claim: largest first, whole pageblocks only."""
@@ -392,7 +392,7 @@ class ReferenceAllocator:
             if claimed:
                 for head in heads:
                     self._move_free(zone, head, mt)
-                self._set_pageblocks(pfn, self.pageblock_order, mt)
+                self._pageblock_mt[pfn >> self.pageblock_order] = mt
                 return self._smallest(zone, order, mt)
         return None
 
