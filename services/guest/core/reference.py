@@ -387,8 +387,8 @@ class ReferenceAllocator:
                 self._set_pageblocks(pfn, cur, mt)
                 self._expand(zone, pfn, order, cur, mt)
                 return pfn
-            old_mt = self.pageblock_mt(pfn)
-            heads, claimed = self._claim_pageblock(pfn, mt, old_mt)
+            # modern try_to_claim_block judges "alike" by the fallback list's type
+            heads, claimed = self._claim_pageblock(pfn, mt, fmt)
             if claimed:
                 for head in heads:
                     self._move_free(zone, head, mt)
