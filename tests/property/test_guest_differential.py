@@ -9,6 +9,8 @@ same Reported flags, same pcp lists, same counters, same report calls.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 MS_NS = 1_000_000
+# Longer hunts: GUEST_DIFF_EXAMPLES=2000 pytest tests/property/test_guest_differential.py
+MAX_EXAMPLES = int(os.environ.get("GUEST_DIFF_EXAMPLES", "80"))
 
 
 def config_for(shape: int, profile: str, shuffle: bool, small_pcp: bool) -> GuestConfig:
@@ -94,7 +98,7 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
     return g.now_ns
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=st.integers(0, 4),
     profile=st.sampled_from(["5.7", "6.1", "modern"]),

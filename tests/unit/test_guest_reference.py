@@ -219,3 +219,28 @@ def test_fallback_claims_whole_pageblock_for_unmovable(allocator_factory):
     a.free([pfn], 0)
     check_invariants(a)
     assert a.free_pages_total() == 8192
+
+
+def test_shuffle_permutes_boot_lists_deterministically(allocator_factory):
+    cfg = GuestConfig(nr_pages=1 << 14, shuffle=True)
+    lists = []
+    for seed in (1, 1, 2):
+        g = Guest(0, cfg, seed, RecordingReporter(), fast=allocator_factory.fast)
+        lists.append([p for p, _ in g.allocator.free_list(0, 10, MIGRATE_MOVABLE)])
+    assert lists[0] == lists[1]
+    assert lists[0] != lists[2]
+    assert sorted(lists[0]) == list(range(0, 1 << 14, 1024))
+    assert lists[0] != sorted(lists[0])
+
+
+def test_notify_only_when_free_ends_at_order_r(allocator_factory):
+    rec = RecordingReporter()
+    g = make_guest(allocator_factory, small_config(pcp=NO_PCP), rec)
+    g.advance_to(3 * SEC_NS)
+    a = g.allocator
+    pages = g.alloc(0, MIGRATE_MOVABLE, 512)  # one whole pageblock, page by page
+    n0 = a.notify_count
+    g.free(pages[:-1], 0)
+    assert a.notify_count == n0 and g.next_event_ns() is None
+    g.free(pages[-1:], 0)  # the last page completes the 2 MiB block (and more)
+    assert a.notify_count == n0 + 1 and g.next_event_ns() == 5 * SEC_NS
