@@ -17,7 +17,6 @@ from tests.guest_helpers import (
     SEC_NS,
     RecordingReporter,
     check_invariants,
-    fast_allocator_class,
     small_config,
 )
 
@@ -36,11 +35,10 @@ def calls_by_pass(reporter):
     return out
 
 
-def test_idle_4gib_guest_fully_reported_in_about_30s():
+def test_idle_4gib_guest_fully_reported_in_about_30s(allocator_factory):
     """1<<20 pages idle: all order >= 9 memory reported, <= budget+1 calls per pass, 2 s apart."""
-    fast = fast_allocator_class() is not None
     rec = RecordingReporter()
-    g = Guest(0, GuestConfig(nr_pages=1 << 20), 0, rec, fast=fast)
+    g = Guest(0, GuestConfig(nr_pages=1 << 20), 0, rec, fast=allocator_factory.fast)
     for t in range(0, 31):
         g.advance_to(t * SEC_NS)
     a = g.allocator
