@@ -111,7 +111,12 @@ CHECK_WRONG_ORDER = 4
 CHECK_DUPLICATE = 5
 
 PREFETCH_DISTANCE = 16  # batch entries ahead whose page state is prefetched
-PREFETCH_MERGE_LEVELS = 3  # merge levels whose buddy list neighbours are prefetched
+# Buddy-free prefetch pipeline (entries ahead): own + buddy state, then the list
+# neighbours of the buddies absorbed at merge levels 1, 2 and 3.
+PREFETCH_STAGE0 = 24
+PREFETCH_STAGE1 = 16
+PREFETCH_STAGE2 = 10
+PREFETCH_STAGE3 = 5
 
 # fallbacks[start_mt] (§3.3); HIGHATOMIC and above have no fallback
 FALLBACKS = np.array(
@@ -331,45 +336,74 @@ def _pcp_take(lk, pg, pcp, zone, g, z, target, scratch):
 
 
 @njit(inline="always")
-def _prefetch_buddy_free(lk, pg, g, pfn):
-    """Warm the lines a buddy free of pfn will likely touch: the list neighbours of the
-    buddies it would absorb (first PREFETCH_MERGE_LEVELS levels) and the next buddy."""
-    order = np.int64(pg[pfn, ORD])
-    max_order = g[G_MAX_ORDER]
-    for _ in range(PREFETCH_MERGE_LEVELS):
-        if order >= max_order:
-            return
+def _prefetch_merge_level(lk, pg, max_order, pfn, order, level):
+    """Stage level+1 of the prefetch pipeline for a future buddy free of (pfn, order):
+    follow the merges of the levels before this one (earlier stages warmed their lines),
+    then warm this level's buddy's list neighbours and the next level's buddy."""
+    for _ in range(level):
         b = pfn ^ (np.int64(1) << order)
-        if (pg[b, FLG] & ST_MASK) != ST_BUDDY or pg[b, ORD] != order:
+        if order >= max_order or (pg[b, FLG] & ST_MASK) != ST_BUDDY or pg[b, ORD] != order:
             return
-        p = lk[b, PREV]
-        n = lk[b, NEXT]
-        if p != NIL:
-            _prefetch(lk, p)
-        if n != NIL:
-            _prefetch(lk, n)
         pfn = min(pfn, b)
         order += 1
-        if order < max_order:
-            nb = pfn ^ (np.int64(1) << order)
-            _prefetch(pg, nb)
-            _prefetch(lk, nb)
+    if order >= max_order:
+        return
+    b = pfn ^ (np.int64(1) << order)
+    if (pg[b, FLG] & ST_MASK) != ST_BUDDY or pg[b, ORD] != order:
+        return
+    p = lk[b, PREV]
+    n = lk[b, NEXT]
+    if p != NIL:
+        _prefetch(lk, p)
+    if n != NIL:
+        _prefetch(lk, n)
+    if order + 1 < max_order:
+        nb = min(pfn, b) ^ (np.int64(1) << (order + 1))
+        _prefetch(pg, nb)
+        _prefetch(lk, nb)
+
+
+@njit(inline="always")
+def _prefetch_frees(lk, pg, max_order, blocks, j, n, order):
+    """Prefetch pipeline run at entry j of a batch of buddy frees: each stage only reads
+    lines an earlier stage (further ahead) warmed, so no stage waits on memory.
+    order < 0: read each block's order from pg (drained pcp blocks: pg lines warm)."""
+    k = j + PREFETCH_STAGE0
+    if 0 <= k < n:
+        pfn = blocks[k]
+        o = order if order >= 0 else np.int64(pg[pfn, ORD])
+        _prefetch(pg, pfn)
+        _prefetch(lk, pfn)
+        if o < max_order:
+            b = pfn ^ (np.int64(1) << o)
+            _prefetch(pg, b)
+            _prefetch(lk, b)
+    k = j + PREFETCH_STAGE1
+    if 0 <= k < n:
+        pfn = blocks[k]
+        o = order if order >= 0 else np.int64(pg[pfn, ORD])
+        _prefetch_merge_level(lk, pg, max_order, pfn, o, 0)
+    k = j + PREFETCH_STAGE2
+    if 0 <= k < n:
+        pfn = blocks[k]
+        o = order if order >= 0 else np.int64(pg[pfn, ORD])
+        _prefetch_merge_level(lk, pg, max_order, pfn, o, 1)
+    k = j + PREFETCH_STAGE3
+    if 0 <= k < n:
+        pfn = blocks[k]
+        o = order if order >= 0 else np.int64(pg[pfn, ORD])
+        _prefetch_merge_level(lk, pg, max_order, pfn, o, 2)
 
 
 @njit(inline="always")
 def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n):
     """Buddy-free blocks[:n] in order (each at its pg order, pageblock mt re-read), notifying."""
     pb = g[G_PB_ORDER]
-    for j in range(min(n, PREFETCH_DISTANCE)):
-        _prefetch(pg, blocks[j])
-    for j in range(min(n, PREFETCH_DISTANCE // 2)):
-        _prefetch_buddy_free(lk, pg, g, blocks[j])
+    max_order = g[G_MAX_ORDER]
+    for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
+        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1)
     for j in range(n):
-        if j + PREFETCH_DISTANCE < n:
-            _prefetch(lk, blocks[j + PREFETCH_DISTANCE])
-            _prefetch(pg, blocks[j + PREFETCH_DISTANCE])
-        if j + PREFETCH_DISTANCE // 2 < n:
-            _prefetch_buddy_free(lk, pg, g, blocks[j + PREFETCH_DISTANCE // 2])
+        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1)
         pfn = blocks[j]
         order = np.int64(pg[pfn, ORD])
         mt = np.int64(pbmt[pfn >> pb])
@@ -384,16 +418,20 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
     nl = g[G_NR_PCP_LISTS]
     size = np.int64(1) << order
     n = pfns.shape[0]
+    max_order = g[G_MAX_ORDER]
     ahead = np.int64(NIL)  # walks the pcp list from its tail, warming the next drain
+    if pi < 0:
+        for i in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
+            _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
     for i in range(n):
-        if i + PREFETCH_DISTANCE < n:
+        if pi < 0:
+            _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
+        elif i + PREFETCH_DISTANCE < n:
             _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
         pfn = pfns[i]
         mt = np.int64(pbmt[pfn >> pb])
         if pi < 0 or mt >= MT_PCPTYPES:  # pcp only for pcp orders and types
-            if pi < 0 and i + PREFETCH_DISTANCE // 2 < n:
-                _prefetch_buddy_free(lk, pg, g, pfns[i + PREFETCH_DISTANCE // 2])
             _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
             continue
         z = np.int64(pfn >= g[G_ZONE_SPLIT])
