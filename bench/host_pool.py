@@ -118,6 +118,7 @@ def bench_reclaim(rounds: int) -> float:
     chunk = 16384
     elapsed = 0
     for r in range(rounds + 1):
+        host._ensure_log_room_pages(chunk)
         t0 = time.perf_counter_ns()
         reclaim_frames(
             host._state, host._gran, host._gused, host._gstat, host._hs, host._p,

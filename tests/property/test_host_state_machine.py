@@ -41,7 +41,8 @@ def host_configs(draw):
     backing = draw(st.sampled_from([BACKING_ANON, BACKING_ANON, BACKING_HUGETLB_2M]))
     zswap_on = draw(st.booleans())
     return HostConfig(
-        memory_bytes=draw(st.integers(2, 8)) * GRAN * PAGE // 2,
+        # hugetlbfs needs room for one 2 MiB page after the reserve.
+        memory_bytes=draw(st.integers(2 if backing == BACKING_ANON else 5, 8)) * GRAN * PAGE // 2,
         reserve_bytes=draw(st.sampled_from([0, 64 * PAGE])),
         backing=backing,
         thp=draw(st.booleans()),
@@ -172,8 +173,8 @@ class HostMachine(RuleBasedStateMachine):
 
 
 HostMachine.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=25,
+    max_examples=80,
+    stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

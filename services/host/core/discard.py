@@ -23,8 +23,11 @@ from numba import njit
 
 from .pagestate import (
     ER_APPLIED,
+    ER_DISCARD_2M,
+    ER_DISCARD_4K,
     ER_IGNORED,
     ER_LAZIED,
+    ER_PAGES,
     ER_RELEASED,
     ER_SPLITS,
     ER_SWAP_FREED,
@@ -36,6 +39,8 @@ from .pagestate import (
     P_GRAN_SHIFT,
     P_HUGETLB,
     PG_REPORTED,
+    REPORT_ACK_ONLY,
+    REPORT_FREE,
     RES_BACKED,
     RES_LAZY,
     RES_MASK,
@@ -74,6 +79,7 @@ def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
         er[ER_IGNORED] += 1
         return
     er[ER_APPLIED] += 1
+    er[ER_DISCARD_2M] += (end - a) >> 9
     for g in range(a >> shift, end >> shift):
         if gran[g] & GK_MASK == GK_HUGE:
             granule_set(gran, gused, gstat, hs, p, slot, g, GK_EMPTY | GR_REPORTED)
@@ -83,18 +89,27 @@ def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
 
 
 @njit(cache=True)
-def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders, lazy, er):
-    """Discard (lazy=False) or lazily free (lazy=True) every range of one batch."""
+def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders, mode, er):
+    """Apply one batch with REPORT_DONTNEED, REPORT_FREE or REPORT_ACK_ONLY (count only)."""
     base = offsets[slot]
     shift = p[P_GRAN_SHIFT]
     gpages = 1 << shift
+    lazy = mode == REPORT_FREE and not p[P_HUGETLB]  # fd-backed RAM: fallocate only
     for k in range(pfns.size):
+        npages = 1 << orders[k]
+        er[ER_PAGES] += npages
+        if mode == REPORT_ACK_ONLY:
+            continue
         a = base + pfns[k]
-        end = a + (1 << orders[k])
+        end = a + npages
         if p[P_HUGETLB]:
             _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er)
             continue
         er[ER_APPLIED] += 1
+        if npages >= 512:
+            er[ER_DISCARD_2M] += npages >> 9
+        else:
+            er[ER_DISCARD_4K] += npages
         i = a
         while i < end:
             g = i >> shift

@@ -105,7 +105,15 @@ ER_RELEASED = 2  # resident pages whose frames were released now
 ER_LAZIED = 3  # backed pages made lazily freeable
 ER_SWAP_FREED = 4  # swapped pages whose slot was freed
 ER_SPLITS = 5  # huge granules split by a partial discard
-NER = 8
+ER_PAGES = 6  # pages in every range of the batch
+ER_DISCARD_4K = 7  # pages of applied ranges below 2 MiB (priced per 4 KiB)
+ER_DISCARD_2M = 8  # 2 MiB units of applied ranges of 2 MiB or more (priced per 2 MiB)
+NER = 9
+
+# Report kernel modes.
+REPORT_DONTNEED = 0
+REPORT_FREE = 1
+REPORT_ACK_ONLY = 2  # discard inhibited: count, change nothing
 
 # Kernel return status.
 ST_DONE = 0

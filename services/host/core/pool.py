@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import costs
-from .config import DISCARD_DISABLED, DISCARD_FREE, DISCARD_MODES, OOM_REFUSE, HostConfig
+from .config import (
+    DISCARD_DISABLED,
+    DISCARD_DONTNEED,
+    DISCARD_FREE,
+    DISCARD_MODES,
+    OOM_REFUSE,
+    HostConfig,
+)
 from .discard import report_kernel
 from .fault import new_touch_pos, touch_kernel
 from .pagestate import (
-    ER_APPLIED,
-    ER_IGNORED,
-    ER_LAZIED,
-    ER_RELEASED,
-    ER_SPLITS,
-    ER_SWAP_FREED,
     EV_FAULT_4K,
     EV_FAULT_HUGE,
     EV_LAZY_REUSE,
@@ -72,6 +73,9 @@ from .pagestate import (
     P_ZSWAP_MAX_BYTES,
     P_ZSWAP_ON,
     PAGE_SIZE,
+    REPORT_ACK_ONLY,
+    REPORT_DONTNEED,
+    REPORT_FREE,
     RES_BACKED,
     RES_LAZY,
     RES_MASK,
@@ -83,8 +87,15 @@ from .pagestate import (
 )
 from .reclaim import reclaim_kernel
 from .swap import swapin_cost_ns, swapout_cost_ns
+from .validate import first_bad_range, first_bad_run
 
 LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
+
+_REPORT_MODE = {
+    DISCARD_DONTNEED: REPORT_DONTNEED,
+    DISCARD_FREE: REPORT_FREE,
+    DISCARD_DISABLED: REPORT_ACK_ONLY,
+}
 
 _GUEST_EVENT_COUNTERS = (
     "reports",
@@ -157,6 +168,8 @@ class _Guest:
 
 
 def _int_array(name: str, values) -> np.ndarray:
+    if type(values) is np.ndarray and values.dtype == np.int64 and values.ndim == 1:
+        return values  # the fast path: kernels only read it
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -258,45 +271,34 @@ class Host:
         rec = self._live(guest_id)
         pfns, orders = self._validate_ranges(rec, pfns, orders)
         er = np.zeros(NER, np.int64)
-        if rec.discard_mode != DISCARD_DISABLED and pfns.size:
-            lazy = rec.discard_mode == DISCARD_FREE and not self.config.hugetlb
-            report_kernel(
-                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
-                self._offsets, rec.slot, pfns, orders, lazy, er,
-            )  # fmt: skip
-        pages = np.left_shift(np.int64(1), orders)
+        report_kernel(
+            self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+            self._offsets, rec.slot, pfns, orders, _REPORT_MODE[rec.discard_mode], er,
+        )  # fmt: skip
+        (applied, ignored, released, lazied, swap_freed, splits, pages, d4k, d2m) = er.tolist()
         cm = self.config.costs
-        latency = costs.report_ns(cm, 1)
-        if rec.discard_mode != DISCARD_DISABLED:
-            applied = pages
-            if self.config.hugetlb:
-                gmask = self._gran_pages - 1
-                applied = pages[((pfns & gmask) == 0) & ((pages & gmask) == 0)]
-            big = applied >= 512
-            latency += costs.discard_ns(
-                cm, int(applied[~big].sum()), int((applied[big] // 512).sum())
-            )
+        latency = costs.report_ns(cm, 1) + costs.discard_ns(cm, d4k, d2m)
         c = rec.counters
         c["reports"] += 1
-        c["report_ranges"] += int(pfns.size)
-        c["reported_pages"] += int(pages.sum())
-        c["discard_ranges"] += int(er[ER_APPLIED])
-        c["discard_ranges_ignored"] += int(er[ER_IGNORED])
-        c["discarded_pages"] += int(er[ER_RELEASED])
-        c["lazyfreed_pages"] += int(er[ER_LAZIED])
-        c["swap_freed_pages"] += int(er[ER_SWAP_FREED])
+        c["report_ranges"] += pfns.size
+        c["reported_pages"] += pages
+        c["discard_ranges"] += applied
+        c["discard_ranges_ignored"] += ignored
+        c["discarded_pages"] += released
+        c["lazyfreed_pages"] += lazied
+        c["swap_freed_pages"] += swap_freed
         c["lost_report_ns"] += latency
         self._debug_check()
         return ReportResult(
             latency_ns=latency,
-            ranges=int(pfns.size),
-            pages_reported=int(pages.sum()),
-            ranges_applied=int(er[ER_APPLIED]),
-            ranges_ignored=int(er[ER_IGNORED]),
-            released_pages=int(er[ER_RELEASED]),
-            lazy_pages=int(er[ER_LAZIED]),
-            swap_freed_pages=int(er[ER_SWAP_FREED]),
-            thp_splits=int(er[ER_SPLITS]),
+            ranges=pfns.size,
+            pages_reported=pages,
+            ranges_applied=applied,
+            ranges_ignored=ignored,
+            released_pages=released,
+            lazy_pages=lazied,
+            swap_freed_pages=swap_freed,
+            thp_splits=splits,
         )
 
     # ------------------------------------------------------------------- touches
@@ -331,7 +333,7 @@ class Host:
 
     def _account_touch(self, rec: _Guest, ev: np.ndarray, oom_stops: int, stopped) -> TouchResult:
         cm = self.config.costs
-        ev = [int(x) for x in ev]
+        ev = ev.tolist()
         huge_faults = ev[EV_FAULT_HUGE]
         if self._gran_pages == costs.HUGE_1G_BYTES // PAGE_SIZE:
             zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge_faults)
@@ -443,6 +445,14 @@ class Host:
         if self._log.size - int(self._hs[H_LOG_N]) < need:
             log = np.zeros(int(self._hs[H_LOG_N]) + need, np.int64)
             log[: self._hs[H_LOG_N]] = self._log[: self._hs[H_LOG_N]]
+            self._log = log
+
+    def _ensure_log_room_pages(self, swapouts: int) -> None:
+        """Room for `swapouts` more log entries (benchmarks call the reclaim kernel directly)."""
+        n = int(self._hs[H_LOG_N])
+        if self._log.size - n < swapouts:
+            log = np.zeros(n + 2 * swapouts, np.int64)
+            log[:n] = self._log[:n]
             self._log = log
 
     # --------------------------------------------------------------------- OOM
@@ -568,6 +578,9 @@ class Host:
         if pfns.size != orders.size:
             raise ValueError(f"pfns and orders differ in length: {pfns.size} != {orders.size}")
         max_order = self.config.max_report_order
+        if first_bad_range(pfns, orders, rec.nr_pages, max_order) < 0:
+            return pfns, orders
+        # Slow path: find the error to report.
         bad = np.flatnonzero((orders < 0) | (orders > max_order))
         if bad.size:
             k = bad[0]
@@ -599,6 +612,9 @@ class Host:
         npages = _int_array("npages", npages)
         if starts.size != npages.size:
             raise ValueError(f"starts and npages differ in length: {starts.size} != {npages.size}")
+        if first_bad_run(starts, npages, rec.nr_pages) < 0:
+            return starts, npages
+        # Slow path: find the error to report.
         bad = np.flatnonzero(starts < 0)
         if bad.size:
             raise ValueError(f"guest {rec.guest_id}: start pfn {starts[bad[0]]} is negative")
