@@ -6,7 +6,7 @@ is read here only (time.perf_counter_ns), never in the model.
 * report_ns_per_2m_range: the report kernel called once per batch of 32 order-9
   ranges (THP backing, every range drops a whole backed 2 MiB granule), numba
   dispatch included; `_api` adds Host.apply_report's validation and pricing.
-* touch_ns_per_page_unbacked / _backed: Host.apply_touch over batches of 64 runs of
+* touch_ns_per_page_unbacked / _backed: Host.apply_touch over batches of 256 runs of
   64 pages, 4 KiB backing (THP off: one fault and zero-fill per page);
   `_thp` with host THP (one fault per 2 MiB).
 * reclaim_ns_per_page: the reclaim kernel swapping out 16 Ki pages per call from a
@@ -85,7 +85,7 @@ def bench_report(guest_pages: int, rounds: int) -> tuple[float, float]:
 def bench_touch(thp: bool, guest_pages: int, rounds: int) -> tuple[float, float]:
     host = _host(8, thp=thp)
     host.add_guest(1, guest_pages, "dontneed")
-    run_pages, runs_per_batch = 64, 64
+    run_pages, runs_per_batch = 64, 256
     starts = np.arange(0, guest_pages, run_pages, dtype=np.int64)
     npages = np.full(runs_per_batch, run_pages, np.int64)
     batches = [starts[k : k + runs_per_batch] for k in range(0, starts.size, runs_per_batch)]

@@ -222,7 +222,7 @@ def granule_split(state, gran, gstat, p, slot, g):
     gstat[slot, G_THP_SPLITS] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def slot_of(offsets, i):
     """Guest slot that holds global page i."""
     return np.searchsorted(offsets, i, side="right") - 1

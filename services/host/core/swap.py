@@ -34,7 +34,7 @@ SWAP_TO_ZSWAP = 1
 SWAP_TO_DISK = 2
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def swap_dest(hs, p):
     """Where the next swapped-out page goes: the compressed tier first, then the device."""
     if p[P_ZSWAP_ON] and hs[H_ZSWAP_BYTES] + p[P_ZSWAP_CBYTES] <= p[P_ZSWAP_MAX_BYTES]:
@@ -44,7 +44,7 @@ def swap_dest(hs, p):
     return SWAP_NONE
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
     """Swap out backed page i (GK_PAGES granule) to `dest` and log it for the guest."""
     page_set_res(state, gused, gstat, hs, p, slot, i, RES_SWAPPED, dest == SWAP_TO_ZSWAP)
