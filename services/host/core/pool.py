@@ -87,7 +87,7 @@ from .pagestate import (
 )
 from .reclaim import reclaim_kernel
 from .swap import swapin_cost_ns, swapout_cost_ns
-from .validate import first_bad_range, first_bad_run
+from .validate import validate_ranges, validate_runs
 
 LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
 
@@ -165,17 +165,6 @@ class _Guest:
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(_GUEST_EVENT_COUNTERS, 0)
     )
-
-
-def _int_array(name: str, values) -> np.ndarray:
-    if type(values) is np.ndarray and values.dtype == np.int64 and values.ndim == 1:
-        return values  # the fast path: kernels only read it
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=True)
 
 
 class Host:
@@ -573,62 +562,9 @@ class Host:
         return rec
 
     def _validate_ranges(self, rec: _Guest, pfns, orders) -> tuple[np.ndarray, np.ndarray]:
-        pfns = _int_array("pfns", pfns)
-        orders = _int_array("orders", orders)
-        if pfns.size != orders.size:
-            raise ValueError(f"pfns and orders differ in length: {pfns.size} != {orders.size}")
-        max_order = self.config.max_report_order
-        if first_bad_range(pfns, orders, rec.nr_pages, max_order) < 0:
-            return pfns, orders
-        # Slow path: find the error to report.
-        bad = np.flatnonzero((orders < 0) | (orders > max_order))
-        if bad.size:
-            k = bad[0]
-            raise ValueError(
-                f"guest {rec.guest_id}: order {orders[k]} (pfn {pfns[k]}) out of range 0..{max_order}"
-            )
-        bad = np.flatnonzero(pfns < 0)
-        if bad.size:
-            k = bad[0]
-            raise ValueError(f"guest {rec.guest_id}: pfn {pfns[k]} (order {orders[k]}) is negative")
-        size = np.left_shift(np.int64(1), orders)
-        bad = np.flatnonzero(pfns & (size - 1))
-        if bad.size:
-            k = bad[0]
-            raise ValueError(
-                f"guest {rec.guest_id}: pfn {pfns[k]} is not aligned to order {orders[k]}"
-            )
-        bad = np.flatnonzero(pfns + size > rec.nr_pages)
-        if bad.size:
-            k = bad[0]
-            raise ValueError(
-                f"guest {rec.guest_id}: pfn {pfns[k]} order {orders[k]} ends past "
-                f"nr_pages {rec.nr_pages}"
-            )
-        return pfns, orders
+        return validate_ranges(
+            rec.guest_id, rec.nr_pages, self.config.max_report_order, pfns, orders
+        )
 
     def _validate_runs(self, rec: _Guest, starts, npages) -> tuple[np.ndarray, np.ndarray]:
-        starts = _int_array("starts", starts)
-        npages = _int_array("npages", npages)
-        if starts.size != npages.size:
-            raise ValueError(f"starts and npages differ in length: {starts.size} != {npages.size}")
-        if first_bad_run(starts, npages, rec.nr_pages) < 0:
-            return starts, npages
-        # Slow path: find the error to report.
-        bad = np.flatnonzero(starts < 0)
-        if bad.size:
-            raise ValueError(f"guest {rec.guest_id}: start pfn {starts[bad[0]]} is negative")
-        bad = np.flatnonzero(npages <= 0)
-        if bad.size:
-            k = bad[0]
-            raise ValueError(
-                f"guest {rec.guest_id}: npages {npages[k]} (start pfn {starts[k]}) must be > 0"
-            )
-        bad = np.flatnonzero(starts + npages > rec.nr_pages)
-        if bad.size:
-            k = bad[0]
-            raise ValueError(
-                f"guest {rec.guest_id}: run at pfn {starts[k]} of {npages[k]} pages ends past "
-                f"nr_pages {rec.nr_pages}"
-            )
-        return starts, npages
+        return validate_runs(rec.guest_id, rec.nr_pages, starts, npages)
