@@ -27,6 +27,13 @@ from .config import (
     OOM_REFUSE,
     HostConfig,
 )
+from .counters import (
+    add_touch,
+    guest_view,
+    new_guest_counters,
+    price_touch,
+    sum_guest_views,
+)
 from .discard import report_kernel
 from .fault import new_touch_pos, touch_kernel
 from .pagestate import (
@@ -40,12 +47,6 @@ from .pagestate import (
     EV_RECLAIM_ZSWAP,
     EV_REFAULT_PAGES,
     EV_REFUSED,
-    EV_SWAPIN_DISK,
-    EV_SWAPIN_ZSWAP,
-    G_LAZY_RECLAIMED,
-    G_SWAPOUT_DISK,
-    G_SWAPOUT_ZSWAP,
-    G_THP_SPLITS,
     G_ZSWAP,
     GK_EMPTY,
     GK_MASK,
@@ -86,40 +87,14 @@ from .pagestate import (
     ST_LOG_FULL,
 )
 from .reclaim import reclaim_kernel
-from .swap import swapin_cost_ns, swapout_cost_ns
+from .swap import swapout_cost_ns
 from .validate import validate_ranges, validate_runs
-
-LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
 
 _REPORT_MODE = {
     DISCARD_DONTNEED: REPORT_DONTNEED,
     DISCARD_FREE: REPORT_FREE,
     DISCARD_DISABLED: REPORT_ACK_ONLY,
 }
-
-_GUEST_EVENT_COUNTERS = (
-    "reports",
-    "report_ranges",
-    "reported_pages",
-    "discard_ranges",
-    "discard_ranges_ignored",
-    "discarded_pages",
-    "lazyfreed_pages",
-    "swap_freed_pages",
-    "touched_pages",
-    "faults_4k",
-    "faults_huge",
-    "faults_swapin",
-    "swapin_disk_pages",
-    "swapin_zswap_pages",
-    "refault_pages",
-    "lazy_reuse_pages",
-    "refused_pages",
-    "oom_events",
-    "zeroed_bytes",
-    "direct_reclaim_pages",
-    "lost_report_ns",
-) + tuple(f"lost_{k}_ns" for k in LOST_KINDS)
 
 
 @dataclass(frozen=True)
@@ -162,9 +137,7 @@ class _Guest:
     nr_pages: int
     discard_mode: str
     stopped: bool = False
-    counters: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(_GUEST_EVENT_COUNTERS, 0)
-    )
+    counters: dict[str, int] = field(default_factory=new_guest_counters)
 
 
 class Host:
@@ -321,42 +294,13 @@ class Host:
         return result
 
     def _account_touch(self, rec: _Guest, ev: np.ndarray, oom_stops: int, stopped) -> TouchResult:
-        cm = self.config.costs
         ev = ev.tolist()
-        huge_faults = ev[EV_FAULT_HUGE]
-        if self._gran_pages == costs.HUGE_1G_BYTES // PAGE_SIZE:
-            zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge_faults)
-        else:
-            zero = costs.zero_ns(cm, ev[EV_FAULT_4K], huge_faults)
-        swapin, decompress = swapin_cost_ns(cm, ev[EV_SWAPIN_DISK], ev[EV_SWAPIN_ZSWAP])
-        lost = {
-            "fault": costs.host_fault_ns(cm, ev[EV_FAULT_4K], huge_faults),
-            "zero": zero,
-            "swapin": swapin,
-            "decompress": decompress,
-            "reclaim": swapout_cost_ns(cm, ev[EV_RECLAIM_DISK], ev[EV_RECLAIM_ZSWAP]),
-        }
+        lost = price_touch(self.config.costs, ev, self._gran_pages)
         prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
-        zeroed = (ev[EV_FAULT_4K] + huge_faults * self._gran_pages) * PAGE_SIZE
+        zeroed = (ev[EV_FAULT_4K] + ev[EV_FAULT_HUGE] * self._gran_pages) * PAGE_SIZE
         oom = ev[EV_OOM] + oom_stops
         self._host["oom_events"] += oom
-        c = rec.counters
-        c["touched_pages"] += sum(prior.values())
-        c["faults_4k"] += ev[EV_FAULT_4K]
-        c["faults_huge"] += huge_faults
-        c["faults_swapin"] += ev[EV_SWAPIN_DISK] + ev[EV_SWAPIN_ZSWAP]
-        c["swapin_disk_pages"] += ev[EV_SWAPIN_DISK]
-        c["swapin_zswap_pages"] += ev[EV_SWAPIN_ZSWAP]
-        c["refault_pages"] += ev[EV_REFAULT_PAGES]
-        c["lazy_reuse_pages"] += ev[EV_LAZY_REUSE]
-        c["refused_pages"] += ev[EV_REFUSED]
-        c["oom_events"] += oom
-        c["zeroed_bytes"] += zeroed
-        c["direct_reclaim_pages"] += (
-            ev[EV_RECLAIM_DISK] + ev[EV_RECLAIM_ZSWAP] + ev[EV_RECLAIM_LAZY]
-        )
-        for kind, ns in lost.items():
-            c[f"lost_{kind}_ns"] += ns
+        add_touch(rec.counters, ev, lost, zeroed, oom)
         return TouchResult(
             lost_ns=lost,
             prior_pages=prior,
@@ -493,20 +437,7 @@ class Host:
     def guest_counters(self, guest_id: int) -> dict[str, int]:
         """Plain-int counters of one guest (stopped guests included)."""
         rec = self._lookup(guest_id)
-        row = [int(x) for x in self._gstat[rec.slot]]
-        out = {"nr_pages": rec.nr_pages, "stopped": int(rec.stopped)}
-        for k, name in enumerate(RES_NAMES):
-            out[f"{name}_bytes"] = row[k] * PAGE_SIZE
-        out["resident_bytes"] = (row[RES_BACKED] + row[RES_LAZY]) * PAGE_SIZE
-        out["zswap_pages"] = row[G_ZSWAP]
-        out["swapout_disk_pages"] = row[G_SWAPOUT_DISK]
-        out["swapout_zswap_pages"] = row[G_SWAPOUT_ZSWAP]
-        out["swapout_bytes"] = (row[G_SWAPOUT_DISK] + row[G_SWAPOUT_ZSWAP]) * PAGE_SIZE
-        out["lazy_reclaimed_bytes"] = row[G_LAZY_RECLAIMED] * PAGE_SIZE
-        out["thp_splits"] = row[G_THP_SPLITS]
-        out.update(rec.counters)
-        out["swapin_bytes"] = out["faults_swapin"] * PAGE_SIZE
-        return out
+        return guest_view(self._gstat[rec.slot], rec.counters, rec.nr_pages, rec.stopped)
 
     def host_counters(self) -> dict[str, int]:
         """Host totals: capacity and pool, swap, and every guest counter summed."""
@@ -526,14 +457,8 @@ class Host:
             "guest_pages": sum(g.nr_pages for g in self._by_slot),
         }
         out.update(self._host)
-        summed: dict[str, int] = {}
-        for rec in self._by_slot:
-            for key, value in self.guest_counters(rec.guest_id).items():
-                if key not in ("nr_pages", "stopped", "oom_events"):
-                    summed[key] = summed.get(key, 0) + value
-        for key, value in summed.items():
-            out.setdefault(key, value)
-        return out
+        views = [self.guest_counters(rec.guest_id) for rec in self._by_slot]
+        return sum_guest_views(out, views)
 
     # ---------------------------------------------------------------- invariants
 
