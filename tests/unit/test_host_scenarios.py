@@ -274,3 +274,26 @@ def test_counters_add_up():
     assert c1["lazy_bytes"] == 512 * PAGE and c2["discarded_pages"] == 512
     assert hc["pool_used_bytes"] == (2048 + 0) * PAGE
     assert c1["lost_zero_ns"] == costs.zero_ns(costs.CostModel(), 0, 4)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "match"),
+    [
+        (lambda h: h._hs.__setitem__(0, h._hs[0] + PAGE), "pool used"),
+        (lambda h: h._gstat.__setitem__((0, 1), h._gstat[0, 1] + 1), "nr_pages|running totals"),
+        (lambda h: h._state.__setitem__(600, 3), "gused|running totals"),
+        (lambda h: h._hs.__setitem__(1, 5), "swap used"),
+        (lambda h: h._hs.__setitem__(3, 7), "lazy pages"),
+    ],
+)
+def test_invariant_checks_detect_corruption(corrupt, match):
+    host = make_host(memory_mib=16, thp=True)
+    host.add_guest(1, 2048)
+    touch(host, 1, 0, 600)
+    host.apply_report(1, np.array([520]), np.array([3]))  # split granule 1
+    host.check_invariants()
+    corrupt(host)
+    with pytest.raises(AssertionError, match=match):
+        host.check_invariants()
+    with pytest.raises(AssertionError, match=match):  # debug mode checks after every operation
+        touch(host, 1, 0, 1)
