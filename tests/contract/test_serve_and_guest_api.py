@@ -61,11 +61,11 @@ def test_create_advance_stream_and_finish(experiments, tmp_path):
     with connect_experiments(experiments.address, token="admin-secret") as admin:
         exp_id, token = admin.create(SPEC)
     with connect_experiments(experiments.address, token=token, experiment_id=exp_id) as client:
-        r = client.advance(exp_id, 2_000_000_000)
+        r = client.advance(exp_id, 2_000_000_000, timeout_s=300)
         assert r.now_ns == 2_000_000_000
         partial = client.summary(exp_id)
         assert partial["state"] == "created" and partial["now_seconds"] == 2.0
-        done = client.run_to_end(exp_id)
+        done = client.run_to_end(exp_id, timeout_s=300)
         assert done.now_ns == 6_000_000_000
         samples = list(client.stream_samples(exp_id))
         times = sorted({s.sim_time_ns for s in samples})
