@@ -24,7 +24,7 @@ from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
 from services.guest.core.workloads import IdleConfig, MemhogConfig, make_workload, pfns_to_runs
 
-LOST_KINDS = ("fault", "zero", "swapin", "decompress")
+LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
 
 
 @dataclass(frozen=True)

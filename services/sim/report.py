@@ -119,7 +119,7 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
     ax1.set_title("workload progress (GiB of page operations)")
     ax1.set_xlabel("simulated time (s)")
     ax1.legend(fontsize="small")
-    for kind in ("fault", "zero", "swapin", "decompress"):
+    for kind in ("fault", "zero", "swapin", "decompress", "reclaim"):
         df = _cluster(ts, "guest_group", f"lost_{kind}_seconds_total")
         for run in df.columns:
             if df[run].max() > 0:
@@ -157,7 +157,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         ["swapped out"] + [format_bytes(r["cluster"]["swap_out_bytes"]) for _, r in runs],
         ["swapped back in"] + [format_bytes(r["cluster"]["swap_in_bytes"]) for _, r in runs],
         ["guest time lost to host faults + zero-fill"] + [f"{_lost(r['guest_groups'], ('fault', 'zero')):.3f} s" for _, r in runs],
-        ["guest time lost to swap-in"] + [f"{_lost(r['guest_groups'], ('swapin', 'decompress')):.3f} s" for _, r in runs],
+        ["guest time lost to swap-in and reclaim"] + [f"{_lost(r['guest_groups'], ('swapin', 'decompress', 'reclaim')):.3f} s" for _, r in runs],
         ["workload page operations completed"] + [f"{r['cluster']['ops_completed'] / 1e6:.2f} M" for _, r in runs],
     ]
     return header, rows

@@ -67,7 +67,7 @@ def summarize_run(ts: pd.DataFrame, run: str, physical_bytes: int, guest_bytes: 
             "ops_completed": int(_final(df, "ops_total")),
             "alloc_failures": int(_final(df, "alloc_failures_total")),
             "lost_seconds": {
-                k: _final(df, f"lost_{k}_seconds_total") for k in ("fault", "zero", "swapin", "decompress")
+                k: _final(df, f"lost_{k}_seconds_total") for k in ("fault", "zero", "swapin", "decompress", "reclaim")
             },
             "report_calls": int(_final(df, "report_calls_total")),
             "reported_bytes": _final(df, "reported_pages_total") * 4096,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 NEVER = 0  # never touched: first touch = host fault + zero fill
 BACKED = 1  # resident on the host: touch is free
@@ -19,6 +20,36 @@ DISCARDED = 2  # reported and discarded: touch = host fault + zero fill again
 SWAPPED = 3  # on host swap: touch = swap-in
 NR_BACKING_STATES = 4
 BACKING_STATE_NAMES = ("never", "backed", "discarded", "swapped")
+_SEEN = 255  # transient mark inside one touch: a page already counted in this batch
+
+
+@njit(cache=True, nogil=True)
+def _touch_ranges(state, counts, starts, npages, out):
+    """Count each page once by its prior state, then make it BACKED (overlaps allowed)."""
+    for i in range(starts.shape[0]):
+        for p in range(starts[i], starts[i] + npages[i]):
+            s = state[p]
+            if s != _SEEN:
+                out[s] += 1
+                counts[s] -= 1
+                state[p] = _SEEN
+    for i in range(starts.shape[0]):
+        for p in range(starts[i], starts[i] + npages[i]):
+            if state[p] == _SEEN:
+                state[p] = BACKED
+                counts[BACKED] += 1
+
+
+@njit(cache=True, nogil=True)
+def _move_ranges(state, counts, starts, npages, from_mask, to):
+    """Pages whose state bit is in ``from_mask`` become ``to``."""
+    for i in range(starts.shape[0]):
+        for p in range(starts[i], starts[i] + npages[i]):
+            s = state[p]
+            if (from_mask >> s) & 1:
+                counts[s] -= 1
+                counts[to] += 1
+                state[p] = to
 
 
 class CostPort(Protocol):
@@ -54,6 +85,8 @@ class BackingView:
             raise ValueError(f"nr_pages must be > 0, got {nr_pages}")
         self.nr_pages = nr_pages
         self.state = np.zeros(nr_pages, dtype=np.uint8)
+        self._counts = np.zeros(NR_BACKING_STATES, dtype=np.int64)  # kept in step with state
+        self._counts[NEVER] = nr_pages
 
     def _check_ranges(self, starts, npages) -> tuple[np.ndarray, np.ndarray]:
         starts = np.asarray(starts, dtype=np.int64).ravel()
@@ -71,10 +104,9 @@ class BackingView:
     def touch(self, starts, npages) -> np.ndarray:
         """Mark the ranges BACKED; return pages per prior state (each page counted once)."""
         starts, npages = self._check_ranges(starts, npages)
-        pfns = np.unique(expand_ranges(starts, npages))
-        counts = np.bincount(self.state[pfns], minlength=NR_BACKING_STATES).astype(np.int64)
-        self.state[pfns] = BACKED
-        return counts
+        out = np.zeros(NR_BACKING_STATES, dtype=np.int64)
+        _touch_ranges(self.state, self._counts, starts, npages, out)
+        return out
 
     def discard(self, pfns, orders) -> None:
         """A successful report: touched pages of the blocks become DISCARDED.
@@ -89,18 +121,17 @@ class BackingView:
         if (orders < 0).any():
             raise ValueError(f"order={int(orders[orders < 0][0])} must be >= 0")
         starts, npages = self._check_ranges(pfns, np.left_shift(1, orders))
-        pages = expand_ranges(starts, npages)
-        touched = pages[self.state[pages] != NEVER]
-        self.state[touched] = DISCARDED
+        _move_ranges(self.state, self._counts, starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED)
 
     def swapped_out(self, starts, npages) -> None:
         """The host swapped these ranges out: BACKED pages become SWAPPED."""
         starts, npages = self._check_ranges(starts, npages)
-        pages = expand_ranges(starts, npages)
-        backed = pages[self.state[pages] == BACKED]
-        self.state[backed] = SWAPPED
+        _move_ranges(self.state, self._counts, starts, npages, 1 << BACKED, SWAPPED)
 
     def counts(self) -> dict[str, int]:
-        """Pages per state, by name."""
-        counts = np.bincount(self.state, minlength=NR_BACKING_STATES)
-        return {name: int(counts[i]) for i, name in enumerate(BACKING_STATE_NAMES)}
+        """Pages per state, by name (kept incrementally: O(1))."""
+        return {name: int(self._counts[i]) for i, name in enumerate(BACKING_STATE_NAMES)}
+
+    def recount(self) -> np.ndarray:
+        """Pages per state recomputed from the page bytes (tests check it equals counts())."""
+        return np.bincount(self.state, minlength=NR_BACKING_STATES).astype(np.int64)
