@@ -89,7 +89,7 @@ class GuestEpochOps(_message.Message):
     def __init__(self, guest_id: _Optional[int] = ..., reports: _Optional[_Iterable[_Union[ReportBatch, _Mapping]]] = ..., touched: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., freed: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ...) -> None: ...
 
 class SyncEpochRequest(_message.Message):
-    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests")
+    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests", "next_epoch")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class SyncEpochRequest(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_END_NS_FIELD_NUMBER: _ClassVar[int]
     GUESTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     host_id: int
     shard_id: int
@@ -104,7 +105,8 @@ class SyncEpochRequest(_message.Message):
     sequence: int
     epoch_end_ns: int
     guests: _containers.RepeatedCompositeFieldContainer[GuestEpochOps]
-    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ...) -> None: ...
+    next_epoch: int
+    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("op_seq", "status", "discarded_pages", "latency_ns")

@@ -173,8 +173,6 @@ class GuestShard:
         """The earliest simulated time at which any guest of this shard does something."""
         events = []
         for s in self.slots.values():
-            if s.stall_ns:
-                events.append(self.now_ns)
             for wl in (s.workload, *s.extra_workloads):
                 w = wl.next_event_ns(self.now_ns)
                 if w is not None:
@@ -183,6 +181,19 @@ class GuestShard:
             if g is not None:
                 events.append(g)
         return min(events) if events else None
+
+    def next_sync_index(self, t0_ns: int, k: int, count: int, epoch_ns: int) -> int:
+        """After running epoch ``k`` of a chunk of ``count`` epochs starting at ``t0_ns``:
+        the index of the next epoch in which any guest of this shard does something
+        (``count`` when that is past the chunk; the last epoch of a chunk always
+        syncs, so samples see every host answer). Epochs in between are skipped:
+        the guests would do nothing in them, and hosts do not wait for this shard."""
+        if k >= count - 1:
+            return count
+        nxt = self.next_event_ns()
+        if nxt is None:
+            return count - 1
+        return min(count - 1, max(k + 1, (nxt - t0_ns) // epoch_ns))
 
     def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
         """Advance every guest through [t0, t1); return each host's op logs, by host id."""

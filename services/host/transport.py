@@ -123,6 +123,11 @@ class EpochSubmission:
     sequence: int
     epoch_end_ns: int
     guests: tuple[GuestOps, ...]
+    next_epoch: int = 0  # the shard's next epoch for this host; 0 = epoch + 1
+
+    @property
+    def following_epoch(self) -> int:
+        return self.next_epoch or self.epoch + 1
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,7 @@ def decode_sync(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
         for g in request.guests
     )
     return EpochSubmission(request.shard_id, request.epoch, request.sequence,
-                           request.epoch_end_ns, guests)
+                           request.epoch_end_ns, guests, request.next_epoch)
 
 
 def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistration:
@@ -253,12 +258,12 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
 
 def build_sync_request(
     experiment_id: str, host_id: int, shard_id: int, epoch: int, sequence: int,
-    epoch_end_ns: int, guests: Sequence[GuestOps],
+    epoch_end_ns: int, guests: Sequence[GuestOps], next_epoch: int = 0,
 ) -> host_pb2.SyncEpochRequest:
     """Plain per-guest ops -> SyncEpochRequest (packed arrays; what a guest shard sends)."""
     request = host_pb2.SyncEpochRequest(
         experiment_id=experiment_id, host_id=host_id, shard_id=shard_id, epoch=epoch,
-        sequence=sequence, epoch_end_ns=epoch_end_ns,
+        sequence=sequence, epoch_end_ns=epoch_end_ns, next_epoch=next_epoch,
     )
     for ops in guests:
         g = request.guests.add(guest_id=ops.guest_id)
@@ -334,8 +339,14 @@ class HostEndpoint:
     """One host core model behind the per-epoch barrier. Thread-safe.
 
     ``host`` is a ``services.host.core.Host`` (or anything with its API). Epochs
-    start at ``first_epoch`` and go up by one. Every shard that registered a guest
-    must submit every epoch (an empty message if its guests did nothing here).
+    start at ``first_epoch`` and go up by one. Each shard that registered a guest
+    tells the host, with every message, the epoch of its next one
+    (``next_epoch``; by default the following epoch). The host applies epoch E
+    once every shard due at E has sent it, in guest-id order, and does not wait
+    for shards that promised to have nothing before a later epoch: their
+    guests' swap-outs are kept and handed over with their next answer. Which
+    shards are due depends only on the shards' own simulated schedules, so the
+    result never depends on arrival order or on how guests are split into shards.
     """
 
     def __init__(self, experiment_id: str, host_id: int, host: Host, *, first_epoch: int = 0):
@@ -345,11 +356,19 @@ class HostEndpoint:
         self._cond = threading.Condition()
         self._guests: dict[int, GuestRegistration] = {}
         self._shards: set[int] = set()
-        self._next_epoch = first_epoch
+        self._expect: dict[int, int] = {}  # shard -> the epoch it sends next
+        self._first_epoch = first_epoch
+        self._applied_epoch = first_epoch - 1  # the last epoch applied
         self._epoch_end_ns = 0
         self._pending: dict[int, EpochSubmission] = {}
         self._done: dict[int, _StoredOutcome] = {}
+        self._carry: dict[int, GuestEpochOutcome] = {}  # swap-outs for guests of shards not due
         self._broken: StatusError | None = None
+
+    @property
+    def _next_epoch(self) -> int:
+        """The epoch the host applies next: the earliest any shard is due."""
+        return min(self._expect.values(), default=self._applied_epoch + 1)
 
     # -- registration
 
@@ -371,37 +390,40 @@ class HostEndpoint:
             except ValueError as exc:
                 raise invalid_argument("nr_pages", reg.nr_pages, str(exc)) from exc
             self._guests[reg.guest_id] = reg
-            self._shards.add(reg.shard_id)
+            if reg.shard_id not in self._shards:
+                self._shards.add(reg.shard_id)
+                self._expect[reg.shard_id] = self._applied_epoch + 1
             return self._next_epoch
 
     # -- the epoch barrier
 
     def submit(self, sub: EpochSubmission) -> EpochOutcome | None:
-        """Validate and store one shard's epoch; apply the epoch when all shards are in.
+        """Validate and store one shard's epoch; apply every epoch that is complete.
 
-        Returns the shard's outcome when the epoch is applied (at once for a host
-        with one shard, or for a retry of an applied epoch), else None: collect it
-        later with :meth:`collect` or :meth:`wait`.
+        Returns the shard's outcome when its epoch is applied (at once when no
+        other shard is due at that epoch, or for a retry of an applied epoch),
+        else None: collect it later with :meth:`collect` or :meth:`wait`.
         """
         with self._cond:
             self._check_broken()
             stored = self._done.get(sub.shard_id)
             if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
                 return stored.outcome
-            self._check_epoch(sub)
             pending = self._pending.get(sub.shard_id)
-            if pending is not None:
+            if pending is not None and pending.epoch == sub.epoch:
                 if pending.sequence == sub.sequence:
                     return None  # a retry while the epoch waits for other shards
                 raise failed_precondition("sequence", sub.sequence,
                                           f"shard {sub.shard_id} already sent epoch {sub.epoch} "
                                           f"with sequence {pending.sequence}")
+            self._check_epoch(sub)
             validate_submission(sub, self._guests)
             self._pending[sub.shard_id] = sub
-            if self._shards <= self._pending.keys():
-                self._apply_pending()
+            if self._apply_ready():
                 self._cond.notify_all()
-                return self._done[sub.shard_id].outcome
+            stored = self._done.get(sub.shard_id)
+            if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
+                return stored.outcome
             return None
 
     def collect(self, shard_id: int, epoch: int, sequence: int) -> EpochOutcome | None:
@@ -424,15 +446,14 @@ class HostEndpoint:
                     return outcome
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (is_active is not None and not is_active()):
-                    missing = sorted(self._shards - self._pending.keys())
                     raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "epoch", epoch,
-                                      f"host still waits for shards {missing}")
+                                      f"host still waits for shards {self._missing()}")
                 self._cond.wait(min(remaining, WAIT_SLICE_S))
 
     # -- state
 
     def pending_shards(self) -> list[int]:
-        """Shards whose message for the current epoch is stored, waiting for the rest."""
+        """Shards whose message is stored, waiting for the other shards due at its epoch."""
         with self._cond:
             return sorted(self._pending)
 
@@ -458,28 +479,51 @@ class HostEndpoint:
         if self._broken is not None:
             raise self._broken
 
+    def _missing(self) -> list[int]:
+        due = self._next_epoch
+        return sorted(s for s, e in self._expect.items()
+                      if e == due and (s not in self._pending or self._pending[s].epoch != due))
+
     def _check_epoch(self, sub: EpochSubmission) -> None:
         if sub.shard_id not in self._shards:
             raise not_found("shard_id", sub.shard_id, "shard registered no guest with this host")
-        if sub.epoch < self._next_epoch:
+        expected = self._expect[sub.shard_id]
+        if sub.epoch < expected:
             raise failed_precondition("epoch", sub.epoch,
-                                      f"stale: host {self.host_id} is at epoch {self._next_epoch}")
-        if sub.epoch > self._next_epoch:
+                                      f"stale: host {self.host_id} expects epoch {expected} "
+                                      f"from shard {sub.shard_id}")
+        if sub.epoch > expected:
             raise failed_precondition("epoch", sub.epoch,
-                                      f"future: host {self.host_id} expects epoch {self._next_epoch}")
+                                      f"future: host {self.host_id} expects epoch {expected} "
+                                      f"from shard {sub.shard_id}")
+        require(sub.next_epoch == 0 or sub.next_epoch > sub.epoch, "next_epoch", sub.next_epoch,
+                f"must be 0 or after epoch {sub.epoch}")
         require(sub.epoch_end_ns >= self._epoch_end_ns, "epoch_end_ns", sub.epoch_end_ns,
                 f"before the previous epoch's end {self._epoch_end_ns}")
         for other in self._pending.values():
-            if other.shard_id != sub.shard_id and other.epoch_end_ns != sub.epoch_end_ns:
+            if (other.shard_id != sub.shard_id and other.epoch == sub.epoch
+                    and other.epoch_end_ns != sub.epoch_end_ns):
                 raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
                                        f"shard {other.shard_id} sent {other.epoch_end_ns} "
                                        f"for the same epoch")
 
-    def _apply_pending(self) -> None:
-        """Apply every pending submission in guest-id order, reclaim, store outcomes."""
+    def _apply_ready(self) -> bool:
+        """Apply epochs, earliest first, while every shard due at one has sent it."""
+        applied = False
+        while self._expect:
+            epoch = self._next_epoch
+            due = sorted(s for s, e in self._expect.items() if e == epoch)
+            subs = [self._pending.get(s) for s in due]
+            if any(sub is None or sub.epoch != epoch for sub in subs):
+                return applied
+            self._apply_epoch(epoch, subs)
+            applied = True
+        return applied
+
+    def _apply_epoch(self, epoch: int, subs: list[EpochSubmission]) -> None:
+        """Apply one epoch's submissions in guest-id order, reclaim, store outcomes."""
         outcomes = {gid: GuestEpochOutcome(gid) for gid in self._guests}
-        all_ops = sorted((ops for sub in self._pending.values() for ops in sub.guests),
-                         key=lambda ops: ops.guest_id)
+        all_ops = sorted((ops for sub in subs for ops in sub.guests), key=lambda ops: ops.guest_id)
         try:
             for ops in all_ops:
                 apply_guest_ops(self.host, ops, outcomes)
@@ -489,18 +533,40 @@ class HostEndpoint:
         except Exception as exc:
             # Validation let through something the core refused: the epoch is
             # half applied, so the endpoint refuses everything from now on.
-            self._broken = StatusError(grpc.StatusCode.INTERNAL, "epoch", self._next_epoch,
+            self._broken = StatusError(grpc.StatusCode.INTERNAL, "epoch", epoch,
                                        f"host core failed while applying: {exc!r}")
             raise self._broken from exc
-        epoch = self._next_epoch
-        for shard_id, sub in self._pending.items():
+        submitted = {sub.shard_id for sub in subs}
+        for gid, outcome in outcomes.items():
+            carried = self._carry.pop(gid, None)
+            if carried is not None:
+                outcome = _merge_outcomes(carried, outcome)
+                outcomes[gid] = outcome
+            if self._guests[gid].shard_id not in submitted and _has_news(outcome):
+                self._carry[gid] = outcome
+        for sub in subs:
             mine = tuple(outcomes[gid] for gid in sorted(outcomes)
-                         if self._guests[gid].shard_id == shard_id)
-            self._done[shard_id] = _StoredOutcome(epoch, sub.sequence,
-                                                  EpochOutcome(epoch, sub.sequence, mine))
-        self._epoch_end_ns = next(iter(self._pending.values())).epoch_end_ns
-        self._next_epoch += 1
-        self._pending.clear()
+                         if self._guests[gid].shard_id == sub.shard_id)
+            self._done[sub.shard_id] = _StoredOutcome(epoch, sub.sequence,
+                                                      EpochOutcome(epoch, sub.sequence, mine))
+            self._expect[sub.shard_id] = sub.following_epoch
+            del self._pending[sub.shard_id]
+        self._epoch_end_ns = subs[0].epoch_end_ns
+        self._applied_epoch = epoch
+
+
+def _has_news(outcome: GuestEpochOutcome) -> bool:
+    return bool(len(outcome.swapped_starts) or outcome.stopped)
+
+
+def _merge_outcomes(first: GuestEpochOutcome, then: GuestEpochOutcome) -> GuestEpochOutcome:
+    """What a guest learns at once about two stretches of epochs (swap-outs, stop)."""
+    merged = GuestEpochOutcome(then.guest_id, acks=then.acks, lost_ns=then.lost_ns,
+                               touched_pages=then.touched_pages)
+    merged.swapped_starts = np.concatenate([first.swapped_starts, then.swapped_starts])
+    merged.swapped_npages = np.concatenate([first.swapped_npages, then.swapped_npages])
+    merged.stopped = first.stopped or then.stopped
+    return merged
 
 
 def apply_guest_ops(host: Host, ops: GuestOps, outcomes: dict[int, GuestEpochOutcome]) -> None:

@@ -36,21 +36,31 @@ class InProcessSession:
                 self.client.register_guest(register_request(plan.experiment_id, shard.shard_id, init))
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
+        """Like the shard actors: each shard runs and syncs only the epochs in which its
+        guests do something (the hosts do not wait for the others)."""
+        due = dict.fromkeys(range(len(self.shards)), 0)  # shard -> next epoch index it runs
         for k in range(count):
             t = t0_ns + k * epoch_ns
             sent = []
-            for shard in self.shards:
+            for i, shard in enumerate(self.shards):
+                if due[i] != k:
+                    continue
                 logs = shard.run_epoch(t, t + epoch_ns)
+                due[i] = shard.next_sync_index(t0_ns, k, count, epoch_ns)
+                next_epoch = first_epoch + due[i] if due[i] < count else 0
                 for host_id in shard.host_ids():
                     request = build_sync_request(
                         self.plan.experiment_id, host_id, shard.shard_id, first_epoch + k, 0, t + epoch_ns,
-                        [to_guest_ops(log) for log in logs.get(host_id, [])],
+                        [to_guest_ops(log) for log in logs.get(host_id, [])], next_epoch,
                     )
                     self.client.submit(request)
                     sent.append((shard, request))
             for shard, request in sent:
                 response = self.client.collect(request)
                 shard.apply_results(from_outcome(decode_outcome(response)))
+            for i, shard in enumerate(self.shards):
+                if k + 1 < due[i] < count and shard.now_ns == t + epoch_ns:
+                    shard.skip_to(t0_ns + due[i] * epoch_ns)
         return [s.next_event_ns() for s in self.shards]
 
     def skip_to(self, t_ns: int) -> None:
