@@ -439,11 +439,6 @@ def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfn
         zone[z, Z_PCP_MASK] |= np.int64(1) << li
         pg[pfn, FLG] = ST_PCP | (mt << MT_SHIFT)
         zone[z, Z_PCP_COUNT] += size
-        # The pcp list is FIFO between push and drain: the blocks the coming drains will
-        # free were most likely pushed about (pcp blocks - batch) entries ago. Run the
-        # buddy-free prefetch pipeline over them (only a hint if the guess is wrong).
-        ahead = i - (zone[z, Z_PCP_COUNT] >> order) + zone[z, Z_PCP_BATCH]
-        _prefetch_frees(lk, pg, max_order, pfns, ahead, i, order)
         while zone[z, Z_PCP_COUNT] >= zone[z, Z_PCP_HIGH]:
             taken = _pcp_take(lk, pg, pcp, zone, g, z, zone[z, Z_PCP_BATCH], scratch)
             _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
