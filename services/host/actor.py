@@ -38,6 +38,17 @@ class HostRunner:
     def address(self) -> str:
         return self.server.address
 
+    def register_guests(self, registrations: list) -> None:
+        """Register guests ahead of their shards, in guest-id order.
+
+        A host lays its guests out in registration order, and reclaim walks them
+        in that order; registering here, before the shards start (their own
+        RegisterGuest calls then repeat an existing registration), keeps the
+        layout independent of which shard actor happens to start first.
+        """
+        for reg in sorted(registrations, key=lambda r: r.guest_id):
+            self.endpoints[reg.host_id].register_guest(reg.registration)
+
     def metrics_url(self) -> str | None:
         return self.metrics.url if self.metrics else None
 

@@ -31,9 +31,10 @@ class InProcessSession:
         self.shards = [
             GuestShard(i, inits, plan.seed, plan.report_latency_ns) for i, inits in enumerate(plan.shard_inits)
         ]
-        for shard, inits in zip(self.shards, plan.shard_inits, strict=True):
-            for init in inits:
-                self.client.register_guest(register_request(plan.experiment_id, shard.shard_id, init))
+        # guests register in guest-id order (a host lays guests out in registration order)
+        for shard_id, init in sorted(((i, g) for i, inits in enumerate(plan.shard_inits) for g in inits),
+                                     key=lambda x: x[1].guest_id):
+            self.client.register_guest(register_request(plan.experiment_id, shard_id, init))
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
         """Like the shard actors: each shard runs and syncs only the epochs in which its

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
+
+from services.guest.wire import registration
 
 from .entities import SimPlan
 from .inprocess import merge_group_samples
@@ -20,6 +23,13 @@ from .placement import workload_from_params
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@dataclass(frozen=True)
+class HostGuest:
+    host_id: int
+    guest_id: int
+    registration: object  # services.host.transport.GuestRegistration
 
 
 class RaySession:
@@ -41,6 +51,10 @@ class RaySession:
                              {h: plan.host_names[h] for h in g})
             for g in groups
         ]
+        regs = [HostGuest(init.host_id, init.guest_id, registration(init, shard, init.discard_mode))
+                for shard, inits in enumerate(plan.shard_inits) for init in inits]
+        ray.get([a.register_guests.remote([r for r in regs if r.host_id in g])
+                 for a, g in zip(self.host_actors, groups, strict=True)])
         addresses = ray.get([a.address.remote() for a in self.host_actors])
         targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
         ShardActor = shard_class().options(scheduling_strategy="SPREAD")
@@ -101,8 +115,8 @@ class RayBackend:
                           configure_logging=True)
             if address:
                 ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=num_cpus, **kwargs)
+            else:  # "local": always a new embedded cluster, never a stale one found on disk
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
         self.hosts_per_actor = hosts_per_actor
         self.metrics = metrics
         self.nr_shards_default = max(1, int(ray.cluster_resources().get("CPU", 1)))
