@@ -25,7 +25,7 @@ def request(shard: int, epoch: int, guests, next_epoch: int = 0):
 def two_shards():
     endpoint = HostEndpoint(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
-    with server, connect_host(server.address, timeout_s=10) as client:
+    with server, connect_host(server.address, timeout_s=120) as client:
         register(client, guest_id=1, shard_id=0)
         register(client, guest_id=2, shard_id=1)
         yield client, endpoint
@@ -40,14 +40,14 @@ def test_a_skipping_shard_is_not_waited_for_and_gets_its_swap_outs_later(two_sha
         for epoch in range(4):  # shard 0 alone completes epochs 1..3: no waiting for shard 1
             r = client.sync_epoch(request(0, epoch, [guest_ops(1, seed=epoch, touches=12, reports=0)]))
             assert r.epoch == epoch
-        assert first.result(timeout=10).epoch == 0
+        assert first.result(timeout=120).epoch == 0
         assert state_of(client).next_epoch == 4
         swapped_pages = endpoint.host.guest_counters(2)["swapout_bytes"] // 4096
         assert swapped_pages > 0, "shard 0's pressure should push guest 2's pages out"
         told_at_0 = sum(first.result().guests[0].swapped_out.npages)
         later = pool.submit(client.sync_epoch, request(1, 4, []))  # due again at 4: waits for shard 0
         client.sync_epoch(request(0, 4, []))
-        g = later.result(timeout=10).guests[0]
+        g = later.result(timeout=120).guests[0]
     assert g.guest_id == 2
     assert told_at_0 + sum(g.swapped_out.npages) >= swapped_pages
 
@@ -57,7 +57,7 @@ def test_an_epoch_other_than_the_promised_one_is_failed_precondition(two_shards)
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(client.sync_epoch, request(1, 0, [], next_epoch=5))
         client.sync_epoch(request(0, 0, []))
-        waiting.result(timeout=10)
+        waiting.result(timeout=120)
     with pytest.raises(grpc.RpcError) as e:
         client.sync_epoch(request(1, 1, []))
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
