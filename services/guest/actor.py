@@ -140,7 +140,7 @@ class ShardRunner:
                 w0 = time.perf_counter()
                 request = build_sync_request(
                     self.experiment_id, host_id, self.shard.shard_id, first_epoch + k, 0, t + epoch_ns,
-                    [to_guest_ops(log) for log in logs.get(host_id, [])], next_epoch,
+                    [to_guest_ops(log) for log in logs.get(host_id, []) if not log.is_empty()], next_epoch,
                 )
                 response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
                 results = from_outcome(decode_outcome(response))

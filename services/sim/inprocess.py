@@ -52,7 +52,7 @@ class InProcessSession:
                 for host_id in shard.host_ids():
                     request = build_sync_request(
                         self.plan.experiment_id, host_id, shard.shard_id, first_epoch + k, 0, t + epoch_ns,
-                        [to_guest_ops(log) for log in logs.get(host_id, [])], next_epoch,
+                        [to_guest_ops(log) for log in logs.get(host_id, []) if not log.is_empty()], next_epoch,
                     )
                     self.client.submit(request)
                     sent.append((shard, request))

@@ -255,6 +255,8 @@ def check_report_batches(
 def check_page_runs(field: str, starts: np.ndarray, npages: np.ndarray, *, nr_pages: int) -> None:
     """Page runs: npages > 0 and every run inside the guest's ``nr_pages`` pages."""
     check_same_length(f"{field}.starts", starts, f"{field}.npages", npages)
+    if len(starts) == 0:
+        return
     bad = np.flatnonzero(npages == 0)
     if bad.size:
         i = int(bad[0])
