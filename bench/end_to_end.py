@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from services.sim.coordinator import run_experiment  # noqa: E402
+from services.sim.inprocess import InProcessBackend  # noqa: E402
 from services.sim.raybackend import RayBackend  # noqa: E402
 from services.sim.spec import load_spec  # noqa: E402
 
@@ -92,7 +93,7 @@ def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
     run = result.metadata["runs"]["run"]
     wall = run["wall_seconds"]
     ops = result.summary["cluster"]["ops_completed"]
-    shard_wall = run.get("shard_wall_seconds", [])
+    shard_wall = run.get("shard_wall_seconds") or []
     guests_s = sum(t["guests_s"] for t in shard_wall) / max(1, len(shard_wall))
     return {
         "spec": spec_path,
@@ -121,9 +122,16 @@ def main() -> int:
     out: dict = {}
     try:
         if args.only in (None, "quickstart"):
-            q = measure(os.path.join(ROOT, "experiments/quickstart.yaml"), backend, args.shards)
+            path = os.path.join(ROOT, "experiments/quickstart.yaml")
+            q = measure(path, backend, args.shards)
             q["target_sim_seconds_per_wall_second"] = 50
             q["met"] = q["sim_seconds_per_wall_second"] >= 50
+            # the same run over the in-process transport, same shard count, same process tree
+            local = measure(path, InProcessBackend(), q["shards"])
+            q["inprocess_wall_seconds"] = local["wall_seconds"]
+            q["transport_overhead_ratio"] = round(q["wall_seconds"] / local["wall_seconds"], 3)
+            q["transport_overhead_ratio_target"] = 1.25
+            q["transport_overhead_ratio_met"] = q["transport_overhead_ratio"] <= 1.25
             out["quickstart"] = q
         if args.only in (None, "scale"):
             s = measure(os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards)
