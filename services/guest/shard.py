@@ -200,10 +200,26 @@ class GuestShard:
         out: dict[int, list[GuestEpochOps]] = defaultdict(list)
         with self.lock:
             for s in self.slots.values():
-                self._run_guest(s, t0_ns, t1_ns)
+                if self._idle(s, t0_ns, t1_ns):
+                    s.stall_ns = max(0, s.stall_ns - (t1_ns - t0_ns))  # as idle time would
+                else:
+                    self._run_guest(s, t0_ns, t1_ns)
                 out[s.init.host_id].append(s.link.take())
             self.now_ns = t1_ns
         return dict(out)
+
+    @staticmethod
+    def _idle(s: _Slot, t0_ns: int, t1_ns: int) -> bool:
+        """True when the guest has nothing to do in [t0, t1): no reporting pass, no
+        workload step, nothing a client queued. Running it would change nothing."""
+        g = s.guest.next_event_ns()
+        if g is not None and g < t1_ns:
+            return False
+        for wl in (s.workload, *s.extra_workloads):
+            w = wl.next_event_ns(t0_ns)
+            if w is not None and w < t1_ns:
+                return False
+        return s.link.ops.is_empty()
 
     def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
         span = t1_ns - t0_ns
