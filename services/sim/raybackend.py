@@ -116,10 +116,22 @@ class RayBackend:
             if address:
                 ray.init(address=address, **kwargs)
             else:  # "local": always a new embedded cluster, never a stale one found on disk
-                ray.init(address="local", num_cpus=num_cpus, **kwargs)
+                self._init_local(num_cpus, kwargs)
         self.hosts_per_actor = hosts_per_actor
         self.metrics = metrics
         self.nr_shards_default = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def _init_local(self, num_cpus: int | None, kwargs: dict) -> None:
+        """Start the embedded cluster; once more if its raylet misses Ray's fixed
+        30 s start window (seen on a loaded 2-core machine)."""
+        for attempt in range(2):
+            try:
+                self.ray.init(address="local", num_cpus=num_cpus, **kwargs)
+                return
+            except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
+                self.ray.shutdown()
+                if attempt == 1 or "timed out during startup" not in str(e):
+                    raise
 
     def start(self, plan: SimPlan) -> RaySession:
         return RaySession(plan, self.hosts_per_actor, self.metrics)
