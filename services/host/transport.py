@@ -419,8 +419,8 @@ class HostEndpoint:
             self._check_epoch(sub)
             validate_submission(sub, self._guests)
             self._pending[sub.shard_id] = sub
-            if self._apply_ready():
-                self._cond.notify_all()
+            self._apply_ready()
+            self._cond.notify_all()  # waiters for an outcome, and for a stored submission
             stored = self._done.get(sub.shard_id)
             if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
                 return stored.outcome
@@ -456,6 +456,11 @@ class HostEndpoint:
         """Shards whose message is stored, waiting for the other shards due at its epoch."""
         with self._cond:
             return sorted(self._pending)
+
+    def wait_pending(self, shards: list[int], timeout_s: float) -> bool:
+        """Block until exactly ``shards`` have a stored message waiting; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: sorted(self._pending) == sorted(shards), timeout_s)
 
     def state(self) -> dict[str, Any]:
         """Counters of the host and of every guest, plus the barrier's position."""

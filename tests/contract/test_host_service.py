@@ -8,7 +8,6 @@ and the in-process transport giving the same answers as gRPC.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -326,13 +325,6 @@ SHARD_GUESTS = {0: (1, 4), 1: (2, 3)}  # guest ids interleave across shards
 PRESSURE_HOST_BYTES = 96 << 20  # the guests touch more than this: reclaim swaps
 
 
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.001)
-
-
 def _pressure_requests(epoch: int) -> dict[int, host_pb2.SyncEpochRequest]:
     """Each guest touches ~48 MiB per epoch and reports 4 blocks: the pool overflows."""
     return {s: sync_request(s, epoch, [guest_ops(g, seed=epoch, touches=6, report_blocks=4)
@@ -346,7 +338,7 @@ def _sync_in_order(client, endpoint: HostEndpoint, requests: dict[int, host_pb2.
     first, second = arrival
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(client.sync_epoch, requests[first])
-        _wait_until(lambda: endpoint.pending_shards() == [first])
+        assert endpoint.wait_pending([first], timeout_s=60), "the first shard's call never arrived"
         results = {second: client.sync_epoch(requests[second])}
         results[first] = waiting.result(timeout=20)
     return results
