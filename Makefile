@@ -31,9 +31,13 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/overcommit run $(SPEC) --report
 
+# Tests that start a Ray cluster run in a pytest process of their own: Ray starts its
+# daemons with a Python preexec_fn after fork(), which can deadlock in a process that
+# already runs other tests' gRPC threads (the raylet then never starts).
 test: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check services bench tests scripts

@@ -11,6 +11,8 @@ import pytest
 from services.sim.coordinator import run_experiment
 from services.sim.spec import load_spec_text
 
+pytestmark = pytest.mark.ray
+
 SPEC = """
 name: determinism
 seed: 11
