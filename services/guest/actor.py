@@ -26,9 +26,9 @@ from services.guest.transport import (
     TouchOp,
     start_guest_server,
 )
-from services.guest.wire import from_outcome, to_guest_ops
+from services.guest.wire import epoch_request, from_outcome
 from services.host.server import connect_host
-from services.host.transport import build_sync_request, decode_outcome
+from services.host.transport import decode_outcome
 
 DISCARD_ENUM = {
     "dontneed": host_pb2.DISCARD_MODE_DONTNEED,
@@ -138,10 +138,8 @@ class ShardRunner:
             next_epoch = first_epoch + nk if nk < count else 0
             for host_id, client in self.clients.items():
                 w0 = time.perf_counter()
-                request = build_sync_request(
-                    self.experiment_id, host_id, self.shard.shard_id, first_epoch + k, 0, t + epoch_ns,
-                    [to_guest_ops(log) for log in logs.get(host_id, []) if not log.is_empty()], next_epoch,
-                )
+                request = epoch_request(self.experiment_id, host_id, self.shard.shard_id, first_epoch + k,
+                                        t + epoch_ns, logs.get(host_id, []), next_epoch)
                 response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
                 results = from_outcome(decode_outcome(response))
                 self.wall["sync_s"] += time.perf_counter() - w0

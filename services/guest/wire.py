@@ -17,6 +17,7 @@ from services.host.transport import (
     GuestRegistration,
     PageRunOps,
     ReportOp,
+    build_sync_request,
 )
 
 EMPTY = np.zeros(0, np.uint64)
@@ -64,4 +65,13 @@ def registration(init: GuestInit, shard_id: int, discard_mode: str) -> GuestRegi
     return GuestRegistration(
         guest_id=init.guest_id, shard_id=shard_id, nr_pages=c.nr_pages, discard_mode=discard_mode,
         report_capacity=c.reporting.capacity, max_order=c.max_order, guest_thp=c.thp,
+    )
+
+
+def epoch_request(experiment_id: str, host_id: int, shard_id: int, epoch: int, epoch_end_ns: int,
+                  logs: list[GuestEpochOps], next_epoch: int):
+    """One shard's SyncEpochRequest to one host: only the guests that did something."""
+    return build_sync_request(
+        experiment_id, host_id, shard_id, epoch, 0, epoch_end_ns,
+        [to_guest_ops(log) for log in logs if not log.is_empty()], next_epoch,
     )

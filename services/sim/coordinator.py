@@ -236,21 +236,28 @@ def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | No
                    address: str | None = None, transport: str = "grpc", progress: bool = False,
                    backend=None) -> RunResult:
     """Run a spec and its paired baselines; write and return the results."""
-    runs = [("run", spec)] + [(kind, baseline_spec(spec, kind)) for kind in spec.compare]
     own_backend = backend is None
     backend = backend or make_backend(transport, address)
-    rows: list[dict[str, Any]] = []
-    stats: dict[str, Any] = {}
     wall0 = time.time()
     try:
-        for label, s in runs:
-            r, st = simulate(s, backend, label, shards, progress)
-            rows += r
-            stats[label] = st
+        rows, st = simulate(spec, backend, "run", shards, progress)
+        base_rows, stats = run_baselines(spec, backend, shards, progress)
     finally:
         if own_backend:
             backend.close()
-    return finish_run(spec, rows, stats, backend.name, out_dir, wall0, [label for label, _ in runs[1:]])
+    return finish_run(spec, rows + base_rows, {"run": st, **stats}, backend.name, out_dir, wall0,
+                      list(spec.compare))
+
+
+def run_baselines(spec: ExperimentSpec, backend: Backend, shards: int | None,
+                  progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run each paired baseline of ``spec`` (same seed); return their rows and stats."""
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    for kind in spec.compare:
+        r, stats[kind] = simulate(baseline_spec(spec, kind), backend, kind, shards, progress)
+        rows += r
+    return rows, stats
 
 
 def summarize(spec: ExperimentSpec, ts, baselines: list[str]) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from services.guest.actor import register_request
 from services.guest.shard import GuestShard
-from services.guest.wire import from_outcome, to_guest_ops
+from services.guest.wire import epoch_request, from_outcome
 from services.host.core.pool import Host
 from services.host.transport import (
     HostDirectory,
     HostEndpoint,
     InProcessHostClient,
-    build_sync_request,
     decode_outcome,
 )
 
@@ -50,10 +49,8 @@ class InProcessSession:
                 due[i] = shard.next_sync_index(t0_ns, k, count, epoch_ns)
                 next_epoch = first_epoch + due[i] if due[i] < count else 0
                 for host_id in shard.host_ids():
-                    request = build_sync_request(
-                        self.plan.experiment_id, host_id, shard.shard_id, first_epoch + k, 0, t + epoch_ns,
-                        [to_guest_ops(log) for log in logs.get(host_id, []) if not log.is_empty()], next_epoch,
-                    )
+                    request = epoch_request(self.plan.experiment_id, host_id, shard.shard_id, first_epoch + k,
+                                            t + epoch_ns, logs.get(host_id, []), next_epoch)
                     self.client.submit(request)
                     sent.append((shard, request))
             for shard, request in sent:

@@ -60,7 +60,11 @@ def guest_config(group: GuestGroup) -> GuestConfig:
 
 
 def workload_config(group: GuestGroup, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
-    w = group.workload
+    return _core_workload(group.workload, start_delay_ns)
+
+
+def _core_workload(w, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
+    """A validated spec workload -> the guest core's workload config."""
     if w.kind == "idle":
         return IdleConfig(initial_fill=w.initial_fill)
     phases = tuple(
@@ -151,10 +155,4 @@ def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig:
     except ValidationError as e:
         err = e.errors()[0]
         raise ValueError(f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}") from None
-    if w.kind == "idle":
-        return IdleConfig(initial_fill=w.initial_fill)
-    phases = tuple(
-        PhaseConfig(action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate)
-        for p in w.phases
-    )
-    return MemhogConfig(phases=phases, repeat=w.repeat, thp=w.thp)
+    return _core_workload(w)

@@ -16,9 +16,9 @@ from typing import Any
 
 from services.transport.validation import failed_precondition
 
-from .coordinator import Simulation, finish_run, make_backend, simulate, summarize
+from .coordinator import Simulation, finish_run, make_backend, run_baselines, summarize
 from .results import timeseries_frame
-from .spec import baseline_spec, load_spec_text, parse_spec
+from .spec import load_spec_text, parse_spec
 
 NS_PER_S = 1_000_000_000
 ROW_KEYS = ("time_s", "run", "kind", "entity")
@@ -158,14 +158,11 @@ class ExperimentManager:
 
     def _finish(self, exp: _Experiment) -> None:
         sim = exp.sim
+        run_stats = sim.stats()
         sim.close()
-        rows, stats = list(sim.rows), {"run": sim.stats()}
-        for kind in exp.spec.compare:
-            r, st = simulate(baseline_spec(exp.spec, kind), self.backend, kind, self.shards, False)
-            rows += r
-            stats[kind] = st
-        exp.result = finish_run(exp.spec, rows, stats, self.backend.name, self.out_dir, exp.wall0,
-                                list(exp.spec.compare))
+        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards, False)
+        exp.result = finish_run(exp.spec, list(sim.rows) + base_rows, {"run": run_stats, **stats},
+                                self.backend.name, self.out_dir, exp.wall0, list(exp.spec.compare))
         exp.state = "finished"
         self._notify(exp)
 
