@@ -77,19 +77,21 @@ class ReportBatch(_message.Message):
     def __init__(self, op_seq: _Optional[int] = ..., pfns: _Optional[_Iterable[int]] = ..., orders: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GuestEpochOps(_message.Message):
-    __slots__ = ("guest_id", "reports", "touched", "freed")
+    __slots__ = ("guest_id", "reports", "touched", "freed", "epoch_seq_ends")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     TOUCHED_FIELD_NUMBER: _ClassVar[int]
     FREED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_SEQ_ENDS_FIELD_NUMBER: _ClassVar[int]
     guest_id: int
     reports: _containers.RepeatedCompositeFieldContainer[ReportBatch]
     touched: _common_pb2.SequencedPageRuns
     freed: _common_pb2.SequencedPageRuns
-    def __init__(self, guest_id: _Optional[int] = ..., reports: _Optional[_Iterable[_Union[ReportBatch, _Mapping]]] = ..., touched: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., freed: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ...) -> None: ...
+    epoch_seq_ends: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, guest_id: _Optional[int] = ..., reports: _Optional[_Iterable[_Union[ReportBatch, _Mapping]]] = ..., touched: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., freed: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., epoch_seq_ends: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SyncEpochRequest(_message.Message):
-    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests", "next_epoch")
+    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests", "next_epoch", "epochs")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class SyncEpochRequest(_message.Message):
     EPOCH_END_NS_FIELD_NUMBER: _ClassVar[int]
     GUESTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     host_id: int
     shard_id: int
@@ -106,7 +109,8 @@ class SyncEpochRequest(_message.Message):
     epoch_end_ns: int
     guests: _containers.RepeatedCompositeFieldContainer[GuestEpochOps]
     next_epoch: int
-    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ...) -> None: ...
+    epochs: int
+    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("op_seq", "status", "discarded_pages", "latency_ns")

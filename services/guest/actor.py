@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from overcommit.v1 import host_pb2
+from services.guest.core.guest import warm_up
 from services.guest.shard import GuestInit, GuestShard
 from services.guest.transport import (
     AllocOp,
@@ -113,6 +114,8 @@ class ShardRunner:
                  report_latency_ns: int, host_targets: dict[int, str], token: str | None = None,
                  fast: bool = True, workload_factory: Callable[[str, dict], Any] | None = None):
         self.experiment_id = experiment_id
+        if guests:
+            warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
         self.shard = GuestShard(shard_id, guests, seed, report_latency_ns, fast=fast)
         self.clients = {
             h: connect_host(host_targets[h], token=token, experiment_id=experiment_id, timeout_s=SYNC_TIMEOUT_S)
@@ -125,29 +128,41 @@ class ShardRunner:
         self.workload_factory = workload_factory
         self.token = token
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> int | None:
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
+                   sync_epochs: int = 1) -> int | None:
         """Run the epochs [first_epoch, first_epoch + count) from ``t0_ns``, syncing with
-        the hosts only in epochs where a guest does something; return the next event."""
+        the hosts once per ``sync_epochs`` epochs, and only in those spans in which
+        a guest does something; return the next event."""
+        span_ns = sync_epochs * epoch_ns
+        nr_spans = -(-count // sync_epochs)
         k = 0
-        while k < count:
-            t = t0_ns + k * epoch_ns
+        while k < nr_spans:
+            t = t0_ns + k * span_ns
+            epochs = min(sync_epochs, count - k * sync_epochs)
             w0 = time.perf_counter()
-            logs = self.shard.run_epoch(t, t + epoch_ns)
-            nk = self.shard.next_sync_index(t0_ns, k, count, epoch_ns)
+            logs = self.shard.run_span(t, epochs, epoch_ns)
+            nk = self.shard.next_sync_index(t0_ns, k, nr_spans, span_ns)
             self.wall["guests_s"] += time.perf_counter() - w0
-            next_epoch = first_epoch + nk if nk < count else 0
+            next_epoch = first_epoch + nk * sync_epochs if nk < nr_spans else 0
             for host_id, client in self.clients.items():
                 w0 = time.perf_counter()
-                request = epoch_request(self.experiment_id, host_id, self.shard.shard_id, first_epoch + k,
-                                        t + epoch_ns, logs.get(host_id, []), next_epoch)
+                request = epoch_request(self.experiment_id, host_id, self.shard.shard_id,
+                                        first_epoch + k * sync_epochs, t + epochs * epoch_ns,
+                                        logs.get(host_id, []), next_epoch, epochs)
                 response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
                 results = from_outcome(decode_outcome(response))
                 self.wall["sync_s"] += time.perf_counter() - w0
                 self.shard.apply_results(results)
-            if nk > k + 1 and nk < count:
-                self.shard.skip_to(t0_ns + nk * epoch_ns)
+            if nk > k + 1 and nk < nr_spans:
+                self.shard.skip_to(t0_ns + nk * span_ns)
             k = nk
         return self.shard.next_event_ns()
+
+    def run_chunk(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
+                  sync_epochs: int = 1) -> tuple[int | None, dict[str, dict[str, int]]]:
+        """:meth:`run_epochs`, then :meth:`sample` (one actor call per sample interval)."""
+        event = self.run_epochs(first_epoch, t0_ns, count, epoch_ns, sync_epochs)
+        return event, self.sample()
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""

@@ -53,6 +53,8 @@ class GuestEpochOps:
     free_seq: list[int] = field(default_factory=list)
     free_start: list[np.ndarray] = field(default_factory=list)
     free_npages: list[np.ndarray] = field(default_factory=list)
+    # the last op sequence number of each epoch of a multi-epoch sync (empty for one epoch)
+    epoch_seq_ends: list[int] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (self.report_seq or self.touch_seq or self.free_seq)
@@ -83,10 +85,17 @@ class HostLink:
         self.report_latency_ns = report_latency_ns
         self._seq = 0
         self.ops = GuestEpochOps(guest_id)
+        self.dirty = False  # an op was logged in the current epoch
 
     def _next_seq(self) -> int:
         self._seq += 1
+        self.dirty = True
         return self._seq
+
+    def end_epoch(self) -> None:
+        """Mark where the current epoch's ops end (a sync may cover several epochs)."""
+        self.ops.epoch_seq_ends.append(self._seq)
+        self.dirty = False
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         self.ops.report_seq.append(self._next_seq())
@@ -108,6 +117,8 @@ class HostLink:
 
     def take(self) -> GuestEpochOps:
         ops, self.ops = self.ops, GuestEpochOps(self.guest_id)
+        if len(ops.epoch_seq_ends) <= 1:
+            ops.epoch_seq_ends = []
         return ops
 
 
@@ -183,11 +194,12 @@ class GuestShard:
         return min(events) if events else None
 
     def next_sync_index(self, t0_ns: int, k: int, count: int, epoch_ns: int) -> int:
-        """After running epoch ``k`` of a chunk of ``count`` epochs starting at ``t0_ns``:
-        the index of the next epoch in which any guest of this shard does something
-        (``count`` when that is past the chunk; the last epoch of a chunk always
-        syncs, so samples see every host answer). Epochs in between are skipped:
-        the guests would do nothing in them, and hosts do not wait for this shard."""
+        """After running step ``k`` of a chunk of ``count`` steps of ``epoch_ns`` each
+        (epochs, or spans of epochs synced together) starting at ``t0_ns``: the index
+        of the next step in which any guest of this shard does something (``count``
+        when that is past the chunk; the last step of a chunk always syncs, so
+        samples see every host answer). Steps in between are skipped: the guests
+        would do nothing in them, and hosts do not wait for this shard."""
         if k >= count - 1:
             return count
         nxt = self.next_event_ns()
@@ -195,17 +207,53 @@ class GuestShard:
             return count - 1
         return min(count - 1, max(k + 1, (nxt - t0_ns) // epoch_ns))
 
+    def _next_active(self, t0_ns: int, j: int, epochs: int, epoch_ns: int) -> int:
+        """After epoch ``j`` of a span: the next epoch in it in which a guest acts (``epochs``: none)."""
+        if j + 1 >= epochs:
+            return epochs
+        nxt = self.next_event_ns()
+        if nxt is None:
+            return epochs
+        return min(epochs, max(j + 1, (nxt - t0_ns) // epoch_ns))
+
     def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
         """Advance every guest through [t0, t1); return each host's op logs, by host id."""
+        return self.run_span(t0_ns, 1, t1_ns - t0_ns)
+
+    def run_span(self, t0_ns: int, epochs: int, epoch_ns: int) -> dict[int, list[GuestEpochOps]]:
+        """Advance every guest through ``epochs`` epochs from ``t0_ns`` (what one sync
+        with the hosts covers); return each host's op logs, by host id.
+
+        Epochs after the first in which no guest of the shard acts are skipped
+        (as idle time). Each guest's log marks where every epoch's ops end, so a
+        host applies them epoch by epoch, interleaved with other guests' exactly
+        as if each epoch had been synced on its own.
+        """
         out: dict[int, list[GuestEpochOps]] = defaultdict(list)
+        t_end = t0_ns + epochs * epoch_ns
         with self.lock:
+            if t0_ns > self.now_ns:
+                self.skip_to(t0_ns)
+            j = 0
+            while j < epochs:
+                t = t0_ns + j * epoch_ns
+                for s in self.slots.values():
+                    if self._idle(s, t, t + epoch_ns):
+                        s.stall_ns = max(0, s.stall_ns - epoch_ns)  # as idle time would
+                    else:
+                        self._run_guest(s, t, t + epoch_ns)
+                    s.link.end_epoch()
+                self.now_ns = t + epoch_ns
+                nj = self._next_active(t0_ns, j, epochs, epoch_ns)
+                if nj > j + 1:  # nothing to do in between: the guests' logs only mark the epochs
+                    self.skip_to(t0_ns + nj * epoch_ns)
+                    for s in self.slots.values():
+                        for _ in range(nj - j - 1):
+                            s.link.end_epoch()
+                j = nj
             for s in self.slots.values():
-                if self._idle(s, t0_ns, t1_ns):
-                    s.stall_ns = max(0, s.stall_ns - (t1_ns - t0_ns))  # as idle time would
-                else:
-                    self._run_guest(s, t0_ns, t1_ns)
                 out[s.init.host_id].append(s.link.take())
-            self.now_ns = t1_ns
+            assert self.now_ns == t_end
         return dict(out)
 
     @staticmethod
@@ -219,7 +267,7 @@ class GuestShard:
             w = wl.next_event_ns(t0_ns)
             if w is not None and w < t1_ns:
                 return False
-        return s.link.ops.is_empty()
+        return not s.link.dirty
 
     def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
         span = t1_ns - t0_ns

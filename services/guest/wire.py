@@ -44,6 +44,7 @@ def to_guest_ops(log: GuestEpochOps) -> GuestOps:
         reports=reports,
         touched=_runs(log.touch_seq, log.touch_start, log.touch_npages),
         freed=_runs(log.free_seq, log.free_start, log.free_npages),
+        epoch_seq_ends=np.asarray(log.epoch_seq_ends, np.uint64) if log.epoch_seq_ends else EMPTY,
     )
 
 
@@ -69,9 +70,10 @@ def registration(init: GuestInit, shard_id: int, discard_mode: str) -> GuestRegi
 
 
 def epoch_request(experiment_id: str, host_id: int, shard_id: int, epoch: int, epoch_end_ns: int,
-                  logs: list[GuestEpochOps], next_epoch: int):
-    """One shard's SyncEpochRequest to one host: only the guests that did something."""
+                  logs: list[GuestEpochOps], next_epoch: int, epochs: int = 1):
+    """One shard's SyncEpochRequest to one host for ``epochs`` epochs from ``epoch``:
+    only the guests that did something."""
     return build_sync_request(
         experiment_id, host_id, shard_id, epoch, 0, epoch_end_ns,
-        [to_guest_ops(log) for log in logs if not log.is_empty()], next_epoch,
+        [to_guest_ops(log) for log in logs if not log.is_empty()], next_epoch, epochs,
     )

@@ -9,7 +9,7 @@ hosts are grouped into actors.
 from __future__ import annotations
 
 from services.host.core.config import HostConfig
-from services.host.core.pool import Host
+from services.host.core.pool import Host, warm_up
 from services.host.server import start_host_server
 from services.host.transport import HostDirectory, HostEndpoint
 from services.transport.security import TokenStore
@@ -20,6 +20,8 @@ class HostRunner:
     def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None,
                  metrics: bool = False, host_names: dict[int, str] | None = None):
         self.experiment_id = experiment_id
+        for cfg in {id(c): c for c in hosts.values()}.values():
+            warm_up(cfg)  # numba kernels load now, not in the first timed epoch
         self.endpoints = {
             h: HostEndpoint(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
         }
@@ -51,6 +53,17 @@ class HostRunner:
 
     def metrics_url(self) -> str | None:
         return self.metrics.url if self.metrics else None
+
+    def samples_after(self, epoch: int, timeout_s: float = 600.0) -> dict[int, dict[str, int]]:
+        """:meth:`samples` once every host of this actor has applied ``epoch``."""
+        for ep in self.endpoints.values():
+            if not ep.wait_applied(epoch, timeout_s):
+                raise TimeoutError(f"epoch={epoch}: host {ep.host_id} still waits for shards after {timeout_s} s")
+        return self.samples()
+
+    def timings(self) -> dict[str, float]:
+        """Wall-clock seconds this actor's hosts spent applying epochs (metadata, not results)."""
+        return {"apply_s": sum(ep.apply_wall_s for ep in self.endpoints.values())}
 
     def samples(self) -> dict[int, dict[str, int]]:
         return {h: dict(ep.host.host_counters()) for h, ep in self.endpoints.items()}

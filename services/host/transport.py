@@ -112,22 +112,50 @@ class GuestOps:
     reports: tuple[ReportOp, ...] = ()
     touched: PageRunOps = field(default_factory=PageRunOps)
     freed: PageRunOps = field(default_factory=PageRunOps)
+    # for a message covering several epochs: the last op_seq of each (empty: one epoch)
+    epoch_seq_ends: np.ndarray = field(default_factory=lambda: EMPTY_U64)  # uint64
+
+    def in_epoch(self, i: int) -> GuestOps:
+        """The operations of the message's i-th epoch (all of them when it covers one)."""
+        ends = self.epoch_seq_ends
+        if len(ends) == 0:
+            return self
+        lo = int(ends[i - 1]) if i else -1
+        hi = int(ends[i])
+        if lo == hi:
+            return GuestOps(self.guest_id)
+        return GuestOps(
+            self.guest_id,
+            reports=tuple(r for r in self.reports if lo < r.op_seq <= hi),
+            touched=_runs_between(self.touched, lo, hi),
+            freed=_runs_between(self.freed, lo, hi),
+        )
+
+
+def _runs_between(runs: PageRunOps, lo: int, hi: int) -> PageRunOps:
+    if len(runs.op_seqs) == 0:
+        return runs
+    keep = (runs.op_seqs > lo) & (runs.op_seqs <= hi) if lo >= 0 else runs.op_seqs <= hi
+    if keep.all():
+        return runs
+    return PageRunOps(runs.starts[keep], runs.npages[keep], runs.op_seqs[keep])
 
 
 @dataclass(frozen=True)
 class EpochSubmission:
-    """One shard's message for one epoch."""
+    """One shard's message for ``epochs`` consecutive epochs from ``epoch``."""
 
     shard_id: int
     epoch: int
     sequence: int
     epoch_end_ns: int
     guests: tuple[GuestOps, ...]
-    next_epoch: int = 0  # the shard's next epoch for this host; 0 = epoch + 1
+    next_epoch: int = 0  # the shard's next epoch for this host; 0 = epoch + epochs
+    epochs: int = 1
 
     @property
     def following_epoch(self) -> int:
-        return self.next_epoch or self.epoch + 1
+        return self.next_epoch or self.epoch + self.epochs
 
 
 @dataclass(frozen=True)
@@ -186,11 +214,12 @@ def decode_sync(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
             ),
             touched=_runs_from_pb(g.touched),
             freed=_runs_from_pb(g.freed),
+            epoch_seq_ends=_u64(g.epoch_seq_ends) if g.epoch_seq_ends else EMPTY_U64,
         )
         for g in request.guests
     )
     return EpochSubmission(request.shard_id, request.epoch, request.sequence,
-                           request.epoch_end_ns, guests, request.next_epoch)
+                           request.epoch_end_ns, guests, request.next_epoch, request.epochs or 1)
 
 
 def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistration:
@@ -258,15 +287,18 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
 
 def build_sync_request(
     experiment_id: str, host_id: int, shard_id: int, epoch: int, sequence: int,
-    epoch_end_ns: int, guests: Sequence[GuestOps], next_epoch: int = 0,
+    epoch_end_ns: int, guests: Sequence[GuestOps], next_epoch: int = 0, epochs: int = 1,
 ) -> host_pb2.SyncEpochRequest:
     """Plain per-guest ops -> SyncEpochRequest (packed arrays; what a guest shard sends)."""
     request = host_pb2.SyncEpochRequest(
         experiment_id=experiment_id, host_id=host_id, shard_id=shard_id, epoch=epoch,
         sequence=sequence, epoch_end_ns=epoch_end_ns, next_epoch=next_epoch,
+        epochs=epochs if epochs > 1 else 0,
     )
     for ops in guests:
         g = request.guests.add(guest_id=ops.guest_id)
+        if len(ops.epoch_seq_ends):
+            g.epoch_seq_ends.extend(np.asarray(ops.epoch_seq_ends).tolist())
         for report in ops.reports:
             batch = g.reports.add(op_seq=report.op_seq)
             batch.pfns.extend(np.asarray(report.pfns).tolist())
@@ -298,6 +330,26 @@ def validate_submission(sub: EpochSubmission, guests: Mapping[int, GuestRegistra
                 "guest appears twice in one message")
         seen.add(ops.guest_id)
         _validate_guest_ops(path, ops, reg)
+        _validate_epoch_seq_ends(path, ops, sub.epochs)
+
+
+def _validate_epoch_seq_ends(path: str, ops: GuestOps, epochs: int) -> None:
+    ends = ops.epoch_seq_ends
+    name = f"{path}.epoch_seq_ends"
+    if epochs == 1:
+        require(len(ends) == 0, name, len(ends), "must be empty when the message covers one epoch")
+        return
+    require(len(ends) == epochs, name, len(ends), f"needs one entry per covered epoch ({epochs})")
+    if len(ends) > 1 and bool((ends[1:] < ends[:-1]).any()):
+        i = int(np.flatnonzero(ends[1:] < ends[:-1])[0]) + 1
+        raise invalid_argument(f"{name}[{i}]", int(ends[i]), "must not be below the previous entry")
+    seqs = [int(r.op_seq) for r in ops.reports]
+    for runs in (ops.touched, ops.freed):
+        if len(runs.op_seqs):
+            seqs.append(int(runs.op_seqs.max()))
+    if seqs and max(seqs) > int(ends[-1]):
+        raise invalid_argument(f"{name}[{epochs - 1}]", int(ends[-1]),
+                               f"below op_seq {max(seqs)}: every operation must fall in a covered epoch")
 
 
 def _validate_guest_ops(path: str, ops: GuestOps, reg: GuestRegistration) -> None:
@@ -364,6 +416,7 @@ class HostEndpoint:
         self._done: dict[int, _StoredOutcome] = {}
         self._carry: dict[int, GuestEpochOutcome] = {}  # swap-outs for guests of shards not due
         self._broken: StatusError | None = None
+        self.apply_wall_s = 0.0  # wall-clock seconds spent applying epochs (metadata, not results)
 
     @property
     def _next_epoch(self) -> int:
@@ -462,6 +515,12 @@ class HostEndpoint:
         with self._cond:
             return self._cond.wait_for(lambda: sorted(self._pending) == sorted(shards), timeout_s)
 
+    def wait_applied(self, epoch: int, timeout_s: float) -> bool:
+        """Block until the host has applied ``epoch`` (True at once if no shard is registered)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._applied_epoch >= epoch or not self._shards or self._broken is not None, timeout_s)
+
     def state(self) -> dict[str, Any]:
         """Counters of the host and of every guest, plus the barrier's position."""
         with self._cond:
@@ -501,16 +560,21 @@ class HostEndpoint:
             raise failed_precondition("epoch", sub.epoch,
                                       f"future: host {self.host_id} expects epoch {expected} "
                                       f"from shard {sub.shard_id}")
-        require(sub.next_epoch == 0 or sub.next_epoch > sub.epoch, "next_epoch", sub.next_epoch,
-                f"must be 0 or after epoch {sub.epoch}")
+        require(sub.epochs >= 1, "epochs", sub.epochs, "must be at least 1")
+        require(sub.next_epoch == 0 or sub.next_epoch >= sub.epoch + sub.epochs, "next_epoch",
+                sub.next_epoch, f"must be 0 or at least {sub.epoch + sub.epochs} (after the covered epochs)")
         require(sub.epoch_end_ns >= self._epoch_end_ns, "epoch_end_ns", sub.epoch_end_ns,
                 f"before the previous epoch's end {self._epoch_end_ns}")
         for other in self._pending.values():
-            if (other.shard_id != sub.shard_id and other.epoch == sub.epoch
-                    and other.epoch_end_ns != sub.epoch_end_ns):
-                raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
-                                       f"shard {other.shard_id} sent {other.epoch_end_ns} "
-                                       f"for the same epoch")
+            if other.shard_id != sub.shard_id and other.epoch == sub.epoch:
+                if other.epoch_end_ns != sub.epoch_end_ns:
+                    raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
+                                           f"shard {other.shard_id} sent {other.epoch_end_ns} "
+                                           f"for the same epoch")
+                if other.epochs != sub.epochs:
+                    raise invalid_argument("epochs", sub.epochs,
+                                           f"shard {other.shard_id} covers {other.epochs} epochs "
+                                           f"from the same epoch")
 
     def _apply_ready(self) -> bool:
         """Apply epochs, earliest first, while every shard due at one has sent it."""
@@ -527,12 +591,14 @@ class HostEndpoint:
 
     def _apply_epoch(self, epoch: int, subs: list[EpochSubmission]) -> None:
         """Apply one epoch's submissions in guest-id order, reclaim, store outcomes."""
+        wall0 = time.perf_counter()
         outcomes = {gid: GuestEpochOutcome(gid) for gid in self._guests}
         all_ops = sorted((ops for sub in subs for ops in sub.guests), key=lambda ops: ops.guest_id)
         try:
-            for ops in all_ops:
-                apply_guest_ops(self.host, ops, outcomes)
-            record_swapped(outcomes, self.host.reclaim())
+            for i in range(subs[0].epochs):  # one epoch at a time, reclaim after each
+                for ops in all_ops:
+                    apply_guest_ops(self.host, ops.in_epoch(i), outcomes)
+                record_swapped(outcomes, self.host.reclaim())
             for gid, outcome in outcomes.items():
                 outcome.stopped = bool(self.host.is_stopped(gid))
         except Exception as exc:
@@ -547,8 +613,13 @@ class HostEndpoint:
             if carried is not None:
                 outcome = _merge_outcomes(carried, outcome)
                 outcomes[gid] = outcome
-            if self._guests[gid].shard_id not in submitted and _has_news(outcome):
-                self._carry[gid] = outcome
+            if self._guests[gid].shard_id not in submitted:
+                if _has_news(outcome):
+                    self._carry[gid] = outcome
+            elif len(outcome.swapped_starts):
+                # pages swapped out and touched again before the answer are resident
+                outcome.swapped_starts, outcome.swapped_npages = self.host.swapped_runs(
+                    gid, outcome.swapped_starts, outcome.swapped_npages)
         for sub in subs:
             mine = tuple(outcomes[gid] for gid in sorted(outcomes)
                          if self._guests[gid].shard_id == sub.shard_id)
@@ -557,7 +628,8 @@ class HostEndpoint:
             self._expect[sub.shard_id] = sub.following_epoch
             del self._pending[sub.shard_id]
         self._epoch_end_ns = subs[0].epoch_end_ns
-        self._applied_epoch = epoch
+        self._applied_epoch = epoch + subs[0].epochs - 1
+        self.apply_wall_s += time.perf_counter() - wall0
 
 
 def _has_news(outcome: GuestEpochOutcome) -> bool:

@@ -31,7 +31,8 @@ NS_PER_S = 1_000_000_000
 class Session(Protocol):
     """One simulation's running entities (in-process objects or Ray actors)."""
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]: ...
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
+                   sync_epochs: int = 1) -> list[int | None]: ...
     def skip_to(self, t_ns: int) -> None: ...
     def group_samples(self) -> dict[str, dict[str, int]]: ...
     def host_samples(self) -> dict[int, dict[str, int]]: ...
@@ -105,6 +106,20 @@ def host_metrics(counters: dict[str, int]) -> dict[str, int]:
     return out
 
 
+PRESSURE_COUNTERS = ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events")
+
+
+def host_under_pressure(prev: dict[str, int] | None, cur: dict[str, int], fraction: float) -> bool:
+    """A host whose answers carry more than fault and zero-fill costs: its pool is at
+    least ``fraction`` of its limit, or since the previous sample it reclaimed,
+    swapped a page in, or stopped a guest."""
+    if cur["pool_used_bytes"] >= fraction * cur["limit_bytes"]:
+        return True
+    if prev is None:
+        return False
+    return any(cur.get(k, 0) > prev.get(k, 0) for k in PRESSURE_COUNTERS)
+
+
 def _host_row(t_ns: int, label: str, slot: HostSlot, counters: dict[str, int]) -> dict[str, Any]:
     row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": label, "kind": "host", "entity": slot.name}
     for k, v in host_metrics(counters).items():
@@ -147,6 +162,9 @@ class Simulation:
         self.wall_s = 0.0
         self.closed = False
         self._bar = Progress(progress, f"{spec.name} [{label}]", spec.duration)
+        self._last_hs: dict[int, dict[str, int]] = {}
+        self._pressure = False
+        self.fine_intervals = 0  # sample intervals synced every epoch because a host was under pressure
         self._record(0)
 
     @property
@@ -155,6 +173,9 @@ class Simulation:
 
     def _record(self, t_ns: int) -> None:
         hs = self.session.host_samples()
+        self._pressure = any(host_under_pressure(self._last_hs.get(h), c, self.spec.sync_pressure_fraction)
+                             for h, c in hs.items())
+        self._last_hs = hs
         for h in self.plan.hosts:
             self.rows.append(_host_row(t_ns, self.label, h, hs[h.host_id]))
         for group, sums in sorted(self.session.group_samples().items()):
@@ -168,7 +189,9 @@ class Simulation:
             t = self.now_ns
             t_next = min(t + spec.sample_interval, spec.duration)
             count = max(1, -(-(t_next - t) // spec.epoch))
-            events = self.session.run_epochs(self.epoch, t, count, spec.epoch)
+            sync_epochs = 1 if self._pressure else spec.sync_interval // spec.epoch
+            self.fine_intervals += sync_epochs == 1
+            events = self.session.run_epochs(self.epoch, t, count, spec.epoch, sync_epochs)
             self.epoch += count
             self.epochs_run += count
             self.now_ns = t_next
@@ -197,10 +220,14 @@ class Simulation:
 
     def stats(self) -> dict[str, Any]:
         out = {"epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
+               "sync_interval_ns": self.spec.sync_interval, "per_epoch_sync_intervals": self.fine_intervals,
                "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
         timings = getattr(self.session, "timings", None)
         if timings is not None and not self.closed:
             out["shard_wall_seconds"] = timings()
+        host_timings = getattr(self.session, "host_timings", None)
+        if host_timings is not None and not self.closed:
+            out["host_actor_wall_seconds"] = host_timings()
         return out
 
     def close(self) -> None:

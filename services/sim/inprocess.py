@@ -11,7 +11,9 @@ from __future__ import annotations
 from services.guest.actor import register_request
 from services.guest.shard import GuestShard
 from services.guest.wire import epoch_request, from_outcome
+from services.guest.core.guest import warm_up as guest_warm_up
 from services.host.core.pool import Host
+from services.host.core.pool import warm_up as host_warm_up
 from services.host.transport import (
     HostDirectory,
     HostEndpoint,
@@ -25,6 +27,10 @@ from .entities import SimPlan
 class InProcessSession:
     def __init__(self, plan: SimPlan):
         self.plan = plan
+        host_warm_up(next(iter(plan.host_configs.values())))  # as the actors do, before timing
+        first = next((g for inits in plan.shard_inits for g in inits), None)
+        if first is not None:
+            guest_warm_up(first.config)
         self.endpoints = {h: HostEndpoint(plan.experiment_id, h, Host(h, cfg)) for h, cfg in plan.host_configs.items()}
         self.client = InProcessHostClient(HostDirectory(self.endpoints.values()))
         self.shards = [
@@ -35,30 +41,36 @@ class InProcessSession:
                                      key=lambda x: x[1].guest_id):
             self.client.register_guest(register_request(plan.experiment_id, shard_id, init))
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
-        """Like the shard actors: each shard runs and syncs only the epochs in which its
-        guests do something (the hosts do not wait for the others)."""
-        due = dict.fromkeys(range(len(self.shards)), 0)  # shard -> next epoch index it runs
-        for k in range(count):
-            t = t0_ns + k * epoch_ns
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
+                   sync_epochs: int = 1) -> list[int | None]:
+        """Like the shard actors: each shard runs and syncs, once per ``sync_epochs``
+        epochs, only the spans in which its guests do something (the hosts do not
+        wait for the others)."""
+        span_ns = sync_epochs * epoch_ns
+        nr_spans = -(-count // sync_epochs)
+        due = dict.fromkeys(range(len(self.shards)), 0)  # shard -> next span index it runs
+        for k in range(nr_spans):
+            t = t0_ns + k * span_ns
+            epochs = min(sync_epochs, count - k * sync_epochs)
             sent = []
             for i, shard in enumerate(self.shards):
                 if due[i] != k:
                     continue
-                logs = shard.run_epoch(t, t + epoch_ns)
-                due[i] = shard.next_sync_index(t0_ns, k, count, epoch_ns)
-                next_epoch = first_epoch + due[i] if due[i] < count else 0
+                logs = shard.run_span(t, epochs, epoch_ns)
+                due[i] = shard.next_sync_index(t0_ns, k, nr_spans, span_ns)
+                next_epoch = first_epoch + due[i] * sync_epochs if due[i] < nr_spans else 0
                 for host_id in shard.host_ids():
-                    request = epoch_request(self.plan.experiment_id, host_id, shard.shard_id, first_epoch + k,
-                                            t + epoch_ns, logs.get(host_id, []), next_epoch)
+                    request = epoch_request(self.plan.experiment_id, host_id, shard.shard_id,
+                                            first_epoch + k * sync_epochs, t + epochs * epoch_ns,
+                                            logs.get(host_id, []), next_epoch, epochs)
                     self.client.submit(request)
                     sent.append((shard, request))
             for shard, request in sent:
                 response = self.client.collect(request)
                 shard.apply_results(from_outcome(decode_outcome(response)))
             for i, shard in enumerate(self.shards):
-                if k + 1 < due[i] < count and shard.now_ns == t + epoch_ns:
-                    shard.skip_to(t0_ns + due[i] * epoch_ns)
+                if k + 1 < due[i] < nr_spans and shard.now_ns == t + epochs * epoch_ns:
+                    shard.skip_to(t0_ns + due[i] * span_ns)
         return [s.next_event_ns() for s in self.shards]
 
     def skip_to(self, t_ns: int) -> None:

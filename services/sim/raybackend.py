@@ -41,6 +41,8 @@ class RaySession:
 
         self.ray = ray
         self.plan = plan
+        self._group_stash: dict[str, dict[str, int]] | None = None  # samples taken with the last chunk
+        self._host_stash: dict[int, dict[str, int]] | None = None
         token = secrets.token_hex(16)
         host_ids = sorted(plan.host_configs)
         per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
@@ -68,20 +70,43 @@ class RaySession:
         # construction errors surface here; every shard serves GuestService for its guests
         self.guest_service_addresses = ray.get([a.start_guest_service.remote() for a in self.shard_actors])
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int) -> list[int | None]:
-        return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns) for a in self.shard_actors])
+    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
+                   sync_epochs: int = 1) -> list[int | None]:
+        """One actor call per shard and per host actor: shards run the chunk and return
+        their samples with their next events; host actors answer once they have
+        applied the chunk's last epoch (every shard syncs it), so the samples taken
+        here are those a separate call after the chunk would see."""
+        last = first_epoch + count - 1
+        refs = [a.run_chunk.remote(first_epoch, t0_ns, count, epoch_ns, sync_epochs) for a in self.shard_actors]
+        refs += [a.samples_after.remote(last) for a in self.host_actors]
+        out = self.ray.get(refs)
+        shards, hosts = out[:len(self.shard_actors)], out[len(self.shard_actors):]
+        self._group_stash = merge_group_samples(sample for _, sample in shards)
+        self._host_stash = {h: c for part in hosts for h, c in part.items()}
+        return [event for event, _ in shards]
 
     def timings(self) -> list[dict[str, float]]:
         """Per shard: wall seconds simulating guests and syncing with hosts (metadata only)."""
         return self.ray.get([a.timings.remote() for a in self.shard_actors])
 
+    def host_timings(self) -> list[dict[str, float]]:
+        """Per host actor: wall seconds applying epochs (metadata only)."""
+        return self.ray.get([a.timings.remote() for a in self.host_actors])
+
     def skip_to(self, t_ns: int) -> None:
+        self._group_stash = self._host_stash = None
         self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
 
     def group_samples(self) -> dict[str, dict[str, int]]:
+        stash, self._group_stash = self._group_stash, None
+        if stash is not None:
+            return stash
         return merge_group_samples(self.ray.get([a.sample.remote() for a in self.shard_actors]))
 
     def host_samples(self) -> dict[int, dict[str, int]]:
+        stash, self._host_stash = self._host_stash, None
+        if stash is not None:
+            return stash
         out: dict[int, dict[str, int]] = {}
         for part in self.ray.get([a.samples.remote() for a in self.host_actors]):
             out.update(part)

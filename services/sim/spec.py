@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .units import parse_duration_ns, parse_size_bytes
 
 PAGE_SIZE = 4096
-MAX_BLOCK_BYTES = PAGE_SIZE << 10  # guests are whole multiples of an order-10 block (4 MiB)
+MAX_BLOCK_BYTES = PAGE_SIZE << 10
+DEFAULT_SYNC_CAP_NS = 1_000_000_000  # default sync_interval: up to 1 s of simulated time  # guests are whole multiples of an order-10 block (4 MiB)
 
 
 class SpecError(ValueError):
@@ -167,6 +168,20 @@ class ExperimentSpec(_Model):
     duration: int = Field(description="Simulated time to run.")
     epoch: int = Field(50_000_000, description="Lockstep epoch length (default 50 ms).")
     sample_interval: int = Field(1_000_000_000, description="Time-series sample interval (default 1 s; at least one epoch).")
+    sync_interval: int | None = Field(None, description=(
+        "Simulated time covered by one SyncEpoch between a guest shard and a host: a whole multiple of "
+        "epoch that divides sample_interval. Hosts still apply every epoch on its own (all guests in "
+        "guest-id order, reclaim after each), so host state is the same as with per-epoch syncs; what "
+        "an answer carries back to guests (time lost to host faults, zero-fill, swap-in and reclaim; "
+        "swap-outs) reaches them at the end of the interval instead of the next epoch. This interval is "
+        "used only while every host is calm (see sync_pressure_fraction); otherwise shards sync every "
+        "epoch. Default: the largest such multiple up to 1 s. Set it equal to epoch for per-epoch "
+        "feedback throughout."))
+    sync_pressure_fraction: float = Field(0.85, gt=0, le=1, description=(
+        "A host is under pressure when, at a sample, its pool holds at least this share of its limit, "
+        "or it reclaimed, swapped in or stopped a guest during the last sample interval. While any host "
+        "is under pressure the next sample interval syncs every epoch, so guests feel swap-in and "
+        "reclaim costs one epoch later, as with per-epoch syncs."))
     hosts: list[HostGroup] = Field(min_length=1, description="Host groups.")
     guest_groups: list[GuestGroup] = Field(min_length=1, description="Guest groups.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="How guests are placed on hosts.")
@@ -174,6 +189,11 @@ class ExperimentSpec(_Model):
     sweep: SweepSpec | None = Field(None, description="Grid of overrides x seeds (overcommit sweep).")
 
     _durs = field_validator("duration", "epoch", "sample_interval", mode="before")(_dur)
+
+    @field_validator("sync_interval", mode="before")
+    @classmethod
+    def _sync_dur(cls, v: Any, info) -> int | None:
+        return None if v is None else parse_duration_ns(v, info.field_name)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
@@ -185,6 +205,13 @@ class ExperimentSpec(_Model):
             raise ValueError(
                 f"sample_interval ({self.sample_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
             )
+        if self.sync_interval is None:  # resolved here, so run ids and resolved specs carry it
+            object.__setattr__(self, "sync_interval", default_sync_interval(self.epoch, self.sample_interval))
+        elif self.sync_interval <= 0 or self.sync_interval % self.epoch:
+            raise ValueError(f"sync_interval ({self.sync_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)")
+        elif self.sample_interval % self.sync_interval:
+            raise ValueError(f"sync_interval ({self.sync_interval} ns) must divide sample_interval "
+                             f"({self.sample_interval} ns)")
         names = [h.name for h in self.hosts] + [g.name for g in self.guest_groups]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -199,6 +226,15 @@ class ExperimentSpec(_Model):
         """A run's identity: a hash of its resolved spec (wall time is not in it)."""
         blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_SYNC_CAP_NS) -> int:
+    """The largest whole multiple of ``epoch`` up to ``cap`` (at least one epoch) that
+    divides ``sample_interval``."""
+    for m in range(max(1, cap // epoch), 0, -1):
+        if sample_interval % (m * epoch) == 0:
+            return m * epoch
+    return epoch
 
 
 def _error_path(err: dict[str, Any]) -> str:

@@ -226,3 +226,30 @@ def granule_split(state, gran, gstat, p, slot, g):
 def slot_of(offsets, i):
     """Guest slot that holds global page i."""
     return np.searchsorted(offsets, i, side="right") - 1
+
+
+@njit(cache=True)
+def swapped_runs_kernel(state, gran, shift, lo, starts, npages, out_starts, out_npages):
+    """The parts of a guest's runs (pfns relative to ``lo``) whose pages are swapped
+    now, as runs in ``out_*``; returns how many. Swapped pages live only in
+    page-granular (GK_PAGES) granules."""
+    m = 0
+    for i in range(starts.shape[0]):
+        run = -1
+        end = starts[i] + npages[i]
+        for p in range(starts[i], end):
+            g = lo + p
+            swapped = (gran[g >> shift] & GK_MASK) == GK_PAGES and (state[g] & RES_MASK) == RES_SWAPPED
+            if swapped:
+                if run < 0:
+                    run = p
+            elif run >= 0:
+                out_starts[m] = run
+                out_npages[m] = p - run
+                m += 1
+                run = -1
+        if run >= 0:
+            out_starts[m] = run
+            out_npages[m] = end - run
+            m += 1
+    return m

@@ -85,6 +85,7 @@ from .pagestate import (
     RES_UNBACKED,
     ST_DONE,
     ST_LOG_FULL,
+    swapped_runs_kernel,
 )
 from .reclaim import reclaim_kernel
 from .swap import swapout_cost_ns
@@ -432,6 +433,16 @@ class Host:
         out[pages] = self._state[lo:hi][pages] & RES_MASK
         return out
 
+    def swapped_runs(self, guest_id: int, starts, npages) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of a guest's page runs that are swapped out now (int64 starts, npages)."""
+        rec = self._lookup(guest_id)
+        starts, npages = self._validate_runs(rec, starts, npages)
+        lo = int(self._offsets[rec.slot])
+        out_s = np.empty(int(npages.sum()), np.int64)
+        out_n = np.empty_like(out_s)
+        m = swapped_runs_kernel(self._state, self._gran, self._shift, lo, starts, npages, out_s, out_n)
+        return out_s[:m].copy(), out_n[:m].copy()
+
     # ------------------------------------------------------------------ counters
 
     def guest_counters(self, guest_id: int) -> dict[str, int]:
@@ -493,3 +504,24 @@ class Host:
 
     def _validate_runs(self, rec: _Guest, starts, npages) -> tuple[np.ndarray, np.ndarray]:
         return validate_runs(rec.guest_id, rec.nr_pages, starts, npages)
+
+
+def warm_up(config: HostConfig) -> None:
+    """Load (or compile) every numba kernel a host with ``config`` runs (touch, report,
+    reclaim to swap, the swap-out log), on a small throwaway host under pressure,
+    so the first epoch of a timed run does not pay for it."""
+    from dataclasses import replace
+
+    page_mib = 1 << 20
+    small = replace(config, memory_bytes=64 * page_mib, reserve_bytes=0, max_overcommit_ratio=None,
+                    swap=replace(config.swap, capacity_bytes=256 * page_mib) if config.swap.capacity_bytes else config.swap,
+                    debug_checks=False)
+    host = Host(0, small)
+    nr_pages = 32 * page_mib // PAGE_SIZE
+    for gid in range(4):
+        host.add_guest(gid, nr_pages)
+        host.apply_touch(gid, np.array([0], np.int64), np.array([nr_pages], np.int64))
+        host.reclaim()
+    host.apply_report(0, np.array([0], np.int64), np.array([9], np.int64))
+    host.swapped_runs(1, np.array([0], np.int64), np.array([nr_pages], np.int64))
+    host.host_counters()
