@@ -567,14 +567,14 @@ class HostEndpoint:
                 f"before the previous epoch's end {self._epoch_end_ns}")
         for other in self._pending.values():
             if other.shard_id != sub.shard_id and other.epoch == sub.epoch:
-                if other.epoch_end_ns != sub.epoch_end_ns:
-                    raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
-                                           f"shard {other.shard_id} sent {other.epoch_end_ns} "
-                                           f"for the same epoch")
                 if other.epochs != sub.epochs:
                     raise invalid_argument("epochs", sub.epochs,
                                            f"shard {other.shard_id} covers {other.epochs} epochs "
                                            f"from the same epoch")
+                if other.epoch_end_ns != sub.epoch_end_ns:
+                    raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
+                                           f"shard {other.shard_id} sent {other.epoch_end_ns} "
+                                           f"for the same epoch")
 
     def _apply_ready(self) -> bool:
         """Apply epochs, earliest first, while every shard due at one has sent it."""

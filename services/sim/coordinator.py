@@ -3,9 +3,10 @@
 ``run_experiment(spec) -> RunResult`` is the one entry point; the CLI, the
 ExperimentService and the tests are thin shells over it. The loop advances
 simulated time one sample interval at a time: every shard runs that many
-epochs concurrently, syncing once per epoch with each of its hosts (the
-hosts' per-epoch barrier keeps shards in lockstep and applies their ops in
-guest-id order). After each interval the coordinator records one sample per
+epochs concurrently, syncing with each of its hosts once per epoch while a
+host is under memory pressure and once per ``sync_interval`` while all are
+calm (the hosts' barrier keeps shards in lockstep and applies their ops epoch
+by epoch, in guest-id order, either way). After each interval the coordinator records one sample per
 host and per guest group. When no guest has anything to do before a later
 sample boundary (idle guests, reporting delay, workload pause), the
 coordinator skips ahead in one step. Simulated time never waits on the wall

@@ -112,3 +112,29 @@ def test_sample_sums_are_integers_and_cover_every_guest():
     assert all(isinstance(v, int) for v in s.values())
     assert s["held_bytes"] == 3 * (128 * MIB)
     assert sum(s[f"free_bytes_order_{o}"] for o in range(11)) == s["free_bytes"]
+
+
+def test_a_span_marks_where_each_epoch_ends_and_matches_epoch_by_epoch_runs():
+    wl = memhog(("grow", 150_000_000, 0.25, 64 * MIB), ("touch", 400_000_000, None, 32 * MIB))
+    by_epoch, by_span = shard_of(wl), shard_of(wl)
+    single = [run(by_epoch, (e + 1) * EPOCH)[0] for e in range(8)]
+    span = by_span.run_span(0, 8, EPOCH)[0][0]
+    assert by_span.now_ns == by_epoch.now_ns == 8 * EPOCH
+    ends = span.epoch_seq_ends
+    assert len(ends) == 8 and ends == sorted(ends)
+    everything = span.touch_seq + span.report_seq + span.free_seq
+    assert everything and ends[-1] == max(everything)
+    lo = 0
+    for i, log in enumerate(single):  # epoch i's ops in the span are what epoch i logged on its own
+        assert sorted(q for q in everything if lo < q <= ends[i]) == sorted(
+            log.touch_seq + log.report_seq + log.free_seq), i
+        lo = ends[i]
+    a, b = by_epoch.slots[0].guest, by_span.slots[0].guest
+    assert a.backing.counts() == b.backing.counts()
+    assert a.allocator.free_pages_total() == b.allocator.free_pages_total()
+
+
+def test_a_one_epoch_span_carries_no_epoch_marks():
+    shard = shard_of(memhog(("grow", 150_000_000, 0.25, 64 * MIB)))
+    log = shard.run_span(0, 1, EPOCH)[0][0]
+    assert log.touch_seq and log.epoch_seq_ends == []

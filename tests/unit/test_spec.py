@@ -105,3 +105,38 @@ def test_host_config_maps_swap_costs_and_rejects_bad_cost_override():
     spec = load_spec_text(BASE, ["hosts.0.costs={fault_4k_ns: -1}"])
     with pytest.raises(SpecError, match="fault_4k_ns"):
         host_config(spec.hosts[0], 2.0)
+
+
+def test_sync_interval_defaults_to_the_largest_multiple_of_epoch_up_to_1s_dividing_the_sample_interval():
+    assert load_spec_text(BASE).sync_interval == 1_000_000_000
+    assert load_spec_text(BASE + "sample_interval: 150ms\n").sync_interval == 150_000_000
+    assert load_spec_text(BASE + "sample_interval: 3s\n").sync_interval == 1_000_000_000
+    assert load_spec_text(BASE + "sample_interval: 1500ms\n").sync_interval == 750_000_000
+    assert load_spec_text(BASE + "epoch: 40ms\nsample_interval: 1s\n").sync_interval == 1_000_000_000
+    explicit = load_spec_text(BASE + "sync_interval: 200ms\n")
+    assert explicit.sync_interval == 200_000_000
+    # the resolved value is part of the run's identity
+    assert explicit.run_id() != load_spec_text(BASE).run_id()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("sync_interval: 70ms\n", "sync_interval (70000000 ns) must be a whole multiple of epoch"),
+    ("sync_interval: 300ms\n", "sync_interval (300000000 ns) must divide sample_interval"),
+    ("sync_pressure_fraction: 1.5\n", "sync_pressure_fraction"),
+])
+def test_bad_sync_settings_name_the_field(extra, message):
+    with pytest.raises(SpecError) as e:
+        load_spec_text(BASE + extra)
+    assert message in str(e.value)
+
+
+def test_a_host_is_under_pressure_near_its_limit_or_after_reclaim_swap_in_or_stop():
+    from services.sim.coordinator import host_under_pressure
+
+    calm = {"pool_used_bytes": 50, "limit_bytes": 100, "reclaim_scanned_pages": 7, "faults_swapin": 3}
+    assert not host_under_pressure(None, calm, 0.85)
+    assert not host_under_pressure(calm, dict(calm), 0.85)
+    assert host_under_pressure(None, {**calm, "pool_used_bytes": 85}, 0.85)
+    assert not host_under_pressure(None, {**calm, "pool_used_bytes": 84}, 0.85)
+    for key in ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events"):
+        assert host_under_pressure(calm, {**calm, key: calm.get(key, 0) + 1}, 0.85), key
