@@ -75,6 +75,11 @@ def test_reference_run_did_something(reference):
     assert s["guest_groups"]["hog"]["ops_completed"] > 0
     assert s["cluster"]["swap_out_bytes"] > 0, "the spec should create host pressure"
     assert s["comparison"]["reporting_off"]["memory_saved_mean_bytes"] > 0
+    # both sync modes occur, so the layouts below are compared across mode switches too
+    runs = reference.metadata["runs"]
+    intervals = 12_000 // 500
+    fine = [r["per_epoch_sync_intervals"] for r in runs.values()]
+    assert any(0 < f < intervals for f in fine), fine
 
 
 @pytest.mark.parametrize("shards,hosts_per_actor", [(1, 2), (2, 1), (4, 2), (4, 1)])
