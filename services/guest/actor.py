@@ -159,10 +159,12 @@ class ShardRunner:
         return self.shard.next_event_ns()
 
     def run_chunk(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
-                  sync_epochs: int = 1) -> tuple[int | None, dict[str, dict[str, int]]]:
-        """:meth:`run_epochs`, then :meth:`sample` (one actor call per sample interval)."""
+                  sync_epochs: int = 1) -> tuple[int | None, dict[str, dict[str, int]], float]:
+        """:meth:`run_epochs`, then :meth:`sample` (one actor call per sample interval);
+        also the wall seconds this chunk spent simulating guests (metadata)."""
+        before = self.wall["guests_s"]
         event = self.run_epochs(first_epoch, t0_ns, count, epoch_ns, sync_epochs)
-        return event, self.sample()
+        return event, self.sample(), self.wall["guests_s"] - before
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""

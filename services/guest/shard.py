@@ -1,13 +1,15 @@
 """A guest shard: many guests advanced together in lockstep epochs.
 
 This is a plain state class (no Ray, no gRPC). The Ray actor in
-``services/sim/actors.py`` is a thin shell over it, and the in-process runner
+``services/guest/actor.py`` is a thin shell over it, and the in-process runner
 uses it directly. In one epoch every guest runs its workload and its reporting
 worker up to the epoch's end; everything it did that a host must see (report
 batches, touched and freed page runs) is recorded in op-sequence order, one
 :class:`GuestEpochOps` per guest, and handed to the host the guest lives on.
-The host's answer (swapped-out runs, simulated time lost to costs) is applied
-before the next epoch: lost time is subtracted from the guest's working time.
+One sync covers a span of one or more epochs (:meth:`GuestShard.run_span`);
+each guest's log marks where every epoch's ops end. The host's answer
+(swapped-out runs, simulated time lost to costs) is applied at the end of the
+span: lost time is subtracted from the guest's working time in later epochs.
 """
 
 from __future__ import annotations

@@ -54,12 +54,13 @@ class HostRunner:
     def metrics_url(self) -> str | None:
         return self.metrics.url if self.metrics else None
 
-    def samples_after(self, epoch: int, timeout_s: float = 600.0) -> dict[int, dict[str, int]]:
-        """:meth:`samples` once every host of this actor has applied ``epoch``."""
+    def samples_after(self, epoch: int, timeout_s: float = 600.0) -> tuple[dict[int, dict[str, int]], float]:
+        """:meth:`samples` once every host of this actor has applied ``epoch``, and the
+        actor's total wall seconds spent applying epochs so far (metadata)."""
         for ep in self.endpoints.values():
             if not ep.wait_applied(epoch, timeout_s):
                 raise TimeoutError(f"epoch={epoch}: host {ep.host_id} still waits for shards after {timeout_s} s")
-        return self.samples()
+        return self.samples(), self.timings()["apply_s"]
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds this actor's hosts spent applying epochs (metadata, not results)."""

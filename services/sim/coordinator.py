@@ -229,6 +229,9 @@ class Simulation:
         host_timings = getattr(self.session, "host_timings", None)
         if host_timings is not None and not self.closed:
             out["host_actor_wall_seconds"] = host_timings()
+        critical = getattr(self.session, "critical_s", None)
+        if critical is not None:
+            out["critical_path_seconds"] = critical
         return out
 
     def close(self) -> None:

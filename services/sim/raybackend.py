@@ -43,6 +43,8 @@ class RaySession:
         self.plan = plan
         self._group_stash: dict[str, dict[str, int]] | None = None  # samples taken with the last chunk
         self._host_stash: dict[int, dict[str, int]] | None = None
+        self._applied_s: dict[int, float] = {}  # host actor -> apply seconds at the last chunk
+        self.critical_s = 0.0  # wall seconds of simulation work on the critical path (metadata)
         token = secrets.token_hex(16)
         host_ids = sorted(plan.host_configs)
         per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
@@ -81,9 +83,13 @@ class RaySession:
         refs += [a.samples_after.remote(last) for a in self.host_actors]
         out = self.ray.get(refs)
         shards, hosts = out[:len(self.shard_actors)], out[len(self.shard_actors):]
-        self._group_stash = merge_group_samples(sample for _, sample in shards)
-        self._host_stash = {h: c for part in hosts for h, c in part.items()}
-        return [event for event, _ in shards]
+        self._group_stash = merge_group_samples(sample for _, sample, _ in shards)
+        self._host_stash = {h: c for part, _ in hosts for h, c in part.items()}
+        # the chunk's critical path: the busiest shard, then the busiest host actor
+        applied = [total - self._applied_s.get(i, 0.0) for i, (_, total) in enumerate(hosts)]
+        self._applied_s = {i: total for i, (_, total) in enumerate(hosts)}
+        self.critical_s += max((s for _, _, s in shards), default=0.0) + max(applied, default=0.0)
+        return [event for event, _, _ in shards]
 
     def timings(self) -> list[dict[str, float]]:
         """Per shard: wall seconds simulating guests and syncing with hosts (metadata only)."""
