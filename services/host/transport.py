@@ -115,30 +115,41 @@ class GuestOps:
     # for a message covering several epochs: the last op_seq of each (empty: one epoch)
     epoch_seq_ends: np.ndarray = field(default_factory=lambda: EMPTY_U64)  # uint64
 
-    def in_epoch(self, i: int) -> GuestOps:
-        """The operations of the message's i-th epoch (all of them when it covers one)."""
+    def is_empty(self) -> bool:
+        return not (self.reports or len(self.touched.op_seqs) or len(self.freed.op_seqs))
+
+    def by_epoch(self, epochs: int) -> list[GuestOps | None]:
+        """The operations of each covered epoch (None: nothing in it); one entry per epoch."""
         ends = self.epoch_seq_ends
         if len(ends) == 0:
-            return self
-        lo = int(ends[i - 1]) if i else -1
-        hi = int(ends[i])
-        if lo == hi:
-            return GuestOps(self.guest_id)
-        return GuestOps(
-            self.guest_id,
-            reports=tuple(r for r in self.reports if lo < r.op_seq <= hi),
-            touched=_runs_between(self.touched, lo, hi),
-            freed=_runs_between(self.freed, lo, hi),
-        )
+            return [self] + [None] * (epochs - 1)
+        out: list[GuestOps | None] = [None] * epochs
+        report_epoch = np.searchsorted(ends, [r.op_seq for r in self.reports], side="left")
+        touched = _runs_by_epoch(self.touched, ends)
+        freed = _runs_by_epoch(self.freed, ends)
+        for i in range(epochs):
+            ops = GuestOps(self.guest_id,
+                           tuple(r for r, e in zip(self.reports, report_epoch, strict=True) if e == i),
+                           touched[i], freed[i])
+            out[i] = None if ops.is_empty() else ops
+        return out
 
 
-def _runs_between(runs: PageRunOps, lo: int, hi: int) -> PageRunOps:
+def _runs_by_epoch(runs: PageRunOps, ends: np.ndarray) -> list[PageRunOps]:
+    """Runs split by epoch: op_seqs are ascending, ends[i] is epoch i's last op_seq."""
     if len(runs.op_seqs) == 0:
-        return runs
-    keep = (runs.op_seqs > lo) & (runs.op_seqs <= hi) if lo >= 0 else runs.op_seqs <= hi
-    if keep.all():
-        return runs
-    return PageRunOps(runs.starts[keep], runs.npages[keep], runs.op_seqs[keep])
+        return [runs] * len(ends)
+    if bool((runs.op_seqs[1:] < runs.op_seqs[:-1]).any()):  # a client may list runs in any order
+        order = np.argsort(runs.op_seqs, kind="stable")
+        runs = PageRunOps(runs.starts[order], runs.npages[order], runs.op_seqs[order])
+    cuts = np.searchsorted(runs.op_seqs, ends, side="right")
+    lo = 0
+    out = []
+    for hi in cuts.tolist():
+        out.append(PageRunOps(runs.starts[lo:hi], runs.npages[lo:hi], runs.op_seqs[lo:hi]) if hi > lo
+                   else PageRunOps())
+        lo = hi
+    return out
 
 
 @dataclass(frozen=True)
@@ -595,9 +606,12 @@ class HostEndpoint:
         outcomes = {gid: GuestEpochOutcome(gid) for gid in self._guests}
         all_ops = sorted((ops for sub in subs for ops in sub.guests), key=lambda ops: ops.guest_id)
         try:
-            for i in range(subs[0].epochs):  # one epoch at a time, reclaim after each
-                for ops in all_ops:
-                    apply_guest_ops(self.host, ops.in_epoch(i), outcomes)
+            epochs = subs[0].epochs
+            split = [ops.by_epoch(epochs) for ops in all_ops]
+            for i in range(epochs):  # one epoch at a time, reclaim after each
+                for per_epoch in split:
+                    if per_epoch[i] is not None:
+                        apply_guest_ops(self.host, per_epoch[i], outcomes)
                 record_swapped(outcomes, self.host.reclaim())
             for gid, outcome in outcomes.items():
                 outcome.stopped = bool(self.host.is_stopped(gid))

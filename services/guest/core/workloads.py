@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
 
@@ -87,15 +88,35 @@ class WorkStats:
         return self.pages_allocated + self.pages_freed + self.pages_touched
 
 
+@njit(cache=True, nogil=True)
+def _runs_kernel(p, each, out_starts, out_npages):
+    """Runs of blocks of ``each`` pages at the ascending pfns ``p``; returns how many."""
+    m = 0
+    start = p[0]
+    prev = p[0]
+    for i in range(1, p.shape[0]):
+        if p[i] != prev + each:
+            out_starts[m] = start
+            out_npages[m] = prev + each - start
+            m += 1
+            start = p[i]
+        prev = p[i]
+    out_starts[m] = start
+    out_npages[m] = prev + each - start
+    return m + 1
+
+
 def pfns_to_runs(pfns: np.ndarray, npages_each: int) -> tuple[np.ndarray, np.ndarray]:
     """Compress blocks of ``npages_each`` pages at ``pfns`` into sorted (start, npages) runs."""
     if len(pfns) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    p = np.sort(np.asarray(pfns, dtype=np.int64))
-    breaks = np.nonzero(np.diff(p) != npages_each)[0] + 1
-    starts = p[np.concatenate(([0], breaks))]
-    counts = np.diff(np.concatenate(([0], breaks, [len(p)])))
-    return starts, counts.astype(np.int64) * npages_each
+    p = np.asarray(pfns, dtype=np.int64)
+    if len(p) > 1 and bool((p[1:] < p[:-1]).any()):
+        p = np.sort(p)
+    starts = np.empty(len(p), np.int64)
+    npages = np.empty(len(p), np.int64)
+    m = _runs_kernel(p, npages_each, starts, npages)
+    return starts[:m], npages[:m]
 
 
 class HeldBlocks:

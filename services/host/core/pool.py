@@ -319,6 +319,8 @@ class Host:
         """Reclaim down to the limit, then return, per guest, the ranges swapped out since
         the last call that are still swapped: guest_id -> (start pfns, npages), ascending.
         """
+        if self._hs[H_POOL_BYTES] <= self._p[P_LIMIT_BYTES] and self._hs[H_LOG_N] == 0:
+            return {}  # nothing to reclaim and nothing swapped since the last call
         ev = np.zeros(NEV, np.int64)
         self._ensure_log_room()
         reclaim_kernel(
