@@ -9,9 +9,9 @@ cluster, and as the reference for the gRPC path's overhead.
 from __future__ import annotations
 
 from services.guest.actor import register_request
+from services.guest.core.guest import warm_up as guest_warm_up
 from services.guest.shard import GuestShard
 from services.guest.wire import epoch_request, from_outcome
-from services.guest.core.guest import warm_up as guest_warm_up
 from services.host.core.pool import Host
 from services.host.core.pool import warm_up as host_warm_up
 from services.host.transport import (

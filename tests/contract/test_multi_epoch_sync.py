@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from services.host.server import connect_host, start_host_server
-from services.host.transport import GuestOps, HostDirectory, HostEndpoint, PageRunOps, ReportOp, build_sync_request
+from services.host.transport import (
+    GuestOps,
+    HostDirectory,
+    HostEndpoint,
+    PageRunOps,
+    ReportOp,
+    build_sync_request,
+)
 from services.transport.server import ServerOptions
 from tests.contract.conftest import EPOCH_NS, EXPERIMENT, guest_ops, make_host, register, state_of
 from tests.contract.test_host_service import PRESSURE_HOST_BYTES

@@ -8,9 +8,9 @@ import pytest
 from services.sim.coordinator import run_experiment
 from services.sim.spec import load_spec_text
 
-pytestmark = pytest.mark.ray
-
 from .test_determinism import FILES, SPEC
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
