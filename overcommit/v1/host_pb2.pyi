@@ -91,7 +91,7 @@ class GuestEpochOps(_message.Message):
     def __init__(self, guest_id: _Optional[int] = ..., reports: _Optional[_Iterable[_Union[ReportBatch, _Mapping]]] = ..., touched: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., freed: _Optional[_Union[_common_pb2.SequencedPageRuns, _Mapping]] = ..., epoch_seq_ends: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SyncEpochRequest(_message.Message):
-    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests", "next_epoch", "epochs")
+    __slots__ = ("experiment_id", "host_id", "shard_id", "epoch", "sequence", "epoch_end_ns", "guests", "next_epoch", "epochs", "sample")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class SyncEpochRequest(_message.Message):
     GUESTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     host_id: int
     shard_id: int
@@ -110,7 +111,8 @@ class SyncEpochRequest(_message.Message):
     guests: _containers.RepeatedCompositeFieldContainer[GuestEpochOps]
     next_epoch: int
     epochs: int
-    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
+    sample: bool
+    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ..., epochs: _Optional[int] = ..., sample: _Optional[bool] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("op_seq", "status", "discarded_pages", "latency_ns")
@@ -155,22 +157,33 @@ class GuestEpochResult(_message.Message):
     def __init__(self, guest_id: _Optional[int] = ..., report_acks: _Optional[_Iterable[_Union[ReportAck, _Mapping]]] = ..., swapped_out: _Optional[_Union[_common_pb2.PageRuns, _Mapping]] = ..., lost_ns: _Optional[_Mapping[str, int]] = ..., touched_pages: _Optional[_Mapping[str, int]] = ..., stopped: _Optional[bool] = ...) -> None: ...
 
 class SyncEpochResponse(_message.Message):
-    __slots__ = ("epoch", "sequence", "guests")
+    __slots__ = ("epoch", "sequence", "guests", "sample_counters")
+    class SampleCountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     GUESTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNTERS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     sequence: int
     guests: _containers.RepeatedCompositeFieldContainer[GuestEpochResult]
-    def __init__(self, epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochResult, _Mapping]]] = ...) -> None: ...
+    sample_counters: _containers.ScalarMap[str, int]
+    def __init__(self, epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochResult, _Mapping]]] = ..., sample_counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetHostStateRequest(_message.Message):
-    __slots__ = ("experiment_id", "host_id")
+    __slots__ = ("experiment_id", "host_id", "sample_epoch")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     host_id: int
-    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ...) -> None: ...
+    sample_epoch: int
+    def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., sample_epoch: _Optional[int] = ...) -> None: ...
 
 class GuestCounters(_message.Message):
     __slots__ = ("guest_id", "shard_id", "nr_pages", "counters")

@@ -28,6 +28,7 @@ from services.guest.transport import (
     start_guest_server,
 )
 from services.guest.wire import epoch_request, from_outcome
+from services.host.core.counters import under_pressure as host_under_pressure
 from services.host.server import connect_host
 from services.host.transport import decode_outcome
 
@@ -123,8 +124,11 @@ class ShardRunner:
         }
         for init in guests:
             self.clients[init.host_id].register_guest(register_request(experiment_id, shard_id, init))
+        self.host_targets = dict(host_targets)  # every host of the experiment: samples for sync decisions
+        self._other_clients: dict[int, Any] = {}
+        self._answer_samples: dict[tuple[int, int], dict[str, int]] = {}  # (host, epoch) -> counters
         self.guest_server = None
-        self.wall = {"guests_s": 0.0, "sync_s": 0.0}
+        self.wall = {"guests_s": 0.0, "sync_s": 0.0, "samples_s": 0.0}
         self.workload_factory = workload_factory
         self.token = token
 
@@ -135,6 +139,7 @@ class ShardRunner:
         a guest does something; return the next event."""
         span_ns = sync_epochs * epoch_ns
         nr_spans = -(-count // sync_epochs)
+        self._answer_samples.clear()  # only this chunk's boundary is asked for
         k = 0
         while k < nr_spans:
             t = t0_ns + k * span_ns
@@ -148,9 +153,13 @@ class ShardRunner:
                 w0 = time.perf_counter()
                 request = epoch_request(self.experiment_id, host_id, self.shard.shard_id,
                                         first_epoch + k * sync_epochs, t + epochs * epoch_ns,
-                                        logs.get(host_id, []), next_epoch, epochs)
+                                        logs.get(host_id, []), next_epoch, epochs,
+                                        sample=k == nr_spans - 1)
                 response = client.sync_epoch(request, timeout_s=SYNC_TIMEOUT_S)
-                results = from_outcome(decode_outcome(response))
+                outcome = decode_outcome(response)
+                if outcome.sample is not None:  # the host's counters at this sample boundary
+                    self._answer_samples[(host_id, request.epoch + epochs - 1)] = outcome.sample
+                results = from_outcome(outcome)
                 self.wall["sync_s"] += time.perf_counter() - w0
                 self.shard.apply_results(results)
             if nk > k + 1 and nk < nr_spans:
@@ -158,13 +167,48 @@ class ShardRunner:
             k = nk
         return self.shard.next_event_ns()
 
-    def run_chunk(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
-                  sync_epochs: int = 1) -> tuple[int | None, dict[str, dict[str, int]], float]:
-        """:meth:`run_epochs`, then :meth:`sample` (one actor call per sample interval);
-        also the wall seconds this chunk spent simulating guests (metadata)."""
-        before = self.wall["guests_s"]
-        event = self.run_epochs(first_epoch, t0_ns, count, epoch_ns, sync_epochs)
-        return event, self.sample(), self.wall["guests_s"] - before
+    def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
+                   pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
+                   ) -> tuple[int | None, list[dict[str, dict[str, int]]], list[float]]:
+        """Run several sample intervals (``chunks``: (start ns, epochs) each) in one call.
+
+        Each interval syncs every epoch if ``pressure`` (for the first) or if any
+        host was under pressure at its start, else once per ``calm_sync_epochs``:
+        the coordinator's rule, applied here to every host's counters kept at the
+        interval boundaries (``last_hs``: at the boundary before the first), so the
+        decision is the same in every shard. Returns the next event, the shard's
+        sample after each interval, and its guest wall seconds per interval.
+        """
+        samples, guest_s = [], []
+        epoch, prev, event = first_epoch, dict(last_hs), None
+        for i, (t0_ns, count) in enumerate(chunks):
+            before = self.wall["guests_s"]
+            event = self.run_epochs(epoch, t0_ns, count, epoch_ns, 1 if pressure else calm_sync_epochs)
+            guest_s.append(self.wall["guests_s"] - before)
+            w0 = time.perf_counter()
+            samples.append(self.sample())
+            epoch += count
+            if i < len(chunks) - 1:
+                now = {h: self._host_sample(h, epoch - 1) for h in sorted(self.host_targets)}
+                pressure = any(host_under_pressure(prev.get(h), c, pressure_fraction) for h, c in now.items())
+                prev = now
+            self.wall["samples_s"] += time.perf_counter() - w0
+        return event, samples, guest_s
+
+    def _host_sample(self, host_id: int, epoch: int) -> dict[str, int]:
+        """A host's counters kept after ``epoch`` (the end of a sample interval): from
+        the answer to this shard's last sync of the interval, else asked for."""
+        kept = self._answer_samples.pop((host_id, epoch), None)
+        if kept is not None:
+            return kept
+        client = self.clients.get(host_id) or self._other_clients.get(host_id)
+        if client is None:
+            client = self._other_clients[host_id] = connect_host(
+                self.host_targets[host_id], token=self.token, experiment_id=self.experiment_id,
+                timeout_s=SYNC_TIMEOUT_S)
+        response = client.get_host_state(host_pb2.GetHostStateRequest(
+            experiment_id=self.experiment_id, host_id=host_id, sample_epoch=epoch), timeout_s=SYNC_TIMEOUT_S)
+        return dict(response.counters)
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""
@@ -190,7 +234,7 @@ class ShardRunner:
         return self.guest_server.address
 
     def close(self) -> None:
-        for c in self.clients.values():
+        for c in (*self.clients.values(), *self._other_clients.values()):
             c.close()
         if self.guest_server is not None:
             self.guest_server.stop()

@@ -70,10 +70,10 @@ def registration(init: GuestInit, shard_id: int, discard_mode: str) -> GuestRegi
 
 
 def epoch_request(experiment_id: str, host_id: int, shard_id: int, epoch: int, epoch_end_ns: int,
-                  logs: list[GuestEpochOps], next_epoch: int, epochs: int = 1):
+                  logs: list[GuestEpochOps], next_epoch: int, epochs: int = 1, sample: bool = False):
     """One shard's SyncEpochRequest to one host for ``epochs`` epochs from ``epoch``:
     only the guests that did something."""
     return build_sync_request(
         experiment_id, host_id, shard_id, epoch, 0, epoch_end_ns,
-        [to_guest_ops(log) for log in logs if not log.is_empty()], next_epoch, epochs,
+        [to_guest_ops(log) for log in logs if not log.is_empty()], next_epoch, epochs, sample,
     )

@@ -54,13 +54,15 @@ class HostRunner:
     def metrics_url(self) -> str | None:
         return self.metrics.url if self.metrics else None
 
-    def samples_after(self, epoch: int, timeout_s: float = 600.0) -> tuple[dict[int, dict[str, int]], float]:
-        """:meth:`samples` once every host of this actor has applied ``epoch``, and the
-        actor's total wall seconds spent applying epochs so far (metadata)."""
-        for ep in self.endpoints.values():
-            if not ep.wait_applied(epoch, timeout_s):
-                raise TimeoutError(f"epoch={epoch}: host {ep.host_id} still waits for shards after {timeout_s} s")
-        return self.samples(), self.timings()["apply_s"]
+    def samples_at(self, epochs: list[int], timeout_s: float = 600.0
+                   ) -> tuple[list[dict[int, dict[str, int]]], list[float]]:
+        """Per epoch of ``epochs`` (each the last of a sample interval): every host's
+        counters kept right after it, and this actor's wall seconds spent applying
+        epochs by then (metadata)."""
+        out = []
+        for epoch in epochs:
+            out.append({h: ep.sample_at(epoch, timeout_s) for h, ep in self.endpoints.items()})
+        return out, [sum(ep.apply_wall_s_at(e) for ep in self.endpoints.values()) for e in epochs]
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds this actor's hosts spent applying epochs (metadata, not results)."""

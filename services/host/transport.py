@@ -58,7 +58,8 @@ PAGE_SIZE_BYTES = 4096  # the guest base page; pfns count these
 DEFAULT_REPORT_CAPACITY = 32  # PAGE_REPORTING_CAPACITY: ranges per report
 DEFAULT_MAX_ORDER = 10  # MAX_PAGE_ORDER on x86-64
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
-WAIT_SLICE_S = 0.5  # re-check a cancelled call this often while waiting
+WAIT_SLICE_S = 0.5
+MAX_KEPT_SAMPLES = 64  # counters kept per host for GetHostState(sample_epoch)  # re-check a cancelled call this often while waiting
 
 DISCARD_FROM_PB = {
     host_pb2.DISCARD_MODE_DONTNEED: DISCARD_DONTNEED,
@@ -163,6 +164,7 @@ class EpochSubmission:
     guests: tuple[GuestOps, ...]
     next_epoch: int = 0  # the shard's next epoch for this host; 0 = epoch + epochs
     epochs: int = 1
+    sample: bool = False  # the epochs end a sample interval: keep the host's counters after them
 
     @property
     def following_epoch(self) -> int:
@@ -199,6 +201,7 @@ class EpochOutcome:
     epoch: int
     sequence: int
     guests: tuple[GuestEpochOutcome, ...]
+    sample: dict[str, int] | None = None  # host counters after the epochs, if they ended a sample interval
 
 
 # ------------------------------------------------------------ message decoding
@@ -230,7 +233,8 @@ def decode_sync(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
         for g in request.guests
     )
     return EpochSubmission(request.shard_id, request.epoch, request.sequence,
-                           request.epoch_end_ns, guests, request.next_epoch, request.epochs or 1)
+                           request.epoch_end_ns, guests, request.next_epoch, request.epochs or 1,
+                           request.sample)
 
 
 def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistration:
@@ -277,6 +281,8 @@ def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
             result.swapped_out.npages.extend(g.swapped_npages.tolist())
         result.lost_ns.update(g.lost_ns)
         result.touched_pages.update(g.touched_pages)
+    if outcome.sample is not None:
+        response.sample_counters.update(outcome.sample)
     return response
 
 
@@ -293,18 +299,20 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
         )
         for g in response.guests
     )
-    return EpochOutcome(response.epoch, response.sequence, guests)
+    return EpochOutcome(response.epoch, response.sequence, guests,
+                        dict(response.sample_counters) if response.sample_counters else None)
 
 
 def build_sync_request(
     experiment_id: str, host_id: int, shard_id: int, epoch: int, sequence: int,
     epoch_end_ns: int, guests: Sequence[GuestOps], next_epoch: int = 0, epochs: int = 1,
+    sample: bool = False,
 ) -> host_pb2.SyncEpochRequest:
     """Plain per-guest ops -> SyncEpochRequest (packed arrays; what a guest shard sends)."""
     request = host_pb2.SyncEpochRequest(
         experiment_id=experiment_id, host_id=host_id, shard_id=shard_id, epoch=epoch,
         sequence=sequence, epoch_end_ns=epoch_end_ns, next_epoch=next_epoch,
-        epochs=epochs if epochs > 1 else 0,
+        epochs=epochs if epochs > 1 else 0, sample=sample,
     )
     for ops in guests:
         g = request.guests.add(guest_id=ops.guest_id)
@@ -428,6 +436,8 @@ class HostEndpoint:
         self._carry: dict[int, GuestEpochOutcome] = {}  # swap-outs for guests of shards not due
         self._broken: StatusError | None = None
         self.apply_wall_s = 0.0  # wall-clock seconds spent applying epochs (metadata, not results)
+        self._samples: dict[int, dict[str, int]] = {}  # last epoch of a sample interval -> counters
+        self._sample_wall_s: dict[int, float] = {}  # ... -> apply_wall_s then (metadata)
 
     @property
     def _next_epoch(self) -> int:
@@ -525,6 +535,26 @@ class HostEndpoint:
         """Block until exactly ``shards`` have a stored message waiting; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: sorted(self._pending) == sorted(shards), timeout_s)
+
+    def sample_at(self, epoch: int, timeout_s: float) -> dict[str, int]:
+        """The host counters kept right after ``epoch`` (which ended a sample interval),
+        waiting up to ``timeout_s`` for it to be applied."""
+        if not self.wait_applied(epoch, timeout_s):
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "sample_epoch", epoch,
+                              f"host {self.host_id} has not applied it yet")
+        with self._cond:
+            self._check_broken()
+            sample = self._samples.get(epoch)
+            if sample is None:
+                raise failed_precondition("sample_epoch", epoch,
+                                          f"host {self.host_id} kept no sample after it (kept: "
+                                          f"{sorted(self._samples)[-3:]})")
+            return dict(sample)
+
+    def apply_wall_s_at(self, epoch: int) -> float:
+        """apply_wall_s as it was when the sample after ``epoch`` was kept (metadata)."""
+        with self._cond:
+            return self._sample_wall_s.get(epoch, self.apply_wall_s)
 
     def wait_applied(self, epoch: int, timeout_s: float) -> bool:
         """Block until the host has applied ``epoch`` (True at once if no shard is registered)."""
@@ -634,16 +664,25 @@ class HostEndpoint:
                 # pages swapped out and touched again before the answer are resident
                 outcome.swapped_starts, outcome.swapped_npages = self.host.swapped_runs(
                     gid, outcome.swapped_starts, outcome.swapped_npages)
+        last = epoch + subs[0].epochs - 1
+        if any(sub.sample for sub in subs):
+            self._samples[last] = dict(self.host.host_counters())
+            while len(self._samples) > MAX_KEPT_SAMPLES:
+                oldest = min(self._samples)
+                del self._samples[oldest]
+                self._sample_wall_s.pop(oldest, None)
         for sub in subs:
             mine = tuple(outcomes[gid] for gid in sorted(outcomes)
                          if self._guests[gid].shard_id == sub.shard_id)
-            self._done[sub.shard_id] = _StoredOutcome(epoch, sub.sequence,
-                                                      EpochOutcome(epoch, sub.sequence, mine))
+            self._done[sub.shard_id] = _StoredOutcome(epoch, sub.sequence, EpochOutcome(
+                epoch, sub.sequence, mine, self._samples.get(last) if sub.sample else None))
             self._expect[sub.shard_id] = sub.following_epoch
             del self._pending[sub.shard_id]
         self._epoch_end_ns = subs[0].epoch_end_ns
         self._applied_epoch = epoch + subs[0].epochs - 1
         self.apply_wall_s += time.perf_counter() - wall0
+        if self._applied_epoch in self._samples:
+            self._sample_wall_s[self._applied_epoch] = self.apply_wall_s
 
 
 def _has_news(outcome: GuestEpochOutcome) -> bool:
@@ -794,7 +833,15 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     def GetHostState(self, request: host_pb2.GetHostStateRequest,
                      context: grpc.ServicerContext | None) -> host_pb2.GetHostStateResponse:
         check_experiment_binding(context, request.experiment_id)
-        state = self.directory.get(request.experiment_id, request.host_id).state()
+        endpoint = self.directory.get(request.experiment_id, request.host_id)
+        if request.HasField("sample_epoch"):
+            remaining = context.time_remaining() if context is not None else None
+            timeout = min(self.max_wait_s, remaining) if remaining is not None else self.max_wait_s
+            counters = endpoint.sample_at(request.sample_epoch, timeout)
+            response = host_pb2.GetHostStateResponse(host_id=request.host_id)
+            response.counters.update({k: int(v) for k, v in counters.items()})
+            return response
+        state = endpoint.state()
         response = host_pb2.GetHostStateResponse(
             host_id=state["host_id"], next_epoch=state["next_epoch"],
             epoch_end_ns=state["epoch_end_ns"], shard_ids=state["shard_ids"],

@@ -6,7 +6,9 @@ simulated time one sample interval at a time: every shard runs that many
 epochs concurrently, syncing with each of its hosts once per epoch while a
 host is under memory pressure and once per ``sync_interval`` while all are
 calm (the hosts' barrier keeps shards in lockstep and applies their ops epoch
-by epoch, in guest-id order, either way). After each interval the coordinator records one sample per
+by epoch, in guest-id order, either way). A backend with ``run_chunks`` (Ray)
+runs several sample intervals per call; its shards then make the same
+per-interval sync decision from the hosts' counters kept at each boundary. After each interval the coordinator records one sample per
 host and per guest group. When no guest has anything to do before a later
 sample boundary (idle guests, reporting delay, workload pause), the
 coordinator skips ahead in one step. Simulated time never waits on the wall
@@ -21,12 +23,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.host.core.counters import under_pressure as host_under_pressure
+
 from .entities import SimPlan, make_plan
 from .placement import HostSlot, place
 from .results import RunResult, compare, summarize_run, timeseries_frame, write_run
 from .spec import ExperimentSpec, baseline_spec
 
 NS_PER_S = 1_000_000_000
+CHUNKS_PER_CALL = 10  # sample intervals a backend with run_chunks runs per call
 
 
 class Session(Protocol):
@@ -107,20 +112,6 @@ def host_metrics(counters: dict[str, int]) -> dict[str, int]:
     return out
 
 
-PRESSURE_COUNTERS = ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events")
-
-
-def host_under_pressure(prev: dict[str, int] | None, cur: dict[str, int], fraction: float) -> bool:
-    """A host whose answers carry more than fault and zero-fill costs: its pool is at
-    least ``fraction`` of its limit, or since the previous sample it reclaimed,
-    swapped a page in, or stopped a guest."""
-    if cur["pool_used_bytes"] >= fraction * cur["limit_bytes"]:
-        return True
-    if prev is None:
-        return False
-    return any(cur.get(k, 0) > prev.get(k, 0) for k in PRESSURE_COUNTERS)
-
-
 def _host_row(t_ns: int, label: str, slot: HostSlot, counters: dict[str, int]) -> dict[str, Any]:
     row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": label, "kind": "host", "entity": slot.name}
     for k, v in host_metrics(counters).items():
@@ -172,32 +163,48 @@ class Simulation:
     def finished(self) -> bool:
         return self.now_ns >= self.spec.duration
 
-    def _record(self, t_ns: int) -> None:
-        hs = self.session.host_samples()
+    def _record(self, t_ns: int, hs: dict[int, dict[str, int]] | None = None,
+                groups: dict[str, dict[str, int]] | None = None) -> None:
+        """One sample row per host and per guest group (``hs``/``groups``: taken already)."""
+        if hs is None:
+            hs = self.session.host_samples()
         self._pressure = any(host_under_pressure(self._last_hs.get(h), c, self.spec.sync_pressure_fraction)
                              for h, c in hs.items())
         self._last_hs = hs
         for h in self.plan.hosts:
             self.rows.append(_host_row(t_ns, self.label, h, hs[h.host_id]))
-        for group, sums in sorted(self.session.group_samples().items()):
+        if groups is None:
+            groups = self.session.group_samples()
+        for group, sums in sorted(groups.items()):
             self.rows.append(_group_row(t_ns, self.label, group, sums))
 
     def advance_to(self, target_ns: int) -> None:
         """Run to ``target_ns`` rounded up to a sample boundary (capped at the end)."""
         spec = self.spec
         wall0 = time.perf_counter()
-        while self.now_ns < min(target_ns, spec.duration):
-            t = self.now_ns
-            t_next = min(t + spec.sample_interval, spec.duration)
-            count = max(1, -(-(t_next - t) // spec.epoch))
-            sync_epochs = 1 if self._pressure else spec.sync_interval // spec.epoch
-            self.fine_intervals += sync_epochs == 1
-            events = self.session.run_epochs(self.epoch, t, count, spec.epoch, sync_epochs)
-            self.epoch += count
-            self.epochs_run += count
-            self.now_ns = t_next
-            self._record(t_next)
-            self._skip_ahead(events, min(target_ns, spec.duration))
+        limit = min(target_ns, spec.duration)
+        calm = spec.sync_interval // spec.epoch
+        batched = getattr(self.session, "run_chunks", None)
+        while self.now_ns < limit:
+            chunks, t = [], self.now_ns
+            while t < limit and len(chunks) < (CHUNKS_PER_CALL if batched else 1):
+                t_next = min(t + spec.sample_interval, spec.duration)
+                chunks.append((t, max(1, -(-(t_next - t) // spec.epoch))))
+                t = t_next
+            if batched:
+                events, groups, hs = batched(self.epoch, chunks, spec.epoch, calm, self._pressure, self._last_hs,
+                                             spec.sync_pressure_fraction)
+            else:
+                t0, count = chunks[0]
+                events = self.session.run_epochs(self.epoch, t0, count, spec.epoch, 1 if self._pressure else calm)
+                groups, hs = [None], [None]
+            for i, (t0, count) in enumerate(chunks):
+                self.fine_intervals += self._pressure or calm == 1
+                self.epoch += count
+                self.epochs_run += count
+                self.now_ns = min(t0 + spec.sample_interval, spec.duration)
+                self._record(self.now_ns, hs[i], groups[i])  # decides the next interval's syncs
+            self._skip_ahead(events, limit)
             self._bar.update(self.now_ns, self.epochs_run)
         self.wall_s += time.perf_counter() - wall0
 

@@ -62,7 +62,8 @@ class InProcessSession:
                 for host_id in shard.host_ids():
                     request = epoch_request(self.plan.experiment_id, host_id, shard.shard_id,
                                             first_epoch + k * sync_epochs, t + epochs * epoch_ns,
-                                            logs.get(host_id, []), next_epoch, epochs)
+                                            logs.get(host_id, []), next_epoch, epochs,
+                                            sample=k == nr_spans - 1)
                     self.client.submit(request)
                     sent.append((shard, request))
             for shard, request in sent:

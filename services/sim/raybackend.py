@@ -41,8 +41,6 @@ class RaySession:
 
         self.ray = ray
         self.plan = plan
-        self._group_stash: dict[str, dict[str, int]] | None = None  # samples taken with the last chunk
-        self._host_stash: dict[int, dict[str, int]] | None = None
         self._applied_s: dict[int, float] = {}  # host actor -> apply seconds at the last chunk
         self.critical_s = 0.0  # wall seconds of simulation work on the critical path (metadata)
         token = secrets.token_hex(16)
@@ -74,22 +72,35 @@ class RaySession:
 
     def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
                    sync_epochs: int = 1) -> list[int | None]:
-        """One actor call per shard and per host actor: shards run the chunk and return
-        their samples with their next events; host actors answer once they have
-        applied the chunk's last epoch (every shard syncs it), so the samples taken
-        here are those a separate call after the chunk would see."""
-        last = first_epoch + count - 1
-        refs = [a.run_chunk.remote(first_epoch, t0_ns, count, epoch_ns, sync_epochs) for a in self.shard_actors]
-        refs += [a.samples_after.remote(last) for a in self.host_actors]
+        return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns, sync_epochs)
+                             for a in self.shard_actors])
+
+    def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
+                   pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
+                   ) -> tuple[list[int | None], list[dict[str, dict[str, int]]], list[dict[int, dict[str, int]]]]:
+        """Several sample intervals in one actor call per shard and per host actor.
+
+        Shards decide each interval's sync span from the hosts' counters kept at
+        its start (see ShardRunner.run_chunks); host actors return those counters
+        for every interval. Returns the shards' next events, the group samples and
+        the host samples after each interval.
+        """
+        ends, epoch = [], first_epoch
+        for _, count in chunks:
+            epoch += count
+            ends.append(epoch - 1)
+        refs = [a.run_chunks.remote(first_epoch, chunks, epoch_ns, calm_sync_epochs, pressure, last_hs,
+                                    pressure_fraction) for a in self.shard_actors]
+        refs += [a.samples_at.remote(ends) for a in self.host_actors]
         out = self.ray.get(refs)
         shards, hosts = out[:len(self.shard_actors)], out[len(self.shard_actors):]
-        self._group_stash = merge_group_samples(sample for _, sample, _ in shards)
-        self._host_stash = {h: c for part, _ in hosts for h, c in part.items()}
-        # the chunk's critical path: the busiest shard, then the busiest host actor
-        applied = [total - self._applied_s.get(i, 0.0) for i, (_, total) in enumerate(hosts)]
-        self._applied_s = {i: total for i, (_, total) in enumerate(hosts)}
-        self.critical_s += max((s for _, _, s in shards), default=0.0) + max(applied, default=0.0)
-        return [event for event, _, _ in shards]
+        groups = [merge_group_samples(s[1][i] for s in shards) for i in range(len(chunks))]
+        host_samples = [{h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))]
+        for i in range(len(chunks)):  # per interval: the busiest shard, then the busiest host actor
+            applied = [walls[i] - self._applied_s.get(a, 0.0) for a, (_, walls) in enumerate(hosts)]
+            self._applied_s = {a: walls[i] for a, (_, walls) in enumerate(hosts)}
+            self.critical_s += max((s[2][i] for s in shards), default=0.0) + max(applied, default=0.0)
+        return [s[0] for s in shards], groups, host_samples
 
     def timings(self) -> list[dict[str, float]]:
         """Per shard: wall seconds simulating guests and syncing with hosts (metadata only)."""
@@ -100,19 +111,12 @@ class RaySession:
         return self.ray.get([a.timings.remote() for a in self.host_actors])
 
     def skip_to(self, t_ns: int) -> None:
-        self._group_stash = self._host_stash = None
         self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
 
     def group_samples(self) -> dict[str, dict[str, int]]:
-        stash, self._group_stash = self._group_stash, None
-        if stash is not None:
-            return stash
         return merge_group_samples(self.ray.get([a.sample.remote() for a in self.shard_actors]))
 
     def host_samples(self) -> dict[int, dict[str, int]]:
-        stash, self._host_stash = self._host_stash, None
-        if stash is not None:
-            return stash
         out: dict[int, dict[str, int]] = {}
         for part in self.ray.get([a.samples.remote() for a in self.host_actors]):
             out.update(part)

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from overcommit.v1 import host_pb2
 from services.host.server import connect_host, start_host_server
 from services.host.transport import (
     GuestOps,
@@ -63,9 +64,10 @@ def workload(guest_id: int) -> list[GuestOps]:
     return [guest_ops(guest_id, seed=10 * guest_id + e, touches=10, reports=1) for e in range(EPOCHS)]
 
 
-def request(shard: int, epoch: int, guests, epochs: int = 1, next_epoch: int = 0, sequence: int = 0):
+def request(shard: int, epoch: int, guests, epochs: int = 1, next_epoch: int = 0, sequence: int = 0,
+            sample: bool = False):
     return build_sync_request(EXPERIMENT, 0, shard, epoch, sequence, (epoch + epochs) * EPOCH_NS, guests,
-                              next_epoch, epochs)
+                              next_epoch, epochs, sample)
 
 
 def both(client, req0, req1):
@@ -189,3 +191,37 @@ def test_shards_covering_different_epochs_from_one_epoch_are_refused(one_host):
         client.sync_epoch(request(0, 0, [], epochs=2))  # the matching message completes the epoch
         assert waiting.result(timeout=120).epoch == 0
     assert state_of(client).next_epoch == 2
+
+
+def test_a_sample_boundary_keeps_the_host_counters_for_every_shard(one_host):
+    client, endpoint = one_host
+    ops1 = combined([guest_ops(1, seed=3), guest_ops(1, seed=33)])
+    ops2 = combined([guest_ops(2, seed=4), guest_ops(2, seed=44)])
+    first, second = both(client, request(0, 0, [ops1], epochs=2, sample=True),
+                         request(1, 0, [ops2], epochs=2, sample=True))
+    kept = dict(endpoint.host.host_counters())
+    assert kept["pool_used_bytes"] > 0
+    assert dict(first.sample_counters) == dict(second.sample_counters) == kept
+    # later epochs change the host; the sample after epoch 1 stays as it was
+    both(client, request(0, 2, [guest_ops(1, seed=5, touches=8)]), request(1, 2, []))
+    assert dict(endpoint.host.host_counters()) != kept
+    state = client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0,
+                                                                sample_epoch=1))
+    assert dict(state.counters) == kept and not state.guests
+
+
+def test_a_sample_the_host_did_not_keep_is_failed_precondition(one_host):
+    client, _ = one_host
+    both(client, request(0, 0, [], epochs=2), request(1, 0, [], epochs=2))  # no sample flag
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0, sample_epoch=1))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details().startswith("sample_epoch=1")
+
+
+def test_a_sample_not_yet_applied_waits_until_the_deadline(one_host):
+    client, _ = one_host
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0, sample_epoch=5),
+                              timeout_s=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

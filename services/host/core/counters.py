@@ -127,3 +127,17 @@ def sum_guest_views(host: dict[str, int], views: list[dict[str, int]]) -> dict[s
             if key not in _NOT_SUMMED:
                 host[key] = host.get(key, 0) + value
     return host
+
+
+PRESSURE_COUNTERS = ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events")
+
+
+def under_pressure(prev: dict[str, int] | None, cur: dict[str, int], fraction: float) -> bool:
+    """A host whose answers carry more than fault and zero-fill costs (from its
+    counters at two sample boundaries): its pool is at least ``fraction`` of its
+    limit, or since ``prev`` it reclaimed, swapped a page in, or stopped a guest."""
+    if cur["pool_used_bytes"] >= fraction * cur["limit_bytes"]:
+        return True
+    if prev is None:
+        return False
+    return any(cur.get(k, 0) > prev.get(k, 0) for k in PRESSURE_COUNTERS)
