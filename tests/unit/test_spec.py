@@ -131,7 +131,7 @@ def test_bad_sync_settings_name_the_field(extra, message):
 
 
 def test_a_host_is_under_pressure_near_its_limit_or_after_reclaim_swap_in_or_stop():
-    from services.sim.coordinator import host_under_pressure
+    from services.host.core.counters import under_pressure as host_under_pressure
 
     calm = {"pool_used_bytes": 50, "limit_bytes": 100, "reclaim_scanned_pages": 7, "faults_swapin": 3}
     assert not host_under_pressure(None, calm, 0.85)
