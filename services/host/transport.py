@@ -544,6 +544,8 @@ class HostEndpoint:
                               f"host {self.host_id} has not applied it yet")
         with self._cond:
             self._check_broken()
+            if not self._shards:  # no guest ever: nothing changes, every sample is the current state
+                return dict(self.host.host_counters())
             sample = self._samples.get(epoch)
             if sample is None:
                 raise failed_precondition("sample_epoch", epoch,

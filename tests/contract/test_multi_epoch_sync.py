@@ -225,3 +225,13 @@ def test_a_sample_not_yet_applied_waits_until_the_deadline(one_host):
         client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0, sample_epoch=5),
                               timeout_s=0.5)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_host_without_guests_answers_every_sample_with_its_counters():
+    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    server = start_host_server(HostDirectory([endpoint]), ServerOptions())
+    with server, connect_host(server.address, timeout_s=60) as client:
+        state = client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0,
+                                                                    sample_epoch=39))
+    assert dict(state.counters) == dict(endpoint.host.host_counters())
+    assert state.counters["pool_used_bytes"] == 0

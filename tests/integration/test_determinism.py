@@ -88,3 +88,17 @@ def test_ray_runs_match_the_in_process_run(spec, reference, ray_backend, tmp_pat
     result = run_experiment(spec, out_dir=str(tmp_path), shards=shards, backend=ray_backend)
     assert result.metadata["runs"]["run"]["shards"] == shards
     assert same_files(reference.run_dir, result.run_dir) == []
+
+
+def test_a_host_left_empty_by_placement_does_not_stop_a_ray_run(ray_backend, tmp_path):
+    """first_fit puts every guest on the first host; the second never hears from a shard,
+    yet shards read its counters at every sample boundary."""
+    text = SPEC.replace("policy: spread", "policy: first_fit").replace("max_overcommit_ratio: 2.0",
+                                                                      "max_overcommit_ratio: 4.0")
+    spec = load_spec_text(text.replace("compare: [reporting_off]", "duration: 3s").replace("duration: 12s\n", ""))
+    ray_backend.hosts_per_actor = 1
+    local = run_experiment(spec, out_dir=str(tmp_path / "local"), transport="inprocess")
+    remote = run_experiment(spec, out_dir=str(tmp_path / "ray"), shards=2, backend=ray_backend)
+    hosts = local.summary["hosts"]
+    assert sorted(h["backed_bytes"]["peak"] > 0 for h in hosts.values()) == [False, True]
+    assert same_files(local.run_dir, remote.run_dir) == []
