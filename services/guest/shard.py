@@ -204,19 +204,17 @@ class GuestShard:
         would do nothing in them, and hosts do not wait for this shard."""
         if k >= count - 1:
             return count
-        nxt = self.next_event_ns()
-        if nxt is None:
-            return count - 1
-        return min(count - 1, max(k + 1, (nxt - t0_ns) // epoch_ns))
+        return min(count - 1, self._next_active(t0_ns, k, count, epoch_ns))
 
-    def _next_active(self, t0_ns: int, j: int, epochs: int, epoch_ns: int) -> int:
-        """After epoch ``j`` of a span: the next epoch in it in which a guest acts (``epochs``: none)."""
-        if j + 1 >= epochs:
-            return epochs
+    def _next_active(self, t0_ns: int, j: int, steps: int, step_ns: int) -> int:
+        """After step ``j`` of ``steps`` from ``t0_ns``: the next step in which a guest acts
+        (``steps``: none)."""
+        if j + 1 >= steps:
+            return steps
         nxt = self.next_event_ns()
         if nxt is None:
-            return epochs
-        return min(epochs, max(j + 1, (nxt - t0_ns) // epoch_ns))
+            return steps
+        return min(steps, max(j + 1, (nxt - t0_ns) // step_ns))
 
     def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
         """Advance every guest through [t0, t1); return each host's op logs, by host id."""

@@ -58,8 +58,8 @@ PAGE_SIZE_BYTES = 4096  # the guest base page; pfns count these
 DEFAULT_REPORT_CAPACITY = 32  # PAGE_REPORTING_CAPACITY: ranges per report
 DEFAULT_MAX_ORDER = 10  # MAX_PAGE_ORDER on x86-64
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
-WAIT_SLICE_S = 0.5
-MAX_KEPT_SAMPLES = 64  # counters kept per host for GetHostState(sample_epoch)  # re-check a cancelled call this often while waiting
+WAIT_SLICE_S = 0.5  # re-check a cancelled call this often while waiting
+MAX_KEPT_SAMPLES = 64  # counters kept per host for GetHostState(sample_epoch)
 
 DISCARD_FROM_PB = {
     host_pb2.DISCARD_MODE_DONTNEED: DISCARD_DONTNEED,
