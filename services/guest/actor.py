@@ -28,7 +28,7 @@ from services.guest.transport import (
     start_guest_server,
 )
 from services.guest.wire import epoch_request, from_outcome
-from services.host.core.counters import under_pressure as host_under_pressure
+from services.host.core.counters import any_under_pressure
 from services.host.server import connect_host
 from services.host.transport import decode_outcome
 
@@ -190,7 +190,7 @@ class ShardRunner:
             epoch += count
             if i < len(chunks) - 1:
                 now = {h: self._host_sample(h, epoch - 1) for h in sorted(self.host_targets)}
-                pressure = any(host_under_pressure(prev.get(h), c, pressure_fraction) for h, c in now.items())
+                pressure = any_under_pressure(prev, now, pressure_fraction)
                 prev = now
             self.wall["samples_s"] += time.perf_counter() - w0
         return event, samples, guest_s

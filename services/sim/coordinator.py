@@ -6,9 +6,11 @@ simulated time one sample interval at a time: every shard runs that many
 epochs concurrently, syncing with each of its hosts once per epoch while a
 host is under memory pressure and once per ``sync_interval`` while all are
 calm (the hosts' barrier keeps shards in lockstep and applies their ops epoch
-by epoch, in guest-id order, either way). A backend with ``run_chunks`` (Ray)
-runs several sample intervals per call; its shards then make the same
-per-interval sync decision from the hosts' counters kept at each boundary. After each interval the coordinator records one sample per
+by epoch, in guest-id order, either way). A backend runs several sample
+intervals per ``run_chunks`` call and makes that per-interval sync decision
+itself, from the hosts' counters at each boundary (on Ray, every shard makes
+it from the counters the hosts kept); the coordinator applies the same rule to
+the same counters to know how the next call starts. After each interval the coordinator records one sample per
 host and per guest group. When no guest has anything to do before a later
 sample boundary (idle guests, reporting delay, workload pause), the
 coordinator skips ahead in one step. Simulated time never waits on the wall
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.host.core.counters import under_pressure as host_under_pressure
+from services.host.core.counters import any_under_pressure
 
 from .entities import SimPlan, make_plan
 from .placement import HostSlot, place
@@ -31,14 +33,20 @@ from .results import RunResult, compare, summarize_run, timeseries_frame, write_
 from .spec import ExperimentSpec, baseline_spec
 
 NS_PER_S = 1_000_000_000
-CHUNKS_PER_CALL = 10  # sample intervals a backend with run_chunks runs per call
+CHUNKS_PER_CALL = 10  # sample intervals a backend runs per run_chunks call
 
 
 class Session(Protocol):
     """One simulation's running entities (in-process objects or Ray actors)."""
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
-                   sync_epochs: int = 1) -> list[int | None]: ...
+    def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
+                   pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
+                   ) -> tuple[list[int | None], list[dict[str, dict[str, int]]], list[dict[int, dict[str, int]]]]:
+        """Run sample intervals ((start ns, epochs) each); each syncs every epoch when
+        any host was under pressure at its start (``pressure`` for the first), else
+        once per ``calm_sync_epochs``. Returns the shards' next events, and the
+        group and host samples after each interval."""
+        ...
     def skip_to(self, t_ns: int) -> None: ...
     def group_samples(self) -> dict[str, dict[str, int]]: ...
     def host_samples(self) -> dict[int, dict[str, int]]: ...
@@ -168,8 +176,7 @@ class Simulation:
         """One sample row per host and per guest group (``hs``/``groups``: taken already)."""
         if hs is None:
             hs = self.session.host_samples()
-        self._pressure = any(host_under_pressure(self._last_hs.get(h), c, self.spec.sync_pressure_fraction)
-                             for h, c in hs.items())
+        self._pressure = any_under_pressure(self._last_hs, hs, self.spec.sync_pressure_fraction)
         self._last_hs = hs
         for h in self.plan.hosts:
             self.rows.append(_host_row(t_ns, self.label, h, hs[h.host_id]))
@@ -184,20 +191,14 @@ class Simulation:
         wall0 = time.perf_counter()
         limit = min(target_ns, spec.duration)
         calm = spec.sync_interval // spec.epoch
-        batched = getattr(self.session, "run_chunks", None)
         while self.now_ns < limit:
             chunks, t = [], self.now_ns
-            while t < limit and len(chunks) < (CHUNKS_PER_CALL if batched else 1):
+            while t < limit and len(chunks) < CHUNKS_PER_CALL:
                 t_next = min(t + spec.sample_interval, spec.duration)
                 chunks.append((t, max(1, -(-(t_next - t) // spec.epoch))))
                 t = t_next
-            if batched:
-                events, groups, hs = batched(self.epoch, chunks, spec.epoch, calm, self._pressure, self._last_hs,
-                                             spec.sync_pressure_fraction)
-            else:
-                t0, count = chunks[0]
-                events = self.session.run_epochs(self.epoch, t0, count, spec.epoch, 1 if self._pressure else calm)
-                groups, hs = [None], [None]
+            events, groups, hs = self.session.run_chunks(self.epoch, chunks, spec.epoch, calm, self._pressure,
+                                                         self._last_hs, spec.sync_pressure_fraction)
             for i, (t0, count) in enumerate(chunks):
                 self.fine_intervals += self._pressure or calm == 1
                 self.epoch += count

@@ -12,6 +12,7 @@ from services.guest.actor import register_request
 from services.guest.core.guest import warm_up as guest_warm_up
 from services.guest.shard import GuestShard
 from services.guest.wire import epoch_request, from_outcome
+from services.host.core.counters import any_under_pressure
 from services.host.core.pool import Host
 from services.host.core.pool import warm_up as host_warm_up
 from services.host.transport import (
@@ -73,6 +74,21 @@ class InProcessSession:
                 if k + 1 < due[i] < nr_spans and shard.now_ns == t + epochs * epoch_ns:
                     shard.skip_to(t0_ns + due[i] * span_ns)
         return [s.next_event_ns() for s in self.shards]
+
+    def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
+                   pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
+                   ) -> tuple[list[int | None], list[dict[str, dict[str, int]]], list[dict[int, dict[str, int]]]]:
+        """Sample intervals one after another, each synced as the hosts' counters at
+        its start decide (the Ray shards apply the same rule to the same counters)."""
+        groups, hosts, epoch, events = [], [], first_epoch, []
+        for t0_ns, count in chunks:
+            events = self.run_epochs(epoch, t0_ns, count, epoch_ns, 1 if pressure else calm_sync_epochs)
+            epoch += count
+            groups.append(self.group_samples())
+            hosts.append(self.host_samples())
+            pressure = any_under_pressure(last_hs, hosts[-1], pressure_fraction)
+            last_hs = hosts[-1]
+        return events, groups, hosts
 
     def skip_to(self, t_ns: int) -> None:
         for s in self.shards:

@@ -70,11 +70,6 @@ class RaySession:
         # construction errors surface here; every shard serves GuestService for its guests
         self.guest_service_addresses = ray.get([a.start_guest_service.remote() for a in self.shard_actors])
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, epoch_ns: int,
-                   sync_epochs: int = 1) -> list[int | None]:
-        return self.ray.get([a.run_epochs.remote(first_epoch, t0_ns, count, epoch_ns, sync_epochs)
-                             for a in self.shard_actors])
-
     def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
                    pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
                    ) -> tuple[list[int | None], list[dict[str, dict[str, int]]], list[dict[int, dict[str, int]]]]:

@@ -141,3 +141,9 @@ def under_pressure(prev: dict[str, int] | None, cur: dict[str, int], fraction: f
     if prev is None:
         return False
     return any(cur.get(k, 0) > prev.get(k, 0) for k in PRESSURE_COUNTERS)
+
+
+def any_under_pressure(prev: dict[int, dict[str, int]], cur: dict[int, dict[str, int]], fraction: float) -> bool:
+    """The sync decision for the next sample interval: is any host (host id ->
+    counters at this boundary, ``prev`` at the one before) under pressure?"""
+    return any(under_pressure(prev.get(h), c, fraction) for h, c in cur.items())
