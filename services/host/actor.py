@@ -20,8 +20,11 @@ class HostRunner:
     def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None,
                  metrics: bool = False, host_names: dict[int, str] | None = None):
         self.experiment_id = experiment_id
-        for cfg in {id(c): c for c in hosts.values()}.values():
-            warm_up(cfg)  # numba kernels load now, not in the first timed epoch
+        distinct: list[HostConfig] = []
+        for cfg in hosts.values():
+            if cfg not in distinct:  # equal configs run the same kernels: warm each kind once
+                distinct.append(cfg)
+                warm_up(cfg)  # numba kernels load now, not in the first timed epoch
         self.endpoints = {
             h: HostEndpoint(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
         }
