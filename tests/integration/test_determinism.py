@@ -5,6 +5,7 @@ Real Ray actors and real gRPC between them; the reference is the in-process run.
 
 import filecmp
 import os
+from pathlib import Path
 
 import pytest
 
@@ -13,35 +14,8 @@ from services.sim.spec import load_spec_text
 
 pytestmark = pytest.mark.ray
 
-SPEC = """
-name: determinism
-seed: 11
-duration: 12s
-epoch: 50ms
-sample_interval: 500ms
-hosts:
-  - {name: h, count: 2, memory: 384MiB, reserve: 32MiB, swap: {capacity: 2GiB}}
-guest_groups:
-  - name: hog
-    count: 3
-    memory: 256MiB
-    workload:
-      kind: memhog
-      start_jitter: 2s
-      phases:
-        - {action: grow, target: 0.85, rate: 256MiB, duration: 2s}
-        - {action: touch, rate: 64MiB, duration: 2s}
-        - {action: free, target: 0.1, duration: 1s}
-        - {action: idle, duration: 3s}
-        - {action: grow, target: 0.7, rate: 256MiB, duration: 2s}
-  - name: quiet
-    count: 1
-    memory: 256MiB
-    profile: "5.7"
-    workload: {kind: idle, initial_fill: 0.5}
-placement: {policy: spread, max_overcommit_ratio: 2.0}
-compare: [reporting_off]
-"""
+SPEC = (Path(__file__).resolve().parent.parent / "golden" / "specs" / "determinism.yaml").read_text(
+    encoding="utf-8")
 
 FILES = ("summary.json", "timeseries.parquet", "spec.resolved.yaml")
 
