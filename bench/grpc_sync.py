@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from overcommit.v1 import host_pb2  # noqa: E402
 from services.host.core.config import HostConfig  # noqa: E402
-from services.host.core.pool import Host  # noqa: E402
+from services.host.core.host import Host  # noqa: E402
 from services.host.server import connect_host, start_host_server  # noqa: E402
 from services.host.transport import (  # noqa: E402
     GuestOps,

@@ -1,11 +1,12 @@
 """Prometheus metrics: read-only views of core counters.
 
 Metrics observe; they are never the record of a run (that is the run's
-Parquet and JSON files). A collector asks its source for a snapshot of plain
-integer counters at scrape time and turns each key into one metric family:
-keys ending in ``_total`` become counters, the rest gauges; ``*_ns_total``
-keys are exported in seconds (``*_seconds_total``), following Prometheus base
-units. Labels are bounded: ``experiment``, ``host`` and ``guest_group``.
+Parquet and JSON files). A collector asks its source for a snapshot at scrape
+time, already under the public names that :mod:`services.sim.result_rows`
+defines (base units: ``_bytes``, ``_seconds``), and turns each key into one
+metric family: keys ending in ``_total`` become counters, the rest gauges. It
+renames nothing. Labels are bounded: ``experiment`` and one entity label
+(``host`` or ``guest_group``).
 """
 
 from __future__ import annotations
@@ -17,32 +18,26 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-NS_PER_S = 1_000_000_000
 
-
-def _families(prefix: str, label_names: list[str], samples: Iterable[tuple[list[str], dict[str, int]]]):
+def _families(prefix: str, label_names: list[str], samples: Iterable[tuple[list[str], dict[str, float]]]):
     fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
-    for labels, counters in samples:
-        for key, value in sorted(counters.items()):
-            scale = 1.0
-            name = key
-            if key.endswith("_ns_total"):
-                name, scale = key[: -len("_ns_total")] + "_seconds_total", 1 / NS_PER_S
+    for labels, values in samples:
+        for name, value in sorted(values.items()):
             full = f"{prefix}_{name}"
             if full not in fams:
                 if name.endswith("_total"):
                     fams[full] = CounterMetricFamily(full[: -len("_total")], f"{name} (simulated)", labels=label_names)
                 else:
                     fams[full] = GaugeMetricFamily(full, f"{name} (simulated)", labels=label_names)
-            fams[full].add_metric(labels, float(value) * scale)
+            fams[full].add_metric(labels, float(value))
     return list(fams.values())
 
 
 class CounterCollector(Collector):
-    """Exports ``source()`` -> {label value: {counter: int}} under ``prefix``."""
+    """Exports ``source()`` -> {label value: {public name: value}} under ``prefix``."""
 
     def __init__(self, prefix: str, experiment: str, label: str,
-                 source: Callable[[], dict[str, dict[str, int]]]):
+                 source: Callable[[], dict[str, dict[str, float]]]):
         self.prefix = prefix
         self.experiment = experiment
         self.label = label

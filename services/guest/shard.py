@@ -5,7 +5,7 @@ This is a plain state class (no Ray, no gRPC). The Ray actor in
 uses it directly. In one epoch every guest runs its workload and its reporting
 worker up to the epoch's end; everything it did that a host must see (report
 batches, touched and freed page runs) is recorded in op-sequence order, one
-:class:`GuestEpochOps` per guest, and handed to the host the guest lives on.
+:class:`~services.protocol.messages.GuestOps` per guest (the protocol's own type), and handed to the host the guest lives on.
 One sync covers a span of one or more epochs (:meth:`GuestShard.run_span`);
 each guest's log marks where every epoch's ops end. The host's answer
 (swapped-out runs, simulated time lost to costs) is applied at the end of the
@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from services.guest.core.config import GuestConfig
-from services.guest.core.constants import RNG_KIND_WORKLOAD
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
 from services.guest.core.workloads import IdleConfig, MemhogConfig, make_workload, pfns_to_runs
-
-LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
-
+from services.protocol.messages import (
+    DISCARD_DONTNEED,
+    EMPTY_U64,
+    GuestOps,
+    GuestOutcome,
+    GuestRegistration,
+    PageRunOps,
+    ReportOp,
+)
+from services.units import LOST_KINDS, PAGE_SHIFT, PAGE_SIZE, RNG_KIND_WORKLOAD
 
 @dataclass(frozen=True)
 class GuestInit:
@@ -38,56 +45,40 @@ class GuestInit:
     host_id: int
     config: GuestConfig
     workload: MemhogConfig | IdleConfig
-    discard_mode: str = "dontneed"
+    discard_mode: str = DISCARD_DONTNEED
+
+    def registration(self, shard_id: int) -> GuestRegistration:
+        """How this guest is registered with its host (the one builder of registrations)."""
+        c = self.config
+        return GuestRegistration(
+            guest_id=self.guest_id, shard_id=shard_id, nr_pages=c.nr_pages,
+            discard_mode=self.discard_mode, report_capacity=c.reporting.capacity,
+            max_order=c.max_order, guest_thp=c.thp,
+        )
 
 
-@dataclass
-class GuestEpochOps:
-    """What one guest did in one epoch that its host must apply, in op-sequence order."""
-
-    guest_id: int
-    report_seq: list[int] = field(default_factory=list)
-    report_pfns: list[np.ndarray] = field(default_factory=list)
-    report_orders: list[np.ndarray] = field(default_factory=list)
-    touch_seq: list[int] = field(default_factory=list)
-    touch_start: list[np.ndarray] = field(default_factory=list)
-    touch_npages: list[np.ndarray] = field(default_factory=list)
-    free_seq: list[int] = field(default_factory=list)
-    free_start: list[np.ndarray] = field(default_factory=list)
-    free_npages: list[np.ndarray] = field(default_factory=list)
-    # the last op sequence number of each epoch of a multi-epoch sync (empty for one epoch)
-    epoch_seq_ends: list[int] = field(default_factory=list)
-
-    def is_empty(self) -> bool:
-        return not (self.report_seq or self.touch_seq or self.free_seq)
-
-
-@dataclass
-class GuestEpochResult:
-    """The host's answer for one guest."""
-
-    guest_id: int
-    report_errors: int = 0
-    swapped_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    swapped_npages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    lost_ns: dict[str, int] = field(default_factory=dict)
-
-
-class HostLink:
-    """The guest's PageReporter port plus its op log for the host (one per guest).
+class OpLog:
+    """One guest's PageReporter port plus its log of host-visible operations.
 
     Reports are acknowledged at once, as virtio-balloon does once the buffer is
     queued (§6.4, §4.7): the host applies the batch at the epoch's sync and can
     only refuse input that the guest model cannot produce (its acks are checked
-    and counted as ``report_errors``).
+    and counted as ``report_errors``). Every operation gets the next op sequence
+    number; :meth:`take` hands the log over as the protocol's :class:`GuestOps`.
     """
 
     def __init__(self, guest_id: int, report_latency_ns: int):
         self.guest_id = guest_id
         self.report_latency_ns = report_latency_ns
         self._seq = 0
-        self.ops = GuestEpochOps(guest_id)
+        self._clear()
         self.dirty = False  # an op was logged in the current epoch
+
+    def _clear(self) -> None:
+        self._reports: list[ReportOp] = []
+        self._touched: _RunLog = _RunLog()
+        self._freed: _RunLog = _RunLog()
+        self._epoch_seq_ends: list[int] = []
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -96,38 +87,65 @@ class HostLink:
 
     def end_epoch(self) -> None:
         """Mark where the current epoch's ops end (a sync may cover several epochs)."""
-        self.ops.epoch_seq_ends.append(self._seq)
+        self._epoch_seq_ends.append(self._seq)
         self.dirty = False
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
-        self.ops.report_seq.append(self._next_seq())
-        self.ops.report_pfns.append(np.array(pfns, dtype=np.int64))
-        self.ops.report_orders.append(np.array(orders, dtype=np.int64))
+        self._reports.append(ReportOp(self._next_seq(), np.array(pfns, dtype=np.uint64),
+                                      np.array(orders, dtype=np.uint32)))
         return ReportOutcome(error=0, latency_ns=self.report_latency_ns)
 
     def record_touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
         if len(starts):
-            self.ops.touch_seq.append(self._next_seq())
-            self.ops.touch_start.append(np.asarray(starts, np.int64))
-            self.ops.touch_npages.append(np.asarray(npages, np.int64))
+            self._touched.add(self._next_seq(), starts, npages)
 
     def record_free(self, starts: np.ndarray, npages: np.ndarray) -> None:
         if len(starts):
-            self.ops.free_seq.append(self._next_seq())
-            self.ops.free_start.append(np.asarray(starts, np.int64))
-            self.ops.free_npages.append(np.asarray(npages, np.int64))
+            self._freed.add(self._next_seq(), starts, npages)
 
-    def take(self) -> GuestEpochOps:
-        ops, self.ops = self.ops, GuestEpochOps(self.guest_id)
-        if len(ops.epoch_seq_ends) <= 1:
-            ops.epoch_seq_ends = []
+    def is_empty(self) -> bool:
+        return not (self._reports or self._touched.seqs or self._freed.seqs)
+
+    def take(self) -> GuestOps:
+        """The operations logged since the last take, and a fresh log."""
+        ends = self._epoch_seq_ends
+        ops = GuestOps(
+            guest_id=self.guest_id,
+            reports=tuple(self._reports),
+            touched=self._touched.runs(),
+            freed=self._freed.runs(),
+            epoch_seq_ends=np.asarray(ends, np.uint64) if len(ends) > 1 else EMPTY_U64,
+        )
+        self._clear()
         return ops
+
+
+class _RunLog:
+    """Page runs logged op by op, joined into one PageRunOps when taken."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self._starts: list[np.ndarray] = []
+        self._npages: list[np.ndarray] = []
+
+    def add(self, seq: int, starts: np.ndarray, npages: np.ndarray) -> None:
+        self.seqs.append(seq)
+        self._starts.append(np.asarray(starts, np.int64))
+        self._npages.append(np.asarray(npages, np.int64))
+
+    def runs(self) -> PageRunOps:
+        if not self.seqs:
+            return PageRunOps()
+        op_seqs = np.concatenate([np.full(len(s), q, np.uint64)
+                                  for q, s in zip(self.seqs, self._starts, strict=True)])
+        return PageRunOps(starts=np.concatenate(self._starts).astype(np.uint64),
+                          npages=np.concatenate(self._npages).astype(np.uint64), op_seqs=op_seqs)
 
 
 class _GuestDriver:
     """What a workload sees: the guest's alloc/free/touch, with host-visible ops logged."""
 
-    def __init__(self, guest: Guest, link: HostLink):
+    def __init__(self, guest: Guest, link: OpLog):
         self.guest = guest
         self.link = link
 
@@ -147,7 +165,7 @@ class _GuestDriver:
 class _Slot:
     init: GuestInit
     guest: Guest
-    link: HostLink
+    link: OpLog
     driver: _GuestDriver
     workload: object
     stall_ns: int = 0
@@ -168,7 +186,7 @@ class GuestShard:
         self.lock = threading.RLock()  # GuestService calls arrive on server threads
         self.slots: dict[int, _Slot] = {}
         for init in sorted(guests, key=lambda g: g.guest_id):
-            link = HostLink(init.guest_id, report_latency_ns)
+            link = OpLog(init.guest_id, report_latency_ns)
             guest = Guest(init.guest_id, init.config, seed, link, fast=fast)
             rng = np.random.default_rng(np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id]))
             workload = make_workload(init.workload, init.config.nr_pages, rng)
@@ -177,9 +195,6 @@ class GuestShard:
     # -- placement --------------------------------------------------------------
     def host_ids(self) -> list[int]:
         return sorted({s.init.host_id for s in self.slots.values()})
-
-    def guests_on(self, host_id: int) -> list[GuestInit]:
-        return [s.init for s in self.slots.values() if s.init.host_id == host_id]
 
     # -- time -------------------------------------------------------------------
     def next_event_ns(self) -> int | None:
@@ -216,20 +231,21 @@ class GuestShard:
             return steps
         return min(steps, max(j + 1, (nxt - t0_ns) // step_ns))
 
-    def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestEpochOps]]:
-        """Advance every guest through [t0, t1); return each host's op logs, by host id."""
+    def run_epoch(self, t0_ns: int, t1_ns: int) -> dict[int, list[GuestOps]]:
+        """Advance every guest through [t0, t1); return each host's guest ops, by host id."""
         return self.run_span(t0_ns, 1, t1_ns - t0_ns)
 
-    def run_span(self, t0_ns: int, epochs: int, epoch_ns: int) -> dict[int, list[GuestEpochOps]]:
+    def run_span(self, t0_ns: int, epochs: int, epoch_ns: int) -> dict[int, list[GuestOps]]:
         """Advance every guest through ``epochs`` epochs from ``t0_ns`` (what one sync
-        with the hosts covers); return each host's op logs, by host id.
+        with the hosts covers); return, by host id, the ops of the guests that did
+        something (every host of the shard has an entry, empty or not).
 
         Epochs after the first in which no guest of the shard acts are skipped
         (as idle time). Each guest's log marks where every epoch's ops end, so a
         host applies them epoch by epoch, interleaved with other guests' exactly
         as if each epoch had been synced on its own.
         """
-        out: dict[int, list[GuestEpochOps]] = defaultdict(list)
+        out: dict[int, list[GuestOps]] = {h: [] for h in self.host_ids()}
         t_end = t0_ns + epochs * epoch_ns
         with self.lock:
             if t0_ns > self.now_ns:
@@ -252,9 +268,11 @@ class GuestShard:
                             s.link.end_epoch()
                 j = nj
             for s in self.slots.values():
-                out[s.init.host_id].append(s.link.take())
+                ops = s.link.take()
+                if not ops.is_empty():
+                    out[s.init.host_id].append(ops)
             assert self.now_ns == t_end
-        return dict(out)
+        return out
 
     @staticmethod
     def _idle(s: _Slot, t0_ns: int, t1_ns: int) -> bool:
@@ -291,12 +309,13 @@ class GuestShard:
             s.stall_ns = max(0, s.stall_ns - (t_ns - self.now_ns))
         self.now_ns = t_ns
 
-    def apply_results(self, results: list[GuestEpochResult]) -> None:
+    def apply_outcomes(self, outcomes: Sequence[GuestOutcome]) -> None:
+        """Apply a host's answer: report errors, lost time (felt in later epochs), swap-outs."""
         with self.lock:
-            self._apply_results(results)
+            self._apply_outcomes(outcomes)
 
-    def _apply_results(self, results: list[GuestEpochResult]) -> None:
-        for r in results:
+    def _apply_outcomes(self, outcomes: Sequence[GuestOutcome]) -> None:
+        for r in outcomes:
             s = self.slots[r.guest_id]
             s.report_errors += r.report_errors
             lost = 0
@@ -304,8 +323,8 @@ class GuestShard:
                 s.lost_ns[kind] = s.lost_ns.get(kind, 0) + int(ns)
                 lost += int(ns)
             s.stall_ns += lost
-            if len(r.swapped_start):
-                s.guest.backing.swapped_out(r.swapped_start, r.swapped_npages)
+            if len(r.swapped_starts):
+                s.guest.backing.swapped_out(r.swapped_starts, r.swapped_npages)
 
     # -- observation -----------------------------------------------------------
     def sample(self) -> dict[str, dict[str, int]]:
@@ -317,13 +336,13 @@ class GuestShard:
             a = s.guest.allocator
             g["guests"] += 1
             g["memory_bytes"] += s.init.config.nr_bytes
-            g["free_bytes"] += a.free_pages_total() << 12
-            g["pcp_bytes"] += a.pcp_pages() << 12
-            g["reported_bytes"] += a.reported_pages() << 12
-            g["guest_view_backed_bytes"] += s.guest.backing.counts()["backed"] << 12
+            g["free_bytes"] += a.free_pages_total() << PAGE_SHIFT
+            g["pcp_bytes"] += a.pcp_pages() << PAGE_SHIFT
+            g["reported_bytes"] += a.reported_pages() << PAGE_SHIFT
+            g["guest_view_backed_bytes"] += s.guest.backing.counts()["backed"] << PAGE_SHIFT
             for order in range(s.init.config.max_order + 1):
                 blocks = sum(a.nr_free(z, order) for z in range(a.nr_zones))
-                g[f"free_bytes_order_{order}"] += blocks << (order + 12)
+                g[f"free_bytes_order_{order}"] += blocks << (order + PAGE_SHIFT)
             for wl in (s.workload, *s.extra_workloads):
                 w = wl.stats
                 g["ops_total"] += w.ops
@@ -331,8 +350,8 @@ class GuestShard:
                 g["pages_freed_total"] += w.pages_freed
                 g["pages_touched_total"] += w.pages_touched
                 g["alloc_failures_total"] += w.alloc_failures
-                g["held_bytes"] += wl.held.count * (1 << getattr(wl, "order", 0)) * 4096
-            g["held_bytes"] += sum(4096 << o for o in s.client_blocks.values())
+                g["held_bytes"] += wl.held.count * (1 << getattr(wl, "order", 0)) * PAGE_SIZE
+            g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())
             for kind, ns in s.lost_ns.items():
                 g[f"lost_{kind}_ns_total"] += ns
             wk = s.guest.worker
@@ -404,3 +423,12 @@ class GuestShard:
         return start, end
 
 
+def merge_group_samples(samples: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """Sum per-group integer samples over shards (exact: the order does not matter)."""
+    out: dict[str, dict[str, int]] = {}
+    for sample in samples:
+        for group, sums in sample.items():
+            g = out.setdefault(group, {})
+            for k, v in sums.items():
+                g[k] = g.get(k, 0) + v
+    return out

@@ -1,4 +1,4 @@
-"""The host actor: host core models behind one HostService gRPC server and a metrics endpoint.
+"""The host actor: host core models behind one HostService gRPC server.
 
 :class:`HostRunner` is a plain class; :func:`remote_class` makes it a Ray actor.
 One actor may hold several hosts (``hosts``: host id -> HostConfig): the server
@@ -9,16 +9,20 @@ hosts are grouped into actors.
 from __future__ import annotations
 
 from services.host.core.config import HostConfig
-from services.host.core.pool import Host, warm_up
-from services.host.server import start_host_server
-from services.host.transport import HostDirectory, HostEndpoint
+from services.host.core.host import Host, warm_up
+from services.protocol.messages import GuestRegistration
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
 
+from .barrier import EpochBarrier
+from .directory import HostDirectory
+from .servicer import start_host_server
+
 
 class HostRunner:
-    def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None,
-                 metrics: bool = False, host_names: dict[int, str] | None = None):
+    """Host epoch barriers over host cores, served by one HostService server on loopback."""
+
+    def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None):
         self.experiment_id = experiment_id
         distinct: list[HostConfig] = []
         for cfg in hosts.values():
@@ -26,36 +30,25 @@ class HostRunner:
                 distinct.append(cfg)
                 warm_up(cfg)  # numba kernels load now, not in the first timed epoch
         self.endpoints = {
-            h: HostEndpoint(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
+            h: EpochBarrier(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
         }
         self.directory = HostDirectory(self.endpoints.values())
         tokens = TokenStore(tokens={experiment_id: token}) if token else None
         self.server = start_host_server(self.directory, ServerOptions(port=0, tokens=tokens))
         self.server.start()
-        self.names = host_names or {h: str(h) for h in hosts}
-        self.metrics = None
-        if metrics:
-            from services.metrics import CounterCollector, MetricsEndpoint
-
-            collector = CounterCollector("overcommit_host", experiment_id, "host", self._named_counters)
-            self.metrics = MetricsEndpoint([collector])
 
     def address(self) -> str:
         return self.server.address
 
-    def register_guests(self, registrations: list) -> None:
-        """Register guests ahead of their shards, in guest-id order.
+    def register_guests(self, registrations: list[tuple[int, GuestRegistration]]) -> None:
+        """Register (host id, registration) pairs, in guest-id order, before any shard starts.
 
         A host lays its guests out in registration order, and reclaim walks them
-        in that order; registering here, before the shards start (their own
-        RegisterGuest calls then repeat an existing registration), keeps the
-        layout independent of which shard actor happens to start first.
+        in that order; the coordinator registers every guest here, once, so the
+        layout never depends on which shard actor happens to start first.
         """
-        for reg in sorted(registrations, key=lambda r: r.guest_id):
-            self.endpoints[reg.host_id].register_guest(reg.registration)
-
-    def metrics_url(self) -> str | None:
-        return self.metrics.url if self.metrics else None
+        for host_id, reg in sorted(registrations, key=lambda pair: pair[1].guest_id):
+            self.endpoints[host_id].register_guest(reg)
 
     def samples_at(self, epochs: list[int], timeout_s: float = 600.0
                    ) -> tuple[list[dict[int, dict[str, int]]], list[float]]:
@@ -74,13 +67,8 @@ class HostRunner:
     def samples(self) -> dict[int, dict[str, int]]:
         return {h: dict(ep.host.host_counters()) for h, ep in self.endpoints.items()}
 
-    def _named_counters(self) -> dict[str, dict[str, int]]:
-        return {self.names[h]: c for h, c in self.samples().items()}
-
     def close(self) -> None:
         self.server.stop()
-        if self.metrics:
-            self.metrics.close()
 
 
 def remote_class():

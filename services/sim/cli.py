@@ -65,7 +65,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .coordinator import print_summary, run_experiment
+    from .console import print_summary
+    from .runner import run_experiment
 
     spec = load_spec(args.spec, args.overrides)
     result = run_experiment(spec, out_dir=args.out, shards=args.shards, address=args.address,
@@ -80,11 +81,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .report import plot_sweep
     from .sweep import run_sweep
 
     spec = load_spec(args.spec, args.overrides)
-    path = run_sweep(spec, out_dir=args.out, shards=args.shards, address=args.address,
-                     transport=args.transport, progress=not args.no_progress)
+    df = run_sweep(spec, out_dir=args.out, shards=args.shards, address=args.address,
+                   transport=args.transport, progress=not args.no_progress)
+    path = df.attrs["results_path"]
+    plot_sweep(df, os.path.dirname(path))
     print(f"sweep results: {path}")
     return 0
 
@@ -99,7 +103,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .experiment_manager import serve
 
     return serve(port=args.port, bind=args.bind, allow_remote=args.allow_remote, token=args.token,
                  out_dir=args.out, transport=args.transport)

@@ -10,16 +10,24 @@ import html
 import json
 import os
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from .results import load_run  # noqa: E402
-from .units import format_bytes  # noqa: E402
+from .quantities import format_bytes
+from .run_files import load_run
 
 GIB = float(1 << 30)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (chosen when plotting, not on import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _runs(ts: pd.DataFrame) -> list[str]:
@@ -39,6 +47,7 @@ def _rate(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_backed(ts: pd.DataFrame, path: str) -> None:
+    plt = _pyplot()
     part = ts[ts["kind"] == "host"]
     runs = _runs(ts)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True, squeeze=False)
@@ -59,6 +68,7 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
 
 
 def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
+    plt = _pyplot()
     part = ts[(ts["kind"] == "guest_group") & (ts["run"] == "run")]
     cols = sorted((c for c in part.columns if c.startswith("free_bytes_order_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     df = part.groupby("time_s")[cols].sum().sort_index() / GIB
@@ -75,6 +85,7 @@ def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
 
 
 def plot_reported(ts: pd.DataFrame, path: str) -> None:
+    plt = _pyplot()
     part = ts[(ts["kind"] == "guest_group") & (ts["run"] == "run")]
     df = part.groupby("time_s")[["reported_bytes", "reported_pages_total"]].sum().sort_index()
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -95,6 +106,7 @@ def plot_reported(ts: pd.DataFrame, path: str) -> None:
 
 
 def plot_swap(ts: pd.DataFrame, path: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for col, style in (("swapout_bytes_total", "-"), ("swapin_bytes_total", "--")):
         df = _cluster(ts, "host", col)
@@ -112,6 +124,7 @@ def plot_swap(ts: pd.DataFrame, path: str) -> None:
 
 
 def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     ops = _cluster(ts, "guest_group", "ops_total")
     for run in ops.columns:
@@ -204,3 +217,30 @@ img{{max-width:100%}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
+
+
+
+def plot_sweep(df: pd.DataFrame, sweep_dir: str) -> list[str]:
+    """One PNG per grid parameter: the headline figures against it (mean, min-max over
+    seeds). Returns the files written."""
+    plt = _pyplot()
+    known = {"seed", "run_id", "run_dir"}
+    params = df.attrs.get("grid") or [c for c in df.columns if c not in known
+                                      and not c.startswith(("cluster.", "comparison."))]
+    metrics = [c for c in ("comparison.reporting_off.memory_saved_mean_bytes", "cluster.backed_bytes.mean",
+                           "cluster.swap_out_bytes", "comparison.reporting_off.slowdown") if c in df]
+    written = []
+    for p in params:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+        for ax, m in zip(axes[0], metrics, strict=True):
+            g = df.groupby(p)[m].agg(["mean", "min", "max"]).sort_index()
+            x = [str(v) for v in g.index]
+            ax.errorbar(x, g["mean"], yerr=[g["mean"] - g["min"], g["max"] - g["mean"]], marker="o")
+            ax.set_title(m.split(".", 1)[1], fontsize="small")
+            ax.set_xlabel(p)
+        fig.tight_layout()
+        path = os.path.join(sweep_dir, f"sweep_{p.replace('.', '_')}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .units import parse_duration_ns, parse_size_bytes
+from .quantities import parse_duration_ns, parse_size_bytes
 
 PAGE_SIZE = 4096
 MAX_BLOCK_BYTES = PAGE_SIZE << 10

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from services.transport.validation import permission_denied
+from services.transport.errors import permission_denied
 
 AUTH_HEADER = "authorization"
 EXPERIMENT_HEADER = "x-overcommit-experiment"

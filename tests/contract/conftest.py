@@ -10,7 +10,7 @@ import pytest
 
 from overcommit.v1 import host_pb2
 from services.host.core.config import HostConfig, SwapConfig
-from services.host.core.pool import Host
+from services.host.core.host import Host
 from services.host.server import HostClient, connect_host, start_host_server
 from services.host.transport import (
     GuestOps,

@@ -19,7 +19,7 @@ from services.guest.transport import (
     start_guest_server,
 )
 from services.sim.entities import make_plan
-from services.sim.inprocess import InProcessBackend
+from services.sim.backends.inprocess import InProcessBackend
 from services.sim.placement import workload_from_params
 from services.sim.serve import ExperimentManager
 from services.sim.service import connect_experiments, start_experiment_server

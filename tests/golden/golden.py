@@ -56,7 +56,7 @@ def timeseries_digest(ts: pd.DataFrame) -> dict[str, object]:
 
 def golden_outputs(name: str, out_dir: str) -> tuple[dict, dict]:
     """(summary without run_id, time-series digest) of one golden spec, run in-process."""
-    from services.sim.coordinator import run_experiment
+    from services.sim.runner import run_experiment
     from services.sim.spec import load_spec
 
     result = run_experiment(load_spec(str(SPECS[name])), out_dir=out_dir, transport="inprocess")

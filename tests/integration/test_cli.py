@@ -94,5 +94,6 @@ def test_sweep_writes_one_table(tmp_path, overrides):
     path = r.stdout.split("sweep results: ")[1].strip()
     df = pd.read_parquet(path)
     assert len(df) == 4
-    assert sorted(df["param.seed"]) == [1, 1, 2, 2]
+    assert sorted(df["seed"]) == [1, 1, 2, 2]
+    assert sorted(df["guest_groups.0.reporting.order"]) == [9, 9, 10, 10]
     assert os.path.exists(os.path.join(os.path.dirname(path), "sweep_guest_groups_0_reporting_order.png"))

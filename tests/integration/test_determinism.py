@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.sim.coordinator import run_experiment
+from services.sim.runner import run_experiment
 from services.sim.spec import load_spec_text
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def reference(spec, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_backend():
-    from services.sim.raybackend import RayBackend
+    from services.sim.backends.ray_cluster import RayBackend
 
     backend = RayBackend(num_cpus=2)
     yield backend

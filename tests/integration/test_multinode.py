@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from services.sim.coordinator import run_experiment
+from services.sim.runner import run_experiment
 from services.sim.spec import load_spec_text
 
 from .test_determinism import FILES, SPEC
@@ -40,7 +40,7 @@ def cluster():
 def test_two_nodes_match_the_in_process_run(cluster, tmp_path):
     import ray
 
-    from services.sim.raybackend import RayBackend
+    from services.sim.backends.ray_cluster import RayBackend
 
     spec = load_spec_text(SPEC)
     reference = run_experiment(spec, out_dir=str(tmp_path / "ref"), transport="inprocess")

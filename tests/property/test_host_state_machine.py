@@ -29,7 +29,7 @@ from services.host.core.config import (
     SwapConfig,
     ZswapConfig,
 )
-from services.host.core.pool import Host
+from services.host.core.host import Host
 from tests.property.test_host_reference import RefHost, touch_lost_ns
 
 GRAN = 512

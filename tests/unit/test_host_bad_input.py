@@ -7,7 +7,7 @@ import pytest
 
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
-from services.host.core.pool import Host
+from services.host.core.host import Host
 
 MIB = 1 << 20
 

@@ -10,7 +10,7 @@ import pytest
 from services.host.core import costs
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
-from services.host.core.pool import Host
+from services.host.core.host import Host
 
 
 def test_defaults_match_reference_figures():

@@ -14,7 +14,7 @@ from services.host.core.config import (
     SwapConfig,
     ZswapConfig,
 )
-from services.host.core.pool import Host
+from services.host.core.host import Host
 
 PAGE = 4096
 MIB = 1 << 20

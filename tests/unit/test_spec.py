@@ -4,7 +4,7 @@ import pytest
 
 from services.sim.placement import host_config, place, shard_guests
 from services.sim.spec import SpecError, baseline_spec, load_spec, load_spec_text
-from services.sim.units import parse_duration_ns, parse_size_bytes
+from services.sim.quantities import parse_duration_ns, parse_size_bytes
 
 BASE = """
 name: t

@@ -5,8 +5,7 @@ also a field of :class:`services.guest.core.config.GuestConfig`; these names are
 only the defaults and the fixed vocabulary (migratetypes, profiles).
 """
 
-PAGE_SHIFT = 12  # x86-64 base page: 4 KiB
-PAGE_SIZE = 1 << PAGE_SHIFT
+from services.units import PAGE_SHIFT, PAGE_SIZE  # noqa: F401  (the base page, shared by every layer)
 
 MAX_ORDER = 10  # MAX_PAGE_ORDER on x86-64 (§1.1): orders 0..10, 4 MiB blocks
 PAGEBLOCK_ORDER = 9  # pageblock_order with CONFIG_HUGETLB_PAGE (§1.4): 2 MiB
@@ -39,6 +38,4 @@ ZONES_SINGLE = "single"
 ZONES_DMA32_NORMAL = "dma32_normal"
 DMA32_END_PFN = (4 << 30) >> PAGE_SHIFT
 
-# RNG stream kinds: every stream is SeedSequence([seed, KIND, entity index]).
-RNG_KIND_SHUFFLE = 1
-RNG_KIND_WORKLOAD = 2
+# RNG stream kinds (RNG_KIND_SHUFFLE, RNG_KIND_WORKLOAD) come from the registry in services/units.py.

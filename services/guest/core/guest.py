@@ -15,7 +15,9 @@ import numpy as np
 
 from .backing import BackingView, CostPort, NullCostPort
 from .config import GuestConfig
-from .constants import MIGRATE_TYPES, PAGE_SHIFT, RNG_KIND_SHUFFLE
+from services.units import RNG_KIND_SHUFFLE
+
+from .constants import MIGRATE_TYPES, PAGE_SHIFT
 from .reference import ReferenceAllocator
 from .reporting import PageReporter, PageReportingWorker, ReportOutcome
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from services.units import NS_PER_S
+
 from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
 
-NS_PER_S = 1_000_000_000
 DEFAULT_GROW_BYTES_PER_S = 2 << 30  # first-touch anonymous faults ~2 GiB/s per thread (figures.md Q2: 1-2 us per 4 KiB)
 DEFAULT_FREE_BYTES_PER_S = 16 << 30  # munmap of populated memory: much faster than faulting it in
 DEFAULT_TOUCH_BYTES_PER_S = 4 << 30  # re-touching mapped memory, one store per page

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-PAGE_SIZE = 4096  # x86-64 base page
+from services.units import NS_PER_S, PAGE_SIZE
+
 HUGE_2M_BYTES = 2 << 20  # x86-64 PMD-mapped huge page
 HUGE_1G_BYTES = 1 << 30  # x86-64 PUD-mapped huge page (hugetlbfs only)
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)

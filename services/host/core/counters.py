@@ -7,6 +7,8 @@ Per host: capacity, pool and swap, plus every guest counter summed.
 
 from __future__ import annotations
 
+from services.units import LOST_KINDS
+
 from . import costs
 from .pagestate import (
     EV_FAULT_4K,
@@ -31,8 +33,6 @@ from .pagestate import (
     RES_NAMES,
 )
 from .swap import swapin_cost_ns, swapout_cost_ns
-
-LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
 
 GUEST_EVENT_COUNTERS = (
     "reports",
@@ -127,23 +127,3 @@ def sum_guest_views(host: dict[str, int], views: list[dict[str, int]]) -> dict[s
             if key not in _NOT_SUMMED:
                 host[key] = host.get(key, 0) + value
     return host
-
-
-PRESSURE_COUNTERS = ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events")
-
-
-def under_pressure(prev: dict[str, int] | None, cur: dict[str, int], fraction: float) -> bool:
-    """A host whose answers carry more than fault and zero-fill costs (from its
-    counters at two sample boundaries): its pool is at least ``fraction`` of its
-    limit, or since ``prev`` it reclaimed, swapped a page in, or stopped a guest."""
-    if cur["pool_used_bytes"] >= fraction * cur["limit_bytes"]:
-        return True
-    if prev is None:
-        return False
-    return any(cur.get(k, 0) > prev.get(k, 0) for k in PRESSURE_COUNTERS)
-
-
-def any_under_pressure(prev: dict[int, dict[str, int]], cur: dict[int, dict[str, int]], fraction: float) -> bool:
-    """The sync decision for the next sample interval: is any host (host id ->
-    counters at this boundary, ``prev`` at the one before) under pressure?"""
-    return any(under_pressure(prev.get(h), c, fraction) for h, c in cur.items())

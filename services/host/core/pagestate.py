@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-PAGE_SIZE = 4096
+from services.units import PAGE_SIZE
 
 # Page byte.
 RES_MASK = 0x3

@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from services.guest.wire import registration
+from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
+from services.guest.shard import merge_group_samples
 
-from .entities import SimPlan
-from .inprocess import merge_group_samples
-from .placement import workload_from_params
+from ..core_configs import workload_from_params
+from ..plan import SimPlan
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-@dataclass(frozen=True)
-class HostGuest:
-    host_id: int
-    guest_id: int
-    registration: object  # services.host.transport.GuestRegistration
+RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class RaySession:
-    def __init__(self, plan: SimPlan, hosts_per_actor: int | None, metrics: bool):
+    def __init__(self, plan: SimPlan, hosts_per_actor: int | None):
         import ray
 
         from services.guest.actor import remote_class as shard_class
@@ -48,21 +40,18 @@ class RaySession:
         per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
         groups = [host_ids[i:i + per] for i in range(0, len(host_ids), per)]
         HostActor = host_class().options(scheduling_strategy="SPREAD")
-        self.host_actors = [
-            HostActor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token, metrics,
-                             {h: plan.host_names[h] for h in g})
-            for g in groups
-        ]
-        regs = [HostGuest(init.host_id, init.guest_id, registration(init, shard, init.discard_mode))
-                for shard, inits in enumerate(plan.shard_inits) for init in inits]
-        ray.get([a.register_guests.remote([r for r in regs if r.host_id in g])
+        self.host_actors = [HostActor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token)
+                            for g in groups]
+        # every guest registered once, in guest-id order, before any shard starts
+        regs = plan.registrations()
+        ray.get([a.register_guests.remote([(h, r) for h, r in regs if h in g])
                  for a, g in zip(self.host_actors, groups, strict=True)])
         addresses = ray.get([a.address.remote() for a in self.host_actors])
         targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
         ShardActor = shard_class().options(scheduling_strategy="SPREAD")
         self.shard_actors = [
-            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets, token,
-                              workload_factory=workload_from_params)
+            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets,
+                              plan.policy, plan.epoch_ns, token, workload_factory=workload_from_params)
             for i, inits in enumerate(plan.shard_inits)
         ]
         self.token = token
@@ -70,48 +59,51 @@ class RaySession:
         # construction errors surface here; every shard serves GuestService for its guests
         self.guest_service_addresses = ray.get([a.start_guest_service.remote() for a in self.shard_actors])
 
-    def run_chunks(self, first_epoch: int, chunks: list[tuple[int, int]], epoch_ns: int, calm_sync_epochs: int,
-                   pressure: bool, last_hs: dict[int, dict[str, int]], pressure_fraction: float,
-                   ) -> tuple[list[int | None], list[dict[str, dict[str, int]]], list[dict[int, dict[str, int]]]]:
+    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
+                   last_hosts: HostSamples) -> ChunkResults:
         """Several sample intervals in one actor call per shard and per host actor.
 
-        Shards decide each interval's sync span from the hosts' counters kept at
-        its start (see ShardRunner.run_chunks); host actors return those counters
-        for every interval. Returns the shards' next events, the group samples and
-        the host samples after each interval.
+        Every shard makes each interval's sync decision itself, from the hosts'
+        counters kept at its start (they all agree: same rule, same counters);
+        host actors return those counters for every interval.
         """
         ends, epoch = [], first_epoch
         for _, count in chunks:
             epoch += count
             ends.append(epoch - 1)
-        refs = [a.run_chunks.remote(first_epoch, chunks, epoch_ns, calm_sync_epochs, pressure, last_hs,
-                                    pressure_fraction) for a in self.shard_actors]
+        refs = [a.run_chunks.remote(first_epoch, chunks, pressure, last_hosts) for a in self.shard_actors]
         refs += [a.samples_at.remote(ends) for a in self.host_actors]
         out = self.ray.get(refs)
         shards, hosts = out[:len(self.shard_actors)], out[len(self.shard_actors):]
-        groups = [merge_group_samples(s[1][i] for s in shards) for i in range(len(chunks))]
-        host_samples = [{h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))]
+        decisions = {(tuple(s.pressure), s.next_pressure) for s in shards}
+        if len(decisions) > 1:
+            raise RuntimeError(f"shards disagree on the sync decisions: {sorted(decisions)}")
+        result = ChunkResults(
+            groups=[merge_group_samples(s.groups[i] for s in shards) for i in range(len(chunks))],
+            hosts=[{h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))],
+            pressure=list(shards[0].pressure) if shards else [pressure] * len(chunks),
+            next_pressure=shards[0].next_pressure if shards else pressure,
+            events=[e for s in shards for e in s.events],
+        )
         for i in range(len(chunks)):  # per interval: the busiest shard, then the busiest host actor
             applied = [walls[i] - self._applied_s.get(a, 0.0) for a, (_, walls) in enumerate(hosts)]
             self._applied_s = {a: walls[i] for a, (_, walls) in enumerate(hosts)}
-            self.critical_s += max((s[2][i] for s in shards), default=0.0) + max(applied, default=0.0)
-        return [s[0] for s in shards], groups, host_samples
+            self.critical_s += max((s.guest_wall_s[i] for s in shards), default=0.0) + max(applied, default=0.0)
+        return result
 
-    def timings(self) -> list[dict[str, float]]:
-        """Per shard: wall seconds simulating guests and syncing with hosts (metadata only)."""
-        return self.ray.get([a.timings.remote() for a in self.shard_actors])
-
-    def host_timings(self) -> list[dict[str, float]]:
-        """Per host actor: wall seconds applying epochs (metadata only)."""
-        return self.ray.get([a.timings.remote() for a in self.host_actors])
+    def stats(self) -> dict[str, object]:
+        """Per shard and per host actor: wall seconds simulating, syncing and applying (metadata)."""
+        return {"shard_wall_seconds": self.ray.get([a.timings.remote() for a in self.shard_actors]),
+                "host_actor_wall_seconds": self.ray.get([a.timings.remote() for a in self.host_actors]),
+                "critical_path_seconds": self.critical_s}
 
     def skip_to(self, t_ns: int) -> None:
         self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
 
-    def group_samples(self) -> dict[str, dict[str, int]]:
+    def group_samples(self) -> GroupSamples:
         return merge_group_samples(self.ray.get([a.sample.remote() for a in self.shard_actors]))
 
-    def host_samples(self) -> dict[int, dict[str, int]]:
+    def host_samples(self) -> HostSamples:
         out: dict[int, dict[str, int]] = {}
         for part in self.ray.get([a.samples.remote() for a in self.host_actors]):
             out.update(part)
@@ -133,9 +125,12 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, hosts_per_actor: int | None = None, metrics: bool = False,
+    def __init__(self, address: str | None = None, hosts_per_actor: int | None = None,
                  num_cpus: int | None = None):
         import ray
+
+        for key, value in RAY_ENV_DEFAULTS.items():  # set here, not at import time
+            os.environ.setdefault(key, value)
 
         self.ray = ray
         self._owns = not ray.is_initialized()
@@ -148,7 +143,6 @@ class RayBackend:
             else:  # "local": always a new embedded cluster, never a stale one found on disk
                 self._init_local(num_cpus, kwargs)
         self.hosts_per_actor = hosts_per_actor
-        self.metrics = metrics
         self.nr_shards_default = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def _init_local(self, num_cpus: int | None, kwargs: dict) -> None:
@@ -164,7 +158,7 @@ class RayBackend:
                     raise
 
     def start(self, plan: SimPlan) -> RaySession:
-        return RaySession(plan, self.hosts_per_actor, self.metrics)
+        return RaySession(plan, self.hosts_per_actor)
 
     def close(self) -> None:
         if self._owns and self.ray.is_initialized():

@@ -1,8 +1,10 @@
 """A simulation plan: every entity of one run, resolved from the spec.
 
 The plan is plain data that a backend (in-process or Ray) turns into running
-objects: host configs by host id, and the guests of each shard with their
-configs, workloads, start delays and discard modes.
+objects: host configs by host id, the guests of each shard with their configs,
+workloads, start delays and discard modes, every guest's registration with its
+host, and the sync policy. Results read the plan (what was placed where), never
+the spec again.
 """
 
 from __future__ import annotations
@@ -14,31 +16,42 @@ import numpy as np
 from services.guest.shard import GuestInit
 from services.host.core.config import HostConfig
 from services.host.core.costs import report_ns
+from services.protocol.messages import GuestRegistration
+from services.units import RNG_KIND_START_JITTER
 
-from .placement import (
-    GuestSlot,
-    HostSlot,
-    guest_config,
-    host_config,
-    place,
-    shard_guests,
-    workload_config,
-)
+from .core_configs import guest_config, host_config, workload_config
+from .placement import GuestSlot, HostSlot, place, shard_guests
 from .spec import ExperimentSpec
-
-RNG_KIND_START_JITTER = 3
+from .sync_policy import SyncPolicy
 
 
 @dataclass(frozen=True)
 class SimPlan:
     experiment_id: str
     seed: int
+    epoch_ns: int
+    policy: SyncPolicy
     host_configs: dict[int, HostConfig]
     host_names: dict[int, str]
     hosts: list[HostSlot]
     guests: list[GuestSlot]
     shard_inits: list[list[GuestInit]]
     report_latency_ns: int
+
+    def registrations(self) -> list[tuple[int, GuestRegistration]]:
+        """Every guest's (host id, registration), in guest-id order (the order hosts
+        lay guests out in, so it must not depend on shards)."""
+        regs = [(init.host_id, init.registration(shard_id))
+                for shard_id, inits in enumerate(self.shard_inits) for init in inits]
+        return sorted(regs, key=lambda pair: pair[1].guest_id)
+
+    @property
+    def physical_bytes(self) -> int:
+        return sum(h.group.memory for h in self.hosts)
+
+    @property
+    def guest_bytes(self) -> int:
+        return sum(g.group.memory for g in self.guests)
 
 
 def start_delay_ns(spec: ExperimentSpec, g: GuestSlot) -> int:
@@ -69,7 +82,8 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
         ])
     costs = next(iter(host_configs.values())).costs
     return SimPlan(
-        experiment_id=experiment_id, seed=spec.seed, host_configs=host_configs,
-        host_names={h.host_id: h.name for h in hosts}, hosts=hosts, guests=guests, shard_inits=inits,
-        report_latency_ns=report_ns(costs, 1),
+        experiment_id=experiment_id, seed=spec.seed, epoch_ns=spec.epoch,
+        policy=SyncPolicy(spec.sync_interval // spec.epoch, spec.sync_pressure_fraction),
+        host_configs=host_configs, host_names={h.host_id: h.name for h in hosts}, hosts=hosts,
+        guests=guests, shard_inits=inits, report_latency_ns=report_ns(costs, 1),
     )

@@ -1,12 +1,12 @@
-"""Guest transport: GuestService messages <-> a guest shard, over a plain Protocol.
+"""GuestService: its plain types, the servicer (messages <-> a guest shard) and its client.
 
 Every guest-shard actor serves GuestService. The servicer translates messages
-to calls on :class:`GuestShardApi`, which the orchestration layer implements
-(``services/sim``); nothing here knows how a shard runs its guests.
+to calls on :class:`GuestShardApi`, which :class:`services.guest.shard_api.ShardApi`
+implements over a guest shard; nothing here knows how a shard runs its guests.
 
 Errors: an implementation raises ``ValueError`` for bad input (INVALID_ARGUMENT),
 ``KeyError``/``LookupError`` for an unknown guest (NOT_FOUND), or any
-:class:`~services.transport.validation.StatusError` for a precise status. It must
+:class:`~services.transport.errors.StatusError` for a precise status. It must
 change no state when it raises.
 
 Start a server::
@@ -38,12 +38,9 @@ from services.transport.client import (
 )
 from services.transport.security import ClientTls, check_experiment_binding
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
-from services.transport.validation import (
-    check_page_runs,
-    not_found,
-    require,
-    translate_errors,
-)
+from services.protocol.validation import check_page_runs
+from services.transport.errors import not_found, require
+from services.transport.status import translate_errors
 
 REPORTING_STATE_TO_PB = {
     "idle": guest_pb2.REPORTING_STATE_IDLE,

@@ -1,4 +1,4 @@
-"""``overcommit serve``: ExperimentService for gRPC clients, over the coordinator.
+"""``overcommit serve``: the experiments that ExperimentService clients create and drive.
 
 :class:`ExperimentManager` implements the servicer's ``ExperimentManagerApi``:
 experiments are created from a spec, advanced step by step or run to the end,
@@ -14,14 +14,14 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from services.transport.validation import failed_precondition
+from services.transport.errors import failed_precondition
+from services.units import NS_PER_S
 
-from .coordinator import Simulation, finish_run, make_backend, run_baselines, summarize
-from .results import timeseries_frame
+from .backends import make_backend
+from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
+from .runner import finish_run, run_baselines
+from .simulation import Simulation
 from .spec import load_spec_text, parse_spec
-
-NS_PER_S = 1_000_000_000
-ROW_KEYS = ("time_s", "run", "kind", "entity")
 
 
 class _Experiment:
@@ -108,7 +108,7 @@ class ExperimentManager:
             rows = exp.rows()
             if not rows:
                 return {"name": exp.spec.name, "state": exp.state, "now_seconds": 0.0}
-            summary = summarize(exp.spec, timeseries_frame(list(rows)), [])
+            summary = summarize(exp.spec, exp.sim.plan, timeseries_frame(list(rows)), [])
             summary["state"] = exp.state
             summary["now_seconds"] = exp.now_ns / NS_PER_S
             return summary
@@ -125,7 +125,7 @@ class ExperimentManager:
                 batch = rows[sent:]
                 done = exp.state != "created"
             for row in batch:
-                if row["run"] == "run":
+                if row["run"] == VARIANT_RUN:
                     yield {
                         "sim_time_ns": int(round(row["time_s"] * NS_PER_S)),
                         "entity": f"{row['kind']}/{row['entity']}",
@@ -149,7 +149,7 @@ class ExperimentManager:
 
     def _sim(self, exp: _Experiment) -> Simulation:
         if exp.sim is None:
-            exp.sim = Simulation(exp.spec, self.backend, "run", self.shards)
+            exp.sim = Simulation(exp.spec, self.backend, VARIANT_RUN, self.shards)
         return exp.sim
 
     def _notify(self, exp: _Experiment) -> None:
@@ -160,14 +160,14 @@ class ExperimentManager:
         sim = exp.sim
         run_stats = sim.stats()
         sim.close()
-        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards, False)
-        exp.result = finish_run(exp.spec, list(sim.rows) + base_rows, {"run": run_stats, **stats},
-                                self.backend.name, self.out_dir, exp.wall0, list(exp.spec.compare))
+        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards)
+        exp.result = finish_run(sim, base_rows, {VARIANT_RUN: run_stats, **stats},
+                                self.backend.name, self.out_dir, exp.wall0)
         exp.state = "finished"
         self._notify(exp)
 
     def _status(self, exp: _Experiment):
-        from .service import ExperimentStatus
+        from .experiment_service import ExperimentStatus
 
         return ExperimentStatus(now_ns=exp.now_ns, state=exp.state)
 
@@ -184,7 +184,7 @@ def serve(port: int = 50051, bind: str = "127.0.0.1", allow_remote: bool = False
     from services.transport.security import TokenStore
     from services.transport.server import ServerOptions, serve_until_terminated
 
-    from .service import start_experiment_server
+    from .experiment_service import start_experiment_server
 
     manager = ExperimentManager(out_dir=out_dir, transport=transport)
     tokens = TokenStore(admin_token=token) if token else None

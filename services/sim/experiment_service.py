@@ -5,7 +5,7 @@ the orchestration layer implements; it holds no experiment logic itself.
 
 Errors: the manager raises ``KeyError`` for an unknown experiment (NOT_FOUND),
 ``ValueError`` for a bad spec or duration (INVALID_ARGUMENT), or a
-:class:`~services.transport.validation.StatusError` for anything more precise
+:class:`~services.transport.errors.StatusError` for anything more precise
 (``failed_precondition(...)`` for advancing a cancelled experiment).
 
 Tokens: with a :class:`~services.transport.security.TokenStore`, CreateExperiment
@@ -47,12 +47,8 @@ from services.transport.security import (
     experiment_header,
 )
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
-from services.transport.validation import (
-    permission_denied,
-    require,
-    require_id,
-    translate_errors,
-)
+from services.transport.errors import permission_denied, require, require_id
+from services.transport.status import translate_errors
 
 STATE_TO_PB = {
     "created": experiment_pb2.EXPERIMENT_STATE_CREATED,

@@ -1,0 +1,75 @@
+"""GuestService's view of a guest shard: client operations between epochs.
+
+Implements :class:`services.guest.guest_service.GuestShardApi` over a
+:class:`~services.guest.shard.GuestShard`. Operations run at the shard's current
+simulated time; what they do reaches the host with the next sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .guest_service import AllocOp, ApplyOpsResult, FreeOp, GuestInfo, OpResult, TouchOp
+from .shard import GuestShard
+
+
+class ShardApi:
+    """GuestService's view of a shard (implements ``GuestShardApi``).
+
+    Ops run at the shard's current simulated time, between epochs; what they do
+    reaches the host with the next epoch's sync, so the host's prices for touches
+    arrive with it (``lost_ns`` here is always 0). A client may free only blocks
+    it allocated itself, so it can never free a workload's memory twice.
+    """
+
+    def __init__(self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None):
+        self.shard = shard
+        self.workload_factory = workload_factory
+
+    def list_guests(self) -> Sequence[GuestInfo]:
+        with self.shard.lock:
+            out = []
+            for gid, s in self.shard.slots.items():
+                running = [w for w in (s.workload, *s.extra_workloads) if not w.finished]
+                kind = type(running[-1]).__name__.lower() if running else ""
+                out.append(GuestInfo(gid, s.init.config.nr_pages, s.init.host_id, self.shard.now_ns, kind))
+            return out
+
+    def apply_ops(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
+        shard = self.shard
+        with shard.lock:
+            slot = shard.slot(guest_id)
+            max_order = slot.init.config.max_order
+            frees = {}
+            for i, op in enumerate(ops):  # validate everything before changing anything
+                if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
+                    raise ValueError(f"ops[{i}].order={op.order}: above the guest's max_order {max_order}")
+                if isinstance(op, FreeOp):
+                    frees[i] = shard.check_client_free(guest_id, op.order, np.asarray(op.pfns, np.int64), op.count)
+                elif isinstance(op, TouchOp):
+                    shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+            results = []
+            for i, op in enumerate(ops):
+                if isinstance(op, AllocOp):
+                    results.append(OpResult(pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count)))
+                elif isinstance(op, FreeOp):
+                    shard.client_free(guest_id, op.order, frees[i])
+                    results.append(OpResult(pfns=frees[i]))
+                else:
+                    shard.client_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+                    results.append(OpResult())
+            return ApplyOpsResult(results, shard.now_ns)
+
+    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
+                       duration_ns: int) -> tuple[int, int]:
+        if self.workload_factory is None:
+            raise ValueError("workload: this shard was started without workload support")
+        config = self.workload_factory(workload, dict(params))
+        with self.shard.lock:
+            return self.shard.start_workload(guest_id, config, duration_ns)
+
+    def guest_state(self, guest_id: int) -> Mapping[str, Any]:
+        return self.shard.guest_state(guest_id)

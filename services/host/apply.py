@@ -1,0 +1,86 @@
+"""Applying one guest's operations to the host core, and merging what guests learn.
+
+Plain functions the epoch barrier calls (:mod:`services.host.barrier`); no
+transport, no threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from services.host.core.host import Host
+from services.protocol.messages import GuestOps, GuestOutcome, ReportAck
+
+
+def has_news(outcome: GuestOutcome) -> bool:
+    return bool(len(outcome.swapped_starts) or outcome.stopped)
+
+
+def merge_outcomes(first: GuestOutcome, then: GuestOutcome) -> GuestOutcome:
+    """What a guest learns at once about two stretches of epochs (swap-outs, stop)."""
+    merged = GuestOutcome(then.guest_id, acks=then.acks, lost_ns=then.lost_ns,
+                               touched_pages=then.touched_pages)
+    merged.swapped_starts = np.concatenate([first.swapped_starts, then.swapped_starts])
+    merged.swapped_npages = np.concatenate([first.swapped_npages, then.swapped_npages])
+    merged.stopped = first.stopped or then.stopped
+    return merged
+
+
+def apply_guest_ops(host: Host, ops: GuestOps, outcomes: dict[int, GuestOutcome]) -> None:
+    """Apply one guest's operations in op-sequence order (runs sharing an op_seq together).
+
+    Freed runs are not applied: a guest's free is invisible to the host (discards
+    come through reports). Once the host has stopped the guest (out-of-memory
+    policy, possibly during this epoch) its remaining operations are skipped and
+    its reports acknowledged with an error.
+    """
+    steps: list[tuple[int, str, Any]] = [(r.op_seq, "report", r) for r in ops.reports]
+    steps += [(seq, "touch", idx) for seq, idx in _groups_by_seq(ops.touched.op_seqs)]
+    steps.sort(key=lambda step: step[0])
+    outcome = outcomes[ops.guest_id]
+    for _, kind, what in steps:
+        if host.is_stopped(ops.guest_id):
+            if kind == "report":
+                outcome.acks.append(ReportAck(what.op_seq, ok=False))
+            continue
+        if kind == "report":
+            result = host.apply_report(ops.guest_id, what.pfns.astype(np.int64),
+                                       what.orders.astype(np.int64))
+            outcome.acks.append(ReportAck(
+                op_seq=what.op_seq, ok=True,
+                discarded_pages=int(result.released_pages) + int(result.lazy_pages),
+                latency_ns=int(result.latency_ns)))
+        else:
+            result = host.apply_touch(ops.guest_id, ops.touched.starts[what].astype(np.int64),
+                                      ops.touched.npages[what].astype(np.int64))
+            _add_counts(outcome.lost_ns, result.lost_ns)
+            _add_counts(outcome.touched_pages, result.prior_pages)
+
+
+def _groups_by_seq(op_seqs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Indices of runs grouped by op_seq, groups in op_seq order, runs in listed order."""
+    if len(op_seqs) == 0:
+        return []
+    order = np.argsort(op_seqs, kind="stable")
+    seqs = op_seqs[order]
+    cuts = np.flatnonzero(seqs[1:] != seqs[:-1]) + 1
+    return [(int(seqs[group[0]]), group) for group in np.split(order, cuts)]
+
+
+def _add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:
+    for key, value in more.items():
+        total[key] = total.get(key, 0) + int(value)
+
+
+def record_swapped(outcomes: dict[int, GuestOutcome],
+                   swapped: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Append reclaim's swap-outs (guest -> (starts, npages)) to the guests' outcomes."""
+    for guest_id, (starts, npages) in swapped.items():
+        if len(starts) == 0:
+            continue
+        g = outcomes[guest_id]
+        g.swapped_starts = np.concatenate([g.swapped_starts, np.asarray(starts, dtype=np.int64)])
+        g.swapped_npages = np.concatenate([g.swapped_npages, np.asarray(npages, dtype=np.int64)])

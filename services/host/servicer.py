@@ -1,0 +1,97 @@
+"""HostService over gRPC: decode, call the epoch barrier, encode. No domain logic here.
+
+::
+
+    directory = HostDirectory([EpochBarrier("exp-1", 0, Host(0, config))])
+    with start_host_server(directory, ServerOptions(port=0)) as server:
+        link = GrpcHostLink("exp-1", {0: server.address})
+        link.register(0, registration)
+        outcome = link.sync(0, submission)
+
+Validation runs in the barrier on the decoded plain types (the in-process link
+runs the same); a refusal ends the call with the status of the same name.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from overcommit.v1 import host_pb2, host_pb2_grpc
+from services.protocol.codec import decode_registration, decode_submission, encode_outcome
+from services.transport.security import check_experiment_binding
+from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
+from services.transport.status import translate_errors
+
+from .directory import HostDirectory
+
+MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
+
+
+def _timeout_s(context: grpc.ServicerContext, max_wait_s: float) -> float:
+    remaining = context.time_remaining()
+    return max_wait_s if remaining is None else min(remaining, max_wait_s)
+
+
+class HostServicer(host_pb2_grpc.HostServiceServicer):
+    """HostService for the barriers in ``directory``."""
+
+    def __init__(self, directory: HostDirectory, *, max_wait_s: float = MAX_WAIT_S):
+        self.directory = directory
+        self.max_wait_s = max_wait_s
+
+    @translate_errors
+    def RegisterGuest(self, request: host_pb2.RegisterGuestRequest,
+                      context: grpc.ServicerContext) -> host_pb2.RegisterGuestResponse:
+        check_experiment_binding(context, request.experiment_id)
+        barrier = self.directory.get(request.experiment_id, request.host_id)
+        reg = decode_registration(request)
+        next_epoch = barrier.register_guest(reg)
+        nr_pages = barrier.registration(reg.guest_id).nr_pages
+        return host_pb2.RegisterGuestResponse(guest_id=reg.guest_id, host_id=barrier.host_id,
+                                              nr_pages=nr_pages, next_epoch=next_epoch)
+
+    @translate_errors
+    def SyncEpoch(self, request: host_pb2.SyncEpochRequest,
+                  context: grpc.ServicerContext) -> host_pb2.SyncEpochResponse:
+        check_experiment_binding(context, request.experiment_id)
+        barrier = self.directory.get(request.experiment_id, request.host_id)
+        outcome = barrier.submit(decode_submission(request))
+        if outcome is None:
+            outcome = barrier.wait(request.shard_id, request.epoch, request.sequence,
+                                   _timeout_s(context, self.max_wait_s), context.is_active)
+        return encode_outcome(outcome)
+
+    @translate_errors
+    def GetHostState(self, request: host_pb2.GetHostStateRequest,
+                     context: grpc.ServicerContext) -> host_pb2.GetHostStateResponse:
+        check_experiment_binding(context, request.experiment_id)
+        barrier = self.directory.get(request.experiment_id, request.host_id)
+        if request.HasField("sample_epoch"):
+            counters = barrier.sample_at(request.sample_epoch, _timeout_s(context, self.max_wait_s))
+            response = host_pb2.GetHostStateResponse(host_id=request.host_id)
+            response.counters.update({k: int(v) for k, v in counters.items()})
+            return response
+        state = barrier.state()
+        response = host_pb2.GetHostStateResponse(
+            host_id=state["host_id"], next_epoch=state["next_epoch"],
+            epoch_end_ns=state["epoch_end_ns"], shard_ids=state["shard_ids"],
+        )
+        response.counters.update({k: int(v) for k, v in state["counters"].items()})
+        for guest_id, shard_id, nr_pages, counters in state["guests"]:
+            g = response.guests.add(guest_id=guest_id, shard_id=shard_id, nr_pages=nr_pages)
+            g.counters.update({k: int(v) for k, v in counters.items()})
+        return response
+
+
+def host_service_binding(directory: HostDirectory) -> ServiceBinding:
+    """What :func:`services.transport.server.build_server` needs to serve HostService."""
+    return ServiceBinding(host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
+                          host_pb2_grpc.add_HostServiceServicer_to_server,
+                          HostServicer(directory))
+
+
+def start_host_server(directory: HostDirectory, options: ServerOptions | None = None,
+                      extra_services: tuple[ServiceBinding, ...] = ()) -> GrpcServer:
+    """Build a server for ``directory`` (bound, not started; use ``with`` or ``start()``)."""
+    return build_server(options or ServerOptions(),
+                        [host_service_binding(directory), *extra_services])

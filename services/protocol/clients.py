@@ -1,0 +1,226 @@
+"""How a guest shard reaches its hosts: the :class:`HostLink` port and its two implementations.
+
+* :class:`GrpcHostLink`: HostService over real gRPC (one :class:`HostClient` per
+  host), encoding and decoding through :mod:`services.protocol.codec`.
+* :class:`InProcessHostLink`: no sockets and no protobuf; plain messages go
+  straight to the hosts' epoch barriers, found through a :class:`HostDirectoryPort`
+  it is given (this package never imports the host).
+
+Both run the same validation (on the host side, on the plain types), so the same
+bad input is refused with the same status and details on either path.
+
+:class:`HostClient` is the protobuf-level gRPC client (what a hostile or foreign
+client speaks); it retries UNAVAILABLE (every HostService call is idempotent) and
+puts a deadline on every call. SyncEpoch's deadline also bounds how long the host
+waits for the other shards of the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+
+from overcommit.v1 import host_pb2, host_pb2_grpc
+from services.transport.client import (
+    DEFAULT_TIMEOUT_S,
+    ChannelOptions,
+    RetryPolicy,
+    RpcCaller,
+    make_channel,
+)
+from services.transport.security import ClientTls
+
+from .codec import decode_outcome, encode_registration, encode_submission
+from .messages import EpochOutcome, EpochSubmission, GuestRegistration
+
+SYNC_TIMEOUT_S = 120.0  # one sync may wait this long for the slowest shard of a host
+
+
+# ------------------------------------------------------------------ ports
+
+
+class HostLink(Protocol):
+    """What an epoch driver needs of the hosts (the guest side's one port to them)."""
+
+    def register(self, host_id: int, reg: GuestRegistration) -> int:
+        """Register a guest; returns the host's next epoch. Idempotent."""
+        ...
+
+    def submit(self, host_id: int, sub: EpochSubmission) -> None:
+        """Hand over one shard's submission (the host applies it when every due shard is in)."""
+        ...
+
+    def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
+        """The answer to a submitted ``sub``, waiting until its epochs are applied."""
+        ...
+
+    def sample(self, host_id: int, epoch: int) -> dict[str, int]:
+        """The host's counters kept right after ``epoch`` (the end of a sample interval)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HostEndpointPort(Protocol):
+    """What the in-process link needs of one host's epoch barrier."""
+
+    def register_guest(self, reg: GuestRegistration) -> int: ...
+    def submit(self, sub: EpochSubmission) -> EpochOutcome | None: ...
+    def wait(self, shard_id: int, epoch: int, sequence: int, timeout_s: float) -> EpochOutcome: ...
+    def sample_at(self, epoch: int, timeout_s: float) -> dict[str, int]: ...
+
+
+class HostDirectoryPort(Protocol):
+    def get(self, experiment_id: str, host_id: int) -> HostEndpointPort: ...
+
+
+# ------------------------------------------------------------------ in-process
+
+
+class InProcessHostLink:
+    """Hosts in this process: plain messages to their barriers, no encoding.
+
+    ``submit`` then ``collect`` lets one thread drive several shards of one host:
+    submit every shard's message first, then collect the answers.
+    """
+
+    def __init__(self, experiment_id: str, directory: HostDirectoryPort, *,
+                 timeout_s: float = SYNC_TIMEOUT_S):
+        self.experiment_id = experiment_id
+        self.directory = directory
+        self.timeout_s = timeout_s
+
+    def _endpoint(self, host_id: int) -> HostEndpointPort:
+        return self.directory.get(self.experiment_id, host_id)
+
+    def register(self, host_id: int, reg: GuestRegistration) -> int:
+        return self._endpoint(host_id).register_guest(reg)
+
+    def submit(self, host_id: int, sub: EpochSubmission) -> None:
+        self._endpoint(host_id).submit(sub)
+
+    def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
+        return self._endpoint(host_id).wait(sub.shard_id, sub.epoch, sub.sequence, self.timeout_s)
+
+    def sync(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
+        """Submit and wait for the answer (other threads may submit meanwhile)."""
+        self.submit(host_id, sub)
+        return self.collect(host_id, sub)
+
+    def sample(self, host_id: int, epoch: int) -> dict[str, int]:
+        return self._endpoint(host_id).sample_at(epoch, self.timeout_s)
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ gRPC
+
+
+class HostClient:
+    """HostService over a channel, message for message. Errors are ``grpc.RpcError``."""
+
+    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
+        self.channel = channel
+        self.stub = host_pb2_grpc.HostServiceStub(channel)
+        self.caller = caller or RpcCaller()
+
+    def register_guest(self, request: host_pb2.RegisterGuestRequest,
+                       timeout_s: float | None = None) -> host_pb2.RegisterGuestResponse:
+        return self.caller.unary(self.stub.RegisterGuest, request, idempotent=True,
+                                 timeout_s=timeout_s)
+
+    def sync_epoch(self, request: host_pb2.SyncEpochRequest,
+                   timeout_s: float | None = None) -> host_pb2.SyncEpochResponse:
+        return self.caller.unary(self.stub.SyncEpoch, request, idempotent=True,
+                                 timeout_s=timeout_s)
+
+    def get_host_state(self, request: host_pb2.GetHostStateRequest,
+                       timeout_s: float | None = None) -> host_pb2.GetHostStateResponse:
+        return self.caller.unary(self.stub.GetHostState, request, idempotent=True,
+                                 timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> HostClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_host(target: str, *, tls: ClientTls | None = None, token: str | None = None,
+                 experiment_id: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retry: RetryPolicy | None = None) -> HostClient:
+    """A HostClient for ``target`` ("127.0.0.1:PORT") with deadline, retries and token."""
+    channel = make_channel(ChannelOptions(target, tls))
+    return HostClient(channel, RpcCaller(token=token, experiment_id=experiment_id,
+                                         timeout_s=timeout_s, retry=retry))
+
+
+class GrpcHostLink:
+    """Hosts behind HostService servers (``targets``: host id -> "host:port").
+
+    ``submit`` sends the SyncEpoch call and returns; ``collect`` waits for its
+    answer, so a shard's calls to several hosts are in flight together. Channels
+    open on first use.
+    """
+
+    def __init__(self, experiment_id: str, targets: dict[int, str], *, token: str | None = None,
+                 tls: ClientTls | None = None, timeout_s: float = SYNC_TIMEOUT_S):
+        self.experiment_id = experiment_id
+        self.targets = dict(targets)
+        self.token = token
+        self.tls = tls
+        self.timeout_s = timeout_s
+        self._clients: dict[int, HostClient] = {}
+        self._pending: dict[tuple[int, int, int, int], tuple[host_pb2.SyncEpochRequest, Any]] = {}
+
+    def client(self, host_id: int) -> HostClient:
+        client = self._clients.get(host_id)
+        if client is None:
+            client = self._clients[host_id] = connect_host(
+                self.targets[host_id], tls=self.tls, token=self.token,
+                experiment_id=self.experiment_id, timeout_s=self.timeout_s)
+        return client
+
+    def register(self, host_id: int, reg: GuestRegistration) -> int:
+        response = self.client(host_id).register_guest(
+            encode_registration(self.experiment_id, host_id, reg))
+        return response.next_epoch
+
+    def submit(self, host_id: int, sub: EpochSubmission) -> None:
+        """Send the SyncEpoch call without waiting (one thread may drive several shards)."""
+        request = encode_submission(self.experiment_id, host_id, sub)
+        client = self.client(host_id)
+        future = client.stub.SyncEpoch.future(request, timeout=self.timeout_s,
+                                              metadata=client.caller.metadata)
+        self._pending[(host_id, sub.shard_id, sub.epoch, sub.sequence)] = (request, future)
+
+    def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
+        """The answer; an UNAVAILABLE call is sent again with retries (SyncEpoch is idempotent)."""
+        request, future = self._pending.pop((host_id, sub.shard_id, sub.epoch, sub.sequence))
+        try:
+            response = future.result()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            response = self.client(host_id).sync_epoch(request, timeout_s=self.timeout_s)
+        return decode_outcome(response)
+
+    def sync(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
+        self.submit(host_id, sub)
+        return self.collect(host_id, sub)
+
+    def sample(self, host_id: int, epoch: int) -> dict[str, int]:
+        response = self.client(host_id).get_host_state(host_pb2.GetHostStateRequest(
+            experiment_id=self.experiment_id, host_id=host_id, sample_epoch=epoch),
+            timeout_s=self.timeout_s)
+        return dict(response.counters)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

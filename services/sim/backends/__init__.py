@@ -1,0 +1,56 @@
+"""Backends: where a plan's shards and hosts run (in this process, or as Ray actors).
+
+A backend starts a :class:`Session` for a plan; the simulation loop
+(:mod:`services.sim.simulation`) drives every session the same way, and every
+session runs its shards with the one epoch driver
+(:class:`services.guest.epoch_driver.EpochDriver`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
+
+from ..plan import SimPlan
+
+
+class Session(Protocol):
+    """One simulation's running entities (in-process objects or Ray actors)."""
+
+    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
+                   last_hosts: HostSamples) -> ChunkResults:
+        """Run sample intervals ((start ns, epochs) each), the first as ``pressure``
+        says and the others as the sync policy decides; the results cover every
+        shard (groups summed) and every host."""
+        ...
+
+    def skip_to(self, t_ns: int) -> None: ...
+    def group_samples(self) -> GroupSamples: ...
+    def host_samples(self) -> HostSamples: ...
+    def stats(self) -> dict[str, object]:
+        """Wall-clock timings of the session (metadata, never results)."""
+        ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    nr_shards_default: int
+
+    def start(self, plan: SimPlan) -> Session: ...
+    def close(self) -> None: ...
+
+
+def make_backend(transport: str, address: str | None = None) -> Backend:
+    """``inprocess`` (no Ray, no sockets) or ``grpc`` (Ray actors talking gRPC)."""
+    if transport == "inprocess":
+        from .inprocess import InProcessBackend
+
+        return InProcessBackend()
+    if transport != "grpc":
+        raise ValueError(f"transport={transport!r}: must be 'grpc' or 'inprocess'")
+    from .ray_cluster import RayBackend
+
+    return RayBackend(address=address)

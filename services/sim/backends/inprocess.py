@@ -1,0 +1,71 @@
+"""Run a simulation in one process, without Ray or sockets.
+
+Guest shards and host epoch barriers are plain objects; the epoch driver
+reaches the barriers through the in-process host link, which runs the same
+validation and barrier code as gRPC without encoding protobuf. Used by tests,
+by notebooks that want no cluster, and as the reference for the gRPC path's
+overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.guest.core.guest import warm_up as guest_warm_up
+from services.guest.epoch_driver import ChunkResults, EpochDriver, GroupSamples, HostSamples
+from services.guest.shard import GuestShard
+from services.host.barrier import EpochBarrier
+from services.host.core.host import Host
+from services.host.core.host import warm_up as host_warm_up
+from services.host.directory import HostDirectory
+from services.protocol.clients import InProcessHostLink
+
+from ..plan import SimPlan
+
+
+class InProcessSession:
+    def __init__(self, plan: SimPlan):
+        self.plan = plan
+        host_warm_up(next(iter(plan.host_configs.values())))  # as the actors do, before timing
+        first = next((g for inits in plan.shard_inits for g in inits), None)
+        if first is not None:
+            guest_warm_up(first.config)
+        self.barriers = {h: EpochBarrier(plan.experiment_id, h, Host(h, cfg))
+                         for h, cfg in plan.host_configs.items()}
+        self.link = InProcessHostLink(plan.experiment_id, HostDirectory(self.barriers.values()))
+        for host_id, reg in plan.registrations():
+            self.link.register(host_id, reg)
+        shards = [GuestShard(i, inits, plan.seed, plan.report_latency_ns)
+                  for i, inits in enumerate(plan.shard_inits)]
+        self.driver = EpochDriver(shards, self.link, plan.policy, sorted(self.barriers), plan.epoch_ns)
+
+    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
+                   last_hosts: HostSamples) -> ChunkResults:
+        return self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
+
+    def skip_to(self, t_ns: int) -> None:
+        self.driver.skip_to(t_ns)
+
+    def group_samples(self) -> GroupSamples:
+        return self.driver.group_samples()
+
+    def host_samples(self) -> HostSamples:
+        return {h: dict(b.host.host_counters()) for h, b in self.barriers.items()}
+
+    def stats(self) -> dict[str, object]:
+        return {"shard_wall_seconds": [dict(self.driver.wall)],
+                "host_actor_wall_seconds": [{"apply_s": sum(b.apply_wall_s for b in self.barriers.values())}]}
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class InProcessBackend:
+    name = "inprocess"
+    nr_shards_default = 1
+
+    def start(self, plan: SimPlan) -> InProcessSession:
+        return InProcessSession(plan)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,55 @@
+"""What the terminal shows: a progress bar while a run goes, the summary table after it."""
+
+from __future__ import annotations
+
+import time
+
+from services.units import NS_PER_S
+
+from .run_files import RunResult
+
+
+class ProgressBar:
+    """Simulated time, epochs/s and speed against real time, on a rich progress bar."""
+
+    def __init__(self, label: str, duration_ns: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._rp = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[sim]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            transient=False,
+        )
+        self._rp.start()
+        self._bar = self._rp.add_task(label, total=duration_ns, sim="", rate="")
+        self._wall0 = time.perf_counter()
+
+    def update(self, t_ns: int, epochs: int) -> None:
+        wall = max(time.perf_counter() - self._wall0, 1e-9)
+        self._rp.update(
+            self._bar, completed=t_ns, sim=f"sim {t_ns / NS_PER_S:7.1f}s",
+            rate=f"{epochs / wall:7.0f} epochs/s  {t_ns / NS_PER_S / wall:6.1f}x real time",
+        )
+
+    def close(self) -> None:
+        self._rp.stop()
+
+
+def print_summary(result: RunResult) -> None:
+    """The table a newcomer reads first: what reporting bought and what it cost."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import summary_lines, summary_rows
+
+    s = result.summary
+    header, rows = summary_rows(s)
+    table = Table(title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console = Console()
+    console.print(table)
+    for label, value in summary_lines(s):
+        console.print(f"  {label}: [bold]{value}[/bold]")

@@ -1,0 +1,88 @@
+"""The spec's groups as the core models' configs: guest, workload and host configs.
+
+The spec (``services/sim/spec.py``) is validated user input; the cores take
+frozen dataclasses. This module is the one place that converts between them.
+"""
+
+from __future__ import annotations
+
+from services.guest.core.config import GuestConfig, ReportingConfig
+from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig
+from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
+from services.host.core.costs import CostModel
+from services.units import PAGE_SIZE
+
+from .spec import GuestGroup, HostGroup, SpecError
+
+
+def guest_config(group: GuestGroup) -> GuestConfig:
+    r = group.reporting
+    return GuestConfig(
+        nr_pages=group.memory // PAGE_SIZE,
+        zones=group.zones,
+        profile=group.profile,
+        thp=group.thp,
+        shuffle=group.shuffle,
+        reporting=ReportingConfig(
+            enabled=r.enabled, order=r.order, capacity=r.capacity, delay_ns=r.delay,
+            budget_divisor=r.budget_divisor,
+        ),
+    )
+
+
+def workload_config(group: GuestGroup, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
+    return _core_workload(group.workload, start_delay_ns)
+
+
+def _core_workload(w, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
+    """A validated spec workload -> the guest core's workload config."""
+    if w.kind == "idle":
+        return IdleConfig(initial_fill=w.initial_fill)
+    phases = tuple(
+        PhaseConfig(action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate)
+        for p in w.phases
+    )
+    return MemhogConfig(phases=phases, repeat=w.repeat, thp=w.thp, start_delay_ns=start_delay_ns)
+
+
+def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
+    """The host core's config for one host of ``group`` (costs: defaults + overrides)."""
+    sw = group.swap
+    costs = {
+        "swap_read_latency_ns": sw.read_latency,
+        "swap_read_bytes_per_s": sw.read_bytes_per_s,
+        "swap_write_latency_ns": sw.write_latency,
+        "swap_write_bytes_per_s": sw.write_bytes_per_s,
+    }
+    costs.update(group.costs)
+    try:
+        cost_model = CostModel(**costs)
+    except (TypeError, ValueError) as e:
+        raise SpecError([(f"hosts.{group.name}.costs", str(e))]) from None
+    zs = group.zswap
+    pool = int(group.memory * zs.max_pool_fraction) // PAGE_SIZE * PAGE_SIZE
+    return HostConfig(
+        memory_bytes=group.memory,
+        reserve_bytes=group.reserve,
+        backing=group.backing,
+        thp=group.thp,
+        swap=SwapConfig(capacity_bytes=sw.capacity // PAGE_SIZE * PAGE_SIZE),
+        zswap=ZswapConfig(enabled=zs.enabled, compression_ratio=zs.compression_ratio, max_pool_bytes=max(pool, PAGE_SIZE)),
+        oom_policy=group.oom_policy,
+        max_overcommit_ratio=max_overcommit_ratio,
+        costs=cost_model,
+    )
+
+
+def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig:
+    """A GuestService StartWorkload request's workload, validated like a spec's."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from .spec import Workload
+
+    try:
+        w = TypeAdapter(Workload).validate_python({**params, "kind": kind})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}") from None
+    return _core_workload(w)

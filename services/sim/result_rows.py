@@ -1,0 +1,180 @@
+"""Result rows: every public name of a run's results, defined once.
+
+Samples (host counters, guest-group sums) become time-series rows here; rows
+become the Parquet time series, the summary and its comparisons here; metrics
+(:mod:`services.metrics`) export the same names. Nothing else renames a counter.
+
+* Row keys: ``time_s`` (simulated seconds), ``run`` (which variant of the run:
+  ``run`` itself or a paired baseline such as ``reporting_off``), ``kind``
+  (``host`` or ``guest_group``) and ``entity`` (host name or group name).
+* Columns: host counters that are levels keep their names (``backed_bytes``);
+  running totals get ``_total``; simulated-time totals are seconds
+  (``lost_fault_seconds_total``), never nanoseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from services.units import LOST_KINDS, NS_PER_S, PAGE_SIZE
+
+from .plan import SimPlan
+from .spec import ExperimentSpec
+
+SUMMARY_SCHEMA_VERSION = 1
+ROW_KEYS = ("time_s", "run", "kind", "entity")
+VARIANT_RUN = "run"  # the run itself; baselines are named by their kind (spec ``compare``)
+
+# Host counters that are levels, not running totals (everything else gets ``_total``).
+HOST_GAUGES = frozenset({
+    "memory_bytes", "reserve_bytes", "limit_bytes", "pool_used_bytes", "swap_capacity_bytes",
+    "swap_used_bytes", "zswap_pool_bytes", "lazy_pages", "guests", "guests_stopped", "guest_pages",
+    "unbacked_bytes", "backed_bytes", "lazy_bytes", "swapped_bytes", "resident_bytes", "zswap_pages",
+})
+
+
+def _public(name: str, value: int) -> tuple[str, float]:
+    """A running total in ns becomes seconds (``*_ns_total`` -> ``*_seconds_total``)."""
+    if name.endswith("_ns_total"):
+        return name[: -len("_ns_total")] + "_seconds_total", value / NS_PER_S
+    return name, float(value)
+
+
+def host_columns(counters: Mapping[str, int]) -> dict[str, float]:
+    """Host core counters under their public names (levels as they are, running
+    totals as ``*_total``, ns totals as seconds, plus byte forms of page totals)."""
+    raw: dict[str, int] = {}
+    for k, v in counters.items():
+        raw[k if k in HOST_GAUGES else f"{k}_total"] = int(v)
+    if "reported_pages" in counters:
+        raw["reported_bytes_total"] = int(counters["reported_pages"]) * PAGE_SIZE
+    if "refault_pages" in counters:
+        raw["refaulted_reported_bytes_total"] = int(counters["refault_pages"]) * PAGE_SIZE
+    return dict(_public(k, v) for k, v in raw.items())
+
+
+def group_columns(sums: Mapping[str, int]) -> dict[str, float]:
+    """Guest-group sums (already named as levels or ``*_total``) under their public names."""
+    return dict(_public(k, int(v)) for k, v in sums.items())
+
+
+def host_row(t_ns: int, variant: str, entity: str, counters: Mapping[str, int],
+             capacity_bytes: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": variant, "kind": "host", "entity": entity}
+    row.update(host_columns(counters))
+    row["capacity_bytes"] = float(capacity_bytes)
+    return row
+
+
+def group_row(t_ns: int, variant: str, group: str, sums: Mapping[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": variant, "kind": "guest_group", "entity": group}
+    row.update(group_columns(sums))
+    return row
+
+
+def timeseries_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> a DataFrame with a stable column order and row order."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    lead = list(ROW_KEYS)
+    rest = sorted(c for c in df.columns if c not in lead)
+    df = df[lead + rest].sort_values(["run", "time_s", "kind", "entity"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def _stats(series: pd.Series) -> dict[str, float]:
+    if series.empty:
+        return {"peak": 0.0, "mean": 0.0, "final": 0.0}
+    return {"peak": float(series.max()), "mean": float(series.mean()), "final": float(series.iloc[-1])}
+
+
+def _final(df: pd.DataFrame, col: str) -> float:
+    """The last sample of a column (0 where the entity never reported it)."""
+    if col not in df or df.empty:
+        return 0.0
+    value = float(df[col].iloc[-1])
+    return 0.0 if value != value else value
+
+
+def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_bytes: int) -> dict[str, Any]:
+    """Summary of one variant (``run`` or a baseline name) from the time series."""
+    part = ts[ts["run"] == variant]
+    hosts: dict[str, Any] = {}
+    for entity, df in part[part["kind"] == "host"].groupby("entity", sort=True):
+        df = df.sort_values("time_s")
+        backed = _stats(df["backed_bytes"])
+        hosts[entity] = {
+            "backed_bytes": backed,
+            "swap_in_bytes": _final(df, "swapin_bytes_total"),
+            "swap_out_bytes": _final(df, "swapout_bytes_total"),
+            "zeroed_bytes": _final(df, "zeroed_bytes_total"),
+            "reported_bytes": _final(df, "reported_bytes_total"),
+            "refaulted_reported_bytes": _final(df, "refaulted_reported_bytes_total"),
+            "oom_events": _final(df, "oom_events_total"),
+        }
+    groups: dict[str, Any] = {}
+    for entity, df in part[part["kind"] == "guest_group"].groupby("entity", sort=True):
+        df = df.sort_values("time_s")
+        groups[entity] = {
+            "guests": int(_final(df, "guests")),
+            "ops_completed": int(_final(df, "ops_total")),
+            "alloc_failures": int(_final(df, "alloc_failures_total")),
+            "lost_seconds": {
+                k: _final(df, f"lost_{k}_seconds_total") for k in LOST_KINDS
+            },
+            "report_calls": int(_final(df, "report_calls_total")),
+            "reported_bytes": _final(df, "reported_pages_total") * PAGE_SIZE,
+        }
+    host_rows = part[part["kind"] == "host"]
+    cluster_backed = host_rows.groupby("time_s")["backed_bytes"].sum() if not host_rows.empty else pd.Series(dtype=float)
+    total_swap_out = sum(h["swap_out_bytes"] for h in hosts.values())
+    total_lost = sum(sum(g["lost_seconds"].values()) for g in groups.values())
+    return {
+        "hosts": hosts,
+        "guest_groups": groups,
+        "cluster": {
+            "physical_bytes": physical_bytes,
+            "guest_bytes": guest_bytes,
+            "overcommit_ratio": guest_bytes / physical_bytes if physical_bytes else 0.0,
+            "backed_bytes": _stats(cluster_backed),
+            "swap_out_bytes": total_swap_out,
+            "swap_in_bytes": sum(h["swap_in_bytes"] for h in hosts.values()),
+            "ops_completed": sum(g["ops_completed"] for g in groups.values()),
+            "lost_seconds": total_lost,
+        },
+    }
+
+
+def compare(run: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """What reporting bought relative to a paired baseline."""
+    rc, bc = run["cluster"], base["cluster"]
+    ops_r, ops_b = rc["ops_completed"], bc["ops_completed"]
+    return {
+        "memory_saved_mean_bytes": bc["backed_bytes"]["mean"] - rc["backed_bytes"]["mean"],
+        "memory_saved_peak_bytes": bc["backed_bytes"]["peak"] - rc["backed_bytes"]["peak"],
+        "memory_saved_final_bytes": bc["backed_bytes"]["final"] - rc["backed_bytes"]["final"],
+        "swap_out_avoided_bytes": bc["swap_out_bytes"] - rc["swap_out_bytes"],
+        "swap_in_avoided_bytes": bc["swap_in_bytes"] - rc["swap_in_bytes"],
+        "extra_lost_seconds": rc["lost_seconds"] - bc["lost_seconds"],
+        # slowdown: the fraction of the baseline's work that the run did not complete
+        "slowdown": (ops_b - ops_r) / ops_b if ops_b else 0.0,
+    }
+
+
+def summarize(spec: ExperimentSpec, plan: SimPlan, ts: pd.DataFrame, baselines: list[str]) -> dict[str, Any]:
+    """The run's summary (and each paired baseline's, and what reporting bought against
+    it), from the time series and the plan (what was placed on which host)."""
+    physical, guest_bytes = plan.physical_bytes, plan.guest_bytes
+    summary = summarize_run(ts, VARIANT_RUN, physical, guest_bytes)
+    summary["name"] = spec.name
+    summary["run_id"] = spec.run_id()
+    summary["seed"] = spec.seed
+    summary["duration_seconds"] = spec.duration / NS_PER_S
+    if baselines:
+        summary["baselines"] = {label: summarize_run(ts, label, physical, guest_bytes) for label in baselines}
+        summary["comparison"] = {label: compare(summary, summary["baselines"][label]) for label in baselines}
+    return summary

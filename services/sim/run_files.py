@@ -1,0 +1,54 @@
+"""Run results on disk: the record of a run is files, never metrics.
+
+``runs/<name>/<run_id>/`` holds ``spec.resolved.yaml``, ``metadata.json``
+(versions, wall time, shards: everything that may differ between identical
+runs), ``summary.json`` and ``timeseries.parquet`` (both depend on the spec and
+seed only). The summary schema is documented in ``docs/results.md``; the names
+in both are defined in :mod:`services.sim.result_rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+
+
+@dataclass
+class RunResult:
+    """What ``run_experiment`` returns: the summary, the time series and where they live."""
+
+    summary: dict[str, Any]
+    timeseries: pd.DataFrame
+    run_dir: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def write_run(run_dir: str, spec_dict: dict[str, Any], summary: dict[str, Any], ts: pd.DataFrame,
+              metadata: dict[str, Any]) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "spec.resolved.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec_dict, f, sort_keys=True)
+    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(run_dir, "metadata.json"), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+        f.write("\n")
+    ts.to_parquet(os.path.join(run_dir, "timeseries.parquet"), index=False)
+
+
+def load_run(run_dir: str) -> RunResult:
+    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    meta_path = os.path.join(run_dir, "metadata.json")
+    metadata = {}
+    if os.path.exists(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            metadata = json.load(f)
+    ts = pd.read_parquet(os.path.join(run_dir, "timeseries.parquet"))
+    return RunResult(summary, ts, run_dir, metadata)

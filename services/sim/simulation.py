@@ -1,0 +1,129 @@
+"""The simulation loop: one spec on one backend, advanced sample interval by sample interval.
+
+Simulated time has one owner here. :class:`Simulation` hands the session up to
+:data:`CHUNKS_PER_CALL` sample intervals at a time; the session's epoch driver
+runs them (syncing every epoch while a host is under pressure, once per
+``sync_interval`` while all are calm: :mod:`services.sim.sync_policy`) and
+returns one sample per interval, which becomes one row per host and per guest
+group. When no guest has anything to do before a later sample boundary (idle
+guests, reporting delay, workload pause), the loop skips ahead in one step.
+Simulated time never waits on the wall clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.guest.epoch_driver import GroupSamples, HostSamples
+from services.units import NS_PER_S
+
+from .backends import Backend
+from .plan import make_plan
+from .result_rows import group_row, host_row
+from .spec import ExperimentSpec
+
+CHUNKS_PER_CALL = 10  # sample intervals a session runs per run_chunks call
+
+
+class Simulation:
+    """``advance_to(t)`` runs whole sample intervals up to ``t`` (or the end); ``rows``
+    holds every sample so far. ``on_progress(now_ns, epochs_run)`` is called after
+    every call to the session (the console's progress bar)."""
+
+    def __init__(self, spec: ExperimentSpec, backend: Backend, variant: str = "run",
+                 shards: int | None = None, on_progress: Callable[[int, int], None] | None = None):
+        self.spec = spec
+        self.variant = variant
+        self.plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{variant}",
+                              shards or backend.nr_shards_default)
+        self.session = backend.start(self.plan)
+        self.rows: list[dict[str, Any]] = []
+        self.now_ns = 0
+        self.epoch = 0
+        self.epochs_run = 0
+        self.wall_s = 0.0
+        self.closed = False
+        self.on_progress = on_progress
+        self.fine_intervals = 0  # sample intervals synced every epoch because a host was under pressure
+        hosts = self.session.host_samples()
+        self._last_hosts: HostSamples = hosts
+        self._pressure = self.plan.policy.under_pressure({}, hosts)  # the first interval's decision
+        self._record(0, hosts, self.session.group_samples())
+
+    @property
+    def finished(self) -> bool:
+        return self.now_ns >= self.spec.duration
+
+    def _record(self, t_ns: int, hosts: HostSamples, groups: GroupSamples) -> None:
+        """One sample row per host and per guest group."""
+        for h in self.plan.hosts:
+            self.rows.append(host_row(t_ns, self.variant, h.name, hosts[h.host_id],
+                                      h.group.memory - h.group.reserve))
+        for group, sums in sorted(groups.items()):
+            self.rows.append(group_row(t_ns, self.variant, group, sums))
+
+    def _chunks(self, limit_ns: int) -> list[tuple[int, int]]:
+        """The next sample intervals up to ``limit_ns``: (start ns, epochs) each."""
+        spec = self.spec
+        chunks, t = [], self.now_ns
+        while t < limit_ns and len(chunks) < CHUNKS_PER_CALL:
+            t_next = min(t + spec.sample_interval, spec.duration)
+            chunks.append((t, max(1, -(-(t_next - t) // spec.epoch))))
+            t = t_next
+        return chunks
+
+    def advance_to(self, target_ns: int) -> None:
+        """Run to ``target_ns`` rounded up to a sample boundary (capped at the end)."""
+        spec = self.spec
+        wall0 = time.perf_counter()
+        limit = min(target_ns, spec.duration)
+        per_epoch = self.plan.policy.calm_sync_epochs == 1
+        while self.now_ns < limit:
+            chunks = self._chunks(limit)
+            results = self.session.run_chunks(self.epoch, chunks, self._pressure, self._last_hosts)
+            for i, (t0, count) in enumerate(chunks):
+                self.fine_intervals += results.pressure[i] or per_epoch
+                self.epoch += count
+                self.epochs_run += count
+                self.now_ns = min(t0 + spec.sample_interval, spec.duration)
+                self._record(self.now_ns, results.hosts[i], results.groups[i])
+            self._pressure, self._last_hosts = results.next_pressure, results.hosts[-1]
+            self._skip_ahead(results.events, limit)
+            if self.on_progress is not None:
+                self.on_progress(self.now_ns, self.epochs_run)
+        self.wall_s += time.perf_counter() - wall0
+
+    def _skip_ahead(self, events: list[int | None], limit_ns: int) -> None:
+        """Jump whole sample intervals in which no guest has anything to do."""
+        spec = self.spec
+        pending = [e for e in events if e is not None]
+        nxt = min(pending) if pending else spec.duration
+        target = min(limit_ns, (nxt // spec.sample_interval) * spec.sample_interval)
+        if target <= self.now_ns:
+            return
+        self.session.skip_to(target)
+        last = [dict(r) for r in self.rows[-(len(self.plan.hosts) + self._groups()):]]
+        while self.now_ns < target:
+            self.now_ns = min(self.now_ns + spec.sample_interval, target)
+            for r in last:
+                self.rows.append({**r, "time_s": self.now_ns / NS_PER_S})
+
+    def _groups(self) -> int:
+        return len({g.group.name for g in self.plan.guests})
+
+    def stats(self) -> dict[str, Any]:
+        """Wall-clock figures of this simulation (metadata, never results)."""
+        out: dict[str, Any] = {
+            "epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
+            "sync_interval_ns": self.spec.sync_interval, "per_epoch_sync_intervals": self.fine_intervals,
+            "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
+        if not self.closed:
+            out.update(self.session.stats())
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.session.close()
