@@ -26,9 +26,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.sim.runner import run_experiment  # noqa: E402
 from services.sim.backends.inprocess import InProcessBackend  # noqa: E402
 from services.sim.backends.ray_cluster import RayBackend  # noqa: E402
+from services.sim.runner import run_experiment  # noqa: E402
 from services.sim.spec import load_spec  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

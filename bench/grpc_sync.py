@@ -40,17 +40,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from overcommit.v1 import host_pb2  # noqa: E402
+from services.host.barrier import EpochBarrier  # noqa: E402
 from services.host.core.config import HostConfig  # noqa: E402
 from services.host.core.host import Host  # noqa: E402
-from services.host.server import connect_host, start_host_server  # noqa: E402
-from services.host.transport import (  # noqa: E402
-    GuestOps,
-    HostDirectory,
-    HostEndpoint,
-    PageRunOps,
-    ReportOp,
-    build_sync_request,
-)
+from services.host.directory import HostDirectory  # noqa: E402
+from services.host.servicer import start_host_server  # noqa: E402
+from services.protocol.clients import connect_host  # noqa: E402
+from services.protocol.codec import encode_submission  # noqa: E402
+from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp  # noqa: E402
 from services.transport.server import ServerOptions  # noqa: E402
 
 EXPERIMENT = "bench"
@@ -94,7 +91,7 @@ OVERHEAD_SHARDS = 3
 def _serve_host(conn) -> None:
     """Child process: one host behind a gRPC server; reports the port, stops on request."""
     host = Host(0, HostConfig(memory_bytes=64 << 30))
-    server = start_host_server(HostDirectory([HostEndpoint(EXPERIMENT, 0, host)]),
+    server = start_host_server(HostDirectory([EpochBarrier(EXPERIMENT, 0, host)]),
                                ServerOptions(max_workers=32))
     with server:
         conn.send(server.port)
@@ -117,7 +114,7 @@ def _shard_message(shard_id: int, seed: int) -> host_pb2.SyncEpochRequest:
         touched = PageRunOps(starts.astype(np.uint64), np.full(TOUCH_RUNS_PER_GUEST, 64, np.uint64),
                              seqs[:TOUCH_RUNS_PER_GUEST].astype(np.uint64))
         guests.append(GuestOps(guest_id, reports, touched))
-    return build_sync_request(EXPERIMENT, 0, shard_id, 0, 0, EPOCH_NS, guests)
+    return encode_submission(EXPERIMENT, 0, EpochSubmission(shard_id, 0, 0, EPOCH_NS, tuple(guests)))
 
 
 def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
@@ -194,18 +191,19 @@ def _empty_sync_latency_s(client, first_epoch: int, calls: int = 300) -> float:
 
 
 def _plan():
-    from services.sim.entities import make_plan
+    from services.sim.plan import make_plan
     from services.sim.spec import load_spec_text
 
     return make_plan(load_spec_text(OVERHEAD_SPEC), EXPERIMENT, OVERHEAD_SHARDS)
 
 
 def run_in_process(epochs: int) -> tuple[float, dict]:
-    from services.sim.inprocess import InProcessSession
+    """The epoch driver over the in-process link (plain messages, no protobuf)."""
+    from services.sim.backends.inprocess import InProcessSession
 
     session = InProcessSession(_plan())
     t0 = time.perf_counter()
-    session.run_epochs(0, 0, epochs, EPOCH_NS)
+    session.driver.run_epochs(0, 0, epochs, sync_epochs=1)
     wall = time.perf_counter() - t0
     return wall, session.host_samples()
 
@@ -215,7 +213,7 @@ def _serve_plan_hosts(conn) -> None:
     several hosts). On "reset" it rebuilds them fresh and sends the new port."""
     plan = _plan()
     while conn.recv() == "reset":
-        directory = HostDirectory(HostEndpoint(plan.experiment_id, h, Host(h, cfg))
+        directory = HostDirectory(EpochBarrier(plan.experiment_id, h, Host(h, cfg))
                                   for h, cfg in plan.host_configs.items())
         server = start_host_server(directory, ServerOptions())
         server.start()
@@ -233,7 +231,7 @@ class _LocalHosts:
     def send(self, message: str) -> None:
         if message == "reset":
             plan = _plan()
-            directory = HostDirectory(HostEndpoint(plan.experiment_id, h, Host(h, cfg))
+            directory = HostDirectory(EpochBarrier(plan.experiment_id, h, Host(h, cfg))
                                       for h, cfg in plan.host_configs.items())
             self.server = start_host_server(directory, ServerOptions())
             self.server.start()
@@ -246,48 +244,34 @@ class _LocalHosts:
 
 
 def run_grpc(epochs: int, conn) -> tuple[float, dict]:
-    """The in-process loop, with every SyncEpoch over gRPC to a host server.
+    """The same epoch driver, with every SyncEpoch over gRPC to a host server.
 
     ``conn`` reaches the host server: a pipe to a host process, or _LocalHosts.
-
-    Shards run their epochs one after another in this thread, exactly as the
-    in-process session does; each epoch's SyncEpoch calls of all shards go out
-    together as gRPC futures (the host applies an epoch once every shard is in)
-    and the answers are applied when they return.
+    Shards run their spans one after another in this thread, exactly as in the
+    in-process run; each span's SyncEpoch calls of all shards go out together
+    (the host applies an epoch once every shard is in) and their answers are
+    applied when they return.
     """
-    from services.guest.actor import register_request
+    from services.guest.epoch_driver import EpochDriver
     from services.guest.shard import GuestShard
-    from services.guest.wire import from_outcome, to_guest_ops
-    from services.host.transport import decode_outcome
+    from services.protocol.clients import GrpcHostLink
 
     plan = _plan()
     conn.send("reset")
     target = f"127.0.0.1:{conn.recv()}"
-    client = connect_host(target, timeout_s=120)
+    link = GrpcHostLink(plan.experiment_id, dict.fromkeys(plan.host_configs, target))
+    for host_id, reg in plan.registrations():
+        link.register(host_id, reg)
     shards = [GuestShard(i, inits, plan.seed, plan.report_latency_ns)
               for i, inits in enumerate(plan.shard_inits)]
-    for shard, inits in zip(shards, plan.shard_inits, strict=True):
-        for init in inits:
-            client.register_guest(register_request(plan.experiment_id, shard.shard_id, init))
-    metadata = client.caller.metadata
+    driver = EpochDriver(shards, link, plan.policy, sorted(plan.host_configs), EPOCH_NS)
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        t = epoch * EPOCH_NS
-        sent = []
-        for shard in shards:
-            logs = shard.run_epoch(t, t + EPOCH_NS)
-            for host_id in shard.host_ids():
-                request = build_sync_request(
-                    plan.experiment_id, host_id, shard.shard_id, epoch, 0, t + EPOCH_NS,
-                    [to_guest_ops(log) for log in logs.get(host_id, [])])
-                sent.append((shard, client.stub.SyncEpoch.future(request, timeout=120,
-                                                                   metadata=metadata)))
-        for shard, future in sent:
-            shard.apply_results(from_outcome(decode_outcome(future.result())))
+    driver.run_epochs(0, 0, epochs, sync_epochs=1)
     wall = time.perf_counter() - t0
+    client = link.client(next(iter(plan.host_configs)))
     counters = {h: dict(client.get_host_state(host_pb2.GetHostStateRequest(
         experiment_id=plan.experiment_id, host_id=h)).counters) for h in plan.host_configs}
-    client.close()
+    link.close()
     conn.send("done")
     return wall, counters
 

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 from services.host.core.config import HostConfig, SwapConfig  # noqa: E402
 from services.host.core.discard import report_kernel  # noqa: E402
-from services.host.core.pagestate import NER, NEV  # noqa: E402
 from services.host.core.host import Host  # noqa: E402
+from services.host.core.pagestate import NER, NEV  # noqa: E402
 from services.host.core.reclaim import reclaim_frames  # noqa: E402
 
 GIB = 1 << 30

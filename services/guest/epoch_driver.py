@@ -127,7 +127,8 @@ class EpochDriver:
                 for host_id in shard.host_ids():
                     sub = EpochSubmission(
                         shard_id=shard.shard_id, epoch=first_epoch + k * sync_epochs, sequence=0,
-                        epoch_end_ns=t + epochs * epoch_ns, guests=tuple(ops[host_id]),
+                        epoch_end_ns=t + epochs * epoch_ns,
+                        guests=tuple(g for g in ops[host_id] if not g.is_empty()),
                         next_epoch=next_epoch, epochs=epochs, sample=k == nr_spans - 1)
                     self.link.submit(host_id, sub)
                     sent.append((shard, host_id, sub))

@@ -29,6 +29,7 @@ from google.protobuf import json_format, struct_pb2
 
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.core.constants import MIGRATE_ISOLATE, MIGRATE_TYPES
+from services.protocol.validation import check_page_runs
 from services.transport.client import (
     DEFAULT_TIMEOUT_S,
     ChannelOptions,
@@ -36,10 +37,9 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
+from services.transport.errors import not_found, require
 from services.transport.security import ClientTls, check_experiment_binding
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
-from services.protocol.validation import check_page_runs
-from services.transport.errors import not_found, require
 from services.transport.status import translate_errors
 
 REPORTING_STATE_TO_PB = {

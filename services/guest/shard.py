@@ -36,6 +36,7 @@ from services.protocol.messages import (
 )
 from services.units import LOST_KINDS, PAGE_SHIFT, PAGE_SIZE, RNG_KIND_WORKLOAD
 
+
 @dataclass(frozen=True)
 class GuestInit:
     """Everything needed to build one guest inside a shard."""
@@ -268,9 +269,7 @@ class GuestShard:
                             s.link.end_epoch()
                 j = nj
             for s in self.slots.values():
-                ops = s.link.take()
-                if not ops.is_empty():
-                    out[s.init.host_id].append(ops)
+                out[s.init.host_id].append(s.link.take())
             assert self.now_ns == t_end
         return out
 

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.host.core.host import Host
-from services.protocol.messages import EpochOutcome, EpochSubmission, GuestOutcome, GuestRegistration
+from services.protocol.messages import (
+    EpochOutcome,
+    EpochSubmission,
+    GuestOutcome,
+    GuestRegistration,
+)
 from services.protocol.validation import validate_registration, validate_submission
 from services.transport.errors import (
     StatusError,
@@ -38,7 +43,7 @@ from services.transport.errors import (
     require,
 )
 
-from .apply import apply_guest_ops, merge_outcomes, record_swapped
+from .apply import apply_guest_ops, has_news, merge_outcomes, record_swapped
 
 WAIT_SLICE_S = 0.5  # re-check a cancelled call this often while waiting
 MAX_KEPT_SAMPLES = 64  # counters kept per host for sample_at (GetHostState.sample_epoch)

@@ -62,7 +62,7 @@ class HostLink(Protocol):
     def close(self) -> None: ...
 
 
-class HostEndpointPort(Protocol):
+class BarrierPort(Protocol):
     """What the in-process link needs of one host's epoch barrier."""
 
     def register_guest(self, reg: GuestRegistration) -> int: ...
@@ -72,7 +72,7 @@ class HostEndpointPort(Protocol):
 
 
 class HostDirectoryPort(Protocol):
-    def get(self, experiment_id: str, host_id: int) -> HostEndpointPort: ...
+    def get(self, experiment_id: str, host_id: int) -> BarrierPort: ...
 
 
 # ------------------------------------------------------------------ in-process
@@ -91,7 +91,7 @@ class InProcessHostLink:
         self.directory = directory
         self.timeout_s = timeout_s
 
-    def _endpoint(self, host_id: int) -> HostEndpointPort:
+    def _endpoint(self, host_id: int) -> BarrierPort:
         return self.directory.get(self.experiment_id, host_id)
 
     def register(self, host_id: int, reg: GuestRegistration) -> int:

@@ -29,7 +29,7 @@ from .messages import (
     ReportAck,
     ReportOp,
 )
-from .validation import check_submission_shape
+from .validation import check_submission_shape, validate_registration
 
 DISCARD_TO_PB = {
     DISCARD_DONTNEED: host_pb2.DISCARD_MODE_DONTNEED,
@@ -48,6 +48,9 @@ def _u64(values: Iterable[int]) -> np.ndarray:
 
 def encode_registration(experiment_id: str, host_id: int,
                         reg: GuestRegistration) -> host_pb2.RegisterGuestRequest:
+    """Plain registration -> RegisterGuestRequest; what protobuf cannot carry (an unknown
+    discard mode, a negative number) is refused here with the host's own error."""
+    validate_registration(reg)
     request = host_pb2.RegisterGuestRequest(
         experiment_id=experiment_id, host_id=host_id, shard_id=reg.shard_id, guest_id=reg.guest_id,
         discard_mode=DISCARD_TO_PB.get(reg.discard_mode, host_pb2.DISCARD_MODE_UNSPECIFIED),

@@ -40,6 +40,7 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
+from services.transport.errors import permission_denied, require, require_id
 from services.transport.security import (
     ClientTls,
     TokenStore,
@@ -47,7 +48,6 @@ from services.transport.security import (
     experiment_header,
 )
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
-from services.transport.errors import permission_denied, require, require_id
 from services.transport.status import translate_errors
 
 STATE_TO_PB = {

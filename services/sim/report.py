@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import os
-
 from typing import Any
 
 import pandas as pd

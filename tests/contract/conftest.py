@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 
 from overcommit.v1 import host_pb2
+from services.host.barrier import EpochBarrier
 from services.host.core.config import HostConfig, SwapConfig
 from services.host.core.host import Host
-from services.host.server import HostClient, connect_host, start_host_server
-from services.host.transport import (
-    GuestOps,
-    HostDirectory,
-    HostEndpoint,
-    PageRunOps,
-    ReportOp,
-    build_sync_request,
-)
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import HostClient, connect_host
+from services.protocol.codec import encode_submission
+from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp
 from services.transport.server import GrpcServer, ServerOptions
 from tests.contract.certs import Pki, make_test_pki
 
@@ -70,6 +67,14 @@ def guest_ops(guest_id: int, seed: int, nr_pages: int = GUEST_PAGES, reports: in
     return GuestOps(guest_id, tuple(report_ops), PageRunOps(u64(t_starts), u64(t_npages), u64(t_seqs)))
 
 
+def build_sync_request(experiment_id: str, host_id: int, shard_id: int, epoch: int, sequence: int,
+                       epoch_end_ns: int, guests, next_epoch: int = 0, epochs: int = 1,
+                       sample: bool = False) -> host_pb2.SyncEpochRequest:
+    """A SyncEpochRequest as a shard's link encodes it (through the protocol's codec)."""
+    return encode_submission(experiment_id, host_id, EpochSubmission(
+        shard_id, epoch, sequence, epoch_end_ns, tuple(guests), next_epoch, epochs, sample))
+
+
 def sync_request(shard_id: int, epoch: int, guests, sequence: int | None = None,
                  host_id: int = 0) -> host_pb2.SyncEpochRequest:
     return build_sync_request(EXPERIMENT, host_id, shard_id, epoch,
@@ -84,7 +89,7 @@ def state_of(client) -> host_pb2.GetHostStateResponse:
 @dataclass
 class RunningHost:
     directory: HostDirectory
-    endpoint: HostEndpoint
+    endpoint: EpochBarrier
     server: GrpcServer
     client: HostClient
 
@@ -92,7 +97,7 @@ class RunningHost:
 @pytest.fixture
 def running_host() -> Iterator[RunningHost]:
     """One real host core behind a real HostService server, and a connected client."""
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     directory = HostDirectory([endpoint])
     server = start_host_server(directory, ServerOptions())
     with server:

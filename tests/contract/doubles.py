@@ -17,7 +17,7 @@ import yaml
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
-from services.guest.transport import (
+from services.guest.guest_service import (
     AllocOp,
     ApplyOpsResult,
     FreeOp,
@@ -26,8 +26,8 @@ from services.guest.transport import (
     OpResult,
     TouchOp,
 )
-from services.sim.service import ExperimentStatus
-from services.transport.validation import failed_precondition
+from services.sim.experiment_service import ExperimentStatus
+from services.transport.errors import failed_precondition
 
 
 class AckingReporter:

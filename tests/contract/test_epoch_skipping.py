@@ -10,10 +10,20 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from services.host.server import connect_host, start_host_server
-from services.host.transport import HostDirectory, HostEndpoint, build_sync_request
+from services.host.barrier import EpochBarrier
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import connect_host
 from services.transport.server import ServerOptions
-from tests.contract.conftest import EPOCH_NS, EXPERIMENT, guest_ops, make_host, register, state_of
+from tests.contract.conftest import (
+    EPOCH_NS,
+    EXPERIMENT,
+    build_sync_request,
+    guest_ops,
+    make_host,
+    register,
+    state_of,
+)
 from tests.contract.test_host_service import PRESSURE_HOST_BYTES
 
 
@@ -23,7 +33,7 @@ def request(shard: int, epoch: int, guests, next_epoch: int = 0):
 
 @pytest.fixture
 def two_shards():
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
     with server, connect_host(server.address, timeout_s=120) as client:
         register(client, guest_id=1, shard_id=0)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from overcommit.v1 import experiment_pb2
-from services.sim.service import (
+from services.sim.experiment_service import (
     ExperimentClient,
     ExperimentManagerApi,
     connect_experiments,

@@ -10,7 +10,7 @@ import pytest
 
 from overcommit.v1 import guest_pb2
 from services.guest.core.constants import MIGRATE_MOVABLE, MIGRATE_UNMOVABLE
-from services.guest.transport import (
+from services.guest.guest_service import (
     AllocOp,
     FreeOp,
     GuestClient,

@@ -16,20 +16,24 @@ import numpy as np
 import pytest
 
 from overcommit.v1 import host_pb2
-from services.host.server import connect_host, start_host_server
-from services.host.transport import (
+from services.host.barrier import EpochBarrier
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import GrpcHostLink, InProcessHostLink, connect_host
+from services.protocol.codec import decode_outcome
+from services.protocol.messages import (
+    EpochSubmission,
     GuestOps,
-    HostDirectory,
-    HostEndpoint,
-    InProcessHostClient,
+    GuestRegistration,
     PageRunOps,
     ReportOp,
-    decode_outcome,
 )
 from services.transport.client import RetryPolicy
+from services.transport.errors import StatusError
 from services.transport.server import ServerOptions
-from services.transport.validation import StatusError, rich_status_of
+from services.transport.status import rich_status_of
 from tests.contract.conftest import (
+    EPOCH_NS,
     EXPERIMENT,
     GUEST_PAGES,
     RunningHost,
@@ -208,7 +212,7 @@ def test_unregistered_shard_is_not_found(running_host: RunningHost) -> None:
 
 
 def test_message_over_the_size_limit_is_resource_exhausted() -> None:
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     server = start_host_server(HostDirectory([endpoint]), ServerOptions(max_message_bytes=64 << 10))
     with server, connect_host(server.address, timeout_s=10) as client:
         register(client, guest_id=1)
@@ -260,7 +264,7 @@ class DropFirstResponse(grpc.ServerInterceptor):
 
 
 def test_client_retries_unavailable_and_the_host_applies_once() -> None:
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     dropper = DropFirstResponse()
     server = start_host_server(HostDirectory([endpoint]), ServerOptions(interceptors=(dropper,)))
     with server, connect_host(server.address, timeout_s=10,
@@ -332,7 +336,7 @@ def _pressure_requests(epoch: int) -> dict[int, host_pb2.SyncEpochRequest]:
             for s, gs in SHARD_GUESTS.items()}
 
 
-def _sync_in_order(client, endpoint: HostEndpoint, requests: dict[int, host_pb2.SyncEpochRequest],
+def _sync_in_order(client, endpoint: EpochBarrier, requests: dict[int, host_pb2.SyncEpochRequest],
                    arrival: tuple[int, int]) -> dict[int, host_pb2.SyncEpochResponse]:
     """Shard ``arrival[0]``'s call is stored (and waiting) before ``arrival[1]``'s is sent."""
     first, second = arrival
@@ -346,7 +350,7 @@ def _sync_in_order(client, endpoint: HostEndpoint, requests: dict[int, host_pb2.
 
 def _run_two_shards(arrival: tuple[int, int], epochs: int = 4) -> tuple[list, host_pb2.GetHostStateResponse]:
     """Both shards sync ``epochs`` epochs over gRPC, ``arrival[0]`` always first."""
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
     responses = []
     with server, connect_host(server.address, timeout_s=20) as client:
@@ -371,38 +375,90 @@ def test_two_shards_give_identical_results_in_both_arrival_orders() -> None:
     assert swapped > 0
 
 
-def test_in_process_transport_matches_grpc_and_drives_several_shards_from_one_thread() -> None:
+def _plain_submissions(epoch: int) -> dict[int, EpochSubmission]:
+    return {s: EpochSubmission(s, epoch, epoch, (epoch + 1) * EPOCH_NS,
+                               tuple(guest_ops(g, seed=epoch, touches=6, report_blocks=4) for g in gs))
+            for s, gs in SHARD_GUESTS.items()}
+
+
+def test_in_process_link_matches_grpc_and_drives_several_shards_from_one_thread() -> None:
     grpc_responses, grpc_state = _run_two_shards((1, 0))
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
-    local = InProcessHostClient(HostDirectory([endpoint]))
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
+    local = InProcessHostLink(EXPERIMENT, HostDirectory([endpoint]))
     for shard, guests in SHARD_GUESTS.items():
         for guest_id in guests:
-            register(local, guest_id=guest_id, shard_id=shard)
-    responses = []
+            local.register(0, GuestRegistration(guest_id, shard, GUEST_PAGES, "dontneed"))
+    outcomes = []
     for epoch in range(len(grpc_responses)):
-        requests = _pressure_requests(epoch)
-        local.submit(requests[0])
-        assert local.collect(requests[0]) is None  # shard 1 has not submitted yet
-        local.submit(requests[1])
-        responses.append((local.collect(requests[0]), local.collect(requests[1])))
-    assert responses == grpc_responses
-    assert state_of(local) == grpc_state
-    decoded = decode_outcome(responses[-1][0])
-    assert [g.guest_id for g in decoded.guests] == list(SHARD_GUESTS[0])
+        subs = _plain_submissions(epoch)
+        local.submit(0, subs[0])
+        assert endpoint.collect(0, epoch, epoch) is None  # shard 1 has not submitted yet
+        local.submit(0, subs[1])
+        outcomes.append((local.collect(0, subs[0]), local.collect(0, subs[1])))
+    assert outcomes == [(decode_outcome(a), decode_outcome(b)) for a, b in grpc_responses]
+    assert [g.guest_id for g in outcomes[-1][0].guests] == list(SHARD_GUESTS[0])
+    assert endpoint.state()["counters"] == dict(grpc_state.counters)
 
 
-def test_in_process_transport_refuses_bad_input_like_grpc(running_host: RunningHost) -> None:
-    local = InProcessHostClient(running_host.directory)
-    register(local, guest_id=1)
-    bad = sync_request(0, 0, [GuestOps(1, reports=(_report(1, [513], [1]),))])
-    with pytest.raises(grpc.RpcError) as grpc_err:
-        running_host.client.sync_epoch(bad)
+BAD_REGISTRATIONS = [
+    GuestRegistration(7, 0, GUEST_PAGES, "dontneed", page_size_bytes=2 << 20),
+    GuestRegistration(7, 0, 0, "dontneed", size_bytes=(1 << 20) + 1),
+    GuestRegistration(7, 0, 0, "dontneed"),
+    GuestRegistration(7, 0, GUEST_PAGES, "bogus"),
+    GuestRegistration(7, 0, GUEST_PAGES, "dontneed", max_order=99),
+]
+
+
+@pytest.mark.parametrize("reg", BAD_REGISTRATIONS, ids=lambda r: str(r)[:60])
+def test_both_links_refuse_a_bad_registration_alike(running_host: RunningHost, reg) -> None:
+    remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=10)
+    local = InProcessHostLink(EXPERIMENT, running_host.directory)
+    with pytest.raises((grpc.RpcError, StatusError)) as grpc_err:  # the encoder refuses what protobuf can't carry
+        remote.register(0, reg)
     with pytest.raises(StatusError) as local_err:
-        local.sync_epoch(bad)
-    assert (local_err.value.code(), local_err.value.details()) == (
-        grpc_err.value.code(), grpc_err.value.details())
-    small = InProcessHostClient(running_host.directory, max_message_bytes=1024)
-    with pytest.raises(StatusError) as too_big:
-        small.submit(sync_request(0, 0, [GuestOps(1, touched=_runs(np.arange(500), np.ones(500), np.ones(500)))]))
-    assert too_big.value.code() == CODE.RESOURCE_EXHAUSTED
-    assert state_of(local).next_epoch == 0
+        local.register(0, reg)
+    remote.close()
+    assert (local_err.value.code().name, local_err.value.details()) == (
+        grpc_err.value.code().name, grpc_err.value.details())
+    assert state_of(running_host.client).guests == []
+
+
+BAD_PLAIN_OPS = [
+    GuestOps(1, reports=(ReportOp(1, u64([513]), np.array([1], np.uint32)),)),  # misaligned
+    GuestOps(1, reports=(ReportOp(1, u64([0]), np.array([11], np.uint32)),)),  # order too high
+    GuestOps(1, touched=PageRunOps(u64([GUEST_PAGES - 1]), u64([2]), u64([1]))),  # past the end
+    GuestOps(1, touched=PageRunOps(u64([0]), u64([0]), u64([1]))),  # empty run
+    GuestOps(9),  # unknown guest
+]
+
+
+@pytest.mark.parametrize("ops", BAD_PLAIN_OPS, ids=range(len(BAD_PLAIN_OPS)))
+def test_both_links_refuse_bad_ops_alike_and_change_nothing(running_host: RunningHost, ops) -> None:
+    register(running_host.client, guest_id=1)
+    remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=10)
+    local = InProcessHostLink(EXPERIMENT, running_host.directory)
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, (ops,))
+    with pytest.raises(grpc.RpcError) as grpc_err:
+        remote.sync(0, sub)
+    with pytest.raises(StatusError) as local_err:
+        local.sync(0, sub)
+    remote.close()
+    assert (local_err.value.code().name, local_err.value.details()) == (
+        grpc_err.value.code().name, grpc_err.value.details())
+    assert state_of(running_host.client).next_epoch == 0
+
+
+def test_a_negative_number_is_refused_before_it_reaches_either_link(running_host: RunningHost) -> None:
+    register(running_host.client, guest_id=1)
+    remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=10)
+    local = InProcessHostLink(EXPERIMENT, running_host.directory)
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, (GuestOps(1, touched=PageRunOps(
+        np.array([-4]), np.array([1]), np.array([1]))),))
+    with pytest.raises(StatusError) as remote_err:
+        remote.sync(0, sub)
+    with pytest.raises(StatusError) as local_err:
+        local.sync(0, sub)
+    remote.close()
+    assert remote_err.value.details() == local_err.value.details() == (
+        "guests[0].touched.starts[0]=-4: must not be negative")
+    assert state_of(running_host.client).next_epoch == 0

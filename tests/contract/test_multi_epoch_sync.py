@@ -15,17 +15,21 @@ import numpy as np
 import pytest
 
 from overcommit.v1 import host_pb2
-from services.host.server import connect_host, start_host_server
-from services.host.transport import (
-    GuestOps,
-    HostDirectory,
-    HostEndpoint,
-    PageRunOps,
-    ReportOp,
-    build_sync_request,
-)
+from services.host.barrier import EpochBarrier
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import connect_host
+from services.protocol.messages import GuestOps, PageRunOps, ReportOp
 from services.transport.server import ServerOptions
-from tests.contract.conftest import EPOCH_NS, EXPERIMENT, guest_ops, make_host, register, state_of
+from tests.contract.conftest import (
+    EPOCH_NS,
+    EXPERIMENT,
+    build_sync_request,
+    guest_ops,
+    make_host,
+    register,
+    state_of,
+)
 from tests.contract.test_host_service import PRESSURE_HOST_BYTES
 
 EPOCHS = 4
@@ -85,7 +89,7 @@ def lost(answer) -> dict[int, dict[str, int]]:
 @pytest.fixture
 def two_hosts():
     """Two identical hosts under memory pressure, each with guest 1 (shard 0) and guest 2 (shard 1)."""
-    endpoints = [HostEndpoint(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES)) for _ in range(2)]
+    endpoints = [EpochBarrier(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES)) for _ in range(2)]
     servers = [start_host_server(HostDirectory([ep]), ServerOptions()) for ep in endpoints]
     clients = []
     try:
@@ -133,7 +137,7 @@ def test_one_sync_of_four_epochs_leaves_the_host_as_four_syncs_would(two_hosts):
 
 @pytest.fixture
 def one_host():
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
     with server, connect_host(server.address, timeout_s=120) as client:
         register(client, guest_id=1, shard_id=0)
@@ -228,7 +232,7 @@ def test_a_sample_not_yet_applied_waits_until_the_deadline(one_host):
 
 
 def test_a_host_without_guests_answers_every_sample_with_its_counters():
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
     with server, connect_host(server.address, timeout_s=60) as client:
         state = client.get_host_state(host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0,

@@ -9,8 +9,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from overcommit.v1 import host_pb2
-from services.host.server import connect_host, start_host_server
-from services.host.transport import HostDirectory, HostEndpoint
+from services.host.barrier import EpochBarrier
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import connect_host
 from services.transport.client import RetryPolicy
 from services.transport.security import ClientTls, ServerTls, TokenStore
 from services.transport.server import GrpcServer, ServerOptions
@@ -30,9 +32,9 @@ EXPERIMENT_TOKEN = "experiment-secret"
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def _host_server(options: ServerOptions) -> tuple[GrpcServer, HostEndpoint]:
-    endpoint = HostEndpoint(EXPERIMENT, 0, make_host())
-    directory = HostDirectory([endpoint, HostEndpoint("other-experiment", 0, make_host())])
+def _host_server(options: ServerOptions) -> tuple[GrpcServer, EpochBarrier]:
+    endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
+    directory = HostDirectory([endpoint, EpochBarrier("other-experiment", 0, make_host())])
     return start_host_server(directory, options), endpoint
 
 

@@ -8,9 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from services.guest.actor import ShardApi
-from services.guest.shard import GuestShard
-from services.guest.transport import (
+from services.guest.guest_service import (
     AllocOp,
     FreeOp,
     TouchOp,
@@ -18,11 +16,13 @@ from services.guest.transport import (
     iter_free_areas,
     start_guest_server,
 )
-from services.sim.entities import make_plan
+from services.guest.shard import GuestShard
+from services.guest.shard_api import ShardApi
 from services.sim.backends.inprocess import InProcessBackend
-from services.sim.placement import workload_from_params
-from services.sim.serve import ExperimentManager
-from services.sim.service import connect_experiments, start_experiment_server
+from services.sim.core_configs import workload_from_params
+from services.sim.experiment_manager import ExperimentManager
+from services.sim.experiment_service import connect_experiments, start_experiment_server
+from services.sim.plan import make_plan
 from services.sim.spec import load_spec_text
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
@@ -123,8 +123,8 @@ def test_guest_service_drives_a_real_guest(guest_server):
         client.apply_ops(0, [FreeOp(order=10, pfns=np.array(pfns[:2]))])  # order 10 bypasses the pcp
         free_after = sum(n << o for o, _, n in iter_free_areas(client.guest_state(0)))
         assert free_after - free_before == 2 * 1024
-        ops_logged = shard.slots[0].link.ops
-        assert ops_logged.free_seq and ops_logged.touch_seq  # the host will see both at the next sync
+        ops_logged = shard.slots[0].link.take()
+        assert len(ops_logged.freed) and len(ops_logged.touched)  # the host will see both at the next sync
 
 
 def test_guest_service_refuses_without_changing_state(guest_server):

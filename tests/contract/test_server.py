@@ -13,9 +13,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from services.guest.transport import AllocOp, connect_guest, guest_service_binding
-from services.host.transport import HostDirectory, host_service_binding
-from services.sim.service import experiment_service_binding
+from services.guest.guest_service import AllocOp, connect_guest, guest_service_binding
+from services.host.directory import HostDirectory
+from services.host.servicer import host_service_binding
+from services.sim.experiment_service import experiment_service_binding
 from services.transport.client import RetryPolicy
 from services.transport.server import ServerOptions, build_server
 from tests.contract.doubles import MemoryExperiments, MemoryShard

@@ -5,7 +5,8 @@ import pytest
 
 from services.guest.core.config import GuestConfig
 from services.guest.core.workloads import MemhogConfig, PhaseConfig, pfns_to_runs
-from services.guest.shard import GuestEpochResult, GuestInit, GuestShard
+from services.guest.shard import GuestInit, GuestShard
+from services.protocol.messages import GuestOutcome
 
 MIB = 1 << 20
 NR_PAGES = (256 * MIB) >> 12  # the §4.3 gate needs > low + 64 MiB free
@@ -28,9 +29,15 @@ def run(shard, t_end, epoch=EPOCH, results=None):
         ops = shard.run_epoch(t, t + epoch)
         logs.extend(ops[0])
         if results:
-            shard.apply_results(results(t))
+            shard.apply_outcomes(results(t))
         t += epoch
     return logs
+
+
+def seqs(op):
+    """The op sequence numbers of one guest's log: one per report, touch and free op."""
+    return [r.op_seq for r in op.reports] + sorted(set(op.touched.op_seqs.tolist())) + sorted(
+        set(op.freed.op_seqs.tolist()))
 
 
 def test_pfns_to_runs_merges_contiguous_blocks():
@@ -47,33 +54,32 @@ def test_grow_reaches_target_then_free_reports_after_the_delay():
     logs = run(shard, 1_000_000_000)
     slot = shard.slots[0]
     assert slot.workload.held.count == NR_PAGES // 2
-    touched = sum(int(n.sum()) for op in logs for n in op.touch_npages)
+    touched = sum(int(op.touched.npages.sum()) for op in logs)
     assert touched == NR_PAGES // 2
-    assert not any(op.report_seq for op in logs)  # registration's first pass is due at 2 s
+    assert not any(op.reports for op in logs)  # registration's first pass is due at 2 s
     logs = run(shard, 3_000_000_000)
-    boot_pass = [i for i, op in enumerate(logs) if op.report_seq]
+    boot_pass = [i for i, op in enumerate(logs) if op.reports]
     assert boot_pass and 2_000_000_000 <= 1_000_000_000 + boot_pass[0] * EPOCH < 2_050_000_000
     logs = run(shard, 4_000_000_000)
     assert slot.workload.held.count == 0
-    freed = sum(int(n.sum()) for op in logs for n in op.free_npages)
+    freed = sum(int(op.freed.npages.sum()) for op in logs)
     assert freed == NR_PAGES // 2
-    assert not any(op.report_seq for op in logs)
+    assert not any(op.reports for op in logs)
     # the first report after the big free comes one delay (2 s) after it
     logs = run(shard, 8_000_000_000)
-    report_epochs = [i for i, op in enumerate(logs) if op.report_seq]
+    report_epochs = [i for i, op in enumerate(logs) if op.reports]
     assert report_epochs, "freed memory was never reported"
     first_t = 4_000_000_000 + report_epochs[0] * EPOCH
     assert 5_000_000_000 <= first_t < 5_050_000_000
     for op in logs:  # op sequence numbers are unique inside an epoch log
-        seqs = op.report_seq + op.touch_seq + op.free_seq
-        assert len(set(seqs)) == len(seqs)
+        assert len(set(seqs(op))) == len(seqs(op))
 
 
 def test_lost_time_slows_a_rate_limited_workload():
     wl = memhog(("grow", 2_000_000_000, 1.0, 16 * MIB))
     free_run, slowed = shard_of(wl), shard_of(wl)
     run(free_run, 1_000_000_000)
-    run(slowed, 1_000_000_000, results=lambda t: [GuestEpochResult(0, lost_ns={"fault": EPOCH // 4})])
+    run(slowed, 1_000_000_000, results=lambda t: [GuestOutcome(0, lost_ns={"fault": EPOCH // 4})])
     fast_pages = free_run.slots[0].workload.stats.pages_allocated
     slow_pages = slowed.slots[0].workload.stats.pages_allocated
     assert fast_pages == (16 * MIB) >> 12
@@ -99,8 +105,8 @@ def test_swapped_out_runs_update_the_guest_mirror():
     shard = shard_of(wl)
     run(shard, 100_000_000)
     held = np.sort(shard.slots[0].workload.held.pfns[: shard.slots[0].workload.held.count])
-    res = GuestEpochResult(0, swapped_start=held[:1], swapped_npages=np.array([1]))
-    shard.apply_results([res])
+    res = GuestOutcome(0, swapped_starts=held[:1], swapped_npages=np.array([1]))
+    shard.apply_outcomes([res])
     assert shard.slots[0].guest.backing.counts()["swapped"] == 1
 
 
@@ -120,14 +126,13 @@ def test_a_span_marks_where_each_epoch_ends_and_matches_epoch_by_epoch_runs():
     single = [run(by_epoch, (e + 1) * EPOCH)[0] for e in range(8)]
     span = by_span.run_span(0, 8, EPOCH)[0][0]
     assert by_span.now_ns == by_epoch.now_ns == 8 * EPOCH
-    ends = span.epoch_seq_ends
+    ends = span.epoch_seq_ends.tolist()
     assert len(ends) == 8 and ends == sorted(ends)
-    everything = span.touch_seq + span.report_seq + span.free_seq
+    everything = seqs(span)
     assert everything and ends[-1] == max(everything)
     lo = 0
     for i, log in enumerate(single):  # epoch i's ops in the span are what epoch i logged on its own
-        assert sorted(q for q in everything if lo < q <= ends[i]) == sorted(
-            log.touch_seq + log.report_seq + log.free_seq), i
+        assert sorted(q for q in everything if lo < q <= ends[i]) == sorted(seqs(log)), i
         lo = ends[i]
     a, b = by_epoch.slots[0].guest, by_span.slots[0].guest
     assert a.backing.counts() == b.backing.counts()
@@ -137,4 +142,4 @@ def test_a_span_marks_where_each_epoch_ends_and_matches_epoch_by_epoch_runs():
 def test_a_one_epoch_span_carries_no_epoch_marks():
     shard = shard_of(memhog(("grow", 150_000_000, 0.25, 64 * MIB)))
     log = shard.run_span(0, 1, EPOCH)[0][0]
-    assert log.touch_seq and log.epoch_seq_ends == []
+    assert len(log.touched) and len(log.epoch_seq_ends) == 0

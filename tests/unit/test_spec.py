@@ -2,9 +2,10 @@
 
 import pytest
 
-from services.sim.placement import host_config, place, shard_guests
-from services.sim.spec import SpecError, baseline_spec, load_spec, load_spec_text
+from services.sim.core_configs import host_config
+from services.sim.placement import place, shard_guests
 from services.sim.quantities import parse_duration_ns, parse_size_bytes
+from services.sim.spec import SpecError, baseline_spec, load_spec, load_spec_text
 
 BASE = """
 name: t
@@ -128,15 +129,3 @@ def test_bad_sync_settings_name_the_field(extra, message):
     with pytest.raises(SpecError) as e:
         load_spec_text(BASE + extra)
     assert message in str(e.value)
-
-
-def test_a_host_is_under_pressure_near_its_limit_or_after_reclaim_swap_in_or_stop():
-    from services.host.core.counters import under_pressure as host_under_pressure
-
-    calm = {"pool_used_bytes": 50, "limit_bytes": 100, "reclaim_scanned_pages": 7, "faults_swapin": 3}
-    assert not host_under_pressure(None, calm, 0.85)
-    assert not host_under_pressure(calm, dict(calm), 0.85)
-    assert host_under_pressure(None, {**calm, "pool_used_bytes": 85}, 0.85)
-    assert not host_under_pressure(None, {**calm, "pool_used_bytes": 84}, 0.85)
-    for key in ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events"):
-        assert host_under_pressure(calm, {**calm, key: calm.get(key, 0) + 1}, 0.85), key

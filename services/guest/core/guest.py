@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backing import BackingView, CostPort, NullCostPort
-from .config import GuestConfig
 from services.units import RNG_KIND_SHUFFLE
 
+from .backing import BackingView, CostPort, NullCostPort
+from .config import GuestConfig
 from .constants import MIGRATE_TYPES, PAGE_SHIFT
 from .reference import ReferenceAllocator
 from .reporting import PageReporter, PageReportingWorker, ReportOutcome
