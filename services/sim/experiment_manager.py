@@ -125,7 +125,7 @@ class ExperimentManager:
                 batch = rows[sent:]
                 done = exp.state != "created"
             for row in batch:
-                if row["run"] == VARIANT_RUN:
+                if row["variant"] == VARIANT_RUN:
                     yield {
                         "sim_time_ns": int(round(row["time_s"] * NS_PER_S)),
                         "entity": f"{row['kind']}/{row['entity']}",

@@ -11,9 +11,12 @@ import json
 import os
 from typing import Any
 
+from services.units import PAGE_SIZE
+
 import pandas as pd
 
 from .quantities import format_bytes
+from .result_rows import VARIANT_RUN
 from .run_files import load_run
 
 GIB = float(1 << 30)
@@ -30,14 +33,14 @@ def _pyplot() -> Any:
 
 
 def _runs(ts: pd.DataFrame) -> list[str]:
-    return ["run"] + sorted(r for r in ts["run"].unique() if r != "run")
+    return [VARIANT_RUN] + sorted(r for r in ts["variant"].unique() if r != VARIANT_RUN)
 
 
 def _cluster(ts: pd.DataFrame, kind: str, col: str) -> pd.DataFrame:
     part = ts[ts["kind"] == kind]
     if col not in part:
         return pd.DataFrame()
-    return part.groupby(["run", "time_s"])[col].sum().unstack(0).sort_index()
+    return part.groupby(["variant", "time_s"])[col].sum().unstack(0).sort_index()
 
 
 def _rate(df: pd.DataFrame) -> pd.DataFrame:
@@ -51,7 +54,7 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
     runs = _runs(ts)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
-        for entity, df in part[part["run"] == run].groupby("entity"):
+        for entity, df in part[part["variant"] == run].groupby("entity"):
             ax.plot(df["time_s"], df["backed_bytes"] / GIB, label=f"{entity} backed")
             if "capacity_bytes" in df:
                 ax.plot(df["time_s"], df["capacity_bytes"] / GIB, "--", color="grey", label=f"{entity} capacity")
@@ -68,7 +71,7 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
 
 def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
     plt = _pyplot()
-    part = ts[(ts["kind"] == "guest_group") & (ts["run"] == "run")]
+    part = ts[(ts["kind"] == "guest_group") & (ts["variant"] == VARIANT_RUN)]
     cols = sorted((c for c in part.columns if c.startswith("free_bytes_order_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     df = part.groupby("time_s")[cols].sum().sort_index() / GIB
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -85,13 +88,13 @@ def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
 
 def plot_reported(ts: pd.DataFrame, path: str) -> None:
     plt = _pyplot()
-    part = ts[(ts["kind"] == "guest_group") & (ts["run"] == "run")]
+    part = ts[(ts["kind"] == "guest_group") & (ts["variant"] == VARIANT_RUN)]
     df = part.groupby("time_s")[["reported_bytes", "reported_pages_total"]].sum().sort_index()
     fig, ax = plt.subplots(figsize=(8, 4))
     if not df.empty:
         ax.plot(df.index, df["reported_bytes"] / GIB, label="Reported free memory (GiB)")
         ax2 = ax.twinx()
-        rate = _rate(df[["reported_pages_total"]])["reported_pages_total"] * 4096 / GIB
+        rate = _rate(df[["reported_pages_total"]])["reported_pages_total"] * PAGE_SIZE / GIB
         ax2.plot(df.index, rate, color="tab:orange", label="report rate (GiB/s)")
         ax2.set_ylabel("GiB/s reported")
         ax2.legend(loc="upper right", fontsize="small")
@@ -127,7 +130,7 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     ops = _cluster(ts, "guest_group", "ops_total")
     for run in ops.columns:
-        ax1.plot(ops.index, ops[run] * 4096 / GIB, label=run)
+        ax1.plot(ops.index, ops[run] * PAGE_SIZE / GIB, label=run)
     ax1.set_title("workload progress (GiB of page operations)")
     ax1.set_xlabel("simulated time (s)")
     ax1.legend(fontsize="small")

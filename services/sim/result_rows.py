@@ -4,9 +4,14 @@ Samples (host counters, guest-group sums) become time-series rows here; rows
 become the Parquet time series, the summary and its comparisons here; metrics
 (:mod:`services.metrics`) export the same names. Nothing else renames a counter.
 
-* Row keys: ``time_s`` (simulated seconds), ``run`` (which variant of the run:
-  ``run`` itself or a paired baseline such as ``reporting_off``), ``kind``
+* Row keys: ``time_s`` (simulated seconds), ``variant`` (``run`` itself or a
+  paired baseline such as ``reporting_off``), ``run_id`` (the run's identity: a
+  hash of its resolved spec, the same on its baselines' rows), ``kind``
   (``host`` or ``guest_group``) and ``entity`` (host name or group name).
+* Memory saved against a baseline is defined on demand: the baseline's backed
+  plus swapped bytes (what its guests wanted resident, even where the host had
+  to swap it out) minus the run's backed bytes, so a baseline capped at host
+  capacity does not understate the saving.
 * Columns: host counters that are levels keep their names (``backed_bytes``);
   running totals get ``_total``; simulated-time totals are seconds
   (``lost_fault_seconds_total``), never nanoseconds.
@@ -25,7 +30,7 @@ from .plan import SimPlan
 from .spec import ExperimentSpec
 
 SUMMARY_SCHEMA_VERSION = 1
-ROW_KEYS = ("time_s", "run", "kind", "entity")
+ROW_KEYS = ("time_s", "variant", "run_id", "kind", "entity")
 VARIANT_RUN = "run"  # the run itself; baselines are named by their kind (spec ``compare``)
 
 # Host counters that are levels, not running totals (everything else gets ``_total``).
@@ -61,16 +66,18 @@ def group_columns(sums: Mapping[str, int]) -> dict[str, float]:
     return dict(_public(k, int(v)) for k, v in sums.items())
 
 
-def host_row(t_ns: int, variant: str, entity: str, counters: Mapping[str, int],
+def host_row(t_ns: int, variant: str, run_id: str, entity: str, counters: Mapping[str, int],
              capacity_bytes: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": variant, "kind": "host", "entity": entity}
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "variant": variant, "run_id": run_id, "kind": "host",
+                           "entity": entity}
     row.update(host_columns(counters))
     row["capacity_bytes"] = float(capacity_bytes)
     return row
 
 
-def group_row(t_ns: int, variant: str, group: str, sums: Mapping[str, int]) -> dict[str, Any]:
-    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "run": variant, "kind": "guest_group", "entity": group}
+def group_row(t_ns: int, variant: str, run_id: str, group: str, sums: Mapping[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "variant": variant, "run_id": run_id, "kind": "guest_group",
+                           "entity": group}
     row.update(group_columns(sums))
     return row
 
@@ -82,7 +89,7 @@ def timeseries_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return df
     lead = list(ROW_KEYS)
     rest = sorted(c for c in df.columns if c not in lead)
-    df = df[lead + rest].sort_values(["run", "time_s", "kind", "entity"], kind="stable")
+    df = df[lead + rest].sort_values(["variant", "time_s", "kind", "entity"], kind="stable")
     return df.reset_index(drop=True)
 
 
@@ -102,7 +109,7 @@ def _final(df: pd.DataFrame, col: str) -> float:
 
 def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_bytes: int) -> dict[str, Any]:
     """Summary of one variant (``run`` or a baseline name) from the time series."""
-    part = ts[ts["run"] == variant]
+    part = ts[ts["variant"] == variant]
     hosts: dict[str, Any] = {}
     for entity, df in part[part["kind"] == "host"].groupby("entity", sort=True):
         df = df.sort_values("time_s")
@@ -131,6 +138,9 @@ def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_byt
         }
     host_rows = part[part["kind"] == "host"]
     cluster_backed = host_rows.groupby("time_s")["backed_bytes"].sum() if not host_rows.empty else pd.Series(dtype=float)
+    swapped = host_rows["swapped_bytes"].fillna(0.0) if "swapped_bytes" in host_rows else 0.0
+    demand = host_rows["backed_bytes"].fillna(0.0) + swapped if not host_rows.empty else None
+    cluster_demand = demand.groupby(host_rows["time_s"]).sum() if demand is not None else pd.Series(dtype=float)
     total_swap_out = sum(h["swap_out_bytes"] for h in hosts.values())
     total_lost = sum(sum(g["lost_seconds"].values()) for g in groups.values())
     return {
@@ -141,6 +151,7 @@ def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_byt
             "guest_bytes": guest_bytes,
             "overcommit_ratio": guest_bytes / physical_bytes if physical_bytes else 0.0,
             "backed_bytes": _stats(cluster_backed),
+            "demand_bytes": _stats(cluster_demand),  # backed + swapped: what the guests wanted resident
             "swap_out_bytes": total_swap_out,
             "swap_in_bytes": sum(h["swap_in_bytes"] for h in hosts.values()),
             "ops_completed": sum(g["ops_completed"] for g in groups.values()),
@@ -154,9 +165,10 @@ def compare(run: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     rc, bc = run["cluster"], base["cluster"]
     ops_r, ops_b = rc["ops_completed"], bc["ops_completed"]
     return {
-        "memory_saved_mean_bytes": bc["backed_bytes"]["mean"] - rc["backed_bytes"]["mean"],
-        "memory_saved_peak_bytes": bc["backed_bytes"]["peak"] - rc["backed_bytes"]["peak"],
-        "memory_saved_final_bytes": bc["backed_bytes"]["final"] - rc["backed_bytes"]["final"],
+        # on demand: the baseline's backed + swapped bytes minus the run's backed bytes
+        "memory_saved_mean_bytes": bc["demand_bytes"]["mean"] - rc["backed_bytes"]["mean"],
+        "memory_saved_peak_bytes": bc["demand_bytes"]["peak"] - rc["backed_bytes"]["peak"],
+        "memory_saved_final_bytes": bc["demand_bytes"]["final"] - rc["backed_bytes"]["final"],
         "swap_out_avoided_bytes": bc["swap_out_bytes"] - rc["swap_out_bytes"],
         "swap_in_avoided_bytes": bc["swap_in_bytes"] - rc["swap_in_bytes"],
         "extra_lost_seconds": rc["lost_seconds"] - bc["lost_seconds"],

@@ -23,14 +23,14 @@ from .spec import ExperimentSpec, baseline_spec
 
 
 def simulate(spec: ExperimentSpec, backend: Backend, variant: str, shards: int | None,
-             progress: bool = False) -> tuple[Simulation, dict[str, Any]]:
+             progress: bool = False, run_id: str | None = None) -> tuple[Simulation, dict[str, Any]]:
     """Run one spec to its end on ``backend``; return the closed simulation and its stats."""
     bar = None
     if progress:
         from .console import ProgressBar
 
         bar = ProgressBar(f"{spec.name} [{variant}]", spec.duration)
-    sim = Simulation(spec, backend, variant, shards, on_progress=bar.update if bar else None)
+    sim = Simulation(spec, backend, variant, shards, on_progress=bar.update if bar else None, run_id=run_id)
     try:
         sim.advance_to(spec.duration)
         stats = sim.stats()
@@ -47,7 +47,7 @@ def run_baselines(spec: ExperimentSpec, backend: Backend, shards: int | None,
     rows: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for kind in spec.compare:
-        sim, stats[kind] = simulate(baseline_spec(spec, kind), backend, kind, shards, progress)
+        sim, stats[kind] = simulate(baseline_spec(spec, kind), backend, kind, shards, progress, spec.run_id())
         rows += sim.rows
     return rows, stats
 

@@ -33,9 +33,11 @@ class Simulation:
     every call to the session (the console's progress bar)."""
 
     def __init__(self, spec: ExperimentSpec, backend: Backend, variant: str = "run",
-                 shards: int | None = None, on_progress: Callable[[int, int], None] | None = None):
+                 shards: int | None = None, on_progress: Callable[[int, int], None] | None = None,
+                 run_id: str | None = None):
         self.spec = spec
         self.variant = variant
+        self.run_id = run_id or spec.run_id()  # a baseline's rows carry the id of the run it pairs with
         self.plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{variant}",
                               shards or backend.nr_shards_default)
         self.session = backend.start(self.plan)
@@ -59,10 +61,10 @@ class Simulation:
     def _record(self, t_ns: int, hosts: HostSamples, groups: GroupSamples) -> None:
         """One sample row per host and per guest group."""
         for h in self.plan.hosts:
-            self.rows.append(host_row(t_ns, self.variant, h.name, hosts[h.host_id],
+            self.rows.append(host_row(t_ns, self.variant, self.run_id, h.name, hosts[h.host_id],
                                       h.group.memory - h.group.reserve))
         for group, sums in sorted(groups.items()):
-            self.rows.append(group_row(t_ns, self.variant, group, sums))
+            self.rows.append(group_row(t_ns, self.variant, self.run_id, group, sums))
 
     def _chunks(self, limit_ns: int) -> list[tuple[int, int]]:
         """The next sample intervals up to ``limit_ns``: (start ns, epochs) each."""

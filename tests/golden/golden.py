@@ -5,9 +5,10 @@ two things that depend on the spec and seed only:
 
 * ``summary.json`` without ``run_id`` (the run id hashes the resolved spec, so it
   changes whenever a spec field is added, even when no result does);
-* a SHA-256 digest of the time series' *contents*: columns in name order, rows in
-  a canonical order, every value in a canonical text form (not the Parquet
-  file's bytes, which depend on the writer's version).
+* a SHA-256 digest of the time series' *contents*: columns in name order (less
+  ``run_id``, for the same reason), rows in a canonical order, every value in a
+  canonical text form (not the Parquet file's bytes, which depend on the
+  writer's version).
 
 ``python -m tests.golden.golden --update`` rewrites ``expected/``; a change that is
 meant to change results does that in a commit of its own and says why.
@@ -44,7 +45,7 @@ def _cell(value: object) -> str:
 
 def timeseries_digest(ts: pd.DataFrame) -> dict[str, object]:
     """Columns, row count and a digest of the values in a canonical order."""
-    columns = sorted(ts.columns)
+    columns = sorted(c for c in ts.columns if c != "run_id")
     keys = [c for c in ("variant", "run", "time_s", "kind", "entity") if c in columns]
     frame = ts[columns].sort_values(keys, kind="stable").reset_index(drop=True)
     h = hashlib.sha256()

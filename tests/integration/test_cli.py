@@ -74,9 +74,10 @@ def test_run_and_report_in_process(tmp_path):
     saved = summary["comparison"]["reporting_off"]["memory_saved_mean_bytes"]
     assert saved > 0, "reporting freed nothing on the host"
     ts = pd.read_parquet(os.path.join(run_dir, "timeseries.parquet"))
-    assert set(ts["run"]) == {"run", "reporting_off"}
-    assert ts[(ts.kind == "host") & (ts.run == "reporting_off")]["backed_bytes"].iloc[-1] > \
-        ts[(ts.kind == "host") & (ts.run == "run")]["backed_bytes"].iloc[-1]
+    assert set(ts["variant"]) == {"run", "reporting_off"}
+    assert set(ts["run_id"]) == {summary["run_id"]}
+    assert ts[(ts.kind == "host") & (ts.variant == "reporting_off")]["backed_bytes"].iloc[-1] > \
+        ts[(ts.kind == "host") & (ts.variant == "run")]["backed_bytes"].iloc[-1]
     for png in ("host_backed.png", "free_by_order.png", "reported.png", "swap.png", "slowdown.png"):
         assert os.path.getsize(os.path.join(run_dir, png)) > 1000
     html = open(os.path.join(run_dir, "report.html")).read()
