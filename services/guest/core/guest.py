@@ -18,7 +18,6 @@ from services.units import RNG_KIND_SHUFFLE
 from .backing import BackingView, CostPort, NullCostPort
 from .config import GuestConfig
 from .constants import MIGRATE_TYPES, PAGE_SHIFT
-from .reference import ReferenceAllocator
 from .reporting import PageReporter, PageReportingWorker, ReportOutcome
 
 WORKER_STATE_NAMES = ("idle", "requested", "active")
@@ -27,10 +26,13 @@ WORKER_STATE_NAMES = ("idle", "requested", "active")
 def make_allocator(config: GuestConfig, rng: np.random.Generator | None, fast: bool):
     """BuddyAllocator (numba fast path) when fast, else the pure-Python reference.
 
-    buddy.py is imported lazily; without it ``fast=True`` raises ImportError
-    (no silent fallback to the slow reference).
+    Each is imported only when asked for: a fast guest never loads the reference,
+    and a reference guest never compiles the numba kernels (no silent fallback
+    from one to the other).
     """
     if not fast:
+        from .reference import ReferenceAllocator
+
         return ReferenceAllocator(config, rng)
     from .buddy import BuddyAllocator
 

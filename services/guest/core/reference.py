@@ -1,10 +1,11 @@
 """Reference buddy allocator: the executable specification of allocator semantics.
 
 Plain Python lists and dicts, written to be obviously correct rather than fast.
-It is used by tests only: the numba fast path (`buddy.py`) must produce exactly
+A guest built with ``fast=False`` runs on it (differential tests, debugging a
+scenario step by step); the numba fast path (`buddy.py`) must produce exactly
 the same free lists, pcp lists, Reported flags and counters for the same
 operations (see the differential tests and "Semantic choices" in
-docs/core-api.md). Section numbers (§) refer to the free page reporting spec.
+docs/core-api.md). Section numbers (§) refer to docs/kernel-model.md.
 
 State layout:
 * per zone: ``free_area[order][mt]`` is a Python list of head pfns, head first;
