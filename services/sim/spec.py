@@ -17,11 +17,21 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.guest.core.constants import (
+    MAX_ORDER,
+    PAGE_REPORTING_BUDGET_DIVISOR,
+    PAGE_REPORTING_CAPACITY,
+    PAGE_REPORTING_DELAY_NS,
+    PROFILE_MODERN,
+)
+from services.host.core.config import ZSWAP_LZ4_RATIO
+from services.host.core.costs import CostModel
+from services.units import PAGE_SIZE
+
 from .quantities import parse_duration_ns, parse_size_bytes
 
-PAGE_SIZE = 4096
-MAX_BLOCK_BYTES = PAGE_SIZE << 10
-DEFAULT_SYNC_CAP_NS = 1_000_000_000  # default sync_interval: up to 1 s of simulated time  # guests are whole multiples of an order-10 block (4 MiB)
+MAX_BLOCK_BYTES = PAGE_SIZE << MAX_ORDER  # guests are whole multiples of an order-10 block (4 MiB)
+DEFAULT_SYNC_CAP_NS = 1_000_000_000  # default sync_interval: up to 1 s of simulated time
 
 
 class SpecError(ValueError):
@@ -46,10 +56,10 @@ def _dur(v: Any, info) -> int:
 
 class SwapSpec(_Model):
     capacity: int = Field(8 << 30, description="Swap device capacity in bytes (0 disables swap).")
-    read_bytes_per_s: int = Field(3_400_000_000, description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).")
-    write_bytes_per_s: int = Field(1_900_000_000, description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).")
-    read_latency: int = Field(80_000, description="Swap-in latency per 4 KiB read, simulated ns (NAND QD1 ~80 us, figures.md Q2).")
-    write_latency: int = Field(0, description="Extra swap-out latency per page, simulated ns (writes are batched and buffered).")
+    read_bytes_per_s: int = Field(CostModel.swap_read_bytes_per_s, description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).")
+    write_bytes_per_s: int = Field(CostModel.swap_write_bytes_per_s, description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).")
+    read_latency: int = Field(CostModel.swap_read_latency_ns, description="Swap-in latency per 4 KiB read, simulated ns (NAND QD1 ~80 us, figures.md Q2).")
+    write_latency: int = Field(CostModel.swap_write_latency_ns, description="Extra swap-out latency per page, simulated ns (writes are batched and buffered).")
 
     _sizes = field_validator("capacity", "read_bytes_per_s", "write_bytes_per_s", mode="before")(_size)
     _durs = field_validator("read_latency", "write_latency", mode="before")(_dur)
@@ -58,7 +68,7 @@ class SwapSpec(_Model):
 class ZswapSpec(_Model):
     enabled: bool = Field(False, description="Put a compressed tier (zswap-like) in front of swap.")
     max_pool_fraction: float = Field(0.2, gt=0, le=1, description="Largest share of host memory the compressed pool may use.")
-    compression_ratio: float = Field(2.63, gt=1, description="Uncompressed/compressed size (lz4 in figures.md Q2).")
+    compression_ratio: float = Field(ZSWAP_LZ4_RATIO, gt=1, description="Uncompressed/compressed size (lz4 in figures.md Q2).")
 
 
 class HostGroup(_Model):
@@ -87,10 +97,10 @@ class HostGroup(_Model):
 
 class ReportingSpec(_Model):
     enabled: bool = Field(True, description="Free page reporting on or off.")
-    order: int | None = Field(None, ge=0, le=10, description="Reporting order R (default: pageblock order 9).")
-    capacity: int = Field(32, ge=1, description="Entries per report (PAGE_REPORTING_CAPACITY).")
-    delay: int = Field(2_000_000_000, description="Delay before a pass after a qualifying free (PAGE_REPORTING_DELAY).")
-    budget_divisor: int = Field(16, ge=1, description="A pass reports about 1/divisor of each free list.")
+    order: int | None = Field(None, ge=0, le=MAX_ORDER, description="Reporting order R (default: pageblock order 9).")
+    capacity: int = Field(PAGE_REPORTING_CAPACITY, ge=1, description="Entries per report (PAGE_REPORTING_CAPACITY).")
+    delay: int = Field(PAGE_REPORTING_DELAY_NS, description="Delay before a pass after a qualifying free (PAGE_REPORTING_DELAY).")
+    budget_divisor: int = Field(PAGE_REPORTING_BUDGET_DIVISOR, ge=1, description="A pass reports about 1/divisor of each free list.")
 
     _durs = field_validator("delay", mode="before")(_dur)
 
@@ -134,7 +144,7 @@ class GuestGroup(_Model):
     name: str = Field(description="Group name, used in guest ids and metric labels.")
     count: int = Field(1, ge=1, description="Number of identical guests.")
     memory: int = Field(description="Guest RAM, bytes (a multiple of 4 MiB).")
-    profile: Literal["5.7", "6.1", "modern"] = Field("modern", description="Kernel rules to follow.")
+    profile: Literal["5.7", "6.1", "modern"] = Field(PROFILE_MODERN, description="Kernel rules to follow.")
     reporting: ReportingSpec = Field(default_factory=ReportingSpec, description="Free page reporting.")
     shuffle: bool = Field(False, description="page_alloc.shuffle=1 (spec §5).")
     thp: bool = Field(True, description="Guest THP on (raises min_free_kbytes).")
