@@ -127,7 +127,11 @@ class RayBackend:
 
     def __init__(self, address: str | None = None, hosts_per_actor: int | None = None,
                  num_cpus: int | None = None):
-        import ray
+        try:
+            import ray
+        except ImportError as e:
+            raise ImportError("the grpc transport runs on Ray, which is not installed: "
+                              "pip install 'overcommit-sim[ray]', or use transport='inprocess'") from e
 
         for key, value in RAY_ENV_DEFAULTS.items():  # set here, not at import time
             os.environ.setdefault(key, value)
