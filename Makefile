@@ -39,9 +39,12 @@ test: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
 
+# mypy checks the paths listed in pyproject's [tool.mypy] files (the cores and the protocol).
 lint: $(STAMP)
 	$(BIN)/ruff check services bench tests scripts
+	$(BIN)/ruff format --check services bench tests scripts
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	@if command -v npx >/dev/null 2>&1 && npx --yes @bufbuild/buf --version >/dev/null 2>&1; then \
 		npx --yes @bufbuild/buf lint protos; else echo "buf not available: proto style kept by review"; fi
 

@@ -26,10 +26,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.sim.backends.inprocess import InProcessBackend  # noqa: E402
-from services.sim.backends.ray_cluster import RayBackend  # noqa: E402
-from services.sim.runner import run_experiment  # noqa: E402
-from services.sim.spec import load_spec  # noqa: E402
+from services.sim.backends.inprocess import InProcessBackend
+from services.sim.backends.ray_cluster import RayBackend
+from services.sim.runner import run_experiment
+from services.sim.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
@@ -119,7 +119,9 @@ def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
         "busiest_host_actor_apply_seconds": round(hosts_s, 3),
         "per_epoch_sync_intervals": run.get("per_epoch_sync_intervals"),
         "critical_path_simulation_seconds": round(critical_s, 3),
-        "coordinator_transport_overhead_fraction": round(1 - critical_s / wall, 3) if shard_wall else None,
+        "coordinator_transport_overhead_fraction": round(1 - critical_s / wall, 3)
+        if shard_wall
+        else None,
     }
 
 
@@ -136,8 +138,10 @@ def main() -> int:
         if args.only in (None, "quickstart"):
             path = os.path.join(ROOT, "experiments/quickstart.yaml")
             # a short run: the median of several, as one run swings with this machine's load
-            runs = sorted((measure(path, backend, args.shards) for _ in range(args.repeat)),
-                          key=lambda r: r["wall_seconds"])
+            runs = sorted(
+                (measure(path, backend, args.shards) for _ in range(args.repeat)),
+                key=lambda r: r["wall_seconds"],
+            )
             q = runs[len(runs) // 2]
             q["repeats_wall_seconds"] = [r["wall_seconds"] for r in runs]
             q["target_sim_seconds_per_wall_second"] = 50
@@ -153,7 +157,9 @@ def main() -> int:
             s = measure(os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards)
             s["target_wall_seconds"] = 600
             s["target_peak_rss_bytes"] = 16 * GIB
-            s["met"] = s["wall_seconds_with_setup_and_baselines"] < 600 and s["peak_rss_bytes"] < 16 * GIB
+            s["met"] = (
+                s["wall_seconds_with_setup_and_baselines"] < 600 and s["peak_rss_bytes"] < 16 * GIB
+            )
             out["scale"] = s
     finally:
         backend.close()

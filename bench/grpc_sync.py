@@ -39,16 +39,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from overcommit.v1 import host_pb2  # noqa: E402
-from services.host.barrier import EpochBarrier  # noqa: E402
-from services.host.core.config import HostConfig  # noqa: E402
-from services.host.core.host import Host  # noqa: E402
-from services.host.directory import HostDirectory  # noqa: E402
-from services.host.servicer import start_host_server  # noqa: E402
-from services.protocol.clients import connect_host  # noqa: E402
-from services.protocol.codec import encode_submission  # noqa: E402
-from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp  # noqa: E402
-from services.transport.server import ServerOptions  # noqa: E402
+from overcommit.v1 import host_pb2
+from services.host.barrier import EpochBarrier
+from services.host.core.config import HostConfig
+from services.host.core.host import Host
+from services.host.directory import HostDirectory
+from services.host.servicer import start_host_server
+from services.protocol.clients import connect_host
+from services.protocol.codec import encode_submission
+from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp
+from services.transport.server import ServerOptions
 
 EXPERIMENT = "bench"
 GUESTS_PER_SHARD = 8
@@ -91,8 +91,9 @@ OVERHEAD_SHARDS = 3
 def _serve_host(conn) -> None:
     """Child process: one host behind a gRPC server; reports the port, stops on request."""
     host = Host(0, HostConfig(memory_bytes=64 << 30))
-    server = start_host_server(HostDirectory([EpochBarrier(EXPERIMENT, 0, host)]),
-                               ServerOptions(max_workers=32))
+    server = start_host_server(
+        HostDirectory([EpochBarrier(EXPERIMENT, 0, host)]), ServerOptions(max_workers=32)
+    )
     with server:
         conn.send(server.port)
         conn.recv()  # "stop"
@@ -103,18 +104,31 @@ def _shard_message(shard_id: int, seed: int) -> host_pb2.SyncEpochRequest:
     guests = []
     for k in range(GUESTS_PER_SHARD):
         guest_id = shard_id * GUESTS_PER_SHARD + k
-        blocks = rng.choice(GUEST_PAGES >> 9, size=REPORTS_PER_GUEST * RANGES_PER_REPORT,
-                            replace=False).astype(np.uint64) << np.uint64(9)
+        blocks = rng.choice(
+            GUEST_PAGES >> 9, size=REPORTS_PER_GUEST * RANGES_PER_REPORT, replace=False
+        ).astype(np.uint64) << np.uint64(9)
         reports = tuple(
-            ReportOp(op_seq=2 * r + 2, pfns=np.sort(blocks[r * RANGES_PER_REPORT:(r + 1) * RANGES_PER_REPORT]),
-                     orders=np.full(RANGES_PER_REPORT, 9, np.uint32))
-            for r in range(REPORTS_PER_GUEST))
+            ReportOp(
+                op_seq=2 * r + 2,
+                pfns=np.sort(blocks[r * RANGES_PER_REPORT : (r + 1) * RANGES_PER_REPORT]),
+                orders=np.full(RANGES_PER_REPORT, 9, np.uint32),
+            )
+            for r in range(REPORTS_PER_GUEST)
+        )
         starts = np.sort(rng.choice(GUEST_PAGES // 64, TOUCH_RUNS_PER_GUEST, replace=False)) * 64
-        seqs = np.repeat(np.arange(REPORTS_PER_GUEST + 1) * 2 + 1, -(-TOUCH_RUNS_PER_GUEST // (REPORTS_PER_GUEST + 1)))
-        touched = PageRunOps(starts.astype(np.uint64), np.full(TOUCH_RUNS_PER_GUEST, 64, np.uint64),
-                             seqs[:TOUCH_RUNS_PER_GUEST].astype(np.uint64))
+        seqs = np.repeat(
+            np.arange(REPORTS_PER_GUEST + 1) * 2 + 1,
+            -(-TOUCH_RUNS_PER_GUEST // (REPORTS_PER_GUEST + 1)),
+        )
+        touched = PageRunOps(
+            starts.astype(np.uint64),
+            np.full(TOUCH_RUNS_PER_GUEST, 64, np.uint64),
+            seqs[:TOUCH_RUNS_PER_GUEST].astype(np.uint64),
+        )
         guests.append(GuestOps(guest_id, reports, touched))
-    return encode_submission(EXPERIMENT, 0, EpochSubmission(shard_id, 0, 0, EPOCH_NS, tuple(guests)))
+    return encode_submission(
+        EXPERIMENT, 0, EpochSubmission(shard_id, 0, 0, EPOCH_NS, tuple(guests))
+    )
 
 
 def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
@@ -129,9 +143,17 @@ def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
         messages = [_shard_message(s, seed=1) for s in range(nr_shards)]
         for s, client in enumerate(clients):
             for k in range(GUESTS_PER_SHARD):
-                client.register_guest(host_pb2.RegisterGuestRequest(
-                    experiment_id=EXPERIMENT, host_id=0, shard_id=s, guest_id=s * GUESTS_PER_SHARD + k,
-                    nr_pages=GUEST_PAGES, discard_mode=host_pb2.DISCARD_MODE_DONTNEED))
+                client.register_guest(
+                    host_pb2.RegisterGuestRequest(
+                        experiment_id=EXPERIMENT,
+                        host_id=0,
+                        shard_id=s,
+                        guest_id=s * GUESTS_PER_SHARD + k,
+                        nr_pages=GUEST_PAGES,
+                        discard_mode=host_pb2.DISCARD_MODE_DONTNEED,
+                    )
+                )
+
         def shard_loop(s: int, first: int, end: list[int]) -> int:
             """Sync epochs first, first+1, ... until epoch ``end[0]`` (read as it goes)."""
             message, client = messages[s], clients[s]
@@ -213,8 +235,10 @@ def _serve_plan_hosts(conn) -> None:
     several hosts). On "reset" it rebuilds them fresh and sends the new port."""
     plan = _plan()
     while conn.recv() == "reset":
-        directory = HostDirectory(EpochBarrier(plan.experiment_id, h, Host(h, cfg))
-                                  for h, cfg in plan.host_configs.items())
+        directory = HostDirectory(
+            EpochBarrier(plan.experiment_id, h, Host(h, cfg))
+            for h, cfg in plan.host_configs.items()
+        )
         server = start_host_server(directory, ServerOptions())
         server.start()
         conn.send(server.port)
@@ -231,8 +255,10 @@ class _LocalHosts:
     def send(self, message: str) -> None:
         if message == "reset":
             plan = _plan()
-            directory = HostDirectory(EpochBarrier(plan.experiment_id, h, Host(h, cfg))
-                                      for h, cfg in plan.host_configs.items())
+            directory = HostDirectory(
+                EpochBarrier(plan.experiment_id, h, Host(h, cfg))
+                for h, cfg in plan.host_configs.items()
+            )
             self.server = start_host_server(directory, ServerOptions())
             self.server.start()
         elif self.server is not None:
@@ -262,15 +288,23 @@ def run_grpc(epochs: int, conn) -> tuple[float, dict]:
     link = GrpcHostLink(plan.experiment_id, dict.fromkeys(plan.host_configs, target))
     for host_id, reg in plan.registrations():
         link.register(host_id, reg)
-    shards = [GuestShard(i, inits, plan.seed, plan.report_latency_ns)
-              for i, inits in enumerate(plan.shard_inits)]
+    shards = [
+        GuestShard(i, inits, plan.seed, plan.report_latency_ns)
+        for i, inits in enumerate(plan.shard_inits)
+    ]
     driver = EpochDriver(shards, link, plan.policy, sorted(plan.host_configs), EPOCH_NS)
     t0 = time.perf_counter()
     driver.run_epochs(0, 0, epochs, sync_epochs=1)
     wall = time.perf_counter() - t0
     client = link.client(next(iter(plan.host_configs)))
-    counters = {h: dict(client.get_host_state(host_pb2.GetHostStateRequest(
-        experiment_id=plan.experiment_id, host_id=h)).counters) for h in plan.host_configs}
+    counters = {
+        h: dict(
+            client.get_host_state(
+                host_pb2.GetHostStateRequest(experiment_id=plan.experiment_id, host_id=h)
+            ).counters
+        )
+        for h in plan.host_configs
+    }
     link.close()
     conn.send("done")
     return wall, counters
@@ -302,7 +336,9 @@ def measure_overhead(epochs: int, repeats: int) -> dict[str, float]:
     best = {k: min(v) for k, v in times.items()}
     return {
         "transport_overhead_ratio": round(best["grpc"] / best["inprocess"], 3),
-        "transport_overhead_ratio_same_process": round(best["grpc_same_process"] / best["inprocess"], 3),
+        "transport_overhead_ratio_same_process": round(
+            best["grpc_same_process"] / best["inprocess"], 3
+        ),
         "overhead_grpc_wall_s": round(best["grpc"], 3),
         "overhead_grpc_same_process_wall_s": round(best["grpc_same_process"], 3),
         "overhead_inprocess_wall_s": round(best["inprocess"], 3),
@@ -323,8 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     one = measure_throughput(1, args.seconds)
     eight = measure_throughput(8, args.seconds)
     result = {
-        "sync_epochs_per_s": {"1_shard": one["sync_epochs_per_s"], "8_shards": eight["sync_epochs_per_s"]},
-        "sync_calls_per_s": {"1_shard": one["sync_calls_per_s"], "8_shards": eight["sync_calls_per_s"]},
+        "sync_epochs_per_s": {
+            "1_shard": one["sync_epochs_per_s"],
+            "8_shards": eight["sync_epochs_per_s"],
+        },
+        "sync_calls_per_s": {
+            "1_shard": one["sync_calls_per_s"],
+            "8_shards": eight["sync_calls_per_s"],
+        },
         "ranges_per_s": {"1_shard": one["ranges_per_s"], "8_shards": eight["ranges_per_s"]},
         "message_bytes_per_shard": one["message_bytes"],
         "empty_sync_p50_ms": one["empty_sync_p50_ms"],
@@ -334,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "touch_runs_per_guest": TOUCH_RUNS_PER_GUEST,
         **measure_overhead(args.epochs, args.repeats),
         "cpu_count": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews all figures
+        "load_average_1m": round(
+            os.getloadavg()[0], 2
+        ),  # other work on the machine skews all figures
     }
     if args.json:
         print(json.dumps(result, sort_keys=True))

@@ -60,7 +60,9 @@ class NullReporter:
         return ReportOutcome()
 
 
-def alloc_free_ns(cls, nr_pages: int, order: int, rep: int) -> tuple[float, float, int, float, float]:
+def alloc_free_ns(
+    cls, nr_pages: int, order: int, rep: int
+) -> tuple[float, float, int, float, float]:
     """(alloc ns, free ns, blocks, alloc CPU ns, free CPU ns) per block, one fresh guest.
     Wall clock is the headline; process CPU time excludes preemption by other jobs."""
     a = cls(GuestConfig(nr_pages=nr_pages), None)

@@ -28,13 +28,13 @@ os.environ.setdefault(
 )
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from services.host.core.config import HostConfig, SwapConfig  # noqa: E402
-from services.host.core.discard import report_kernel  # noqa: E402
-from services.host.core.host import Host  # noqa: E402
-from services.host.core.pagestate import NER, NEV  # noqa: E402
-from services.host.core.reclaim import reclaim_frames  # noqa: E402
+from services.host.core.config import HostConfig, SwapConfig
+from services.host.core.discard import report_kernel
+from services.host.core.host import Host
+from services.host.core.pagestate import NER, NEV
+from services.host.core.reclaim import reclaim_frames
 
 GIB = 1 << 30
 PAGE = 4096

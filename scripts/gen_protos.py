@@ -67,7 +67,9 @@ def generated_files(root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT, help="output root (default: repo root)")
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT, help="output root (default: repo root)"
+    )
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(path)

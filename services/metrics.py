@@ -19,14 +19,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
-def _families(prefix: str, label_names: list[str], samples: Iterable[tuple[list[str], dict[str, float]]]):
+def _families(
+    prefix: str, label_names: list[str], samples: Iterable[tuple[list[str], dict[str, float]]]
+):
     fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for labels, values in samples:
         for name, value in sorted(values.items()):
             full = f"{prefix}_{name}"
             if full not in fams:
                 if name.endswith("_total"):
-                    fams[full] = CounterMetricFamily(full[: -len("_total")], f"{name} (simulated)", labels=label_names)
+                    fams[full] = CounterMetricFamily(
+                        full[: -len("_total")], f"{name} (simulated)", labels=label_names
+                    )
                 else:
                     fams[full] = GaugeMetricFamily(full, f"{name} (simulated)", labels=label_names)
             fams[full].add_metric(labels, float(value))
@@ -36,8 +40,13 @@ def _families(prefix: str, label_names: list[str], samples: Iterable[tuple[list[
 class CounterCollector(Collector):
     """Exports ``source()`` -> {label value: {public name: value}} under ``prefix``."""
 
-    def __init__(self, prefix: str, experiment: str, label: str,
-                 source: Callable[[], dict[str, dict[str, float]]]):
+    def __init__(
+        self,
+        prefix: str,
+        experiment: str,
+        label: str,
+        source: Callable[[], dict[str, dict[str, float]]],
+    ):
         self.prefix = prefix
         self.experiment = experiment
         self.label = label

@@ -49,7 +49,11 @@ class AllocatorKind:
 def allocator_kind_params() -> list:
     """pytest params: the reference, and the fast path (skipped until buddy.py exists)."""
     params = [pytest.param("reference", id="reference")]
-    marks = () if fast_allocator_class() is not None else pytest.mark.skip("buddy.py not importable yet")
+    marks = (
+        ()
+        if fast_allocator_class() is not None
+        else pytest.mark.skip("buddy.py not importable yet")
+    )
     params.append(pytest.param("fast", id="fast", marks=marks))
     return params
 
@@ -105,7 +109,12 @@ class RecordingReporter:
 
     def reported_blocks(self) -> list[tuple[int, int]]:
         """(pfn, order) of every entry of every successful call."""
-        return [(p, o) for _, ps, os_, err in self.calls if not err for p, o in zip(ps, os_, strict=True)]
+        return [
+            (p, o)
+            for _, ps, os_, err in self.calls
+            if not err
+            for p, o in zip(ps, os_, strict=True)
+        ]
 
 
 def snapshot(a) -> dict:
@@ -135,7 +144,9 @@ def snapshot(a) -> dict:
             }
         )
     snap["zones"] = zones
-    snap["pageblock_mt"] = [a.pageblock_mt(p) for p in range(0, cfg.nr_pages, 1 << cfg.pageblock_order)]
+    snap["pageblock_mt"] = [
+        a.pageblock_mt(p) for p in range(0, cfg.nr_pages, 1 << cfg.pageblock_order)
+    ]
     snap["allocated"] = {p: o for p in range(cfg.nr_pages) if (o := a.allocated_order(p)) >= 0}
     return snap
 
@@ -163,7 +174,9 @@ def check_invariants(a, isolated_pages: int = 0) -> None:
             for mt in range(MIGRATE_TYPES):
                 for pfn, reported in a.free_list(z, o, mt):
                     assert pfn % (1 << o) == 0, f"free block {pfn} misaligned for order {o}"
-                    assert start <= pfn and pfn + (1 << o) <= end, f"free block {pfn} outside zone {z}"
+                    assert start <= pfn and pfn + (1 << o) <= end, (
+                        f"free block {pfn} outside zone {z}"
+                    )
                     assert not owner[pfn : pfn + (1 << o)].any(), f"free block {pfn}/{o} overlaps"
                     owner[pfn : pfn + (1 << o)] = 1
                     free_heads[pfn] = (o, mt)
@@ -194,4 +207,6 @@ def check_invariants(a, isolated_pages: int = 0) -> None:
         buddy = pfn ^ (1 << o)
         if buddy in free_heads and free_heads[buddy][0] == o:
             bmt = a.pageblock_mt(buddy)
-            assert merge_forbidden(cfg, mt, bmt, o), f"free buddies {pfn},{buddy} at order {o} unmerged"
+            assert merge_forbidden(cfg, mt, bmt, o), (
+                f"free buddies {pfn},{buddy} at order {o} unmerged"
+            )

@@ -27,10 +27,21 @@ from .shard_api import ShardApi
 class ShardRunner:
     """One GuestShard, its epoch driver and its GuestService server."""
 
-    def __init__(self, experiment_id: str, shard_id: int, guests: list[GuestInit], seed: int,
-                 report_latency_ns: int, host_targets: dict[int, str], policy: SyncDecision,
-                 epoch_ns: int, token: str | None = None, fast: bool = True,
-                 workload_factory: Callable[[str, dict], Any] | None = None):
+    # a Ray actor's constructor: RayBackend passes the shard's parameters positionally
+    def __init__(  # noqa: PLR0913, PLR0917
+        self,
+        experiment_id: str,
+        shard_id: int,
+        guests: list[GuestInit],
+        seed: int,
+        report_latency_ns: int,
+        host_targets: dict[int, str],
+        policy: SyncDecision,
+        epoch_ns: int,
+        token: str | None = None,
+        fast: bool = True,
+        workload_factory: Callable[[str, dict], Any] | None = None,
+    ):
         self.experiment_id = experiment_id
         if guests:
             warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
@@ -41,8 +52,13 @@ class ShardRunner:
         self.workload_factory = workload_factory
         self.token = token
 
-    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
-                   last_hosts: dict[int, dict[str, int]]) -> ChunkResults:
+    def run_chunks(
+        self,
+        first_epoch: int,
+        chunks: Sequence[tuple[int, int]],
+        pressure: bool,
+        last_hosts: dict[int, dict[str, int]],
+    ) -> ChunkResults:
         return self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
 
     def timings(self) -> dict[str, float]:
@@ -59,9 +75,11 @@ class ShardRunner:
         """Serve GuestService for this shard's guests on a loopback port; return its address."""
         if self.guest_server is None:
             tokens = TokenStore(tokens={self.experiment_id: self.token}) if self.token else None
-            self.guest_server = start_guest_server(ShardApi(self.shard, self.workload_factory),
-                                                   ServerOptions(port=0, tokens=tokens),
-                                                   experiment_id=self.experiment_id)
+            self.guest_server = start_guest_server(
+                ShardApi(self.shard, self.workload_factory),
+                ServerOptions(port=0, tokens=tokens),
+                experiment_id=self.experiment_id,
+            )
             self.guest_server.start()
         return self.guest_server.address
 

@@ -37,8 +37,9 @@ class SyncDecision(Protocol):
     """The sync policy (``services.sim.sync_policy.SyncPolicy``)."""
 
     def sync_epochs(self, pressure: bool) -> int: ...
-    def under_pressure(self, prev: Mapping[int, Mapping[str, int]],
-                       cur: Mapping[int, Mapping[str, int]]) -> bool: ...
+    def under_pressure(
+        self, prev: Mapping[int, Mapping[str, int]], cur: Mapping[int, Mapping[str, int]]
+    ) -> bool: ...
 
 
 @dataclass
@@ -65,8 +66,14 @@ class EpochDriver:
     ``epoch_ns`` is the length of one epoch.
     """
 
-    def __init__(self, shards: Sequence[GuestShard], link: HostLink, policy: SyncDecision,
-                 host_ids: Sequence[int], epoch_ns: int):
+    def __init__(
+        self,
+        shards: Sequence[GuestShard],
+        link: HostLink,
+        policy: SyncDecision,
+        host_ids: Sequence[int],
+        epoch_ns: int,
+    ):
         if epoch_ns <= 0:
             raise ValueError(f"epoch_ns={epoch_ns}: must be > 0")
         self.epoch_ns = epoch_ns
@@ -74,11 +81,18 @@ class EpochDriver:
         self.link = link
         self.policy = policy
         self.host_ids = sorted(host_ids)
-        self._answer_samples: dict[tuple[int, int], dict[str, int]] = {}  # (host, epoch) -> counters
+        self._answer_samples: dict[
+            tuple[int, int], dict[str, int]
+        ] = {}  # (host, epoch) -> counters
         self.wall = {"guests_s": 0.0, "sync_s": 0.0, "samples_s": 0.0}  # metadata, not results
 
-    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
-                   last_hosts: HostSamples) -> ChunkResults:
+    def run_chunks(
+        self,
+        first_epoch: int,
+        chunks: Sequence[tuple[int, int]],
+        pressure: bool,
+        last_hosts: HostSamples,
+    ) -> ChunkResults:
         """Run sample intervals (``chunks``: (start ns, epochs) each) one after another.
 
         The first runs as ``pressure`` says; each later one as the policy decides
@@ -103,7 +117,9 @@ class EpochDriver:
         out.next_pressure = pressure
         return out
 
-    def run_epochs(self, first_epoch: int, t0_ns: int, count: int, sync_epochs: int) -> list[int | None]:
+    def run_epochs(
+        self, first_epoch: int, t0_ns: int, count: int, sync_epochs: int
+    ) -> list[int | None]:
         """Run the epochs [first_epoch, first_epoch + count) from ``t0_ns``, syncing once
         per ``sync_epochs`` epochs in the spans in which a shard's guests act; return
         each shard's next event (ns, or None)."""
@@ -126,10 +142,15 @@ class EpochDriver:
                 next_epoch = first_epoch + due[i] * sync_epochs if due[i] < nr_spans else 0
                 for host_id in shard.host_ids():
                     sub = EpochSubmission(
-                        shard_id=shard.shard_id, epoch=first_epoch + k * sync_epochs, sequence=0,
+                        shard_id=shard.shard_id,
+                        epoch=first_epoch + k * sync_epochs,
+                        sequence=0,
                         epoch_end_ns=t + epochs * epoch_ns,
                         guests=tuple(g for g in ops[host_id] if not g.is_empty()),
-                        next_epoch=next_epoch, epochs=epochs, sample=k == nr_spans - 1)
+                        next_epoch=next_epoch,
+                        epochs=epochs,
+                        sample=k == nr_spans - 1,
+                    )
                     self.link.submit(host_id, sub)
                     sent.append((shard, host_id, sub))
             w0 = time.perf_counter()

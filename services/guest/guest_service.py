@@ -126,8 +126,9 @@ class GuestShardApi(Protocol):
         list first: on ValueError/KeyError nothing may have changed."""
         ...
 
-    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
-                       duration_ns: int) -> tuple[int, int]:
+    def start_workload(
+        self, guest_id: int, workload: str, params: Mapping[str, Any], duration_ns: int
+    ) -> tuple[int, int]:
         """Start workload kind ``workload`` (e.g. "memhog") with the spec's parameters
         for that kind; returns (start_ns, end_ns)."""
         ...
@@ -153,16 +154,23 @@ def decode_ops(request: guest_pb2.ApplyOpsRequest) -> list[GuestOp]:
         if kind == "alloc":
             a = op.alloc
             _check_order(f"{path}.alloc.order", a.order)
-            require(a.migratetype < MIGRATE_TYPES and a.migratetype != MIGRATE_ISOLATE,
-                    f"{path}.alloc.migratetype", a.migratetype,
-                    f"must be in 0..{MIGRATE_TYPES - 1} and not MIGRATE_ISOLATE")
+            require(
+                a.migratetype < MIGRATE_TYPES and a.migratetype != MIGRATE_ISOLATE,
+                f"{path}.alloc.migratetype",
+                a.migratetype,
+                f"must be in 0..{MIGRATE_TYPES - 1} and not MIGRATE_ISOLATE",
+            )
             require(a.count > 0, f"{path}.alloc.count", a.count, "must be > 0")
             ops.append(AllocOp(a.order, a.migratetype, a.count))
         elif kind == "free":
             f = op.free
             _check_order(f"{path}.free.order", f.order)
-            require(bool(f.pfns) or f.count > 0, f"{path}.free.count", f.count,
-                    "must be > 0 when pfns is empty")
+            require(
+                bool(f.pfns) or f.count > 0,
+                f"{path}.free.count",
+                f.count,
+                "must be > 0 when pfns is empty",
+            )
             ops.append(FreeOp(f.order, np.fromiter(f.pfns, dtype=np.int64), f.count))
         else:
             starts = np.fromiter(op.touch.runs.starts, dtype=np.uint64)
@@ -181,11 +189,21 @@ def encode_ops(ops: Sequence[GuestOp]) -> list[guest_pb2.GuestOp]:
     out = []
     for op in ops:
         if isinstance(op, AllocOp):
-            out.append(guest_pb2.GuestOp(alloc=guest_pb2.AllocOp(
-                order=op.order, migratetype=op.migratetype, count=op.count)))
+            out.append(
+                guest_pb2.GuestOp(
+                    alloc=guest_pb2.AllocOp(
+                        order=op.order, migratetype=op.migratetype, count=op.count
+                    )
+                )
+            )
         elif isinstance(op, FreeOp):
-            out.append(guest_pb2.GuestOp(free=guest_pb2.FreeOp(
-                order=op.order, pfns=np.asarray(op.pfns).tolist(), count=op.count)))
+            out.append(
+                guest_pb2.GuestOp(
+                    free=guest_pb2.FreeOp(
+                        order=op.order, pfns=np.asarray(op.pfns).tolist(), count=op.count
+                    )
+                )
+            )
         else:
             touch = guest_pb2.TouchOp()
             touch.runs.starts.extend(np.asarray(op.starts).tolist())
@@ -196,6 +214,7 @@ def encode_ops(ops: Sequence[GuestOp]) -> list[guest_pb2.GuestOp]:
 
 def struct_to_params(params: struct_pb2.Struct) -> dict[str, Any]:
     """Struct -> dict; whole numbers come back as int (Struct stores doubles)."""
+
     def fix(value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -217,11 +236,14 @@ def params_to_struct(params: Mapping[str, Any]) -> struct_pb2.Struct:
 def encode_state(state: Mapping[str, Any]) -> guest_pb2.GetGuestStateResponse:
     """A ``Guest.state()``-shaped mapping -> GetGuestStateResponse."""
     response = guest_pb2.GetGuestStateResponse(
-        guest_id=int(state["guest_id"]), now_ns=int(state["now_ns"]),
+        guest_id=int(state["guest_id"]),
+        now_ns=int(state["now_ns"]),
         nr_pages=int(state.get("nr_pages", 0)),
-        reported_bytes=int(state["reported_bytes"]), backed_bytes=int(state["backed_bytes"]),
-        reporting_state=REPORTING_STATE_TO_PB.get(str(state["worker_state"]),
-                                                  guest_pb2.REPORTING_STATE_UNSPECIFIED),
+        reported_bytes=int(state["reported_bytes"]),
+        backed_bytes=int(state["backed_bytes"]),
+        reporting_state=REPORTING_STATE_TO_PB.get(
+            str(state["worker_state"]), guest_pb2.REPORTING_STATE_UNSPECIFIED
+        ),
     )
     for order, by_mt in sorted(state["free_blocks"].items()):
         for mt, nr_free in sorted(by_mt.items()):
@@ -246,18 +268,25 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
             raise not_found("experiment_id", experiment_id, "this shard serves another experiment")
 
     @translate_errors
-    def ListGuests(self, request: guest_pb2.ListGuestsRequest,
-                   context: grpc.ServicerContext | None) -> guest_pb2.ListGuestsResponse:
+    def ListGuests(
+        self, request: guest_pb2.ListGuestsRequest, context: grpc.ServicerContext | None
+    ) -> guest_pb2.ListGuestsResponse:
         self._check_experiment(request.experiment_id, context)
         response = guest_pb2.ListGuestsResponse()
         for info in sorted(self.shard.list_guests(), key=lambda g: g.guest_id):
-            response.guests.add(guest_id=info.guest_id, nr_pages=info.nr_pages,
-                                host_id=info.host_id, now_ns=info.now_ns, workload=info.workload)
+            response.guests.add(
+                guest_id=info.guest_id,
+                nr_pages=info.nr_pages,
+                host_id=info.host_id,
+                now_ns=info.now_ns,
+                workload=info.workload,
+            )
         return response
 
     @translate_errors
-    def ApplyOps(self, request: guest_pb2.ApplyOpsRequest,
-                 context: grpc.ServicerContext | None) -> guest_pb2.ApplyOpsResponse:
+    def ApplyOps(
+        self, request: guest_pb2.ApplyOpsRequest, context: grpc.ServicerContext | None
+    ) -> guest_pb2.ApplyOpsResponse:
         self._check_experiment(request.experiment_id, context)
         result = self.shard.apply_ops(request.guest_id, decode_ops(request))
         response = guest_pb2.ApplyOpsResponse(now_ns=result.now_ns)
@@ -266,32 +295,40 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
         return response
 
     @translate_errors
-    def StartWorkload(self, request: guest_pb2.StartWorkloadRequest,
-                      context: grpc.ServicerContext | None) -> guest_pb2.StartWorkloadResponse:
+    def StartWorkload(
+        self, request: guest_pb2.StartWorkloadRequest, context: grpc.ServicerContext | None
+    ) -> guest_pb2.StartWorkloadResponse:
         self._check_experiment(request.experiment_id, context)
         require(bool(request.workload), "workload", request.workload, "must not be empty")
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
         start_ns, end_ns = self.shard.start_workload(
-            request.guest_id, request.workload, struct_to_params(request.params),
-            request.duration_ns)
+            request.guest_id,
+            request.workload,
+            struct_to_params(request.params),
+            request.duration_ns,
+        )
         return guest_pb2.StartWorkloadResponse(start_ns=start_ns, end_ns=end_ns)
 
     @translate_errors
-    def GetGuestState(self, request: guest_pb2.GetGuestStateRequest,
-                      context: grpc.ServicerContext | None) -> guest_pb2.GetGuestStateResponse:
+    def GetGuestState(
+        self, request: guest_pb2.GetGuestStateRequest, context: grpc.ServicerContext | None
+    ) -> guest_pb2.GetGuestStateResponse:
         self._check_experiment(request.experiment_id, context)
         return encode_state(self.shard.guest_state(request.guest_id))
 
 
 def guest_service_binding(shard: GuestShardApi, experiment_id: str = "") -> ServiceBinding:
     """What :func:`services.transport.server.build_server` needs to serve GuestService."""
-    return ServiceBinding(guest_pb2.DESCRIPTOR.services_by_name["GuestService"].full_name,
-                          guest_pb2_grpc.add_GuestServiceServicer_to_server,
-                          GuestServicer(shard, experiment_id))
+    return ServiceBinding(
+        guest_pb2.DESCRIPTOR.services_by_name["GuestService"].full_name,
+        guest_pb2_grpc.add_GuestServiceServicer_to_server,
+        GuestServicer(shard, experiment_id),
+    )
 
 
-def start_guest_server(shard: GuestShardApi, options: ServerOptions | None = None,
-                       experiment_id: str = "") -> GrpcServer:
+def start_guest_server(
+    shard: GuestShardApi, options: ServerOptions | None = None, experiment_id: str = ""
+) -> GrpcServer:
     """A bound (not started) server for one shard; use ``with`` or ``start()``."""
     return build_server(options or ServerOptions(), [guest_service_binding(shard, experiment_id)])
 
@@ -302,33 +339,46 @@ def start_guest_server(shard: GuestShardApi, options: ServerOptions | None = Non
 class GuestClient:
     """GuestService over a channel, with plain-typed helpers. Errors are ``grpc.RpcError``."""
 
-    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None,
-                 experiment_id: str = ""):
+    def __init__(
+        self, channel: grpc.Channel, caller: RpcCaller | None = None, experiment_id: str = ""
+    ):
         self.channel = channel
         self.stub = guest_pb2_grpc.GuestServiceStub(channel)
         self.caller = caller or RpcCaller()
         self.experiment_id = experiment_id
 
     def list_guests(self) -> guest_pb2.ListGuestsResponse:
-        return self.caller.unary(self.stub.ListGuests, guest_pb2.ListGuestsRequest(
-            experiment_id=self.experiment_id), idempotent=True)
+        return self.caller.unary(
+            self.stub.ListGuests,
+            guest_pb2.ListGuestsRequest(experiment_id=self.experiment_id),
+            idempotent=True,
+        )
 
     def apply_ops(self, guest_id: int, ops: Sequence[GuestOp]) -> guest_pb2.ApplyOpsResponse:
         """Not retried: allocating twice is not harmless."""
-        request = guest_pb2.ApplyOpsRequest(experiment_id=self.experiment_id, guest_id=guest_id,
-                                            ops=encode_ops(ops))
+        request = guest_pb2.ApplyOpsRequest(
+            experiment_id=self.experiment_id, guest_id=guest_id, ops=encode_ops(ops)
+        )
         return self.caller.unary(self.stub.ApplyOps, request, idempotent=False)
 
-    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
-                       duration_ns: int) -> guest_pb2.StartWorkloadResponse:
+    def start_workload(
+        self, guest_id: int, workload: str, params: Mapping[str, Any], duration_ns: int
+    ) -> guest_pb2.StartWorkloadResponse:
         request = guest_pb2.StartWorkloadRequest(
-            experiment_id=self.experiment_id, guest_id=guest_id, workload=workload,
-            params=params_to_struct(params), duration_ns=duration_ns)
+            experiment_id=self.experiment_id,
+            guest_id=guest_id,
+            workload=workload,
+            params=params_to_struct(params),
+            duration_ns=duration_ns,
+        )
         return self.caller.unary(self.stub.StartWorkload, request, idempotent=False)
 
     def guest_state(self, guest_id: int) -> guest_pb2.GetGuestStateResponse:
-        return self.caller.unary(self.stub.GetGuestState, guest_pb2.GetGuestStateRequest(
-            experiment_id=self.experiment_id, guest_id=guest_id), idempotent=True)
+        return self.caller.unary(
+            self.stub.GetGuestState,
+            guest_pb2.GetGuestStateRequest(experiment_id=self.experiment_id, guest_id=guest_id),
+            idempotent=True,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -340,12 +390,19 @@ class GuestClient:
         self.close()
 
 
-def connect_guest(target: str, *, tls: ClientTls | None = None, token: str | None = None,
-                  experiment_id: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,
-                  retry: RetryPolicy | None = None) -> GuestClient:
+def connect_guest(
+    target: str,
+    *,
+    tls: ClientTls | None = None,
+    token: str | None = None,
+    experiment_id: str = "",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+) -> GuestClient:
     """A GuestClient for ``target`` with deadline, retries (reads only) and token."""
-    caller = RpcCaller(token=token, experiment_id=experiment_id or None, timeout_s=timeout_s,
-                       retry=retry)
+    caller = RpcCaller(
+        token=token, experiment_id=experiment_id or None, timeout_s=timeout_s, retry=retry
+    )
     return GuestClient(make_channel(ChannelOptions(target, tls)), caller, experiment_id)
 
 

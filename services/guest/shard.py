@@ -52,9 +52,13 @@ class GuestInit:
         """How this guest is registered with its host (the one builder of registrations)."""
         c = self.config
         return GuestRegistration(
-            guest_id=self.guest_id, shard_id=shard_id, nr_pages=c.nr_pages,
-            discard_mode=self.discard_mode, report_capacity=c.reporting.capacity,
-            max_order=c.max_order, guest_thp=c.thp,
+            guest_id=self.guest_id,
+            shard_id=shard_id,
+            nr_pages=c.nr_pages,
+            discard_mode=self.discard_mode,
+            report_capacity=c.reporting.capacity,
+            max_order=c.max_order,
+            guest_thp=c.thp,
         )
 
 
@@ -92,8 +96,11 @@ class OpLog:
         self.dirty = False
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
-        self._reports.append(ReportOp(self._next_seq(), np.array(pfns, dtype=np.uint64),
-                                      np.array(orders, dtype=np.uint32)))
+        self._reports.append(
+            ReportOp(
+                self._next_seq(), np.array(pfns, dtype=np.uint64), np.array(orders, dtype=np.uint32)
+            )
+        )
         return ReportOutcome(error=0, latency_ns=self.report_latency_ns)
 
     def record_touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
@@ -137,10 +144,14 @@ class _RunLog:
     def runs(self) -> PageRunOps:
         if not self.seqs:
             return PageRunOps()
-        op_seqs = np.concatenate([np.full(len(s), q, np.uint64)
-                                  for q, s in zip(self.seqs, self._starts, strict=True)])
-        return PageRunOps(starts=np.concatenate(self._starts).astype(np.uint64),
-                          npages=np.concatenate(self._npages).astype(np.uint64), op_seqs=op_seqs)
+        op_seqs = np.concatenate(
+            [np.full(len(s), q, np.uint64) for q, s in zip(self.seqs, self._starts, strict=True)]
+        )
+        return PageRunOps(
+            starts=np.concatenate(self._starts).astype(np.uint64),
+            npages=np.concatenate(self._npages).astype(np.uint64),
+            op_seqs=op_seqs,
+        )
 
 
 class _GuestDriver:
@@ -173,14 +184,22 @@ class _Slot:
     lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     report_errors: int = 0
     extra_workloads: list = field(default_factory=list)  # started by GuestService clients
-    client_blocks: dict[int, int] = field(default_factory=dict)  # pfn -> order, allocated by clients
+    client_blocks: dict[int, int] = field(
+        default_factory=dict
+    )  # pfn -> order, allocated by clients
 
 
 class GuestShard:
     """Many guests advanced together; one op log per guest per epoch."""
 
-    def __init__(self, shard_id: int, guests: list[GuestInit], seed: int, report_latency_ns: int = 0,
-                 fast: bool = True):
+    def __init__(
+        self,
+        shard_id: int,
+        guests: list[GuestInit],
+        seed: int,
+        report_latency_ns: int = 0,
+        fast: bool = True,
+    ):
         self.shard_id = shard_id
         self.seed = seed
         self.now_ns = 0
@@ -189,9 +208,13 @@ class GuestShard:
         for init in sorted(guests, key=lambda g: g.guest_id):
             link = OpLog(init.guest_id, report_latency_ns)
             guest = Guest(init.guest_id, init.config, seed, link, fast=fast)
-            rng = np.random.default_rng(np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id]))
+            rng = np.random.default_rng(
+                np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id])
+            )
             workload = make_workload(init.workload, init.config.nr_pages, rng)
-            self.slots[init.guest_id] = _Slot(init, guest, link, _GuestDriver(guest, link), workload)
+            self.slots[init.guest_id] = _Slot(
+                init, guest, link, _GuestDriver(guest, link), workload
+            )
 
     # -- placement --------------------------------------------------------------
     def host_ids(self) -> list[int]:
@@ -383,17 +406,23 @@ class GuestShard:
                 s.client_blocks[p] = order
         return pfns
 
-    def check_client_free(self, guest_id: int, order: int, pfns: np.ndarray, count: int) -> np.ndarray:
+    def check_client_free(
+        self, guest_id: int, order: int, pfns: np.ndarray, count: int
+    ) -> np.ndarray:
         """The blocks a client free would release; ValueError (no change) if any is not the client's."""
         s = self.slot(guest_id)
         if len(pfns) == 0:
             mine = [p for p, o in s.client_blocks.items() if o == order]
             if len(mine) < count:
-                raise ValueError(f"free.count={count}: the client holds only {len(mine)} blocks of order {order}")
-            return np.array(mine[len(mine) - count:][::-1], np.int64)
+                raise ValueError(
+                    f"free.count={count}: the client holds only {len(mine)} blocks of order {order}"
+                )
+            return np.array(mine[len(mine) - count :][::-1], np.int64)
         for p in pfns.tolist():
             if s.client_blocks.get(p) != order:
-                raise ValueError(f"free: pfn={p} order={order} is not a block this client allocated at that order")
+                raise ValueError(
+                    f"free: pfn={p} order={order} is not a block this client allocated at that order"
+                )
         if len(set(pfns.tolist())) != len(pfns):
             raise ValueError("free.pfns: duplicate pfns")
         return pfns
@@ -416,13 +445,20 @@ class GuestShard:
         """Run ``config`` (a workload config) from now for ``duration_ns``, beside the spec's workload."""
         s = self.slot(guest_id)
         start, end = self.now_ns, self.now_ns + duration_ns
-        rng = np.random.default_rng(np.random.SeedSequence(
-            [self.seed, RNG_KIND_WORKLOAD, guest_id, 1 + len(s.extra_workloads)]))
-        s.extra_workloads.append(make_workload(config, s.init.config.nr_pages, rng, start_ns=start, stop_ns=end))
+        rng = np.random.default_rng(
+            np.random.SeedSequence(
+                [self.seed, RNG_KIND_WORKLOAD, guest_id, 1 + len(s.extra_workloads)]
+            )
+        )
+        s.extra_workloads.append(
+            make_workload(config, s.init.config.nr_pages, rng, start_ns=start, stop_ns=end)
+        )
         return start, end
 
 
-def merge_group_samples(samples: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+def merge_group_samples(
+    samples: Iterable[Mapping[str, Mapping[str, int]]],
+) -> dict[str, dict[str, int]]:
     """Sum per-group integer samples over shards (exact: the order does not matter)."""
     out: dict[str, dict[str, int]] = {}
     for sample in samples:

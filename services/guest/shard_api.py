@@ -25,7 +25,9 @@ class ShardApi:
     it allocated itself, so it can never free a workload's memory twice.
     """
 
-    def __init__(self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None):
+    def __init__(
+        self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None
+    ):
         self.shard = shard
         self.workload_factory = workload_factory
 
@@ -35,7 +37,9 @@ class ShardApi:
             for gid, s in self.shard.slots.items():
                 running = [w for w in (s.workload, *s.extra_workloads) if not w.finished]
                 kind = type(running[-1]).__name__.lower() if running else ""
-                out.append(GuestInfo(gid, s.init.config.nr_pages, s.init.host_id, self.shard.now_ns, kind))
+                out.append(
+                    GuestInfo(gid, s.init.config.nr_pages, s.init.host_id, self.shard.now_ns, kind)
+                )
             return out
 
     def apply_ops(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
@@ -46,15 +50,23 @@ class ShardApi:
             frees = {}
             for i, op in enumerate(ops):  # validate everything before changing anything
                 if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
-                    raise ValueError(f"ops[{i}].order={op.order}: above the guest's max_order {max_order}")
+                    raise ValueError(
+                        f"ops[{i}].order={op.order}: above the guest's max_order {max_order}"
+                    )
                 if isinstance(op, FreeOp):
-                    frees[i] = shard.check_client_free(guest_id, op.order, np.asarray(op.pfns, np.int64), op.count)
+                    frees[i] = shard.check_client_free(
+                        guest_id, op.order, np.asarray(op.pfns, np.int64), op.count
+                    )
                 elif isinstance(op, TouchOp):
                     shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
             results = []
             for i, op in enumerate(ops):
                 if isinstance(op, AllocOp):
-                    results.append(OpResult(pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count)))
+                    results.append(
+                        OpResult(
+                            pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count)
+                        )
+                    )
                 elif isinstance(op, FreeOp):
                     shard.client_free(guest_id, op.order, frees[i])
                     results.append(OpResult(pfns=frees[i]))
@@ -63,8 +75,9 @@ class ShardApi:
                     results.append(OpResult())
             return ApplyOpsResult(results, shard.now_ns)
 
-    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
-                       duration_ns: int) -> tuple[int, int]:
+    def start_workload(
+        self, guest_id: int, workload: str, params: Mapping[str, Any], duration_ns: int
+    ) -> tuple[int, int]:
         if self.workload_factory is None:
             raise ValueError("workload: this shard was started without workload support")
         config = self.workload_factory(workload, dict(params))

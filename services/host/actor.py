@@ -50,8 +50,9 @@ class HostRunner:
         for host_id, reg in sorted(registrations, key=lambda pair: pair[1].guest_id):
             self.endpoints[host_id].register_guest(reg)
 
-    def samples_at(self, epochs: list[int], timeout_s: float = 600.0
-                   ) -> tuple[list[dict[int, dict[str, int]]], list[float]]:
+    def samples_at(
+        self, epochs: list[int], timeout_s: float = 600.0
+    ) -> tuple[list[dict[int, dict[str, int]]], list[float]]:
         """Per epoch of ``epochs`` (each the last of a sample interval): every host's
         counters kept right after it, and this actor's wall seconds spent applying
         epochs by then (metadata)."""

@@ -21,8 +21,9 @@ def has_news(outcome: GuestOutcome) -> bool:
 
 def merge_outcomes(first: GuestOutcome, then: GuestOutcome) -> GuestOutcome:
     """What a guest learns at once about two stretches of epochs (swap-outs, stop)."""
-    merged = GuestOutcome(then.guest_id, acks=then.acks, lost_ns=then.lost_ns,
-                               touched_pages=then.touched_pages)
+    merged = GuestOutcome(
+        then.guest_id, acks=then.acks, lost_ns=then.lost_ns, touched_pages=then.touched_pages
+    )
     merged.swapped_starts = np.concatenate([first.swapped_starts, then.swapped_starts])
     merged.swapped_npages = np.concatenate([first.swapped_npages, then.swapped_npages])
     merged.stopped = first.stopped or then.stopped
@@ -47,15 +48,23 @@ def apply_guest_ops(host: Host, ops: GuestOps, outcomes: dict[int, GuestOutcome]
                 outcome.acks.append(ReportAck(what.op_seq, ok=False))
             continue
         if kind == "report":
-            result = host.apply_report(ops.guest_id, what.pfns.astype(np.int64),
-                                       what.orders.astype(np.int64))
-            outcome.acks.append(ReportAck(
-                op_seq=what.op_seq, ok=True,
-                discarded_pages=int(result.released_pages) + int(result.lazy_pages),
-                latency_ns=int(result.latency_ns)))
+            result = host.apply_report(
+                ops.guest_id, what.pfns.astype(np.int64), what.orders.astype(np.int64)
+            )
+            outcome.acks.append(
+                ReportAck(
+                    op_seq=what.op_seq,
+                    ok=True,
+                    discarded_pages=int(result.released_pages) + int(result.lazy_pages),
+                    latency_ns=int(result.latency_ns),
+                )
+            )
         else:
-            result = host.apply_touch(ops.guest_id, ops.touched.starts[what].astype(np.int64),
-                                      ops.touched.npages[what].astype(np.int64))
+            result = host.apply_touch(
+                ops.guest_id,
+                ops.touched.starts[what].astype(np.int64),
+                ops.touched.npages[what].astype(np.int64),
+            )
             _add_counts(outcome.lost_ns, result.lost_ns)
             _add_counts(outcome.touched_pages, result.prior_pages)
 
@@ -75,8 +84,9 @@ def _add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:
         total[key] = total.get(key, 0) + int(value)
 
 
-def record_swapped(outcomes: dict[int, GuestOutcome],
-                   swapped: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+def record_swapped(
+    outcomes: dict[int, GuestOutcome], swapped: Mapping[int, tuple[np.ndarray, np.ndarray]]
+) -> None:
     """Append reclaim's swap-outs (guest -> (starts, npages)) to the guests' outcomes."""
     for guest_id, (starts, npages) in swapped.items():
         if len(starts) == 0:

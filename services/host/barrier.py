@@ -104,12 +104,17 @@ class EpochBarrier:
             known = self._guests.get(reg.guest_id)
             if known is not None:
                 if known != reg:
-                    raise already_exists("guest_id", reg.guest_id,
-                                         f"guest already registered differently: {known}")
+                    raise already_exists(
+                        "guest_id", reg.guest_id, f"guest already registered differently: {known}"
+                    )
                 return self._next_epoch
             limit = self.host.config.max_report_order
-            require(reg.max_order <= limit, "max_order", reg.max_order,
-                    f"host handles reports up to order {limit}")
+            require(
+                reg.max_order <= limit,
+                "max_order",
+                reg.max_order,
+                f"host handles reports up to order {limit}",
+            )
             try:
                 self.host.add_guest(reg.guest_id, reg.nr_pages, reg.discard_mode)
             except ValueError as exc:
@@ -146,9 +151,12 @@ class EpochBarrier:
             if pending is not None and pending.epoch == sub.epoch:
                 if pending.sequence == sub.sequence:
                     return None  # a retry while the epoch waits for other shards
-                raise failed_precondition("sequence", sub.sequence,
-                                          f"shard {sub.shard_id} already sent epoch {sub.epoch} "
-                                          f"with sequence {pending.sequence}")
+                raise failed_precondition(
+                    "sequence",
+                    sub.sequence,
+                    f"shard {sub.shard_id} already sent epoch {sub.epoch} "
+                    f"with sequence {pending.sequence}",
+                )
             self._check_epoch(sub)
             validate_submission(sub, self._guests)
             self._pending[sub.shard_id] = sub
@@ -168,8 +176,14 @@ class EpochBarrier:
                 return stored.outcome
             return None
 
-    def wait(self, shard_id: int, epoch: int, sequence: int, timeout_s: float,
-             is_active: Callable[[], bool] | None = None) -> EpochOutcome:
+    def wait(
+        self,
+        shard_id: int,
+        epoch: int,
+        sequence: int,
+        timeout_s: float,
+        is_active: Callable[[], bool] | None = None,
+    ) -> EpochOutcome:
         """Block until the epoch is applied; DEADLINE_EXCEEDED after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
@@ -179,7 +193,9 @@ class EpochBarrier:
                     return outcome
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (is_active is not None and not is_active()):
-                    raise deadline_exceeded("epoch", epoch, f"host still waits for shards {self._missing()}")
+                    raise deadline_exceeded(
+                        "epoch", epoch, f"host still waits for shards {self._missing()}"
+                    )
                 self._cond.wait(min(remaining, WAIT_SLICE_S))
 
     # -- state
@@ -198,16 +214,23 @@ class EpochBarrier:
         """The host counters kept right after ``epoch`` (which ended a sample interval),
         waiting up to ``timeout_s`` for it to be applied."""
         if not self.wait_applied(epoch, timeout_s):
-            raise deadline_exceeded("sample_epoch", epoch, f"host {self.host_id} has not applied it yet")
+            raise deadline_exceeded(
+                "sample_epoch", epoch, f"host {self.host_id} has not applied it yet"
+            )
         with self._cond:
             self._check_broken()
-            if not self._shards:  # no guest ever: nothing changes, every sample is the current state
+            if (
+                not self._shards
+            ):  # no guest ever: nothing changes, every sample is the current state
                 return dict(self.host.host_counters())
             sample = self._samples.get(epoch)
             if sample is None:
-                raise failed_precondition("sample_epoch", epoch,
-                                          f"host {self.host_id} kept no sample after it (kept: "
-                                          f"{sorted(self._samples)[-3:]})")
+                raise failed_precondition(
+                    "sample_epoch",
+                    epoch,
+                    f"host {self.host_id} kept no sample after it (kept: "
+                    f"{sorted(self._samples)[-3:]})",
+                )
             return dict(sample)
 
     def apply_wall_s_at(self, epoch: int) -> float:
@@ -219,7 +242,11 @@ class EpochBarrier:
         """Block until the host has applied ``epoch`` (True at once if no shard is registered)."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._applied_epoch >= epoch or not self._shards or self._broken is not None, timeout_s)
+                lambda: (
+                    self._applied_epoch >= epoch or not self._shards or self._broken is not None
+                ),
+                timeout_s,
+            )
 
     def state(self) -> dict[str, Any]:
         """Counters of the host and of every guest, plus the barrier's position."""
@@ -230,8 +257,12 @@ class EpochBarrier:
                 "epoch_end_ns": self._epoch_end_ns,
                 "counters": dict(self.host.host_counters()),
                 "guests": [
-                    (reg.guest_id, reg.shard_id, reg.nr_pages,
-                     dict(self.host.guest_counters(reg.guest_id)))
+                    (
+                        reg.guest_id,
+                        reg.shard_id,
+                        reg.nr_pages,
+                        dict(self.host.guest_counters(reg.guest_id)),
+                    )
                     for reg in sorted(self._guests.values(), key=lambda r: r.guest_id)
                 ],
                 "shard_ids": sorted(self._shards),
@@ -245,36 +276,55 @@ class EpochBarrier:
 
     def _missing(self) -> list[int]:
         due = self._next_epoch
-        return sorted(s for s, e in self._expect.items()
-                      if e == due and (s not in self._pending or self._pending[s].epoch != due))
+        return sorted(
+            s
+            for s, e in self._expect.items()
+            if e == due and (s not in self._pending or self._pending[s].epoch != due)
+        )
 
     def _check_epoch(self, sub: EpochSubmission) -> None:
         if sub.shard_id not in self._shards:
             raise not_found("shard_id", sub.shard_id, "shard registered no guest with this host")
         expected = self._expect[sub.shard_id]
         if sub.epoch < expected:
-            raise failed_precondition("epoch", sub.epoch,
-                                      f"stale: host {self.host_id} expects epoch {expected} "
-                                      f"from shard {sub.shard_id}")
+            raise failed_precondition(
+                "epoch",
+                sub.epoch,
+                f"stale: host {self.host_id} expects epoch {expected} from shard {sub.shard_id}",
+            )
         if sub.epoch > expected:
-            raise failed_precondition("epoch", sub.epoch,
-                                      f"future: host {self.host_id} expects epoch {expected} "
-                                      f"from shard {sub.shard_id}")
+            raise failed_precondition(
+                "epoch",
+                sub.epoch,
+                f"future: host {self.host_id} expects epoch {expected} from shard {sub.shard_id}",
+            )
         require(sub.epochs >= 1, "epochs", sub.epochs, "must be at least 1")
-        require(sub.next_epoch == 0 or sub.next_epoch >= sub.epoch + sub.epochs, "next_epoch",
-                sub.next_epoch, f"must be 0 or at least {sub.epoch + sub.epochs} (after the covered epochs)")
-        require(sub.epoch_end_ns >= self._epoch_end_ns, "epoch_end_ns", sub.epoch_end_ns,
-                f"before the previous epoch's end {self._epoch_end_ns}")
+        require(
+            sub.next_epoch == 0 or sub.next_epoch >= sub.epoch + sub.epochs,
+            "next_epoch",
+            sub.next_epoch,
+            f"must be 0 or at least {sub.epoch + sub.epochs} (after the covered epochs)",
+        )
+        require(
+            sub.epoch_end_ns >= self._epoch_end_ns,
+            "epoch_end_ns",
+            sub.epoch_end_ns,
+            f"before the previous epoch's end {self._epoch_end_ns}",
+        )
         for other in self._pending.values():
             if other.shard_id != sub.shard_id and other.epoch == sub.epoch:
                 if other.epochs != sub.epochs:
-                    raise invalid_argument("epochs", sub.epochs,
-                                           f"shard {other.shard_id} covers {other.epochs} epochs "
-                                           f"from the same epoch")
+                    raise invalid_argument(
+                        "epochs",
+                        sub.epochs,
+                        f"shard {other.shard_id} covers {other.epochs} epochs from the same epoch",
+                    )
                 if other.epoch_end_ns != sub.epoch_end_ns:
-                    raise invalid_argument("epoch_end_ns", sub.epoch_end_ns,
-                                           f"shard {other.shard_id} sent {other.epoch_end_ns} "
-                                           f"for the same epoch")
+                    raise invalid_argument(
+                        "epoch_end_ns",
+                        sub.epoch_end_ns,
+                        f"shard {other.shard_id} sent {other.epoch_end_ns} for the same epoch",
+                    )
 
     def _apply_ready(self) -> bool:
         """Apply epochs, earliest first, while every shard due at one has sent it."""
@@ -309,31 +359,23 @@ class EpochBarrier:
             # half applied, so the endpoint refuses everything from now on.
             self._broken = internal("epoch", epoch, f"host core failed while applying: {exc!r}")
             raise self._broken from exc
-        submitted = {sub.shard_id for sub in subs}
-        for gid, outcome in outcomes.items():
-            carried = self._carry.pop(gid, None)
-            if carried is not None:
-                outcome = merge_outcomes(carried, outcome)
-                outcomes[gid] = outcome
-            if self._guests[gid].shard_id not in submitted:
-                if has_news(outcome):
-                    self._carry[gid] = outcome
-            elif len(outcome.swapped_starts):
-                # pages swapped out and touched again before the answer are resident
-                outcome.swapped_starts, outcome.swapped_npages = self.host.swapped_runs(
-                    gid, outcome.swapped_starts, outcome.swapped_npages)
+        self._merge_carried(outcomes, {sub.shard_id for sub in subs})
         last = epoch + subs[0].epochs - 1
         if any(sub.sample for sub in subs):
-            self._samples[last] = dict(self.host.host_counters())
-            while len(self._samples) > MAX_KEPT_SAMPLES:
-                oldest = min(self._samples)
-                del self._samples[oldest]
-                self._sample_wall_s.pop(oldest, None)
+            self._keep_sample(last)
         for sub in subs:
-            mine = tuple(outcomes[gid] for gid in sorted(outcomes)
-                         if self._guests[gid].shard_id == sub.shard_id)
-            self._done[sub.shard_id] = _StoredOutcome(epoch, sub.sequence, EpochOutcome(
-                epoch, sub.sequence, mine, self._samples.get(last) if sub.sample else None))
+            mine = tuple(
+                outcomes[gid]
+                for gid in sorted(outcomes)
+                if self._guests[gid].shard_id == sub.shard_id
+            )
+            self._done[sub.shard_id] = _StoredOutcome(
+                epoch,
+                sub.sequence,
+                EpochOutcome(
+                    epoch, sub.sequence, mine, self._samples.get(last) if sub.sample else None
+                ),
+            )
             self._expect[sub.shard_id] = sub.following_epoch
             del self._pending[sub.shard_id]
         self._epoch_end_ns = subs[0].epoch_end_ns
@@ -341,3 +383,28 @@ class EpochBarrier:
         self.apply_wall_s += time.perf_counter() - wall0
         if self._applied_epoch in self._samples:
             self._sample_wall_s[self._applied_epoch] = self.apply_wall_s
+
+    def _merge_carried(self, outcomes: dict[int, GuestOutcome], submitted: set[int]) -> None:
+        """Fold carried outcomes in; carry those of shards that did not submit this epoch."""
+        for gid, fresh in outcomes.items():
+            carried = self._carry.pop(gid, None)
+            outcome = fresh
+            if carried is not None:
+                outcome = merge_outcomes(carried, fresh)
+                outcomes[gid] = outcome
+            if self._guests[gid].shard_id not in submitted:
+                if has_news(outcome):
+                    self._carry[gid] = outcome
+            elif len(outcome.swapped_starts):
+                # pages swapped out and touched again before the answer are resident
+                outcome.swapped_starts, outcome.swapped_npages = self.host.swapped_runs(
+                    gid, outcome.swapped_starts, outcome.swapped_npages
+                )
+
+    def _keep_sample(self, epoch: int) -> None:
+        """Store the host counters sampled after ``epoch``; drop the oldest over the limit."""
+        self._samples[epoch] = dict(self.host.host_counters())
+        while len(self._samples) > MAX_KEPT_SAMPLES:
+            oldest = min(self._samples)
+            del self._samples[oldest]
+            self._sample_wall_s.pop(oldest, None)

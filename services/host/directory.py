@@ -23,8 +23,10 @@ class HostDirectory:
         key = (endpoint.experiment_id, endpoint.host_id)
         with self._lock:
             if key in self._endpoints:
-                raise ValueError(f"host {endpoint.host_id} of experiment "
-                                 f"{endpoint.experiment_id!r} is already served")
+                raise ValueError(
+                    f"host {endpoint.host_id} of experiment "
+                    f"{endpoint.experiment_id!r} is already served"
+                )
             self._endpoints[key] = endpoint
         return endpoint
 
@@ -35,6 +37,7 @@ class HostDirectory:
             if endpoint is None:
                 if not any(k[0] == experiment_id for k in self._endpoints):
                     raise not_found("experiment_id", experiment_id, "no such experiment here")
-                raise not_found("host_id", host_id,
-                                f"experiment {experiment_id!r} has no such host here")
+                raise not_found(
+                    "host_id", host_id, f"experiment {experiment_id!r} has no such host here"
+                )
             return endpoint

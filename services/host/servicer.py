@@ -40,30 +40,39 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
         self.max_wait_s = max_wait_s
 
     @translate_errors
-    def RegisterGuest(self, request: host_pb2.RegisterGuestRequest,
-                      context: grpc.ServicerContext) -> host_pb2.RegisterGuestResponse:
+    def RegisterGuest(
+        self, request: host_pb2.RegisterGuestRequest, context: grpc.ServicerContext
+    ) -> host_pb2.RegisterGuestResponse:
         check_experiment_binding(context, request.experiment_id)
         barrier = self.directory.get(request.experiment_id, request.host_id)
         reg = decode_registration(request)
         next_epoch = barrier.register_guest(reg)
         nr_pages = barrier.registration(reg.guest_id).nr_pages
-        return host_pb2.RegisterGuestResponse(guest_id=reg.guest_id, host_id=barrier.host_id,
-                                              nr_pages=nr_pages, next_epoch=next_epoch)
+        return host_pb2.RegisterGuestResponse(
+            guest_id=reg.guest_id, host_id=barrier.host_id, nr_pages=nr_pages, next_epoch=next_epoch
+        )
 
     @translate_errors
-    def SyncEpoch(self, request: host_pb2.SyncEpochRequest,
-                  context: grpc.ServicerContext) -> host_pb2.SyncEpochResponse:
+    def SyncEpoch(
+        self, request: host_pb2.SyncEpochRequest, context: grpc.ServicerContext
+    ) -> host_pb2.SyncEpochResponse:
         check_experiment_binding(context, request.experiment_id)
         barrier = self.directory.get(request.experiment_id, request.host_id)
         outcome = barrier.submit(decode_submission(request))
         if outcome is None:
-            outcome = barrier.wait(request.shard_id, request.epoch, request.sequence,
-                                   _timeout_s(context, self.max_wait_s), context.is_active)
+            outcome = barrier.wait(
+                request.shard_id,
+                request.epoch,
+                request.sequence,
+                _timeout_s(context, self.max_wait_s),
+                context.is_active,
+            )
         return encode_outcome(outcome)
 
     @translate_errors
-    def GetHostState(self, request: host_pb2.GetHostStateRequest,
-                     context: grpc.ServicerContext) -> host_pb2.GetHostStateResponse:
+    def GetHostState(
+        self, request: host_pb2.GetHostStateRequest, context: grpc.ServicerContext
+    ) -> host_pb2.GetHostStateResponse:
         check_experiment_binding(context, request.experiment_id)
         barrier = self.directory.get(request.experiment_id, request.host_id)
         if request.HasField("sample_epoch"):
@@ -73,8 +82,10 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
             return response
         state = barrier.state()
         response = host_pb2.GetHostStateResponse(
-            host_id=state["host_id"], next_epoch=state["next_epoch"],
-            epoch_end_ns=state["epoch_end_ns"], shard_ids=state["shard_ids"],
+            host_id=state["host_id"],
+            next_epoch=state["next_epoch"],
+            epoch_end_ns=state["epoch_end_ns"],
+            shard_ids=state["shard_ids"],
         )
         response.counters.update({k: int(v) for k, v in state["counters"].items()})
         for guest_id, shard_id, nr_pages, counters in state["guests"]:
@@ -85,13 +96,19 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
 
 def host_service_binding(directory: HostDirectory) -> ServiceBinding:
     """What :func:`services.transport.server.build_server` needs to serve HostService."""
-    return ServiceBinding(host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
-                          host_pb2_grpc.add_HostServiceServicer_to_server,
-                          HostServicer(directory))
+    return ServiceBinding(
+        host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
+        host_pb2_grpc.add_HostServiceServicer_to_server,
+        HostServicer(directory),
+    )
 
 
-def start_host_server(directory: HostDirectory, options: ServerOptions | None = None,
-                      extra_services: tuple[ServiceBinding, ...] = ()) -> GrpcServer:
+def start_host_server(
+    directory: HostDirectory,
+    options: ServerOptions | None = None,
+    extra_services: tuple[ServiceBinding, ...] = (),
+) -> GrpcServer:
     """Build a server for ``directory`` (bound, not started; use ``with`` or ``start()``)."""
-    return build_server(options or ServerOptions(),
-                        [host_service_binding(directory), *extra_services])
+    return build_server(
+        options or ServerOptions(), [host_service_binding(directory), *extra_services]
+    )

@@ -85,8 +85,9 @@ class InProcessHostLink:
     submit every shard's message first, then collect the answers.
     """
 
-    def __init__(self, experiment_id: str, directory: HostDirectoryPort, *,
-                 timeout_s: float = SYNC_TIMEOUT_S):
+    def __init__(
+        self, experiment_id: str, directory: HostDirectoryPort, *, timeout_s: float = SYNC_TIMEOUT_S
+    ):
         self.experiment_id = experiment_id
         self.directory = directory
         self.timeout_s = timeout_s
@@ -126,20 +127,24 @@ class HostClient:
         self.stub = host_pb2_grpc.HostServiceStub(channel)
         self.caller = caller or RpcCaller()
 
-    def register_guest(self, request: host_pb2.RegisterGuestRequest,
-                       timeout_s: float | None = None) -> host_pb2.RegisterGuestResponse:
-        return self.caller.unary(self.stub.RegisterGuest, request, idempotent=True,
-                                 timeout_s=timeout_s)
+    def register_guest(
+        self, request: host_pb2.RegisterGuestRequest, timeout_s: float | None = None
+    ) -> host_pb2.RegisterGuestResponse:
+        return self.caller.unary(
+            self.stub.RegisterGuest, request, idempotent=True, timeout_s=timeout_s
+        )
 
-    def sync_epoch(self, request: host_pb2.SyncEpochRequest,
-                   timeout_s: float | None = None) -> host_pb2.SyncEpochResponse:
-        return self.caller.unary(self.stub.SyncEpoch, request, idempotent=True,
-                                 timeout_s=timeout_s)
+    def sync_epoch(
+        self, request: host_pb2.SyncEpochRequest, timeout_s: float | None = None
+    ) -> host_pb2.SyncEpochResponse:
+        return self.caller.unary(self.stub.SyncEpoch, request, idempotent=True, timeout_s=timeout_s)
 
-    def get_host_state(self, request: host_pb2.GetHostStateRequest,
-                       timeout_s: float | None = None) -> host_pb2.GetHostStateResponse:
-        return self.caller.unary(self.stub.GetHostState, request, idempotent=True,
-                                 timeout_s=timeout_s)
+    def get_host_state(
+        self, request: host_pb2.GetHostStateRequest, timeout_s: float | None = None
+    ) -> host_pb2.GetHostStateResponse:
+        return self.caller.unary(
+            self.stub.GetHostState, request, idempotent=True, timeout_s=timeout_s
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -151,13 +156,21 @@ class HostClient:
         self.close()
 
 
-def connect_host(target: str, *, tls: ClientTls | None = None, token: str | None = None,
-                 experiment_id: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retry: RetryPolicy | None = None) -> HostClient:
+def connect_host(
+    target: str,
+    *,
+    tls: ClientTls | None = None,
+    token: str | None = None,
+    experiment_id: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+) -> HostClient:
     """A HostClient for ``target`` ("127.0.0.1:PORT") with deadline, retries and token."""
     channel = make_channel(ChannelOptions(target, tls))
-    return HostClient(channel, RpcCaller(token=token, experiment_id=experiment_id,
-                                         timeout_s=timeout_s, retry=retry))
+    return HostClient(
+        channel,
+        RpcCaller(token=token, experiment_id=experiment_id, timeout_s=timeout_s, retry=retry),
+    )
 
 
 class GrpcHostLink:
@@ -168,8 +181,15 @@ class GrpcHostLink:
     open on first use.
     """
 
-    def __init__(self, experiment_id: str, targets: dict[int, str], *, token: str | None = None,
-                 tls: ClientTls | None = None, timeout_s: float = SYNC_TIMEOUT_S):
+    def __init__(
+        self,
+        experiment_id: str,
+        targets: dict[int, str],
+        *,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        timeout_s: float = SYNC_TIMEOUT_S,
+    ):
         self.experiment_id = experiment_id
         self.targets = dict(targets)
         self.token = token
@@ -182,21 +202,27 @@ class GrpcHostLink:
         client = self._clients.get(host_id)
         if client is None:
             client = self._clients[host_id] = connect_host(
-                self.targets[host_id], tls=self.tls, token=self.token,
-                experiment_id=self.experiment_id, timeout_s=self.timeout_s)
+                self.targets[host_id],
+                tls=self.tls,
+                token=self.token,
+                experiment_id=self.experiment_id,
+                timeout_s=self.timeout_s,
+            )
         return client
 
     def register(self, host_id: int, reg: GuestRegistration) -> int:
         response = self.client(host_id).register_guest(
-            encode_registration(self.experiment_id, host_id, reg))
+            encode_registration(self.experiment_id, host_id, reg)
+        )
         return response.next_epoch
 
     def submit(self, host_id: int, sub: EpochSubmission) -> None:
         """Send the SyncEpoch call without waiting (one thread may drive several shards)."""
         request = encode_submission(self.experiment_id, host_id, sub)
         client = self.client(host_id)
-        future = client.stub.SyncEpoch.future(request, timeout=self.timeout_s,
-                                              metadata=client.caller.metadata)
+        future = client.stub.SyncEpoch.future(
+            request, timeout=self.timeout_s, metadata=client.caller.metadata
+        )
         self._pending[(host_id, sub.shard_id, sub.epoch, sub.sequence)] = (request, future)
 
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
@@ -215,9 +241,12 @@ class GrpcHostLink:
         return self.collect(host_id, sub)
 
     def sample(self, host_id: int, epoch: int) -> dict[str, int]:
-        response = self.client(host_id).get_host_state(host_pb2.GetHostStateRequest(
-            experiment_id=self.experiment_id, host_id=host_id, sample_epoch=epoch),
-            timeout_s=self.timeout_s)
+        response = self.client(host_id).get_host_state(
+            host_pb2.GetHostStateRequest(
+                experiment_id=self.experiment_id, host_id=host_id, sample_epoch=epoch
+            ),
+            timeout_s=self.timeout_s,
+        )
         return dict(response.counters)
 
     def close(self) -> None:

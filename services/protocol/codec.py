@@ -46,16 +46,22 @@ def _u64(values: Iterable[int]) -> np.ndarray:
 # ------------------------------------------------------------------ registration
 
 
-def encode_registration(experiment_id: str, host_id: int,
-                        reg: GuestRegistration) -> host_pb2.RegisterGuestRequest:
+def encode_registration(
+    experiment_id: str, host_id: int, reg: GuestRegistration
+) -> host_pb2.RegisterGuestRequest:
     """Plain registration -> RegisterGuestRequest; what protobuf cannot carry (an unknown
     discard mode, a negative number) is refused here with the host's own error."""
     validate_registration(reg)
     request = host_pb2.RegisterGuestRequest(
-        experiment_id=experiment_id, host_id=host_id, shard_id=reg.shard_id, guest_id=reg.guest_id,
+        experiment_id=experiment_id,
+        host_id=host_id,
+        shard_id=reg.shard_id,
+        guest_id=reg.guest_id,
         discard_mode=DISCARD_TO_PB.get(reg.discard_mode, host_pb2.DISCARD_MODE_UNSPECIFIED),
-        page_size_bytes=reg.page_size_bytes, guest_thp=reg.guest_thp,
-        report_capacity=reg.report_capacity, max_order=reg.max_order,
+        page_size_bytes=reg.page_size_bytes,
+        guest_thp=reg.guest_thp,
+        report_capacity=reg.report_capacity,
+        max_order=reg.max_order,
     )
     if reg.size_bytes:
         request.size_bytes = reg.size_bytes
@@ -69,14 +75,19 @@ def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistra
     mode = DISCARD_FROM_PB.get(request.discard_mode)
     if mode is None:  # validation names the enum value in its refusal
         known = request.discard_mode in host_pb2.DiscardMode.values()
-        mode = host_pb2.DiscardMode.Name(request.discard_mode) if known else str(request.discard_mode)
+        mode = (
+            host_pb2.DiscardMode.Name(request.discard_mode) if known else str(request.discard_mode)
+        )
     defaults = GuestRegistration(0, 0, 0, "")
     sized = request.WhichOneof("size") == "size_bytes"
     return GuestRegistration(
-        guest_id=request.guest_id, shard_id=request.shard_id,
-        nr_pages=0 if sized else request.nr_pages, discard_mode=mode,
+        guest_id=request.guest_id,
+        shard_id=request.shard_id,
+        nr_pages=0 if sized else request.nr_pages,
+        discard_mode=mode,
         report_capacity=request.report_capacity or defaults.report_capacity,
-        max_order=request.max_order or defaults.max_order, guest_thp=request.guest_thp,
+        max_order=request.max_order or defaults.max_order,
+        guest_thp=request.guest_thp,
         page_size_bytes=request.page_size_bytes or defaults.page_size_bytes,
         size_bytes=request.size_bytes if sized else 0,
     )
@@ -85,13 +96,21 @@ def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistra
 # ------------------------------------------------------------------ submissions
 
 
-def encode_submission(experiment_id: str, host_id: int, sub: EpochSubmission) -> host_pb2.SyncEpochRequest:
+def encode_submission(
+    experiment_id: str, host_id: int, sub: EpochSubmission
+) -> host_pb2.SyncEpochRequest:
     """Plain submission -> SyncEpochRequest (packed arrays; what a guest shard sends)."""
     check_submission_shape(sub)
     request = host_pb2.SyncEpochRequest(
-        experiment_id=experiment_id, host_id=host_id, shard_id=sub.shard_id, epoch=sub.epoch,
-        sequence=sub.sequence, epoch_end_ns=sub.epoch_end_ns, next_epoch=sub.next_epoch,
-        epochs=sub.epochs if sub.epochs > 1 else 0, sample=sub.sample,
+        experiment_id=experiment_id,
+        host_id=host_id,
+        shard_id=sub.shard_id,
+        epoch=sub.epoch,
+        sequence=sub.sequence,
+        epoch_end_ns=sub.epoch_end_ns,
+        next_epoch=sub.next_epoch,
+        epochs=sub.epochs if sub.epochs > 1 else 0,
+        sample=sub.sample,
     )
     for ops in sub.guests:
         g = request.guests.add(guest_id=ops.guest_id)
@@ -130,9 +149,16 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
         )
         for g in request.guests
     )
-    return EpochSubmission(request.shard_id, request.epoch, request.sequence,
-                           request.epoch_end_ns, guests, request.next_epoch, request.epochs or 1,
-                           request.sample)
+    return EpochSubmission(
+        request.shard_id,
+        request.epoch,
+        request.sequence,
+        request.epoch_end_ns,
+        guests,
+        request.next_epoch,
+        request.epochs or 1,
+        request.sample,
+    )
 
 
 # ------------------------------------------------------------------ outcomes
@@ -147,7 +173,8 @@ def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
             result.report_acks.add(
                 op_seq=ack.op_seq,
                 status=host_pb2.REPORT_STATUS_OK if ack.ok else host_pb2.REPORT_STATUS_ERROR,
-                discarded_pages=ack.discarded_pages, latency_ns=ack.latency_ns,
+                discarded_pages=ack.discarded_pages,
+                latency_ns=ack.latency_ns,
             )
         if len(g.swapped_starts):
             result.swapped_out.starts.extend(g.swapped_starts.tolist())
@@ -164,13 +191,23 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
     guests = tuple(
         GuestOutcome(
             guest_id=g.guest_id,
-            acks=[ReportAck(a.op_seq, a.status == host_pb2.REPORT_STATUS_OK,
-                            a.discarded_pages, a.latency_ns) for a in g.report_acks],
+            acks=[
+                ReportAck(
+                    a.op_seq, a.status == host_pb2.REPORT_STATUS_OK, a.discarded_pages, a.latency_ns
+                )
+                for a in g.report_acks
+            ],
             swapped_starts=np.fromiter(g.swapped_out.starts, dtype=np.int64),
             swapped_npages=np.fromiter(g.swapped_out.npages, dtype=np.int64),
-            lost_ns=dict(g.lost_ns), touched_pages=dict(g.touched_pages), stopped=g.stopped,
+            lost_ns=dict(g.lost_ns),
+            touched_pages=dict(g.touched_pages),
+            stopped=g.stopped,
         )
         for g in response.guests
     )
-    return EpochOutcome(response.epoch, response.sequence, guests,
-                        dict(response.sample_counters) if response.sample_counters else None)
+    return EpochOutcome(
+        response.epoch,
+        response.sequence,
+        guests,
+        dict(response.sample_counters) if response.sample_counters else None,
+    )

@@ -98,9 +98,12 @@ class GuestOps:
         touched = _runs_by_epoch(self.touched, ends)
         freed = _runs_by_epoch(self.freed, ends)
         for i in range(epochs):
-            ops = GuestOps(self.guest_id,
-                           tuple(r for r, e in zip(self.reports, report_epoch, strict=True) if e == i),
-                           touched[i], freed[i])
+            ops = GuestOps(
+                self.guest_id,
+                tuple(r for r, e in zip(self.reports, report_epoch, strict=True) if e == i),
+                touched[i],
+                freed[i],
+            )
             out[i] = None if ops.is_empty() else ops
         return out
 
@@ -116,8 +119,11 @@ def _runs_by_epoch(runs: PageRunOps, ends: np.ndarray) -> list[PageRunOps]:
     lo = 0
     out = []
     for hi in cuts.tolist():
-        out.append(PageRunOps(runs.starts[lo:hi], runs.npages[lo:hi], runs.op_seqs[lo:hi]) if hi > lo
-                   else PageRunOps())
+        out.append(
+            PageRunOps(runs.starts[lo:hi], runs.npages[lo:hi], runs.op_seqs[lo:hi])
+            if hi > lo
+            else PageRunOps()
+        )
         lo = hi
     return out
 
@@ -170,13 +176,21 @@ class GuestOutcome:
     def report_errors(self) -> int:
         return sum(1 for ack in self.acks if not ack.ok)
 
+    __hash__ = None  # type: ignore[assignment]  # compared by value and mutable: unhashable
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GuestOutcome):
             return NotImplemented
         return (self.guest_id, self.acks, self.lost_ns, self.touched_pages, self.stopped) == (
-            other.guest_id, other.acks, other.lost_ns, other.touched_pages, other.stopped) and (
+            other.guest_id,
+            other.acks,
+            other.lost_ns,
+            other.touched_pages,
+            other.stopped,
+        ) and (
             np.array_equal(self.swapped_starts, other.swapped_starts)
-            and np.array_equal(self.swapped_npages, other.swapped_npages))
+            and np.array_equal(self.swapped_npages, other.swapped_npages)
+        )
 
 
 @dataclass(frozen=True)
@@ -186,4 +200,6 @@ class EpochOutcome:
     epoch: int
     sequence: int
     guests: tuple[GuestOutcome, ...]
-    sample: dict[str, int] | None = None  # host counters after the epochs, if they ended a sample interval
+    sample: dict[str, int] | None = (
+        None  # host counters after the epochs, if they ended a sample interval
+    )

@@ -20,17 +20,21 @@ from .messages import DISCARD_MODES, EpochSubmission, GuestOps, GuestRegistratio
 MAX_REPORT_CAPACITY = 1 << 16  # ranges per report a host accepts at most (the kernel's is 32)
 MAX_ORDER_LIMIT = 20  # orders a registration may declare (x86-64 uses up to 10)
 
+
 def check_same_length(field_a: str, a: np.ndarray, field_b: str, b: np.ndarray) -> None:
     """Parallel packed arrays must have the same length."""
     if len(a) != len(b):
-        raise invalid_argument(
-            field_b, len(b), f"length differs from {field_a} (length {len(a)})"
-        )
+        raise invalid_argument(field_b, len(b), f"length differs from {field_a} (length {len(a)})")
 
 
 def check_report_batches(
-    field: str, pfns_list: Sequence[np.ndarray], orders_list: Sequence[np.ndarray], *,
-    nr_pages: int, max_order: int, capacity: int,
+    field: str,
+    pfns_list: Sequence[np.ndarray],
+    orders_list: Sequence[np.ndarray],
+    *,
+    nr_pages: int,
+    max_order: int,
+    capacity: int,
 ) -> None:
     """Several report batches of one guest, checked in one vectorised pass.
 
@@ -38,15 +42,20 @@ def check_report_batches(
     ``guests[0].reports[2].pfns[5]``. Ranges must be disjoint within a batch
     (a block is reported once per report); batches may repeat a range.
     """
+
     def path(b: int) -> str:
         return f"{field}[{b}]"
 
     lengths = np.fromiter((len(p) for p in pfns_list), dtype=np.int64, count=len(pfns_list))
     for b, (pfns, orders) in enumerate(zip(pfns_list, orders_list, strict=True)):
         check_same_length(f"{path(b)}.pfns", pfns, f"{path(b)}.orders", orders)
-        require(0 < len(pfns), f"{path(b)}.pfns", 0, "a report batch carries at least one range")
-        require(len(pfns) <= capacity, f"{path(b)}.pfns", len(pfns),
-                f"batch carries {len(pfns)} ranges, over capacity {capacity}")
+        require(len(pfns) > 0, f"{path(b)}.pfns", 0, "a report batch carries at least one range")
+        require(
+            len(pfns) <= capacity,
+            f"{path(b)}.pfns",
+            len(pfns),
+            f"batch carries {len(pfns)} ranges, over capacity {capacity}",
+        )
     if not pfns_list:
         return
     pfns = np.concatenate(pfns_list).astype(np.uint64, copy=False)
@@ -60,23 +69,30 @@ def check_report_batches(
     bad = np.flatnonzero(orders > max_order)
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(where(i) % "orders", int(orders[i]), f"order out of range 0..{max_order}")
+        raise invalid_argument(
+            where(i) % "orders", int(orders[i]), f"order out of range 0..{max_order}"
+        )
     sizes = np.left_shift(np.uint64(1), orders.astype(np.uint64))
     bad = np.flatnonzero(pfns & (sizes - np.uint64(1)))
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(where(i) % "pfns", int(pfns[i]),
-                               f"not aligned to 2**order={int(sizes[i])} pages")
+        raise invalid_argument(
+            where(i) % "pfns", int(pfns[i]), f"not aligned to 2**order={int(sizes[i])} pages"
+        )
     bad = np.flatnonzero((pfns >= np.uint64(nr_pages)) | (pfns + sizes > np.uint64(nr_pages)))
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(where(i) % "pfns", int(pfns[i]),
-                               f"range of {int(sizes[i])} pages outside the guest's {nr_pages} pages")
+        raise invalid_argument(
+            where(i) % "pfns",
+            int(pfns[i]),
+            f"range of {int(sizes[i])} pages outside the guest's {nr_pages} pages",
+        )
     batch = np.repeat(np.arange(len(lengths)), lengths)
     order = np.lexsort((pfns, batch))
     sorted_pfns = pfns[order]
     overlap = (sorted_pfns[:-1] + sizes[order][:-1] > sorted_pfns[1:]) & (
-        batch[order][:-1] == batch[order][1:])
+        batch[order][:-1] == batch[order][1:]
+    )
     bad = np.flatnonzero(overlap)
     if bad.size:
         i = int(order[int(bad[0]) + 1])
@@ -97,9 +113,11 @@ def check_page_runs(field: str, starts: np.ndarray, npages: np.ndarray, *, nr_pa
         bad = np.flatnonzero(npages > np.uint64(nr_pages) - starts)
     if bad.size:
         i = int(bad[0])
-        raise invalid_argument(f"{field}.starts[{i}]", int(starts[i]),
-                               f"run of {int(npages[i])} pages outside the guest's "
-                               f"{nr_pages} pages")
+        raise invalid_argument(
+            f"{field}.starts[{i}]",
+            int(starts[i]),
+            f"run of {int(npages[i])} pages outside the guest's {nr_pages} pages",
+        )
 
 
 # ------------------------------------------------------------------ registration
@@ -109,27 +127,59 @@ def validate_registration(reg: GuestRegistration) -> GuestRegistration:
     """Check a registration that needs no host state; return it with ``nr_pages`` set."""
     _require_unsigned("guest_id", reg.guest_id)
     _require_unsigned("shard_id", reg.shard_id)
-    require(reg.page_size_bytes == PAGE_SIZE, "page_size_bytes", reg.page_size_bytes,
-            f"only {PAGE_SIZE}-byte guest pages are simulated")
+    require(
+        reg.page_size_bytes == PAGE_SIZE,
+        "page_size_bytes",
+        reg.page_size_bytes,
+        f"only {PAGE_SIZE}-byte guest pages are simulated",
+    )
     nr_pages = reg.nr_pages
     if reg.size_bytes:
-        require(reg.size_bytes > 0 and reg.size_bytes % PAGE_SIZE == 0, "size_bytes", reg.size_bytes,
-                f"must be a positive multiple of {PAGE_SIZE}")
-        require(not nr_pages or nr_pages * PAGE_SIZE == reg.size_bytes, "nr_pages", nr_pages,
-                f"disagrees with size_bytes={reg.size_bytes}")
+        require(
+            reg.size_bytes > 0 and reg.size_bytes % PAGE_SIZE == 0,
+            "size_bytes",
+            reg.size_bytes,
+            f"must be a positive multiple of {PAGE_SIZE}",
+        )
+        require(
+            not nr_pages or nr_pages * PAGE_SIZE == reg.size_bytes,
+            "nr_pages",
+            nr_pages,
+            f"disagrees with size_bytes={reg.size_bytes}",
+        )
         nr_pages = reg.size_bytes // PAGE_SIZE
     else:
         require(nr_pages > 0, "nr_pages", nr_pages, "must be > 0")
-    require(reg.discard_mode in DISCARD_MODES, "discard_mode", reg.discard_mode,
-            "must be DONTNEED, FREE or DISABLED")
-    require(0 < reg.report_capacity <= MAX_REPORT_CAPACITY, "report_capacity", reg.report_capacity,
-            f"must be in 1..{MAX_REPORT_CAPACITY}")
-    require(0 <= reg.max_order <= MAX_ORDER_LIMIT, "max_order", reg.max_order,
-            f"must be in 0..{MAX_ORDER_LIMIT}")
+    require(
+        reg.discard_mode in DISCARD_MODES,
+        "discard_mode",
+        reg.discard_mode,
+        "must be DONTNEED, FREE or DISABLED",
+    )
+    require(
+        0 < reg.report_capacity <= MAX_REPORT_CAPACITY,
+        "report_capacity",
+        reg.report_capacity,
+        f"must be in 1..{MAX_REPORT_CAPACITY}",
+    )
+    require(
+        0 <= reg.max_order <= MAX_ORDER_LIMIT,
+        "max_order",
+        reg.max_order,
+        f"must be in 0..{MAX_ORDER_LIMIT}",
+    )
     if nr_pages == reg.nr_pages and not reg.size_bytes:
         return reg
-    return GuestRegistration(reg.guest_id, reg.shard_id, nr_pages, reg.discard_mode,
-                             reg.report_capacity, reg.max_order, reg.guest_thp, reg.page_size_bytes)
+    return GuestRegistration(
+        reg.guest_id,
+        reg.shard_id,
+        nr_pages,
+        reg.discard_mode,
+        reg.report_capacity,
+        reg.max_order,
+        reg.guest_thp,
+        reg.page_size_bytes,
+    )
 
 
 # ------------------------------------------------------------------ submissions
@@ -164,21 +214,33 @@ def validate_submission(sub: EpochSubmission, guests: Mapping[int, GuestRegistra
         path = f"guests[{gi}]"
         reg = guests.get(ops.guest_id)
         if reg is None:
-            raise not_found(f"{path}.guest_id", ops.guest_id, "guest is not registered with this host")
+            raise not_found(
+                f"{path}.guest_id", ops.guest_id, "guest is not registered with this host"
+            )
         if reg.shard_id != sub.shard_id:
-            raise permission_denied(f"{path}.guest_id", ops.guest_id,
-                                    f"guest was registered by shard {reg.shard_id}, "
-                                    f"not shard {sub.shard_id}")
-        require(ops.guest_id not in seen, f"{path}.guest_id", ops.guest_id,
-                "guest appears twice in one message")
+            raise permission_denied(
+                f"{path}.guest_id",
+                ops.guest_id,
+                f"guest was registered by shard {reg.shard_id}, not shard {sub.shard_id}",
+            )
+        require(
+            ops.guest_id not in seen,
+            f"{path}.guest_id",
+            ops.guest_id,
+            "guest appears twice in one message",
+        )
         seen.add(ops.guest_id)
         _validate_guest_ops(path, ops, reg)
         _validate_epoch_seq_ends(path, ops, sub.epochs)
 
 
 def _require_unsigned(field: str, value: int) -> None:
-    require(isinstance(value, (int, np.integer)) and value >= 0, field, value,
-            "must be a non-negative integer")
+    require(
+        isinstance(value, (int, np.integer)) and value >= 0,
+        field,
+        value,
+        "must be a non-negative integer",
+    )
 
 
 def _require_unsigned_array(field: str, values: np.ndarray) -> None:
@@ -206,18 +268,30 @@ def _validate_epoch_seq_ends(path: str, ops: GuestOps, epochs: int) -> None:
         if len(runs.op_seqs):
             seqs.append(int(runs.op_seqs.max()))
     if seqs and max(seqs) > int(ends[-1]):
-        raise invalid_argument(f"{name}[{epochs - 1}]", int(ends[-1]),
-                               f"below op_seq {max(seqs)}: every operation must fall in a covered epoch")
+        raise invalid_argument(
+            f"{name}[{epochs - 1}]",
+            int(ends[-1]),
+            f"below op_seq {max(seqs)}: every operation must fall in a covered epoch",
+        )
 
 
 def _validate_guest_ops(path: str, ops: GuestOps, reg: GuestRegistration) -> None:
-    check_report_batches(f"{path}.reports", [r.pfns for r in ops.reports],
-                         [r.orders for r in ops.reports], nr_pages=reg.nr_pages,
-                         max_order=reg.max_order, capacity=reg.report_capacity)
+    check_report_batches(
+        f"{path}.reports",
+        [r.pfns for r in ops.reports],
+        [r.orders for r in ops.reports],
+        nr_pages=reg.nr_pages,
+        max_order=reg.max_order,
+        capacity=reg.report_capacity,
+    )
     report_seqs: set[int] = set()
     for ri, report in enumerate(ops.reports):
-        require(report.op_seq not in report_seqs, f"{path}.reports[{ri}].op_seq", report.op_seq,
-                "op_seq used by another report batch")
+        require(
+            report.op_seq not in report_seqs,
+            f"{path}.reports[{ri}].op_seq",
+            report.op_seq,
+            "op_seq used by another report batch",
+        )
         report_seqs.add(report.op_seq)
     taken = report_seqs
     for name, runs in (("touched", ops.touched), ("freed", ops.freed)):
@@ -226,13 +300,19 @@ def _validate_guest_ops(path: str, ops: GuestOps, reg: GuestRegistration) -> Non
         if seqs & taken:
             i = next(i for i, q in enumerate(runs.op_seqs.tolist()) if q in taken)
             owner = "a report batch" if runs.op_seqs[i] in report_seqs else "touched runs"
-            raise invalid_argument(f"{path}.{name}.op_seqs[{i}]", int(runs.op_seqs[i]),
-                                   f"op_seq already used by {owner}")
+            raise invalid_argument(
+                f"{path}.{name}.op_seqs[{i}]",
+                int(runs.op_seqs[i]),
+                f"op_seq already used by {owner}",
+            )
         taken = taken | seqs
 
 
 def _validate_runs(path: str, runs: PageRunOps, nr_pages: int) -> None:
     check_page_runs(path, runs.starts, runs.npages, nr_pages=nr_pages)
     if len(runs.op_seqs) != len(runs.starts):
-        raise invalid_argument(f"{path}.op_seqs", len(runs.op_seqs),
-                               f"length differs from {path}.starts (length {len(runs.starts)})")
+        raise invalid_argument(
+            f"{path}.op_seqs",
+            len(runs.op_seqs),
+            f"length differs from {path}.starts (length {len(runs.starts)})",
+        )

@@ -14,13 +14,29 @@ from .spec import SpecError, load_spec
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a spec field, e.g. --set guest_groups.0.reporting.order=10")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field, e.g. --set guest_groups.0.reporting.order=10",
+    )
     p.add_argument("--out", default="runs", help="results root (default: runs/)")
-    p.add_argument("--shards", type=int, default=None, help="guest shard actors (default: available CPUs)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an embedded local cluster)")
-    p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc",
-                   help="guest-host path: real gRPC between Ray actors, or in-process without Ray")
+    p.add_argument(
+        "--shards", type=int, default=None, help="guest shard actors (default: available CPUs)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS or an embedded local cluster)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("grpc", "inprocess"),
+        default="grpc",
+        help="guest-host path: real gRPC between Ray actors, or in-process without Ray",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -47,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve ExperimentService for gRPC clients")
     p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--bind", default="127.0.0.1", help="address to bind (anything else needs --allow-remote)")
+    p.add_argument(
+        "--bind", default="127.0.0.1", help="address to bind (anything else needs --allow-remote)"
+    )
     p.add_argument("--allow-remote", action="store_true")
     p.add_argument("--token", default=None, help="bearer token clients must present")
     p.add_argument("--out", default="runs")
@@ -69,8 +87,14 @@ def cmd_run(args) -> int:
     from .runner import run_experiment
 
     spec = load_spec(args.spec, args.overrides)
-    result = run_experiment(spec, out_dir=args.out, shards=args.shards, address=args.address,
-                            transport=args.transport, progress=not args.no_progress)
+    result = run_experiment(
+        spec,
+        out_dir=args.out,
+        shards=args.shards,
+        address=args.address,
+        transport=args.transport,
+        progress=not args.no_progress,
+    )
     print_summary(result)
     print(f"results: {result.run_dir}")
     if args.report:
@@ -85,8 +109,14 @@ def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
     spec = load_spec(args.spec, args.overrides)
-    df = run_sweep(spec, out_dir=args.out, shards=args.shards, address=args.address,
-                   transport=args.transport, progress=not args.no_progress)
+    df = run_sweep(
+        spec,
+        out_dir=args.out,
+        shards=args.shards,
+        address=args.address,
+        transport=args.transport,
+        progress=not args.no_progress,
+    )
     path = df.attrs["results_path"]
     plot_sweep(df, os.path.dirname(path))
     print(f"sweep results: {path}")
@@ -105,11 +135,23 @@ def cmd_report(args) -> int:
 def cmd_serve(args) -> int:
     from .experiment_manager import serve
 
-    return serve(port=args.port, bind=args.bind, allow_remote=args.allow_remote, token=args.token,
-                 out_dir=args.out, transport=args.transport)
+    return serve(
+        port=args.port,
+        bind=args.bind,
+        allow_remote=args.allow_remote,
+        token=args.token,
+        out_dir=args.out,
+        transport=args.transport,
+    )
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "report": cmd_report, "serve": cmd_serve}
+COMMANDS = {
+    "run": cmd_run,
+    "sweep": cmd_sweep,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

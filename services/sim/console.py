@@ -16,8 +16,11 @@ class ProgressBar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._rp = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.fields[sim]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[sim]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
             transient=False,
         )
         self._rp.start()
@@ -27,7 +30,9 @@ class ProgressBar:
     def update(self, t_ns: int, epochs: int) -> None:
         wall = max(time.perf_counter() - self._wall0, 1e-9)
         self._rp.update(
-            self._bar, completed=t_ns, sim=f"sim {t_ns / NS_PER_S:7.1f}s",
+            self._bar,
+            completed=t_ns,
+            sim=f"sim {t_ns / NS_PER_S:7.1f}s",
             rate=f"{epochs / wall:7.0f} epochs/s  {t_ns / NS_PER_S / wall:6.1f}x real time",
         )
 
@@ -44,7 +49,9 @@ def print_summary(result: RunResult) -> None:
 
     s = result.summary
     header, rows = summary_rows(s)
-    table = Table(title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)")
+    table = Table(
+        title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)"
+    )
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:

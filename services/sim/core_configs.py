@@ -24,7 +24,10 @@ def guest_config(group: GuestGroup) -> GuestConfig:
         thp=group.thp,
         shuffle=group.shuffle,
         reporting=ReportingConfig(
-            enabled=r.enabled, order=r.order, capacity=r.capacity, delay_ns=r.delay,
+            enabled=r.enabled,
+            order=r.order,
+            capacity=r.capacity,
+            delay_ns=r.delay,
             budget_divisor=r.budget_divisor,
         ),
     )
@@ -39,7 +42,9 @@ def _core_workload(w, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
     if w.kind == "idle":
         return IdleConfig(initial_fill=w.initial_fill)
     phases = tuple(
-        PhaseConfig(action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate)
+        PhaseConfig(
+            action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate
+        )
         for p in w.phases
     )
     return MemhogConfig(phases=phases, repeat=w.repeat, thp=w.thp, start_delay_ns=start_delay_ns)
@@ -67,7 +72,11 @@ def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
         backing=group.backing,
         thp=group.thp,
         swap=SwapConfig(capacity_bytes=sw.capacity // PAGE_SIZE * PAGE_SIZE),
-        zswap=ZswapConfig(enabled=zs.enabled, compression_ratio=zs.compression_ratio, max_pool_bytes=max(pool, PAGE_SIZE)),
+        zswap=ZswapConfig(
+            enabled=zs.enabled,
+            compression_ratio=zs.compression_ratio,
+            max_pool_bytes=max(pool, PAGE_SIZE),
+        ),
         oom_policy=group.oom_policy,
         max_overcommit_ratio=max_overcommit_ratio,
         costs=cost_model,
@@ -84,5 +93,7 @@ def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig:
         w = TypeAdapter(Workload).validate_python({**params, "kind": kind})
     except ValidationError as e:
         err = e.errors()[0]
-        raise ValueError(f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}") from None
+        raise ValueError(
+            f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}"
+        ) from None
     return _core_workload(w)

@@ -46,8 +46,14 @@ class _Experiment:
 class ExperimentManager:
     """Experiments by id; each runs on the shared backend (Ray, or in-process)."""
 
-    def __init__(self, out_dir: str = "runs", transport: str = "grpc", address: str | None = None,
-                 shards: int | None = None, backend=None):
+    def __init__(
+        self,
+        out_dir: str = "runs",
+        transport: str = "grpc",
+        address: str | None = None,
+        shards: int | None = None,
+        backend=None,
+    ):
         self.out_dir = out_dir
         self.shards = shards
         self.backend = backend or make_backend(transport, address)
@@ -127,9 +133,10 @@ class ExperimentManager:
             for row in batch:
                 if row["variant"] == VARIANT_RUN:
                     yield {
-                        "sim_time_ns": int(round(row["time_s"] * NS_PER_S)),
+                        # int(): the row's values may be numpy scalars
+                        "sim_time_ns": int(round(row["time_s"] * NS_PER_S)),  # noqa: RUF046
                         "entity": f"{row['kind']}/{row['entity']}",
-                        "metrics": {k: v for k, v in row.items() if k not in ROW_KEYS and v == v},
+                        "metrics": {k: v for k, v in row.items() if k not in ROW_KEYS and v == v},  # noqa: PLR0124 - drops NaN, any type
                     }
             sent += len(batch)
             if done and sent == len(exp.rows()):
@@ -161,8 +168,14 @@ class ExperimentManager:
         run_stats = sim.stats()
         sim.close()
         base_rows, stats = run_baselines(exp.spec, self.backend, self.shards)
-        exp.result = finish_run(sim, base_rows, {VARIANT_RUN: run_stats, **stats},
-                                self.backend.name, self.out_dir, exp.wall0)
+        exp.result = finish_run(
+            sim,
+            base_rows,
+            {VARIANT_RUN: run_stats, **stats},
+            self.backend.name,
+            self.out_dir,
+            exp.wall0,
+        )
         exp.state = "finished"
         self._notify(exp)
 
@@ -178,8 +191,14 @@ class ExperimentManager:
         self.backend.close()
 
 
-def serve(port: int = 50051, bind: str = "127.0.0.1", allow_remote: bool = False, token: str | None = None,
-          out_dir: str = "runs", transport: str = "grpc") -> int:
+def serve(
+    port: int = 50051,
+    bind: str = "127.0.0.1",
+    allow_remote: bool = False,
+    token: str | None = None,
+    out_dir: str = "runs",
+    transport: str = "grpc",
+) -> int:
     """Run ExperimentService until interrupted."""
     from services.transport.security import TokenStore
     from services.transport.server import ServerOptions, serve_until_terminated
@@ -188,9 +207,13 @@ def serve(port: int = 50051, bind: str = "127.0.0.1", allow_remote: bool = False
 
     manager = ExperimentManager(out_dir=out_dir, transport=transport)
     tokens = TokenStore(admin_token=token) if token else None
-    server = start_experiment_server(manager, ServerOptions(host=bind, port=port, allow_remote=allow_remote),
-                                     tokens=tokens)
-    print(f"ExperimentService on {server.address}" + (" (bearer token required)" if token else ""), flush=True)
+    server = start_experiment_server(
+        manager, ServerOptions(host=bind, port=port, allow_remote=allow_remote), tokens=tokens
+    )
+    print(
+        f"ExperimentService on {server.address}" + (" (bearer token required)" if token else ""),
+        flush=True,
+    )
     try:
         serve_until_terminated(server)
     finally:

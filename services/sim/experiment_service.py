@@ -99,8 +99,10 @@ class ExperimentManagerApi(Protocol):
 
 
 def _status(response_type: Any, status: ExperimentStatus) -> Any:
-    return response_type(now_ns=status.now_ns, state=STATE_TO_PB.get(
-        status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED))
+    return response_type(
+        now_ns=status.now_ns,
+        state=STATE_TO_PB.get(status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED),
+    )
 
 
 class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
@@ -116,11 +118,15 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         return experiment_id
 
     @translate_errors
-    def CreateExperiment(self, request: experiment_pb2.CreateExperimentRequest,
-                         context: grpc.ServicerContext | None) -> experiment_pb2.CreateExperimentResponse:
+    def CreateExperiment(
+        self, request: experiment_pb2.CreateExperimentRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.CreateExperimentResponse:
         if context is not None and experiment_header(context) is not None:
-            raise permission_denied("experiment_id", experiment_header(context),
-                                    "an experiment's token cannot create experiments")
+            raise permission_denied(
+                "experiment_id",
+                experiment_header(context),
+                "an experiment's token cannot create experiments",
+            )
         which = request.WhichOneof("spec")
         require(which is not None, "spec", None, "spec_yaml or spec_struct must be set")
         if which == "spec_yaml":
@@ -136,30 +142,36 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         return experiment_pb2.CreateExperimentResponse(experiment_id=experiment_id, token=token)
 
     @translate_errors
-    def Advance(self, request: experiment_pb2.AdvanceRequest,
-                context: grpc.ServicerContext | None) -> experiment_pb2.AdvanceResponse:
+    def Advance(
+        self, request: experiment_pb2.AdvanceRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.AdvanceResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
-        return _status(experiment_pb2.AdvanceResponse,
-                       self.manager.advance(experiment_id, request.duration_ns))
+        return _status(
+            experiment_pb2.AdvanceResponse, self.manager.advance(experiment_id, request.duration_ns)
+        )
 
     @translate_errors
-    def RunToEnd(self, request: experiment_pb2.RunToEndRequest,
-                 context: grpc.ServicerContext | None) -> experiment_pb2.RunToEndResponse:
+    def RunToEnd(
+        self, request: experiment_pb2.RunToEndRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.RunToEndResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         return _status(experiment_pb2.RunToEndResponse, self.manager.run_to_end(experiment_id))
 
     @translate_errors
-    def Cancel(self, request: experiment_pb2.CancelRequest,
-               context: grpc.ServicerContext | None) -> experiment_pb2.CancelResponse:
+    def Cancel(
+        self, request: experiment_pb2.CancelRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.CancelResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         status = self.manager.cancel(experiment_id)
-        return experiment_pb2.CancelResponse(state=STATE_TO_PB.get(
-            status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED))
+        return experiment_pb2.CancelResponse(
+            state=STATE_TO_PB.get(status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED)
+        )
 
     @translate_errors
-    def GetSummary(self, request: experiment_pb2.GetSummaryRequest,
-                   context: grpc.ServicerContext | None) -> experiment_pb2.GetSummaryResponse:
+    def GetSummary(
+        self, request: experiment_pb2.GetSummaryRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.GetSummaryResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         text = json.dumps(self.manager.summary(experiment_id), sort_keys=True, default=_jsonable)
         summary = struct_pb2.Struct()
@@ -167,13 +179,16 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         return experiment_pb2.GetSummaryResponse(summary_json=text, summary=summary)
 
     @translate_errors
-    def StreamSamples(self, request: experiment_pb2.StreamSamplesRequest,
-                      context: grpc.ServicerContext | None) -> Iterator[experiment_pb2.StreamSamplesResponse]:
+    def StreamSamples(
+        self, request: experiment_pb2.StreamSamplesRequest, context: grpc.ServicerContext | None
+    ) -> Iterator[experiment_pb2.StreamSamplesResponse]:
         experiment_id = self._experiment(request.experiment_id, context)
         for sample in self.manager.stream_samples(experiment_id):
             yield experiment_pb2.StreamSamplesResponse(
-                sim_time_ns=int(sample["sim_time_ns"]), entity=str(sample["entity"]),
-                metrics={k: float(v) for k, v in sample["metrics"].items()})
+                sim_time_ns=int(sample["sim_time_ns"]),
+                entity=str(sample["entity"]),
+                metrics={k: float(v) for k, v in sample["metrics"].items()},
+            )
 
 
 def _jsonable(value: Any) -> Any:
@@ -183,17 +198,22 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"summary value {value!r} of type {type(value).__name__} is not JSON")
 
 
-def experiment_service_binding(manager: ExperimentManagerApi,
-                               tokens: TokenStore | None = None) -> ServiceBinding:
+def experiment_service_binding(
+    manager: ExperimentManagerApi, tokens: TokenStore | None = None
+) -> ServiceBinding:
     """What :func:`services.transport.server.build_server` needs to serve ExperimentService."""
     return ServiceBinding(
         experiment_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
         experiment_pb2_grpc.add_ExperimentServiceServicer_to_server,
-        ExperimentServicer(manager, tokens))
+        ExperimentServicer(manager, tokens),
+    )
 
 
-def start_experiment_server(manager: ExperimentManagerApi, options: ServerOptions | None = None,
-                            tokens: TokenStore | None = None) -> GrpcServer:
+def start_experiment_server(
+    manager: ExperimentManagerApi,
+    options: ServerOptions | None = None,
+    tokens: TokenStore | None = None,
+) -> GrpcServer:
     """A bound (not started) server; ``tokens`` both checks calls and receives new tokens.
 
     Pass the same store in ``options.tokens`` and ``tokens`` (done here when
@@ -223,30 +243,49 @@ class ExperimentClient:
         response = self.caller.unary(self.stub.CreateExperiment, request, idempotent=False)
         return response.experiment_id, response.token
 
-    def advance(self, experiment_id: str, duration_ns: int,
-                timeout_s: float | None = None) -> experiment_pb2.AdvanceResponse:
-        return self.caller.unary(self.stub.Advance, experiment_pb2.AdvanceRequest(
-            experiment_id=experiment_id, duration_ns=duration_ns), idempotent=False,
-            timeout_s=timeout_s)
+    def advance(
+        self, experiment_id: str, duration_ns: int, timeout_s: float | None = None
+    ) -> experiment_pb2.AdvanceResponse:
+        return self.caller.unary(
+            self.stub.Advance,
+            experiment_pb2.AdvanceRequest(experiment_id=experiment_id, duration_ns=duration_ns),
+            idempotent=False,
+            timeout_s=timeout_s,
+        )
 
-    def run_to_end(self, experiment_id: str,
-                   timeout_s: float | None = None) -> experiment_pb2.RunToEndResponse:
-        return self.caller.unary(self.stub.RunToEnd, experiment_pb2.RunToEndRequest(
-            experiment_id=experiment_id), idempotent=True, timeout_s=timeout_s)
+    def run_to_end(
+        self, experiment_id: str, timeout_s: float | None = None
+    ) -> experiment_pb2.RunToEndResponse:
+        return self.caller.unary(
+            self.stub.RunToEnd,
+            experiment_pb2.RunToEndRequest(experiment_id=experiment_id),
+            idempotent=True,
+            timeout_s=timeout_s,
+        )
 
     def cancel(self, experiment_id: str) -> experiment_pb2.CancelResponse:
-        return self.caller.unary(self.stub.Cancel, experiment_pb2.CancelRequest(
-            experiment_id=experiment_id), idempotent=True)
+        return self.caller.unary(
+            self.stub.Cancel,
+            experiment_pb2.CancelRequest(experiment_id=experiment_id),
+            idempotent=True,
+        )
 
     def summary(self, experiment_id: str) -> dict[str, Any]:
-        response = self.caller.unary(self.stub.GetSummary, experiment_pb2.GetSummaryRequest(
-            experiment_id=experiment_id), idempotent=True)
+        response = self.caller.unary(
+            self.stub.GetSummary,
+            experiment_pb2.GetSummaryRequest(experiment_id=experiment_id),
+            idempotent=True,
+        )
         return json.loads(response.summary_json)
 
-    def stream_samples(self, experiment_id: str,
-                       timeout_s: float | None = None) -> Iterator[experiment_pb2.StreamSamplesResponse]:
-        return self.caller.stream(self.stub.StreamSamples, experiment_pb2.StreamSamplesRequest(
-            experiment_id=experiment_id), timeout_s=timeout_s)
+    def stream_samples(
+        self, experiment_id: str, timeout_s: float | None = None
+    ) -> Iterator[experiment_pb2.StreamSamplesResponse]:
+        return self.caller.stream(
+            self.stub.StreamSamples,
+            experiment_pb2.StreamSamplesRequest(experiment_id=experiment_id),
+            timeout_s=timeout_s,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -258,9 +297,15 @@ class ExperimentClient:
         self.close()
 
 
-def connect_experiments(target: str, *, tls: ClientTls | None = None, token: str | None = None,
-                        experiment_id: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                        retry: RetryPolicy | None = None) -> ExperimentClient:
+def connect_experiments(
+    target: str,
+    *,
+    tls: ClientTls | None = None,
+    token: str | None = None,
+    experiment_id: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+) -> ExperimentClient:
     """An ExperimentClient for ``target``; ``experiment_id`` pairs with an experiment token."""
     caller = RpcCaller(token=token, experiment_id=experiment_id, timeout_s=timeout_s, retry=retry)
     return ExperimentClient(make_channel(ChannelOptions(target, tls)), caller)

@@ -55,11 +55,15 @@ def place(spec: ExperimentSpec) -> tuple[list[HostSlot], list[GuestSlot]]:
         for i in range(group.count):
             fits = [h for h in range(len(hosts)) if committed[h] + group.memory <= limit[h]]
             if not fits:
-                raise SpecError([(
-                    f"guest_groups.{gi}",
-                    f"guest {group.name}-{i} ({group.memory} bytes) fits on no host within "
-                    f"placement.max_overcommit_ratio={spec.placement.max_overcommit_ratio}",
-                )])
+                raise SpecError(
+                    [
+                        (
+                            f"guest_groups.{gi}",
+                            f"guest {group.name}-{i} ({group.memory} bytes) fits on no host within "
+                            f"placement.max_overcommit_ratio={spec.placement.max_overcommit_ratio}",
+                        )
+                    ]
+                )
             if spec.placement.policy == "spread":
                 h = min(fits, key=lambda k: (committed[k] / hosts[k].group.memory, k))
             else:
@@ -75,4 +79,4 @@ def shard_guests(guests: list[GuestSlot], nr_shards: int) -> list[list[GuestSlot
         raise ValueError(f"shards must be > 0, got {nr_shards}")
     ordered = sorted(guests, key=lambda g: (g.host_id, g.guest_id))
     n = min(nr_shards, len(ordered))
-    return [ordered[i * len(ordered) // n:(i + 1) * len(ordered) // n] for i in range(n)]
+    return [ordered[i * len(ordered) // n : (i + 1) * len(ordered) // n] for i in range(n)]

@@ -41,8 +41,11 @@ class SimPlan:
     def registrations(self) -> list[tuple[int, GuestRegistration]]:
         """Every guest's (host id, registration), in guest-id order (the order hosts
         lay guests out in, so it must not depend on shards)."""
-        regs = [(init.host_id, init.registration(shard_id))
-                for shard_id, inits in enumerate(self.shard_inits) for init in inits]
+        regs = [
+            (init.host_id, init.registration(shard_id))
+            for shard_id, inits in enumerate(self.shard_inits)
+            for init in inits
+        ]
         return sorted(regs, key=lambda pair: pair[1].guest_id)
 
     @property
@@ -59,7 +62,9 @@ def start_delay_ns(spec: ExperimentSpec, g: GuestSlot) -> int:
     delay = g.index * getattr(g.group.workload, "start_stagger", 0)
     jitter = getattr(g.group.workload, "start_jitter", 0)
     if jitter:
-        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id]))
+        rng = np.random.default_rng(
+            np.random.SeedSequence([spec.seed, RNG_KIND_START_JITTER, g.guest_id])
+        )
         delay += int(rng.integers(0, jitter))
     return delay
 
@@ -71,19 +76,29 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
     by_id = {h.host_id: h for h in hosts}
     inits = []
     for shard in shard_guests(guests, nr_shards):
-        inits.append([
-            GuestInit(
-                guest_id=g.guest_id, group=g.group.name, host_id=g.host_id,
-                config=guest_config(g.group),
-                workload=workload_config(g.group, start_delay_ns(spec, g)),
-                discard_mode=g.group.discard_mode or by_id[g.host_id].group.discard_mode,
-            )
-            for g in shard
-        ])
+        inits.append(
+            [
+                GuestInit(
+                    guest_id=g.guest_id,
+                    group=g.group.name,
+                    host_id=g.host_id,
+                    config=guest_config(g.group),
+                    workload=workload_config(g.group, start_delay_ns(spec, g)),
+                    discard_mode=g.group.discard_mode or by_id[g.host_id].group.discard_mode,
+                )
+                for g in shard
+            ]
+        )
     costs = next(iter(host_configs.values())).costs
     return SimPlan(
-        experiment_id=experiment_id, seed=spec.seed, epoch_ns=spec.epoch,
+        experiment_id=experiment_id,
+        seed=spec.seed,
+        epoch_ns=spec.epoch,
         policy=SyncPolicy(spec.sync_interval // spec.epoch, spec.sync_pressure_fraction),
-        host_configs=host_configs, host_names={h.host_id: h.name for h in hosts}, hosts=hosts,
-        guests=guests, shard_inits=inits, report_latency_ns=report_ns(costs, 1),
+        host_configs=host_configs,
+        host_names={h.host_id: h.name for h in hosts},
+        hosts=hosts,
+        guests=guests,
+        shard_inits=inits,
+        report_latency_ns=report_ns(costs, 1),
     )

@@ -11,15 +11,30 @@ from __future__ import annotations
 import re
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1 << 10, "kb": 10**3, "kib": 1 << 10,
-    "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-    "g": 1 << 30, "gb": 10**9, "gib": 1 << 30,
-    "t": 1 << 40, "tb": 10**12, "tib": 1 << 40,
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 10**3,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 10**6,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 10**9,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 10**12,
+    "tib": 1 << 40,
 }
 _TIME_UNITS = {
-    "ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
-    "min": 60 * 10**9, "h": 3600 * 10**9,
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "min": 60 * 10**9,
+    "h": 3600 * 10**9,
 }
 _NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-zµ]*)\s*$")
 
@@ -40,7 +55,7 @@ def parse_size_bytes(value: int | float | str, field: str = "size") -> int:
     unit = m.group(2).lower() if m else None
     if not m or unit not in _SIZE_UNITS:
         raise ValueError(f"{field}: cannot parse size {value!r} (use e.g. 4GiB, 512MiB)")
-    return int(round(float(m.group(1)) * _SIZE_UNITS[unit]))
+    return round(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
 def parse_duration_ns(value: int | float | str, field: str = "duration") -> int:
@@ -57,7 +72,7 @@ def parse_duration_ns(value: int | float | str, field: str = "duration") -> int:
     unit = m.group(2) if m else None
     if not m or unit not in _TIME_UNITS:
         raise ValueError(f"{field}: cannot parse duration {value!r} (use e.g. 50ms, 2s, 5m)")
-    return int(round(float(m.group(1)) * _TIME_UNITS[unit]))
+    return round(float(m.group(1)) * _TIME_UNITS[unit])
 
 
 def format_bytes(n: float) -> str:

@@ -11,9 +11,9 @@ import json
 import os
 from typing import Any
 
-from services.units import PAGE_SIZE
-
 import pandas as pd
+
+from services.units import PAGE_SIZE
 
 from .quantities import format_bytes
 from .result_rows import VARIANT_RUN
@@ -33,7 +33,7 @@ def _pyplot() -> Any:
 
 
 def _runs(ts: pd.DataFrame) -> list[str]:
-    return [VARIANT_RUN] + sorted(r for r in ts["variant"].unique() if r != VARIANT_RUN)
+    return [VARIANT_RUN, *sorted(r for r in ts["variant"].unique() if r != VARIANT_RUN)]
 
 
 def _cluster(ts: pd.DataFrame, kind: str, col: str) -> pd.DataFrame:
@@ -57,7 +57,13 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
         for entity, df in part[part["variant"] == run].groupby("entity"):
             ax.plot(df["time_s"], df["backed_bytes"] / GIB, label=f"{entity} backed")
             if "capacity_bytes" in df:
-                ax.plot(df["time_s"], df["capacity_bytes"] / GIB, "--", color="grey", label=f"{entity} capacity")
+                ax.plot(
+                    df["time_s"],
+                    df["capacity_bytes"] / GIB,
+                    "--",
+                    color="grey",
+                    label=f"{entity} capacity",
+                )
             if "swapped_bytes" in df:
                 ax.plot(df["time_s"], df["swapped_bytes"] / GIB, ":", label=f"{entity} swapped")
         ax.set_title(f"host memory ({run})")
@@ -72,11 +78,16 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
 def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
     plt = _pyplot()
     part = ts[(ts["kind"] == "guest_group") & (ts["variant"] == VARIANT_RUN)]
-    cols = sorted((c for c in part.columns if c.startswith("free_bytes_order_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    cols = sorted(
+        (c for c in part.columns if c.startswith("free_bytes_order_")),
+        key=lambda c: int(c.rsplit("_", 1)[1]),
+    )
     df = part.groupby("time_s")[cols].sum().sort_index() / GIB
     fig, ax = plt.subplots(figsize=(8, 4))
     if not df.empty:
-        ax.stackplot(df.index, [df[c] for c in cols], labels=[f"order {c.rsplit('_', 1)[1]}" for c in cols])
+        ax.stackplot(
+            df.index, [df[c] for c in cols], labels=[f"order {c.rsplit('_', 1)[1]}" for c in cols]
+        )
     ax.set_title("guest free memory by order (all guests, run)")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("GiB")
@@ -115,7 +126,12 @@ def plot_swap(ts: pd.DataFrame, path: str) -> None:
         if df.empty:
             continue
         for run in df.columns:
-            ax.plot(df.index, _rate(df[[run]])[run] / (1 << 20), style, label=f"{col.split('_')[0]} ({run})")
+            ax.plot(
+                df.index,
+                _rate(df[[run]])[run] / (1 << 20),
+                style,
+                label=f"{col.split('_')[0]} ({run})",
+            )
     ax.set_title("swap traffic (all hosts)")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("MiB/s")
@@ -166,14 +182,23 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     runs += [(name, b) for name, b in summary.get("baselines", {}).items()]
     header = ["measure"] + [name for name, _ in runs]
     rows = [
-        ["overcommit ratio (guest memory / host memory)"] + [f"{r['cluster']['overcommit_ratio']:.2f}" for _, r in runs],
-        ["host backed memory, mean"] + [format_bytes(r["cluster"]["backed_bytes"]["mean"]) for _, r in runs],
-        ["host backed memory, peak"] + [format_bytes(r["cluster"]["backed_bytes"]["peak"]) for _, r in runs],
+        ["overcommit ratio (guest memory / host memory)"]
+        + [f"{r['cluster']['overcommit_ratio']:.2f}" for _, r in runs],
+        ["host backed memory, mean"]
+        + [format_bytes(r["cluster"]["backed_bytes"]["mean"]) for _, r in runs],
+        ["host backed memory, peak"]
+        + [format_bytes(r["cluster"]["backed_bytes"]["peak"]) for _, r in runs],
         ["swapped out"] + [format_bytes(r["cluster"]["swap_out_bytes"]) for _, r in runs],
         ["swapped back in"] + [format_bytes(r["cluster"]["swap_in_bytes"]) for _, r in runs],
-        ["guest time lost to host faults + zero-fill"] + [f"{_lost(r['guest_groups'], ('fault', 'zero')):.3f} s" for _, r in runs],
-        ["guest time lost to swap-in and reclaim"] + [f"{_lost(r['guest_groups'], ('swapin', 'decompress', 'reclaim')):.3f} s" for _, r in runs],
-        ["workload page operations completed"] + [f"{r['cluster']['ops_completed'] / 1e6:.2f} M" for _, r in runs],
+        ["guest time lost to host faults + zero-fill"]
+        + [f"{_lost(r['guest_groups'], ('fault', 'zero')):.3f} s" for _, r in runs],
+        ["guest time lost to swap-in and reclaim"]
+        + [
+            f"{_lost(r['guest_groups'], ('swapin', 'decompress', 'reclaim')):.3f} s"
+            for _, r in runs
+        ],
+        ["workload page operations completed"]
+        + [f"{r['cluster']['ops_completed'] / 1e6:.2f} M" for _, r in runs],
     ]
     return header, rows
 
@@ -184,7 +209,10 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     for name, cmp in summary.get("comparison", {}).items():
         progress = -cmp["slowdown"]
         out += [
-            (f"memory saved vs {name}, mean / peak", f"{format_bytes(cmp['memory_saved_mean_bytes'])} / {format_bytes(cmp['memory_saved_peak_bytes'])}"),
+            (
+                f"memory saved vs {name}, mean / peak",
+                f"{format_bytes(cmp['memory_saved_mean_bytes'])} / {format_bytes(cmp['memory_saved_peak_bytes'])}",
+            ),
             (f"swap-out avoided vs {name}", format_bytes(cmp["swap_out_avoided_bytes"])),
             (f"guest time lost vs {name} (negative: less)", f"{cmp['extra_lost_seconds']:+.3f} s"),
             (f"workload progress vs {name}", f"{100 * progress:+.2f} %"),
@@ -200,13 +228,16 @@ def write_report(run_dir: str) -> str:
         fn(ts, os.path.join(run_dir, fname))
     header, table = summary_rows(result.summary)
     rows = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    rows += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table)
+    rows += "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table
+    )
     rows += "".join(
         f"<tr><th>{html.escape(k)}</th><td colspan='{len(header) - 1}'>{html.escape(v)}</td></tr>"
         for k, v in summary_lines(result.summary)
     )
     figs = "".join(
-        f"<h2>{html.escape(title)}</h2><img src='{fname}' alt='{html.escape(title)}'>" for fname, title, _ in PLOTS
+        f"<h2>{html.escape(title)}</h2><img src='{fname}' alt='{html.escape(title)}'>"
+        for fname, title, _ in PLOTS
     )
     name = html.escape(result.metadata.get("name", os.path.basename(os.path.dirname(run_dir))))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>overcommit-sim: {name}</title>
@@ -221,16 +252,24 @@ img{{max-width:100%}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
     return path
 
 
-
 def plot_sweep(df: pd.DataFrame, sweep_dir: str) -> list[str]:
     """One PNG per grid parameter: the headline figures against it (mean, min-max over
     seeds). Returns the files written."""
     plt = _pyplot()
     known = {"seed", "run_id", "run_dir"}
-    params = df.attrs.get("grid") or [c for c in df.columns if c not in known
-                                      and not c.startswith(("cluster.", "comparison."))]
-    metrics = [c for c in ("comparison.reporting_off.memory_saved_mean_bytes", "cluster.backed_bytes.mean",
-                           "cluster.swap_out_bytes", "comparison.reporting_off.slowdown") if c in df]
+    params = df.attrs.get("grid") or [
+        c for c in df.columns if c not in known and not c.startswith(("cluster.", "comparison."))
+    ]
+    metrics = [
+        c
+        for c in (
+            "comparison.reporting_off.memory_saved_mean_bytes",
+            "cluster.backed_bytes.mean",
+            "cluster.swap_out_bytes",
+            "comparison.reporting_off.slowdown",
+        )
+        if c in df
+    ]
     written = []
     for p in params:
         fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)

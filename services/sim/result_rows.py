@@ -19,6 +19,7 @@ become the Parquet time series, the summary and its comparisons here; metrics
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +35,27 @@ ROW_KEYS = ("time_s", "variant", "run_id", "kind", "entity")
 VARIANT_RUN = "run"  # the run itself; baselines are named by their kind (spec ``compare``)
 
 # Host counters that are levels, not running totals (everything else gets ``_total``).
-HOST_GAUGES = frozenset({
-    "memory_bytes", "reserve_bytes", "limit_bytes", "pool_used_bytes", "swap_capacity_bytes",
-    "swap_used_bytes", "zswap_pool_bytes", "lazy_pages", "guests", "guests_stopped", "guest_pages",
-    "unbacked_bytes", "backed_bytes", "lazy_bytes", "swapped_bytes", "resident_bytes", "zswap_pages",
-})
+HOST_GAUGES = frozenset(
+    {
+        "memory_bytes",
+        "reserve_bytes",
+        "limit_bytes",
+        "pool_used_bytes",
+        "swap_capacity_bytes",
+        "swap_used_bytes",
+        "zswap_pool_bytes",
+        "lazy_pages",
+        "guests",
+        "guests_stopped",
+        "guest_pages",
+        "unbacked_bytes",
+        "backed_bytes",
+        "lazy_bytes",
+        "swapped_bytes",
+        "resident_bytes",
+        "zswap_pages",
+    }
+)
 
 
 def _public(name: str, value: int) -> tuple[str, float]:
@@ -66,18 +83,36 @@ def group_columns(sums: Mapping[str, int]) -> dict[str, float]:
     return dict(_public(k, int(v)) for k, v in sums.items())
 
 
-def host_row(t_ns: int, variant: str, run_id: str, entity: str, counters: Mapping[str, int],
-             capacity_bytes: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "variant": variant, "run_id": run_id, "kind": "host",
-                           "entity": entity}
+def host_row(
+    t_ns: int,
+    variant: str,
+    run_id: str,
+    entity: str,
+    counters: Mapping[str, int],
+    capacity_bytes: int,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "time_s": t_ns / NS_PER_S,
+        "variant": variant,
+        "run_id": run_id,
+        "kind": "host",
+        "entity": entity,
+    }
     row.update(host_columns(counters))
     row["capacity_bytes"] = float(capacity_bytes)
     return row
 
 
-def group_row(t_ns: int, variant: str, run_id: str, group: str, sums: Mapping[str, int]) -> dict[str, Any]:
-    row: dict[str, Any] = {"time_s": t_ns / NS_PER_S, "variant": variant, "run_id": run_id, "kind": "guest_group",
-                           "entity": group}
+def group_row(
+    t_ns: int, variant: str, run_id: str, group: str, sums: Mapping[str, int]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "time_s": t_ns / NS_PER_S,
+        "variant": variant,
+        "run_id": run_id,
+        "kind": "guest_group",
+        "entity": group,
+    }
     row.update(group_columns(sums))
     return row
 
@@ -96,7 +131,11 @@ def timeseries_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _stats(series: pd.Series) -> dict[str, float]:
     if series.empty:
         return {"peak": 0.0, "mean": 0.0, "final": 0.0}
-    return {"peak": float(series.max()), "mean": float(series.mean()), "final": float(series.iloc[-1])}
+    return {
+        "peak": float(series.max()),
+        "mean": float(series.mean()),
+        "final": float(series.iloc[-1]),
+    }
 
 
 def _final(df: pd.DataFrame, col: str) -> float:
@@ -104,15 +143,17 @@ def _final(df: pd.DataFrame, col: str) -> float:
     if col not in df or df.empty:
         return 0.0
     value = float(df[col].iloc[-1])
-    return 0.0 if value != value else value
+    return 0.0 if math.isnan(value) else value
 
 
-def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_bytes: int) -> dict[str, Any]:
+def summarize_run(
+    ts: pd.DataFrame, variant: str, physical_bytes: int, guest_bytes: int
+) -> dict[str, Any]:
     """Summary of one variant (``run`` or a baseline name) from the time series."""
     part = ts[ts["variant"] == variant]
     hosts: dict[str, Any] = {}
-    for entity, df in part[part["kind"] == "host"].groupby("entity", sort=True):
-        df = df.sort_values("time_s")
+    for entity, unsorted in part[part["kind"] == "host"].groupby("entity", sort=True):
+        df = unsorted.sort_values("time_s")
         backed = _stats(df["backed_bytes"])
         hosts[entity] = {
             "backed_bytes": backed,
@@ -124,23 +165,27 @@ def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_byt
             "oom_events": _final(df, "oom_events_total"),
         }
     groups: dict[str, Any] = {}
-    for entity, df in part[part["kind"] == "guest_group"].groupby("entity", sort=True):
-        df = df.sort_values("time_s")
+    for entity, unsorted in part[part["kind"] == "guest_group"].groupby("entity", sort=True):
+        df = unsorted.sort_values("time_s")
         groups[entity] = {
             "guests": int(_final(df, "guests")),
             "ops_completed": int(_final(df, "ops_total")),
             "alloc_failures": int(_final(df, "alloc_failures_total")),
-            "lost_seconds": {
-                k: _final(df, f"lost_{k}_seconds_total") for k in LOST_KINDS
-            },
+            "lost_seconds": {k: _final(df, f"lost_{k}_seconds_total") for k in LOST_KINDS},
             "report_calls": int(_final(df, "report_calls_total")),
             "reported_bytes": _final(df, "reported_pages_total") * PAGE_SIZE,
         }
     host_rows = part[part["kind"] == "host"]
-    cluster_backed = host_rows.groupby("time_s")["backed_bytes"].sum() if not host_rows.empty else pd.Series(dtype=float)
+    cluster_backed = (
+        host_rows.groupby("time_s")["backed_bytes"].sum()
+        if not host_rows.empty
+        else pd.Series(dtype=float)
+    )
     swapped = host_rows["swapped_bytes"].fillna(0.0) if "swapped_bytes" in host_rows else 0.0
     demand = host_rows["backed_bytes"].fillna(0.0) + swapped if not host_rows.empty else None
-    cluster_demand = demand.groupby(host_rows["time_s"]).sum() if demand is not None else pd.Series(dtype=float)
+    cluster_demand = (
+        demand.groupby(host_rows["time_s"]).sum() if demand is not None else pd.Series(dtype=float)
+    )
     total_swap_out = sum(h["swap_out_bytes"] for h in hosts.values())
     total_lost = sum(sum(g["lost_seconds"].values()) for g in groups.values())
     return {
@@ -151,7 +196,9 @@ def summarize_run(ts: pd.DataFrame, variant: str, physical_bytes: int, guest_byt
             "guest_bytes": guest_bytes,
             "overcommit_ratio": guest_bytes / physical_bytes if physical_bytes else 0.0,
             "backed_bytes": _stats(cluster_backed),
-            "demand_bytes": _stats(cluster_demand),  # backed + swapped: what the guests wanted resident
+            "demand_bytes": _stats(
+                cluster_demand
+            ),  # backed + swapped: what the guests wanted resident
             "swap_out_bytes": total_swap_out,
             "swap_in_bytes": sum(h["swap_in_bytes"] for h in hosts.values()),
             "ops_completed": sum(g["ops_completed"] for g in groups.values()),
@@ -177,7 +224,9 @@ def compare(run: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize(spec: ExperimentSpec, plan: SimPlan, ts: pd.DataFrame, baselines: list[str]) -> dict[str, Any]:
+def summarize(
+    spec: ExperimentSpec, plan: SimPlan, ts: pd.DataFrame, baselines: list[str]
+) -> dict[str, Any]:
     """The run's summary (and each paired baseline's, and what reporting bought against
     it), from the time series and the plan (what was placed on which host)."""
     physical, guest_bytes = plan.physical_bytes, plan.guest_bytes
@@ -187,6 +236,10 @@ def summarize(spec: ExperimentSpec, plan: SimPlan, ts: pd.DataFrame, baselines: 
     summary["seed"] = spec.seed
     summary["duration_seconds"] = spec.duration / NS_PER_S
     if baselines:
-        summary["baselines"] = {label: summarize_run(ts, label, physical, guest_bytes) for label in baselines}
-        summary["comparison"] = {label: compare(summary, summary["baselines"][label]) for label in baselines}
+        summary["baselines"] = {
+            label: summarize_run(ts, label, physical, guest_bytes) for label in baselines
+        }
+        summary["comparison"] = {
+            label: compare(summary, summary["baselines"][label]) for label in baselines
+        }
     return summary

@@ -28,8 +28,13 @@ class RunResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def write_run(run_dir: str, spec_dict: dict[str, Any], summary: dict[str, Any], ts: pd.DataFrame,
-              metadata: dict[str, Any]) -> None:
+def write_run(
+    run_dir: str,
+    spec_dict: dict[str, Any],
+    summary: dict[str, Any],
+    ts: pd.DataFrame,
+    metadata: dict[str, Any],
+) -> None:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "spec.resolved.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(spec_dict, f, sort_keys=True)

@@ -22,15 +22,23 @@ from .simulation import Simulation
 from .spec import ExperimentSpec, baseline_spec
 
 
-def simulate(spec: ExperimentSpec, backend: Backend, variant: str, shards: int | None,
-             progress: bool = False, run_id: str | None = None) -> tuple[Simulation, dict[str, Any]]:
+def simulate(
+    spec: ExperimentSpec,
+    backend: Backend,
+    variant: str,
+    shards: int | None,
+    progress: bool = False,
+    run_id: str | None = None,
+) -> tuple[Simulation, dict[str, Any]]:
     """Run one spec to its end on ``backend``; return the closed simulation and its stats."""
     bar = None
     if progress:
         from .console import ProgressBar
 
         bar = ProgressBar(f"{spec.name} [{variant}]", spec.duration)
-    sim = Simulation(spec, backend, variant, shards, on_progress=bar.update if bar else None, run_id=run_id)
+    sim = Simulation(
+        spec, backend, variant, shards, on_progress=bar.update if bar else None, run_id=run_id
+    )
     try:
         sim.advance_to(spec.duration)
         stats = sim.stats()
@@ -41,20 +49,29 @@ def simulate(spec: ExperimentSpec, backend: Backend, variant: str, shards: int |
     return sim, stats
 
 
-def run_baselines(spec: ExperimentSpec, backend: Backend, shards: int | None,
-                  progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_baselines(
+    spec: ExperimentSpec, backend: Backend, shards: int | None, progress: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run each paired baseline of ``spec`` (same seed); return their rows and stats."""
     rows: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for kind in spec.compare:
-        sim, stats[kind] = simulate(baseline_spec(spec, kind), backend, kind, shards, progress, spec.run_id())
+        sim, stats[kind] = simulate(
+            baseline_spec(spec, kind), backend, kind, shards, progress, spec.run_id()
+        )
         rows += sim.rows
     return rows, stats
 
 
-def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | None = None,
-                   address: str | None = None, transport: str = "grpc", progress: bool = False,
-                   backend: Backend | None = None) -> RunResult:
+def run_experiment(
+    spec: ExperimentSpec,
+    out_dir: str = "runs",
+    shards: int | None = None,
+    address: str | None = None,
+    transport: str = "grpc",
+    progress: bool = False,
+    backend: Backend | None = None,
+) -> RunResult:
     """Run a spec and its paired baselines; write and return the results.
 
     ``transport``: ``grpc`` (Ray actors talking gRPC; ``address`` names a Ray
@@ -70,11 +87,19 @@ def run_experiment(spec: ExperimentSpec, out_dir: str = "runs", shards: int | No
     finally:
         if own_backend:
             backend.close()
-    return finish_run(sim, base_rows, {VARIANT_RUN: stats, **base_stats}, backend.name, out_dir, wall0)
+    return finish_run(
+        sim, base_rows, {VARIANT_RUN: stats, **base_stats}, backend.name, out_dir, wall0
+    )
 
 
-def finish_run(sim: Simulation, baseline_rows: list[dict[str, Any]], stats: dict[str, Any],
-               backend_name: str, out_dir: str, wall0: float) -> RunResult:
+def finish_run(
+    sim: Simulation,
+    baseline_rows: list[dict[str, Any]],
+    stats: dict[str, Any],
+    backend_name: str,
+    out_dir: str,
+    wall0: float,
+) -> RunResult:
     """Summarize and write a finished run (and its baselines) to its run directory."""
     spec = sim.spec
     ts = timeseries_frame(sim.rows + baseline_rows)
@@ -85,17 +110,34 @@ def finish_run(sim: Simulation, baseline_rows: list[dict[str, Any]], stats: dict
     return RunResult(summary, ts, run_dir, metadata)
 
 
-def _metadata(spec: ExperimentSpec, backend: str, stats: dict[str, Any], wall0: float) -> dict[str, Any]:
+def _metadata(
+    spec: ExperimentSpec, backend: str, stats: dict[str, Any], wall0: float
+) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("overcommit-sim", "numpy", "numba", "ray", "grpcio", "protobuf", "pandas", "pyarrow"):
+    for pkg in (
+        "overcommit-sim",
+        "numpy",
+        "numba",
+        "ray",
+        "grpcio",
+        "protobuf",
+        "pandas",
+        "pyarrow",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
     return {
-        "name": spec.name, "run_id": spec.run_id(), "backend": backend, "runs": stats,
-        "started_unix": wall0, "wall_seconds": time.time() - wall0,
-        "python": platform.python_version(), "machine": platform.machine(), "versions": versions,
+        "name": spec.name,
+        "run_id": spec.run_id(),
+        "backend": backend,
+        "runs": stats,
+        "started_unix": wall0,
+        "wall_seconds": time.time() - wall0,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "versions": versions,
     }

@@ -32,14 +32,23 @@ class Simulation:
     holds every sample so far. ``on_progress(now_ns, epochs_run)`` is called after
     every call to the session (the console's progress bar)."""
 
-    def __init__(self, spec: ExperimentSpec, backend: Backend, variant: str = "run",
-                 shards: int | None = None, on_progress: Callable[[int, int], None] | None = None,
-                 run_id: str | None = None):
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        backend: Backend,
+        variant: str = "run",
+        shards: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        run_id: str | None = None,
+    ):
         self.spec = spec
         self.variant = variant
-        self.run_id = run_id or spec.run_id()  # a baseline's rows carry the id of the run it pairs with
-        self.plan = make_plan(spec, f"{spec.name}-{spec.run_id()}-{variant}",
-                              shards or backend.nr_shards_default)
+        self.run_id = (
+            run_id or spec.run_id()
+        )  # a baseline's rows carry the id of the run it pairs with
+        self.plan = make_plan(
+            spec, f"{spec.name}-{spec.run_id()}-{variant}", shards or backend.nr_shards_default
+        )
         self.session = backend.start(self.plan)
         self.rows: list[dict[str, Any]] = []
         self.now_ns = 0
@@ -48,7 +57,9 @@ class Simulation:
         self.wall_s = 0.0
         self.closed = False
         self.on_progress = on_progress
-        self.fine_intervals = 0  # sample intervals synced every epoch because a host was under pressure
+        self.fine_intervals = (
+            0  # sample intervals synced every epoch because a host was under pressure
+        )
         hosts = self.session.host_samples()
         self._last_hosts: HostSamples = hosts
         self._pressure = self.plan.policy.under_pressure({}, hosts)  # the first interval's decision
@@ -61,8 +72,16 @@ class Simulation:
     def _record(self, t_ns: int, hosts: HostSamples, groups: GroupSamples) -> None:
         """One sample row per host and per guest group."""
         for h in self.plan.hosts:
-            self.rows.append(host_row(t_ns, self.variant, self.run_id, h.name, hosts[h.host_id],
-                                      h.group.memory - h.group.reserve))
+            self.rows.append(
+                host_row(
+                    t_ns,
+                    self.variant,
+                    self.run_id,
+                    h.name,
+                    hosts[h.host_id],
+                    h.group.memory - h.group.reserve,
+                )
+            )
         for group, sums in sorted(groups.items()):
             self.rows.append(group_row(t_ns, self.variant, self.run_id, group, sums))
 
@@ -106,7 +125,7 @@ class Simulation:
         if target <= self.now_ns:
             return
         self.session.skip_to(target)
-        last = [dict(r) for r in self.rows[-(len(self.plan.hosts) + self._groups()):]]
+        last = [dict(r) for r in self.rows[-(len(self.plan.hosts) + self._groups()) :]]
         while self.now_ns < target:
             self.now_ns = min(self.now_ns + spec.sample_interval, target)
             for r in last:
@@ -118,9 +137,13 @@ class Simulation:
     def stats(self) -> dict[str, Any]:
         """Wall-clock figures of this simulation (metadata, never results)."""
         out: dict[str, Any] = {
-            "epochs_run": self.epochs_run, "wall_seconds": self.wall_s, "shards": len(self.plan.shard_inits),
-            "sync_interval_ns": self.spec.sync_interval, "per_epoch_sync_intervals": self.fine_intervals,
-            "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9)}
+            "epochs_run": self.epochs_run,
+            "wall_seconds": self.wall_s,
+            "shards": len(self.plan.shard_inits),
+            "sync_interval_ns": self.spec.sync_interval,
+            "per_epoch_sync_intervals": self.fine_intervals,
+            "sim_seconds_per_wall_second": self.now_ns / NS_PER_S / max(self.wall_s, 1e-9),
+        }
         if not self.closed:
             out.update(self.session.stats())
         return out

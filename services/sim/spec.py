@@ -56,19 +56,37 @@ def _dur(v: Any, info) -> int:
 
 class SwapSpec(_Model):
     capacity: int = Field(8 << 30, description="Swap device capacity in bytes (0 disables swap).")
-    read_bytes_per_s: int = Field(CostModel.swap_read_bytes_per_s, description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).")
-    write_bytes_per_s: int = Field(CostModel.swap_write_bytes_per_s, description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).")
-    read_latency: int = Field(CostModel.swap_read_latency_ns, description="Swap-in latency per 4 KiB read, simulated ns (NAND QD1 ~80 us, figures.md Q2).")
-    write_latency: int = Field(CostModel.swap_write_latency_ns, description="Extra swap-out latency per page, simulated ns (writes are batched and buffered).")
+    read_bytes_per_s: int = Field(
+        CostModel.swap_read_bytes_per_s,
+        description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).",
+    )
+    write_bytes_per_s: int = Field(
+        CostModel.swap_write_bytes_per_s,
+        description="Swap write bandwidth, bytes/s (NVMe sustained write, figures.md Q2).",
+    )
+    read_latency: int = Field(
+        CostModel.swap_read_latency_ns,
+        description="Swap-in latency per 4 KiB read, simulated ns (NAND QD1 ~80 us, figures.md Q2).",
+    )
+    write_latency: int = Field(
+        CostModel.swap_write_latency_ns,
+        description="Extra swap-out latency per page, simulated ns (writes are batched and buffered).",
+    )
 
-    _sizes = field_validator("capacity", "read_bytes_per_s", "write_bytes_per_s", mode="before")(_size)
+    _sizes = field_validator("capacity", "read_bytes_per_s", "write_bytes_per_s", mode="before")(
+        _size
+    )
     _durs = field_validator("read_latency", "write_latency", mode="before")(_dur)
 
 
 class ZswapSpec(_Model):
     enabled: bool = Field(False, description="Put a compressed tier (zswap-like) in front of swap.")
-    max_pool_fraction: float = Field(0.2, gt=0, le=1, description="Largest share of host memory the compressed pool may use.")
-    compression_ratio: float = Field(ZSWAP_LZ4_RATIO, gt=1, description="Uncompressed/compressed size (lz4 in figures.md Q2).")
+    max_pool_fraction: float = Field(
+        0.2, gt=0, le=1, description="Largest share of host memory the compressed pool may use."
+    )
+    compression_ratio: float = Field(
+        ZSWAP_LZ4_RATIO, gt=1, description="Uncompressed/compressed size (lz4 in figures.md Q2)."
+    )
 
 
 class HostGroup(_Model):
@@ -77,12 +95,23 @@ class HostGroup(_Model):
     memory: int = Field(description="Physical memory per host, bytes.")
     reserve: int = Field(0, description="Memory the host keeps for itself, bytes.")
     thp: bool = Field(True, description="Back guest memory with 2 MiB transparent huge pages.")
-    backing: Literal["anon", "hugetlb_2m", "hugetlb_1g"] = Field("anon", description="Guest RAM backing (spec §7.3).")
-    discard_mode: Literal["dontneed", "free", "disabled"] = Field("dontneed", description="What a report does: MADV_DONTNEED, MADV_FREE, or nothing (VFIO/postcopy, §7.2).")
+    backing: Literal["anon", "hugetlb_2m", "hugetlb_1g"] = Field(
+        "anon", description="Guest RAM backing (docs/kernel-model.md §7.3)."
+    )
+    discard_mode: Literal["dontneed", "free", "disabled"] = Field(
+        "dontneed",
+        description="What a report does: MADV_DONTNEED, MADV_FREE, or nothing (VFIO/postcopy, §7.2).",
+    )
     swap: SwapSpec = Field(default_factory=SwapSpec, description="Swap device.")
     zswap: ZswapSpec = Field(default_factory=ZswapSpec, description="Optional compressed tier.")
-    oom_policy: Literal["stop_largest", "refuse"] = Field("stop_largest", description="When swap is full: stop the largest guest, or refuse the touch.")
-    costs: dict[str, int] = Field(default_factory=dict, description="Overrides of host cost-model fields, integers in ns or bytes/s (see services/host/core/costs.py).")
+    oom_policy: Literal["stop_largest", "refuse"] = Field(
+        "stop_largest",
+        description="When swap is full: stop the largest guest, or refuse the touch.",
+    )
+    costs: dict[str, int] = Field(
+        default_factory=dict,
+        description="Overrides of host cost-model fields, integers in ns or bytes/s (see services/host/core/costs.py).",
+    )
 
     _sizes = field_validator("memory", "reserve", mode="before")(_size)
 
@@ -91,28 +120,54 @@ class HostGroup(_Model):
         if self.memory <= 0:
             raise ValueError(f"memory must be > 0, got {self.memory}")
         if self.reserve >= self.memory:
-            raise ValueError(f"reserve ({self.reserve}) must be smaller than memory ({self.memory})")
+            raise ValueError(
+                f"reserve ({self.reserve}) must be smaller than memory ({self.memory})"
+            )
         return self
 
 
 class ReportingSpec(_Model):
     enabled: bool = Field(True, description="Free page reporting on or off.")
-    order: int | None = Field(None, ge=0, le=MAX_ORDER, description="Reporting order R (default: pageblock order 9).")
-    capacity: int = Field(PAGE_REPORTING_CAPACITY, ge=1, description="Entries per report (PAGE_REPORTING_CAPACITY).")
-    delay: int = Field(PAGE_REPORTING_DELAY_NS, description="Delay before a pass after a qualifying free (PAGE_REPORTING_DELAY).")
-    budget_divisor: int = Field(PAGE_REPORTING_BUDGET_DIVISOR, ge=1, description="A pass reports about 1/divisor of each free list.")
+    order: int | None = Field(
+        None, ge=0, le=MAX_ORDER, description="Reporting order R (default: pageblock order 9)."
+    )
+    capacity: int = Field(
+        PAGE_REPORTING_CAPACITY, ge=1, description="Entries per report (PAGE_REPORTING_CAPACITY)."
+    )
+    delay: int = Field(
+        PAGE_REPORTING_DELAY_NS,
+        description="Delay before a pass after a qualifying free (PAGE_REPORTING_DELAY).",
+    )
+    budget_divisor: int = Field(
+        PAGE_REPORTING_BUDGET_DIVISOR,
+        ge=1,
+        description="A pass reports about 1/divisor of each free list.",
+    )
 
     _durs = field_validator("delay", mode="before")(_dur)
 
 
 class Phase(_Model):
-    action: Literal["grow", "free", "idle", "touch"] = Field(description="grow: allocate and touch; free: release; idle: nothing; touch: re-touch held memory.")
+    action: Literal["grow", "free", "idle", "touch"] = Field(
+        description="grow: allocate and touch; free: release; idle: nothing; touch: re-touch held memory."
+    )
     duration: int = Field(description="Phase length, simulated ns.")
-    target: float | None = Field(None, ge=0, le=1, description="grow/free: held memory at the end of the phase, as a fraction of guest memory.")
-    rate: int | None = Field(None, ge=1, description="grow/free/touch: bytes per simulated second (default: as fast as possible within one epoch).")
+    target: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="grow/free: held memory at the end of the phase, as a fraction of guest memory.",
+    )
+    rate: int | None = Field(
+        None,
+        ge=1,
+        description="grow/free/touch: bytes per simulated second (default: as fast as possible within one epoch).",
+    )
 
     _durs = field_validator("duration", mode="before")(_dur)
-    _sizes = field_validator("rate", mode="before")(lambda v, info: None if v is None else parse_size_bytes(v, info.field_name))
+    _sizes = field_validator("rate", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Phase:
@@ -125,16 +180,27 @@ class MemhogWorkload(_Model):
     kind: Literal["memhog"] = "memhog"
     phases: list[Phase] = Field(min_length=1, description="Phases run in order.")
     repeat: bool = Field(False, description="Start again from the first phase after the last.")
-    thp: bool = Field(False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region.")
-    start_stagger: int = Field(0, description="Guest i of the group starts i x start_stagger late (take turns).")
-    start_jitter: int = Field(0, description="Each guest starts after a further seeded random delay in [0, start_jitter).")
+    thp: bool = Field(
+        False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region."
+    )
+    start_stagger: int = Field(
+        0, description="Guest i of the group starts i x start_stagger late (take turns)."
+    )
+    start_jitter: int = Field(
+        0, description="Each guest starts after a further seeded random delay in [0, start_jitter)."
+    )
 
     _durs = field_validator("start_stagger", "start_jitter", mode="before")(_dur)
 
 
 class IdleWorkload(_Model):
     kind: Literal["idle"] = "idle"
-    initial_fill: float = Field(0.0, ge=0, le=1, description="Fraction of memory allocated, touched and then freed at start (boot noise).")
+    initial_fill: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of memory allocated, touched and then freed at start (boot noise).",
+    )
 
 
 Workload = Annotated[MemhogWorkload | IdleWorkload, Field(discriminator="kind")]
@@ -144,12 +210,21 @@ class GuestGroup(_Model):
     name: str = Field(description="Group name, used in guest ids and metric labels.")
     count: int = Field(1, ge=1, description="Number of identical guests.")
     memory: int = Field(description="Guest RAM, bytes (a multiple of 4 MiB).")
-    profile: Literal["5.7", "6.1", "modern"] = Field(PROFILE_MODERN, description="Kernel rules to follow.")
-    reporting: ReportingSpec = Field(default_factory=ReportingSpec, description="Free page reporting.")
-    shuffle: bool = Field(False, description="page_alloc.shuffle=1 (spec §5).")
+    profile: Literal["5.7", "6.1", "modern"] = Field(
+        PROFILE_MODERN, description="Kernel rules to follow."
+    )
+    reporting: ReportingSpec = Field(
+        default_factory=ReportingSpec, description="Free page reporting."
+    )
+    shuffle: bool = Field(False, description="page_alloc.shuffle=1 (docs/kernel-model.md §5).")
     thp: bool = Field(True, description="Guest THP on (raises min_free_kbytes).")
-    zones: Literal["single", "dma32_normal"] = Field("single", description="One zone, or DMA32 + Normal (guests over 4 GiB).")
-    discard_mode: Literal["dontneed", "free", "disabled"] | None = Field(None, description="Override the host's discard mode for these guests (e.g. disabled for VFIO).")
+    zones: Literal["single", "dma32_normal"] = Field(
+        "single", description="One zone, or DMA32 + Normal (guests over 4 GiB)."
+    )
+    discard_mode: Literal["dontneed", "free", "disabled"] | None = Field(
+        None,
+        description="Override the host's discard mode for these guests (e.g. disabled for VFIO).",
+    )
     workload: Workload = Field(default_factory=IdleWorkload, description="What the guests do.")
 
     _sizes = field_validator("memory", mode="before")(_size)
@@ -163,13 +238,22 @@ class GuestGroup(_Model):
 
 
 class PlacementSpec(_Model):
-    policy: Literal["first_fit", "spread"] = Field("first_fit", description="first_fit fills hosts in order; spread balances committed memory.")
-    max_overcommit_ratio: float = Field(2.0, gt=0, description="Largest guest memory / host memory allowed on one host.")
+    policy: Literal["first_fit", "spread"] = Field(
+        "first_fit", description="first_fit fills hosts in order; spread balances committed memory."
+    )
+    max_overcommit_ratio: float = Field(
+        2.0, gt=0, description="Largest guest memory / host memory allowed on one host."
+    )
 
 
 class SweepSpec(_Model):
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Field path -> values; the runs are the cross product.")
-    seeds: list[int] = Field(default_factory=list, description="Seeds to run each grid point with (default: the spec's seed).")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Field path -> values; the runs are the cross product."
+    )
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Seeds to run each grid point with (default: the spec's seed).",
+    )
 
 
 class ExperimentSpec(_Model):
@@ -177,26 +261,44 @@ class ExperimentSpec(_Model):
     seed: int = Field(0, ge=0, description="Root of every random stream.")
     duration: int = Field(description="Simulated time to run.")
     epoch: int = Field(50_000_000, description="Lockstep epoch length (default 50 ms).")
-    sample_interval: int = Field(1_000_000_000, description="Time-series sample interval (default 1 s; at least one epoch).")
-    sync_interval: int | None = Field(None, description=(
-        "Simulated time covered by one SyncEpoch between a guest shard and a host: a whole multiple of "
-        "epoch that divides sample_interval. Hosts still apply every epoch on its own (all guests in "
-        "guest-id order, reclaim after each), so host state is the same as with per-epoch syncs; what "
-        "an answer carries back to guests (time lost to host faults, zero-fill, swap-in and reclaim; "
-        "swap-outs) reaches them at the end of the interval instead of the next epoch. This interval is "
-        "used only while every host is calm (see sync_pressure_fraction); otherwise shards sync every "
-        "epoch. Default: the largest such multiple up to 1 s. Set it equal to epoch for per-epoch "
-        "feedback throughout."))
-    sync_pressure_fraction: float = Field(0.85, gt=0, le=1, description=(
-        "A host is under pressure when, at a sample, its pool holds at least this share of its limit, "
-        "or it reclaimed, swapped in or stopped a guest during the last sample interval. While any host "
-        "is under pressure the next sample interval syncs every epoch, so guests feel swap-in and "
-        "reclaim costs one epoch later, as with per-epoch syncs."))
+    sample_interval: int = Field(
+        1_000_000_000, description="Time-series sample interval (default 1 s; at least one epoch)."
+    )
+    sync_interval: int | None = Field(
+        None,
+        description=(
+            "Simulated time covered by one SyncEpoch between a guest shard and a host: a whole multiple of "
+            "epoch that divides sample_interval. Hosts still apply every epoch on its own (all guests in "
+            "guest-id order, reclaim after each), so host state is the same as with per-epoch syncs; what "
+            "an answer carries back to guests (time lost to host faults, zero-fill, swap-in and reclaim; "
+            "swap-outs) reaches them at the end of the interval instead of the next epoch. This interval is "
+            "used only while every host is calm (see sync_pressure_fraction); otherwise shards sync every "
+            "epoch. Default: the largest such multiple up to 1 s. Set it equal to epoch for per-epoch "
+            "feedback throughout."
+        ),
+    )
+    sync_pressure_fraction: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description=(
+            "A host is under pressure when, at a sample, its pool holds at least this share of its limit, "
+            "or it reclaimed, swapped in or stopped a guest during the last sample interval. While any host "
+            "is under pressure the next sample interval syncs every epoch, so guests feel swap-in and "
+            "reclaim costs one epoch later, as with per-epoch syncs."
+        ),
+    )
     hosts: list[HostGroup] = Field(min_length=1, description="Host groups.")
     guest_groups: list[GuestGroup] = Field(min_length=1, description="Guest groups.")
-    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="How guests are placed on hosts.")
-    compare: list[Literal["reporting_off"]] = Field(default_factory=list, description="Paired baselines run with the same seed.")
-    sweep: SweepSpec | None = Field(None, description="Grid of overrides x seeds (overcommit sweep).")
+    placement: PlacementSpec = Field(
+        default_factory=PlacementSpec, description="How guests are placed on hosts."
+    )
+    compare: list[Literal["reporting_off"]] = Field(
+        default_factory=list, description="Paired baselines run with the same seed."
+    )
+    sweep: SweepSpec | None = Field(
+        None, description="Grid of overrides x seeds (overcommit sweep)."
+    )
 
     _durs = field_validator("duration", "epoch", "sample_interval", mode="before")(_dur)
 
@@ -216,12 +318,18 @@ class ExperimentSpec(_Model):
                 f"sample_interval ({self.sample_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
             )
         if self.sync_interval is None:  # resolved here, so run ids and resolved specs carry it
-            object.__setattr__(self, "sync_interval", default_sync_interval(self.epoch, self.sample_interval))
+            object.__setattr__(
+                self, "sync_interval", default_sync_interval(self.epoch, self.sample_interval)
+            )
         elif self.sync_interval <= 0 or self.sync_interval % self.epoch:
-            raise ValueError(f"sync_interval ({self.sync_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)")
+            raise ValueError(
+                f"sync_interval ({self.sync_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
+            )
         elif self.sample_interval % self.sync_interval:
-            raise ValueError(f"sync_interval ({self.sync_interval} ns) must divide sample_interval "
-                             f"({self.sample_interval} ns)")
+            raise ValueError(
+                f"sync_interval ({self.sync_interval} ns) must divide sample_interval "
+                f"({self.sample_interval} ns)"
+            )
         names = [h.name for h in self.hosts] + [g.name for g in self.guest_groups]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -298,7 +406,9 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not k.isdigit() or int(k) >= len(node):
-                raise SpecError([(path, f"no list index {k!r} at {'.'.join(keys[:i]) or '<spec>'}")])
+                raise SpecError(
+                    [(path, f"no list index {k!r} at {'.'.join(keys[:i]) or '<spec>'}")]
+                )
             if last:
                 node[int(k)] = value
             else:

@@ -42,9 +42,15 @@ def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> None:
             out[key] = v
 
 
-def run_sweep(spec: ExperimentSpec, out_dir: str = "runs", shards: int | None = None,
-              address: str | None = None, transport: str = "grpc", progress: bool = False,
-              backend: Backend | None = None) -> pd.DataFrame:
+def run_sweep(
+    spec: ExperimentSpec,
+    out_dir: str = "runs",
+    shards: int | None = None,
+    address: str | None = None,
+    transport: str = "grpc",
+    progress: bool = False,
+    backend: Backend | None = None,
+) -> pd.DataFrame:
     """Run every grid point x seed; return one row per run (also written to the
     sweep's ``results.parquet``, whose path is ``df.attrs["results_path"]``).
 
@@ -52,13 +58,17 @@ def run_sweep(spec: ExperimentSpec, out_dir: str = "runs", shards: int | None = 
     ``run_dir``, then the headline metrics, ``cluster.*`` and ``comparison.*``.
     """
     points = grid_points(spec)
-    specs = [with_overrides(spec, {**p, "sweep": None}) for p in points]  # validate all before running
+    specs = [
+        with_overrides(spec, {**p, "sweep": None}) for p in points
+    ]  # validate all before running
     own_backend = backend is None
     backend = backend or make_backend(transport, address)
     rows = []
     try:
         for point, s in zip(points, specs, strict=True):
-            result = run_experiment(s, out_dir=out_dir, shards=shards, progress=progress, backend=backend)
+            result = run_experiment(
+                s, out_dir=out_dir, shards=shards, progress=progress, backend=backend
+            )
             row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": result.run_dir}
             _flatten("cluster.", result.summary["cluster"], row)
             _flatten("comparison.", result.summary.get("comparison", {}), row)
@@ -66,7 +76,9 @@ def run_sweep(spec: ExperimentSpec, out_dir: str = "runs", shards: int | None = 
     finally:
         if own_backend:
             backend.close()
-    digest = hashlib.sha256(json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode())
+    digest = hashlib.sha256(
+        json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
+    )
     sweep_dir = os.path.join(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
     os.makedirs(sweep_dir, exist_ok=True)
     df = pd.DataFrame(rows)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 PRESSURE_COUNTERS = ("reclaim_scanned_pages", "faults_swapin", "guests_stopped", "oom_events")
 
 
-def host_under_pressure(prev: Mapping[str, int] | None, cur: Mapping[str, int], fraction: float) -> bool:
+def host_under_pressure(
+    prev: Mapping[str, int] | None, cur: Mapping[str, int], fraction: float
+) -> bool:
     """One host, from its counters at two sample boundaries: its pool is at least
     ``fraction`` of its limit, or since ``prev`` it reclaimed, swapped a page in,
     or stopped a guest."""
@@ -49,8 +51,11 @@ class SyncPolicy:
         """Epochs one sync covers in a sample interval decided as ``pressure``."""
         return 1 if pressure else self.calm_sync_epochs
 
-    def under_pressure(self, prev: Mapping[int, Mapping[str, int]],
-                       cur: Mapping[int, Mapping[str, int]]) -> bool:
+    def under_pressure(
+        self, prev: Mapping[int, Mapping[str, int]], cur: Mapping[int, Mapping[str, int]]
+    ) -> bool:
         """The decision for the next sample interval: is any host (host id -> counters
         at this boundary; ``prev`` at the one before) under pressure?"""
-        return any(host_under_pressure(prev.get(h), c, self.pressure_fraction) for h, c in cur.items())
+        return any(
+            host_under_pressure(prev.get(h), c, self.pressure_fraction) for h, c in cur.items()
+        )

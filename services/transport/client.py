@@ -68,10 +68,16 @@ def make_channel(options: ChannelOptions) -> grpc.Channel:
 class RpcCaller:
     """Calls stub methods with a deadline, token metadata and (if idempotent) retries."""
 
-    def __init__(self, *, token: str | None = None, experiment_id: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        experiment_id: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s}: must be > 0")
         self.metadata = bearer_metadata(token, experiment_id)
@@ -81,8 +87,14 @@ class RpcCaller:
         self._clock = clock
         self.retries = 0  # UNAVAILABLE attempts retried, for tests and metrics
 
-    def unary(self, method: Callable[..., Any], request: Any, *, idempotent: bool,
-              timeout_s: float | None = None) -> Any:
+    def unary(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        idempotent: bool,
+        timeout_s: float | None = None,
+    ) -> Any:
         """One unary call; raises ``grpc.RpcError`` with the final status."""
         deadline = self._clock() + (timeout_s or self.timeout_s)
         attempts = self.retry.max_attempts if idempotent else 1
@@ -99,7 +111,8 @@ class RpcCaller:
                 self._sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def stream(self, method: Callable[..., Any], request: Any, *,
-               timeout_s: float | None = None) -> Iterator[Any]:
+    def stream(
+        self, method: Callable[..., Any], request: Any, *, timeout_s: float | None = None
+    ) -> Iterator[Any]:
         """A server-streaming call (not retried: a stream may have been half read)."""
         return method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)

@@ -74,7 +74,9 @@ class TokenStore:
         return expected is not None and hmac.compare_digest(token, expected)
 
 
-def bearer_metadata(token: str | None, experiment_id: str | None = None) -> tuple[tuple[str, str], ...]:
+def bearer_metadata(
+    token: str | None, experiment_id: str | None = None
+) -> tuple[tuple[str, str], ...]:
     """Call metadata a client sends: the bearer token and the experiment it is for."""
     metadata: list[tuple[str, str]] = []
     if token:
@@ -94,19 +96,24 @@ def _metadata_value(metadata: Sequence[Any] | None, key: str) -> str | None:
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Refuse calls without an accepted bearer token with UNAUTHENTICATED."""
 
-    def __init__(self, tokens: TokenStore, exempt_prefixes: Sequence[str] = DEFAULT_EXEMPT_PREFIXES):
+    def __init__(
+        self, tokens: TokenStore, exempt_prefixes: Sequence[str] = DEFAULT_EXEMPT_PREFIXES
+    ):
         self._tokens = tokens
         self._exempt_prefixes = tuple(exempt_prefixes)
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         if handler_call_details.method.startswith(self._exempt_prefixes):
             return continuation(handler_call_details)
         metadata = handler_call_details.invocation_metadata
         header = _metadata_value(metadata, AUTH_HEADER)
-        token = header[len(BEARER_PREFIX):] if header and header.startswith(BEARER_PREFIX) else None
+        token = (
+            header[len(BEARER_PREFIX) :] if header and header.startswith(BEARER_PREFIX) else None
+        )
         experiment_id = _metadata_value(metadata, EXPERIMENT_HEADER)
         if self._tokens.accepts(experiment_id, token):
             return continuation(handler_call_details)
@@ -127,11 +134,17 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, reason: str) -> grp
     if handler is None:
         return grpc.unary_unary_rpc_method_handler(refuse)
     if handler.response_streaming:
-        factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_stream_rpc_method_handler)
+        factory = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
         return factory(refuse_stream, handler.request_deserializer, handler.response_serializer)
-    factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-               else grpc.unary_unary_rpc_method_handler)
+    factory = (
+        grpc.stream_unary_rpc_method_handler
+        if handler.request_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
     return factory(refuse, handler.request_deserializer, handler.response_serializer)
 
 
@@ -150,8 +163,9 @@ def check_experiment_binding(context: grpc.ServicerContext | None, experiment_id
         return
     header = experiment_header(context)
     if header is not None and header != experiment_id:
-        raise permission_denied("experiment_id", experiment_id,
-                                f"call is authorised for experiment {header!r} only")
+        raise permission_denied(
+            "experiment_id", experiment_id, f"call is authorised for experiment {header!r} only"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,9 @@ class ServerTls:
 
     @classmethod
     def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
-        return cls(cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+        return cls(
+            cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None
+        )
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
@@ -184,9 +200,14 @@ class ClientTls:
     server_name_override: str | None = None  # for certificates issued to another name
 
     @classmethod
-    def from_files(cls, root_ca: Path, cert: Path | None = None, key: Path | None = None) -> ClientTls:
-        return cls(root_ca.read_bytes(), cert.read_bytes() if cert else None,
-                   key.read_bytes() if key else None)
+    def from_files(
+        cls, root_ca: Path, cert: Path | None = None, key: Path | None = None
+    ) -> ClientTls:
+        return cls(
+            root_ca.read_bytes(),
+            cert.read_bytes() if cert else None,
+            key.read_bytes() if key else None,
+        )
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(

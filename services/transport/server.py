@@ -76,8 +76,15 @@ class ServerOptions:
 class GrpcServer:
     """A built, bound gRPC server. ``start()``/``stop()``, or use it as a context manager."""
 
-    def __init__(self, server: grpc.Server, port: int, host: str, health_servicer: health.HealthServicer,
-                 service_names: Sequence[str], grace_s: float):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        host: str,
+        health_servicer: health.HealthServicer,
+        service_names: Sequence[str],
+        grace_s: float,
+    ):
         self.server = server
         self.port = port
         self.host = host
@@ -112,8 +119,12 @@ class GrpcServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -123,8 +134,9 @@ def build_server(options: ServerOptions, services: Sequence[ServiceBinding]) -> 
     if options.tokens is not None:
         interceptors.insert(0, BearerTokenInterceptor(options.tokens))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers,
-                                   thread_name_prefix="grpc-server"),
+        futures.ThreadPoolExecutor(
+            max_workers=options.max_workers, thread_name_prefix="grpc-server"
+        ),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),

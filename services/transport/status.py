@@ -33,23 +33,32 @@ def rich_status(err: StatusError) -> status_pb2.Status:
     detail = any_pb2.Any()
     code = err.code()
     if code is Status.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.details())
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=err.field, description=err.details()
+        )
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     elif code is Status.NOT_FOUND:
-        detail.Pack(error_details_pb2.ResourceInfo(
-            resource_type=err.field, resource_name=str(err.value), description=err.reason
-        ))
+        detail.Pack(
+            error_details_pb2.ResourceInfo(
+                resource_type=err.field, resource_name=str(err.value), description=err.reason
+            )
+        )
     elif code is Status.FAILED_PRECONDITION:
         violation = error_details_pb2.PreconditionFailure.Violation(
             type=code.name, subject=f"{err.field}={err.value!r}", description=err.reason
         )
         detail.Pack(error_details_pb2.PreconditionFailure(violations=[violation]))
     else:
-        detail.Pack(error_details_pb2.ErrorInfo(
-            reason=code.name, domain="overcommit.v1",
-            metadata={"field": err.field, "value": str(err.value)},
-        ))
-    return status_pb2.Status(code=getattr(code_pb2, code.name), message=err.details(), details=[detail])
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=code.name,
+                domain="overcommit.v1",
+                metadata={"field": err.field, "value": str(err.value)},
+            )
+        )
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=err.details(), details=[detail]
+    )
 
 
 def abort(context: grpc.ServicerContext | None, err: StatusError) -> NoReturn:
@@ -80,11 +89,14 @@ def translate_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     the mapped :class:`StatusError` is raised instead.
     """
     if inspect.isgeneratorfunction(method):
+
         @functools.wraps(method)
-        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext | None) -> Iterator[Any]:
+        def stream_wrapper(
+            self: Any, request: Any, context: grpc.ServicerContext | None
+        ) -> Iterator[Any]:
             try:
                 yield from method(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
+            except Exception as exc:  # mapped or re-raised below
                 err = as_status_error(exc)
                 if err is None:
                     raise
@@ -96,7 +108,7 @@ def translate_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext | None) -> Any:
         try:
             return method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
+        except Exception as exc:  # mapped or re-raised below
             err = as_status_error(exc)
             if err is None:
                 raise

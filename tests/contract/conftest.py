@@ -27,23 +27,39 @@ EPOCH_NS = 50_000_000
 
 
 def make_host(host_id: int = 0, memory_bytes: int = HOST_MEMORY_BYTES) -> Host:
-    return Host(host_id, HostConfig(memory_bytes=memory_bytes,
-                                    swap=SwapConfig(capacity_bytes=1 << 30)))
+    return Host(
+        host_id, HostConfig(memory_bytes=memory_bytes, swap=SwapConfig(capacity_bytes=1 << 30))
+    )
 
 
-def register(client, guest_id: int, shard_id: int = 0, nr_pages: int = GUEST_PAGES,
-             host_id: int = 0, **extra) -> host_pb2.RegisterGuestResponse:
-    return client.register_guest(host_pb2.RegisterGuestRequest(
-        experiment_id=EXPERIMENT, host_id=host_id, shard_id=shard_id, guest_id=guest_id,
-        nr_pages=nr_pages, discard_mode=host_pb2.DISCARD_MODE_DONTNEED, **extra))
+def register(
+    client, guest_id: int, shard_id: int = 0, nr_pages: int = GUEST_PAGES, host_id: int = 0, **extra
+) -> host_pb2.RegisterGuestResponse:
+    return client.register_guest(
+        host_pb2.RegisterGuestRequest(
+            experiment_id=EXPERIMENT,
+            host_id=host_id,
+            shard_id=shard_id,
+            guest_id=guest_id,
+            nr_pages=nr_pages,
+            discard_mode=host_pb2.DISCARD_MODE_DONTNEED,
+            **extra,
+        )
+    )
 
 
 def u64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.uint64)
 
 
-def guest_ops(guest_id: int, seed: int, nr_pages: int = GUEST_PAGES, reports: int = 2,
-              touches: int = 3, report_blocks: int = 32) -> GuestOps:
+def guest_ops(
+    guest_id: int,
+    seed: int,
+    nr_pages: int = GUEST_PAGES,
+    reports: int = 2,
+    touches: int = 3,
+    report_blocks: int = 32,
+) -> GuestOps:
     """A realistic mix for one guest: touch runs, order-9 reports, more touches, interleaved."""
     rng = np.random.default_rng([seed, guest_id])
     blocks = nr_pages >> 9
@@ -64,22 +80,45 @@ def guest_ops(guest_id: int, seed: int, nr_pages: int = GUEST_PAGES, reports: in
         t_starts.append(int(chosen[0]))
         t_npages.append(512)
         t_seqs.append(seq)
-    return GuestOps(guest_id, tuple(report_ops), PageRunOps(u64(t_starts), u64(t_npages), u64(t_seqs)))
+    return GuestOps(
+        guest_id, tuple(report_ops), PageRunOps(u64(t_starts), u64(t_npages), u64(t_seqs))
+    )
 
 
-def build_sync_request(experiment_id: str, host_id: int, shard_id: int, epoch: int, sequence: int,
-                       epoch_end_ns: int, guests, next_epoch: int = 0, epochs: int = 1,
-                       sample: bool = False) -> host_pb2.SyncEpochRequest:
+def build_sync_request(
+    experiment_id: str,
+    host_id: int,
+    shard_id: int,
+    epoch: int,
+    sequence: int,
+    epoch_end_ns: int,
+    guests,
+    next_epoch: int = 0,
+    epochs: int = 1,
+    sample: bool = False,
+) -> host_pb2.SyncEpochRequest:
     """A SyncEpochRequest as a shard's link encodes it (through the protocol's codec)."""
-    return encode_submission(experiment_id, host_id, EpochSubmission(
-        shard_id, epoch, sequence, epoch_end_ns, tuple(guests), next_epoch, epochs, sample))
+    return encode_submission(
+        experiment_id,
+        host_id,
+        EpochSubmission(
+            shard_id, epoch, sequence, epoch_end_ns, tuple(guests), next_epoch, epochs, sample
+        ),
+    )
 
 
-def sync_request(shard_id: int, epoch: int, guests, sequence: int | None = None,
-                 host_id: int = 0) -> host_pb2.SyncEpochRequest:
-    return build_sync_request(EXPERIMENT, host_id, shard_id, epoch,
-                              epoch if sequence is None else sequence,
-                              (epoch + 1) * EPOCH_NS, guests)
+def sync_request(
+    shard_id: int, epoch: int, guests, sequence: int | None = None, host_id: int = 0
+) -> host_pb2.SyncEpochRequest:
+    return build_sync_request(
+        EXPERIMENT,
+        host_id,
+        shard_id,
+        epoch,
+        epoch if sequence is None else sequence,
+        (epoch + 1) * EPOCH_NS,
+        guests,
+    )
 
 
 def state_of(client) -> host_pb2.GetHostStateResponse:

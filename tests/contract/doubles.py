@@ -41,8 +41,12 @@ class MemoryShard:
     """GuestShardApi over real guests; ``gate`` (if set) blocks apply_ops until released."""
 
     def __init__(self, nr_pages: int = 1 << 14, guest_ids: Sequence[int] = (1, 2)):
-        self.guests = {gid: Guest(gid, GuestConfig(nr_pages=nr_pages), seed=7,
-                                  reporter=AckingReporter(), fast=False) for gid in guest_ids}
+        self.guests = {
+            gid: Guest(
+                gid, GuestConfig(nr_pages=nr_pages), seed=7, reporter=AckingReporter(), fast=False
+            )
+            for gid in guest_ids
+        }
         self.allocated: dict[int, dict[int, list[int]]] = {gid: {} for gid in guest_ids}
         self.workloads: dict[int, tuple[str, dict[str, Any], int]] = {}
         self.gate: threading.Event | None = None
@@ -54,9 +58,16 @@ class MemoryShard:
         return self.guests[guest_id]
 
     def list_guests(self) -> Sequence[GuestInfo]:
-        return [GuestInfo(gid, g.config.nr_pages, host_id=0, now_ns=g.now_ns,
-                          workload=self.workloads.get(gid, ("",))[0])
-                for gid, g in reversed(self.guests.items())]
+        return [
+            GuestInfo(
+                gid,
+                g.config.nr_pages,
+                host_id=0,
+                now_ns=g.now_ns,
+                workload=self.workloads.get(gid, ("",))[0],
+            )
+            for gid, g in reversed(self.guests.items())
+        ]
 
     def apply_ops(self, guest_id: int, ops: Sequence[GuestOp]) -> ApplyOpsResult:
         guest = self._guest(guest_id)
@@ -67,16 +78,22 @@ class MemoryShard:
             if isinstance(op, FreeOp) and not len(op.pfns):
                 held = self.allocated[guest_id].get(op.order, [])
                 if op.count > len(held):
-                    raise ValueError(f"count {op.count}: only {len(held)} blocks of order {op.order} held")
+                    raise ValueError(
+                        f"count {op.count}: only {len(held)} blocks of order {op.order} held"
+                    )
         results = []
         for op in ops:
-            held = self.allocated[guest_id].setdefault(op.order, []) if not isinstance(op, TouchOp) else []
+            held = (
+                self.allocated[guest_id].setdefault(op.order, [])
+                if not isinstance(op, TouchOp)
+                else []
+            )
             if isinstance(op, AllocOp):
                 pfns = guest.alloc(op.order, op.migratetype, op.count)
                 held.extend(pfns.tolist())
                 results.append(OpResult(pfns=pfns))
             elif isinstance(op, FreeOp):
-                pfns = np.asarray(op.pfns if len(op.pfns) else held[-op.count:], dtype=np.int64)
+                pfns = np.asarray(op.pfns if len(op.pfns) else held[-op.count :], dtype=np.int64)
                 guest.free(pfns, op.order)
                 for pfn in pfns.tolist():
                     held.remove(pfn)
@@ -87,8 +104,9 @@ class MemoryShard:
                 results.append(OpResult(lost_ns=guest.touch_cost_ns - before))
         return ApplyOpsResult(results, guest.now_ns)
 
-    def start_workload(self, guest_id: int, workload: str, params: Mapping[str, Any],
-                       duration_ns: int) -> tuple[int, int]:
+    def start_workload(
+        self, guest_id: int, workload: str, params: Mapping[str, Any], duration_ns: int
+    ) -> tuple[int, int]:
         guest = self._guest(guest_id)
         if workload not in ("memhog", "idle"):
             raise ValueError(f"workload {workload!r} is not one of memhog, idle")
@@ -144,11 +162,18 @@ class MemoryExperiments:
 
     def summary(self, experiment_id: str) -> Mapping[str, Any]:
         spec = self._get(experiment_id)
-        return {"experiment_id": experiment_id, "now_ns": self.now_ns[experiment_id],
-                "hosts": int(spec.get("hosts", 1)), "saved_bytes": np.int64(4096)}
+        return {
+            "experiment_id": experiment_id,
+            "now_ns": self.now_ns[experiment_id],
+            "hosts": int(spec.get("hosts", 1)),
+            "saved_bytes": np.int64(4096),
+        }
 
     def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
         self._get(experiment_id)
         for t in range(0, self.now_ns[experiment_id] + 1, 1_000_000_000):
-            yield {"sim_time_ns": t, "entity": "host/0",
-                   "metrics": {"pool_used_bytes": float(t // 1000), "guests": 2}}
+            yield {
+                "sim_time_ns": t,
+                "entity": "host/0",
+                "metrics": {"pool_used_bytes": float(t // 1000), "guests": 2},
+            }

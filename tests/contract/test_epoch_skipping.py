@@ -28,7 +28,9 @@ from tests.contract.test_host_service import PRESSURE_HOST_BYTES
 
 
 def request(shard: int, epoch: int, guests, next_epoch: int = 0):
-    return build_sync_request(EXPERIMENT, 0, shard, epoch, 0, (epoch + 1) * EPOCH_NS, guests, next_epoch)
+    return build_sync_request(
+        EXPERIMENT, 0, shard, epoch, 0, (epoch + 1) * EPOCH_NS, guests, next_epoch
+    )
 
 
 @pytest.fixture
@@ -45,17 +47,23 @@ def test_a_skipping_shard_is_not_waited_for_and_gets_its_swap_outs_later(two_sha
     client, endpoint = two_shards
     with ThreadPoolExecutor(max_workers=1) as pool:
         # epoch 0: both shards are due; shard 1 then promises nothing before epoch 4
-        first = pool.submit(client.sync_epoch,
-                            request(1, 0, [guest_ops(2, seed=0, touches=6, reports=0)], next_epoch=4))
+        first = pool.submit(
+            client.sync_epoch,
+            request(1, 0, [guest_ops(2, seed=0, touches=6, reports=0)], next_epoch=4),
+        )
         for epoch in range(4):  # shard 0 alone completes epochs 1..3: no waiting for shard 1
-            r = client.sync_epoch(request(0, epoch, [guest_ops(1, seed=epoch, touches=12, reports=0)]))
+            r = client.sync_epoch(
+                request(0, epoch, [guest_ops(1, seed=epoch, touches=12, reports=0)])
+            )
             assert r.epoch == epoch
         assert first.result(timeout=120).epoch == 0
         assert state_of(client).next_epoch == 4
         swapped_pages = endpoint.host.guest_counters(2)["swapout_bytes"] // 4096
         assert swapped_pages > 0, "shard 0's pressure should push guest 2's pages out"
         told_at_0 = sum(first.result().guests[0].swapped_out.npages)
-        later = pool.submit(client.sync_epoch, request(1, 4, []))  # due again at 4: waits for shard 0
+        later = pool.submit(
+            client.sync_epoch, request(1, 4, [])
+        )  # due again at 4: waits for shard 0
         client.sync_epoch(request(0, 4, []))
         g = later.result(timeout=120).guests[0]
     assert g.guest_id == 2

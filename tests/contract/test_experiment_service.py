@@ -30,27 +30,43 @@ def manager() -> MemoryExperiments:
 @pytest.fixture
 def served(manager: MemoryExperiments) -> Iterator[tuple[str, ExperimentClient]]:
     assert isinstance(manager, ExperimentManagerApi)
-    with start_experiment_server(manager, tokens=TokenStore(admin_token=ADMIN)) as server:
-        with connect_experiments(server.address, token=ADMIN, timeout_s=10) as client:
-            yield server.address, client
+    with (
+        start_experiment_server(manager, tokens=TokenStore(admin_token=ADMIN)) as server,
+        connect_experiments(server.address, token=ADMIN, timeout_s=10) as client,
+    ):
+        yield server.address, client
 
 
 def test_create_advance_run_summary_and_stream(served) -> None:
     address, admin = served
     experiment_id, token = admin.create(SPEC_YAML)
     assert experiment_id == "exp-1" and token
-    with connect_experiments(address, token=token, experiment_id=experiment_id, timeout_s=10) as own:
+    with connect_experiments(
+        address, token=token, experiment_id=experiment_id, timeout_s=10
+    ) as own:
         advanced = own.advance(experiment_id, 1_000_000_000)
-        assert (advanced.now_ns, advanced.state) == (1_000_000_000, experiment_pb2.EXPERIMENT_STATE_CREATED)
+        assert (advanced.now_ns, advanced.state) == (
+            1_000_000_000,
+            experiment_pb2.EXPERIMENT_STATE_CREATED,
+        )
         done = own.run_to_end(experiment_id)
-        assert (done.now_ns, done.state) == (3_000_000_000, experiment_pb2.EXPERIMENT_STATE_FINISHED)
+        assert (done.now_ns, done.state) == (
+            3_000_000_000,
+            experiment_pb2.EXPERIMENT_STATE_FINISHED,
+        )
         summary = own.summary(experiment_id)
-        assert summary == {"experiment_id": "exp-1", "now_ns": 3_000_000_000, "hosts": 2,
-                           "saved_bytes": 4096}
+        assert summary == {
+            "experiment_id": "exp-1",
+            "now_ns": 3_000_000_000,
+            "hosts": 2,
+            "saved_bytes": 4096,
+        }
         samples = list(own.stream_samples(experiment_id))
         assert [s.sim_time_ns for s in samples] == [0, 1_000_000_000, 2_000_000_000, 3_000_000_000]
         assert samples[1].entity == "host/0" and dict(samples[1].metrics) == {
-            "pool_used_bytes": 1_000_000.0, "guests": 2.0}
+            "pool_used_bytes": 1_000_000.0,
+            "guests": 2.0,
+        }
         assert own.cancel(experiment_id).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
 
 
@@ -62,17 +78,26 @@ def test_create_from_a_typed_spec_and_cancel(served, manager: MemoryExperiments)
     with pytest.raises(grpc.RpcError) as err:
         admin.advance(experiment_id, 1)
     assert err.value.code() == CODE.FAILED_PRECONDITION
-    assert err.value.details().startswith(f"experiment_id={experiment_id!r}: experiment was cancelled")
+    assert err.value.details().startswith(
+        f"experiment_id={experiment_id!r}: experiment was cancelled"
+    )
 
 
-@pytest.mark.parametrize(("call", "code", "details"), [
-    (lambda c: c.create("name: no-duration\n"), CODE.INVALID_ARGUMENT, "spec.duration_ns is required"),
-    (lambda c: c.create("   "), CODE.INVALID_ARGUMENT, "spec_yaml=''"),
-    (lambda c: c.advance("exp-1", 0), CODE.INVALID_ARGUMENT, "duration_ns=0"),
-    (lambda c: c.advance("exp-9", 1), CODE.NOT_FOUND, "experiment_id 'exp-9' does not exist"),
-    (lambda c: c.summary(""), CODE.INVALID_ARGUMENT, "experiment_id=''"),
-    (lambda c: list(c.stream_samples("exp-9")), CODE.NOT_FOUND, "experiment_id 'exp-9'"),
-])
+@pytest.mark.parametrize(
+    ("call", "code", "details"),
+    [
+        (
+            lambda c: c.create("name: no-duration\n"),
+            CODE.INVALID_ARGUMENT,
+            "spec.duration_ns is required",
+        ),
+        (lambda c: c.create("   "), CODE.INVALID_ARGUMENT, "spec_yaml=''"),
+        (lambda c: c.advance("exp-1", 0), CODE.INVALID_ARGUMENT, "duration_ns=0"),
+        (lambda c: c.advance("exp-9", 1), CODE.NOT_FOUND, "experiment_id 'exp-9' does not exist"),
+        (lambda c: c.summary(""), CODE.INVALID_ARGUMENT, "experiment_id=''"),
+        (lambda c: list(c.stream_samples("exp-9")), CODE.NOT_FOUND, "experiment_id 'exp-9'"),
+    ],
+)
 def test_bad_requests(served, manager: MemoryExperiments, call, code, details) -> None:
     _, admin = served
     admin.create(SPEC_YAML)

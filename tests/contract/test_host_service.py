@@ -51,11 +51,22 @@ CODE = grpc.StatusCode
 def test_register_sync_and_state_round_trip(running_host: RunningHost) -> None:
     client = running_host.client
     first = register(client, guest_id=1)
-    assert (first.guest_id, first.host_id, first.nr_pages, first.next_epoch) == (1, 0, GUEST_PAGES, 0)
+    assert (first.guest_id, first.host_id, first.nr_pages, first.next_epoch) == (
+        1,
+        0,
+        GUEST_PAGES,
+        0,
+    )
     by_bytes = client.register_guest(
-        host_pb2.RegisterGuestRequest(experiment_id=EXPERIMENT, host_id=0, shard_id=0, guest_id=2,
-                                      size_bytes=GUEST_PAGES * 4096,
-                                      discard_mode=host_pb2.DISCARD_MODE_FREE))
+        host_pb2.RegisterGuestRequest(
+            experiment_id=EXPERIMENT,
+            host_id=0,
+            shard_id=0,
+            guest_id=2,
+            size_bytes=GUEST_PAGES * 4096,
+            discard_mode=host_pb2.DISCARD_MODE_FREE,
+        )
+    )
     assert by_bytes.nr_pages == GUEST_PAGES
     ops = [guest_ops(2, seed=1), guest_ops(1, seed=1)]
     response = client.sync_epoch(sync_request(0, 0, ops))
@@ -63,7 +74,9 @@ def test_register_sync_and_state_round_trip(running_host: RunningHost) -> None:
     assert [g.guest_id for g in response.guests] == [1, 2]
     for g, sent in zip(response.guests, sorted(ops, key=lambda o: o.guest_id), strict=True):
         assert [a.op_seq for a in g.report_acks] == [r.op_seq for r in sent.reports]
-        assert all(a.status == host_pb2.REPORT_STATUS_OK and a.latency_ns > 0 for a in g.report_acks)
+        assert all(
+            a.status == host_pb2.REPORT_STATUS_OK and a.latency_ns > 0 for a in g.report_acks
+        )
         assert {"fault", "zero", "swapin", "decompress"} <= set(g.lost_ns)
         assert sum(g.touched_pages.values()) == int(sent.touched.npages.sum())
         assert not g.stopped
@@ -71,28 +84,37 @@ def test_register_sync_and_state_round_trip(running_host: RunningHost) -> None:
     assert state.next_epoch == 1 and state.epoch_end_ns == sync_request(0, 0, []).epoch_end_ns
     assert state.counters["reports"] == 4 and state.counters["guests"] == 2
     assert [(g.guest_id, g.shard_id, g.nr_pages) for g in state.guests] == [
-        (1, 0, GUEST_PAGES), (2, 0, GUEST_PAGES)]
+        (1, 0, GUEST_PAGES),
+        (2, 0, GUEST_PAGES),
+    ]
     assert list(state.shard_ids) == [0]
     running_host.endpoint.host.check_invariants()
 
 
-def test_register_is_idempotent_and_refuses_a_different_registration(running_host: RunningHost) -> None:
+def test_register_is_idempotent_and_refuses_a_different_registration(
+    running_host: RunningHost,
+) -> None:
     client = running_host.client
     register(client, guest_id=1)
     register(client, guest_id=1)  # same again: fine
     with pytest.raises(grpc.RpcError) as err:
         register(client, guest_id=1, nr_pages=GUEST_PAGES * 2)
     assert err.value.code() == CODE.ALREADY_EXISTS
-    for bad, field in ((dict(page_size_bytes=8192), "page_size_bytes"),
-                       (dict(max_order=11), "max_order"),
-                       (dict(nr_pages=1000, guest_id=9), "nr_pages")):
+    for bad, field in (
+        (dict(page_size_bytes=8192), "page_size_bytes"),
+        (dict(max_order=11), "max_order"),
+        (dict(nr_pages=1000, guest_id=9), "nr_pages"),
+    ):
         kwargs = dict(guest_id=3) | bad
         with pytest.raises(grpc.RpcError) as err:
             register(client, **kwargs)
         assert err.value.code() == CODE.INVALID_ARGUMENT and err.value.details().startswith(field)
     with pytest.raises(grpc.RpcError) as err:
-        client.register_guest(host_pb2.RegisterGuestRequest(
-            experiment_id=EXPERIMENT, host_id=0, shard_id=0, guest_id=4, nr_pages=GUEST_PAGES))
+        client.register_guest(
+            host_pb2.RegisterGuestRequest(
+                experiment_id=EXPERIMENT, host_id=0, shard_id=0, guest_id=4, nr_pages=GUEST_PAGES
+            )
+        )
     assert err.value.code() == CODE.INVALID_ARGUMENT and "discard_mode" in err.value.details()
     assert [g.guest_id for g in state_of(client).guests] == [1]
 
@@ -113,38 +135,83 @@ def _bad(guest_id: int = 2, **kwargs) -> GuestOps:
 
 
 BAD_OPS: dict[str, tuple[Callable[[], list[GuestOps]], grpc.StatusCode, str]] = {
-    "pfn out of range": (lambda: [_bad(reports=(_report(1, [GUEST_PAGES], [0]),))],
-                         CODE.INVALID_ARGUMENT, f"guests[1].reports[0].pfns[0]={GUEST_PAGES}"),
-    "range past the end": (lambda: [_bad(reports=(_report(1, [GUEST_PAGES - 512], [10]),))],
-                           CODE.INVALID_ARGUMENT, "guests[1].reports[0].pfns[0]"),
-    "misaligned range": (lambda: [_bad(reports=(_report(1, [0, 513], [9, 1]),))],
-                         CODE.INVALID_ARGUMENT, "guests[1].reports[0].pfns[1]=513"),
-    "order out of range": (lambda: [_bad(reports=(_report(1, [0], [11]),))],
-                           CODE.INVALID_ARGUMENT, "guests[1].reports[0].orders[0]=11"),
-    "batch over capacity": (lambda: [_bad(reports=(_report(1, np.arange(33) * 512, [9] * 33),))],
-                            CODE.INVALID_ARGUMENT, "guests[1].reports[0].pfns=33"),
-    "empty batch": (lambda: [_bad(reports=(_report(1, [], []),))],
-                    CODE.INVALID_ARGUMENT, "guests[1].reports[0].pfns=0"),
-    "overlapping ranges": (lambda: [_bad(reports=(_report(1, [0, 256], [9, 8]),))],
-                           CODE.INVALID_ARGUMENT, "guests[1].reports[0].pfns[1]=256"),
-    "orders shorter than pfns": (lambda: [_bad(reports=(_report(1, [0, 512], [9]),))],
-                                 CODE.INVALID_ARGUMENT, "guests[1].reports[0].orders=1"),
-    "duplicate report op_seq": (lambda: [_bad(reports=(_report(1, [0], [9]), _report(1, [512], [9])))],
-                                CODE.INVALID_ARGUMENT, "guests[1].reports[1].op_seq=1"),
-    "touch op_seq used by a report": (lambda: [_bad(reports=(_report(1, [0], [9]),),
-                                                    touched=_runs([0], [1], [1]))],
-                                      CODE.INVALID_ARGUMENT, "guests[1].touched.op_seqs[0]=1"),
-    "npages zero": (lambda: [_bad(touched=_runs([0, 5], [1, 0], [1, 1]))],
-                    CODE.INVALID_ARGUMENT, "guests[1].touched.npages[1]=0"),
-    "run outside guest": (lambda: [_bad(touched=_runs([GUEST_PAGES - 10], [20], [1]))],
-                          CODE.INVALID_ARGUMENT, f"guests[1].touched.starts[0]={GUEST_PAGES - 10}"),
-    "freed run outside guest": (lambda: [_bad(freed=_runs([GUEST_PAGES], [1], [1]))],
-                                CODE.INVALID_ARGUMENT, f"guests[1].freed.starts[0]={GUEST_PAGES}"),
-    "op_seqs shorter than runs": (lambda: [_bad(touched=_runs([0, 8], [1, 1], [1]))],
-                                  CODE.INVALID_ARGUMENT, "guests[1].touched.op_seqs=1"),
+    "pfn out of range": (
+        lambda: [_bad(reports=(_report(1, [GUEST_PAGES], [0]),))],
+        CODE.INVALID_ARGUMENT,
+        f"guests[1].reports[0].pfns[0]={GUEST_PAGES}",
+    ),
+    "range past the end": (
+        lambda: [_bad(reports=(_report(1, [GUEST_PAGES - 512], [10]),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].pfns[0]",
+    ),
+    "misaligned range": (
+        lambda: [_bad(reports=(_report(1, [0, 513], [9, 1]),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].pfns[1]=513",
+    ),
+    "order out of range": (
+        lambda: [_bad(reports=(_report(1, [0], [11]),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].orders[0]=11",
+    ),
+    "batch over capacity": (
+        lambda: [_bad(reports=(_report(1, np.arange(33) * 512, [9] * 33),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].pfns=33",
+    ),
+    "empty batch": (
+        lambda: [_bad(reports=(_report(1, [], []),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].pfns=0",
+    ),
+    "overlapping ranges": (
+        lambda: [_bad(reports=(_report(1, [0, 256], [9, 8]),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].pfns[1]=256",
+    ),
+    "orders shorter than pfns": (
+        lambda: [_bad(reports=(_report(1, [0, 512], [9]),))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[0].orders=1",
+    ),
+    "duplicate report op_seq": (
+        lambda: [_bad(reports=(_report(1, [0], [9]), _report(1, [512], [9])))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].reports[1].op_seq=1",
+    ),
+    "touch op_seq used by a report": (
+        lambda: [_bad(reports=(_report(1, [0], [9]),), touched=_runs([0], [1], [1]))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].touched.op_seqs[0]=1",
+    ),
+    "npages zero": (
+        lambda: [_bad(touched=_runs([0, 5], [1, 0], [1, 1]))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].touched.npages[1]=0",
+    ),
+    "run outside guest": (
+        lambda: [_bad(touched=_runs([GUEST_PAGES - 10], [20], [1]))],
+        CODE.INVALID_ARGUMENT,
+        f"guests[1].touched.starts[0]={GUEST_PAGES - 10}",
+    ),
+    "freed run outside guest": (
+        lambda: [_bad(freed=_runs([GUEST_PAGES], [1], [1]))],
+        CODE.INVALID_ARGUMENT,
+        f"guests[1].freed.starts[0]={GUEST_PAGES}",
+    ),
+    "op_seqs shorter than runs": (
+        lambda: [_bad(touched=_runs([0, 8], [1, 1], [1]))],
+        CODE.INVALID_ARGUMENT,
+        "guests[1].touched.op_seqs=1",
+    ),
     "guest twice": (lambda: [_bad(), _bad()], CODE.INVALID_ARGUMENT, "guests[2].guest_id=2"),
     "unknown guest": (lambda: [_bad(guest_id=77)], CODE.NOT_FOUND, "guests[1].guest_id=77"),
-    "another shard's guest": (lambda: [_bad(guest_id=5)], CODE.PERMISSION_DENIED, "guests[1].guest_id=5"),
+    "another shard's guest": (
+        lambda: [_bad(guest_id=5)],
+        CODE.PERMISSION_DENIED,
+        "guests[1].guest_id=5",
+    ),
 }
 
 
@@ -156,8 +223,9 @@ def _setup_two_shards(client) -> None:
 
 def _sync_both(client, epoch: int) -> None:
     """Shard 1 submits in a thread, shard 0 here: the epoch applies."""
-    other = threading.Thread(target=client.sync_epoch,
-                             args=(sync_request(1, epoch, [guest_ops(5, seed=epoch)]),))
+    other = threading.Thread(
+        target=client.sync_epoch, args=(sync_request(1, epoch, [guest_ops(5, seed=epoch)]),)
+    )
     other.start()
     client.sync_epoch(sync_request(0, epoch, [guest_ops(1, seed=epoch), guest_ops(2, seed=epoch)]))
     other.join(timeout=10)
@@ -165,7 +233,8 @@ def _sync_both(client, epoch: int) -> None:
 
 @pytest.mark.parametrize("case", sorted(BAD_OPS))
 def test_bad_input_is_refused_with_the_exact_status_and_changes_nothing(
-        running_host: RunningHost, case: str) -> None:
+    running_host: RunningHost, case: str
+) -> None:
     client = running_host.client
     _setup_two_shards(client)
     _sync_both(client, 0)  # some state to protect
@@ -186,13 +255,17 @@ def test_bad_input_is_refused_with_the_exact_status_and_changes_nothing(
     assert state_of(client).next_epoch == 2
 
 
-@pytest.mark.parametrize(("experiment_id", "host_id", "field"), [
-    ("no-such-experiment", 0, "experiment_id='no-such-experiment'"),
-    (EXPERIMENT, 9, "host_id=9"),
-    ("", 0, "experiment_id=''"),
-])
-def test_unknown_experiment_or_host(running_host: RunningHost, experiment_id: str, host_id: int,
-                                    field: str) -> None:
+@pytest.mark.parametrize(
+    ("experiment_id", "host_id", "field"),
+    [
+        ("no-such-experiment", 0, "experiment_id='no-such-experiment'"),
+        (EXPERIMENT, 9, "host_id=9"),
+        ("", 0, "experiment_id=''"),
+    ],
+)
+def test_unknown_experiment_or_host(
+    running_host: RunningHost, experiment_id: str, host_id: int, field: str
+) -> None:
     client = running_host.client
     register(client, guest_id=1)
     request = sync_request(0, 0, [guest_ops(1, seed=0)])
@@ -229,7 +302,8 @@ def test_message_over_the_size_limit_is_resource_exhausted() -> None:
 
 
 def test_retried_sync_returns_the_stored_response_and_applies_nothing_twice(
-        running_host: RunningHost) -> None:
+    running_host: RunningHost,
+) -> None:
     client = running_host.client
     register(client, guest_id=1)
     request = sync_request(0, 0, [guest_ops(1, seed=3)])
@@ -260,15 +334,20 @@ class DropFirstResponse(grpc.ServerInterceptor):
             return response
 
         return grpc.unary_unary_rpc_method_handler(
-            run_then_drop, handler.request_deserializer, handler.response_serializer)
+            run_then_drop, handler.request_deserializer, handler.response_serializer
+        )
 
 
 def test_client_retries_unavailable_and_the_host_applies_once() -> None:
     endpoint = EpochBarrier(EXPERIMENT, 0, make_host())
     dropper = DropFirstResponse()
     server = start_host_server(HostDirectory([endpoint]), ServerOptions(interceptors=(dropper,)))
-    with server, connect_host(server.address, timeout_s=10,
-                              retry=RetryPolicy(initial_backoff_s=0.001)) as client:
+    with (
+        server,
+        connect_host(
+            server.address, timeout_s=10, retry=RetryPolicy(initial_backoff_s=0.001)
+        ) as client,
+    ):
         register(client, guest_id=1)
         ops = guest_ops(1, seed=4)
         response = client.sync_epoch(sync_request(0, 0, [ops]))
@@ -278,10 +357,12 @@ def test_client_retries_unavailable_and_the_host_applies_once() -> None:
         assert state_of(client).next_epoch == 1
 
 
-@pytest.mark.parametrize(("epoch", "sequence", "reason"), [
-    (0, 7, "stale"), (2, 2, "future"), (5, 5, "future")])
-def test_stale_or_future_epoch_is_failed_precondition(running_host: RunningHost, epoch: int,
-                                                     sequence: int, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("epoch", "sequence", "reason"), [(0, 7, "stale"), (2, 2, "future"), (5, 5, "future")]
+)
+def test_stale_or_future_epoch_is_failed_precondition(
+    running_host: RunningHost, epoch: int, sequence: int, reason: str
+) -> None:
     client = running_host.client
     register(client, guest_id=1)
     client.sync_epoch(sync_request(0, 0, [guest_ops(1, seed=0)]))
@@ -301,11 +382,14 @@ def test_epoch_end_must_not_go_back(running_host: RunningHost) -> None:
     request.epoch_end_ns = 1
     with pytest.raises(grpc.RpcError) as err:
         client.sync_epoch(request)
-    assert err.value.code() == CODE.INVALID_ARGUMENT and err.value.details().startswith("epoch_end_ns=1")
+    assert err.value.code() == CODE.INVALID_ARGUMENT and err.value.details().startswith(
+        "epoch_end_ns=1"
+    )
 
 
 def test_waiting_for_a_missing_shard_ends_at_the_deadline_and_a_retry_completes(
-        running_host: RunningHost) -> None:
+    running_host: RunningHost,
+) -> None:
     client = running_host.client
     register(client, guest_id=1, shard_id=0)
     register(client, guest_id=2, shard_id=1)
@@ -314,7 +398,9 @@ def test_waiting_for_a_missing_shard_ends_at_the_deadline_and_a_retry_completes(
         client.sync_epoch(request, timeout_s=0.3)
     assert err.value.code() == CODE.DEADLINE_EXCEEDED
     assert running_host.endpoint.pending_shards() == [0]
-    other = threading.Thread(target=client.sync_epoch, args=(sync_request(1, 0, [guest_ops(2, seed=0)]),))
+    other = threading.Thread(
+        target=client.sync_epoch, args=(sync_request(1, 0, [guest_ops(2, seed=0)]),)
+    )
     other.start()
     response = client.sync_epoch(request)  # the retry finds its stored submission
     other.join(timeout=10)
@@ -331,13 +417,20 @@ PRESSURE_HOST_BYTES = 96 << 20  # the guests touch more than this: reclaim swaps
 
 def _pressure_requests(epoch: int) -> dict[int, host_pb2.SyncEpochRequest]:
     """Each guest touches ~48 MiB per epoch and reports 4 blocks: the pool overflows."""
-    return {s: sync_request(s, epoch, [guest_ops(g, seed=epoch, touches=6, report_blocks=4)
-                                       for g in gs])
-            for s, gs in SHARD_GUESTS.items()}
+    return {
+        s: sync_request(
+            s, epoch, [guest_ops(g, seed=epoch, touches=6, report_blocks=4) for g in gs]
+        )
+        for s, gs in SHARD_GUESTS.items()
+    }
 
 
-def _sync_in_order(client, endpoint: EpochBarrier, requests: dict[int, host_pb2.SyncEpochRequest],
-                   arrival: tuple[int, int]) -> dict[int, host_pb2.SyncEpochResponse]:
+def _sync_in_order(
+    client,
+    endpoint: EpochBarrier,
+    requests: dict[int, host_pb2.SyncEpochRequest],
+    arrival: tuple[int, int],
+) -> dict[int, host_pb2.SyncEpochResponse]:
     """Shard ``arrival[0]``'s call is stored (and waiting) before ``arrival[1]``'s is sent."""
     first, second = arrival
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -348,7 +441,9 @@ def _sync_in_order(client, endpoint: EpochBarrier, requests: dict[int, host_pb2.
     return results
 
 
-def _run_two_shards(arrival: tuple[int, int], epochs: int = 4) -> tuple[list, host_pb2.GetHostStateResponse]:
+def _run_two_shards(
+    arrival: tuple[int, int], epochs: int = 4
+) -> tuple[list, host_pb2.GetHostStateResponse]:
     """Both shards sync ``epochs`` epochs over gRPC, ``arrival[0]`` always first."""
     endpoint = EpochBarrier(EXPERIMENT, 0, make_host(memory_bytes=PRESSURE_HOST_BYTES))
     server = start_host_server(HostDirectory([endpoint]), ServerOptions())
@@ -371,14 +466,23 @@ def test_two_shards_give_identical_results_in_both_arrival_orders() -> None:
     assert responses_01 == responses_10
     assert state_01 == state_10
     assert state_01.counters["swapout_bytes"] > 0, "the scenario must make the host swap"
-    swapped = sum(len(g.swapped_out.starts) for pair in responses_01 for r in pair for g in r.guests)
+    swapped = sum(
+        len(g.swapped_out.starts) for pair in responses_01 for r in pair for g in r.guests
+    )
     assert swapped > 0
 
 
 def _plain_submissions(epoch: int) -> dict[int, EpochSubmission]:
-    return {s: EpochSubmission(s, epoch, epoch, (epoch + 1) * EPOCH_NS,
-                               tuple(guest_ops(g, seed=epoch, touches=6, report_blocks=4) for g in gs))
-            for s, gs in SHARD_GUESTS.items()}
+    return {
+        s: EpochSubmission(
+            s,
+            epoch,
+            epoch,
+            (epoch + 1) * EPOCH_NS,
+            tuple(guest_ops(g, seed=epoch, touches=6, report_blocks=4) for g in gs),
+        )
+        for s, gs in SHARD_GUESTS.items()
+    }
 
 
 def test_in_process_link_matches_grpc_and_drives_several_shards_from_one_thread() -> None:
@@ -413,13 +517,17 @@ BAD_REGISTRATIONS = [
 def test_both_links_refuse_a_bad_registration_alike(running_host: RunningHost, reg) -> None:
     remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=10)
     local = InProcessHostLink(EXPERIMENT, running_host.directory)
-    with pytest.raises((grpc.RpcError, StatusError)) as grpc_err:  # the encoder refuses what protobuf can't carry
+    with pytest.raises(
+        (grpc.RpcError, StatusError)
+    ) as grpc_err:  # the encoder refuses what protobuf can't carry
         remote.register(0, reg)
     with pytest.raises(StatusError) as local_err:
         local.register(0, reg)
     remote.close()
     assert (local_err.value.code().name, local_err.value.details()) == (
-        grpc_err.value.code().name, grpc_err.value.details())
+        grpc_err.value.code().name,
+        grpc_err.value.details(),
+    )
     assert state_of(running_host.client).guests == []
 
 
@@ -444,21 +552,33 @@ def test_both_links_refuse_bad_ops_alike_and_change_nothing(running_host: Runnin
         local.sync(0, sub)
     remote.close()
     assert (local_err.value.code().name, local_err.value.details()) == (
-        grpc_err.value.code().name, grpc_err.value.details())
+        grpc_err.value.code().name,
+        grpc_err.value.details(),
+    )
     assert state_of(running_host.client).next_epoch == 0
 
 
-def test_a_negative_number_is_refused_before_it_reaches_either_link(running_host: RunningHost) -> None:
+def test_a_negative_number_is_refused_before_it_reaches_either_link(
+    running_host: RunningHost,
+) -> None:
     register(running_host.client, guest_id=1)
     remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=10)
     local = InProcessHostLink(EXPERIMENT, running_host.directory)
-    sub = EpochSubmission(0, 0, 0, EPOCH_NS, (GuestOps(1, touched=PageRunOps(
-        np.array([-4]), np.array([1]), np.array([1]))),))
+    sub = EpochSubmission(
+        0,
+        0,
+        0,
+        EPOCH_NS,
+        (GuestOps(1, touched=PageRunOps(np.array([-4]), np.array([1]), np.array([1]))),),
+    )
     with pytest.raises(StatusError) as remote_err:
         remote.sync(0, sub)
     with pytest.raises(StatusError) as local_err:
         local.sync(0, sub)
     remote.close()
-    assert remote_err.value.details() == local_err.value.details() == (
-        "guests[0].touched.starts[0]=-4: must not be negative")
+    assert (
+        remote_err.value.details()
+        == local_err.value.details()
+        == ("guests[0].touched.starts[0]=-4: must not be negative")
+    )
     assert state_of(running_host.client).next_epoch == 0

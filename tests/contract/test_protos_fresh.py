@@ -12,7 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _gen_protos():
-    spec = importlib.util.spec_from_file_location("gen_protos", REPO_ROOT / "scripts" / "gen_protos.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_protos", REPO_ROOT / "scripts" / "gen_protos.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -32,7 +34,7 @@ def test_generated_code_accepts_the_pinned_runtimes() -> None:
     from overcommit.v1 import experiment_pb2_grpc, guest_pb2_grpc, host_pb2, host_pb2_grpc
 
     assert host_pb2.DESCRIPTOR.package == "overcommit.v1"
-    assert host_pb2_grpc.GRPC_GENERATED_VERSION == grpc.__version__
+    assert grpc.__version__ == host_pb2_grpc.GRPC_GENERATED_VERSION
     assert guest_pb2_grpc.GRPC_GENERATED_VERSION == experiment_pb2_grpc.GRPC_GENERATED_VERSION
     major = int(google.protobuf.__version__.split(".")[0])
     assert major >= 7

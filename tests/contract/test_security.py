@@ -41,26 +41,41 @@ def _host_server(options: ServerOptions) -> tuple[GrpcServer, EpochBarrier]:
 @pytest.fixture
 def token_server() -> Iterator[GrpcServer]:
     tokens = TokenStore(admin_token=ADMIN, tokens={EXPERIMENT: EXPERIMENT_TOKEN})
-    server, endpoint = _host_server(ServerOptions(tokens=tokens))
+    server, _endpoint = _host_server(ServerOptions(tokens=tokens))
     with server:
         with connect_host(server.address, token=ADMIN) as admin:
             register(admin, guest_id=1)
         yield server
 
 
-@pytest.mark.parametrize(("token", "experiment_header"), [
-    (None, None), (None, EXPERIMENT), ("wrong", None), ("wrong", EXPERIMENT),
-    (EXPERIMENT_TOKEN, None), (EXPERIMENT_TOKEN, "other-experiment"),
-])
+@pytest.mark.parametrize(
+    ("token", "experiment_header"),
+    [
+        (None, None),
+        (None, EXPERIMENT),
+        ("wrong", None),
+        ("wrong", EXPERIMENT),
+        (EXPERIMENT_TOKEN, None),
+        (EXPERIMENT_TOKEN, "other-experiment"),
+    ],
+)
 def test_missing_or_wrong_token_is_unauthenticated_and_changes_nothing(
-        token_server: GrpcServer, token: str | None, experiment_header: str | None) -> None:
+    token_server: GrpcServer, token: str | None, experiment_header: str | None
+) -> None:
     with connect_host(token_server.address, token=ADMIN) as admin:
         before = state_of(admin)
-    with connect_host(token_server.address, token=token, experiment_id=experiment_header,
-                      retry=NO_RETRY, timeout_s=5) as client:
-        for call in (lambda: state_of(client),
-                     lambda: client.sync_epoch(sync_request(0, 0, [guest_ops(1, seed=0)])),
-                     lambda: register(client, guest_id=2)):
+    with connect_host(
+        token_server.address,
+        token=token,
+        experiment_id=experiment_header,
+        retry=NO_RETRY,
+        timeout_s=5,
+    ) as client:
+        for call in (
+            lambda: state_of(client),
+            lambda: client.sync_epoch(sync_request(0, 0, [guest_ops(1, seed=0)])),
+            lambda: register(client, guest_id=2),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 call()
             assert err.value.code() == CODE.UNAUTHENTICATED
@@ -69,8 +84,13 @@ def test_missing_or_wrong_token_is_unauthenticated_and_changes_nothing(
 
 
 def test_experiment_token_works_for_its_experiment_only(token_server: GrpcServer) -> None:
-    with connect_host(token_server.address, token=EXPERIMENT_TOKEN, experiment_id=EXPERIMENT,
-                      retry=NO_RETRY, timeout_s=5) as client:
+    with connect_host(
+        token_server.address,
+        token=EXPERIMENT_TOKEN,
+        experiment_id=EXPERIMENT,
+        retry=NO_RETRY,
+        timeout_s=5,
+    ) as client:
         assert client.sync_epoch(sync_request(0, 0, [guest_ops(1, seed=0)])).epoch == 0
         with pytest.raises(grpc.RpcError) as err:
             client.get_host_state(host_pb2.GetHostStateRequest(experiment_id="other-experiment"))
@@ -79,7 +99,9 @@ def test_experiment_token_works_for_its_experiment_only(token_server: GrpcServer
 
 def test_health_needs_no_token(token_server: GrpcServer) -> None:
     with grpc.insecure_channel(token_server.address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

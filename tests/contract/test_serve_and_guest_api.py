@@ -101,8 +101,9 @@ def guest_server():
     spec = load_spec_text(SPEC)
     plan = make_plan(spec, "exp-g", 1)
     shard = GuestShard(0, plan.shard_inits[0], spec.seed)
-    server = start_guest_server(ShardApi(shard, workload_from_params), ServerOptions(port=0),
-                                experiment_id="exp-g")
+    server = start_guest_server(
+        ShardApi(shard, workload_from_params), ServerOptions(port=0), experiment_id="exp-g"
+    )
     with server:
         yield server, shard
 
@@ -112,19 +113,24 @@ def test_guest_service_drives_a_real_guest(guest_server):
     with connect_guest(server.address, experiment_id="exp-g") as client:
         listed = client.list_guests()
         assert [g.guest_id for g in listed.guests] == [0, 1]
-        r = client.apply_ops(0, [AllocOp(order=10, migratetype=1, count=4),
-                                 TouchOp(np.array([0]), np.array([16]))])
+        r = client.apply_ops(
+            0, [AllocOp(order=10, migratetype=1, count=4), TouchOp(np.array([0]), np.array([16]))]
+        )
         pfns = list(r.results[0].pfns)
         assert len(pfns) == 4 and all(p % 1024 == 0 for p in pfns)
         state = client.guest_state(0)
         touched = set(range(16)).union(*(range(p, p + 1024) for p in pfns))
         assert state.backed_bytes == len(touched) * 4096
         free_before = sum(n << o for o, _, n in iter_free_areas(state))
-        client.apply_ops(0, [FreeOp(order=10, pfns=np.array(pfns[:2]))])  # order 10 bypasses the pcp
+        client.apply_ops(
+            0, [FreeOp(order=10, pfns=np.array(pfns[:2]))]
+        )  # order 10 bypasses the pcp
         free_after = sum(n << o for o, _, n in iter_free_areas(client.guest_state(0)))
         assert free_after - free_before == 2 * 1024
         ops_logged = shard.slots[0].link.take()
-        assert len(ops_logged.freed) and len(ops_logged.touched)  # the host will see both at the next sync
+        assert len(ops_logged.freed) and len(
+            ops_logged.touched
+        )  # the host will see both at the next sync
 
 
 def test_guest_service_refuses_without_changing_state(guest_server):
@@ -132,7 +138,9 @@ def test_guest_service_refuses_without_changing_state(guest_server):
     with connect_guest(server.address, experiment_id="exp-g") as client:
         before = client.guest_state(1)
         with pytest.raises(grpc.RpcError) as e:  # not the client's block: nothing is freed
-            client.apply_ops(1, [AllocOp(order=0, migratetype=1, count=1), FreeOp(order=9, pfns=np.array([0]))])
+            client.apply_ops(
+                1, [AllocOp(order=0, migratetype=1, count=1), FreeOp(order=9, pfns=np.array([0]))]
+            )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "pfn=0" in e.value.details()
         assert client.guest_state(1) == before
@@ -140,10 +148,18 @@ def test_guest_service_refuses_without_changing_state(guest_server):
             client.guest_state(99)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as e:
-            client.start_workload(1, "memhog", {"phases": [{"action": "grow", "duration": "1s"}]}, 10**9)
+            client.start_workload(
+                1, "memhog", {"phases": [{"action": "grow", "duration": "1s"}]}, 10**9
+            )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        started = client.start_workload(1, "memhog", {"phases": [
-            {"action": "grow", "target": 0.25, "duration": "1s"}]}, 2 * 10**9)
+        started = client.start_workload(
+            1,
+            "memhog",
+            {"phases": [{"action": "grow", "target": 0.25, "duration": "1s"}]},
+            2 * 10**9,
+        )
         assert (started.start_ns, started.end_ns) == (shard.now_ns, shard.now_ns + 2 * 10**9)
     shard.run_epoch(0, 50_000_000)
-    assert shard.slots[1].extra_workloads[0].held.count == int(0.25 * shard.slots[1].init.config.nr_pages)
+    assert shard.slots[1].extra_workloads[0].held.count == int(
+        0.25 * shard.slots[1].init.config.nr_pages
+    )

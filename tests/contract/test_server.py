@@ -21,14 +21,21 @@ from services.transport.client import RetryPolicy
 from services.transport.server import ServerOptions, build_server
 from tests.contract.doubles import MemoryExperiments, MemoryShard
 
-SERVICES = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-            "overcommit.v1.ExperimentService", "overcommit.v1.GuestService",
-            "overcommit.v1.HostService"]
+SERVICES = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "overcommit.v1.ExperimentService",
+    "overcommit.v1.GuestService",
+    "overcommit.v1.HostService",
+]
 
 
 def _all_services_server(shard: MemoryShard | None = None, **options):
-    bindings = [host_service_binding(HostDirectory()), guest_service_binding(shard or MemoryShard()),
-                experiment_service_binding(MemoryExperiments())]
+    bindings = [
+        host_service_binding(HostDirectory()),
+        guest_service_binding(shard or MemoryShard()),
+        experiment_service_binding(MemoryExperiments()),
+    ]
     return build_server(ServerOptions(**options), bindings)
 
 
@@ -49,8 +56,12 @@ def test_binding_beyond_loopback_needs_allow_remote(host: str) -> None:
 def test_health_reports_serving_for_every_service() -> None:
     with _all_services_server() as server, grpc.insecure_channel(server.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for name in ("", "overcommit.v1.HostService", "overcommit.v1.GuestService",
-                     "overcommit.v1.ExperimentService"):
+        for name in (
+            "",
+            "overcommit.v1.HostService",
+            "overcommit.v1.GuestService",
+            "overcommit.v1.ExperimentService",
+        ):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
 
@@ -78,8 +89,10 @@ def test_graceful_stop_lets_in_flight_calls_finish_and_refuses_new_ones() -> Non
         assert shard.entered.wait(timeout=10)
         stopped = server.stop_async()
         assert not stopped.is_set()  # the call holds the server open
-        with connect_guest(server.address, timeout_s=2,
-                           retry=RetryPolicy(max_attempts=1)) as late, pytest.raises(grpc.RpcError) as err:
+        with (
+            connect_guest(server.address, timeout_s=2, retry=RetryPolicy(max_attempts=1)) as late,
+            pytest.raises(grpc.RpcError) as err,
+        ):
             late.list_guests()
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         shard.gate.set()

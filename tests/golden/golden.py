@@ -77,7 +77,8 @@ def write_expected(name: str, summary: dict, digest: dict) -> None:
     EXPECTED.mkdir(exist_ok=True)
     for suffix, data in (("summary", summary), ("timeseries", digest)):
         (EXPECTED / f"{name}.{suffix}.json").write_text(
-            json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
 
 
 def main() -> int:
@@ -93,8 +94,10 @@ def main() -> int:
                 write_expected(name, summary, digest)
             elif (summary, digest) != expected(name):
                 changed.append(name)
-            print(f"{name}: {digest['rows']} rows, {len(digest['columns'])} columns, "
-                  f"sha256 {digest['sha256'][:16]}")
+            print(
+                f"{name}: {digest['rows']} rows, {len(digest['columns'])} columns, "
+                f"sha256 {digest['sha256'][:16]}"
+            )
     if changed:
         print("differs from expected:", ", ".join(changed))
         return 1

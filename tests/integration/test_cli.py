@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,8 +32,14 @@ compare: [reporting_off]
 
 
 def overcommit(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "services.sim.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "services.sim.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_validate_lists_every_error_with_its_path_and_exits_2(tmp_path):
@@ -64,37 +71,61 @@ def test_run_and_report_in_process(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)
     out = tmp_path / "runs"
-    r = overcommit("run", str(spec), "--transport", "inprocess", "--out", str(out), "--no-progress",
-                   "--set", "seed=4", "--report")
+    r = overcommit(
+        "run",
+        str(spec),
+        "--transport",
+        "inprocess",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "seed=4",
+        "--report",
+    )
     assert r.returncode == 0, r.stderr
     assert "memory saved vs reporting_off" in r.stdout
     run_dir = r.stdout.split("results: ")[1].split()[0]
-    summary = json.loads(open(os.path.join(run_dir, "summary.json")).read())
+    summary = json.loads(Path(run_dir, "summary.json").read_text())
     assert summary["seed"] == 4
     saved = summary["comparison"]["reporting_off"]["memory_saved_mean_bytes"]
     assert saved > 0, "reporting freed nothing on the host"
     ts = pd.read_parquet(os.path.join(run_dir, "timeseries.parquet"))
     assert set(ts["variant"]) == {"run", "reporting_off"}
     assert set(ts["run_id"]) == {summary["run_id"]}
-    assert ts[(ts.kind == "host") & (ts.variant == "reporting_off")]["backed_bytes"].iloc[-1] > \
-        ts[(ts.kind == "host") & (ts.variant == "run")]["backed_bytes"].iloc[-1]
+    assert (
+        ts[(ts.kind == "host") & (ts.variant == "reporting_off")]["backed_bytes"].iloc[-1]
+        > ts[(ts.kind == "host") & (ts.variant == "run")]["backed_bytes"].iloc[-1]
+    )
     for png in ("host_backed.png", "free_by_order.png", "reported.png", "swap.png", "slowdown.png"):
         assert os.path.getsize(os.path.join(run_dir, png)) > 1000
-    html = open(os.path.join(run_dir, "report.html")).read()
+    html = Path(run_dir, "report.html").read_text()
     assert "memory saved vs reporting_off" in html and "host_backed.png" in html
 
 
 @pytest.mark.parametrize("overrides", [["guest_groups.0.reporting.order=10"], []])
 def test_sweep_writes_one_table(tmp_path, overrides):
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(TINY.replace("duration: 12s", "duration: 8s") +
-                    "sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}, seeds: [1, 2]}\n")
-    r = overcommit("sweep", str(spec), "--transport", "inprocess", "--out", str(tmp_path / "runs"),
-                   "--no-progress", *sum((["--set", o] for o in overrides), []))
+    spec.write_text(
+        TINY.replace("duration: 12s", "duration: 8s")
+        + "sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}, seeds: [1, 2]}\n"
+    )
+    r = overcommit(
+        "sweep",
+        str(spec),
+        "--transport",
+        "inprocess",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        *[a for o in overrides for a in ("--set", o)],
+    )
     assert r.returncode == 0, r.stderr
     path = r.stdout.split("sweep results: ")[1].strip()
     df = pd.read_parquet(path)
     assert len(df) == 4
     assert sorted(df["seed"]) == [1, 1, 2, 2]
     assert sorted(df["guest_groups.0.reporting.order"]) == [9, 9, 10, 10]
-    assert os.path.exists(os.path.join(os.path.dirname(path), "sweep_guest_groups_0_reporting_order.png"))
+    assert os.path.exists(
+        os.path.join(os.path.dirname(path), "sweep_guest_groups_0_reporting_order.png")
+    )

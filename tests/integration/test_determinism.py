@@ -15,13 +15,16 @@ from services.sim.spec import load_spec_text
 pytestmark = pytest.mark.ray
 
 SPEC = (Path(__file__).resolve().parent.parent / "golden" / "specs" / "determinism.yaml").read_text(
-    encoding="utf-8")
+    encoding="utf-8"
+)
 
 FILES = ("summary.json", "timeseries.parquet", "spec.resolved.yaml")
 
 
 def same_files(a: str, b: str) -> list[str]:
-    return [f for f in FILES if not filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False)]
+    return [
+        f for f in FILES if not filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,9 @@ def spec():
 
 @pytest.fixture(scope="module")
 def reference(spec, tmp_path_factory):
-    return run_experiment(spec, out_dir=str(tmp_path_factory.mktemp("inprocess")), transport="inprocess")
+    return run_experiment(
+        spec, out_dir=str(tmp_path_factory.mktemp("inprocess")), transport="inprocess"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,9 @@ def test_reference_run_did_something(reference):
 
 
 @pytest.mark.parametrize("shards,hosts_per_actor", [(1, 2), (2, 1), (4, 2), (4, 1)])
-def test_ray_runs_match_the_in_process_run(spec, reference, ray_backend, tmp_path, shards, hosts_per_actor):
+def test_ray_runs_match_the_in_process_run(
+    spec, reference, ray_backend, tmp_path, shards, hosts_per_actor
+):
     ray_backend.hosts_per_actor = hosts_per_actor
     result = run_experiment(spec, out_dir=str(tmp_path), shards=shards, backend=ray_backend)
     assert result.metadata["runs"]["run"]["shards"] == shards
@@ -67,9 +74,12 @@ def test_ray_runs_match_the_in_process_run(spec, reference, ray_backend, tmp_pat
 def test_a_host_left_empty_by_placement_does_not_stop_a_ray_run(ray_backend, tmp_path):
     """first_fit puts every guest on the first host; the second never hears from a shard,
     yet shards read its counters at every sample boundary."""
-    text = SPEC.replace("policy: spread", "policy: first_fit").replace("max_overcommit_ratio: 2.0",
-                                                                      "max_overcommit_ratio: 4.0")
-    spec = load_spec_text(text.replace("compare: [reporting_off]", "duration: 3s").replace("duration: 12s\n", ""))
+    text = SPEC.replace("policy: spread", "policy: first_fit").replace(
+        "max_overcommit_ratio: 2.0", "max_overcommit_ratio: 4.0"
+    )
+    spec = load_spec_text(
+        text.replace("compare: [reporting_off]", "duration: 3s").replace("duration: 12s\n", "")
+    )
     ray_backend.hosts_per_actor = 1
     local = run_experiment(spec, out_dir=str(tmp_path / "local"), transport="inprocess")
     remote = run_experiment(spec, out_dir=str(tmp_path / "ray"), shards=2, backend=ray_backend)

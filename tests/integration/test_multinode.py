@@ -23,7 +23,9 @@ def cluster():
     c = None
     for attempt in range(2):  # a raylet that misses Ray's fixed 30 s start window on a loaded box
         try:
-            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            c = Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+            )
             c.add_node(num_cpus=1)
             c.wait_for_nodes()
             break
@@ -53,4 +55,6 @@ def test_two_nodes_match_the_in_process_run(cluster, tmp_path):
     finally:
         backend.close()
     for f in FILES:
-        assert filecmp.cmp(os.path.join(reference.run_dir, f), os.path.join(result.run_dir, f), shallow=False), f
+        assert filecmp.cmp(
+            os.path.join(reference.run_dir, f), os.path.join(result.run_dir, f), shallow=False
+        ), f

@@ -13,26 +13,46 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_importing_generated_protobuf_code_pulls_in_no_ray_matplotlib_or_simulation():
-    r = _python("import sys, overcommit.v1.host_pb2, overcommit.v1.guest_pb2_grpc\n"
-                "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'matplotlib')\n"
-                "             or m.startswith(('services.sim', 'services.guest', 'services.host')))\n"
-                "print(bad)", ROOT)
+    r = _python(
+        "import sys, overcommit.v1.host_pb2, overcommit.v1.guest_pb2_grpc\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'matplotlib')\n"
+        "             or m.startswith(('services.sim', 'services.guest', 'services.host')))\n"
+        "print(bad)",
+        ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
 
 def test_the_public_names_resolve_and_unknown_names_fail_clearly():
-    r = _python("import overcommit\n"
-                "print(sorted(n for n in overcommit.__all__ if callable(getattr(overcommit, n))))\n"
-                "try:\n    overcommit.nope\nexcept AttributeError as e:\n    print(e)", ROOT)
+    r = _python(
+        "import overcommit\n"
+        "print(sorted(n for n in overcommit.__all__ if callable(getattr(overcommit, n))))\n"
+        "try:\n    overcommit.nope\nexcept AttributeError as e:\n    print(e)",
+        ROOT,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert eval(lines[0]) == ["ExperimentSpec", "RunResult", "SpecError", "load_spec", "run_experiment", "run_sweep"]
+    assert eval(lines[0]) == [
+        "ExperimentSpec",
+        "RunResult",
+        "SpecError",
+        "load_spec",
+        "run_experiment",
+        "run_sweep",
+    ]
     assert lines[1] == "module 'overcommit' has no attribute 'nope'"
 
 

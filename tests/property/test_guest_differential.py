@@ -35,9 +35,19 @@ def config_for(shape: int, profile: str, shuffle: bool, small_pcp: bool) -> Gues
     shapes = [
         dict(nr_pages=4096, reporting=ReportingConfig(capacity=2)),
         dict(nr_pages=8192, reporting=ReportingConfig(capacity=4, order=7)),
-        dict(nr_pages=1024, max_order=6, pageblock_order=3, reporting=ReportingConfig(capacity=4, order=4)),
+        dict(
+            nr_pages=1024,
+            max_order=6,
+            pageblock_order=3,
+            reporting=ReportingConfig(capacity=4, order=4),
+        ),
         dict(nr_pages=256, max_order=4, pageblock_order=2, reporting=ReportingConfig(capacity=2)),
-        dict(nr_pages=512, max_order=5, pageblock_order=5, reporting=ReportingConfig(capacity=2, order=3)),
+        dict(
+            nr_pages=512,
+            max_order=5,
+            pageblock_order=5,
+            reporting=ReportingConfig(capacity=2, order=3),
+        ),
     ]
     return GuestConfig(profile=profile, shuffle=shuffle, pcp=pcp, **shapes[shape])
 
@@ -61,8 +71,17 @@ def observe(g: Guest, rec: RecordingReporter) -> dict:
     return {
         "alloc": snapshot(g.allocator),
         "calls": list(rec.calls),
-        "worker": (w.state, w.next_event_ns(), w.passes, w.reports, w.reported_blocks,
-                   w.reported_pages, w.report_errors, w.budget_exhaustions, w.zones_skipped),
+        "worker": (
+            w.state,
+            w.next_event_ns(),
+            w.passes,
+            w.reports,
+            w.reported_blocks,
+            w.reported_pages,
+            w.report_errors,
+            w.budget_exhaustions,
+            w.zones_skipped,
+        ),
         "backing": g.backing.state.tobytes(),
     }
 
@@ -109,7 +128,9 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
     latency_ms=st.sampled_from([0, 0, 30, 2500]),
     ops=st.lists(op_strategy, min_size=10, max_size=60),
 )
-def test_fast_path_matches_reference(shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops):
+def test_fast_path_matches_reference(
+    shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops
+):
     cfg = config_for(shape, profile, shuffle, small_pcp)
     recs = [RecordingReporter(errors=list(errors), latency_ns=latency_ms * MS_NS) for _ in range(2)]
     ref = Guest(0, cfg, seed, recs[0], fast=False)

@@ -22,11 +22,23 @@ from tests.guest_helpers import SEC_NS, RecordingReporter, allocator_kind, check
 CONFIGS = [
     GuestConfig(nr_pages=4096, reporting=ReportingConfig(capacity=2)),
     GuestConfig(nr_pages=4096, profile="5.7", shuffle=True, reporting=ReportingConfig(capacity=2)),
-    GuestConfig(nr_pages=8192, profile="6.1", pcp=PcpConfig(batch=4, high=12),
-                reporting=ReportingConfig(capacity=4, order=6)),
-    GuestConfig(nr_pages=1024, max_order=6, pageblock_order=3, reporting=ReportingConfig(capacity=4)),
-    GuestConfig(nr_pages=256, max_order=4, pageblock_order=2, profile="5.7",
-                pcp=PcpConfig(batch=2, high=6), reporting=ReportingConfig(capacity=2, order=1)),
+    GuestConfig(
+        nr_pages=8192,
+        profile="6.1",
+        pcp=PcpConfig(batch=4, high=12),
+        reporting=ReportingConfig(capacity=4, order=6),
+    ),
+    GuestConfig(
+        nr_pages=1024, max_order=6, pageblock_order=3, reporting=ReportingConfig(capacity=4)
+    ),
+    GuestConfig(
+        nr_pages=256,
+        max_order=4,
+        pageblock_order=2,
+        profile="5.7",
+        pcp=PcpConfig(batch=2, high=6),
+        reporting=ReportingConfig(capacity=2, order=1),
+    ),
 ]
 
 
@@ -35,8 +47,11 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     kind_name = "reference"
 
-    @initialize(cfg_index=st.integers(0, len(CONFIGS) - 1), seed=st.integers(0, 2**32 - 1),
-                errors=st.lists(st.sampled_from([0, 0, 0, 3]), max_size=8))
+    @initialize(
+        cfg_index=st.integers(0, len(CONFIGS) - 1),
+        seed=st.integers(0, 2**32 - 1),
+        errors=st.lists(st.sampled_from([0, 0, 0, 3]), max_size=8),
+    )
     def boot(self, cfg_index, seed, errors):
         self.cfg = CONFIGS[cfg_index]
         rng = np.random.default_rng(seed) if self.cfg.shuffle else None
@@ -62,7 +77,9 @@ class AllocatorMachine(RuleBasedStateMachine):
     @precondition(lambda self: hasattr(self, "a") and self.held)
     @rule(data=st.data())
     def free(self, data):
-        idx = data.draw(st.lists(st.integers(0, len(self.held) - 1), min_size=1, max_size=12, unique=True))
+        idx = data.draw(
+            st.lists(st.integers(0, len(self.held) - 1), min_size=1, max_size=12, unique=True)
+        )
         order = self.held[idx[0]][1]
         chosen = [i for i in idx if self.held[i][1] == order]
         pfns = [self.held[i][0] for i in chosen]
@@ -99,8 +116,12 @@ class FastAllocatorMachine(AllocatorMachine):
     kind_name = "fast"
 
 
-MACHINE_SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None,
-                            suppress_health_check=[HealthCheck.too_slow])
+MACHINE_SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def test_reference_invariants():
@@ -121,10 +142,10 @@ def test_reference_keeps_reported_on_free_heads_only():
     w.register(0)
     w.run_until(2 * SEC_NS)
     x = a.alloc(0, 1, 40)
-    assert a._reported <= set(a._free)  # noqa: SLF001
+    assert a._reported <= set(a._free)
     a.free(x, 0)
     a.drain_pcp()
-    assert a._reported <= set(a._free)  # noqa: SLF001
+    assert a._reported <= set(a._free)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")

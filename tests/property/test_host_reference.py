@@ -210,8 +210,23 @@ class RefHost:
         slot = self.slot(gid)
         G, base = self.G, self.guests[slot]["lo"]
         ev = dict.fromkeys(
-            "unbacked backed lazy swapped fault_4k fault_huge swapin_disk swapin_zswap refault "
-            "lazy_reuse refused oom reclaim_disk reclaim_zswap reclaim_lazy".split(),
+            [
+                "unbacked",
+                "backed",
+                "lazy",
+                "swapped",
+                "fault_4k",
+                "fault_huge",
+                "swapin_disk",
+                "swapin_zswap",
+                "refault",
+                "lazy_reuse",
+                "refused",
+                "oom",
+                "reclaim_disk",
+                "reclaim_zswap",
+                "reclaim_lazy",
+            ],
             0,
         )
         ev["stopped"] = []
@@ -318,7 +333,7 @@ class RefHost:
         slot = self.slot(gid)
         G, base = self.G, self.guests[slot]["lo"]
         mode = self.guests[slot]["mode"]
-        er = dict.fromkeys("applied ignored released lazied swap_freed splits".split(), 0)
+        er = dict.fromkeys(["applied", "ignored", "released", "lazied", "swap_freed", "splits"], 0)
         if mode == DISCARD_DISABLED:
             return er
         lazy = mode == DISCARD_FREE and not self.hugetlb

@@ -18,12 +18,14 @@ RAY_MESSAGE = "unit tests must not start Ray"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "allow_sockets: a unit test that may open (loopback) connections")
+        "markers", "allow_sockets: a unit test that may open (loopback) connections"
+    )
 
 
 def _refuse(message: str):
     def refuse(*args, **kwargs):
         raise RuntimeError(message)
+
     return refuse
 
 

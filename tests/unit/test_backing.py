@@ -81,8 +81,9 @@ class PerPageCost:
 
 
 def test_guest_reports_discard_backing_and_refaults_cost():
-    cfg = GuestConfig(nr_pages=8192, pcp=PcpConfig(enabled=False),
-                      reporting=ReportingConfig(capacity=4))
+    cfg = GuestConfig(
+        nr_pages=8192, pcp=PcpConfig(enabled=False), reporting=ReportingConfig(capacity=4)
+    )
     rec = RecordingReporter()
     g = Guest(0, cfg, 0, rec, fast=False, cost_port=PerPageCost())
     g.touch([0], [8192])

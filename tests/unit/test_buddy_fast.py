@@ -168,9 +168,12 @@ def test_two_zone_guest_matches_reference(profile):
     )
     allocators = [ReferenceAllocator(cfg), BuddyAllocator(cfg)]
     rng = np.random.default_rng(3)
-    script = [(int(o), int(mt), int(c)) for o, mt, c in zip(
-        rng.integers(0, 11, 60), rng.integers(0, 3, 60), rng.integers(1, 40, 60), strict=True
-    )]
+    script = [
+        (int(o), int(mt), int(c))
+        for o, mt, c in zip(
+            rng.integers(0, 11, 60), rng.integers(0, 3, 60), rng.integers(1, 40, 60), strict=True
+        )
+    ]
     held = [[], []]
     for step, (order, mt, count) in enumerate(script):
         outs = [a.alloc(order, mt, count).tolist() for a in allocators]
@@ -178,7 +181,9 @@ def test_two_zone_guest_matches_reference(profile):
         for h, out in zip(held, outs, strict=True):
             h.extend((p, order) for p in out)
         if step % 3 == 2:
-            pick = sorted(np.random.default_rng(step).permutation(len(held[0]))[: len(held[0]) // 2])
+            pick = sorted(
+                np.random.default_rng(step).permutation(len(held[0]))[: len(held[0]) // 2]
+            )
             for a, h in zip(allocators, held, strict=True):
                 chosen = [h[i] for i in pick]
                 for order_ in sorted({o for _, o in chosen}):

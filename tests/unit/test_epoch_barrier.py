@@ -45,7 +45,9 @@ def register_all(barrier: EpochBarrier, shards: dict[int, tuple[int, ...]] = SHA
             barrier.register_guest(GuestRegistration(guest_id, shard, GUEST_PAGES, "dontneed"))
 
 
-def guest_ops(guest_id: int, seed: int, first_seq: int = 1, touches: int = 4) -> tuple[GuestOps, int]:
+def guest_ops(
+    guest_id: int, seed: int, first_seq: int = 1, touches: int = 4
+) -> tuple[GuestOps, int]:
     """Touches of 256-page runs at random granules, then a report of 4 order-9 blocks
     and a touch of one reported block; returns the ops and the last op_seq used."""
     rng = np.random.default_rng([seed, guest_id])
@@ -69,8 +71,9 @@ def guest_ops(guest_id: int, seed: int, first_seq: int = 1, touches: int = 4) ->
 
 def submission(shard: int, epoch: int, sequence: int | None = None, **extra) -> EpochSubmission:
     ops = tuple(guest_ops(g, seed=epoch)[0] for g in SHARD_GUESTS[shard])
-    return EpochSubmission(shard, epoch, epoch if sequence is None else sequence,
-                           (epoch + 1) * EPOCH_NS, ops, **extra)
+    return EpochSubmission(
+        shard, epoch, epoch if sequence is None else sequence, (epoch + 1) * EPOCH_NS, ops, **extra
+    )
 
 
 def refused(call, *args) -> StatusError:
@@ -82,12 +85,17 @@ def refused(call, *args) -> StatusError:
 # ------------------------------------------------------------------ registration
 
 
-@pytest.mark.parametrize(("reg", "field"), [
-    (GuestRegistration(7, 0, GUEST_PAGES, "dontneed", page_size_bytes=8192), "page_size_bytes"),
-    (GuestRegistration(7, 0, 0, "dontneed"), "nr_pages"),
-    (GuestRegistration(7, 0, GUEST_PAGES, "bogus"), "discard_mode"),
-])
-def test_a_bad_registration_is_invalid_argument_naming_the_field_and_adds_nothing(reg, field) -> None:
+@pytest.mark.parametrize(
+    ("reg", "field"),
+    [
+        (GuestRegistration(7, 0, GUEST_PAGES, "dontneed", page_size_bytes=8192), "page_size_bytes"),
+        (GuestRegistration(7, 0, 0, "dontneed"), "nr_pages"),
+        (GuestRegistration(7, 0, GUEST_PAGES, "bogus"), "discard_mode"),
+    ],
+)
+def test_a_bad_registration_is_invalid_argument_naming_the_field_and_adds_nothing(
+    reg, field
+) -> None:
     barrier = make_barrier()
     err = refused(barrier.register_guest, reg)
     assert err.code() == Status.INVALID_ARGUMENT
@@ -127,7 +135,10 @@ def test_the_first_shard_waits_and_nothing_is_applied_until_the_second_submits()
     second = barrier.submit(submission(1, 0))
     first = barrier.collect(0, 0, 0)
     assert second is not None and first is not None
-    assert [g.guest_id for g in first.guests] == [1, 4] and [g.guest_id for g in second.guests] == [2, 3]
+    assert [g.guest_id for g in first.guests] == [1, 4] and [g.guest_id for g in second.guests] == [
+        2,
+        3,
+    ]
     assert all(len(g.acks) == 1 and g.acks[0].ok for g in first.guests + second.guests)
     assert barrier.host.host_counters()["reports"] == 4 and barrier.pending_shards() == []
 
@@ -149,7 +160,9 @@ def test_two_shards_give_the_same_outcomes_and_counters_in_either_arrival_order(
     outcomes_10, barrier_10 = _run_two_shards((1, 0))
     assert outcomes_01 == outcomes_10
     assert barrier_01.state() == barrier_10.state()
-    assert barrier_01.host.host_counters()["swapout_bytes"] > 0, "the scenario must make the host swap"
+    assert barrier_01.host.host_counters()["swapout_bytes"] > 0, (
+        "the scenario must make the host swap"
+    )
     assert any(len(g.swapped_starts) for o in outcomes_01 for out in o.values() for g in out.guests)
     barrier_01.host.check_invariants()
 
@@ -167,7 +180,8 @@ def test_a_retried_submission_returns_the_stored_outcome_and_applies_nothing_twi
 
 @pytest.mark.parametrize(("epoch", "sequence", "reason"), [(0, 7, "stale"), (2, 2, "future")])
 def test_a_stale_or_future_epoch_is_failed_precondition_and_changes_nothing(
-        epoch: int, sequence: int, reason: str) -> None:
+    epoch: int, sequence: int, reason: str
+) -> None:
     barrier = make_barrier()
     register_all(barrier, {0: (1, 4)})
     barrier.submit(submission(0, 0))
@@ -183,7 +197,9 @@ def test_an_invalid_submission_names_the_field_path_and_stores_nothing() -> None
     register_all(barrier, {0: (1, 4)})
     state = barrier.state()
     bad = GuestOps(4, reports=(ReportOp(1, u64([0, 513]), np.array([9, 1], np.uint32)),))
-    err = refused(barrier.submit, EpochSubmission(0, 0, 0, EPOCH_NS, (guest_ops(1, seed=0)[0], bad)))
+    err = refused(
+        barrier.submit, EpochSubmission(0, 0, 0, EPOCH_NS, (guest_ops(1, seed=0)[0], bad))
+    )
     assert err.code() == Status.INVALID_ARGUMENT
     assert err.details().startswith("guests[1].reports[0].pfns[1]=513"), err.details()
     assert barrier.pending_shards() == [] and barrier.state() == state
@@ -214,13 +230,25 @@ def test_one_submission_covering_two_epochs_equals_two_single_epoch_submissions(
     register_all(multi, {0: (1, 4)})
     split = {g: _two_epochs_of_ops(g) for g in (1, 4)}
     for epoch in (0, 1):
-        single.submit(EpochSubmission(0, epoch, epoch, (epoch + 1) * EPOCH_NS,
-                                      tuple(split[g][epoch] for g in (1, 4))))
-    combined = tuple(GuestOps(
-        g, a.reports + b.reports,
-        PageRunOps(*(np.concatenate([getattr(a.touched, f), getattr(b.touched, f)])
-                     for f in ("starts", "npages", "op_seqs"))),
-        epoch_seq_ends=u64([end0, end1])) for g, (a, b, end0, end1) in split.items())
+        single.submit(
+            EpochSubmission(
+                0, epoch, epoch, (epoch + 1) * EPOCH_NS, tuple(split[g][epoch] for g in (1, 4))
+            )
+        )
+    combined = tuple(
+        GuestOps(
+            g,
+            a.reports + b.reports,
+            PageRunOps(
+                *(
+                    np.concatenate([getattr(a.touched, f), getattr(b.touched, f)])
+                    for f in ("starts", "npages", "op_seqs")
+                )
+            ),
+            epoch_seq_ends=u64([end0, end1]),
+        )
+        for g, (a, b, end0, end1) in split.items()
+    )
     outcome = multi.submit(EpochSubmission(0, 0, 0, 2 * EPOCH_NS, combined, epochs=2))
     assert outcome is not None and sum(len(g.acks) for g in outcome.guests) == 4
     assert multi.host.host_counters() == single.host.host_counters()

@@ -46,7 +46,7 @@ def test_negative_order(allocator_factory):
 
 
 def test_double_free(allocator_factory):
-    a, small, mid, _ = prepared(allocator_factory)
+    a, _small, mid, _ = prepared(allocator_factory)
     a.free([int(mid[0])], 2)
     assert_rejected(a, [int(mid[1]), int(mid[0])], 2, int(mid[0]))
 

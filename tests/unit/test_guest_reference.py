@@ -6,6 +6,8 @@ once services/guest/core/buddy.py imports.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -47,7 +49,7 @@ def test_idle_4gib_guest_fully_reported_in_about_30s(allocator_factory):
     passes = calls_by_pass(rec)
     instants = sorted(passes)
     assert instants[0] == 2 * SEC_NS
-    assert all(b - a_ == 2 * SEC_NS for a_, b in zip(instants, instants[1:], strict=False))
+    assert all(b - a_ == 2 * SEC_NS for a_, b in pairwise(instants))
     budget = -(-1024 // (32 * 16))  # one non-empty list: order 10 MOVABLE
     assert max(passes.values()) <= budget + 1
     assert 8 <= len(instants) <= 16 and instants[-1] <= 30 * SEC_NS
@@ -177,7 +179,7 @@ def test_large_free_triggers_first_report_2s_later_then_every_2s(allocator_facto
         g.advance_to(t * SEC_NS)
     instants = sorted(calls_by_pass(rec))
     assert instants[0] == 12 * SEC_NS and len(instants) >= 3
-    assert all(b - a_ == 2 * SEC_NS for a_, b in zip(instants, instants[1:], strict=False))
+    assert all(b - a_ == 2 * SEC_NS for a_, b in pairwise(instants))
     a = g.allocator
     assert a.reported_pages() == a.free_pages_total() == (1 << 18) - a.pcp_pages()
     assert a.pcp_pages() < 1 << 14  # the THP-order pcp list holds at most `high` pages

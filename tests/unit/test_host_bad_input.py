@@ -111,7 +111,7 @@ def test_add_guest_over_the_overcommit_limit_is_refused():
     host.add_guest(1, 2048)  # 1.0
     before = snapshot(host)
     with pytest.raises(
-        ValueError, match="overcommit ratio to 1.750, over max_overcommit_ratio 1.5"
+        ValueError, match=r"overcommit ratio to 1\.750, over max_overcommit_ratio 1\.5"
     ):
         host.add_guest(2, 1536)
     assert_same(before, snapshot(host))

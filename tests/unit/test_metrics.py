@@ -42,8 +42,9 @@ def scrape(url: str) -> dict:
 @pytest.mark.allow_sockets
 def test_the_endpoint_exports_host_columns_unrenamed_as_counters_and_gauges() -> None:
     host = busy_host()
-    collector = CounterCollector(PREFIX, "exp-1", "host",
-                                 lambda: {"h-0": host_columns(host.host_counters())})
+    collector = CounterCollector(
+        PREFIX, "exp-1", "host", lambda: {"h-0": host_columns(host.host_counters())}
+    )
     endpoint = MetricsEndpoint([collector])
     try:
         families = scrape(endpoint.url)
@@ -51,8 +52,9 @@ def test_the_endpoint_exports_host_columns_unrenamed_as_counters_and_gauges() ->
         assert columns["swapout_bytes_total"] > 0 and columns["lost_fault_seconds_total"] > 0
         assert all(name.startswith(f"{PREFIX}_") for name in families)
         expected_types = {
-            f"{PREFIX}_{key[:-len('_total')]}" if key.endswith("_total") else f"{PREFIX}_{key}":
-                "counter" if key.endswith("_total") else "gauge"
+            f"{PREFIX}_{key[: -len('_total')]}"
+            if key.endswith("_total")
+            else f"{PREFIX}_{key}": "counter" if key.endswith("_total") else "gauge"
             for key in columns
         }
         assert {name: family.type for name, family in families.items()} == expected_types
@@ -60,7 +62,7 @@ def test_the_endpoint_exports_host_columns_unrenamed_as_counters_and_gauges() ->
         for family in families.values():
             for sample in family.samples:
                 assert sample.labels == LABELS, sample
-                exported[sample.name[len(PREFIX) + 1:]] = sample.value
+                exported[sample.name[len(PREFIX) + 1 :]] = sample.value
         assert exported == columns  # same names, same values: nothing renamed or rescaled
         assert exported["backed_bytes"] == host.host_counters()["backed_bytes"]
         assert exported["lost_fault_seconds_total"] == host.host_counters()["lost_fault_ns"] / 1e9

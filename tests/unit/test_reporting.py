@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_state_machine_register_request_idle(allocator_factory):
 
 def test_request_during_pass_rearms_after_pass_end(allocator_factory):
     rec = RecordingReporter(latency_ns=100 * MS_NS)
-    a, w = worker_for(allocator_factory, small_config(), rec)
+    _a, w = worker_for(allocator_factory, small_config(), rec)
     rec.on_report = lambda now_ns, pfns, orders: w.request(now_ns)  # a notify while ACTIVE
     w.register(0)
     w.run_until(2 * SEC_NS)
@@ -75,7 +76,7 @@ def test_request_during_pass_rearms_after_pass_end(allocator_factory):
 
 def test_request_while_last_pass_still_reporting_waits_for_its_end(allocator_factory):
     rec = RecordingReporter(latency_ns=3 * SEC_NS)
-    a, w = worker_for(allocator_factory, small_config(), rec)
+    _a, w = worker_for(allocator_factory, small_config(), rec)
     w.register(0)
     w.run_until(2 * SEC_NS)  # two calls: the pass ends at 8 s
     assert w.state == w.IDLE
@@ -100,7 +101,7 @@ def test_at_most_budget_plus_one_calls_per_list_visit(allocator_factory):
         assert v["reports"] <= v["budget"] + 1, v
     assert max(v["reports"] for v in proxy.visits) == math.ceil(64 / 16) + 1
     passes = sorted({c[0] for c in rec.calls})
-    assert all(b - a_ == 2 * SEC_NS for a_, b in zip(passes, passes[1:], strict=False))
+    assert all(b - a_ == 2 * SEC_NS for a_, b in pairwise(passes))
 
 
 def test_zone_below_gate_is_skipped_silently(allocator_factory):

@@ -36,8 +36,11 @@ def run(shard, t_end, epoch=EPOCH, results=None):
 
 def seqs(op):
     """The op sequence numbers of one guest's log: one per report, touch and free op."""
-    return [r.op_seq for r in op.reports] + sorted(set(op.touched.op_seqs.tolist())) + sorted(
-        set(op.freed.op_seqs.tolist()))
+    return (
+        [r.op_seq for r in op.reports]
+        + sorted(set(op.touched.op_seqs.tolist()))
+        + sorted(set(op.freed.op_seqs.tolist()))
+    )
 
 
 def test_pfns_to_runs_merges_contiguous_blocks():
@@ -48,8 +51,12 @@ def test_pfns_to_runs_merges_contiguous_blocks():
 
 
 def test_grow_reaches_target_then_free_reports_after_the_delay():
-    wl = memhog(("grow", 1_000_000_000, 0.5, 128 * MIB), ("idle", 2_000_000_000),
-                ("free", 1_000_000_000, 0.0, None), ("idle", 5_000_000_000))
+    wl = memhog(
+        ("grow", 1_000_000_000, 0.5, 128 * MIB),
+        ("idle", 2_000_000_000),
+        ("free", 1_000_000_000, 0.0, None),
+        ("idle", 5_000_000_000),
+    )
     shard = shard_of(wl)
     logs = run(shard, 1_000_000_000)
     slot = shard.slots[0]
@@ -89,8 +96,11 @@ def test_lost_time_slows_a_rate_limited_workload():
 
 @pytest.mark.parametrize("epoch", [10_000_000, 50_000_000, 250_000_000])
 def test_progress_does_not_depend_on_epoch_length(epoch):
-    wl = memhog(("grow", 500_000_000, 0.8, 40 * MIB), ("touch", 500_000_000, None, 80 * MIB),
-                ("free", 500_000_000, 0.0, 30 * MIB))
+    wl = memhog(
+        ("grow", 500_000_000, 0.8, 40 * MIB),
+        ("touch", 500_000_000, None, 80 * MIB),
+        ("free", 500_000_000, 0.0, 30 * MIB),
+    )
     shard = shard_of(wl)
     run(shard, 1_500_000_000, epoch=epoch)
     st = shard.slots[0].workload.stats

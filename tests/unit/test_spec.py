@@ -113,18 +113,23 @@ def test_sync_interval_defaults_to_the_largest_multiple_of_epoch_up_to_1s_dividi
     assert load_spec_text(BASE + "sample_interval: 150ms\n").sync_interval == 150_000_000
     assert load_spec_text(BASE + "sample_interval: 3s\n").sync_interval == 1_000_000_000
     assert load_spec_text(BASE + "sample_interval: 1500ms\n").sync_interval == 750_000_000
-    assert load_spec_text(BASE + "epoch: 40ms\nsample_interval: 1s\n").sync_interval == 1_000_000_000
+    assert (
+        load_spec_text(BASE + "epoch: 40ms\nsample_interval: 1s\n").sync_interval == 1_000_000_000
+    )
     explicit = load_spec_text(BASE + "sync_interval: 200ms\n")
     assert explicit.sync_interval == 200_000_000
     # the resolved value is part of the run's identity
     assert explicit.run_id() != load_spec_text(BASE).run_id()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("sync_interval: 70ms\n", "sync_interval (70000000 ns) must be a whole multiple of epoch"),
-    ("sync_interval: 300ms\n", "sync_interval (300000000 ns) must divide sample_interval"),
-    ("sync_pressure_fraction: 1.5\n", "sync_pressure_fraction"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("sync_interval: 70ms\n", "sync_interval (70000000 ns) must be a whole multiple of epoch"),
+        ("sync_interval: 300ms\n", "sync_interval (300000000 ns) must divide sample_interval"),
+        ("sync_pressure_fraction: 1.5\n", "sync_pressure_fraction"),
+    ],
+)
 def test_bad_sync_settings_name_the_field(extra, message):
     with pytest.raises(SpecError) as e:
         load_spec_text(BASE + extra)

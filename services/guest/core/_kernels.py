@@ -650,7 +650,9 @@ def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt, nofrag):
             _relabel_pageblocks(pbmt, pb, page, co, start_mt)
         elif can_steal:
             start = page & ~((1 << pb) - 1)
-            free_pages, movable_pages = _pageblock_census(lk, pg, fl, g, z, start, True, start_mt, to_tail)
+            free_pages, movable_pages = _pageblock_census(
+                lk, pg, fl, g, z, start, True, start_mt, to_tail
+            )
             if _claim_enough(g, start_mt, old_mt, free_pages, movable_pages):
                 pbmt[start >> pb] = start_mt
             return True
@@ -678,7 +680,9 @@ def _claim_modern(lk, pg, pbmt, fl, nr_free, zone, g, z, order, start_mt, nofrag
                 zone[z, Z_FREE] -= 1 << order
                 return page
             start = page & ~((1 << pb) - 1)
-            free_pages, movable_pages = _pageblock_census(lk, pg, fl, g, z, start, False, start_mt, True)
+            free_pages, movable_pages = _pageblock_census(
+                lk, pg, fl, g, z, start, False, start_mt, True
+            )
             if _claim_enough(g, start_mt, fmt, free_pages, movable_pages):
                 _pageblock_census(lk, pg, fl, g, z, start, True, start_mt, True)
                 pbmt[start >> pb] = start_mt
@@ -815,7 +819,9 @@ def k_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, 
             and pcp[pi * MT_PCPTYPES + mt, HEAD] == NIL
             and zone[0, Z_FREE] - size >= zone[0, Z_MIN]
         ):
-            n, stop = _pcp_refill_direct(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n)
+            n, stop = _pcp_refill_direct(
+                lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n
+            )
             if stop:
                 break
             continue
@@ -892,7 +898,9 @@ def _isolate_relabel(lk, pg, pbmt, fl, g, z, pfn, order):
 
 
 @njit(cache=True, _nrt=False)
-def k_report_fill(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, batch_order, n, budget):
+def k_report_fill(
+    lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, batch_pfn, batch_order, n, budget
+):
     """Walk list (z, order, mt) from its head, isolating unreported blocks into the batch."""
     lid = _fl_id(g[G_MAX_ORDER] + 1, z, order, mt)
     pb = g[G_PB_ORDER]

@@ -121,7 +121,9 @@ class BackingView:
         if (orders < 0).any():
             raise ValueError(f"order={int(orders[orders < 0][0])} must be >= 0")
         starts, npages = self._check_ranges(pfns, np.left_shift(1, orders))
-        _move_ranges(self.state, self._counts, starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED)
+        _move_ranges(
+            self.state, self._counts, starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED
+        )
 
     def swapped_out(self, starts, npages) -> None:
         """The host swapped these ranges out: BACKED pages become SWAPPED."""

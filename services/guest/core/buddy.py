@@ -56,7 +56,9 @@ class BuddyAllocator:
         self.config = config
         self._rng = rng
         self._init_state()
-        k.k_boot(self.lk, self.pg, self.fl, self.nr_free_arr, self.zone, self.g, config.boot_to_tail)
+        k.k_boot(
+            self.lk, self.pg, self.fl, self.nr_free_arr, self.zone, self.g, config.boot_to_tail
+        )
         if config.shuffle:
             for z in range(self.nr_zones):
                 self._shuffle_zone(z)
@@ -84,7 +86,13 @@ class BuddyAllocator:
         for z, ((start, end), (wmin, low, high), (batch, pcp_high)) in enumerate(
             zip(ranges, guest_watermarks(c), guest_pcp_sizes(c), strict=True)
         ):
-            self.zone[z, [k.Z_START, k.Z_END, k.Z_MIN, k.Z_LOW, k.Z_HIGH]] = start, end, wmin, low, high
+            self.zone[z, [k.Z_START, k.Z_END, k.Z_MIN, k.Z_LOW, k.Z_HIGH]] = (
+                start,
+                end,
+                wmin,
+                low,
+                high,
+            )
             self.zone[z, [k.Z_PCP_BATCH, k.Z_PCP_HIGH]] = batch, pcp_high
             self.zone[z, k.Z_PCP_CURSOR] = nr_pcp_lists - 1  # the first drain starts at list 0
         self._scratch = np.zeros(int(self.zone[:, k.Z_PCP_BATCH].max()) + 1, dtype=np.int64)
@@ -117,6 +125,7 @@ class BuddyAllocator:
         if need <= 0:
             return
         words = -(-int(need) // COIN_WORD_BITS)
+        assert self._rng is not None  # shuffle needs an rng (checked in __init__)
         fresh = self._rng.integers(0, 2**64, size=words, dtype=np.uint64)
         used = int(g[k.G_COIN_POS]) // COIN_WORD_BITS
         keep = self.coins[used : (int(g[k.G_COIN_END]) + COIN_WORD_BITS - 1) // COIN_WORD_BITS]
@@ -129,6 +138,8 @@ class BuddyAllocator:
         max_order = self.config.max_order
         start, end = self.zone_range(z)
         nr_blocks = (end - start) >> max_order
+        rng = self._rng
+        assert rng is not None  # shuffle needs an rng (checked in __init__)
         lists: dict[int, list[int]] = {}
         where: dict[int, tuple[int, int]] = {}
         for mt in range(MIGRATE_TYPES):
@@ -139,7 +150,7 @@ class BuddyAllocator:
             if i not in where:
                 continue
             for _ in range(SHUFFLE_RETRY):
-                j = start + (int(self._rng.integers(0, nr_blocks)) << max_order)
+                j = start + (int(rng.integers(0, nr_blocks)) << max_order)
                 if j != i and j in where:
                     break
             else:
@@ -179,8 +190,21 @@ class BuddyAllocator:
         if count < 0:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
         out = np.empty(count, dtype=np.int64)
-        n = k.k_alloc(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr,
-                      self.zone, self.g, self.pcp_idx, order, mt, count, out)
+        n = k.k_alloc(
+            self.lk,
+            self.pg,
+            self.pbmt,
+            self.fl,
+            self.pcp,
+            self.nr_free_arr,
+            self.zone,
+            self.g,
+            self.pcp_idx,
+            order,
+            mt,
+            count,
+            out,
+        )
         return out[:n]
 
     def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
@@ -193,23 +217,56 @@ class BuddyAllocator:
         if code != k.CHECK_OK:
             raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
         self._ensure_coins(2 * arr.size + self.pcp_pages() + 1)
-        k.k_free(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr, self.zone,
-                 self.g, self.pcp_idx, self.coins, self._scratch, arr, order)
+        k.k_free(
+            self.lk,
+            self.pg,
+            self.pbmt,
+            self.fl,
+            self.pcp,
+            self.nr_free_arr,
+            self.zone,
+            self.g,
+            self.pcp_idx,
+            self.coins,
+            self._scratch,
+            arr,
+            order,
+        )
 
     def drain_pcp(self) -> None:
         """Drain every pcp list to the buddy (notifies like any buddy free)."""
         self._ensure_coins(self.pcp_pages() + 1)
-        k.k_drain_pcp(self.lk, self.pg, self.pbmt, self.fl, self.pcp, self.nr_free_arr,
-                      self.zone, self.g, self.coins, self._scratch)
+        k.k_drain_pcp(
+            self.lk,
+            self.pg,
+            self.pbmt,
+            self.fl,
+            self.pcp,
+            self.nr_free_arr,
+            self.zone,
+            self.g,
+            self.coins,
+            self._scratch,
+        )
 
     def _check_order(self, order: int, pfn) -> None:
         if not 0 <= order <= self.config.max_order:
-            raise ValueError(f"pfn {pfn} order {order}: order must be in 0..{self.config.max_order}")
+            raise ValueError(
+                f"pfn {pfn} order {order}: order must be in 0..{self.config.max_order}"
+            )
 
     # ------------------------------------------------------------------ reporting primitives
 
-    def report_fill(self, zone: int, order: int, mt: int, batch_pfn: np.ndarray,
-                    batch_order: np.ndarray, n: int, budget: int) -> tuple[int, int]:
+    def report_fill(
+        self,
+        zone: int,
+        order: int,
+        mt: int,
+        batch_pfn: np.ndarray,
+        batch_order: np.ndarray,
+        n: int,
+        budget: int,
+    ) -> tuple[int, int]:
         """Isolate unreported blocks of list (zone, order, mt) into the batch (§4.4-4.5)."""
         self._check_zone(zone)
         self._check_order(order, None)
@@ -219,12 +276,27 @@ class BuddyAllocator:
             raise ValueError(f"report_fill: n={n} outside the batch arrays (order {order})")
         if n < self.config.reporting.capacity and len(batch_pfn) < self.config.reporting.capacity:
             raise ValueError(f"report_fill: batch arrays shorter than capacity (order {order})")
-        status, n = k.k_report_fill(self.lk, self.pg, self.pbmt, self.fl, self.nr_free_arr,
-                                    self.zone, self.g, zone, order, mt, batch_pfn,
-                                    batch_order, n, budget)
+        status, n = k.k_report_fill(
+            self.lk,
+            self.pg,
+            self.pbmt,
+            self.fl,
+            self.nr_free_arr,
+            self.zone,
+            self.g,
+            zone,
+            order,
+            mt,
+            batch_pfn,
+            batch_order,
+            n,
+            budget,
+        )
         return int(status), int(n)
 
-    def report_drain(self, batch_pfn: np.ndarray, batch_order: np.ndarray, n: int, ok: bool) -> None:
+    def report_drain(
+        self, batch_pfn: np.ndarray, batch_order: np.ndarray, n: int, ok: bool
+    ) -> None:
         """Put each isolated block back (§4.6); Reported if ok and still that free head."""
         bad = k.k_check_drain(self.pg, self.g, batch_pfn, batch_order, n)
         if bad >= 0:
@@ -233,8 +305,20 @@ class BuddyAllocator:
                 "not an isolated block of that order"
             )
         self._ensure_coins(n + 1)
-        k.k_report_drain(self.lk, self.pg, self.pbmt, self.fl, self.nr_free_arr, self.zone,
-                         self.g, self.coins, batch_pfn, batch_order, n, bool(ok))
+        k.k_report_drain(
+            self.lk,
+            self.pg,
+            self.pbmt,
+            self.fl,
+            self.nr_free_arr,
+            self.zone,
+            self.g,
+            self.coins,
+            batch_pfn,
+            batch_order,
+            n,
+            bool(ok),
+        )
 
     def zone_report_gate(self, zone: int) -> bool:
         """§4.3: NR_FREE_PAGES - highatomic > low + (capacity << R)."""

@@ -25,7 +25,9 @@ MIGRATETYPE_NAMES = ("UNMOVABLE", "MOVABLE", "RECLAIMABLE", "HIGHATOMIC", "CMA",
 # Free page reporting (§4).
 PAGE_REPORTING_CAPACITY = 32  # entries per report call (include/linux/page_reporting.h)
 PAGE_REPORTING_DELAY_NS = 2_000_000_000  # PAGE_REPORTING_DELAY = 2*HZ
-PAGE_REPORTING_BUDGET_DIVISOR = 16  # budget = ceil(nr_free / (capacity * 16)): 1/16 of a list per pass
+PAGE_REPORTING_BUDGET_DIVISOR = (
+    16  # budget = ceil(nr_free / (capacity * 16)): 1/16 of a list per pass
+)
 
 # Kernel profiles: the rules that changed between releases (§0).
 PROFILE_5_7 = "5.7"

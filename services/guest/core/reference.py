@@ -70,14 +70,16 @@ class _Zone:
 
     def __init__(self, start: int, end: int, max_order: int, wmark, pcp_size, pcp_orders):
         self.start_pfn, self.end_pfn = start, end
-        self.free_area = [[[] for _ in range(MIGRATE_TYPES)] for _ in range(max_order + 1)]
+        self.free_area: list[list[list[int]]] = [
+            [[] for _ in range(MIGRATE_TYPES)] for _ in range(max_order + 1)
+        ]
         self.nr_free = [0] * (max_order + 1)
         self.free_pages = 0  # NR_FREE_PAGES
         self.wmark_min, self.wmark_low, self.wmark_high = wmark
         self.pcp_batch, self.pcp_high = pcp_size
         # pcp lists in round-robin order: order-major, then mt (§3.4)
         self.pcp_keys = [(o, mt) for o in pcp_orders for mt in range(MIGRATE_PCPTYPES)]
-        self.pcp_lists = {key: [] for key in self.pcp_keys}
+        self.pcp_lists: dict[tuple[int, int], list[int]] = {key: [] for key in self.pcp_keys}
         self.pcp_count = 0  # pages
         self.pcp_cursor = 0  # index into pcp_keys of the next list to drain from
 
@@ -133,12 +135,14 @@ class ReferenceAllocator:
         """§5: one-time Fisher-Yates-like swap of free max_order blocks within the zone."""
         step = 1 << self.max_order
         nr_blocks = (zone.end_pfn - zone.start_pfn) >> self.max_order
+        rng = self._rng
+        assert rng is not None  # shuffle needs an rng (checked in __init__)
         for i in range(zone.start_pfn, zone.end_pfn, step):
             if not self._is_free_head(i, self.max_order):
                 continue
             j = None
             for _ in range(SHUFFLE_RETRY):
-                cand = zone.start_pfn + int(self._rng.integers(0, nr_blocks)) * step
+                cand = zone.start_pfn + int(rng.integers(0, nr_blocks)) * step
                 if cand != i and self._is_free_head(cand, self.max_order):
                     j = cand
                     break
@@ -154,6 +158,7 @@ class ReferenceAllocator:
     def _coin(self) -> bool:
         """§5: one random bit per order-MAX placement decision, 64 drawn at a time (LSB first)."""
         if self._coin_bits == 0:
+            assert self._rng is not None  # shuffle needs an rng (checked in __init__)
             self._coin_word = int(self._rng.integers(0, 1 << 64, dtype=np.uint64))
             self._coin_bits = SHUFFLE_COIN_BITS
         bit = self._coin_word & 1
@@ -562,9 +567,10 @@ class ReferenceAllocator:
 
     def _isolate(self, zone: _Zone, pfn: int, order: int) -> bool:
         """§4.5 isolation for reporting; relabels mergeable pageblocks to MOVABLE."""
-        if self.pageblock_mt(pfn) != MIGRATE_ISOLATE:
-            if not self._watermark_ok(zone, zone.wmark_min + (1 << order)):
-                return False
+        if self.pageblock_mt(pfn) != MIGRATE_ISOLATE and not self._watermark_ok(
+            zone, zone.wmark_min + (1 << order)
+        ):
+            return False
         self._del_free(zone, pfn)
         self._isolated[pfn] = order
         if order >= self.pageblock_order - 1:

@@ -22,7 +22,9 @@ from services.units import NS_PER_S
 
 from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
 
-DEFAULT_GROW_BYTES_PER_S = 2 << 30  # first-touch anonymous faults ~2 GiB/s per thread (figures.md Q2: 1-2 us per 4 KiB)
+DEFAULT_GROW_BYTES_PER_S = (
+    2 << 30
+)  # first-touch anonymous faults ~2 GiB/s per thread (figures.md Q2: 1-2 us per 4 KiB)
 DEFAULT_FREE_BYTES_PER_S = 16 << 30  # munmap of populated memory: much faster than faulting it in
 DEFAULT_TOUCH_BYTES_PER_S = 4 << 30  # re-touching mapped memory, one store per page
 
@@ -146,7 +148,7 @@ class HeldBlocks:
         pageblock pinned by a few survivors and nothing would ever merge).
         """
         n = min(n, self.count)
-        taken = self.pfns[self.count - n:self.count][::-1].copy()
+        taken = self.pfns[self.count - n : self.count][::-1].copy()
         self.count -= n
         return taken
 
@@ -213,6 +215,7 @@ class Memhog:
         return ph.action == IDLE
 
     def _target_pages(self, ph: PhaseConfig) -> int:
+        assert ph.target is not None  # PhaseConfig requires one for grow and free
         return int(ph.target * self.nr_pages) // self.block_pages * self.block_pages
 
     # -- work ---------------------------------------------------------------
@@ -309,8 +312,9 @@ class Idle:
         self.finished = True
 
 
-def make_workload(config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0,
-                  stop_ns: int | None = None):
+def make_workload(
+    config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0, stop_ns: int | None = None
+):
     """Build the runner for a workload config (a discriminated union of dataclasses).
 
     ``start_ns`` shifts the workload's clock (a workload started mid-run);
@@ -327,6 +331,12 @@ def make_workload(config, nr_pages: int, rng: np.random.Generator, start_ns: int
 
 
 __all__ = [
-    "IdleConfig", "MemhogConfig", "PhaseConfig", "WorkStats", "Memhog", "Idle",
-    "make_workload", "pfns_to_runs",
+    "Idle",
+    "IdleConfig",
+    "Memhog",
+    "MemhogConfig",
+    "PhaseConfig",
+    "WorkStats",
+    "make_workload",
+    "pfns_to_runs",
 ]

@@ -1,5 +1,6 @@
 """Pure host model: physical pool, THP backing, discard modes, reclaim, swap, costs.
 
-Imports numpy, numba and the standard library only (an import-linter contract
-checks it).
+Imports numpy, numba, the standard library and ``services.units`` only (an
+import-linter contract checks it). Section numbers (§) in comments refer to
+``docs/kernel-model.md``, which states the kernel rule each part implements.
 """

@@ -56,7 +56,8 @@ GUEST_EVENT_COUNTERS = (
     "zeroed_bytes",
     "direct_reclaim_pages",
     "lost_report_ns",
-) + tuple(f"lost_{k}_ns" for k in LOST_KINDS)
+    *(f"lost_{k}_ns" for k in LOST_KINDS),
+)
 
 _NOT_SUMMED = ("nr_pages", "stopped", "oom_events")  # host has its own oom_events
 

@@ -294,8 +294,10 @@ class Host:
         self._debug_check()
         return result
 
-    def _account_touch(self, rec: _Guest, ev: np.ndarray, oom_stops: int, stopped) -> TouchResult:
-        ev = ev.tolist()
+    def _account_touch(
+        self, rec: _Guest, events: np.ndarray, oom_stops: int, stopped
+    ) -> TouchResult:
+        ev: list[int] = events.tolist()
         lost = price_touch(self.config.costs, ev, self._gran_pages)
         prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
         zeroed = (ev[EV_FAULT_4K] + ev[EV_FAULT_HUGE] * self._gran_pages) * PAGE_SIZE
@@ -442,7 +444,9 @@ class Host:
         lo = int(self._offsets[rec.slot])
         out_s = np.empty(int(npages.sum()), np.int64)
         out_n = np.empty_like(out_s)
-        m = swapped_runs_kernel(self._state, self._gran, self._shift, lo, starts, npages, out_s, out_n)
+        m = swapped_runs_kernel(
+            self._state, self._gran, self._shift, lo, starts, npages, out_s, out_n
+        )
         return out_s[:m].copy(), out_n[:m].copy()
 
     # ------------------------------------------------------------------ counters
@@ -488,7 +492,7 @@ class Host:
     # ---------------------------------------------------------------- validation
 
     def _lookup(self, guest_id) -> _Guest:
-        rec = self._guests.get(guest_id) if isinstance(guest_id, int | np.integer) else None
+        rec = self._guests.get(int(guest_id)) if isinstance(guest_id, int | np.integer) else None
         if rec is None:
             raise ValueError(f"guest_id {guest_id!r} is not placed on host {self.host_id}")
         return rec
@@ -515,9 +519,16 @@ def warm_up(config: HostConfig) -> None:
     from dataclasses import replace
 
     page_mib = 1 << 20
-    small = replace(config, memory_bytes=64 * page_mib, reserve_bytes=0, max_overcommit_ratio=None,
-                    swap=replace(config.swap, capacity_bytes=256 * page_mib) if config.swap.capacity_bytes else config.swap,
-                    debug_checks=False)
+    small = replace(
+        config,
+        memory_bytes=64 * page_mib,
+        reserve_bytes=0,
+        max_overcommit_ratio=None,
+        swap=replace(config.swap, capacity_bytes=256 * page_mib)
+        if config.swap.capacity_bytes
+        else config.swap,
+        debug_checks=False,
+    )
     host = Host(0, small)
     nr_pages = 32 * page_mib // PAGE_SIZE
     for gid in range(4):

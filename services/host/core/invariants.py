@@ -67,7 +67,6 @@ def _recount_guest(host, rec) -> np.ndarray:
 
 def check_host(host) -> None:
     """Raise AssertionError if any invariant of `host` is broken."""
-    hs, p = host._hs, host._p
     totals = np.zeros(5, np.int64)
     for rec in host._by_slot:
         counts = _recount_guest(host, rec)
@@ -80,6 +79,13 @@ def check_host(host) -> None:
                 f"{counts.tolist()}"
             )
         totals += counts
+    _check_pools(host, totals)
+    _check_counters_not_negative(host)
+
+
+def _check_pools(host, totals: np.ndarray) -> None:
+    """The host pool, swap, zswap pool, lazy pages and swap-out log against the recount."""
+    hs, p = host._hs, host._p
     cbytes = int(p[P_ZSWAP_CBYTES])
     zswap_bytes = int(totals[4]) * cbytes
     pool = int(totals[RES_BACKED] + totals[RES_LAZY]) * PAGE_SIZE
@@ -100,6 +106,9 @@ def check_host(host) -> None:
         _fail(f"lazy pages {int(hs[H_LAZY_PAGES])} != recount {int(totals[RES_LAZY])}")
     if not 0 <= hs[H_LOG_N] <= host._log.size:
         _fail("swap-out log overflow")
+
+
+def _check_counters_not_negative(host) -> None:
     for rec in host._by_slot:
         for key, value in host.guest_counters(rec.guest_id).items():
             if value < 0:

@@ -239,7 +239,9 @@ def swapped_runs_kernel(state, gran, shift, lo, starts, npages, out_starts, out_
         end = starts[i] + npages[i]
         for p in range(starts[i], end):
             g = lo + p
-            swapped = (gran[g >> shift] & GK_MASK) == GK_PAGES and (state[g] & RES_MASK) == RES_SWAPPED
+            swapped = (gran[g >> shift] & GK_MASK) == GK_PAGES and (
+                state[g] & RES_MASK
+            ) == RES_SWAPPED
             if swapped:
                 if run < 0:
                     run = p

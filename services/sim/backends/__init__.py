@@ -19,8 +19,13 @@ from ..plan import SimPlan
 class Session(Protocol):
     """One simulation's running entities (in-process objects or Ray actors)."""
 
-    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
-                   last_hosts: HostSamples) -> ChunkResults:
+    def run_chunks(
+        self,
+        first_epoch: int,
+        chunks: Sequence[tuple[int, int]],
+        pressure: bool,
+        last_hosts: HostSamples,
+    ) -> ChunkResults:
         """Run sample intervals ((start ns, epochs) each), the first as ``pressure``
         says and the others as the sync policy decides; the results cover every
         shard (groups summed) and every host."""
@@ -32,6 +37,7 @@ class Session(Protocol):
     def stats(self) -> dict[str, object]:
         """Wall-clock timings of the session (metadata, never results)."""
         ...
+
     def close(self) -> None: ...
 
 

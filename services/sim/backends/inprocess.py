@@ -30,17 +30,28 @@ class InProcessSession:
         first = next((g for inits in plan.shard_inits for g in inits), None)
         if first is not None:
             guest_warm_up(first.config)
-        self.barriers = {h: EpochBarrier(plan.experiment_id, h, Host(h, cfg))
-                         for h, cfg in plan.host_configs.items()}
+        self.barriers = {
+            h: EpochBarrier(plan.experiment_id, h, Host(h, cfg))
+            for h, cfg in plan.host_configs.items()
+        }
         self.link = InProcessHostLink(plan.experiment_id, HostDirectory(self.barriers.values()))
         for host_id, reg in plan.registrations():
             self.link.register(host_id, reg)
-        shards = [GuestShard(i, inits, plan.seed, plan.report_latency_ns)
-                  for i, inits in enumerate(plan.shard_inits)]
-        self.driver = EpochDriver(shards, self.link, plan.policy, sorted(self.barriers), plan.epoch_ns)
+        shards = [
+            GuestShard(i, inits, plan.seed, plan.report_latency_ns)
+            for i, inits in enumerate(plan.shard_inits)
+        ]
+        self.driver = EpochDriver(
+            shards, self.link, plan.policy, sorted(self.barriers), plan.epoch_ns
+        )
 
-    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
-                   last_hosts: HostSamples) -> ChunkResults:
+    def run_chunks(
+        self,
+        first_epoch: int,
+        chunks: Sequence[tuple[int, int]],
+        pressure: bool,
+        last_hosts: HostSamples,
+    ) -> ChunkResults:
         return self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
 
     def skip_to(self, t_ns: int) -> None:
@@ -53,8 +64,12 @@ class InProcessSession:
         return {h: dict(b.host.host_counters()) for h, b in self.barriers.items()}
 
     def stats(self) -> dict[str, object]:
-        return {"shard_wall_seconds": [dict(self.driver.wall)],
-                "host_actor_wall_seconds": [{"apply_s": sum(b.apply_wall_s for b in self.barriers.values())}]}
+        return {
+            "shard_wall_seconds": [dict(self.driver.wall)],
+            "host_actor_wall_seconds": [
+                {"apply_s": sum(b.apply_wall_s for b in self.barriers.values())}
+            ],
+        }
 
     def close(self) -> None:
         self.link.close()

@@ -11,6 +11,7 @@ several raylets, loopback reaches every actor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Sequence
@@ -38,29 +39,52 @@ class RaySession:
         token = secrets.token_hex(16)
         host_ids = sorted(plan.host_configs)
         per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
-        groups = [host_ids[i:i + per] for i in range(0, len(host_ids), per)]
-        HostActor = host_class().options(scheduling_strategy="SPREAD")
-        self.host_actors = [HostActor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token)
-                            for g in groups]
+        groups = [host_ids[i : i + per] for i in range(0, len(host_ids), per)]
+        host_actor = host_class().options(scheduling_strategy="SPREAD")
+        self.host_actors = [
+            host_actor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token)
+            for g in groups
+        ]
         # every guest registered once, in guest-id order, before any shard starts
         regs = plan.registrations()
-        ray.get([a.register_guests.remote([(h, r) for h, r in regs if h in g])
-                 for a, g in zip(self.host_actors, groups, strict=True)])
+        ray.get(
+            [
+                a.register_guests.remote([(h, r) for h, r in regs if h in g])
+                for a, g in zip(self.host_actors, groups, strict=True)
+            ]
+        )
         addresses = ray.get([a.address.remote() for a in self.host_actors])
         targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
-        ShardActor = shard_class().options(scheduling_strategy="SPREAD")
+        shard_actor = shard_class().options(scheduling_strategy="SPREAD")
         self.shard_actors = [
-            ShardActor.remote(plan.experiment_id, i, inits, plan.seed, plan.report_latency_ns, targets,
-                              plan.policy, plan.epoch_ns, token, workload_factory=workload_from_params)
+            shard_actor.remote(
+                plan.experiment_id,
+                i,
+                inits,
+                plan.seed,
+                plan.report_latency_ns,
+                targets,
+                plan.policy,
+                plan.epoch_ns,
+                token,
+                workload_factory=workload_from_params,
+            )
             for i, inits in enumerate(plan.shard_inits)
         ]
         self.token = token
         self.host_addresses = targets
         # construction errors surface here; every shard serves GuestService for its guests
-        self.guest_service_addresses = ray.get([a.start_guest_service.remote() for a in self.shard_actors])
+        self.guest_service_addresses = ray.get(
+            [a.start_guest_service.remote() for a in self.shard_actors]
+        )
 
-    def run_chunks(self, first_epoch: int, chunks: Sequence[tuple[int, int]], pressure: bool,
-                   last_hosts: HostSamples) -> ChunkResults:
+    def run_chunks(
+        self,
+        first_epoch: int,
+        chunks: Sequence[tuple[int, int]],
+        pressure: bool,
+        last_hosts: HostSamples,
+    ) -> ChunkResults:
         """Several sample intervals in one actor call per shard and per host actor.
 
         Every shard makes each interval's sync decision itself, from the hosts'
@@ -71,16 +95,21 @@ class RaySession:
         for _, count in chunks:
             epoch += count
             ends.append(epoch - 1)
-        refs = [a.run_chunks.remote(first_epoch, chunks, pressure, last_hosts) for a in self.shard_actors]
+        refs = [
+            a.run_chunks.remote(first_epoch, chunks, pressure, last_hosts)
+            for a in self.shard_actors
+        ]
         refs += [a.samples_at.remote(ends) for a in self.host_actors]
         out = self.ray.get(refs)
-        shards, hosts = out[:len(self.shard_actors)], out[len(self.shard_actors):]
+        shards, hosts = out[: len(self.shard_actors)], out[len(self.shard_actors) :]
         decisions = {(tuple(s.pressure), s.next_pressure) for s in shards}
         if len(decisions) > 1:
             raise RuntimeError(f"shards disagree on the sync decisions: {sorted(decisions)}")
         result = ChunkResults(
             groups=[merge_group_samples(s.groups[i] for s in shards) for i in range(len(chunks))],
-            hosts=[{h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))],
+            hosts=[
+                {h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))
+            ],
             pressure=list(shards[0].pressure) if shards else [pressure] * len(chunks),
             next_pressure=shards[0].next_pressure if shards else pressure,
             events=[e for s in shards for e in s.events],
@@ -88,14 +117,18 @@ class RaySession:
         for i in range(len(chunks)):  # per interval: the busiest shard, then the busiest host actor
             applied = [walls[i] - self._applied_s.get(a, 0.0) for a, (_, walls) in enumerate(hosts)]
             self._applied_s = {a: walls[i] for a, (_, walls) in enumerate(hosts)}
-            self.critical_s += max((s.guest_wall_s[i] for s in shards), default=0.0) + max(applied, default=0.0)
+            self.critical_s += max((s.guest_wall_s[i] for s in shards), default=0.0) + max(
+                applied, default=0.0
+            )
         return result
 
     def stats(self) -> dict[str, object]:
         """Per shard and per host actor: wall seconds simulating, syncing and applying (metadata)."""
-        return {"shard_wall_seconds": self.ray.get([a.timings.remote() for a in self.shard_actors]),
-                "host_actor_wall_seconds": self.ray.get([a.timings.remote() for a in self.host_actors]),
-                "critical_path_seconds": self.critical_s}
+        return {
+            "shard_wall_seconds": self.ray.get([a.timings.remote() for a in self.shard_actors]),
+            "host_actor_wall_seconds": self.ray.get([a.timings.remote() for a in self.host_actors]),
+            "critical_path_seconds": self.critical_s,
+        }
 
     def skip_to(self, t_ns: int) -> None:
         self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
@@ -112,10 +145,8 @@ class RaySession:
     def close(self) -> None:
         ray = self.ray
         for actors in (self.shard_actors, self.host_actors):
-            try:
+            with contextlib.suppress(Exception):  # best effort; the actors are killed next anyway
                 ray.get([a.close.remote() for a in actors], timeout=30)
-            except Exception:  # noqa: BLE001 - best effort; the actors are killed next anyway
-                pass
             for a in actors:
                 ray.kill(a)
 
@@ -125,13 +156,19 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, hosts_per_actor: int | None = None,
-                 num_cpus: int | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        hosts_per_actor: int | None = None,
+        num_cpus: int | None = None,
+    ):
         try:
             import ray
         except ImportError as e:
-            raise ImportError("the grpc transport runs on Ray, which is not installed: "
-                              "pip install 'overcommit-sim[ray]', or use transport='inprocess'") from e
+            raise ImportError(
+                "the grpc transport runs on Ray, which is not installed: "
+                "pip install 'overcommit-sim[ray]', or use transport='inprocess'"
+            ) from e
 
         for key, value in RAY_ENV_DEFAULTS.items():  # set here, not at import time
             os.environ.setdefault(key, value)
@@ -140,8 +177,12 @@ class RayBackend:
         self._owns = not ray.is_initialized()
         if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
-            kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True,
-                          configure_logging=True)
+            kwargs = dict(
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=True,
+                configure_logging=True,
+            )
             if address:
                 ray.init(address=address, **kwargs)
             else:  # "local": always a new embedded cluster, never a stale one found on disk
@@ -156,7 +197,7 @@ class RayBackend:
             try:
                 self.ray.init(address="local", num_cpus=num_cpus, **kwargs)
                 return
-            except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
+            except Exception as e:  # Ray raises a bare Exception here
                 self.ray.shutdown()
                 if attempt == 1 or "timed out during startup" not in str(e):
                     raise
