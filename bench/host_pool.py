@@ -35,9 +35,10 @@ from services.host.core.discard import report_kernel
 from services.host.core.host import Host
 from services.host.core.pagestate import NER, NEV
 from services.host.core.reclaim import reclaim_frames
+from services.units import PAGE_SIZE
 
 GIB = 1 << 30
-PAGE = 4096
+PAGE = PAGE_SIZE
 GRAN = 512
 BATCH = 32  # PAGE_REPORTING_CAPACITY
 

@@ -4,7 +4,7 @@
 :func:`remote_class` makes it a Ray actor. The epoch loop is
 :class:`~services.guest.epoch_driver.EpochDriver`'s; the hosts are reached
 through a :class:`~services.protocol.clients.GrpcHostLink`. Guests are
-registered with their hosts by the coordinator before shards start. Each shard
+registered with their hosts by the Ray session before shards start. Each shard
 also serves GuestService for its guests.
 """
 

@@ -108,7 +108,7 @@ class EpochDriver:
             out.guest_wall_s.append(self.wall["guests_s"] - before)
             epoch += count
             w0 = time.perf_counter()
-            out.groups.append(merge_group_samples(s.sample() for s in self.shards))
+            out.groups.append(self.group_samples())
             hosts = {h: self._host_sample(h, epoch - 1) for h in self.host_ids}
             out.hosts.append(hosts)
             pressure = self.policy.under_pressure(prev, hosts)

@@ -77,6 +77,7 @@ class OpLog:
         self.report_latency_ns = report_latency_ns
         self._seq = 0
         self._clear()
+        self._empty = GuestOps(guest_id)
         self.dirty = False  # an op was logged in the current epoch
 
     def _clear(self) -> None:
@@ -115,7 +116,11 @@ class OpLog:
         return not (self._reports or self._touched.seqs or self._freed.seqs)
 
     def take(self) -> GuestOps:
-        """The operations logged since the last take, and a fresh log."""
+        """The operations logged since the last take, and a fresh log. A guest that did
+        nothing gets one shared empty GuestOps (most guests, most spans: keep it cheap)."""
+        if self.is_empty():
+            self._epoch_seq_ends = []
+            return self._empty
         ends = self._epoch_seq_ends
         ops = GuestOps(
             guest_id=self.guest_id,
@@ -215,10 +220,11 @@ class GuestShard:
             self.slots[init.guest_id] = _Slot(
                 init, guest, link, _GuestDriver(guest, link), workload
             )
+        self._host_ids = sorted({s.init.host_id for s in self.slots.values()})
 
     # -- placement --------------------------------------------------------------
     def host_ids(self) -> list[int]:
-        return sorted({s.init.host_id for s in self.slots.values()})
+        return self._host_ids
 
     # -- time -------------------------------------------------------------------
     def next_event_ns(self) -> int | None:

@@ -44,7 +44,7 @@ class HostRunner:
         """Register (host id, registration) pairs, in guest-id order, before any shard starts.
 
         A host lays its guests out in registration order, and reclaim walks them
-        in that order; the coordinator registers every guest here, once, so the
+        in that order; the Ray session registers every guest here, once, so the
         layout never depends on which shard actor happens to start first.
         """
         for host_id, reg in sorted(registrations, key=lambda pair: pair[1].guest_id):

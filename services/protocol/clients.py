@@ -7,7 +7,8 @@
   it is given (this package never imports the host).
 
 Both run the same validation (on the host side, on the plain types), so the same
-bad input is refused with the same status and details on either path.
+bad input is refused with the same status and details on either path (message
+size: only when the in-process link is given ``max_message_bytes``).
 
 :class:`HostClient` is the protobuf-level gRPC client (what a hostile or foreign
 client speaks); it retries UNAVAILABLE (every HostService call is idempotent) and
@@ -29,6 +30,7 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
+from services.transport.errors import resource_exhausted
 from services.transport.security import ClientTls
 
 from .codec import decode_outcome, encode_registration, encode_submission
@@ -82,15 +84,25 @@ class InProcessHostLink:
     """Hosts in this process: plain messages to their barriers, no encoding.
 
     ``submit`` then ``collect`` lets one thread drive several shards of one host:
-    submit every shard's message first, then collect the answers.
+    submit every shard's message first, then collect the answers. With one thread
+    an answer is either there or never comes, so by default (``timeout_s=0``)
+    ``collect`` fails at once, naming the shards the host still waits for; give a
+    timeout when other threads submit too. ``max_message_bytes`` (off by default:
+    it costs an encoding) refuses what a gRPC server of that limit would refuse.
     """
 
     def __init__(
-        self, experiment_id: str, directory: HostDirectoryPort, *, timeout_s: float = SYNC_TIMEOUT_S
+        self,
+        experiment_id: str,
+        directory: HostDirectoryPort,
+        *,
+        timeout_s: float = 0.0,
+        max_message_bytes: int | None = None,
     ):
         self.experiment_id = experiment_id
         self.directory = directory
         self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
 
     def _endpoint(self, host_id: int) -> BarrierPort:
         return self.directory.get(self.experiment_id, host_id)
@@ -99,6 +111,12 @@ class InProcessHostLink:
         return self._endpoint(host_id).register_guest(reg)
 
     def submit(self, host_id: int, sub: EpochSubmission) -> None:
+        if self.max_message_bytes is not None:
+            size = encode_submission(self.experiment_id, host_id, sub).ByteSize()
+            if size > self.max_message_bytes:
+                raise resource_exhausted(
+                    "request", size, f"message larger than max ({self.max_message_bytes} bytes)"
+                )
         self._endpoint(host_id).submit(sub)
 
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
@@ -176,9 +194,8 @@ def connect_host(
 class GrpcHostLink:
     """Hosts behind HostService servers (``targets``: host id -> "host:port").
 
-    ``submit`` sends the SyncEpoch call and returns; ``collect`` waits for its
-    answer, so a shard's calls to several hosts are in flight together. Channels
-    open on first use.
+    ``submit`` encodes; ``collect`` sends and waits (see there). Channels open on
+    first use.
     """
 
     def __init__(
@@ -217,24 +234,43 @@ class GrpcHostLink:
         return response.next_epoch
 
     def submit(self, host_id: int, sub: EpochSubmission) -> None:
-        """Send the SyncEpoch call without waiting (one thread may drive several shards)."""
+        """Encode the submission; it is sent by :meth:`collect` (see there)."""
         request = encode_submission(self.experiment_id, host_id, sub)
-        client = self.client(host_id)
-        future = client.stub.SyncEpoch.future(
-            request, timeout=self.timeout_s, metadata=client.caller.metadata
-        )
-        self._pending[(host_id, sub.shard_id, sub.epoch, sub.sequence)] = (request, future)
+        self._pending[(host_id, sub.shard_id, sub.epoch, sub.sequence)] = (request, None)
 
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
-        """The answer; an UNAVAILABLE call is sent again with retries (SyncEpoch is idempotent)."""
-        request, future = self._pending.pop((host_id, sub.shard_id, sub.epoch, sub.sequence))
+        """Send the submission and wait for the answer.
+
+        A link that carries one shard (a Ray shard actor) makes a plain blocking call,
+        host after host, the cheapest gRPC call there is. When submissions of other
+        shards are pending too (one thread driving several shards), every pending one
+        goes out at once as a future first: the host applies an epoch only when all
+        its shards are in. UNAVAILABLE is retried (SyncEpoch is idempotent)."""
+        key = (host_id, sub.shard_id, sub.epoch, sub.sequence)
+        if any(k[1] != sub.shard_id for k in self._pending):
+            self._send_pending()
+        request, future = self._pending.pop(key)
+        client = self.client(host_id)
+        if future is None:
+            return decode_outcome(client.sync_epoch(request, timeout_s=self.timeout_s))
         try:
             response = future.result()
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            response = self.client(host_id).sync_epoch(request, timeout_s=self.timeout_s)
+            response = client.sync_epoch(request, timeout_s=self.timeout_s)
         return decode_outcome(response)
+
+    def _send_pending(self) -> None:
+        for key, (request, future) in self._pending.items():
+            if future is None:
+                client = self.client(key[0])
+                self._pending[key] = (
+                    request,
+                    client.stub.SyncEpoch.future(
+                        request, timeout=self.timeout_s, metadata=client.caller.metadata
+                    ),
+                )
 
     def sync(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
         self.submit(host_id, sub)

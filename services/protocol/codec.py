@@ -63,7 +63,7 @@ def encode_registration(
         report_capacity=reg.report_capacity,
         max_order=reg.max_order,
     )
-    if reg.size_bytes:
+    if reg.size_bytes is not None:
         request.size_bytes = reg.size_bytes
     else:
         request.nr_pages = reg.nr_pages
@@ -89,7 +89,7 @@ def decode_registration(request: host_pb2.RegisterGuestRequest) -> GuestRegistra
         max_order=request.max_order or defaults.max_order,
         guest_thp=request.guest_thp,
         page_size_bytes=request.page_size_bytes or defaults.page_size_bytes,
-        size_bytes=request.size_bytes if sized else 0,
+        size_bytes=request.size_bytes if sized else None,
     )
 
 

@@ -50,7 +50,7 @@ class GuestRegistration:
     max_order: int = MAX_ORDER
     guest_thp: bool = False
     page_size_bytes: int = PAGE_SIZE
-    size_bytes: int = 0  # alternative to nr_pages (0: not given)
+    size_bytes: int | None = None  # alternative to nr_pages (None: not given)
 
 
 @dataclass(frozen=True)

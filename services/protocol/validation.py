@@ -134,7 +134,7 @@ def validate_registration(reg: GuestRegistration) -> GuestRegistration:
         f"only {PAGE_SIZE}-byte guest pages are simulated",
     )
     nr_pages = reg.nr_pages
-    if reg.size_bytes:
+    if reg.size_bytes is not None:
         require(
             reg.size_bytes > 0 and reg.size_bytes % PAGE_SIZE == 0,
             "size_bytes",
@@ -168,7 +168,7 @@ def validate_registration(reg: GuestRegistration) -> GuestRegistration:
         reg.max_order,
         f"must be in 0..{MAX_ORDER_LIMIT}",
     )
-    if nr_pages == reg.nr_pages and not reg.size_bytes:
+    if nr_pages == reg.nr_pages and reg.size_bytes is None:
         return reg
     return GuestRegistration(
         reg.guest_id,
@@ -189,6 +189,8 @@ def check_submission_shape(sub: EpochSubmission) -> None:
     """What can be checked of a submission without knowing the host: numbers are
     unsigned, parallel arrays are whole numbers. The codec runs it before encoding,
     so a plain submission is refused with the same error on every path."""
+    if _shape_ok(sub):  # the common case, checked without building field names
+        return
     for name in ("shard_id", "epoch", "sequence", "next_epoch"):
         _require_unsigned(name, getattr(sub, name))
     require(sub.epochs >= 1, "epochs", sub.epochs, "must be at least 1")
@@ -232,6 +234,36 @@ def validate_submission(sub: EpochSubmission, guests: Mapping[int, GuestRegistra
         seen.add(ops.guest_id)
         _validate_guest_ops(path, ops, reg)
         _validate_epoch_seq_ends(path, ops, sub.epochs)
+
+
+def _unsigned(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and bool(value >= 0)
+
+
+def _unsigned_array(values: object) -> bool:
+    return isinstance(values, np.ndarray) and values.dtype.kind == "u"
+
+
+def _shape_ok(sub: EpochSubmission) -> bool:
+    if not (
+        all(_unsigned(v) for v in (sub.shard_id, sub.epoch, sub.sequence, sub.next_epoch))
+        and sub.epochs >= 1
+    ):
+        return False
+    for ops in sub.guests:
+        if not (_unsigned(ops.guest_id) and _unsigned_array(ops.epoch_seq_ends)):
+            return False
+        for r in ops.reports:
+            if not (_unsigned(r.op_seq) and _unsigned_array(r.pfns) and _unsigned_array(r.orders)):
+                return False
+        for runs in (ops.touched, ops.freed):
+            if not (
+                _unsigned_array(runs.starts)
+                and _unsigned_array(runs.npages)
+                and _unsigned_array(runs.op_seqs)
+            ):
+                return False
+    return True
 
 
 def _require_unsigned(field: str, value: int) -> None:

@@ -30,7 +30,6 @@ from services.units import LOST_KINDS, NS_PER_S, PAGE_SIZE
 from .plan import SimPlan
 from .spec import ExperimentSpec
 
-SUMMARY_SCHEMA_VERSION = 1
 ROW_KEYS = ("time_s", "variant", "run_id", "kind", "entity")
 VARIANT_RUN = "run"  # the run itself; baselines are named by their kind (spec ``compare``)
 

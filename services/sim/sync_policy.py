@@ -6,7 +6,7 @@ pressure, the next sample interval syncs every epoch, so guests feel swap-in
 and reclaim costs at once. Every decision is made from the hosts' counters kept
 at sample boundaries, which every backend and every shard reads alike, so each
 decision comes out the same wherever it is evaluated (on Ray, every shard
-evaluates it for itself instead of asking the coordinator).
+evaluates it for itself instead of asking the simulation loop).
 """
 
 from __future__ import annotations

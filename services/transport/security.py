@@ -41,7 +41,7 @@ DEFAULT_EXEMPT_PREFIXES = (
 class TokenStore:
     """Accepted bearer tokens: one admin token and one token per experiment.
 
-    Thread-safe: the coordinator adds an experiment's token while servers run.
+    Thread-safe: an experiment's token is added while servers run.
     """
 
     def __init__(self, admin_token: str | None = None, tokens: Mapping[str, str] | None = None):

@@ -507,6 +507,7 @@ def test_in_process_link_matches_grpc_and_drives_several_shards_from_one_thread(
 BAD_REGISTRATIONS = [
     GuestRegistration(7, 0, GUEST_PAGES, "dontneed", page_size_bytes=2 << 20),
     GuestRegistration(7, 0, 0, "dontneed", size_bytes=(1 << 20) + 1),
+    GuestRegistration(7, 0, 0, "dontneed", size_bytes=0),
     GuestRegistration(7, 0, 0, "dontneed"),
     GuestRegistration(7, 0, GUEST_PAGES, "bogus"),
     GuestRegistration(7, 0, GUEST_PAGES, "dontneed", max_order=99),
@@ -582,3 +583,36 @@ def test_a_negative_number_is_refused_before_it_reaches_either_link(
         == ("guests[0].touched.starts[0]=-4: must not be negative")
     )
     assert state_of(running_host.client).next_epoch == 0
+
+
+def test_both_links_refuse_an_oversized_message_alike() -> None:
+    barrier = EpochBarrier(EXPERIMENT, 0, make_host())
+    directory = HostDirectory([barrier])
+    server = start_host_server(directory, ServerOptions(max_message_bytes=64 << 10))
+    n = 20_000  # ~120 KiB of packed runs
+    big = GuestOps(1, touched=PageRunOps(u64(np.arange(n)), u64(np.ones(n)), u64(np.ones(n))))
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, (big,))
+    local = InProcessHostLink(EXPERIMENT, directory, max_message_bytes=64 << 10)
+    with server:
+        remote = GrpcHostLink(EXPERIMENT, {0: server.address}, timeout_s=10)
+        remote.register(0, GuestRegistration(1, 0, GUEST_PAGES, "dontneed"))
+        with pytest.raises(grpc.RpcError) as grpc_err:
+            remote.sync(0, sub)
+        remote.close()
+    with pytest.raises(StatusError) as local_err:
+        local.sync(0, sub)
+    assert grpc_err.value.code().name == local_err.value.code().name == "RESOURCE_EXHAUSTED"
+    assert barrier.state()["next_epoch"] == 0
+
+
+def test_the_in_process_link_names_the_missing_shard_at_once() -> None:
+    barrier = EpochBarrier(EXPERIMENT, 0, make_host())
+    local = InProcessHostLink(EXPERIMENT, HostDirectory([barrier]))
+    for guest_id, shard in ((1, 0), (2, 1)):
+        local.register(0, GuestRegistration(guest_id, shard, GUEST_PAGES, "dontneed"))
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, (guest_ops(1, seed=0),))
+    local.submit(0, sub)
+    with pytest.raises(StatusError) as err:
+        local.collect(0, sub)
+    assert err.value.code().name == "DEADLINE_EXCEEDED"
+    assert "waits for shards [1]" in err.value.details()
