@@ -29,7 +29,6 @@ from google.protobuf import json_format, struct_pb2
 
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.core.constants import MIGRATE_ISOLATE, MIGRATE_TYPES
-from services.protocol.validation import check_page_runs
 from services.transport.client import (
     DEFAULT_TIMEOUT_S,
     ChannelOptions,
@@ -37,7 +36,7 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
-from services.transport.errors import not_found, require
+from services.transport.errors import invalid_argument, not_found, require
 from services.transport.security import ClientTls, check_experiment_binding
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
 from services.transport.status import translate_errors
@@ -48,6 +47,11 @@ REPORTING_STATE_TO_PB = {
     "active": guest_pb2.REPORTING_STATE_ACTIVE,
 }
 MAX_BUDDY_ORDER = 18  # transport-level bound; the guest checks its own max_order
+# Transport-level bound on pfns and page counts (2**40 pages = 4 PiB, far above the spec's
+# 1 TiB guests): numbers above it are refused before numpy or the guest sees them; the
+# guest then checks against its own size. Keeps every value inside int64.
+MAX_PAGES = 1 << 40
+MAX_OPS = 4096  # operations in one ApplyOps batch
 
 
 # ------------------------------------------------------------- plain types
@@ -147,6 +151,7 @@ class GuestShardApi(Protocol):
 def decode_ops(request: guest_pb2.ApplyOpsRequest) -> list[GuestOp]:
     """ApplyOpsRequest.ops -> plain ops, checking what needs no guest state."""
     ops: list[GuestOp] = []
+    require(len(request.ops) <= MAX_OPS, "ops", len(request.ops), f"at most {MAX_OPS} per batch")
     for i, op in enumerate(request.ops):
         path = f"ops[{i}]"
         kind = op.WhichOneof("op")
@@ -160,7 +165,12 @@ def decode_ops(request: guest_pb2.ApplyOpsRequest) -> list[GuestOp]:
                 a.migratetype,
                 f"must be in 0..{MIGRATE_TYPES - 1} and not MIGRATE_ISOLATE",
             )
-            require(a.count > 0, f"{path}.alloc.count", a.count, "must be > 0")
+            require(
+                0 < a.count <= MAX_PAGES,
+                f"{path}.alloc.count",
+                a.count,
+                f"must be in 1..{MAX_PAGES}",
+            )
             ops.append(AllocOp(a.order, a.migratetype, a.count))
         elif kind == "free":
             f = op.free
@@ -171,13 +181,44 @@ def decode_ops(request: guest_pb2.ApplyOpsRequest) -> list[GuestOp]:
                 f.count,
                 "must be > 0 when pfns is empty",
             )
-            ops.append(FreeOp(f.order, np.fromiter(f.pfns, dtype=np.int64), f.count))
+            pfns = np.fromiter(f.pfns, dtype=np.uint64)
+            _check_below(f"{path}.free.pfns", pfns, "pfn")
+            require(
+                f.count <= MAX_PAGES, f"{path}.free.count", f.count, f"must be at most {MAX_PAGES}"
+            )
+            ops.append(FreeOp(f.order, pfns.astype(np.int64), f.count))
         else:
             starts = np.fromiter(op.touch.runs.starts, dtype=np.uint64)
             npages = np.fromiter(op.touch.runs.npages, dtype=np.uint64)
-            check_page_runs(f"{path}.touch.runs", starts, npages, nr_pages=2**63)
+            field = f"{path}.touch.runs"
+            require(
+                len(starts) == len(npages),
+                f"{field}.npages",
+                len(npages),
+                f"length differs from {field}.starts (length {len(starts)})",
+            )
+            _check_below(f"{field}.starts", starts, "start")
+            _check_below(f"{field}.npages", npages, "run length")
+            bad = np.flatnonzero(npages == 0)
+            require(
+                bad.size == 0,
+                f"{field}.npages[{int(bad[0]) if bad.size else 0}]",
+                0,
+                "npages must be > 0",
+            )
             ops.append(TouchOp(starts.astype(np.int64), npages.astype(np.int64)))
     return ops
+
+
+def _check_below(field_name: str, values: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(values >= np.uint64(MAX_PAGES))
+    if bad.size:
+        i = int(bad[0])
+        raise invalid_argument(
+            f"{field_name}[{i}]",
+            int(values[i]),
+            f"{what} beyond any guest (at most {MAX_PAGES} pages)",
+        )
 
 
 def _check_order(field_name: str, order: int) -> None:

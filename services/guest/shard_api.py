@@ -47,18 +47,34 @@ class ShardApi:
         with shard.lock:
             slot = shard.slot(guest_id)
             max_order = slot.init.config.max_order
+            nr_pages = slot.init.config.nr_pages
             frees = {}
+            asked = 0  # pages the batch's allocations ask for
             for i, op in enumerate(ops):  # validate everything before changing anything
+                kind = type(op).__name__[: -len("Op")].lower()
                 if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
                     raise ValueError(
-                        f"ops[{i}].order={op.order}: above the guest's max_order {max_order}"
+                        f"ops[{i}].{kind}.order={op.order}: above the guest's max_order {max_order}"
                     )
-                if isinstance(op, FreeOp):
-                    frees[i] = shard.check_client_free(
-                        guest_id, op.order, np.asarray(op.pfns, np.int64), op.count
-                    )
-                elif isinstance(op, TouchOp):
-                    shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+                if isinstance(op, AllocOp):
+                    asked += op.count << op.order
+                    if asked > nr_pages:
+                        raise ValueError(
+                            f"ops[{i}].alloc.count={op.count}: the batch would allocate {asked} "
+                            f"pages, more than the guest's {nr_pages}"
+                        )
+                elif isinstance(op, FreeOp):
+                    try:
+                        frees[i] = shard.check_client_free(
+                            guest_id, op.order, np.asarray(op.pfns, np.int64), op.count
+                        )
+                    except ValueError as e:
+                        raise ValueError(f"ops[{i}].{e}") from None
+                else:
+                    try:
+                        shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+                    except ValueError as e:
+                        raise ValueError(f"ops[{i}].{e}") from None
             results = []
             for i, op in enumerate(ops):
                 if isinstance(op, AllocOp):

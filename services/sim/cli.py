@@ -64,10 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve ExperimentService for gRPC clients")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument(
-        "--bind", default="127.0.0.1", help="address to bind (anything else needs --allow-remote)"
+        "--bind",
+        default="127.0.0.1",
+        help="address to bind (anything but loopback needs --allow-remote, --token and TLS)",
     )
-    p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
     p.add_argument("--token", default=None, help="bearer token clients must present")
+    p.add_argument("--tls-cert", default=None, help="server certificate chain (PEM)")
+    p.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", default=None, help="CA for client certificates (mutual TLS)")
     p.add_argument("--out", default="runs")
     p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc")
     return ap
@@ -133,7 +138,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from pathlib import Path
+
+    from services.transport.security import ServerTls
+
     from .experiment_manager import serve
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("serve: --tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert and args.tls_key:
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = ServerTls.from_files(Path(args.tls_cert), Path(args.tls_key), client_ca)
 
     return serve(
         port=args.port,
@@ -142,6 +158,7 @@ def cmd_serve(args) -> int:
         token=args.token,
         out_dir=args.out,
         transport=args.transport,
+        tls=tls,
     )
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from services.transport.errors import failed_precondition
+from services.transport.errors import failed_precondition, resource_exhausted
+from services.transport.security import ServerTls
 from services.units import NS_PER_S
 
 from .backends import make_backend
@@ -22,6 +23,9 @@ from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
 from .spec import load_spec_text, parse_spec
+
+MAX_EXPERIMENTS = 64  # experiments one server holds (finished ones count until it stops)
+STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
 
 
 class _Experiment:
@@ -31,8 +35,9 @@ class _Experiment:
         self.sim: Simulation | None = None
         self.state = "created"
         self.result = None
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held while the experiment runs
         self.cond = threading.Condition()
+        self.cancel_requested = threading.Event()  # read between chunks by a running advance
         self.wall0 = time.time()
 
     @property
@@ -60,50 +65,57 @@ class ExperimentManager:
         self._experiments: dict[str, _Experiment] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.active_streams = 0  # sample streams being served now (read by tests and health)
 
     # -- ExperimentManagerApi ---------------------------------------------------------
     def create(self, spec: str | Mapping[str, Any]) -> str:
         parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
         with self._lock:
+            if len(self._experiments) >= MAX_EXPERIMENTS:
+                raise resource_exhausted(
+                    "experiments",
+                    len(self._experiments),
+                    f"this server holds at most {MAX_EXPERIMENTS} experiments",
+                )
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
             self._experiments[experiment_id] = _Experiment(experiment_id, parsed)
         return experiment_id
 
-    def advance(self, experiment_id: str, duration_ns: int):
+    def advance(
+        self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
+    ):
+        """Run ``duration_ns`` more of simulated time. Between chunks of sample intervals
+        it stops early, consistent and resumable, when ``should_stop()`` says the call
+        is over (client gone, deadline passed), on Cancel, or when the server stops."""
         if duration_ns <= 0:
             raise ValueError(f"duration_ns must be > 0, got {duration_ns}")
         exp = self._get(experiment_id)
         with exp.lock:
             self._check_running(exp)
             sim = self._sim(exp)
-            sim.advance_to(sim.now_ns + duration_ns)
-            self._notify(exp)
-            if sim.finished:
-                self._finish(exp)
-            return self._status(exp)
+            sim.advance_to(sim.now_ns + duration_ns, self._stopper(exp, should_stop))
+            return self._settle(exp)
 
-    def run_to_end(self, experiment_id: str):
+    def run_to_end(self, experiment_id: str, should_stop: Callable[[], bool] | None = None):
         exp = self._get(experiment_id)
         with exp.lock:
             if exp.state == "finished":
                 return self._status(exp)
             self._check_running(exp)
             sim = self._sim(exp)
-            step = exp.spec.sample_interval
-            while not sim.finished:
-                sim.advance_to(sim.now_ns + step)
+            stop = self._stopper(exp, should_stop)
+            while not sim.finished and sim.advance_to(sim.now_ns + exp.spec.sample_interval, stop):
                 self._notify(exp)
-            self._finish(exp)
-            return self._status(exp)
+            return self._settle(exp)
 
     def cancel(self, experiment_id: str):
+        """Stop the experiment; a running Advance stops at its next chunk boundary."""
         exp = self._get(experiment_id)
+        exp.cancel_requested.set()  # before the lock: the running advance sees it and returns
+        self._notify(exp)
         with exp.lock:
-            if exp.state == "created":
-                exp.state = "cancelled"
-                if exp.sim:
-                    exp.sim.close()
-            self._notify(exp)
+            self._cancel_now(exp)
             return self._status(exp)
 
     def summary(self, experiment_id: str) -> Mapping[str, Any]:
@@ -119,14 +131,31 @@ class ExperimentManager:
             summary["now_seconds"] = exp.now_ns / NS_PER_S
             return summary
 
-    def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
+    def stream_samples(
+        self, experiment_id: str, is_active: Callable[[], bool] | None = None
+    ) -> Iterator[Mapping[str, Any]]:
+        """Samples as they come; ends when the experiment ends, when the client goes away
+        (``is_active()`` false) or when the server stops."""
         exp = self._get(experiment_id)
+        with self._lock:
+            self.active_streams += 1
+        try:
+            yield from self._stream(exp, is_active)
+        finally:
+            with self._lock:
+                self.active_streams -= 1
+
+    def _stream(
+        self, exp: _Experiment, is_active: Callable[[], bool] | None
+    ) -> Iterator[Mapping[str, Any]]:
         sent = 0
         while True:
             with exp.cond:
                 rows = exp.rows()
                 while sent == len(rows) and exp.state == "created":
-                    exp.cond.wait(timeout=1.0)
+                    if self._closing.is_set() or (is_active is not None and not is_active()):
+                        return
+                    exp.cond.wait(timeout=STREAM_WAIT_S)
                     rows = exp.rows()
                 batch = rows[sent:]
                 done = exp.state != "created"
@@ -163,6 +192,35 @@ class ExperimentManager:
         with exp.cond:
             exp.cond.notify_all()
 
+    def _stopper(
+        self, exp: _Experiment, should_stop: Callable[[], bool] | None
+    ) -> Callable[[], bool]:
+        def stop() -> bool:
+            self._notify(exp)  # streams see the samples of the chunk just run
+            return (
+                exp.cancel_requested.is_set()
+                or self._closing.is_set()
+                or (should_stop is not None and should_stop())
+            )
+
+        return stop
+
+    def _settle(self, exp: _Experiment):
+        """After running (with the lock held): cancel, finish, or stay resumable."""
+        self._notify(exp)
+        if exp.cancel_requested.is_set():
+            self._cancel_now(exp)
+        elif exp.sim is not None and exp.sim.finished:
+            self._finish(exp)
+        return self._status(exp)
+
+    def _cancel_now(self, exp: _Experiment) -> None:
+        if exp.state == "created":
+            exp.state = "cancelled"
+            if exp.sim:
+                exp.sim.close()
+        self._notify(exp)
+
     def _finish(self, exp: _Experiment) -> None:
         sim = exp.sim
         run_stats = sim.stats()
@@ -184,10 +242,20 @@ class ExperimentManager:
 
         return ExperimentStatus(now_ns=exp.now_ns, state=exp.state)
 
+    def begin_shutdown(self) -> None:
+        """Stop waiting streams and running advances (at their next chunk boundary)."""
+        self._closing.set()
+        with self._lock:
+            experiments = list(self._experiments.values())
+        for exp in experiments:
+            self._notify(exp)
+
     def close(self) -> None:
+        self.begin_shutdown()
         for exp in list(self._experiments.values()):
-            if exp.sim is not None:
-                exp.sim.close()
+            with exp.lock:  # a running advance has stopped at a chunk boundary by now
+                if exp.sim is not None:
+                    exp.sim.close()
         self.backend.close()
 
 
@@ -198,24 +266,29 @@ def serve(
     token: str | None = None,
     out_dir: str = "runs",
     transport: str = "grpc",
+    tls: ServerTls | None = None,
 ) -> int:
-    """Run ExperimentService until interrupted."""
+    """Run ExperimentService until SIGINT or SIGTERM.
+
+    Beyond loopback it needs ``allow_remote``, a token and ``tls``: checked before
+    anything starts."""
     from services.transport.security import TokenStore
     from services.transport.server import ServerOptions, serve_until_terminated
 
     from .experiment_service import start_experiment_server
 
-    manager = ExperimentManager(out_dir=out_dir, transport=transport)
     tokens = TokenStore(admin_token=token) if token else None
-    server = start_experiment_server(
-        manager, ServerOptions(host=bind, port=port, allow_remote=allow_remote), tokens=tokens
-    )
+    options = ServerOptions(host=bind, port=port, allow_remote=allow_remote, tls=tls, tokens=tokens)
+    manager = ExperimentManager(out_dir=out_dir, transport=transport)
+    server = start_experiment_server(manager, options, tokens=tokens)
     print(
-        f"ExperimentService on {server.address}" + (" (bearer token required)" if token else ""),
+        f"ExperimentService on {server.address}"
+        + (" (bearer token required)" if token else "")
+        + (" (TLS)" if tls else ""),
         flush=True,
     )
     try:
-        serve_until_terminated(server)
+        serve_until_terminated(server, before_stop=manager.begin_shutdown)
     finally:
         manager.close()
     return 0

@@ -1,4 +1,4 @@
-"""ExperimentService: the coordinator's gRPC face, over a plain Protocol.
+"""ExperimentService: the experiment manager's gRPC face, over a plain Protocol.
 
 The servicer translates messages to calls on :class:`ExperimentManagerApi`, which
 the orchestration layer implements; it holds no experiment logic itself.
@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,7 +41,7 @@ from services.transport.client import (
     RpcCaller,
     make_channel,
 )
-from services.transport.errors import permission_denied, require, require_id
+from services.transport.errors import permission_denied, require, require_id, resource_exhausted
 from services.transport.security import (
     ClientTls,
     TokenStore,
@@ -56,6 +57,9 @@ STATE_TO_PB = {
     "cancelled": experiment_pb2.EXPERIMENT_STATE_CANCELLED,
 }
 TOKEN_BYTES = 24  # random bytes per experiment token (urlsafe base64 text)
+# Sample streams may wait for a long time; at most this many are served at once, so they
+# never hold every server worker (health checks and unary calls keep the rest).
+MAX_STREAMS = 8
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,25 @@ class ExperimentStatus:
 
 @runtime_checkable
 class ExperimentManagerApi(Protocol):
-    """What the coordinator offers ExperimentService. Implemented in ``services/sim``."""
+    """What the experiment manager offers ExperimentService (``services/sim/experiment_manager.py``)."""
 
     def create(self, spec: str | Mapping[str, Any]) -> str:
         """Create an experiment from YAML text or an already parsed mapping; return its id.
         Nothing runs yet. Bad spec: ValueError (message names the field)."""
         ...
 
-    def advance(self, experiment_id: str, duration_ns: int) -> ExperimentStatus:
-        """Run whole epochs covering ``duration_ns`` of simulated time."""
+    def advance(
+        self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
+    ) -> ExperimentStatus:
+        """Run whole epochs covering ``duration_ns`` of simulated time; stop early (at a
+        sample boundary, resumable) once ``should_stop()`` is true."""
         ...
 
-    def run_to_end(self, experiment_id: str) -> ExperimentStatus:
-        """Run to the end of the spec's duration (no-op when finished)."""
+    def run_to_end(
+        self, experiment_id: str, should_stop: Callable[[], bool] | None = None
+    ) -> ExperimentStatus:
+        """Run to the end of the spec's duration (no-op when finished); ``should_stop``
+        as for :meth:`advance`."""
         ...
 
     def cancel(self, experiment_id: str) -> ExperimentStatus:
@@ -91,10 +101,13 @@ class ExperimentManagerApi(Protocol):
         """The summary (JSON-serialisable: what summary.json holds)."""
         ...
 
-    def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
+    def stream_samples(
+        self, experiment_id: str, is_active: Callable[[], bool] | None = None
+    ) -> Iterator[Mapping[str, Any]]:
         """Samples oldest first, each {"sim_time_ns": int, "entity": str,
         "metrics": {name: number}}; the iterator may wait for new samples of a
-        running experiment and ends when the experiment has ended."""
+        running experiment and ends when the experiment has ended, or as soon as
+        ``is_active()`` is false (the client went away)."""
         ...
 
 
@@ -108,9 +121,16 @@ def _status(response_type: Any, status: ExperimentStatus) -> Any:
 class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     """ExperimentService over an :class:`ExperimentManagerApi`: decode, call, encode."""
 
-    def __init__(self, manager: ExperimentManagerApi, tokens: TokenStore | None = None):
+    def __init__(
+        self,
+        manager: ExperimentManagerApi,
+        tokens: TokenStore | None = None,
+        max_streams: int = MAX_STREAMS,
+    ):
         self.manager = manager
         self.tokens = tokens
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def _experiment(self, experiment_id: str, context: grpc.ServicerContext | None) -> str:
         require_id("experiment_id", experiment_id)
@@ -147,16 +167,16 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     ) -> experiment_pb2.AdvanceResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
-        return _status(
-            experiment_pb2.AdvanceResponse, self.manager.advance(experiment_id, request.duration_ns)
-        )
+        status = self.manager.advance(experiment_id, request.duration_ns, _call_over(context))
+        return _status(experiment_pb2.AdvanceResponse, status)
 
     @translate_errors
     def RunToEnd(
         self, request: experiment_pb2.RunToEndRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.RunToEndResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        return _status(experiment_pb2.RunToEndResponse, self.manager.run_to_end(experiment_id))
+        status = self.manager.run_to_end(experiment_id, _call_over(context))
+        return _status(experiment_pb2.RunToEndResponse, status)
 
     @translate_errors
     def Cancel(
@@ -183,12 +203,35 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.StreamSamplesRequest, context: grpc.ServicerContext | None
     ) -> Iterator[experiment_pb2.StreamSamplesResponse]:
         experiment_id = self._experiment(request.experiment_id, context)
-        for sample in self.manager.stream_samples(experiment_id):
-            yield experiment_pb2.StreamSamplesResponse(
-                sim_time_ns=int(sample["sim_time_ns"]),
-                entity=str(sample["entity"]),
-                metrics={k: float(v) for k, v in sample["metrics"].items()},
+        if not self._streams.acquire(blocking=False):
+            raise resource_exhausted(
+                "StreamSamples",
+                self.max_streams,
+                f"this server serves at most {self.max_streams} sample streams at once",
             )
+        try:
+            is_active = context.is_active if context is not None else None
+            for sample in self.manager.stream_samples(experiment_id, is_active):
+                yield experiment_pb2.StreamSamplesResponse(
+                    sim_time_ns=int(sample["sim_time_ns"]),
+                    entity=str(sample["entity"]),
+                    metrics={k: float(v) for k, v in sample["metrics"].items()},
+                )
+        finally:
+            self._streams.release()
+
+
+def _call_over(context: grpc.ServicerContext | None) -> Callable[[], bool] | None:
+    """True once the call cannot be answered any more: the client cancelled or went
+    away, or its deadline passed (long runs stop at their next chunk boundary)."""
+    if context is None:
+        return None
+
+    def over() -> bool:
+        remaining = context.time_remaining()
+        return not context.is_active() or (remaining is not None and remaining <= 0)
+
+    return over
 
 
 def _jsonable(value: Any) -> Any:
@@ -199,13 +242,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def experiment_service_binding(
-    manager: ExperimentManagerApi, tokens: TokenStore | None = None
+    manager: ExperimentManagerApi, tokens: TokenStore | None = None, max_streams: int = MAX_STREAMS
 ) -> ServiceBinding:
     """What :func:`services.transport.server.build_server` needs to serve ExperimentService."""
     return ServiceBinding(
         experiment_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
         experiment_pb2_grpc.add_ExperimentServiceServicer_to_server,
-        ExperimentServicer(manager, tokens),
+        ExperimentServicer(manager, tokens, max_streams),
     )
 
 
@@ -221,7 +264,8 @@ def start_experiment_server(
     options = options or ServerOptions()
     if tokens is not None and options.tokens is None:
         options = replace(options, tokens=tokens)
-    return build_server(options, [experiment_service_binding(manager, tokens)])
+    max_streams = min(MAX_STREAMS, max(1, options.max_workers // 4))
+    return build_server(options, [experiment_service_binding(manager, tokens, max_streams)])
 
 
 class ExperimentClient:

@@ -11,11 +11,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import yaml
+
+# One path component a run directory may be built from: what a spec name allows (see
+# services/sim/spec.py NAME_PATTERN), a run id, or "sweep-<hash>".
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def results_dir(out_dir: str, *components: str) -> str:
+    """``out_dir/<component>/...``, refusing any component that could leave ``out_dir``
+    (a separator, ``..``, an absolute path, odd characters): paths are never built
+    from unchecked input, even when the spec was validated upstream."""
+    for c in components:
+        if not isinstance(c, str) or not _COMPONENT.match(c):
+            raise ValueError(f"name {c!r}: not a safe results directory name")
+    base = os.path.realpath(out_dir)
+    path = os.path.realpath(os.path.join(base, *components))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"name {'/'.join(components)!r}: leaves the results folder {out_dir!r}")
+    return os.path.join(out_dir, *components)
 
 
 @dataclass

@@ -10,14 +10,13 @@ the summary is computed (:mod:`services.sim.result_rows`).
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from typing import Any
 
 from .backends import Backend, make_backend
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
-from .run_files import RunResult, write_run
+from .run_files import RunResult, results_dir, write_run
 from .simulation import Simulation
 from .spec import ExperimentSpec, baseline_spec
 
@@ -104,7 +103,7 @@ def finish_run(
     spec = sim.spec
     ts = timeseries_frame(sim.rows + baseline_rows)
     summary = summarize(spec, sim.plan, ts, list(spec.compare))
-    run_dir = os.path.join(out_dir, spec.name, spec.run_id())
+    run_dir = results_dir(out_dir, spec.name, spec.run_id())
     metadata = _metadata(spec, backend_name, stats, wall0)
     write_run(run_dir, spec.resolved_dict(), summary, ts, metadata)
     return RunResult(summary, ts, run_dir, metadata)

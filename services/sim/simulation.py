@@ -95,13 +95,21 @@ class Simulation:
             t = t_next
         return chunks
 
-    def advance_to(self, target_ns: int) -> None:
-        """Run to ``target_ns`` rounded up to a sample boundary (capped at the end)."""
+    def advance_to(self, target_ns: int, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Run to ``target_ns`` rounded up to a sample boundary (capped at the end).
+
+        ``should_stop`` is asked before every call to the session (a cancelled call, a
+        passed deadline, a server shutting down): when it says so, the loop stops at
+        that sample boundary, consistent and resumable. Returns False if it stopped early.
+        """
         spec = self.spec
         wall0 = time.perf_counter()
         limit = min(target_ns, spec.duration)
         per_epoch = self.plan.policy.calm_sync_epochs == 1
         while self.now_ns < limit:
+            if should_stop is not None and should_stop():
+                self.wall_s += time.perf_counter() - wall0
+                return False
             chunks = self._chunks(limit)
             results = self.session.run_chunks(self.epoch, chunks, self._pressure, self._last_hosts)
             for i, (t0, count) in enumerate(chunks):
@@ -115,6 +123,7 @@ class Simulation:
             if self.on_progress is not None:
                 self.on_progress(self.now_ns, self.epochs_run)
         self.wall_s += time.perf_counter() - wall0
+        return True
 
     def _skip_ahead(self, events: list[int | None], limit_ns: int) -> None:
         """Jump whole sample intervals in which no guest has anything to do."""

@@ -33,6 +33,31 @@ from .quantities import parse_duration_ns, parse_size_bytes
 MAX_BLOCK_BYTES = PAGE_SIZE << MAX_ORDER  # guests are whole multiples of an order-10 block (4 MiB)
 DEFAULT_SYNC_CAP_NS = 1_000_000_000  # default sync_interval: up to 1 s of simulated time
 
+# Names become directory names (runs/<name>/<run_id>/), experiment ids, tokens' scope and
+# metric labels: a safe character set, starting with a letter or digit (so never "." or
+# ".."), and bounded length.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_NAME_LENGTH = 64
+
+# Upper bounds on what a spec may ask for. They are checked while the spec is parsed,
+# before anything is allocated, and are far above what one machine simulates (a guest
+# costs about 12 bytes of state per 4 KiB page): they stop a typo or a hostile spec from
+# making `validate` or planning allocate gigabytes. docs/security.md lists them.
+MAX_SPEC_BYTES = 1 << 20  # YAML text of one spec
+MAX_GROUPS = 1_000  # host groups, and guest groups
+MAX_HOSTS = 10_000  # hosts in one spec (sum of the host groups' counts)
+MAX_GUESTS = 100_000  # guests in one spec (sum of the guest groups' counts)
+MAX_HOST_MEMORY_BYTES = 64 << 40  # one host's memory, reserve and swap: 64 TiB each
+MAX_GUEST_MEMORY_BYTES = 1 << 40  # one guest: 1 TiB
+MAX_TOTAL_GUEST_MEMORY_BYTES = 64 << 40  # every guest together: 64 TiB
+MIN_EPOCH_NS = 1_000_000  # 1 ms
+MAX_EPOCH_NS = 60_000_000_000  # 60 s
+MAX_DURATION_NS = 30 * 24 * 3600 * 1_000_000_000  # 30 simulated days
+MAX_EPOCHS = 100_000_000  # duration / epoch
+MAX_PHASES = 1_000  # phases of one memhog workload
+MAX_SWEEP_RUNS = 10_000  # grid points x seeds
+MAX_SEED = (1 << 63) - 1
+
 
 class SpecError(ValueError):
     """A spec failed validation; ``errors`` lists (field path, message) pairs."""
@@ -55,7 +80,12 @@ def _dur(v: Any, info) -> int:
 
 
 class SwapSpec(_Model):
-    capacity: int = Field(8 << 30, description="Swap device capacity in bytes (0 disables swap).")
+    capacity: int = Field(
+        8 << 30,
+        ge=0,
+        le=MAX_HOST_MEMORY_BYTES,
+        description="Swap device capacity in bytes (0 disables swap; at most 64 TiB).",
+    )
     read_bytes_per_s: int = Field(
         CostModel.swap_read_bytes_per_s,
         description="Swap read bandwidth, bytes/s (NVMe sequential read, figures.md Q2).",
@@ -89,11 +119,34 @@ class ZswapSpec(_Model):
     )
 
 
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description=f"Letters, digits, '_', '.', '-'; starts with a letter or digit; at most "
+        f"{MAX_NAME_LENGTH} characters.",
+    ),
+]
+
+
 class HostGroup(_Model):
-    name: str = Field(description="Group name, used in host ids and metric labels.")
-    count: int = Field(1, ge=1, description="Number of identical hosts in the group.")
-    memory: int = Field(description="Physical memory per host, bytes.")
-    reserve: int = Field(0, description="Memory the host keeps for itself, bytes.")
+    name: Name = Field(description="Group name, used in host ids and metric labels.")
+    count: int = Field(
+        1,
+        ge=1,
+        le=MAX_HOSTS,
+        description=f"Number of identical hosts in the group (at most {MAX_HOSTS}).",
+    )
+    memory: int = Field(
+        gt=0,
+        le=MAX_HOST_MEMORY_BYTES,
+        description="Physical memory per host, bytes (at most 64 TiB).",
+    )
+    reserve: int = Field(
+        0, ge=0, le=MAX_HOST_MEMORY_BYTES, description="Memory the host keeps for itself, bytes."
+    )
     thp: bool = Field(True, description="Back guest memory with 2 MiB transparent huge pages.")
     backing: Literal["anon", "hugetlb_2m", "hugetlb_1g"] = Field(
         "anon", description="Guest RAM backing (docs/kernel-model.md §7.3)."
@@ -178,7 +231,9 @@ class Phase(_Model):
 
 class MemhogWorkload(_Model):
     kind: Literal["memhog"] = "memhog"
-    phases: list[Phase] = Field(min_length=1, description="Phases run in order.")
+    phases: list[Phase] = Field(
+        min_length=1, max_length=MAX_PHASES, description="Phases run in order."
+    )
     repeat: bool = Field(False, description="Start again from the first phase after the last.")
     thp: bool = Field(
         False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region."
@@ -207,9 +262,14 @@ Workload = Annotated[MemhogWorkload | IdleWorkload, Field(discriminator="kind")]
 
 
 class GuestGroup(_Model):
-    name: str = Field(description="Group name, used in guest ids and metric labels.")
-    count: int = Field(1, ge=1, description="Number of identical guests.")
-    memory: int = Field(description="Guest RAM, bytes (a multiple of 4 MiB).")
+    name: Name = Field(description="Group name, used in guest ids and metric labels.")
+    count: int = Field(
+        1, ge=1, le=MAX_GUESTS, description=f"Number of identical guests (at most {MAX_GUESTS})."
+    )
+    memory: int = Field(
+        le=MAX_GUEST_MEMORY_BYTES,
+        description="Guest RAM, bytes (a multiple of 4 MiB, at most 1 TiB).",
+    )
     profile: Literal["5.7", "6.1", "modern"] = Field(
         PROFILE_MODERN, description="Kernel rules to follow."
     )
@@ -250,17 +310,25 @@ class SweepSpec(_Model):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Field path -> values; the runs are the cross product."
     )
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=list,
+        max_length=MAX_SWEEP_RUNS,
         description="Seeds to run each grid point with (default: the spec's seed).",
     )
 
 
 class ExperimentSpec(_Model):
-    name: str = Field(description="Experiment name; results go to runs/<name>/<run_id>/.")
-    seed: int = Field(0, ge=0, description="Root of every random stream.")
-    duration: int = Field(description="Simulated time to run.")
-    epoch: int = Field(50_000_000, description="Lockstep epoch length (default 50 ms).")
+    name: Name = Field(description="Experiment name; results go to runs/<name>/<run_id>/.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Root of every random stream.")
+    duration: int = Field(
+        gt=0, le=MAX_DURATION_NS, description="Simulated time to run (at most 30 simulated days)."
+    )
+    epoch: int = Field(
+        50_000_000,
+        ge=MIN_EPOCH_NS,
+        le=MAX_EPOCH_NS,
+        description="Lockstep epoch length (default 50 ms; 1 ms to 60 s).",
+    )
     sample_interval: int = Field(
         1_000_000_000, description="Time-series sample interval (default 1 s; at least one epoch)."
     )
@@ -288,8 +356,10 @@ class ExperimentSpec(_Model):
             "reclaim costs one epoch later, as with per-epoch syncs."
         ),
     )
-    hosts: list[HostGroup] = Field(min_length=1, description="Host groups.")
-    guest_groups: list[GuestGroup] = Field(min_length=1, description="Guest groups.")
+    hosts: list[HostGroup] = Field(min_length=1, max_length=MAX_GROUPS, description="Host groups.")
+    guest_groups: list[GuestGroup] = Field(
+        min_length=1, max_length=MAX_GROUPS, description="Guest groups."
+    )
     placement: PlacementSpec = Field(
         default_factory=PlacementSpec, description="How guests are placed on hosts."
     )
@@ -330,11 +400,40 @@ class ExperimentSpec(_Model):
                 f"sync_interval ({self.sync_interval} ns) must divide sample_interval "
                 f"({self.sample_interval} ns)"
             )
+        self._check_bounds()
         names = [h.name for h in self.hosts] + [g.name for g in self.guest_groups]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"group names must be unique, repeated: {sorted(dup)}")
         return self
+
+    def _check_bounds(self) -> None:
+        """Totals over groups, checked before anything is placed or allocated."""
+        epochs = -(-self.duration // self.epoch)
+        if epochs > MAX_EPOCHS:
+            raise ValueError(f"duration / epoch = {epochs} epochs, over the bound of {MAX_EPOCHS}")
+        hosts = sum(h.count for h in self.hosts)
+        if hosts > MAX_HOSTS:
+            raise ValueError(f"hosts: {hosts} hosts in all, over the bound of {MAX_HOSTS}")
+        guests = sum(g.count for g in self.guest_groups)
+        if guests > MAX_GUESTS:
+            raise ValueError(
+                f"guest_groups: {guests} guests in all, over the bound of {MAX_GUESTS}"
+            )
+        total = sum(g.count * g.memory for g in self.guest_groups)
+        if total > MAX_TOTAL_GUEST_MEMORY_BYTES:
+            raise ValueError(
+                f"guest_groups: {total} bytes of guest memory in all, over the bound of "
+                f"{MAX_TOTAL_GUEST_MEMORY_BYTES} (64 TiB)"
+            )
+        if self.sweep is not None:
+            runs = max(1, len(self.sweep.seeds))
+            for values in self.sweep.grid.values():
+                runs *= max(1, len(values))
+                if runs > MAX_SWEEP_RUNS:
+                    raise ValueError(
+                        f"sweep: more than {MAX_SWEEP_RUNS} runs (grid points x seeds)"
+                    )
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with every default filled in, sizes and times as integers."""
@@ -369,10 +468,25 @@ def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
         raise SpecError([(_error_path(x), x["msg"]) for x in e.errors()]) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without aliases: a spec never needs them, and nested aliases can make a small
+    text expand into a huge structure once validated ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a spec", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_spec_text(text: str, overrides: list[str] | None = None) -> ExperimentSpec:
     """Parse YAML text, apply ``path=value`` overrides, validate."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([("<spec>", f"{len(text)} characters, over the bound of {MAX_SPEC_BYTES}")])
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError([("<yaml>", str(e).replace("\n", " "))]) from None
     if isinstance(data, dict):

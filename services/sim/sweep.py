@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .backends import Backend, make_backend
+from .run_files import results_dir
 from .runner import run_experiment
 from .spec import ExperimentSpec, SpecError, with_overrides
 
@@ -79,7 +80,7 @@ def run_sweep(
     digest = hashlib.sha256(
         json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
     )
-    sweep_dir = os.path.join(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
+    sweep_dir = results_dir(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
     os.makedirs(sweep_dir, exist_ok=True)
     df = pd.DataFrame(rows)
     path = os.path.join(sweep_dir, "results.parquet")

@@ -8,7 +8,8 @@ back::
         channel = grpc.insecure_channel(server.address)
 
 :func:`build_server` binds ``127.0.0.1`` unless told otherwise; any other address
-needs ``allow_remote=True``. Every server also serves the standard health service
+needs ``allow_remote=True`` and both TLS and a token store: a server never serves
+beyond loopback in clear text or without authentication. Every server also serves the standard health service
 (``grpc.health.v1``, SERVING for each service and for ""), and server reflection,
 so ``grpcurl -plaintext 127.0.0.1:PORT list`` works. Messages over
 ``max_message_bytes`` are refused with RESOURCE_EXHAUSTED by gRPC itself.
@@ -63,8 +64,16 @@ class ServerOptions:
     interceptors: tuple[grpc.ServerInterceptor, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.host not in LOOPBACK_NAMES and not self.allow_remote:
-            raise ValueError(f"host={self.host!r}: binding beyond loopback needs allow_remote=True")
+        if self.host not in LOOPBACK_NAMES:
+            if not self.allow_remote:
+                raise ValueError(
+                    f"host={self.host!r}: binding beyond loopback needs allow_remote=True"
+                )
+            if self.tls is None or self.tokens is None:
+                raise ValueError(
+                    f"host={self.host!r}: serving beyond loopback needs both TLS and a bearer "
+                    "token (a token alone would cross the network in clear text)"
+                )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: must be in 0..65535")
         if self.max_workers < 1:
@@ -171,10 +180,24 @@ def build_server(options: ServerOptions, services: Sequence[ServiceBinding]) -> 
     return GrpcServer(server, port, options.host, health_servicer, names, options.grace_s)
 
 
-def serve_until_terminated(server: GrpcServer) -> None:
-    """Run ``server`` in the foreground until it is stopped; stop gracefully in finally."""
+def serve_until_terminated(
+    server: GrpcServer, before_stop: Callable[[], None] | None = None
+) -> None:
+    """Run ``server`` in the foreground until SIGINT or SIGTERM; stop gracefully in finally.
+
+    ``before_stop`` runs first on the way out (e.g. to end long-running streams, so the
+    graceful stop does not wait for them)."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     server.start()
     try:
         server.wait_for_termination()
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        if before_stop is not None:
+            before_stop()
         server.stop()

@@ -141,7 +141,7 @@ class MemoryExperiments:
         self.state[experiment_id] = "created"
         return experiment_id
 
-    def advance(self, experiment_id: str, duration_ns: int) -> ExperimentStatus:
+    def advance(self, experiment_id: str, duration_ns: int, should_stop=None) -> ExperimentStatus:
         spec = self._get(experiment_id)
         if self.state[experiment_id] == "cancelled":
             raise failed_precondition("experiment_id", experiment_id, "experiment was cancelled")
@@ -151,7 +151,7 @@ class MemoryExperiments:
             self.state[experiment_id] = "finished"
         return ExperimentStatus(self.now_ns[experiment_id], self.state[experiment_id])
 
-    def run_to_end(self, experiment_id: str) -> ExperimentStatus:
+    def run_to_end(self, experiment_id: str, should_stop=None) -> ExperimentStatus:
         return self.advance(experiment_id, int(self._get(experiment_id)["duration_ns"]))
 
     def cancel(self, experiment_id: str) -> ExperimentStatus:
@@ -169,7 +169,7 @@ class MemoryExperiments:
             "saved_bytes": np.int64(4096),
         }
 
-    def stream_samples(self, experiment_id: str) -> Iterator[Mapping[str, Any]]:
+    def stream_samples(self, experiment_id: str, is_active=None) -> Iterator[Mapping[str, Any]]:
         self._get(experiment_id)
         for t in range(0, self.now_ns[experiment_id] + 1, 1_000_000_000):
             yield {

@@ -18,6 +18,7 @@ from services.host.directory import HostDirectory
 from services.host.servicer import host_service_binding
 from services.sim.experiment_service import experiment_service_binding
 from services.transport.client import RetryPolicy
+from services.transport.security import ServerTls, TokenStore
 from services.transport.server import ServerOptions, build_server
 from tests.contract.doubles import MemoryExperiments, MemoryShard
 
@@ -50,7 +51,17 @@ def test_binds_loopback_port_zero_by_default() -> None:
 def test_binding_beyond_loopback_needs_allow_remote(host: str) -> None:
     with pytest.raises(ValueError, match="allow_remote=True"):
         ServerOptions(host=host)
-    assert ServerOptions(host=host, allow_remote=True).allow_remote
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1"])
+def test_serving_beyond_loopback_needs_a_token_and_tls(host: str, pki) -> None:
+    tls = ServerTls(pki.server.cert, pki.server.key)
+    tokens = TokenStore(admin_token="t")
+    for missing in ({"tls": tls}, {"tokens": tokens}, {}):
+        with pytest.raises(ValueError, match="needs both TLS and a bearer token"):
+            ServerOptions(host=host, allow_remote=True, **missing)
+    options = ServerOptions(host=host, allow_remote=True, tls=tls, tokens=tokens)
+    assert options.tls is tls and options.tokens is tokens
 
 
 def test_health_reports_serving_for_every_service() -> None:

@@ -129,3 +129,45 @@ def test_sweep_writes_one_table(tmp_path, overrides):
     assert os.path.exists(
         os.path.join(os.path.dirname(path), "sweep_guest_groups_0_reporting_order.png")
     )
+
+
+def test_a_path_like_name_is_refused_before_anything_runs(tmp_path):
+    spec = tmp_path / "escape.yaml"
+    spec.write_text(TINY.replace("name: tiny", "name: ../../escaped"))
+    out = tmp_path / "deep" / "runs"
+    r = overcommit("run", str(spec), "--transport", "inprocess", "--out", str(out), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: name:"), r.stderr
+    assert not out.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_serve_refuses_to_bind_beyond_loopback_without_token_and_tls(tmp_path):
+    r = overcommit(
+        "serve",
+        "--bind",
+        "0.0.0.0",
+        "--allow-remote",
+        "--transport",
+        "inprocess",
+        "--port",
+        "0",
+        "--out",
+        str(tmp_path),
+    )
+    assert r.returncode == 1
+    assert "needs both TLS and a bearer token" in r.stderr
+    r = overcommit(
+        "serve",
+        "--bind",
+        "0.0.0.0",
+        "--allow-remote",
+        "--token",
+        "t",
+        "--transport",
+        "inprocess",
+        "--port",
+        "0",
+        "--out",
+        str(tmp_path),
+    )
+    assert r.returncode == 1 and "needs both TLS and a bearer token" in r.stderr

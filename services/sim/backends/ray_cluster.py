@@ -23,6 +23,13 @@ from ..core_configs import workload_from_params
 from ..plan import SimPlan
 
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray picks the machine's address as the node address on Linux, and its GCS, raylet,
+# agents and workers then listen there (some on every interface); 127.0.0.1 passed
+# as the node address is turned back into the machine's address. Its single-machine
+# mode (meant for laptops: this variable, read when Ray is imported, and the
+# constant it sets) makes every component bind loopback. An embedded cluster is one
+# machine by definition, so it runs in that mode (tests/integration/test_ray_loopback.py).
+RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RaySession:
@@ -32,6 +39,8 @@ class RaySession:
         from services.guest.actor import remote_class as shard_class
         from services.host.actor import remote_class as host_class
 
+        if not plan.shard_inits:  # a spec always has a guest; the shards make every sync decision
+            raise ValueError("a plan without guests has no shard to run")
         self.ray = ray
         self.plan = plan
         self._applied_s: dict[int, float] = {}  # host actor -> apply seconds at the last chunk
@@ -110,8 +119,8 @@ class RaySession:
             hosts=[
                 {h: c for part, _ in hosts for h, c in part[i].items()} for i in range(len(chunks))
             ],
-            pressure=list(shards[0].pressure) if shards else [pressure] * len(chunks),
-            next_pressure=shards[0].next_pressure if shards else pressure,
+            pressure=list(shards[0].pressure),
+            next_pressure=shards[0].next_pressure,
             events=[e for s in shards for e in s.events],
         )
         for i in range(len(chunks)):  # per interval: the busiest shard, then the busiest host actor
@@ -162,6 +171,11 @@ class RayBackend:
         hosts_per_actor: int | None = None,
         num_cpus: int | None = None,
     ):
+        for key, value in RAY_ENV_DEFAULTS.items():  # set here, not at import time
+            os.environ.setdefault(key, value)
+        address = address or os.environ.get("RAY_ADDRESS")
+        if not address:  # an embedded cluster: before Ray is imported, so it reads it
+            os.environ.setdefault(RAY_SINGLE_MACHINE_ENV, "0")
         try:
             import ray
         except ImportError as e:
@@ -170,13 +184,9 @@ class RayBackend:
                 "pip install 'overcommit-sim[ray]', or use transport='inprocess'"
             ) from e
 
-        for key, value in RAY_ENV_DEFAULTS.items():  # set here, not at import time
-            os.environ.setdefault(key, value)
-
         self.ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            address = address or os.environ.get("RAY_ADDRESS")
             kwargs = dict(
                 include_dashboard=False,
                 logging_level="WARNING",
@@ -191,8 +201,13 @@ class RayBackend:
         self.nr_shards_default = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def _init_local(self, num_cpus: int | None, kwargs: dict) -> None:
-        """Start the embedded cluster; once more if its raylet misses Ray's fixed
-        30 s start window (seen on a loaded 2-core machine)."""
+        """Start the embedded cluster on loopback (see RAY_SINGLE_MACHINE_ENV; when Ray
+        was imported before this backend, the constant the variable sets is set too);
+        once more if its raylet misses Ray's fixed 30 s start window (seen on a loaded
+        2-core machine)."""
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
         for attempt in range(2):
             try:
                 self.ray.init(address="local", num_cpus=num_cpus, **kwargs)

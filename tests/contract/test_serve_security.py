@@ -1,0 +1,250 @@
+"""Hostile clients against `overcommit serve` and GuestService: nothing wedges, leaks or half-applies.
+
+Real gRPC servers on 127.0.0.1 port 0 over the real ExperimentManager (in-process
+backend) and a real guest shard. Waits poll the server's own state with a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.guest.guest_service import AllocOp, FreeOp, TouchOp, connect_guest, start_guest_server
+from services.guest.shard import GuestShard
+from services.guest.shard_api import ShardApi
+from services.sim import experiment_manager
+from services.sim.backends.inprocess import InProcessBackend
+from services.sim.core_configs import workload_from_params
+from services.sim.experiment_manager import ExperimentManager
+from services.sim.experiment_service import connect_experiments, start_experiment_server
+from services.sim.plan import make_plan
+from services.sim.spec import load_spec_text
+from services.transport.server import GrpcServer, ServerOptions
+
+CODE = grpc.StatusCode
+SPEC = """
+name: long
+seed: 3
+duration: 1h
+sample_interval: 1s
+hosts: [{name: h, memory: 512MiB, swap: {capacity: 1GiB}}]
+guest_groups:
+  - name: g
+    count: 2
+    memory: 256MiB
+    workload:
+      kind: memhog
+      repeat: true
+      phases:
+        - {action: grow, target: 0.5, rate: 256MiB, duration: 1s}
+        - {action: touch, rate: 64MiB, duration: 2s}
+        - {action: free, target: 0.0, duration: 1s}
+"""
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes (a bound, not a timing claim)."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.01)
+    return True
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[tuple[GrpcServer, ExperimentManager]]:
+    """A small server: 8 workers, so at most 2 sample streams (a quarter of them)."""
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    server = start_experiment_server(manager, ServerOptions(port=0, max_workers=8))
+    server.start()
+    try:
+        yield server, manager
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()
+
+
+def _health(server: GrpcServer) -> int:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def test_streams_are_bounded_and_end_when_their_clients_go(served) -> None:
+    server, manager = served
+    with connect_experiments(server.address) as client:
+        exp_id, _ = client.create(SPEC)
+        streams = [client.stream_samples(exp_id, timeout_s=600) for _ in range(2)]
+        assert wait_until(lambda: manager.active_streams == 2)  # both wait for samples
+        with pytest.raises(grpc.RpcError) as err:
+            next(client.stream_samples(exp_id, timeout_s=10))
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert "StreamSamples" in err.value.details()
+        assert _health(server) == health_pb2.HealthCheckResponse.SERVING  # workers are left
+        for stream in streams:  # the clients go away without reading to the end
+            stream.cancel()
+        assert wait_until(lambda: manager.active_streams == 0), "abandoned streams kept running"
+        again = client.stream_samples(exp_id, timeout_s=10)
+        assert wait_until(lambda: manager.active_streams == 1)  # the budget is free again
+        again.cancel()
+
+
+def test_stopping_the_server_ends_waiting_streams(tmp_path) -> None:
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    server = start_experiment_server(manager, ServerOptions(port=0, max_workers=8))
+    server.start()
+    client = connect_experiments(server.address)
+    exp_id, _ = client.create(SPEC)
+    streams = [client.stream_samples(exp_id, timeout_s=600) for _ in range(2)]
+    assert wait_until(lambda: manager.active_streams == 2)
+    manager.begin_shutdown()
+    stopped = server.stop_async(1.0)
+    assert stopped.wait(30), "the server did not stop while streams waited"
+    assert wait_until(lambda: manager.active_streams == 0)
+    for stream in streams:  # each ends: cleanly, or cancelled by the stop
+        try:
+            list(stream)
+        except grpc.RpcError as err:
+            assert err.code() in (CODE.CANCELLED, CODE.UNAVAILABLE)
+    client.close()
+    manager.close()
+
+
+def _now_s(manager: ExperimentManager, exp_id: str) -> float:
+    return manager.summary(exp_id)["now_seconds"]  # takes the experiment's lock: waits for a run
+
+
+def test_an_advance_stops_at_the_clients_deadline_and_can_be_resumed(served) -> None:
+    server, manager = served
+    with connect_experiments(server.address) as client:
+        exp_id, _ = client.create(SPEC)
+        with pytest.raises(grpc.RpcError) as err:
+            client.advance(exp_id, 3600 * 10**9, timeout_s=1.0)
+        assert err.value.code() == CODE.DEADLINE_EXCEEDED
+        stopped_at = _now_s(manager, exp_id)  # returns once the advance has stopped
+        assert 0 < stopped_at < 3600, "the advance ran on after its client gave up"
+        assert manager.summary(exp_id)["state"] == "created"
+        r = client.advance(exp_id, 2 * 10**9, timeout_s=120)
+        assert r.now_ns >= int(stopped_at * 10**9) + 2 * 10**9  # resumed where it stopped
+
+
+def test_cancel_stops_a_running_advance(served) -> None:
+    server, manager = served
+    with connect_experiments(server.address) as client:
+        exp_id, _ = client.create(SPEC)
+        result: dict[str, object] = {}
+
+        def advance() -> None:
+            try:
+                result["response"] = client.advance(exp_id, 3600 * 10**9, timeout_s=600)
+            except grpc.RpcError as e:
+                result["error"] = e
+
+        worker = threading.Thread(target=advance)
+        worker.start()
+        exp = manager._get(exp_id)
+        assert wait_until(lambda: exp.sim is not None and exp.sim.now_ns > 0)
+        cancelled = client.cancel(exp_id)
+        assert cancelled.state == 3  # EXPERIMENT_STATE_CANCELLED
+        worker.join(60)
+        assert not worker.is_alive(), "the advance went on after Cancel"
+        response = result.get("response")
+        assert response is not None, result
+        assert response.now_ns < 3600 * 10**9
+        with pytest.raises(grpc.RpcError) as err:
+            client.advance(exp_id, 10**9)
+        assert err.value.code() == CODE.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "x" * 300, "café", ".", ""])
+def test_create_refuses_a_path_like_name(served, tmp_path, name) -> None:
+    server, _ = served
+    with connect_experiments(server.address) as client, pytest.raises(grpc.RpcError) as err:
+        client.create({**load_spec_text(SPEC).resolved_dict(), "name": name})
+    assert err.value.code() == CODE.INVALID_ARGUMENT
+    assert err.value.details().startswith("name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_experiments_are_refused(served) -> None:
+    server, _ = served
+
+    with connect_experiments(server.address) as client:
+        for _ in range(experiment_manager.MAX_EXPERIMENTS):
+            client.create(SPEC)
+        with pytest.raises(grpc.RpcError) as err:
+            client.create(SPEC)
+    assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture
+def guest_server():
+    spec = load_spec_text(SPEC.replace("duration: 1h", "duration: 6s"))
+    plan = make_plan(spec, "exp-g", 1)
+    shard = GuestShard(0, plan.shard_inits[0], spec.seed)
+    server = start_guest_server(
+        ShardApi(shard, workload_from_params), ServerOptions(port=0), experiment_id="exp-g"
+    )
+    with server:
+        yield server, shard
+
+
+def _state(client, guest_id: int) -> tuple:
+    s = client.guest_state(guest_id)
+    return (s.backed_bytes, s.SerializeToString(deterministic=True))
+
+
+@pytest.mark.parametrize(
+    "ops,field",
+    [
+        ([AllocOp(0, 1, 1), AllocOp(0, 1, 2**32 - 1)], "ops[1].alloc.count"),
+        (
+            [AllocOp(0, 1, 1), FreeOp(0, np.array([2**64 - 1], dtype=np.uint64))],
+            "ops[1].free.pfns[0]",
+        ),
+        ([AllocOp(0, 1, 1), TouchOp(np.array([65530]), np.array([100]))], "ops[1].touch.runs"),
+        ([AllocOp(0, 1, 1), FreeOp(9, np.array([0]))], "ops[1].free"),
+        ([AllocOp(0, 1, 1), AllocOp(30, 1, 1)], "ops[1].alloc.order"),
+    ],
+    ids=["huge alloc", "pfn 2^64-1", "touch past the end", "not the client's block", "order"],
+)
+def test_apply_ops_is_all_or_nothing_and_names_the_field(guest_server, ops, field) -> None:
+    server, shard = guest_server
+    with connect_guest(server.address, experiment_id="exp-g") as client:
+        before = _state(client, 0)
+        with pytest.raises(grpc.RpcError) as err:
+            client.apply_ops(0, ops)
+        assert err.value.code() == CODE.INVALID_ARGUMENT, err.value.details()
+        assert err.value.details().startswith(field), err.value.details()
+        assert "9223372036854775808" not in err.value.details()
+        assert _state(client, 0) == before, "a refused batch changed the guest"
+        assert shard.slots[0].client_blocks == {}
+
+
+def test_a_touch_beyond_the_guest_names_its_real_size(guest_server) -> None:
+    server, shard = guest_server
+    nr_pages = shard.slots[0].init.config.nr_pages
+    with (
+        connect_guest(server.address, experiment_id="exp-g") as client,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        client.apply_ops(0, [TouchOp(np.array([nr_pages - 1]), np.array([2]))])
+    assert f"guest's {nr_pages} pages" in err.value.details()
+
+
+def test_garbage_bytes_are_refused_by_grpc_itself(guest_server) -> None:
+    server, _ = guest_server
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/overcommit.v1.GuestService/ApplyOps")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\xff\xff\xff\xff garbage", timeout=10)
+    assert err.value.code() == CODE.INTERNAL  # documented in docs/security.md

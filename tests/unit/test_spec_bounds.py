@@ -1,0 +1,86 @@
+"""Spec names and bounds: refused while parsing, naming the field and the bound, before
+anything is placed or allocated."""
+
+import pytest
+
+from services.sim import spec as spec_module
+from services.sim.spec import SpecError, load_spec_text
+
+BASE = """
+name: ok
+duration: 10s
+hosts: [{name: h, count: 1, memory: 1GiB}]
+guest_groups: [{name: g, count: 2, memory: 256MiB}]
+"""
+
+
+def errors(text: str) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as e:
+        load_spec_text(text)
+    return e.value.errors
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../x", "a/b", "/etc", "x" * 300, "café", ".", "..", "-x", "", "a b", "x\n"]
+)
+def test_names_that_could_escape_or_break_are_refused(name):
+    errs = errors(BASE.replace("name: ok", f"name: {name!r}"))
+    assert errs[0][0] == "name", errs
+
+
+@pytest.mark.parametrize("name", ["../g", "g/h", "ü"])
+def test_group_names_are_checked_too(name):
+    errs = errors(BASE.replace("name: g,", f"name: {name!r},"))
+    assert errs[0][0] == "guest_groups.0.name", errs
+
+
+def test_a_safe_name_of_the_longest_length_is_accepted():
+    name = "a" * spec_module.MAX_NAME_LENGTH
+    assert load_spec_text(BASE.replace("name: ok", f"name: {name}")).name == name
+
+
+@pytest.mark.parametrize(
+    "old,new,field,says",
+    [
+        ("count: 1, memory: 1GiB", "count: 1000000000, memory: 1GiB", "hosts.0.count", "10000"),
+        ("count: 2, memory", "count: 1000000000, memory", "guest_groups.0.count", "100000"),
+        ("memory: 256MiB", "memory: 2TiB", "guest_groups.0.memory", "1099511627776"),
+        ("memory: 1GiB", "memory: 65TiB", "hosts.0.memory", "70368744177664"),
+        ("duration: 10s", "duration: 100000h", "duration", "2592000000000000"),
+        ("duration: 10s", "duration: 10s\nepoch: 100us", "epoch", "1000000"),
+    ],
+)
+def test_counts_and_sizes_over_their_bound_name_the_field(old, new, field, says):
+    errs = errors(BASE.replace(old, new))
+    assert errs[0][0] == field, errs
+    assert says in errs[0][1], errs
+
+
+def test_totals_over_groups_are_bounded_before_placement():
+    groups = ", ".join(f"{{name: g{i}, count: 60000, memory: 4MiB}}" for i in range(2))
+    errs = errors(
+        BASE.replace(
+            "guest_groups: [{name: g, count: 2, memory: 256MiB}]", f"guest_groups: [{groups}]"
+        )
+    )
+    assert "120000 guests in all, over the bound of 100000" in errs[0][1]
+    hosts = ", ".join(f"{{name: h{i}, count: 6000, memory: 1GiB}}" for i in range(2))
+    errs = errors(BASE.replace("hosts: [{name: h, count: 1, memory: 1GiB}]", f"hosts: [{hosts}]"))
+    assert "12000 hosts in all" in errs[0][1]
+    many = BASE.replace("count: 2, memory: 256MiB", "count: 100000, memory: 1TiB")
+    assert "over the bound of 70368744177664" in errors(many)[0][1]
+
+
+def test_too_many_epochs_or_sweep_runs_are_refused():
+    errs = errors(BASE.replace("duration: 10s", "duration: 720h\nepoch: 1ms"))
+    assert "epochs, over the bound of 100000000" in errs[0][1]
+    grid = "sweep: {grid: {seed: [" + ", ".join(str(i) for i in range(200)) + "]}, seeds: ["
+    grid += ", ".join(str(i) for i in range(100)) + "]}\n"
+    assert "more than 10000 runs" in errors(BASE + grid)[0][1]
+
+
+def test_yaml_aliases_and_oversized_texts_are_refused():
+    bomb = BASE + "x: &a [1, 2]\ny: [*a, *a]\n"
+    assert "aliases" in errors(bomb)[0][1]
+    huge = BASE + "#" * (spec_module.MAX_SPEC_BYTES + 1)
+    assert "over the bound of 1048576" in errors(huge)[0][1]
