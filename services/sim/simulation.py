@@ -25,6 +25,9 @@ from .result_rows import group_row, host_row
 from .spec import ExperimentSpec
 
 CHUNKS_PER_CALL = 10  # sample intervals a session runs per run_chunks call
+SKIP_STEP_INTERVALS = (
+    1_000  # idle sample intervals skipped per step (stop requests are seen between)
+)
 
 
 class Simulation:
@@ -43,9 +46,8 @@ class Simulation:
     ):
         self.spec = spec
         self.variant = variant
-        self.run_id = (
-            run_id or spec.run_id()
-        )  # a baseline's rows carry the id of the run it pairs with
+        # a baseline's rows carry the id of the run it pairs with
+        self.run_id = run_id or spec.run_id()
         self.plan = make_plan(
             spec, f"{spec.name}-{spec.run_id()}-{variant}", shards or backend.nr_shards_default
         )
@@ -57,6 +59,7 @@ class Simulation:
         self.wall_s = 0.0
         self.closed = False
         self.on_progress = on_progress
+        self._skip_until = 0  # no guest acts before this sample boundary: skip to it
         self.fine_intervals = (
             0  # sample intervals synced every epoch because a host was under pressure
         )
@@ -110,33 +113,43 @@ class Simulation:
             if should_stop is not None and should_stop():
                 self.wall_s += time.perf_counter() - wall0
                 return False
-            chunks = self._chunks(limit)
-            results = self.session.run_chunks(self.epoch, chunks, self._pressure, self._last_hosts)
-            for i, (t0, count) in enumerate(chunks):
-                self.fine_intervals += results.pressure[i] or per_epoch
-                self.epoch += count
-                self.epochs_run += count
-                self.now_ns = min(t0 + spec.sample_interval, spec.duration)
-                self._record(self.now_ns, results.hosts[i], results.groups[i])
-            self._pressure, self._last_hosts = results.next_pressure, results.hosts[-1]
-            self._skip_ahead(results.events, limit)
+            if self._skip_until > self.now_ns:  # a stretch where no guest acts, in steps
+                self._skip_step(min(self._skip_until, limit))
+            else:
+                chunks = self._chunks(limit)
+                results = self.session.run_chunks(
+                    self.epoch, chunks, self._pressure, self._last_hosts
+                )
+                for i, (t0, count) in enumerate(chunks):
+                    self.fine_intervals += results.pressure[i] or per_epoch
+                    self.epoch += count
+                    self.epochs_run += count
+                    self.now_ns = min(t0 + spec.sample_interval, spec.duration)
+                    self._record(self.now_ns, results.hosts[i], results.groups[i])
+                self._pressure, self._last_hosts = results.next_pressure, results.hosts[-1]
+                self._skip_until = self._skip_target(results.events, limit)
             if self.on_progress is not None:
                 self.on_progress(self.now_ns, self.epochs_run)
         self.wall_s += time.perf_counter() - wall0
         return True
 
-    def _skip_ahead(self, events: list[int | None], limit_ns: int) -> None:
-        """Jump whole sample intervals in which no guest has anything to do."""
+    def _skip_target(self, events: list[int | None], limit_ns: int) -> int:
+        """The last sample boundary before any guest acts again (capped at ``limit_ns``)."""
         spec = self.spec
         pending = [e for e in events if e is not None]
         nxt = min(pending) if pending else spec.duration
-        target = min(limit_ns, (nxt // spec.sample_interval) * spec.sample_interval)
-        if target <= self.now_ns:
-            return
-        self.session.skip_to(target)
+        return min(limit_ns, (nxt // spec.sample_interval) * spec.sample_interval)
+
+    def _skip_step(self, target_ns: int) -> None:
+        """Jump whole sample intervals in which no guest does anything (their samples
+        repeat the last ones), at most SKIP_STEP_INTERVALS at a time so a long idle
+        stretch still stops promptly when asked."""
+        spec = self.spec
+        step_ns = min(target_ns, self.now_ns + SKIP_STEP_INTERVALS * spec.sample_interval)
+        self.session.skip_to(step_ns)
         last = [dict(r) for r in self.rows[-(len(self.plan.hosts) + self._groups()) :]]
-        while self.now_ns < target:
-            self.now_ns = min(self.now_ns + spec.sample_interval, target)
+        while self.now_ns < step_ns:
+            self.now_ns = min(self.now_ns + spec.sample_interval, step_ns)
             for r in last:
                 self.rows.append({**r, "time_s": self.now_ns / NS_PER_S})
 

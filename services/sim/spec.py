@@ -56,6 +56,7 @@ MAX_DURATION_NS = 30 * 24 * 3600 * 1_000_000_000  # 30 simulated days
 MAX_EPOCHS = 100_000_000  # duration / epoch
 MAX_PHASES = 1_000  # phases of one memhog workload
 MAX_SWEEP_RUNS = 10_000  # grid points x seeds
+MAX_TIMESERIES_ROWS = 1_000_000  # samples x (hosts + guest groups) x (run + baselines): ~5 GB
 MAX_SEED = (1 << 63) - 1
 
 
@@ -425,6 +426,13 @@ class ExperimentSpec(_Model):
             raise ValueError(
                 f"guest_groups: {total} bytes of guest memory in all, over the bound of "
                 f"{MAX_TOTAL_GUEST_MEMORY_BYTES} (64 TiB)"
+            )
+        rows = (self.duration // self.sample_interval + 1) * (hosts + len(self.guest_groups))
+        rows *= 1 + len(self.compare)
+        if rows > MAX_TIMESERIES_ROWS:
+            raise ValueError(
+                f"sample_interval: {rows} time-series rows (samples x (hosts + guest groups) x "
+                f"variants), over the bound of {MAX_TIMESERIES_ROWS}; sample less often"
             )
         if self.sweep is not None:
             runs = max(1, len(self.sweep.seeds))

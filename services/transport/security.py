@@ -117,7 +117,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         experiment_id = _metadata_value(metadata, EXPERIMENT_HEADER)
         if self._tokens.accepts(experiment_id, token):
             return continuation(handler_call_details)
-        reason = "missing bearer token" if token is None else "bearer token not accepted"
+        reason = (
+            "missing bearer token"
+            if token is None
+            else "bearer token not accepted (an experiment's token also needs the "
+            f"{EXPERIMENT_HEADER} header naming its experiment)"
+        )
         return _refusing_handler(continuation(handler_call_details), reason)
 
 

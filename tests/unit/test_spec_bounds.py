@@ -84,3 +84,10 @@ def test_yaml_aliases_and_oversized_texts_are_refused():
     assert "aliases" in errors(bomb)[0][1]
     huge = BASE + "#" * (spec_module.MAX_SPEC_BYTES + 1)
     assert "over the bound of 1048576" in errors(huge)[0][1]
+
+
+def test_a_time_series_too_long_to_hold_is_refused():
+    errs = errors(BASE.replace("duration: 10s", "duration: 720h\nsample_interval: 1s"))
+    assert errs[0][0] == "<spec>" or "sample_interval" in errs[0][1], errs
+    assert "over the bound of 1000000; sample less often" in errs[0][1]
+    assert load_spec_text(BASE.replace("duration: 10s", "duration: 720h\nsample_interval: 1h"))
