@@ -34,6 +34,7 @@ from services.transport.client import (
     ChannelOptions,
     RetryPolicy,
     RpcCaller,
+    ServiceClient,
     make_channel,
 )
 from services.transport.errors import invalid_argument, not_found, require
@@ -377,15 +378,15 @@ def start_guest_server(
 # ----------------------------------------------------------------- client
 
 
-class GuestClient:
+class GuestClient(ServiceClient):
     """GuestService over a channel, with plain-typed helpers. Errors are ``grpc.RpcError``."""
+
+    stub_class = guest_pb2_grpc.GuestServiceStub
 
     def __init__(
         self, channel: grpc.Channel, caller: RpcCaller | None = None, experiment_id: str = ""
     ):
-        self.channel = channel
-        self.stub = guest_pb2_grpc.GuestServiceStub(channel)
-        self.caller = caller or RpcCaller()
+        super().__init__(channel, caller)
         self.experiment_id = experiment_id
 
     def list_guests(self) -> guest_pb2.ListGuestsResponse:
@@ -420,15 +421,6 @@ class GuestClient:
             guest_pb2.GetGuestStateRequest(experiment_id=self.experiment_id, guest_id=guest_id),
             idempotent=True,
         )
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> GuestClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def connect_guest(

@@ -28,6 +28,7 @@ from services.transport.client import (
     ChannelOptions,
     RetryPolicy,
     RpcCaller,
+    ServiceClient,
     make_channel,
 )
 from services.transport.errors import resource_exhausted
@@ -137,13 +138,10 @@ class InProcessHostLink:
 # ------------------------------------------------------------------ gRPC
 
 
-class HostClient:
+class HostClient(ServiceClient):
     """HostService over a channel, message for message. Errors are ``grpc.RpcError``."""
 
-    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
-        self.channel = channel
-        self.stub = host_pb2_grpc.HostServiceStub(channel)
-        self.caller = caller or RpcCaller()
+    stub_class = host_pb2_grpc.HostServiceStub
 
     def register_guest(
         self, request: host_pb2.RegisterGuestRequest, timeout_s: float | None = None
@@ -163,15 +161,6 @@ class HostClient:
         return self.caller.unary(
             self.stub.GetHostState, request, idempotent=True, timeout_s=timeout_s
         )
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> HostClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def connect_host(

@@ -39,6 +39,7 @@ from services.transport.client import (
     ChannelOptions,
     RetryPolicy,
     RpcCaller,
+    ServiceClient,
     make_channel,
 )
 from services.transport.errors import permission_denied, require, require_id, resource_exhausted
@@ -268,13 +269,10 @@ def start_experiment_server(
     return build_server(options, [experiment_service_binding(manager, tokens, max_streams)])
 
 
-class ExperimentClient:
+class ExperimentClient(ServiceClient):
     """ExperimentService over a channel. Errors are ``grpc.RpcError``."""
 
-    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
-        self.channel = channel
-        self.stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
-        self.caller = caller or RpcCaller()
+    stub_class = experiment_pb2_grpc.ExperimentServiceStub
 
     def create(self, spec: str | Mapping[str, Any]) -> tuple[str, str]:
         """Create from YAML text or a mapping; returns (experiment_id, token). Not retried."""
@@ -330,15 +328,6 @@ class ExperimentClient:
             experiment_pb2.StreamSamplesRequest(experiment_id=experiment_id),
             timeout_s=timeout_s,
         )
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> ExperimentClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def connect_experiments(

@@ -14,7 +14,7 @@ import platform
 import time
 from typing import Any
 
-from .backends import Backend, make_backend
+from .backends import Backend, backend_for
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
 from .run_files import RunResult, results_dir, write_run
 from .simulation import Simulation
@@ -77,18 +77,11 @@ def run_experiment(
     cluster, default an embedded local one) or ``inprocess``. A ``backend`` passed
     in is reused and left open.
     """
-    own_backend = backend is None
-    backend = backend or make_backend(transport, address)
     wall0 = time.time()
-    try:
-        sim, stats = simulate(spec, backend, VARIANT_RUN, shards, progress)
-        base_rows, base_stats = run_baselines(spec, backend, shards, progress)
-    finally:
-        if own_backend:
-            backend.close()
-    return finish_run(
-        sim, base_rows, {VARIANT_RUN: stats, **base_stats}, backend.name, out_dir, wall0
-    )
+    with backend_for(backend, transport, address) as used:
+        sim, stats = simulate(spec, used, VARIANT_RUN, shards, progress)
+        base_rows, base_stats = run_baselines(spec, used, shards, progress)
+    return finish_run(sim, base_rows, {VARIANT_RUN: stats, **base_stats}, used.name, out_dir, wall0)
 
 
 def finish_run(

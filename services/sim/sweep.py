@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .backends import Backend, make_backend
+from .backends import Backend, backend_for
 from .run_files import results_dir
 from .runner import run_experiment
 from .spec import ExperimentSpec, SpecError, with_overrides
@@ -62,21 +62,16 @@ def run_sweep(
     specs = [
         with_overrides(spec, {**p, "sweep": None}) for p in points
     ]  # validate all before running
-    own_backend = backend is None
-    backend = backend or make_backend(transport, address)
     rows = []
-    try:
+    with backend_for(backend, transport, address) as used:
         for point, s in zip(points, specs, strict=True):
             result = run_experiment(
-                s, out_dir=out_dir, shards=shards, progress=progress, backend=backend
+                s, out_dir=out_dir, shards=shards, progress=progress, backend=used
             )
             row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": result.run_dir}
             _flatten("cluster.", result.summary["cluster"], row)
             _flatten("comparison.", result.summary.get("comparison", {}), row)
             rows.append(row)
-    finally:
-        if own_backend:
-            backend.close()
     digest = hashlib.sha256(
         json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
     )

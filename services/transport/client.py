@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -116,3 +116,24 @@ class RpcCaller:
     ) -> Iterator[Any]:
         """A server-streaming call (not retried: a stream may have been half read)."""
         return method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+
+
+class ServiceClient:
+    """What every service's client shares: a channel, the generated stub (``stub_class``,
+    set by the subclass) and the caller; closes its channel, also as a context manager."""
+
+    stub_class: Callable[[grpc.Channel], Any]
+
+    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
+        self.channel = channel
+        self.stub = self.stub_class(channel)
+        self.caller = caller or RpcCaller()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,7 +8,8 @@ session runs its shards with the one epoch driver
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
@@ -60,3 +61,18 @@ def make_backend(transport: str, address: str | None = None) -> Backend:
     from .ray_cluster import RayBackend
 
     return RayBackend(address=address)
+
+
+@contextmanager
+def backend_for(
+    backend: Backend | None, transport: str, address: str | None = None
+) -> Iterator[Backend]:
+    """``backend`` as it is (the caller owns it), else a new one that is closed on exit."""
+    if backend is not None:
+        yield backend
+        return
+    own = make_backend(transport, address)
+    try:
+        yield own
+    finally:
+        own.close()
