@@ -30,15 +30,11 @@ from google.protobuf import json_format, struct_pb2
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.core.constants import MIGRATE_ISOLATE, MIGRATE_TYPES
 from services.transport.client import (
-    DEFAULT_TIMEOUT_S,
-    ChannelOptions,
-    RetryPolicy,
     RpcCaller,
     ServiceClient,
-    make_channel,
 )
 from services.transport.errors import invalid_argument, not_found, require
-from services.transport.security import ClientTls, check_experiment_binding
+from services.transport.security import check_experiment_binding
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
 from services.transport.status import translate_errors
 
@@ -383,11 +379,9 @@ class GuestClient(ServiceClient):
 
     stub_class = guest_pb2_grpc.GuestServiceStub
 
-    def __init__(
-        self, channel: grpc.Channel, caller: RpcCaller | None = None, experiment_id: str = ""
-    ):
+    def __init__(self, channel: grpc.Channel, caller: RpcCaller | None = None):
         super().__init__(channel, caller)
-        self.experiment_id = experiment_id
+        self.experiment_id = self.caller.experiment_id or ""  # sent in every request
 
     def list_guests(self) -> guest_pb2.ListGuestsResponse:
         return self.caller.unary(
@@ -423,20 +417,7 @@ class GuestClient(ServiceClient):
         )
 
 
-def connect_guest(
-    target: str,
-    *,
-    tls: ClientTls | None = None,
-    token: str | None = None,
-    experiment_id: str = "",
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    retry: RetryPolicy | None = None,
-) -> GuestClient:
-    """A GuestClient for ``target`` with deadline, retries (reads only) and token."""
-    caller = RpcCaller(
-        token=token, experiment_id=experiment_id or None, timeout_s=timeout_s, retry=retry
-    )
-    return GuestClient(make_channel(ChannelOptions(target, tls)), caller, experiment_id)
+connect_guest = GuestClient.connect  # retries reads only (ApplyOps is not idempotent)
 
 
 def iter_free_areas(response: guest_pb2.GetGuestStateResponse) -> Iterator[tuple[int, int, int]]:

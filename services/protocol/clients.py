@@ -24,12 +24,7 @@ import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
 from services.transport.client import (
-    DEFAULT_TIMEOUT_S,
-    ChannelOptions,
-    RetryPolicy,
-    RpcCaller,
     ServiceClient,
-    make_channel,
 )
 from services.transport.errors import resource_exhausted
 from services.transport.security import ClientTls
@@ -163,21 +158,7 @@ class HostClient(ServiceClient):
         )
 
 
-def connect_host(
-    target: str,
-    *,
-    tls: ClientTls | None = None,
-    token: str | None = None,
-    experiment_id: str | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    retry: RetryPolicy | None = None,
-) -> HostClient:
-    """A HostClient for ``target`` ("127.0.0.1:PORT") with deadline, retries and token."""
-    channel = make_channel(ChannelOptions(target, tls))
-    return HostClient(
-        channel,
-        RpcCaller(token=token, experiment_id=experiment_id, timeout_s=timeout_s, retry=retry),
-    )
+connect_host = HostClient.connect  # the name callers know
 
 
 class GrpcHostLink:

@@ -35,16 +35,10 @@ from google.protobuf import json_format, struct_pb2
 
 from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
 from services.transport.client import (
-    DEFAULT_TIMEOUT_S,
-    ChannelOptions,
-    RetryPolicy,
-    RpcCaller,
     ServiceClient,
-    make_channel,
 )
 from services.transport.errors import permission_denied, require, require_id, resource_exhausted
 from services.transport.security import (
-    ClientTls,
     TokenStore,
     check_experiment_binding,
     experiment_header,
@@ -330,15 +324,4 @@ class ExperimentClient(ServiceClient):
         )
 
 
-def connect_experiments(
-    target: str,
-    *,
-    tls: ClientTls | None = None,
-    token: str | None = None,
-    experiment_id: str | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    retry: RetryPolicy | None = None,
-) -> ExperimentClient:
-    """An ExperimentClient for ``target``; ``experiment_id`` pairs with an experiment token."""
-    caller = RpcCaller(token=token, experiment_id=experiment_id, timeout_s=timeout_s, retry=retry)
-    return ExperimentClient(make_channel(ChannelOptions(target, tls)), caller)
+connect_experiments = ExperimentClient.connect  # ``experiment_id`` pairs with an experiment token

@@ -80,6 +80,7 @@ class RpcCaller:
     ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s}: must be > 0")
+        self.experiment_id = experiment_id  # the experiment an experiment token opens
         self.metadata = bearer_metadata(token, experiment_id)
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
@@ -128,6 +129,25 @@ class ServiceClient:
         self.channel = channel
         self.stub = self.stub_class(channel)
         self.caller = caller or RpcCaller()
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        *,
+        tls: ClientTls | None = None,
+        token: str | None = None,
+        experiment_id: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> Self:
+        """A client for ``target`` ("127.0.0.1:PORT") with a deadline on every call,
+        retries of idempotent calls and the bearer token (with ``experiment_id``, an
+        experiment's token)."""
+        caller = RpcCaller(
+            token=token, experiment_id=experiment_id or None, timeout_s=timeout_s, retry=retry
+        )
+        return cls(make_channel(ChannelOptions(target, tls)), caller)
 
     def close(self) -> None:
         self.channel.close()
