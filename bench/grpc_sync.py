@@ -288,10 +288,7 @@ def run_grpc(epochs: int, conn) -> tuple[float, dict]:
     link = GrpcHostLink(plan.experiment_id, dict.fromkeys(plan.host_configs, target))
     for host_id, reg in plan.registrations():
         link.register(host_id, reg)
-    shards = [
-        GuestShard(i, inits, plan.seed, plan.report_latency_ns)
-        for i, inits in enumerate(plan.shard_inits)
-    ]
+    shards = [GuestShard(i, inits, plan.seed) for i, inits in enumerate(plan.shard_inits)]
     driver = EpochDriver(shards, link, plan.policy, sorted(plan.host_configs), EPOCH_NS)
     t0 = time.perf_counter()
     driver.run_epochs(0, 0, epochs, sync_epochs=1)

@@ -9,9 +9,11 @@ PAGE_SHIFT = 12  # x86-64 base page: 4 KiB
 PAGE_SIZE = 1 << PAGE_SHIFT  # bytes in a base page; pfns count these
 NS_PER_S = 1_000_000_000  # simulated time is integer nanoseconds
 
-# Kinds of simulated time a guest loses to host-side costs (answers' lost_ns keys,
-# result columns lost_<kind>_seconds_total).
-LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim")
+# Kinds of simulated time a guest loses to host-side costs (result columns
+# lost_<kind>_seconds_total). The host's answers carry the touch kinds (fault ..
+# reclaim); "report" is the time the guest's reporting worker spent in report calls
+# (a virtqueue kick plus the host's discard of each batch), priced by the guest.
+LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim", "report")
 
 # RNG streams: every generator is SeedSequence([spec seed, RNG_KIND_*, entity id, ...]),
 # so no two streams share state and none depends on how entities are grouped.

@@ -15,7 +15,6 @@ import pytest
 from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
 from services.guest.core.constants import (
     MIGRATE_ISOLATE,
-    MIGRATE_PCPTYPES,
     MIGRATE_TYPES,
     PROFILE_5_7,
 )
@@ -93,19 +92,29 @@ def small_config(
 
 @dataclass
 class RecordingReporter:
-    """In-process PageReporter: records every call; errors follow a script, then ok."""
+    """In-process PageReporter and pricer: records every call (at its completion time);
+    errors follow a script, then ok; every call takes ``latency_ns``.
+
+    Pass it as the worker's pricer too (``PageReportingWorker(a, cfg, rec, rec)``), or
+    to a Guest as its cost port (``cost_port=rec``), for the latency to apply."""
 
     errors: list[int] = field(default_factory=list)
     latency_ns: int = 0
     calls: list[tuple[int, list[int], list[int], int]] = field(default_factory=list)
-    on_report: object = None  # optional callback(now_ns, pfns, orders) run during the call
+    on_report: object = None  # optional callback(now_ns, pfns, orders) run at completion
+
+    def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
+        return self.latency_ns
+
+    def price_touch(self, counts: np.ndarray) -> int:
+        return 0
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         err = self.errors.pop(0) if self.errors else 0
         self.calls.append((now_ns, [int(p) for p in pfns], [int(o) for o in orders], err))
         if self.on_report is not None:
             self.on_report(now_ns, pfns, orders)
-        return ReportOutcome(error=err, latency_ns=self.latency_ns)
+        return ReportOutcome(error=err)
 
     def reported_blocks(self) -> list[tuple[int, int]]:
         """(pfn, order) of every entry of every successful call."""
@@ -135,11 +144,10 @@ def snapshot(a) -> dict:
                     for o in range(cfg.max_order + 1)
                     for mt in range(MIGRATE_TYPES)
                 },
-                "pcp_lists": {
-                    (o, mt): [int(p) for p in a.pcp_list(z, o, mt)]
-                    for o in cfg.pcp_orders
-                    for mt in range(MIGRATE_PCPTYPES)
-                },
+                "pcp": [
+                    (a.pcp_state(z, cpu), [[int(p) for p in lst] for lst in a.pcp_lists(z, cpu)])
+                    for cpu in range(cfg.vcpus)
+                ],
                 "watermarks": tuple(a.watermarks(z)),
             }
         )
@@ -185,11 +193,15 @@ def check_invariants(a, isolated_pages: int = 0) -> None:
                     reported_pages += (1 << o) if reported else 0
             assert a.nr_free(z, o) == blocks, f"nr_free({z},{o}) != blocks on its lists"
         assert a.nr_free_pages(z) == pages_on_lists, f"NR_FREE_PAGES of zone {z} wrong"
-        for o in cfg.pcp_orders:
-            for mt in range(MIGRATE_PCPTYPES):
-                for pfn in a.pcp_list(z, o, mt):
+        for cpu in range(cfg.vcpus):
+            pcp_pages = 0
+            for (o, _), lst in zip(cfg.pcp_list_keys, a.pcp_lists(z, cpu), strict=True):
+                for pfn in lst:
                     assert pfn % (1 << o) == 0 and not owner[pfn : pfn + (1 << o)].any()
+                    assert start <= pfn < end, f"pcp block {pfn} outside zone {z}"
                     owner[pfn : pfn + (1 << o)] = 2
+                    pcp_pages += 1 << o
+            assert a.pcp_state(z, cpu)["count"] == pcp_pages, f"pcp count of {z}/{cpu} wrong"
     allocated_pages = 0
     for pfn in range(cfg.nr_pages):
         o = a.allocated_order(pfn)

@@ -34,7 +34,6 @@ class ShardRunner:
         shard_id: int,
         guests: list[GuestInit],
         seed: int,
-        report_latency_ns: int,
         host_targets: dict[int, str],
         policy: SyncDecision,
         epoch_ns: int,
@@ -45,7 +44,7 @@ class ShardRunner:
         self.experiment_id = experiment_id
         if guests:
             warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
-        self.shard = GuestShard(shard_id, guests, seed, report_latency_ns, fast=fast)
+        self.shard = GuestShard(shard_id, guests, seed, fast=fast)
         self.link = GrpcHostLink(experiment_id, host_targets, token=token)
         self.driver = EpochDriver([self.shard], self.link, policy, sorted(host_targets), epoch_ns)
         self.guest_server = None

@@ -10,6 +10,14 @@ One sync covers a span of one or more epochs (:meth:`GuestShard.run_span`);
 each guest's log marks where every epoch's ops end. The host's answer
 (swapped-out runs, simulated time lost to costs) is applied at the end of the
 span: lost time is subtracted from the guest's working time in later epochs.
+
+Report calls take time in the guest's timeline (docs/kernel-model.md §4.9): a
+call is priced from its host's figures (``GuestInit.report_cost``) when it
+starts, and the guest's workload runs on while it is in flight. The op log
+records the batch when the call *completes*, so a call still in flight at the
+end of an epoch is applied by the host in the epoch in which it completes,
+after the guest's touches that precede its completion. Its latency is charged
+then as lost time of kind ``report``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.guest.core.backing import ReportCost, ReportCostPort
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
@@ -47,6 +56,8 @@ class GuestInit:
     config: GuestConfig
     workload: MemhogConfig | IdleConfig
     discard_mode: str = DISCARD_DONTNEED
+    # its host's figures for one report call (default: calls take no time)
+    report_cost: ReportCost = field(default_factory=ReportCost)
 
     def registration(self, shard_id: int) -> GuestRegistration:
         """How this guest is registered with its host (the one builder of registrations)."""
@@ -65,16 +76,18 @@ class GuestInit:
 class OpLog:
     """One guest's PageReporter port plus its log of host-visible operations.
 
-    Reports are acknowledged at once, as virtio-balloon does once the buffer is
-    queued (§6.4, §4.7): the host applies the batch at the epoch's sync and can
-    only refuse input that the guest model cannot produce (its acks are checked
-    and counted as ``report_errors``). Every operation gets the next op sequence
-    number; :meth:`take` hands the log over as the protocol's :class:`GuestOps`.
+    The worker calls :meth:`report` when a report call completes (its latency,
+    priced by the guest's cost port, has elapsed): the batch is logged then, in
+    the epoch in which the call completes, and acknowledged with 0, as
+    virtio-balloon does once the buffer is queued (§6.4, §4.7). The host applies
+    it at that epoch's sync and can only refuse input that the guest model
+    cannot produce (its acks are checked and counted as ``report_errors``).
+    Every operation gets the next op sequence number; :meth:`take` hands the log
+    over as the protocol's :class:`GuestOps`.
     """
 
-    def __init__(self, guest_id: int, report_latency_ns: int):
+    def __init__(self, guest_id: int):
         self.guest_id = guest_id
-        self.report_latency_ns = report_latency_ns
         self._seq = 0
         self._clear()
         self._empty = GuestOps(guest_id)
@@ -102,7 +115,7 @@ class OpLog:
                 self._next_seq(), np.array(pfns, dtype=np.uint64), np.array(orders, dtype=np.uint32)
             )
         )
-        return ReportOutcome(error=0, latency_ns=self.report_latency_ns)
+        return ReportOutcome(error=0)
 
     def record_touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
         if len(starts):
@@ -187,6 +200,7 @@ class _Slot:
     workload: object
     stall_ns: int = 0
     lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
+    report_ns_charged: int = 0  # the worker's report time already in lost_ns["report"]
     report_errors: int = 0
     extra_workloads: list = field(default_factory=list)  # started by GuestService clients
     client_blocks: dict[int, int] = field(
@@ -202,7 +216,6 @@ class GuestShard:
         shard_id: int,
         guests: list[GuestInit],
         seed: int,
-        report_latency_ns: int = 0,
         fast: bool = True,
     ):
         self.shard_id = shard_id
@@ -211,8 +224,15 @@ class GuestShard:
         self.lock = threading.RLock()  # GuestService calls arrive on server threads
         self.slots: dict[int, _Slot] = {}
         for init in sorted(guests, key=lambda g: g.guest_id):
-            link = OpLog(init.guest_id, report_latency_ns)
-            guest = Guest(init.guest_id, init.config, seed, link, fast=fast)
+            link = OpLog(init.guest_id)
+            guest = Guest(
+                init.guest_id,
+                init.config,
+                seed,
+                link,
+                fast=fast,
+                cost_port=ReportCostPort(init.report_cost),
+            )
             rng = np.random.default_rng(
                 np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id])
             )
@@ -330,6 +350,17 @@ class GuestShard:
             for extra in s.extra_workloads:
                 extra.run(s.driver, t, seg_end, seg_work)
             t = seg_end
+        self._charge_report_time(s)
+
+    @staticmethod
+    def _charge_report_time(s: _Slot) -> None:
+        """Time the worker spent in report calls that completed is lost time of kind
+        ``report``: like a host's answer, it slows the guest's later epochs."""
+        ns = s.guest.worker.report_ns - s.report_ns_charged
+        if ns:
+            s.report_ns_charged += ns
+            s.lost_ns["report"] += ns
+            s.stall_ns += ns
 
     def skip_to(self, t_ns: int) -> None:
         """Jump over a stretch in which no guest has anything to do."""

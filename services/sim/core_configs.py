@@ -20,6 +20,13 @@ def guest_config(group: GuestGroup) -> GuestConfig:
     return GuestConfig(
         nr_pages=group.memory // PAGE_SIZE,
         zones=group.zones,
+        machine=group.machine,
+        lowmem_pages=None if group.lowmem is None else group.lowmem // PAGE_SIZE,
+        dma_zone=group.dma_zone,
+        vcpus=group.vcpus,
+        min_free_kbytes=group.min_free_kbytes,
+        watermark_scale_factor=group.watermark_scale_factor,
+        percpu_pagelist_high_fraction=group.percpu_pagelist_high_fraction,
         profile=group.profile,
         thp=group.thp,
         shuffle=group.shuffle,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.guest.core.backing import ReportCost
 from services.guest.shard import GuestInit
-from services.host.core.config import HostConfig
-from services.host.core.costs import report_ns
+from services.host.core.config import DISCARD_DISABLED, HostConfig
+from services.host.core.costs import discard_ns, report_ns
 from services.protocol.messages import GuestRegistration
 from services.units import RNG_KIND_START_JITTER
 
@@ -36,7 +37,6 @@ class SimPlan:
     hosts: list[HostSlot]
     guests: list[GuestSlot]
     shard_inits: list[list[GuestInit]]
-    report_latency_ns: int
 
     def registrations(self) -> list[tuple[int, GuestRegistration]]:
         """Every guest's (host id, registration), in guest-id order (the order hosts
@@ -69,6 +69,26 @@ def start_delay_ns(spec: ExperimentSpec, g: GuestSlot) -> int:
     return delay
 
 
+def report_cost(host: HostConfig, discard_mode: str) -> ReportCost:
+    """A guest's price of one report call on ``host``: the host's figures (one exit, then the
+    discard of each block, per 4 KiB below 2 MiB and per 2 MiB above), as plain ints for
+    the guest. What the host discards follows its backing and the guest's discard mode:
+    hugetlbfs ignores blocks smaller than its huge page; ``disabled`` only acknowledges."""
+    cm = host.costs
+    if discard_mode == DISCARD_DISABLED:
+        min_order = None
+    elif host.hugetlb:
+        min_order = host.granule_pages.bit_length() - 1
+    else:
+        min_order = 0
+    return ReportCost(
+        exit_ns=report_ns(cm, 1),
+        discard_4k_ns=discard_ns(cm, 1, 0),
+        discard_2m_ns=discard_ns(cm, 0, 1),
+        discard_min_order=min_order,
+    )
+
+
 def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPlan:
     hosts, guests = place(spec)
     ratio = spec.placement.max_overcommit_ratio
@@ -76,20 +96,21 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
     by_id = {h.host_id: h for h in hosts}
     inits = []
     for shard in shard_guests(guests, nr_shards):
-        inits.append(
-            [
+        shard_inits = []
+        for g in shard:
+            mode = g.group.discard_mode or by_id[g.host_id].group.discard_mode
+            shard_inits.append(
                 GuestInit(
                     guest_id=g.guest_id,
                     group=g.group.name,
                     host_id=g.host_id,
                     config=guest_config(g.group),
                     workload=workload_config(g.group, start_delay_ns(spec, g)),
-                    discard_mode=g.group.discard_mode or by_id[g.host_id].group.discard_mode,
+                    discard_mode=mode,
+                    report_cost=report_cost(host_configs[g.host_id], mode),
                 )
-                for g in shard
-            ]
-        )
-    costs = next(iter(host_configs.values())).costs
+            )
+        inits.append(shard_inits)
     return SimPlan(
         experiment_id=experiment_id,
         seed=spec.seed,
@@ -100,5 +121,4 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
         hosts=hosts,
         guests=guests,
         shard_inits=inits,
-        report_latency_ns=report_ns(costs, 1),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from services.units import PAGE_SIZE
+from services.units import LOST_KINDS, PAGE_SIZE
 
 from .quantities import format_bytes
 from .result_rows import VARIANT_RUN
@@ -150,7 +150,7 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
     ax1.set_title("workload progress (GiB of page operations)")
     ax1.set_xlabel("simulated time (s)")
     ax1.legend(fontsize="small")
-    for kind in ("fault", "zero", "swapin", "decompress", "reclaim"):
+    for kind in LOST_KINDS:
         df = _cluster(ts, "guest_group", f"lost_{kind}_seconds_total")
         for run in df.columns:
             if df[run].max() > 0:
@@ -197,6 +197,8 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             f"{_lost(r['guest_groups'], ('swapin', 'decompress', 'reclaim')):.3f} s"
             for _, r in runs
         ],
+        ["guest time in report calls (exits + host discards)"]
+        + [f"{_lost(r['guest_groups'], ('report',)):.3f} s" for _, r in runs],
         ["workload page operations completed"]
         + [f"{r['cluster']['ops_completed'] / 1e6:.2f} M" for _, r in runs],
     ]

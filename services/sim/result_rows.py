@@ -161,6 +161,7 @@ def summarize_run(
             "zeroed_bytes": _final(df, "zeroed_bytes_total"),
             "reported_bytes": _final(df, "reported_bytes_total"),
             "refaulted_reported_bytes": _final(df, "refaulted_reported_bytes_total"),
+            "refault_huge_faults": _final(df, "refault_huge_faults_total"),
             "oom_events": _final(df, "oom_events_total"),
         }
     groups: dict[str, Any] = {}

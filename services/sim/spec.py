@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.guest.core.constants import (
     MAX_ORDER,
+    MAX_VCPUS,
+    MIN_PERCPU_PAGELIST_HIGH_FRACTION,
     PAGE_REPORTING_BUDGET_DIVISOR,
     PAGE_REPORTING_CAPACITY,
     PAGE_REPORTING_DELAY_NS,
@@ -279,8 +281,69 @@ class GuestGroup(_Model):
     )
     shuffle: bool = Field(False, description="page_alloc.shuffle=1 (docs/kernel-model.md §5).")
     thp: bool = Field(True, description="Guest THP on (raises min_free_kbytes).")
-    zones: Literal["single", "dma32_normal"] = Field(
-        "single", description="One zone, or DMA32 + Normal (guests over 4 GiB)."
+    zones: Literal["auto", "single"] = Field(
+        "auto",
+        description=(
+            "Zone layout: auto = as in a QEMU guest, ZONE_DMA32 holds the RAM below 4 GiB "
+            "(see machine, lowmem) and ZONE_NORMAL the rest; single = all RAM in one zone "
+            "(a what-if; machine and lowmem are then ignored)."
+        ),
+    )
+    machine: Literal["q35", "pc"] = Field(
+        "q35",
+        description=(
+            "QEMU x86 machine type, which sets the RAM below 4 GiB: q35 puts 2 GiB there once "
+            "the guest has at least 2.75 GiB, pc puts 3 GiB there once it has at least 3.5 GiB; "
+            "a smaller guest is all below 4 GiB (one zone). Ignored when lowmem is set."
+        ),
+    )
+    lowmem: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_GUEST_MEMORY_BYTES,
+        description=(
+            "Explicit ZONE_DMA32 size, bytes: the guest RAM below 4 GiB (a multiple of 4 MiB, "
+            "at most 1 TiB; default: the machine's split). The rest of memory is ZONE_NORMAL; "
+            "lowmem >= memory means one zone. Ignored with zones: single."
+        ),
+    )
+    dma_zone: bool = Field(
+        True,
+        description=(
+            "Count x86 ZONE_DMA (the first 16 MiB, not simulated as pages) in the watermark "
+            "and min_free_kbytes formulas, as every QEMU guest has it."
+        ),
+    )
+    vcpus: int = Field(
+        1,
+        ge=1,
+        le=MAX_VCPUS,
+        description=f"Guest vCPUs (1..{MAX_VCPUS}): each has its own per-CPU page lists.",
+    )
+    min_free_kbytes: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 30,
+        description=(
+            "vm.min_free_kbytes override, KiB (1..2**30; default: computed at boot, with "
+            "the THP raise when thp is on)."
+        ),
+    )
+    watermark_scale_factor: int = Field(
+        10,
+        ge=1,
+        le=3000,
+        description="vm.watermark_scale_factor, in 1/10000 of a zone (1..3000, default 10).",
+    )
+    percpu_pagelist_high_fraction: int = Field(
+        0,
+        ge=0,
+        le=1 << 30,
+        description=(
+            f"vm.percpu_pagelist_high_fraction (5.14+): 0 (default) sizes the per-CPU lists "
+            f"from the low watermark, otherwise >= {MIN_PERCPU_PAGELIST_HIGH_FRACTION}: "
+            f"a zone's lists together hold at most 1/fraction of it."
+        ),
     )
     discard_mode: Literal["dontneed", "free", "disabled"] | None = Field(
         None,
@@ -289,12 +352,32 @@ class GuestGroup(_Model):
     workload: Workload = Field(default_factory=IdleWorkload, description="What the guests do.")
 
     _sizes = field_validator("memory", mode="before")(_size)
+    _lowmem_size = field_validator("lowmem", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
 
     @field_validator("memory")
     @classmethod
     def _whole_blocks(cls, v: int) -> int:
         if v <= 0 or v % MAX_BLOCK_BYTES:
             raise ValueError(f"memory must be a positive multiple of 4 MiB, got {v}")
+        return v
+
+    @field_validator("lowmem")
+    @classmethod
+    def _lowmem_whole_blocks(cls, v: int | None) -> int | None:
+        if v is not None and (v <= 0 or v % MAX_BLOCK_BYTES):
+            raise ValueError(f"lowmem must be a positive multiple of 4 MiB, got {v}")
+        return v
+
+    @field_validator("percpu_pagelist_high_fraction")
+    @classmethod
+    def _pcp_fraction(cls, v: int) -> int:
+        if v != 0 and v < MIN_PERCPU_PAGELIST_HIGH_FRACTION:
+            raise ValueError(
+                f"percpu_pagelist_high_fraction must be 0 or >= "
+                f"{MIN_PERCPU_PAGELIST_HIGH_FRACTION}, got {v}"
+            )
         return v
 
 

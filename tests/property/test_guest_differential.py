@@ -30,8 +30,10 @@ MAX_EXAMPLES = int(os.environ.get("GUEST_DIFF_EXAMPLES", "80"))
 
 
 def config_for(shape: int, profile: str, shuffle: bool, small_pcp: bool) -> GuestConfig:
-    """Small guests, including small max_order / pageblock_order geometries."""
-    pcp = PcpConfig(batch=4, high=12) if small_pcp else PcpConfig()
+    """Small guests, including small max_order / pageblock_order geometries, two-zone
+    guests (DMA32 + Normal) and two vCPUs. The small pcp has batch > 1, so THP refills
+    take 2 blocks, and in `modern` it auto-tunes high between 12 and 48."""
+    pcp = PcpConfig(batch=4, high=12, high_max=48) if small_pcp else PcpConfig()
     shapes = [
         dict(nr_pages=4096, reporting=ReportingConfig(capacity=2)),
         dict(nr_pages=8192, reporting=ReportingConfig(capacity=4, order=7)),
@@ -48,13 +50,25 @@ def config_for(shape: int, profile: str, shuffle: bool, small_pcp: bool) -> Gues
             pageblock_order=5,
             reporting=ReportingConfig(capacity=2, order=3),
         ),
+        dict(nr_pages=4096, lowmem_pages=2048, vcpus=2, reporting=ReportingConfig(capacity=2)),
+        dict(
+            nr_pages=2048,
+            max_order=7,
+            pageblock_order=5,
+            lowmem_pages=1024,
+            reporting=ReportingConfig(capacity=2, order=5),
+        ),
+        dict(nr_pages=8192, vcpus=3, reporting=ReportingConfig(capacity=4, order=8)),
     ]
     return GuestConfig(profile=profile, shuffle=shuffle, pcp=pcp, **shapes[shape])
 
 
 op_strategy = st.one_of(
     st.tuples(st.just("alloc"), st.integers(0, 20), st.integers(0, 3), st.integers(1, 12)),
+    st.tuples(st.just("alloc"), st.integers(0, 20), st.integers(0, 3), st.integers(100, 3000)),
     st.tuples(st.just("free"), st.integers(0, 2**16), st.integers(1, 12), st.integers(0, 20)),
+    st.tuples(st.just("free"), st.integers(0, 2**16), st.integers(50, 3000), st.integers(0, 20)),
+    st.tuples(st.just("decay"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("touch"), st.integers(0, 2**16), st.integers(0, 300), st.just(0)),
     st.tuples(st.just("drain"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("advance"), st.integers(0, 5000), st.just(0), st.just(0)),
@@ -86,15 +100,18 @@ def observe(g: Guest, rec: RecordingReporter) -> dict:
     }
 
 
-def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
+def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:  # noqa: PLR0911
     """Apply one op to one guest; returns what the op returned (for comparison)."""
     kind, a, b, c = op
     cfg = g.config
+    cpu = (a + b + c) % cfg.vcpus  # the vCPU the task runs on
     if kind == "alloc":
         order = pick_order(a, cfg.max_order)
-        pfns = g.alloc(order, b, c).tolist()
+        pfns = g.alloc(order, b, c, cpu).tolist()
         held.setdefault(order, []).extend(pfns)
         return pfns
+    if kind == "decay":
+        return g.allocator.decay_pcp_high()
     if kind == "free":
         orders = sorted(o for o, blocks in held.items() if blocks)
         if not orders:
@@ -105,7 +122,7 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
         chosen = rng.permutation(len(blocks))[: min(b, len(blocks))]
         pfns = [blocks[i] for i in sorted(chosen)]
         held[order] = [p for i, p in enumerate(blocks) if i not in set(chosen.tolist())]
-        g.free(pfns, order)
+        g.free(pfns, order, cpu)
         return pfns
     if kind == "touch":
         start = a % cfg.nr_pages
@@ -119,7 +136,7 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    shape=st.integers(0, 4),
+    shape=st.integers(0, 7),
     profile=st.sampled_from(["5.7", "6.1", "modern"]),
     shuffle=st.booleans(),
     small_pcp=st.booleans(),
@@ -133,8 +150,8 @@ def test_fast_path_matches_reference(
 ):
     cfg = config_for(shape, profile, shuffle, small_pcp)
     recs = [RecordingReporter(errors=list(errors), latency_ns=latency_ms * MS_NS) for _ in range(2)]
-    ref = Guest(0, cfg, seed, recs[0], fast=False)
-    fast = Guest(0, cfg, seed, recs[1], fast=True)
+    ref = Guest(0, cfg, seed, recs[0], fast=False, cost_port=recs[0])  # calls take latency_ns
+    fast = Guest(0, cfg, seed, recs[1], fast=True, cost_port=recs[1])
     helds: list[dict[int, list[int]]] = [{}, {}]
     assert observe(fast, recs[1]) == observe(ref, recs[0]), "after boot"
     for step, op in enumerate(ops):

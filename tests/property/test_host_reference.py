@@ -1,6 +1,7 @@
 """A tiny pure-Python reference host, page by page, for differential tests of the numba host.
 
-It keeps one residency, one reported bit, one zswap bit and one reference bit per
+It keeps one residency, one reported bit (set when a report discards a page the
+host held: backed, lazily freed or swapped), one zswap bit and one reference bit per
 page in Python lists, plus a "huge" flag and reference bit per granule, and
 applies the documented rules literally (no whole-granule shortcuts except what
 the rules say about THP). Same clock, same lazy-free scan, same OOM victim rule,
@@ -220,6 +221,7 @@ class RefHost:
                 "swapin_disk",
                 "swapin_zswap",
                 "refault",
+                "refault_huge",
                 "lazy_reuse",
                 "refused",
                 "oom",
@@ -267,7 +269,9 @@ class RefHost:
                         if v == slot:
                             return ev
                     if ok:
-                        ev["refault"] += sum(self.rep[j] for j in self.granule(g))
+                        refault = sum(self.rep[j] for j in self.granule(g))
+                        ev["refault"] += refault
+                        ev["refault_huge"] += refault > 0
                         for j in self.granule(g):
                             self.set_res(j, BACKED)
                             self.rep[j] = False
@@ -349,10 +353,9 @@ class RefHost:
                     if self.huge[g]:
                         for j in self.granule(g):
                             self.set_res(j, UNBACKED)
+                            self.rep[j] = True
                         self.huge[g] = self.gref[g] = False
                         er["released"] += G
-                    for j in self.granule(g):
-                        self.rep[j] = True
                 continue
             er["applied"] += 1
             i = a
@@ -381,6 +384,9 @@ class RefHost:
                     er["splits"] += 1
                 for j in range(i, gend):
                     r = self.res[j]
+                    if r == UNBACKED:
+                        continue  # the host held nothing: no discard, the mark stays as it was
+                    self.rep[j] = True
                     if r == SWAPPED:
                         self.set_res(j, UNBACKED)
                         er["swap_freed"] += 1
@@ -388,10 +394,9 @@ class RefHost:
                         if r == BACKED:
                             self.set_res(j, LAZY)
                             er["lazied"] += 1
-                    elif r != UNBACKED:
+                    else:
                         self.set_res(j, UNBACKED)
                         er["released"] += 1
-                    self.rep[j] = True
                 i = gend
         return er
 
@@ -442,3 +447,14 @@ def test_reference_model_basic_release_and_refault():
     assert er["released"] == 512 and ref.pool == 2 << 20
     ev = ref.touch(1, [5], [1])
     assert ev["refault"] == 512 and ev["fault_huge"] == 1
+
+
+def test_reference_model_counts_refaults_only_of_memory_discarded_while_held():
+    cfg = HostConfig(memory_bytes=8 << 20, thp=True)
+    ref = RefHost(cfg)
+    ref.add_guest(1, 2048, "dontneed")
+    ref.touch(1, [0], [1])  # granule 0 only
+    ref.report(1, [0], [10])  # granules 0 (backed) and 1 (never touched)
+    ref.report(1, [0], [10])  # nothing held now: changes nothing
+    ev = ref.touch(1, [0], [1024])
+    assert (ev["refault"], ev["refault_huge"], ev["fault_huge"]) == (512, 1, 2)

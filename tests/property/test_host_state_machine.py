@@ -101,6 +101,7 @@ class HostMachine(RuleBasedStateMachine):
         assert got.prior_pages == {k: ev[k] for k in ("unbacked", "backed", "lazy", "swapped")}
         assert got.refused_pages == ev["refused"]
         assert got.refault_pages == ev["refault"]
+        assert got.refault_huge_faults == ev["refault_huge"]
         assert got.lazy_reuse_pages == ev["lazy_reuse"]
         assert got.oom_events == ev["oom"]
         assert got.stopped_guests == tuple(ev["stopped"])

@@ -75,7 +75,7 @@ def test_null_cost_port_and_bad_size():
         BackingView(0)
 
 
-class PerPageCost:
+class PerPageCost(NullCostPort):
     def price_touch(self, counts):
         return int(counts[NEVER] * 10 + counts[DISCARDED] * 100 + counts[SWAPPED] * 1000)
 

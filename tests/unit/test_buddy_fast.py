@@ -14,10 +14,12 @@ from services.guest.core import _kernels as k
 from services.guest.core.backing import BackingView
 from services.guest.core.buddy import BuddyAllocator
 from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
-from services.guest.core.constants import DMA32_END_PFN, MIGRATE_MOVABLE, MIGRATE_UNMOVABLE
+from services.guest.core.constants import MIGRATE_MOVABLE, MIGRATE_UNMOVABLE
 from tests.guest_helpers import check_invariants, snapshot
 
 BYTES_PER_PAGE_BUDGET = 12  # design budget: allocator state + BackingView byte
+
+DMA32_END_PFN = (4 << 30) >> 12  # an explicit 4 GiB DMA32/Normal split
 
 
 def raw_state(a: BuddyAllocator) -> bytes:
@@ -113,7 +115,7 @@ def test_one_batch_equals_one_call_per_block(profile, order):
 
 
 def test_full_4gib_cycle_returns_every_page():
-    cfg = GuestConfig(nr_pages=1 << 20)
+    cfg = GuestConfig(nr_pages=1 << 20, zones="single")
     a = BuddyAllocator(cfg)
     wmin = a.watermarks(0)[0]
     blocks = a.alloc(0, MIGRATE_MOVABLE, cfg.nr_pages)
@@ -127,7 +129,7 @@ def test_full_4gib_cycle_returns_every_page():
 
 
 def test_two_zones_split_at_dma32_end():
-    cfg = GuestConfig(nr_pages=DMA32_END_PFN + (1 << 16), zones="dma32_normal")
+    cfg = GuestConfig(nr_pages=DMA32_END_PFN + (1 << 16), lowmem_pages=DMA32_END_PFN)
     a = BuddyAllocator(cfg)
     assert a.nr_zones == 2
     assert a.zone_range(0) == (0, DMA32_END_PFN)
@@ -161,7 +163,7 @@ def test_two_zone_guest_matches_reference(profile):
 
     cfg = GuestConfig(
         nr_pages=DMA32_END_PFN + (1 << 14),
-        zones="dma32_normal",
+        lowmem_pages=DMA32_END_PFN,
         profile=profile,
         pcp=PcpConfig(batch=8, high=40),
         reporting=ReportingConfig(capacity=4),

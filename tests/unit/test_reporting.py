@@ -8,12 +8,14 @@ from itertools import pairwise
 import pytest
 
 from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
-from services.guest.core.constants import DMA32_END_PFN, MIGRATE_MOVABLE
+from services.guest.core.constants import MIGRATE_MOVABLE
 from services.guest.core.reporting import REPORT_BATCH_FULL, PageReportingWorker
 from tests.guest_helpers import SEC_NS, RecordingReporter, check_invariants, small_config
 
 NO_PCP = PcpConfig(enabled=False)
 MS_NS = 1_000_000
+
+DMA32_END_PFN = (4 << 30) >> 12  # an explicit 4 GiB DMA32/Normal split
 
 
 class VisitCounter:
@@ -42,7 +44,7 @@ class VisitCounter:
 
 def worker_for(kind, cfg, rec):
     a = kind(cfg)
-    return a, PageReportingWorker(a, cfg.reporting, rec)
+    return a, PageReportingWorker(a, cfg.reporting, rec, rec)  # rec prices calls: latency_ns
 
 
 def test_state_machine_register_request_idle(allocator_factory):
@@ -68,8 +70,9 @@ def test_request_during_pass_rearms_after_pass_end(allocator_factory):
     _a, w = worker_for(allocator_factory, small_config(), rec)
     rec.on_report = lambda now_ns, pfns, orders: w.request(now_ns)  # a notify while ACTIVE
     w.register(0)
-    w.run_until(2 * SEC_NS)
-    assert [c[0] for c in rec.calls] == [2 * SEC_NS, 2 * SEC_NS + 100 * MS_NS]
+    w.run_until(2 * SEC_NS + 200 * MS_NS)
+    # calls complete (and are recorded) 100 ms after they start; the pass ends at 2.2 s
+    assert [c[0] for c in rec.calls] == [2 * SEC_NS + 100 * MS_NS, 2 * SEC_NS + 200 * MS_NS]
     assert w.state == w.REQUESTED
     assert w.next_event_ns() == 2 * SEC_NS + 200 * MS_NS + 2 * SEC_NS
 
@@ -78,10 +81,12 @@ def test_request_while_last_pass_still_reporting_waits_for_its_end(allocator_fac
     rec = RecordingReporter(latency_ns=3 * SEC_NS)
     _a, w = worker_for(allocator_factory, small_config(), rec)
     w.register(0)
-    w.run_until(2 * SEC_NS)  # two calls: the pass ends at 8 s
-    assert w.state == w.IDLE
-    w.request(3 * SEC_NS)
-    assert w.next_event_ns() == 10 * SEC_NS
+    w.run_until(3 * SEC_NS)  # two calls: the first is in flight until 5 s, the pass ends at 8 s
+    assert w.state == w.ACTIVE and w.next_event_ns() == 5 * SEC_NS
+    w.request(3 * SEC_NS)  # ACTIVE -> REQUESTED: nothing scheduled until the pass ends
+    assert w.next_event_ns() == 5 * SEC_NS
+    w.run_until(8 * SEC_NS)
+    assert w.state == w.REQUESTED and w.next_event_ns() == 10 * SEC_NS
 
 
 def test_at_most_budget_plus_one_calls_per_list_visit(allocator_factory):
@@ -123,7 +128,8 @@ def test_batch_is_shared_across_orders_and_leftover_flushed(allocator_factory):
     a.free(x[:1], 9)
     w.register(0)
     w.run_until(2 * SEC_NS)
-    assert [c[2] for c in rec.calls] == [[9, 10, 10, 10], [10, 10, 10, 10]]
+    # the device sees each batch in reverse isolation order (§4.4)
+    assert [c[2] for c in rec.calls] == [[10, 10, 10, 9], [10, 10, 10, 10]]
     assert w.reported_blocks == 8 and w.reported_pages == 512 + 7 * 1024
     assert a.reported_pages() == 8192 - 512
 
@@ -146,7 +152,7 @@ def test_error_stops_pass_before_next_zone():
     """Two zones: an error in DMA32 ends the pass; Normal is not visited (§4.7)."""
     rec = RecordingReporter(errors=[1])
     nr_pages = DMA32_END_PFN + (1 << 18)
-    cfg = GuestConfig(nr_pages=nr_pages, zones="dma32_normal")
+    cfg = GuestConfig(nr_pages=nr_pages, lowmem_pages=DMA32_END_PFN)
     from services.guest.core.reference import ReferenceAllocator
 
     a = ReferenceAllocator(cfg)

@@ -1,11 +1,16 @@
 """Experiment spec validation, overrides, placement and run identity (no Ray, no sockets)."""
 
+from typing import get_args
+
 import pytest
 
-from services.sim.core_configs import host_config
+from services.guest.core.config import GuestConfig
+from services.guest.core.constants import MACHINES, ZONE_LAYOUTS
+from services.guest.core.watermarks import zone_ranges
+from services.sim.core_configs import guest_config, host_config
 from services.sim.placement import place, shard_guests
 from services.sim.quantities import parse_duration_ns, parse_size_bytes
-from services.sim.spec import SpecError, baseline_spec, load_spec, load_spec_text
+from services.sim.spec import GuestGroup, SpecError, baseline_spec, load_spec, load_spec_text
 
 BASE = """
 name: t
@@ -134,3 +139,102 @@ def test_bad_sync_settings_name_the_field(extra, message):
     with pytest.raises(SpecError) as e:
         load_spec_text(BASE + extra)
     assert message in str(e.value)
+
+
+# --- guest kernel settings: zones, machine, lowmem, dma_zone, vcpus, sysctls ---
+
+GUEST = """
+name: t
+duration: 10s
+hosts: [{name: h, memory: 64GiB}]
+guest_groups: [{name: g, memory: 4GiB}]
+"""
+
+
+def _guest_cfg(*overrides: str):
+    spec = load_spec_text(GUEST, [f"guest_groups.0.{o}" for o in overrides])
+    return guest_config(spec.guest_groups[0])
+
+
+def test_spec_guest_defaults_are_the_core_defaults():
+    group = load_spec_text(GUEST).guest_groups[0]
+    assert (group.zones, group.machine, group.lowmem) == ("auto", "q35", None)
+    assert guest_config(group) == GuestConfig(nr_pages=(4 << 30) // 4096)
+
+
+def test_spec_choices_are_the_cores():
+    assert set(get_args(GuestGroup.model_fields["zones"].annotation)) == set(ZONE_LAYOUTS)
+    assert set(get_args(GuestGroup.model_fields["machine"].annotation)) == set(MACHINES)
+
+
+@pytest.mark.parametrize(
+    "override, field, expected",
+    [
+        ("zones=single", "zones", "single"),
+        ("zones=auto", "zones", "auto"),
+        ("machine=pc", "machine", "pc"),
+        ("lowmem=2GiB", "lowmem_pages", (2 << 30) // 4096),
+        ("lowmem=3072MiB", "lowmem_pages", (3 << 30) // 4096),
+        (f"lowmem={8 << 30}", "lowmem_pages", (8 << 30) // 4096),
+        ("lowmem=null", "lowmem_pages", None),
+        ("dma_zone=false", "dma_zone", False),
+        ("vcpus=8", "vcpus", 8),
+        ("vcpus=1024", "vcpus", 1024),
+        ("min_free_kbytes=67584", "min_free_kbytes", 67584),
+        ("watermark_scale_factor=200", "watermark_scale_factor", 200),
+        ("watermark_scale_factor=3000", "watermark_scale_factor", 3000),
+        ("percpu_pagelist_high_fraction=8", "percpu_pagelist_high_fraction", 8),
+        ("percpu_pagelist_high_fraction=0", "percpu_pagelist_high_fraction", 0),
+    ],
+)
+def test_guest_kernel_settings_reach_the_guest_config(override, field, expected):
+    assert getattr(_guest_cfg(override), field) == expected
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("vcpus=0", "vcpus"),
+        ("vcpus=2000", "vcpus"),
+        ("machine=virt", "machine"),
+        ("lowmem=3MiB", "lowmem"),
+        ("lowmem=0", "lowmem"),
+        ("lowmem=2050MiB", "lowmem"),
+        ("lowmem=2TiB", "lowmem"),
+        ("lowmem=lots", "lowmem"),
+        ("percpu_pagelist_high_fraction=5", "percpu_pagelist_high_fraction"),
+        ("percpu_pagelist_high_fraction=-1", "percpu_pagelist_high_fraction"),
+        ("watermark_scale_factor=0", "watermark_scale_factor"),
+        ("watermark_scale_factor=3001", "watermark_scale_factor"),
+        ("min_free_kbytes=0", "min_free_kbytes"),
+        ("zones=dma32_normal", "zones"),
+        ("dma_zone=maybe", "dma_zone"),
+    ],
+)
+def test_bad_guest_kernel_settings_name_the_field(override, field):
+    with pytest.raises(SpecError) as e:
+        load_spec_text(GUEST, [f"guest_groups.0.{override}"])
+    assert [p for p, _ in e.value.errors] == [f"guest_groups.0.{field}"]
+    assert field in str(e.value)
+
+
+def test_zone_layout_follows_the_machine_and_lowmem():
+    gib = (1 << 30) // 4096
+    assert zone_ranges(_guest_cfg()) == [(0, 2 * gib), (2 * gib, 4 * gib)]  # q35, 4 GiB
+    assert zone_ranges(_guest_cfg("memory=2GiB")) == [(0, 2 * gib)]
+    assert zone_ranges(_guest_cfg("memory=2816MiB")) == [(0, 2 * gib), (2 * gib, 2816 * 256)]
+    assert zone_ranges(_guest_cfg("machine=pc")) == [(0, 3 * gib), (3 * gib, 4 * gib)]
+    assert zone_ranges(_guest_cfg("machine=pc", "memory=3GiB")) == [(0, 3 * gib)]
+    assert zone_ranges(_guest_cfg("lowmem=1GiB")) == [(0, gib), (gib, 4 * gib)]
+    assert zone_ranges(_guest_cfg("lowmem=4GiB")) == [(0, 4 * gib)]
+    assert zone_ranges(_guest_cfg("lowmem=8GiB")) == [(0, 4 * gib)]
+    assert zone_ranges(_guest_cfg("zones=single")) == [(0, 4 * gib)]
+
+
+def test_guest_kernel_settings_are_part_of_the_run_id():
+    base = load_spec_text(GUEST).run_id()
+    ids = {
+        load_spec_text(GUEST, [f"guest_groups.0.{o}"]).run_id()
+        for o in ("machine=pc", "lowmem=1GiB", "dma_zone=false", "vcpus=2")
+    }
+    assert base not in ids and len(ids) == 4

@@ -10,12 +10,14 @@ State is a handful of flat numpy arrays, passed to every kernel:
   order/flags keeps a page's state in two cache lines.
 * per pageblock: ``pbmt`` int8 migratetype.
 * ``fl`` int32 (nr_zones * nr_orders * MIGRATE_TYPES, 2): [head, tail] of each free
-  list; ``pcp`` int32 (nr_zones * nr_pcp_lists, 2): the same for the pcp lists.
+  list.
 * ``nr_free`` int64 (nr_zones, nr_orders): blocks per order, all migratetypes.
 * ``zone`` int64 (nr_zones, Z_FIELDS) and ``g`` int64 (G_FIELDS): scalars.
-* ``pcp_idx`` int8 (nr_orders): pcp list group of an order, -1 if not pcp-eligible.
+* ``pcp`` int32 (nr_zones * ncpu * nr_pcp_lists, 2): [head, tail] of each pcp list;
+  ``pcs`` int64 (nr_zones * ncpu, P_FIELDS): each per-CPU list set's scalars.
+* ``pcp_idx`` int8 (nr_orders): first pindex of an order, -1 if the order has no pcp list.
 * ``coins`` uint64: pre-drawn shuffle coin words (§2.3, §5), consumed LSB first.
-* ``scratch`` int64: room for one pcp drain (blocks taken before they are freed).
+* ``scratch`` int64: blocks taken from a pcp before they are buddy-freed (a chunk).
 
 Every kernel is called once per batch. Helpers are ``inline='always'`` and take the
 geometry as scalars so the hot loops stay flat: a numba call that passes the state
@@ -72,12 +74,24 @@ Z_FREE = 2  # NR_FREE_PAGES
 Z_MIN = 3
 Z_LOW = 4
 Z_HIGH = 5
-Z_PCP_COUNT = 6
-Z_PCP_BATCH = 7
-Z_PCP_HIGH = 8
-Z_PCP_CURSOR = 9  # last pcp list drained (round-robin position)
-Z_PCP_MASK = 10  # bit li set <=> pcp list li of the zone is non-empty
-Z_FIELDS = 11
+Z_BELOW_HIGH = 6  # modern ZONE_BELOW_HIGH
+Z_FIELDS = 7
+
+# pcs[] fields: one row per (zone, vCPU), row = zone * ncpu + cpu (struct per_cpu_pages)
+P_COUNT = 0  # pages on the lists
+P_BATCH = 1
+P_HIGH = 2  # 5.7/6.1: fixed; modern: auto-tuned in [P_HIGH_MIN, P_HIGH_MAX]
+P_HIGH_MIN = 3
+P_HIGH_MAX = 4
+P_FREE_FACTOR = 5  # 6.1
+P_FREE_COUNT = 6  # modern
+P_ALLOC_FACTOR = 7  # modern
+P_PREV_HIGH_ORDER = 8  # modern PCPF_PREV_FREE_HIGH_ORDER
+P_MASK = 9  # bit li set <=> pcp list li is non-empty
+P_FIELDS = 10
+
+COSTLY_ORDER = 3  # PAGE_ALLOC_COSTLY_ORDER
+PCP_BATCH_SCALE_MAX = 5  # CONFIG_PCP_BATCH_SCALE_MAX
 
 # g[] fields
 G_NR_PAGES = 0
@@ -92,9 +106,12 @@ G_REPORTED_PAGES = 8
 G_COIN_POS = 9  # coin bits consumed
 G_COIN_END = 10  # coin bits available
 G_CAPACITY = 11  # PAGE_REPORTING_CAPACITY
-G_NR_PCP_LISTS = 12  # per zone
+G_NR_PCP_LISTS = 12  # per (zone, vCPU)
 G_ZONE_SPLIT = 13  # first pfn of zone 1 (nr_pages with a single zone)
-G_FIELDS = 14
+G_NCPU = 14  # vCPUs
+G_THP_ORDER = 15  # the order of the THP pcp list(s), -1 if none
+G_FREE_HIGH_BATCH = 16  # modern PCPF_FREE_HIGH_BATCH
+G_FIELDS = 17
 
 # report_fill statuses (docs/core-api.md)
 REPORT_LIST_END = 0
@@ -305,37 +322,6 @@ def _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, to_tail
 
 
 @njit(inline="always")
-def _pcp_take(lk, pg, pcp, zone, g, z, target, scratch):
-    """free_pcppages_bulk, first half: take blocks round-robin over the zone's pcp lists
-    (one block from a list's tail per turn) until target pages; returns how many blocks.
-    The buddy frees come after: they do not touch the pcp lists, so the order is kept."""
-    nl = g[G_NR_PCP_LISTS]
-    base = z * nl
-    li = zone[z, Z_PCP_CURSOR]
-    mask = zone[z, Z_PCP_MASK]
-    taken = 0
-    pages = 0
-    while pages < target and mask != 0:
-        li += 1
-        if li >= nl or (mask >> li) == 0:
-            li = 0
-        while not (mask >> li) & 1:  # skip empty lists
-            li += 1
-        pfn = np.int64(pcp[base + li, TAIL])
-        _unlink(lk, pcp, base + li, pfn)
-        if pcp[base + li, HEAD] == NIL:
-            mask &= ~(np.int64(1) << li)
-        size = np.int64(1) << pg[pfn, ORD]
-        zone[z, Z_PCP_COUNT] -= size
-        pages += size
-        scratch[taken] = pfn
-        taken += 1
-    zone[z, Z_PCP_MASK] = mask
-    zone[z, Z_PCP_CURSOR] = li
-    return taken
-
-
-@njit(inline="always")
 def _prefetch_merge_level(lk, pg, max_order, pfn, order, level):
     """Stage level+1 of the prefetch pipeline for a future buddy free of (pfn, order):
     follow the merges of the levels before this one (earlier stages warmed their lines),
@@ -396,8 +382,9 @@ def _prefetch_frees(lk, pg, max_order, blocks, j, n, order):
 
 
 @njit(inline="always")
-def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n):
-    """Buddy-free blocks[:n] in order (each at its pg order, pageblock mt re-read), notifying."""
+def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n, cached_mt):
+    """Buddy-free blocks[:n] in order (each at its pg order), notifying; the migratetype is
+    the one cached in the block's flags (cached_mt) or the pageblock's."""
     pb = g[G_PB_ORDER]
     max_order = g[G_MAX_ORDER]
     for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
@@ -406,61 +393,297 @@ def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n):
         _prefetch_frees(lk, pg, max_order, blocks, j, n, -1)
         pfn = blocks[j]
         order = np.int64(pg[pfn, ORD])
-        mt = np.int64(pbmt[pfn >> pb])
+        mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
         _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
 
 
-@njit(cache=True, _nrt=False)
-def k_free(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, coins, scratch, pfns, order):
-    """free(): pcp-eligible orders to the pcp list head (drain at high), others to the buddy."""
-    pi = np.int64(pcp_idx[order])
-    pb = g[G_PB_ORDER]
+# ---------------------------------------------------------------- per-CPU lists (§3.4)
+
+
+@njit(inline="always")
+def _pindex(g, pcp_idx, order, mt):
+    """order_to_pindex: low orders per (order, mt); the THP list(s) shared (6.1) or by
+    movability (modern). mt is the list type (< MT_PCPTYPES)."""
+    base = np.int64(pcp_idx[order])
+    if order == g[G_THP_ORDER]:
+        if g[G_PROFILE] == PROFILE_MODERN and mt == MT_MOVABLE:
+            return base + 1
+        return base
+    return base + mt
+
+
+@njit(inline="always")
+def _pcp_push(lk, pg, pcp, pcs, g, zc, li, pfn, order, mt):
+    """Link a block at the head of pcp list li of (zone, cpu) zc, mt cached in its flags."""
+    _link_head(lk, pcp, zc * g[G_NR_PCP_LISTS] + li, pfn)
+    pcs[zc, P_MASK] |= np.int64(1) << li
+    pg[pfn, FLG] = ST_PCP | (mt << MT_SHIFT)
+    pcs[zc, P_COUNT] += np.int64(1) << order
+
+
+@njit(inline="always")
+def _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken):
+    """Buddy-free the blocks taken from a pcp: 5.7/6.1 with the migratetype cached at free
+    time (no pageblock of the model is ever isolated), modern with the pageblock's."""
+    if taken > 0:
+        _free_pages_bulk(
+            lk,
+            pg,
+            pbmt,
+            fl,
+            nr_free,
+            zone,
+            g,
+            coins,
+            scratch,
+            taken,
+            g[G_PROFILE] != PROFILE_MODERN,
+        )
+
+
+@njit(inline="always")
+def _take_tail(lk, pg, pcp, pcs, g, zc, li):
+    """Unlink the tail block of pcp list li of zc; returns (pfn, pages)."""
+    lid = zc * g[G_NR_PCP_LISTS] + li
+    pfn = np.int64(pcp[lid, TAIL])
+    _unlink(lk, pcp, lid, pfn)
+    if pcp[lid, HEAD] == NIL:
+        pcs[zc, P_MASK] &= ~(np.int64(1) << li)
+    size = np.int64(1) << pg[pfn, ORD]
+    pcs[zc, P_COUNT] -= size
+    return pfn, size
+
+
+@njit(_nrt=False)
+def _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count, pindex):
+    """5.14+ free_pcppages_bulk: the list pindex first; each list emptied from its tail
+    before moving round-robin to the next non-empty one, until count pages are freed.
+    Blocks are freed in the order taken (the buddy frees do not touch the pcp lists),
+    in chunks of the scratch size."""
     nl = g[G_NR_PCP_LISTS]
-    size = np.int64(1) << order
+    count = min(count, pcs[zc, P_COUNT])
+    li = pindex - 1
+    taken = 0
+    cap = scratch.shape[0]
+    while count > 0:
+        li += 1
+        if li >= nl:
+            li = 0
+        while not (pcs[zc, P_MASK] >> li) & 1:
+            li += 1
+            if li >= nl:
+                li = 0
+        while count > 0 and (pcs[zc, P_MASK] >> li) & 1:
+            pfn, size = _take_tail(lk, pg, pcp, pcs, g, zc, li)
+            count -= size
+            scratch[taken] = pfn
+            taken += 1
+            if taken == cap:
+                _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+                taken = 0
+    _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+
+
+@njit(_nrt=False)
+def _bulk_free_57(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count):
+    """5.7 free_pcppages_bulk: the cursor starts before list 0 every call and moves first
+    (MOVABLE is visited first); batch_free grows per list visited, empty ones included,
+    and shrinks per page; at batch_free == 3 the only non-empty list gives up the rest."""
+    count = min(count, pcs[zc, P_COUNT])
+    li = 0
+    batch_free = 0
+    taken = 0
+    cap = scratch.shape[0]
+    while count > 0:
+        while True:
+            batch_free += 1
+            li += 1
+            if li == MT_PCPTYPES:
+                li = 0
+            if (pcs[zc, P_MASK] >> li) & 1:
+                break
+        if batch_free == MT_PCPTYPES:
+            batch_free = count
+        while True:
+            pfn, _ = _take_tail(lk, pg, pcp, pcs, g, zc, li)
+            scratch[taken] = pfn
+            taken += 1
+            if taken == cap:
+                _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+                taken = 0
+            count -= 1
+            if count == 0:
+                break
+            batch_free -= 1
+            if batch_free == 0 or not (pcs[zc, P_MASK] >> li) & 1:
+                break
+    _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+
+
+@njit(_nrt=False)
+def _drain_zc(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc):
+    """drain_pages_zone: all of one pcp (5.7: its bulk rule; 5.14+: lists in pindex order)."""
+    count = pcs[zc, P_COUNT]
+    if count == 0:
+        return
+    if g[G_PROFILE] == PROFILE_5_7:
+        _bulk_free_57(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count)
+    else:
+        _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count, 0)
+
+
+@njit(_nrt=False)
+def _drain_all(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch):
+    """drain_all_pages: every vCPU, and on each every zone ascending."""
+    ncpu = g[G_NCPU]
+    for cpu in range(ncpu):
+        for z in range(g[G_NR_ZONES]):
+            _drain_zc(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, z * ncpu + cpu)
+
+
+@njit(inline="always")
+def _nr_pcp_high(pcs, zone, z, zc, free_high):
+    """modern nr_pcp_high: the drain threshold; moves pcs[zc, P_HIGH] on the way."""
+    batch = pcs[zc, P_BATCH]
+    hmin = pcs[zc, P_HIGH_MIN]
+    hmax = pcs[zc, P_HIGH_MAX]
+    high = min(max(pcs[zc, P_HIGH], hmin), hmax)
+    pcs[zc, P_HIGH] = high
+    if high == 0:
+        return np.int64(0)
+    if free_high:
+        pcs[zc, P_HIGH] = max(high - (batch << PCP_BATCH_SCALE_MAX), hmin)
+        return np.int64(0)
+    if hmin == hmax:
+        return high
+    if zone[z, Z_BELOW_HIGH] != 0:  # any free with count >= high_min drains
+        pcs[zc, P_HIGH] = max(high - max(pcs[zc, P_FREE_COUNT], batch), hmin)
+        return max(pcs[zc, P_COUNT], hmin)
+    if pcs[zc, P_COUNT] >= high:
+        need_high = pcs[zc, P_FREE_COUNT] + batch
+        if pcs[zc, P_HIGH] < need_high:
+            pcs[zc, P_HIGH] = min(max(need_high, hmin), hmax)
+    return high
+
+
+@njit(inline="always")
+def _commit_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, z, zc, order, li):
+    """free_unref_page_commit after the push: drain per the profile (§3.4)."""
+    profile = g[G_PROFILE]
+    batch = pcs[zc, P_BATCH]
+    if profile == PROFILE_5_7:
+        if pcs[zc, P_COUNT] >= pcs[zc, P_HIGH]:
+            _bulk_free_57(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, batch)
+        return
+    if profile == PROFILE_6_1:
+        ff = pcs[zc, P_FREE_FACTOR]
+        free_high = ff > 0 and 1 <= order <= COSTLY_ORDER
+        high = np.int64(0) if free_high else pcs[zc, P_HIGH]
+        if pcs[zc, P_COUNT] < high:
+            return
+        if free_high:
+            n = pcs[zc, P_COUNT]
+        elif high < batch:
+            n = np.int64(1)
+        else:
+            hi = high - batch
+            n = batch << ff if ff < 62 else hi
+            if n < hi:
+                pcs[zc, P_FREE_FACTOR] = ff + 1
+            n = min(max(n, batch), hi)  # the kernel's clamp: hi wins when hi < lo
+        _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, n, li)
+        return
+    pcs[zc, P_ALLOC_FACTOR] >>= 1
+    free_high = False
+    if 1 <= order <= COSTLY_ORDER:
+        free_high = (
+            pcs[zc, P_FREE_COUNT] >= batch + (pcs[zc, P_HIGH_MIN] >> 1)
+            and pcs[zc, P_PREV_HIGH_ORDER] != 0
+            and (g[G_FREE_HIGH_BATCH] == 0 or pcs[zc, P_COUNT] >= batch)
+        )
+        pcs[zc, P_PREV_HIGH_ORDER] = 1
+    else:
+        pcs[zc, P_PREV_HIGH_ORDER] = 0
+    if pcs[zc, P_FREE_COUNT] < batch << PCP_BATCH_SCALE_MAX:
+        pcs[zc, P_FREE_COUNT] += np.int64(1) << order
+    high = _nr_pcp_high(pcs, zone, z, zc, free_high)
+    if pcs[zc, P_COUNT] < high:
+        return
+    if free_high:
+        n = min(pcs[zc, P_COUNT], batch << PCP_BATCH_SCALE_MAX)
+    elif high < batch:
+        n = np.int64(1)
+    else:
+        n = min(max(pcs[zc, P_FREE_COUNT], batch), high - batch)
+    _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, n, li)
+    if zone[z, Z_BELOW_HIGH] != 0 and zone[z, Z_FREE] > zone[z, Z_HIGH]:
+        zone[z, Z_BELOW_HIGH] = 0
+
+
+@njit(cache=True, _nrt=False)
+def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, coins, scratch, pfns, order, cpu):
+    """free(): pcp orders to the head of the vCPU's pcp list (drain per profile), others,
+    and ISOLATE pageblocks, to the buddy."""
+    pcp_order = pcp_idx[order] >= 0
+    pb = g[G_PB_ORDER]
+    ncpu = g[G_NCPU]
     n = pfns.shape[0]
     max_order = g[G_MAX_ORDER]
-    if pi < 0:
+    if not pcp_order:
         for i in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
             _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
     for i in range(n):
-        if pi < 0:
+        if not pcp_order:
             _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
         elif i + PREFETCH_DISTANCE < n:
             _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
         pfn = pfns[i]
         mt = np.int64(pbmt[pfn >> pb])
-        if pi < 0 or mt >= MT_PCPTYPES:  # pcp only for pcp orders and types
+        if not pcp_order or mt == MT_ISOLATE:
             _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
             continue
         z = np.int64(pfn >= g[G_ZONE_SPLIT])
-        li = pi * MT_PCPTYPES + mt
-        _link_head(lk, pcp, z * nl + li, pfn)
-        zone[z, Z_PCP_MASK] |= np.int64(1) << li
-        pg[pfn, FLG] = ST_PCP | (mt << MT_SHIFT)
-        zone[z, Z_PCP_COUNT] += size
-        while zone[z, Z_PCP_COUNT] >= zone[z, Z_PCP_HIGH]:
-            taken = _pcp_take(lk, pg, pcp, zone, g, z, zone[z, Z_PCP_BATCH], scratch)
-            _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+        zc = z * ncpu + cpu
+        li = _pindex(g, pcp_idx, order, mt if mt < MT_PCPTYPES else MT_MOVABLE)
+        _pcp_push(lk, pg, pcp, pcs, g, zc, li, pfn, order, mt)
+        _commit_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, z, zc, order, li)
 
 
 @njit(cache=True, _nrt=False)
-def k_drain_pcp(lk, pg, pbmt, fl, pcp, nr_free, zone, g, coins, scratch):
-    """drain_pcp(): every pcp list completely, zones and lists ascending, tail first."""
-    nl = g[G_NR_PCP_LISTS]
-    for z in range(g[G_NR_ZONES]):
-        for li in range(nl):
-            lid = z * nl + li
-            while pcp[lid, TAIL] != NIL:
-                taken = 0
-                while pcp[lid, TAIL] != NIL and taken < scratch.shape[0]:
-                    pfn = np.int64(pcp[lid, TAIL])
-                    _unlink(lk, pcp, lid, pfn)
-                    zone[z, Z_PCP_COUNT] -= np.int64(1) << pg[pfn, ORD]
-                    scratch[taken] = pfn
-                    taken += 1
-                _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
-            zone[z, Z_PCP_MASK] &= ~(np.int64(1) << li)
+def k_drain_pcp(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch):
+    """drain_pcp(): drain_all_pages."""
+    _drain_all(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch)
+
+
+@njit(cache=True, _nrt=False)
+def k_decay_pcp(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch):
+    """modern decay_pcp_high on every vCPU, zones ascending: high steps an eighth toward
+    high_min (never below count - (batch << 5)); the pages above it are freed from list 0.
+    Returns how many pcps still had work."""
+    ncpu = g[G_NCPU]
+    todo = 0
+    for cpu in range(ncpu):
+        for z in range(g[G_NR_ZONES]):
+            zc = z * ncpu + cpu
+            hmin = pcs[zc, P_HIGH_MIN]
+            high = pcs[zc, P_HIGH]
+            if high > hmin:
+                high = max(
+                    pcs[zc, P_COUNT] - (pcs[zc, P_BATCH] << PCP_BATCH_SCALE_MAX),
+                    high - (high >> 3),
+                    hmin,
+                )
+                pcs[zc, P_HIGH] = high
+                if high > hmin:
+                    todo += 1
+            to_drain = pcs[zc, P_COUNT] - high
+            if to_drain > 0:
+                _bulk_free(
+                    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, to_drain, 0
+                )
+                todo += 1
+    return todo
 
 
 @njit(cache=True, _nrt=False)
@@ -625,7 +848,8 @@ def _fallback_5_7(lk, pg, pbmt, fl, nr_free, g, z, order, start_mt, nofrag):
     max_order = g[G_MAX_ORDER]
     pb = g[G_PB_ORDER]
     to_tail = g[G_PROFILE] != PROFILE_5_7  # move_to_free_list goes to the tail from 5.10
-    min_order = pb if nofrag and order < pb else order  # ALLOC_NOFRAGMENT
+    # ALLOC_NOFRAGMENT: every request order in 5.7; 6.1 has the order < pageblock guard
+    min_order = pb if nofrag and (g[G_PROFILE] == PROFILE_5_7 or order < pb) else order
     found = -1
     co = max_order
     while co >= min_order:
@@ -731,39 +955,111 @@ def _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag):
 
 
 @njit(inline="always")
-def _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi, nofrag):
-    """rmqueue_pcplist: pop the head; refill an empty list with batch >> order blocks."""
-    li = pi * MT_PCPTYPES + mt
-    lid = z * g[G_NR_PCP_LISTS] + li
+def _pcp_pop_factor(pcs, g, zc, pops):
+    """rmqueue_pcplist's halving on every pcp allocation: 6.1 free_factor, modern
+    free_count (pops allocations in a row)."""
+    profile = g[G_PROFILE]
+    if profile == PROFILE_5_7 or pops <= 0:
+        return
+    f = P_FREE_FACTOR if profile == PROFILE_6_1 else P_FREE_COUNT
+    pcs[zc, f] = pcs[zc, f] >> pops if pops < 63 else 0
+
+
+@njit(inline="always")
+def _nr_pcp_alloc(pcs, zone, g, z, zc, order):
+    """Blocks one refill takes: 5.7 batch; 6.1 max(batch >> order, 2) when batch > 1;
+    modern nr_pcp_alloc (order-0 refills grow with alloc_factor; high rises by them)."""
+    batch = pcs[zc, P_BATCH]
+    profile = g[G_PROFILE]
+    if profile == PROFILE_5_7:
+        return batch
+    if profile == PROFILE_MODERN:
+        base = batch
+        hmin = pcs[zc, P_HIGH_MIN]
+        hmax = pcs[zc, P_HIGH_MAX]
+        high = min(max(pcs[zc, P_HIGH], hmin), hmax)
+        pcs[zc, P_HIGH] = high
+        if high < base:
+            return np.int64(1)
+        if order == 0:
+            batch = base << pcs[zc, P_ALLOC_FACTOR]
+        if hmin != hmax and zone[z, Z_BELOW_HIGH] == 0:
+            high = min(high + batch, hmax)
+            pcs[zc, P_HIGH] = high
+        if order == 0:
+            max_nr_alloc = max(high - pcs[zc, P_COUNT] - base, base)
+            if batch <= max_nr_alloc and pcs[zc, P_ALLOC_FACTOR] < PCP_BATCH_SCALE_MAX:
+                pcs[zc, P_ALLOC_FACTOR] += 1
+            batch = min(batch, max_nr_alloc)
+    if batch > 1:
+        return max(batch >> order, np.int64(2))
+    return batch
+
+
+@njit(inline="always")
+def _pcp_alloc(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, z, zc, order, mt, nofrag):
+    """rmqueue_pcplist: halve the free factor, pop the head; refill an empty list first."""
+    _pcp_pop_factor(pcs, g, zc, 1)
+    li = _pindex(g, pcp_idx, order, mt)
+    lid = zc * g[G_NR_PCP_LISTS] + li
     pfn = np.int64(pcp[lid, HEAD])
     if pfn == NIL:
-        want = max(zone[z, Z_PCP_BATCH] >> order, 1)
+        want = _nr_pcp_alloc(pcs, zone, g, z, zc, order)
         for _ in range(want):
             blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
             if blk == NIL:
                 break
             _link_tail(lk, pcp, lid, blk)
             _set_head(pg, blk, order, ST_PCP, mt)
-            zone[z, Z_PCP_COUNT] += 1 << order
+            pcs[zc, P_COUNT] += 1 << order
         pfn = np.int64(pcp[lid, HEAD])
         if pfn == NIL:
             return pfn
-        zone[z, Z_PCP_MASK] |= np.int64(1) << li
+        pcs[zc, P_MASK] |= np.int64(1) << li
     _unlink(lk, pcp, lid, pfn)
     if pcp[lid, HEAD] == NIL:
-        zone[z, Z_PCP_MASK] &= ~(np.int64(1) << li)
-    zone[z, Z_PCP_COUNT] -= 1 << order
+        pcs[zc, P_MASK] &= ~(np.int64(1) << li)
+    pcs[zc, P_COUNT] -= 1 << order
     return pfn
 
 
 @njit(inline="always")
-def _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, nofrag):
+def _zone_gate(zone, g, z, order):
+    """modern: note ZONE_BELOW_HIGH when free pages fail the high mark; then the min mark."""
+    size = np.int64(1) << order
+    below = zone[z, Z_FREE] - size < zone[z, Z_HIGH]
+    if g[G_PROFILE] == PROFILE_MODERN and zone[z, Z_BELOW_HIGH] == 0 and below:
+        zone[z, Z_BELOW_HIGH] = 1
+    return zone[z, Z_FREE] - size >= zone[z, Z_MIN]
+
+
+@njit(inline="always")
+def _alloc_one(
+    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, nofrag
+):
     """One block: zones from the highest index down, each behind its min watermark."""
+    ncpu = g[G_NCPU]
     for z in range(g[G_NR_ZONES] - 1, -1, -1):
-        if zone[z, Z_FREE] - (np.int64(1) << order) < zone[z, Z_MIN]:
+        if not _zone_gate(zone, g, z, order):
             continue
-        if pi >= 0:
-            pfn = _pcp_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, z, order, mt, pi, nofrag)
+        if pcp_ok:
+            pfn = _pcp_alloc(
+                lk,
+                pg,
+                pbmt,
+                fl,
+                pcp,
+                pcs,
+                nr_free,
+                zone,
+                g,
+                pcp_idx,
+                z,
+                z * ncpu + cpu,
+                order,
+                mt,
+                nofrag,
+            )
         else:
             pfn = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
         if pfn != NIL:
@@ -772,12 +1068,28 @@ def _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, nofrag):
 
 
 @njit(inline="always")
-def _pcp_refill_direct(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n):
+def _alloc_walks(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu):
+    """With two zones the walk is first done under ALLOC_NOFRAGMENT, then without (§3.3)."""
+    two_walks = g[G_NR_ZONES] > 1
+    pfn = _alloc_one(
+        lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, two_walks
+    )
+    if pfn == NIL and two_walks:
+        pfn = _alloc_one(
+            lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, False
+        )
+    return pfn
+
+
+@njit(inline="always")
+def _pcp_refill_direct(
+    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, order, mt, li, want, out, n
+):
     """A single zone's empty pcp list refilled and popped `want` times in a row, without
-    the list: the refill's blocks go straight to out. The first pop passed the watermark
-    check before the refill; the later pops all pass or all fail the same check (nothing
-    changes NR_FREE_PAGES between them), and on failure stay on the list as the
-    step-by-step path leaves them. Returns (new n, stop)."""
+    the list: the refill's blocks go straight to out. The first pop passed its gate before
+    the refill; the later pops all pass or all fail the same gate (nothing changes
+    NR_FREE_PAGES between them). Blocks whose pop fails stay on the list, as the
+    step-by-step path leaves them, and the caller goes on step by step. Returns the new n."""
     size = np.int64(1) << order
     got = 0
     for _ in range(want):
@@ -788,48 +1100,97 @@ def _pcp_refill_direct(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, w
         out[n + got] = blk
         got += 1
     if got == 0:
-        return n, True
-    keep = got if zone[0, Z_FREE] - size >= zone[0, Z_MIN] else 1
+        return n
+    keep = 1
+    if got > 1:
+        keep = got if _zone_gate(zone, g, 0, order) else 1
+        _pcp_pop_factor(pcs, g, zc, keep - 1)
     for i in range(keep):
         _set_head(pg, out[n + i], order, ST_ALLOC, mt)
-    if keep == got:
-        return n + got, False
-    li = pi * MT_PCPTYPES + mt
-    for i in range(keep, got):
-        _link_tail(lk, pcp, li, out[n + i])
-        zone[0, Z_PCP_COUNT] += size
-    zone[0, Z_PCP_MASK] |= np.int64(1) << li
-    return n + keep, True
+    if keep < got:
+        lid = zc * g[G_NR_PCP_LISTS] + li
+        for i in range(keep, got):
+            _link_tail(lk, pcp, lid, out[n + i])
+            pcs[zc, P_COUNT] += size
+        pcs[zc, P_MASK] |= np.int64(1) << li
+    return n + keep
 
 
 @njit(cache=True, _nrt=False)
-def k_alloc(lk, pg, pbmt, fl, pcp, nr_free, zone, g, pcp_idx, order, mt, count, out):
-    """alloc(): stops at the first block no zone can supply. With two zones the walk is
-    first done under ALLOC_NOFRAGMENT, then without (§3.3)."""
-    pi = np.int64(pcp_idx[order]) if mt < MT_PCPTYPES else np.int64(-1)
-    two_walks = g[G_NR_ZONES] > 1
+def k_alloc(
+    lk,
+    pg,
+    pbmt,
+    fl,
+    pcp,
+    pcs,
+    nr_free,
+    zone,
+    g,
+    pcp_idx,
+    coins,
+    scratch,
+    order,
+    mt,
+    count,
+    cpu,
+    out,
+):
+    """alloc(): blocks until one fails; a failed block drains every pcp list and is tried
+    once more (the slow path's drain_all_pages) before the batch stops."""
+    pcp_ok = pcp_idx[order] >= 0 and mt < MT_PCPTYPES
     size = np.int64(1) << order
-    want = max(zone[0, Z_PCP_BATCH] >> order, 1)
-    direct = pi >= 0 and not two_walks
+    direct = pcp_ok and g[G_NR_ZONES] == 1
+    li = _pindex(g, pcp_idx, order, mt) if pcp_ok else np.int64(0)
+    zc = np.int64(cpu)  # zone 0 of this vCPU (single zone)
     n = 0
     while n < count:
         if (
             direct
-            and count - n >= want
-            and pcp[pi * MT_PCPTYPES + mt, HEAD] == NIL
-            and zone[0, Z_FREE] - size >= zone[0, Z_MIN]
+            and pcp[zc * g[G_NR_PCP_LISTS] + li, HEAD] == NIL
+            and _zone_gate(zone, g, 0, order)
         ):
-            n, stop = _pcp_refill_direct(
-                lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, want, out, n
+            _pcp_pop_factor(pcs, g, zc, 1)
+            want = _nr_pcp_alloc(pcs, zone, g, 0, zc, order)
+            if count - n >= want:
+                n0 = n
+                n = _pcp_refill_direct(
+                    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, order, mt, li, want, out, n
+                )
+                if n > n0:
+                    continue
+                pfn = np.int64(NIL)  # the refill found nothing: the slow path below
+            else:
+                lid = zc * g[G_NR_PCP_LISTS] + li
+                for _ in range(want):
+                    blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, 0, order, mt, False)
+                    if blk == NIL:
+                        break
+                    _link_tail(lk, pcp, lid, blk)
+                    _set_head(pg, blk, order, ST_PCP, mt)
+                    pcs[zc, P_COUNT] += size
+                pfn = np.int64(pcp[lid, HEAD])
+                if pfn != NIL:
+                    _unlink(lk, pcp, lid, pfn)
+                    if pcp[lid, HEAD] != NIL:
+                        pcs[zc, P_MASK] |= np.int64(1) << li
+                    pcs[zc, P_COUNT] -= size
+        else:
+            pfn = _alloc_walks(
+                lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu
             )
-            if stop:
-                break
-            continue
-        pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, two_walks)
-        if pfn == NIL and two_walks:
-            pfn = _alloc_one(lk, pg, pbmt, fl, pcp, nr_free, zone, g, order, mt, pi, False)
         if pfn == NIL:
-            break
+            pcp_pages = 0
+            for i in range(pcs.shape[0]):
+                pcp_pages += pcs[i, P_COUNT]
+            if pcp_pages == 0:
+                break
+            _drain_all(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch)
+            pfn = _alloc_walks(
+                lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu
+            )
+            if pfn == NIL:
+                break
         _set_head(pg, pfn, order, ST_ALLOC, mt)
         out[n] = pfn
         n += 1
@@ -949,10 +1310,11 @@ def k_check_drain(pg, g, batch_pfn, batch_order, n):
 
 @njit(cache=True, _nrt=False)
 def k_report_drain(lk, pg, pbmt, fl, nr_free, zone, g, coins, batch_pfn, batch_order, n, ok):
-    """__putback_isolated_page for each entry (§4.6), then Reported if still that head."""
+    """__putback_isolated_page for each entry in reverse isolation order (§4.6: the
+    scatterlist is filled from its end), then Reported if still that head."""
     pb = g[G_PB_ORDER]
     to_tail = g[G_PROFILE] != PROFILE_5_7
-    for i in range(n):
+    for i in range(n - 1, -1, -1):
         pfn = batch_pfn[i]
         order = np.int64(batch_order[i])
         mt = np.int64(pbmt[pfn >> pb])

@@ -5,10 +5,17 @@ touched, no host page), BACKED (resident), DISCARDED (reported and dropped by
 the host) or SWAPPED (pushed to host swap). The guest keeps this mirror so it
 can tell what a touch will cost; the host's own state stays the record. Every
 operation is vectorised over batches of ranges: no per-page Python loops.
+
+The cost port prices what the guest must know the cost of before the host has
+answered: a touch, and a report call (the reporting worker needs the call's
+latency when it starts, to know when it completes). :class:`ReportCost` holds
+the host's figures for a report call as plain ints; the simulation plan copies
+them from the host's cost model (the guest never imports the host).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -53,16 +60,78 @@ def _move_ranges(state, counts, starts, npages, from_mask, to):
 
 
 class CostPort(Protocol):
-    """Prices a touch from the page counts per prior state (the host supplies it)."""
+    """Prices guest operations in ns from host figures (the host supplies them).
+
+    ``price_touch``: a touch, from the page counts per prior state.
+    ``price_report``: one report call of the blocks (pfns, orders), >= 0.
+    """
 
     def price_touch(self, counts: np.ndarray) -> int: ...
+    def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int: ...
 
 
 class NullCostPort:
-    """Touches cost nothing (pure guest runs, tests)."""
+    """Touches and report calls cost nothing (pure guest runs, tests)."""
 
     def price_touch(self, counts: np.ndarray) -> int:
         return 0
+
+    def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
+        return 0
+
+
+ORDER_2M = 9  # a block of 2 MiB or more is discarded per 2 MiB, a smaller one per 4 KiB page
+
+
+@dataclass(frozen=True)
+class ReportCost:
+    """What one report call costs the guest, in ns: one virtqueue kick (one exit) plus the
+    host's discard of the batch (figures.md Q2; host ``costs.report_ns`` + ``discard_ns``).
+
+    ``discard_min_order``: blocks of a lower order are not discarded and cost nothing
+    beyond the exit (hugetlbfs: smaller than the huge page, §7.3); None: the host
+    discards nothing (discard mode ``disabled``: the call is only acknowledged).
+    The defaults make calls free.
+    """
+
+    exit_ns: int = 0
+    discard_4k_ns: int = 0  # per 4 KiB page of a block below 2 MiB
+    discard_2m_ns: int = 0  # per 2 MiB of a block of 2 MiB or more
+    discard_min_order: int | None = 0
+
+    def __post_init__(self) -> None:
+        for name in ("exit_ns", "discard_4k_ns", "discard_2m_ns"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"report_cost.{name} must be an int >= 0, got {value!r}")
+        if self.discard_min_order is not None and self.discard_min_order < 0:
+            raise ValueError(
+                f"report_cost.discard_min_order must be >= 0 or None, got {self.discard_min_order}"
+            )
+
+    def price(self, orders: np.ndarray) -> int:
+        """ns of one call reporting blocks of these orders."""
+        if self.discard_min_order is None:
+            return self.exit_ns
+        o = np.asarray(orders, dtype=np.int64).ravel()
+        o = o[o >= self.discard_min_order]
+        big = o >= ORDER_2M
+        ranges_2m = int(np.left_shift(1, o[big] - ORDER_2M).sum())
+        pages_4k = int(np.left_shift(1, o[~big]).sum())
+        return self.exit_ns + pages_4k * self.discard_4k_ns + ranges_2m * self.discard_2m_ns
+
+
+class ReportCostPort(NullCostPort):
+    """A guest's cost port in a simulation: report calls priced by the host's figures.
+
+    Touches are priced by the host itself (its answer's lost time), so they cost 0 here.
+    """
+
+    def __init__(self, cost: ReportCost):
+        self.cost = cost
+
+    def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
+        return self.cost.price(orders)
 
 
 def expand_ranges(starts: np.ndarray, npages: np.ndarray) -> np.ndarray:

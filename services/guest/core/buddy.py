@@ -31,6 +31,7 @@ from .watermarks import guest_pcp_sizes, guest_watermarks, zone_ranges
 
 SHUFFLE_RETRY = 10  # SHUFFLE_RETRY in mm/shuffle.c: draws per position before giving up
 COIN_WORD_BITS = 64  # shuffle_pick_tail consumes one bit of a 64-bit random word per decision
+SCRATCH_BLOCKS = 1024  # pcp blocks taken per chunk before they are buddy-freed
 
 REPORT_LIST_END = k.REPORT_LIST_END
 REPORT_BATCH_FULL = k.REPORT_BATCH_FULL
@@ -76,14 +77,18 @@ class BuddyAllocator:
         self.pg = np.zeros((nr_pages, 2), dtype=np.uint8)  # [order, flags]
         self.pbmt = np.full(nr_pages >> c.pageblock_order, MIGRATE_MOVABLE, dtype=np.int8)
         self.fl = np.full((nz * nr_orders * MIGRATE_TYPES, 2), k.NIL, dtype=np.int32)
-        nr_pcp_lists = len(self.pcp_orders) * MIGRATE_PCPTYPES
-        self.pcp = np.full((max(nz * nr_pcp_lists, 1), 2), k.NIL, dtype=np.int32)
+        self.pcp_keys = c.pcp_list_keys
+        nr_pcp_lists = len(self.pcp_keys)
+        ncpu = c.vcpus
+        self.pcp = np.full((max(nz * ncpu * nr_pcp_lists, 1), 2), k.NIL, dtype=np.int32)
+        self.pcs = np.zeros((nz * ncpu, k.P_FIELDS), dtype=np.int64)
         self.nr_free_arr = np.zeros((nz, nr_orders), dtype=np.int64)
         self.pcp_idx = np.full(nr_orders, -1, dtype=np.int8)
-        for i, order in enumerate(self.pcp_orders):
-            self.pcp_idx[order] = i
+        for i, (order, _) in enumerate(self.pcp_keys):
+            if self.pcp_idx[order] < 0:
+                self.pcp_idx[order] = i
         self.zone = np.zeros((nz, k.Z_FIELDS), dtype=np.int64)
-        for z, ((start, end), (wmin, low, high), (batch, pcp_high)) in enumerate(
+        for z, ((start, end), (wmin, low, high), (batch, high_min, high_max)) in enumerate(
             zip(ranges, guest_watermarks(c), guest_pcp_sizes(c), strict=True)
         ):
             self.zone[z, [k.Z_START, k.Z_END, k.Z_MIN, k.Z_LOW, k.Z_HIGH]] = (
@@ -93,9 +98,12 @@ class BuddyAllocator:
                 low,
                 high,
             )
-            self.zone[z, [k.Z_PCP_BATCH, k.Z_PCP_HIGH]] = batch, pcp_high
-            self.zone[z, k.Z_PCP_CURSOR] = nr_pcp_lists - 1  # the first drain starts at list 0
-        self._scratch = np.zeros(int(self.zone[:, k.Z_PCP_BATCH].max()) + 1, dtype=np.int64)
+            rows = slice(z * ncpu, (z + 1) * ncpu)
+            self.pcs[rows, k.P_BATCH] = batch
+            self.pcs[rows, k.P_HIGH] = high_min
+            self.pcs[rows, k.P_HIGH_MIN] = high_min
+            self.pcs[rows, k.P_HIGH_MAX] = high_max
+        self._scratch = np.zeros(SCRATCH_BLOCKS, dtype=np.int64)
         self.g = np.zeros(k.G_FIELDS, dtype=np.int64)
         self.g[k.G_NR_PAGES] = nr_pages
         self.g[k.G_MAX_ORDER] = c.max_order
@@ -107,6 +115,10 @@ class BuddyAllocator:
         self.g[k.G_CAPACITY] = c.reporting.capacity
         self.g[k.G_NR_PCP_LISTS] = nr_pcp_lists
         self.g[k.G_ZONE_SPLIT] = ranges[1][0] if nz > 1 else nr_pages
+        self.g[k.G_NCPU] = ncpu
+        thp = c.thp_pcp_order
+        self.g[k.G_THP_ORDER] = -1 if thp is None or not c.pcp.enabled else thp
+        self.g[k.G_FREE_HIGH_BATCH] = int(c.pcp.free_high_batch)
         self.coins = np.zeros(1, dtype=np.uint64)
 
     def per_page_nbytes(self) -> int:
@@ -182,35 +194,42 @@ class BuddyAllocator:
 
     # ------------------------------------------------------------------ operations
 
-    def alloc(self, order: int, mt: int, count: int = 1) -> np.ndarray:
-        """Allocate up to count blocks; head pfns in allocation order."""
+    def alloc(self, order: int, mt: int, count: int = 1, cpu: int = 0) -> np.ndarray:
+        """Allocate up to count blocks on vCPU cpu; head pfns in allocation order."""
         self._check_order(order, None)
+        self._check_cpu(cpu)
         if not 0 <= mt < MIGRATE_TYPES or mt == MIGRATE_ISOLATE:
             raise ValueError(f"alloc: migratetype {mt} invalid (order {order})")
         if count < 0:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
         out = np.empty(count, dtype=np.int64)
+        self._ensure_coins(self.pcp_pages() + 1)  # a failed block drains the pcp lists
         n = k.k_alloc(
             self.lk,
             self.pg,
             self.pbmt,
             self.fl,
             self.pcp,
+            self.pcs,
             self.nr_free_arr,
             self.zone,
             self.g,
             self.pcp_idx,
+            self.coins,
+            self._scratch,
             order,
             mt,
             count,
+            cpu,
             out,
         )
         return out[:n]
 
-    def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
-        """Free blocks allocated at order: pcp head or buddy (merge, place, notify)."""
+    def free(self, pfns: np.ndarray | Sequence[int], order: int, cpu: int = 0) -> None:
+        """Free blocks allocated at order on vCPU cpu: pcp head or buddy (merge, notify)."""
         arr = np.ascontiguousarray(pfns, dtype=np.int64).reshape(-1)
         self._check_order(order, arr[0] if arr.size else None)
+        self._check_cpu(cpu)
         if arr.size == 0:
             return
         code, bad = k.k_check_free(self.pg, self.g, arr, order)
@@ -223,6 +242,7 @@ class BuddyAllocator:
             self.pbmt,
             self.fl,
             self.pcp,
+            self.pcs,
             self.nr_free_arr,
             self.zone,
             self.g,
@@ -231,23 +251,48 @@ class BuddyAllocator:
             self._scratch,
             arr,
             order,
+            cpu,
         )
 
-    def drain_pcp(self) -> None:
-        """Drain every pcp list to the buddy (notifies like any buddy free)."""
-        self._ensure_coins(self.pcp_pages() + 1)
-        k.k_drain_pcp(
+    def _pcp_kernel_args(self) -> tuple:
+        return (
             self.lk,
             self.pg,
             self.pbmt,
             self.fl,
             self.pcp,
+            self.pcs,
             self.nr_free_arr,
             self.zone,
             self.g,
             self.coins,
             self._scratch,
         )
+
+    def drain_pcp(self) -> None:
+        """drain_all_pages: every pcp list to the buddy (notifies like any buddy free)."""
+        self._ensure_coins(self.pcp_pages() + 1)
+        k.k_drain_pcp(*self._pcp_kernel_args())
+
+    def decay_pcp_high(self) -> int:
+        """modern decay_pcp_high on every vCPU (vmstat_update, about once a second)."""
+        if not self.config.is_modern:
+            return 0
+        self._ensure_coins(self.pcp_pages() + 1)
+        return int(k.k_decay_pcp(*self._pcp_kernel_args()))
+
+    def pcp_decay_pending(self) -> bool:
+        """Whether decay_pcp_high would change anything (the guest keeps its timer armed)."""
+        if not self.config.is_modern:
+            return False
+        p = self.pcs
+        return bool(
+            ((p[:, k.P_HIGH] > p[:, k.P_HIGH_MIN]) | (p[:, k.P_COUNT] > p[:, k.P_HIGH])).any()
+        )
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self.config.vcpus:
+            raise ValueError(f"cpu {cpu} out of range 0..{self.config.vcpus - 1}")
 
     def _check_order(self, order: int, pfn) -> None:
         if not 0 <= order <= self.config.max_order:
@@ -367,17 +412,47 @@ class BuddyAllocator:
         return int(self.zone[:, k.Z_FREE].sum())
 
     def pcp_pages(self) -> int:
-        return int(self.zone[:, k.Z_PCP_COUNT].sum())
+        return int(self.pcs[:, k.P_COUNT].sum())
 
     def free_list(self, zone: int, order: int, mt: int) -> list[tuple[int, bool]]:
         pfns = self._walk(self.fl, self._fl_id(zone, order, mt))
         return [(pfn, bool(self.pg[pfn, k.FLG] & k.PG_REPORTED)) for pfn in pfns]
 
-    def pcp_list(self, zone: int, order: int, mt: int) -> list[int]:
+    def _pcp_lid(self, zone: int, cpu: int, pindex: int) -> int:
+        return (zone * self.config.vcpus + cpu) * int(self.g[k.G_NR_PCP_LISTS]) + pindex
+
+    def pcp_list(self, zone: int, order: int, mt: int, cpu: int = 0) -> list[int]:
+        """The pcp list an (order, mt) free goes to on vCPU cpu (6.1's THP list is shared)."""
         if self.pcp_idx[order] < 0 or not 0 <= mt < MIGRATE_PCPTYPES:
             return []
-        nl = int(self.g[k.G_NR_PCP_LISTS])
-        return self._walk(self.pcp, zone * nl + int(self.pcp_idx[order]) * MIGRATE_PCPTYPES + mt)
+        base = int(self.pcp_idx[order])
+        if order == self.config.thp_pcp_order:
+            pindex = base + int(self.config.is_modern and mt == MIGRATE_MOVABLE)
+        else:
+            pindex = base + mt
+        return self._walk(self.pcp, self._pcp_lid(zone, cpu, pindex))
+
+    def pcp_lists(self, zone: int, cpu: int = 0) -> list[list[int]]:
+        """Every pcp list of (zone, cpu) in pindex order (config.pcp_list_keys)."""
+        return [
+            self._walk(self.pcp, self._pcp_lid(zone, cpu, i)) for i in range(len(self.pcp_keys))
+        ]
+
+    def pcp_state(self, zone: int, cpu: int = 0) -> dict[str, int]:
+        """The scalars of one per_cpu_pages (and the zone's ZONE_BELOW_HIGH)."""
+        row = self.pcs[zone * self.config.vcpus + cpu]
+        return {
+            "count": int(row[k.P_COUNT]),
+            "batch": int(row[k.P_BATCH]),
+            "high": int(row[k.P_HIGH]),
+            "high_min": int(row[k.P_HIGH_MIN]),
+            "high_max": int(row[k.P_HIGH_MAX]),
+            "free_factor": int(row[k.P_FREE_FACTOR]),
+            "free_count": int(row[k.P_FREE_COUNT]),
+            "alloc_factor": int(row[k.P_ALLOC_FACTOR]),
+            "prev_free_high_order": int(row[k.P_PREV_HIGH_ORDER]),
+            "below_high": int(self.zone[zone, k.Z_BELOW_HIGH]),
+        }
 
     def pageblock_mt(self, pfn: int) -> int:
         return int(self.pbmt[pfn >> self.config.pageblock_order])

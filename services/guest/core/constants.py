@@ -35,9 +35,33 @@ PROFILE_6_1 = "6.1"
 PROFILE_MODERN = "modern"
 PROFILES = (PROFILE_5_7, PROFILE_6_1, PROFILE_MODERN)
 
-# Zone layouts. DMA32 ends at 4 GiB of guest-physical memory.
+# Zone layouts (§1.2). "auto": ZONE_DMA32 holds the RAM QEMU maps below 4 GiB and
+# ZONE_NORMAL the rest; "single": all modelled RAM in one zone (a what-if).
+ZONES_AUTO = "auto"
 ZONES_SINGLE = "single"
-ZONES_DMA32_NORMAL = "dma32_normal"
-DMA32_END_PFN = (4 << 30) >> PAGE_SHIFT
+ZONE_LAYOUTS = (ZONES_AUTO, ZONES_SINGLE)
+
+# QEMU x86 machine types and their RAM split below 4 GiB (hw/i386/pc_q35.c, pc_piix.c):
+# a guest with at least `threshold` bytes of RAM gets `lowmem` bytes below 4 GiB, the rest
+# above; a smaller guest is all below 4 GiB.
+MACHINE_Q35 = "q35"
+MACHINE_PC = "pc"
+MACHINES = (MACHINE_Q35, MACHINE_PC)
+MACHINE_LOWMEM = {  # machine -> (threshold bytes, lowmem bytes)
+    MACHINE_Q35: (0xB000_0000, 0x8000_0000),  # >= 2.75 GiB -> 2 GiB below 4 GiB
+    MACHINE_PC: (0xE000_0000, 0xC000_0000),  # >= 3.5 GiB -> 3 GiB below 4 GiB
+}
+
+# ZONE_DMA, the first 16 MiB of an x86-64 guest: populated in every QEMU guest, not
+# modelled as pages, but counted by the watermark formulas (§3.5). Default managed pages
+# from a real 6.1 guest (figures.md Q6): the one value for which both its DMA low watermark
+# (107) and its DMA32 low watermark (13,971) come out of the §3.5 formulas.
+DMA_ZONE_MANAGED_PAGES = 3889
+
+# Per-CPU lists (§3.4).
+PCP_BATCH_SCALE_MAX = 5  # CONFIG_PCP_BATCH_SCALE_MAX (6.7+): free_count / alloc_factor cap
+MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8  # 6.7+ high_max = managed / 8 / ncpus
+PCP_DECAY_INTERVAL_NS = 1_000_000_000  # vmstat_update every sysctl_stat_interval (HZ)
+MAX_VCPUS = 1024
 
 # RNG stream kinds (RNG_KIND_SHUFFLE, RNG_KIND_WORKLOAD) come from the registry in services/units.py.

@@ -1,15 +1,19 @@
 """One simulated guest: allocator + reporting worker + backing view, in simulated time.
 
 The guest owns its clock (``now_ns``, integer nanoseconds) and only moves it
-forward in :meth:`Guest.advance_to`. After every free or pcp drain that notified
-(the allocator's ``notify_count`` moved, §2.6) it requests a reporting pass
-(§4.2). Successful reports mark the reported blocks DISCARDED in the backing
-view before the result goes back to the worker.
+forward in :meth:`Guest.advance_to`, which runs the events of its timers in
+time order: the reporting worker (pass starts and report-call completions) and,
+in the modern profile, the pcp decay (decay_pcp_high at whole seconds, §3.4). After every free or pcp drain that notified (the allocator's
+``notify_count`` moved, §2.6) it requests a reporting pass (§4.2). A report
+call is priced by the cost port when it starts; when it completes, a
+successful report marks the reported blocks DISCARDED in the backing view
+before the result goes back to the worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -17,7 +21,7 @@ from services.units import RNG_KIND_SHUFFLE
 
 from .backing import BackingView, CostPort, NullCostPort
 from .config import GuestConfig
-from .constants import MIGRATE_TYPES, PAGE_SHIFT
+from .constants import MIGRATE_TYPES, PAGE_SHIFT, PCP_DECAY_INTERVAL_NS
 from .reporting import PageReporter, PageReportingWorker, ReportOutcome
 
 WORKER_STATE_NAMES = ("idle", "requested", "active")
@@ -46,12 +50,55 @@ def shuffle_rng(seed: int, guest_id: int) -> np.random.Generator:
     )
 
 
-class _DiscardingReporter:
-    """Wraps the device port: a successful report discards the blocks in the backing view."""
+class Timer(Protocol):
+    """A source of events in a guest's timeline (the reporting worker; later e.g. pcp decay)."""
 
-    def __init__(self, reporter: PageReporter, backing: BackingView):
+    def next_event_ns(self) -> int | None: ...
+    def run_until(self, now_ns: int) -> None: ...
+
+
+class _PcpDecayTimer:
+    """vmstat_update's decay_pcp_high (modern profile): at every whole second of guest time
+    while some pcp has high above high_min or pages above high (§3.4). It has no event
+    when nothing is left to decay, so an idle guest can still be skipped ahead."""
+
+    def __init__(self, guest: Guest, interval_ns: int):
+        self.guest = guest
+        self.interval_ns = interval_ns
+        self.ticks = 0
+        self._last_tick_ns = -1
+
+    def next_event_ns(self) -> int | None:
+        """The first whole second at or after the guest clock that has not ticked yet."""
+        if not self.guest.allocator.pcp_decay_pending():
+            return None
+        step = self.interval_ns
+        tick = -(-self.guest.now_ns // step) * step
+        return tick if tick > self._last_tick_ns else self._last_tick_ns + step
+
+    def run_until(self, now_ns: int) -> None:
+        tick = self.next_event_ns()
+        while tick is not None and tick <= now_ns:
+            self.guest.now_ns = tick
+            self._last_tick_ns = tick
+            self.guest.allocator.decay_pcp_high()
+            self.ticks += 1
+            self.guest._notify()  # the freed pages may end in blocks of order >= R
+            tick = self.next_event_ns()
+
+
+class _GuestDevice:
+    """The worker's device: the cost port prices a call when it starts; when it completes,
+    the device port gets the batch and a successful report discards the blocks in the
+    backing view."""
+
+    def __init__(self, reporter: PageReporter, backing: BackingView, cost_port: CostPort):
         self.reporter = reporter
         self.backing = backing
+        self.cost_port = cost_port
+
+    def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
+        return int(self.cost_port.price_report(pfns, orders))
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         outcome = self.reporter.report(now_ns, pfns, orders)
@@ -80,18 +127,29 @@ class Guest:
         self.backing = BackingView(config.nr_pages)
         self.cost_port = cost_port if cost_port is not None else NullCostPort()
         self.touch_cost_ns = 0
-        self.worker = PageReportingWorker(
-            self.allocator, config.reporting, _DiscardingReporter(reporter, self.backing)
-        )
+        device = _GuestDevice(reporter, self.backing, self.cost_port)
+        self.worker = PageReportingWorker(self.allocator, config.reporting, device, device)
+        self._timers: list[Timer] = [self.worker]
+        if config.is_modern and config.pcp.enabled:
+            self.pcp_decay = _PcpDecayTimer(self, PCP_DECAY_INTERVAL_NS)
+            self._timers.append(self.pcp_decay)
         self._notify_seen = self.allocator.notify_count
         if config.reporting.enabled:
             self.worker.register(self.now_ns)
 
-    def alloc(self, order: int, mt: int, count: int = 1) -> np.ndarray:
-        return self.allocator.alloc(order, mt, count)
+    def add_timer(self, timer: Timer) -> None:
+        """Add an event source; advance_to runs it in time order with the others (ties:
+        the order timers were added, the reporting worker first)."""
+        self._timers.append(timer)
 
-    def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
-        self.allocator.free(pfns, order)
+    def alloc(self, order: int, mt: int, count: int = 1, cpu: int = 0) -> np.ndarray:
+        """Allocate on vCPU cpu. A failed block drains the pcp lists, which can notify."""
+        pfns = self.allocator.alloc(order, mt, count, cpu)
+        self._notify()
+        return pfns
+
+    def free(self, pfns: np.ndarray | Sequence[int], order: int, cpu: int = 0) -> None:
+        self.allocator.free(pfns, order, cpu)
         self._notify()
 
     def drain_pcp(self) -> None:
@@ -112,14 +170,27 @@ class Guest:
         return counts
 
     def advance_to(self, now_ns: int) -> None:
-        """Move the clock forward to now_ns, running every reporting pass due by then."""
+        """Move the clock forward to now_ns, running every timer event due by then in time
+        order; the clock reads each event's time while it runs."""
         if now_ns < self.now_ns:
             raise ValueError(f"now_ns={now_ns} is before the guest clock {self.now_ns}")
+        while True:
+            due: Timer | None = None
+            due_ns = now_ns
+            for timer in self._timers:
+                t = timer.next_event_ns()
+                if t is not None and (t < due_ns or (due is None and t == due_ns)):
+                    due, due_ns = timer, t
+            if due is None:
+                break
+            self.now_ns = max(self.now_ns, due_ns)
+            due.run_until(due_ns)
         self.now_ns = now_ns
-        self.worker.run_until(now_ns)
 
     def next_event_ns(self) -> int | None:
-        return self.worker.next_event_ns()
+        """The earliest event of any timer (None: nothing scheduled)."""
+        events = [t for t in (timer.next_event_ns() for timer in self._timers) if t is not None]
+        return min(events) if events else None
 
     def state(self) -> dict:
         """A snapshot for metrics and results."""
@@ -144,13 +215,15 @@ class Guest:
             "worker_state": WORKER_STATE_NAMES[self.worker.state],
             "reports": self.worker.reports,
             "passes": self.worker.passes,
+            "report_ns": self.worker.report_ns,
+            "report_in_flight_bytes": self.worker.in_flight_pages() << PAGE_SHIFT,
             "touch_cost_ns": self.touch_cost_ns,
         }
 
 
 class _AckAll:
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
-        return ReportOutcome(error=0, latency_ns=0)
+        return ReportOutcome(error=0)
 
 
 def warm_up(config: GuestConfig) -> None:

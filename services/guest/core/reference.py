@@ -33,8 +33,9 @@ from .constants import (
     MIGRATE_RECLAIMABLE,
     MIGRATE_TYPES,
     MIGRATE_UNMOVABLE,
+    PAGE_ALLOC_COSTLY_ORDER,
+    PCP_BATCH_SCALE_MAX,
     PROFILE_5_7,
-    ZONES_DMA32_NORMAL,
 )
 from .reporting import (
     REPORT_BATCH_FULL,
@@ -65,10 +66,25 @@ def rotate_to_front(lst: list[int], idx: int) -> None:
         lst[:] = lst[idx:] + lst[:idx]
 
 
-class _Zone:
-    """One zone: free areas, counters, watermarks and its single-CPU pcp."""
+class _Pcp:
+    """One CPU's per-CPU lists of one zone (struct per_cpu_pages, §3.4)."""
 
-    def __init__(self, start: int, end: int, max_order: int, wmark, pcp_size, pcp_orders):
+    def __init__(self, nr_lists: int, batch: int, high_min: int, high_max: int):
+        self.lists: list[list[int]] = [[] for _ in range(nr_lists)]  # by pindex, head first
+        self.count = 0  # pages
+        self.batch = batch
+        self.high_min, self.high_max = high_min, high_max
+        self.high = high_min  # 5.7/6.1: fixed; modern: auto-tuned in [high_min, high_max]
+        self.free_factor = 0  # 6.1: consecutive drains without an allocation
+        self.free_count = 0  # modern: pages freed since the last allocation (halved by one)
+        self.alloc_factor = 0  # modern: consecutive refills without a free
+        self.prev_free_high_order = False  # modern PCPF_PREV_FREE_HIGH_ORDER
+
+
+class _Zone:
+    """One zone: free areas, counters, watermarks and one pcp per vCPU."""
+
+    def __init__(self, start, end, max_order, wmark, pcp_size, nr_pcp_lists, vcpus):
         self.start_pfn, self.end_pfn = start, end
         self.free_area: list[list[list[int]]] = [
             [[] for _ in range(MIGRATE_TYPES)] for _ in range(max_order + 1)
@@ -76,12 +92,12 @@ class _Zone:
         self.nr_free = [0] * (max_order + 1)
         self.free_pages = 0  # NR_FREE_PAGES
         self.wmark_min, self.wmark_low, self.wmark_high = wmark
-        self.pcp_batch, self.pcp_high = pcp_size
-        # pcp lists in round-robin order: order-major, then mt (§3.4)
-        self.pcp_keys = [(o, mt) for o in pcp_orders for mt in range(MIGRATE_PCPTYPES)]
-        self.pcp_lists: dict[tuple[int, int], list[int]] = {key: [] for key in self.pcp_keys}
-        self.pcp_count = 0  # pages
-        self.pcp_cursor = 0  # index into pcp_keys of the next list to drain from
+        self.below_high = False  # modern ZONE_BELOW_HIGH
+        self.pcps = [_Pcp(nr_pcp_lists, *pcp_size) for _ in range(vcpus)]
+
+    @property
+    def pcp_count(self) -> int:
+        return sum(p.count for p in self.pcps)
 
     def highatomic_pages(self) -> int:
         """Free pages on HIGHATOMIC lists (the reserve the watermark tests subtract)."""
@@ -100,6 +116,8 @@ class ReferenceAllocator:
         self.report_order = config.report_order
         self.capacity = config.reporting.capacity
         self.pcp_orders = config.pcp_orders
+        self.pcp_keys = config.pcp_list_keys
+        self.profile = config.profile
         self.notify_count = 0
         self._rng = rng
         self._coin_word = 0
@@ -107,13 +125,13 @@ class ReferenceAllocator:
         self._free: dict[int, tuple[int, int]] = {}
         self._reported: set[int] = set()
         self._allocated: dict[int, tuple[int, int]] = {}
-        self._pcp: dict[int, int] = {}
+        self._pcp: dict[int, tuple[int, int]] = {}  # head -> (order, mt cached at free)
         self._isolated: dict[int, int] = {}
         nr_pageblocks = config.nr_pages >> config.pageblock_order
         self._pageblock_mt = [MIGRATE_MOVABLE] * nr_pageblocks  # §2.5b: all MOVABLE at boot
         wmarks, pcp_sizes = guest_watermarks(config), guest_pcp_sizes(config)
         self._zones = [
-            _Zone(s, e, self.max_order, wmarks[i], pcp_sizes[i], self.pcp_orders)
+            _Zone(s, e, self.max_order, wmarks[i], pcp_sizes[i], len(self.pcp_keys), config.vcpus)
             for i, (s, e) in enumerate(zone_ranges(config))
         ]
         self._boot()
@@ -316,7 +334,7 @@ class ReferenceAllocator:
                 order, amt = self._allocated[pfn]
                 movable_pages += (1 << order) if amt == MIGRATE_MOVABLE else 0
             elif pfn in self._pcp:
-                order = self._pcp[pfn]
+                order = self._pcp[pfn][0]
             elif pfn in self._isolated:
                 order = self._isolated[pfn]
             else:
@@ -338,8 +356,11 @@ class ReferenceAllocator:
         return heads, claimed
 
     def _fallback_57(self, zone: _Zone, order: int, mt: int, nofragment: bool) -> bool:
-        """§3.3 5.7-era __rmqueue_fallback: move a block to mt's lists; True if moved."""
-        min_order = self.pageblock_order if nofragment and order < self.pageblock_order else order
+        """§3.3 5.7-era __rmqueue_fallback: move a block to mt's lists; True if moved.
+        NOFRAGMENT's min_order = pageblock_order applies to every request order in 5.7;
+        6.1 already has the `order < pageblock_order` guard (kernel source, §3.3)."""
+        guarded = self.profile != PROFILE_5_7 and order >= self.pageblock_order
+        min_order = self.pageblock_order if nofragment and not guarded else order
         found = None
         for cur in range(self.max_order, min_order - 1, -1):
             fmt = self._find_fallback(zone, cur, mt)
@@ -428,51 +449,107 @@ class ReferenceAllocator:
             pfn = self._steal_modern(zone, order, mt)
         return pfn
 
-    def _pcp_eligible(self, order: int, mt: int) -> bool:
-        return order in self.pcp_orders and mt < MIGRATE_PCPTYPES
+    # ------------------------------------------------------------------ pcp geometry (§3.4)
 
-    def _alloc_zone(self, zone: _Zone, order: int, mt: int, nofragment: bool) -> int | None:
-        """One block from one zone (watermark already passed): pcp or buddy."""
-        if not self._pcp_eligible(order, mt):
-            return self._rmqueue(zone, order, mt, nofragment)
-        lst = zone.pcp_lists[(order, mt)]
-        if not lst:  # refill: batch // 2**order blocks, appended in the order obtained
-            for _ in range(max(1, zone.pcp_batch >> order)):
+    def _pcp_eligible(self, order: int, mt: int) -> bool:
+        """Orders with pcp lists; ISOLATE pageblocks bypass them (HIGHATOMIC/CMA do not)."""
+        return order in self.pcp_orders and mt != MIGRATE_ISOLATE
+
+    def _pindex(self, order: int, mt: int) -> int:
+        """order_to_pindex: low orders per (order, mt); THP shared (6.1) or by movability."""
+        if order == self.config.thp_pcp_order:
+            base = len(self.pcp_keys) - (2 if self.config.is_modern else 1)
+            return base + (self.config.is_modern and mt == MIGRATE_MOVABLE)
+        return self.pcp_keys.index((order, mt))
+
+    def _high_watermark_ok(self, zone: _Zone) -> bool:
+        return zone.free_pages > zone.wmark_high
+
+    # ------------------------------------------------------------------ alloc (§3.1-3.4)
+
+    def _nr_pcp_alloc(self, zone: _Zone, pcp: _Pcp, order: int) -> int:
+        """Blocks a refill takes: 5.7 batch; 6.1 max(batch >> order, 2); modern scaled by
+        alloc_factor, which also raises high (nr_pcp_alloc)."""
+        batch = pcp.batch
+        if self.profile == PROFILE_5_7:
+            return batch
+        if self.config.is_modern:
+            pcp.high = min(max(pcp.high, pcp.high_min), pcp.high_max)
+            if pcp.high < pcp.batch:
+                return 1
+            if order == 0:
+                batch = pcp.batch << pcp.alloc_factor
+            if pcp.high_min != pcp.high_max and not zone.below_high:
+                pcp.high = min(pcp.high + batch, pcp.high_max)
+            if order == 0:
+                max_nr_alloc = max(pcp.high - pcp.count - pcp.batch, pcp.batch)
+                if batch <= max_nr_alloc and pcp.alloc_factor < PCP_BATCH_SCALE_MAX:
+                    pcp.alloc_factor += 1
+                batch = min(batch, max_nr_alloc)
+        return max(batch >> order, 2) if batch > 1 else batch
+
+    def _pcp_alloc(self, zone: _Zone, cpu: int, order: int, mt: int, nofragment: bool):
+        """rmqueue_pcplist: pop the list head; refill an empty list from the buddy first."""
+        pcp = zone.pcps[cpu]
+        if self.config.is_modern:
+            pcp.free_count >>= 1
+        elif self.profile != PROFILE_5_7:
+            pcp.free_factor >>= 1
+        lst = pcp.lists[self._pindex(order, mt)]
+        if not lst:  # refill: blocks appended in the order obtained
+            for _ in range(self._nr_pcp_alloc(zone, pcp, order)):
                 pfn = self._rmqueue(zone, order, mt, nofragment)
                 if pfn is None:
                     break
                 lst.append(pfn)
-                self._pcp[pfn] = order
-                zone.pcp_count += 1 << order
+                self._pcp[pfn] = (order, mt)
+                pcp.count += 1 << order
         if not lst:
             return None
         pfn = lst.pop(0)
         del self._pcp[pfn]
-        zone.pcp_count -= 1 << order
+        pcp.count -= 1 << order
         return pfn
 
-    def _alloc_one(self, order: int, mt: int) -> int | None:
-        """Zones from the highest index down; NOFRAGMENT walk first when DMA32 exists (§3.3)."""
-        walks = (True, False) if self.config.zones == ZONES_DMA32_NORMAL else (False,)
+    def _alloc_zone(self, zone: _Zone, cpu: int, order: int, mt: int, nofragment: bool):
+        """One block from one zone (watermark already passed): pcp or buddy."""
+        if order in self.pcp_orders and mt < MIGRATE_PCPTYPES:
+            return self._pcp_alloc(zone, cpu, order, mt, nofragment)
+        return self._rmqueue(zone, order, mt, nofragment)
+
+    def _alloc_one(self, order: int, mt: int, cpu: int) -> int | None:
+        """Zones from the highest index down, each behind its min watermark; the walk is
+        first done under ALLOC_NOFRAGMENT when a Normal zone sits above DMA32 (§3.3).
+        modern: a zone whose free pages fail its high watermark gets ZONE_BELOW_HIGH."""
+        walks = (True, False) if len(self._zones) > 1 else (False,)
         for nofragment in walks:
             for zone in reversed(self._zones):
+                below = zone.free_pages - (1 << order) < zone.wmark_high
+                if self.config.is_modern and not zone.below_high and below:
+                    zone.below_high = True
                 if zone.free_pages - (1 << order) < zone.wmark_min:
                     continue
-                pfn = self._alloc_zone(zone, order, mt, nofragment)
+                pfn = self._alloc_zone(zone, cpu, order, mt, nofragment)
                 if pfn is not None:
                     return pfn
         return None
 
-    def alloc(self, order: int, mt: int, count: int = 1) -> np.ndarray:
-        """Allocate up to count blocks of 2**order pages; head pfns in allocation order."""
+    def alloc(self, order: int, mt: int, count: int = 1, cpu: int = 0) -> np.ndarray:
+        """Allocate up to count blocks of 2**order pages on vCPU cpu; head pfns in order.
+        A block no zone can give drains every pcp list and is tried once more (the slow
+        path's drain_all_pages, §3.4); the batch stops at the first block that still fails."""
         self._check_order(order, None)
+        self._check_cpu(cpu)
         if not 0 <= mt < MIGRATE_TYPES or mt == MIGRATE_ISOLATE:
             raise ValueError(f"alloc: mt={mt} is not an allocatable migratetype (order={order})")
         if count < 0:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order={order})")
         out = []
         for _ in range(count):
-            pfn = self._alloc_one(order, mt)
+            pfn = self._alloc_one(order, mt, cpu)
+            if pfn is None and any(z.pcp_count for z in self._zones):
+                self.drain_pcp()
+                pfn = self._alloc_one(order, mt, cpu)
             if pfn is None:
                 break
             self._allocated[pfn] = (order, mt)
@@ -484,6 +561,10 @@ class ReferenceAllocator:
     def _check_order(self, order: int, pfn: int | None) -> None:
         if not 0 <= order <= self.max_order:
             raise ValueError(f"order={order} out of range 0..{self.max_order} (pfn={pfn})")
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self.config.vcpus:
+            raise ValueError(f"cpu={cpu} out of range 0..{self.config.vcpus - 1}")
 
     def _validate_free(self, pfns: list[int], order: int) -> None:
         """Validate the whole batch before anything changes (contract)."""
@@ -507,52 +588,195 @@ class ReferenceAllocator:
                     f"free: pfn={pfn} order={order} but it was allocated at order={entry[0]}"
                 )
 
-    def free(self, pfns: np.ndarray | Sequence[int], order: int) -> None:
-        """Free blocks allocated at this order (pageblock mt at free time)."""
+    def free(self, pfns: np.ndarray | Sequence[int], order: int, cpu: int = 0) -> None:
+        """Free blocks allocated at this order on vCPU cpu (pageblock mt at free time)."""
         pfns = [int(p) for p in np.asarray(pfns, dtype=np.int64).ravel()]
+        self._check_cpu(cpu)
         self._validate_free(pfns, order)
         for pfn in pfns:
             del self._allocated[pfn]
             mt = self.pageblock_mt(pfn)
             if self._pcp_eligible(order, mt):
-                self._pcp_free(pfn, order, mt)
+                self._pcp_free(pfn, order, mt, cpu)
             else:
                 self._buddy_free(pfn, order, mt, skip_notify=False, to_tail=False)
 
-    def _pcp_free(self, pfn: int, order: int, mt: int) -> None:
-        """§3.4: push to the list head; while count >= high drain batch pages."""
+    def _pcp_free(self, pfn: int, order: int, mt: int, cpu: int) -> None:
+        """free_unref_page_commit: push on the list head, then drain per the profile."""
         zone = self._zone_of(pfn)
-        zone.pcp_lists[(order, mt)].insert(0, pfn)
-        self._pcp[pfn] = order
-        zone.pcp_count += 1 << order
-        while zone.pcp_count >= zone.pcp_high:
-            self._pcp_drain_batch(zone)
+        pcp = zone.pcps[cpu]
+        pindex = self._pindex(order, mt if mt < MIGRATE_PCPTYPES else MIGRATE_MOVABLE)
+        pcp.lists[pindex].insert(0, pfn)
+        self._pcp[pfn] = (order, mt)  # the migratetype is cached at free time
+        pcp.count += 1 << order
+        if self.profile == PROFILE_5_7:
+            if pcp.count >= pcp.high:
+                self._bulk_free_57(zone, pcp, pcp.batch)
+        elif not self.config.is_modern:
+            self._commit_61(zone, pcp, order, pindex)
+        else:
+            self._commit_modern(zone, pcp, order, pindex)
 
-    def _pcp_release(self, zone: _Zone, key: tuple[int, int]) -> None:
-        """Take the tail block of one pcp list and free it to the buddy (mt re-read)."""
-        pfn = zone.pcp_lists[key].pop()
-        order = self._pcp.pop(pfn)
-        zone.pcp_count -= 1 << order
-        self._buddy_free(pfn, order, self.pageblock_mt(pfn), skip_notify=False, to_tail=False)
+    def _commit_61(self, zone: _Zone, pcp: _Pcp, order: int, pindex: int) -> None:
+        """5.14-6.6: free_factor doubles the drain on consecutive drains; orders 1-3 flush
+        everything once free_factor is set (free_high); nr_pcp_free clamps the amount."""
+        free_high = pcp.free_factor > 0 and 1 <= order <= PAGE_ALLOC_COSTLY_ORDER
+        high = 0 if free_high else pcp.high
+        if pcp.count < high:
+            return
+        if free_high:
+            n = pcp.count
+        elif high < pcp.batch:
+            n = 1
+        else:
+            lo, hi = pcp.batch, high - pcp.batch
+            n = pcp.batch << pcp.free_factor
+            if n < hi:
+                pcp.free_factor += 1
+            n = min(max(n, lo), hi)  # the kernel's clamp: hi wins when hi < lo
+        self._bulk_free(zone, pcp, n, pindex)
 
-    def _pcp_drain_batch(self, zone: _Zone) -> None:
-        """Drain >= batch pages, one block per non-empty list, round-robin from the cursor."""
-        to_free = zone.pcp_batch
-        n = len(zone.pcp_keys)
-        while to_free > 0 and zone.pcp_count > 0:
-            i = zone.pcp_cursor
-            while not zone.pcp_lists[zone.pcp_keys[i]]:
+    def _commit_modern(self, zone: _Zone, pcp: _Pcp, order: int, pindex: int) -> None:
+        """6.7+: free_count grows the drain, high auto-tunes (nr_pcp_high, nr_pcp_free)."""
+        batch = pcp.batch
+        pcp.alloc_factor >>= 1
+        free_high = False
+        if 1 <= order <= PAGE_ALLOC_COSTLY_ORDER:
+            free_high = (
+                pcp.free_count >= batch + pcp.high_min // 2
+                and pcp.prev_free_high_order
+                and (not self.config.pcp.free_high_batch or pcp.count >= batch)
+            )
+            pcp.prev_free_high_order = True
+        else:
+            pcp.prev_free_high_order = False
+        if pcp.free_count < batch << PCP_BATCH_SCALE_MAX:
+            pcp.free_count += 1 << order
+        high = self._nr_pcp_high(zone, pcp, free_high)
+        if pcp.count < high:
+            return
+        if free_high:
+            n = min(pcp.count, batch << PCP_BATCH_SCALE_MAX)
+        elif high < batch:
+            n = 1
+        else:
+            n = min(max(pcp.free_count, batch), high - batch)  # clamp(free_count, lo, hi)
+        self._bulk_free(zone, pcp, n, pindex)
+        if zone.below_high and self._high_watermark_ok(zone):
+            zone.below_high = False
+
+    def _nr_pcp_high(self, zone: _Zone, pcp: _Pcp, free_high: bool) -> int:
+        """modern nr_pcp_high: the drain threshold, moving pcp.high on the way."""
+        batch = pcp.batch
+        high = pcp.high = min(max(pcp.high, pcp.high_min), pcp.high_max)
+        if high == 0:
+            return 0
+        if free_high:
+            pcp.high = max(high - (batch << PCP_BATCH_SCALE_MAX), pcp.high_min)
+            return 0
+        if pcp.high_min == pcp.high_max:
+            return high
+        if zone.below_high:  # any free with count >= high_min drains
+            pcp.high = max(high - max(pcp.free_count, batch), pcp.high_min)
+            return max(pcp.count, pcp.high_min)
+        if pcp.count >= high:
+            need_high = pcp.free_count + batch
+            if pcp.high < need_high:
+                pcp.high = min(max(need_high, pcp.high_min), pcp.high_max)
+        return high
+
+    def _pcp_release(self, zone: _Zone, pcp: _Pcp, lst: list[int]) -> int:
+        """Take the tail block of one pcp list and free it to the buddy; returns its pages.
+        5.7/6.1 free it with the migratetype cached at free time; modern re-reads the
+        pageblock (no pageblock of the model is ever isolated, so 6.1's re-read under
+        has_isolate_pageblock never happens)."""
+        pfn = lst.pop()
+        order, mt = self._pcp.pop(pfn)
+        pcp.count -= 1 << order
+        if self.config.is_modern:
+            mt = self.pageblock_mt(pfn)
+        self._buddy_free(pfn, order, mt, skip_notify=False, to_tail=False)
+        return 1 << order
+
+    def _bulk_free(self, zone: _Zone, pcp: _Pcp, count: int, pindex: int) -> None:
+        """5.14+ free_pcppages_bulk: start with list pindex; empty each list from its tail
+        before moving round-robin to the next non-empty one, until count pages are freed."""
+        count = min(count, pcp.count)
+        n = len(pcp.lists)
+        i = pindex - 1
+        while count > 0:
+            i = (i + 1) % n
+            while not pcp.lists[i]:
                 i = (i + 1) % n
-            to_free -= 1 << zone.pcp_keys[i][0]
-            self._pcp_release(zone, zone.pcp_keys[i])
-            zone.pcp_cursor = (i + 1) % n
+            while count > 0 and pcp.lists[i]:
+                count -= self._pcp_release(zone, pcp, pcp.lists[i])
+
+    def _bulk_free_57(self, zone: _Zone, pcp: _Pcp, count: int) -> None:
+        """5.7 free_pcppages_bulk: the cursor starts before list 0 on every call and moves
+        first (MOVABLE is visited first); batch_free grows per list visited (empty ones
+        too) and shrinks per page, so a full round frees one page per list; once the only
+        non-empty list is found (batch_free == 3) it gives up all that remains."""
+        count = min(count, pcp.count)
+        mt = 0
+        batch_free = 0
+        while count:
+            while True:
+                batch_free += 1
+                mt = (mt + 1) % MIGRATE_PCPTYPES
+                if pcp.lists[mt]:
+                    break
+            if batch_free == MIGRATE_PCPTYPES:
+                batch_free = count
+            while True:
+                self._pcp_release(zone, pcp, pcp.lists[mt])
+                count -= 1
+                if not count:
+                    break
+                batch_free -= 1
+                if not batch_free or not pcp.lists[mt]:
+                    break
 
     def drain_pcp(self) -> None:
-        """Drain every pcp list completely: lists in order, each from its tail."""
-        for zone in self._zones:
-            for key in zone.pcp_keys:
-                while zone.pcp_lists[key]:
-                    self._pcp_release(zone, key)
+        """drain_all_pages: every vCPU, every zone ascending, all of each pcp. 5.7 uses its
+        bulk rule for the whole count; 5.14+ empties the lists in pindex order, tails first."""
+        for cpu in range(self.config.vcpus):
+            for zone in self._zones:
+                pcp = zone.pcps[cpu]
+                if not pcp.count:
+                    continue
+                if self.profile == PROFILE_5_7:
+                    self._bulk_free_57(zone, pcp, pcp.count)
+                else:
+                    self._bulk_free(zone, pcp, pcp.count, 0)
+
+    def decay_pcp_high(self) -> int:
+        """modern decay_pcp_high, run by vmstat_update about once a second on every CPU:
+        high steps an eighth toward high_min (never below count - (batch << 5)) and the
+        pages above it are freed. Returns how many pcps still have work (0: timer idle)."""
+        if not self.config.is_modern:
+            return 0
+        todo = 0
+        for cpu in range(self.config.vcpus):
+            for zone in self._zones:
+                pcp = zone.pcps[cpu]
+                if pcp.high > pcp.high_min:
+                    pcp.high = max(
+                        pcp.count - (pcp.batch << PCP_BATCH_SCALE_MAX),
+                        pcp.high - (pcp.high >> 3),
+                        pcp.high_min,
+                    )
+                    if pcp.high > pcp.high_min:
+                        todo += 1
+                if pcp.count - pcp.high > 0:
+                    self._bulk_free(zone, pcp, pcp.count - pcp.high, 0)
+                    todo += 1
+        return todo
+
+    def pcp_decay_pending(self) -> bool:
+        """Whether decay_pcp_high would change anything (the guest keeps its timer armed)."""
+        if not self.config.is_modern:
+            return False
+        return any(p.high > p.high_min or p.count > p.high for z in self._zones for p in z.pcps)
 
     # ------------------------------------------------------------------ reporting primitives (§4)
 
@@ -616,9 +840,10 @@ class ReferenceAllocator:
         return REPORT_LIST_END, n
 
     def report_drain(self, batch_pfn, batch_order, n, ok: bool) -> None:
-        """§4.6 putback in batch order; mark Reported if ok and still a free head of that order."""
+        """§4.6 putback in reverse isolation order (the scatterlist is filled from its end);
+        mark Reported if ok and still a free head of that order."""
         to_tail = self.config.putback_to_tail
-        for i in range(n):
+        for i in reversed(range(n)):
             pfn, order = int(batch_pfn[i]), int(batch_order[i])
             if self._isolated.pop(pfn, None) != order:
                 raise ValueError(f"report_drain: pfn={pfn} order={order} is not isolated")
@@ -655,8 +880,32 @@ class ReferenceAllocator:
     def free_list(self, zone: int, order: int, mt: int) -> list[tuple[int, bool]]:
         return [(p, p in self._reported) for p in self._zones[zone].free_area[order][mt]]
 
-    def pcp_list(self, zone: int, order: int, mt: int) -> list[int]:
-        return list(self._zones[zone].pcp_lists.get((order, mt), []))
+    def pcp_list(self, zone: int, order: int, mt: int, cpu: int = 0) -> list[int]:
+        """The pcp list an (order, mt) free goes to on vCPU cpu (6.1's THP list is shared)."""
+        if order not in self.pcp_orders or not 0 <= mt < MIGRATE_PCPTYPES:
+            return []
+        return list(self._zones[zone].pcps[cpu].lists[self._pindex(order, mt)])
+
+    def pcp_lists(self, zone: int, cpu: int = 0) -> list[list[int]]:
+        """Every pcp list of (zone, cpu) in pindex order (config.pcp_list_keys)."""
+        return [list(lst) for lst in self._zones[zone].pcps[cpu].lists]
+
+    def pcp_state(self, zone: int, cpu: int = 0) -> dict[str, int]:
+        """The scalars of one per_cpu_pages (and the zone's ZONE_BELOW_HIGH)."""
+        z = self._zones[zone]
+        p = z.pcps[cpu]
+        return {
+            "count": p.count,
+            "batch": p.batch,
+            "high": p.high,
+            "high_min": p.high_min,
+            "high_max": p.high_max,
+            "free_factor": p.free_factor,
+            "free_count": p.free_count,
+            "alloc_factor": p.alloc_factor,
+            "prev_free_high_order": int(p.prev_free_high_order),
+            "below_high": int(z.below_high),
+        }
 
     def pageblock_mt(self, pfn: int) -> int:
         return self._pageblock_mt[pfn >> self.pageblock_order]

@@ -18,6 +18,7 @@ from .pagestate import (
     EV_RECLAIM_DISK,
     EV_RECLAIM_LAZY,
     EV_RECLAIM_ZSWAP,
+    EV_REFAULT_HUGE,
     EV_REFAULT_PAGES,
     EV_REFUSED,
     EV_SWAPIN_DISK,
@@ -50,6 +51,7 @@ GUEST_EVENT_COUNTERS = (
     "swapin_disk_pages",
     "swapin_zswap_pages",
     "refault_pages",
+    "refault_huge_faults",
     "lazy_reuse_pages",
     "refused_pages",
     "oom_events",
@@ -94,6 +96,7 @@ def add_touch(
     c["swapin_disk_pages"] += ev[EV_SWAPIN_DISK]
     c["swapin_zswap_pages"] += ev[EV_SWAPIN_ZSWAP]
     c["refault_pages"] += ev[EV_REFAULT_PAGES]
+    c["refault_huge_faults"] += ev[EV_REFAULT_HUGE]
     c["lazy_reuse_pages"] += ev[EV_LAZY_REUSE]
     c["refused_pages"] += ev[EV_REFUSED]
     c["oom_events"] += oom

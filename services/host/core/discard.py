@@ -13,8 +13,13 @@
   of it are punched (fallocate); the others are skipped silently, as QEMU does
   (§7.3). `free` behaves like `dontneed` there (fd-backed RAM uses fallocate).
 
-Every page of an applied range is marked reported, so a later fault on it
-counts as a refault. The `disabled` mode never reaches this kernel.
+A page of an applied range is marked reported (`PG_REPORTED`, or `GR_REPORTED`
+for a whole granule) only when the host held it: backed, lazily freed or
+swapped. A later fault on a marked page counts as a refault (fault.py); a page
+that was unbacked keeps its mark as it was (set if an earlier report discarded
+it while backed, clear if it was never backed), since the host discarded
+nothing of it now. So an unbacked granule is left alone, whole or partial:
+O(1). The `disabled` mode never reaches this kernel.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .pagestate import (
     GK_HUGE,
     GK_HUGE_LAZY,
     GK_MASK,
+    GK_PAGES,
     GR_REPORTED,
     P_GRAN_SHIFT,
     P_HUGETLB,
@@ -46,7 +52,6 @@ from .pagestate import (
     RES_MASK,
     RES_SWAPPED,
     RES_UNBACKED,
-    granule_materialize,
     granule_set,
     granule_split,
     page_set_res,
@@ -55,20 +60,30 @@ from .pagestate import (
 
 @njit(cache=True)
 def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
-    """Per-page discard of [lo, hi) inside one GK_PAGES granule."""
+    """Per-page discard of [lo, hi) inside one GK_PAGES granule.
+
+    Marks the pages the host held; returns how many pages of [lo, hi) carry the
+    mark afterwards (unbacked pages count if an earlier report marked them).
+    """
+    marked = 0
     for j in range(lo, hi):
         res = state[j] & RES_MASK
+        if res == RES_UNBACKED:
+            if state[j] & PG_REPORTED:
+                marked += 1
+            continue
         if res == RES_SWAPPED:
             page_set_res(state, gused, gstat, hs, p, slot, j, RES_UNBACKED, False)
             er[ER_SWAP_FREED] += 1
-        elif lazy:
-            if res == RES_BACKED:
-                page_set_res(state, gused, gstat, hs, p, slot, j, RES_LAZY, False)
-                er[ER_LAZIED] += 1
-        elif res != RES_UNBACKED:
+        elif not lazy:
             page_set_res(state, gused, gstat, hs, p, slot, j, RES_UNBACKED, False)
             er[ER_RELEASED] += 1
+        elif res == RES_BACKED:
+            page_set_res(state, gused, gstat, hs, p, slot, j, RES_LAZY, False)
+            er[ER_LAZIED] += 1
         state[j] |= PG_REPORTED
+        marked += 1
+    return marked
 
 
 @njit(cache=True)
@@ -84,8 +99,6 @@ def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
         if gran[g] & GK_MASK == GK_HUGE:
             granule_set(gran, gused, gstat, hs, p, slot, g, GK_EMPTY | GR_REPORTED)
             er[ER_RELEASED] += 1 << shift
-        else:
-            gran[g] |= GR_REPORTED
 
 
 @njit(cache=True)
@@ -118,13 +131,10 @@ def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders,
             whole = i == g0 and gend == g0 + gpages
             gb = gran[g]
             kind = gb & GK_MASK
-            if kind == GK_EMPTY:
-                if whole:
-                    gran[g] = gb | GR_REPORTED
-                    i = gend
-                    continue
-                granule_materialize(state, gran, p, g)
-            elif kind == GK_HUGE or kind == GK_HUGE_LAZY:
+            if kind == GK_EMPTY or (kind == GK_PAGES and gused[g] == 0):
+                i = gend  # the host holds nothing here: nothing to discard or mark
+                continue
+            if kind == GK_HUGE or kind == GK_HUGE_LAZY:
                 if whole:
                     if not lazy:
                         granule_set(gran, gused, gstat, hs, p, slot, g, GK_EMPTY | GR_REPORTED)
@@ -132,17 +142,13 @@ def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders,
                     elif kind == GK_HUGE:
                         granule_set(gran, gused, gstat, hs, p, slot, g, GK_HUGE_LAZY | GR_REPORTED)
                         er[ER_LAZIED] += gpages
-                    else:
+                    else:  # already a lazily freed THP: reported when it was made lazy
                         gran[g] = gb | GR_REPORTED
                     i = gend
                     continue
                 granule_split(state, gran, gstat, p, slot, g)
                 er[ER_SPLITS] += 1
-            elif whole and gused[g] == 0:
-                gran[g] = GK_EMPTY | GR_REPORTED
-                i = gend
-                continue
-            _discard_pages(state, gused, gstat, hs, p, slot, i, gend, lazy, er)
-            if whole and not lazy:
+            marked = _discard_pages(state, gused, gstat, hs, p, slot, i, gend, lazy, er)
+            if whole and not lazy and marked == gpages:
                 gran[g] = GK_EMPTY | GR_REPORTED  # every page is now unbacked and reported
             i = gend

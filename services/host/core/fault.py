@@ -13,6 +13,11 @@ Per touched page, by prior residency:
   many frames cannot be found, anonymous memory falls back to 4 KiB;
 * swapped: swap-in from the device, or decompression from the compressed tier.
 
+A fault on a page that a report discarded while the host held it (`PG_REPORTED`,
+see discard.py) is a refault (EV_REFAULT_PAGES); a huge fault on a granule with
+any such page is also a huge refault (EV_REFAULT_HUGE). A lazily freed page
+touched before reclaim is a lazy reuse, not a refault.
+
 A page that needs a frame calls direct reclaim (reclaim.py) when the pool is
 full. If reclaim fails: with the policy "refuse" the page (and every later page
 of the call that needs a frame) is refused; otherwise the kernel returns
@@ -31,6 +36,7 @@ from .pagestate import (
     EV_LAZY_REUSE,
     EV_OOM,
     EV_PRIOR_UNBACKED,
+    EV_REFAULT_HUGE,
     EV_REFAULT_PAGES,
     EV_REFUSED,
     EV_SWAPIN_DISK,
@@ -183,7 +189,9 @@ def _touch_runs(state, gran, gused, gstat, hs, p, ev, starts, npages, pos):
                     granule_set(gran, gused, gstat, hs, p, slot, g, GK_HUGE | GR_REFERENCED)
                     ev[EV_PRIOR_UNBACKED + RES_UNBACKED] += gend - i
                     ev[EV_FAULT_HUGE] += 1
-                    ev[EV_REFAULT_PAGES] += refault
+                    if refault:  # a report discarded (some of) this granule while backed
+                        ev[EV_REFAULT_PAGES] += refault
+                        ev[EV_REFAULT_HUGE] += 1
                     i = gend
                     continue
                 if p[P_HUGETLB]:  # no 4 KiB fallback for static huge pages

@@ -45,6 +45,7 @@ from .pagestate import (
     EV_RECLAIM_DISK,
     EV_RECLAIM_LAZY,
     EV_RECLAIM_ZSWAP,
+    EV_REFAULT_HUGE,
     EV_REFAULT_PAGES,
     EV_REFUSED,
     G_ZSWAP,
@@ -120,7 +121,8 @@ class TouchResult:
     lost_ns: dict[str, int]  # per kind in LOST_KINDS: simulated time the guest lost
     prior_pages: dict[str, int]  # touched pages by residency before the touch
     refused_pages: int = 0
-    refault_pages: int = 0
+    refault_pages: int = 0  # pages faulted again after a report discarded them while backed
+    refault_huge_faults: int = 0  # huge faults among those refaults (one per granule)
     lazy_reuse_pages: int = 0
     zeroed_bytes: int = 0
     oom_events: int = 0
@@ -309,6 +311,7 @@ class Host:
             prior_pages=prior,
             refused_pages=ev[EV_REFUSED],
             refault_pages=ev[EV_REFAULT_PAGES],
+            refault_huge_faults=ev[EV_REFAULT_HUGE],
             lazy_reuse_pages=ev[EV_LAZY_REUSE],
             zeroed_bytes=zeroed,
             oom_events=oom,

@@ -4,8 +4,9 @@ Checked: per guest, unbacked + backed + lazy + swapped == nr_pages and every
 running total equals a recount; per granule, `gused` matches; the pool equals
 resident bytes (plus the zswap pool when it counts against host memory) and
 stays under capacity - reserve; swap used <= capacity; the zswap pool <= its
-limit; no counter is negative. Each failure raises AssertionError naming the
-invariant.
+limit; the reported marks (a page or granule carries one only while unbacked or
+lazily freed, and every lazily freed one carries it); no counter is negative.
+Each failure raises AssertionError naming the invariant.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .pagestate import (
     GK_HUGE_LAZY,
     GK_MASK,
     GK_PAGES,
+    GR_REPORTED,
     H_LAZY_PAGES,
     H_LOG_N,
     H_POOL_BYTES,
@@ -27,6 +29,7 @@ from .pagestate import (
     P_ZSWAP_CBYTES,
     P_ZSWAP_COUNTS,
     PAGE_SIZE,
+    PG_REPORTED,
     PG_ZSWAP,
     RES_BACKED,
     RES_LAZY,
@@ -62,7 +65,26 @@ def _recount_guest(host, rec) -> np.ndarray:
         _fail(f"guest {rec.guest_id}: hugetlbfs granule split or lazily freed")
     if rec.stopped and counts[RES_UNBACKED] != rec.nr_pages:
         _fail(f"guest {rec.guest_id}: stopped but still holds memory")
+    _check_reported_marks(rec, host._gran[lo >> shift : hi >> shift], pages)
     return counts
+
+
+def _check_reported_marks(rec, gran: np.ndarray, pages: np.ndarray) -> None:
+    """A report marks only what the host held, and a touch clears the mark: so a
+    marked page is unbacked or lazy, and a lazy page (only a report makes one) is
+    marked. `pages` are the page bytes of the guest's GK_PAGES granules."""
+    kinds = gran & GK_MASK
+    marked = gran & GR_REPORTED != 0
+    if np.any(marked & (kinds != GK_EMPTY) & (kinds != GK_HUGE_LAZY)):
+        _fail(f"guest {rec.guest_id}: a reported granule is backed or 4 KiB-backed")
+    if np.any(~marked & (kinds == GK_HUGE_LAZY)):
+        _fail(f"guest {rec.guest_id}: a lazily freed huge granule is not reported")
+    res = pages & RES_MASK
+    page_marked = pages & PG_REPORTED != 0
+    if np.any(page_marked & (res != RES_UNBACKED) & (res != RES_LAZY)):
+        _fail(f"guest {rec.guest_id}: a reported page is backed or swapped")
+    if np.any(~page_marked & (res == RES_LAZY)):
+        _fail(f"guest {rec.guest_id}: a lazily freed page is not reported")
 
 
 def check_host(host) -> None:

@@ -10,9 +10,10 @@ out one after the other; each guest starts on a granule boundary):
   operations (a 2 MiB report, a THP fault) are O(1);
 * one byte per 4 KiB page, authoritative only inside `GK_PAGES` granules
   (4 KiB backing, after a split or a 4 KiB fault): residency in bits 0-1
-  (`RES_*`), `PG_REPORTED` (discarded by a report and not touched since; used to
-  count refaults), `PG_ZSWAP` (swapped page held in the compressed tier) and
-  `PG_REFERENCED` (second-chance bit of the reclaim clock).
+  (`RES_*`), `PG_REPORTED` (a report discarded the page while the host held it,
+  and it has not been touched since; used to count refaults), `PG_ZSWAP`
+  (swapped page held in the compressed tier) and `PG_REFERENCED` (second-chance
+  bit of the reclaim clock).
 
 Plus `gused` (uint32 per granule: pages not unbacked) so a THP fault can tell
 at once whether a 4 KiB-backed granule is empty. About 1.01 bytes per page.
@@ -36,6 +37,9 @@ RES_UNBACKED = 0  # no host frame (never touched, discarded, or lazily freed and
 RES_BACKED = 1  # host frame mapped
 RES_LAZY = 2  # MADV_FREE'd, frame still held until host reclaim
 RES_SWAPPED = 3  # contents in swap (device or compressed tier)
+# Reported: a report discarded the page while it was backed, lazily freed or swapped,
+# and nothing has touched it since. Only unbacked and lazy pages carry it (every
+# lazy page does: only a report makes a page lazy). A fault on a marked page is a refault.
 PG_REPORTED = 0x4
 PG_ZSWAP = 0x8
 PG_REFERENCED = 0x10
@@ -47,7 +51,7 @@ GK_PAGES = 0  # 4 KiB backing: the page bytes are authoritative
 GK_EMPTY = 1  # every page unbacked
 GK_HUGE = 2  # backed by one huge page (THP or hugetlbfs)
 GK_HUGE_LAZY = 3  # one huge page, MADV_FREE'd as a whole
-GR_REPORTED = 0x4
+GR_REPORTED = 0x4  # PG_REPORTED for every page; only on GK_EMPTY and (always) GK_HUGE_LAZY
 GR_REFERENCED = 0x10
 
 # Per-guest totals gstat[slot, ...]. Columns 0..3 are page counts by residency.
@@ -96,6 +100,7 @@ EV_OOM = 11  # OOM events (policy "refuse": at most one per call)
 EV_RECLAIM_DISK = 12  # pages direct reclaim swapped out to the device
 EV_RECLAIM_ZSWAP = 13  # pages direct reclaim stored in the compressed tier
 EV_RECLAIM_LAZY = 14  # lazily freed pages direct reclaim took
+EV_REFAULT_HUGE = 15  # huge-granule faults on a granule with refaulted pages (EV_REFAULT_PAGES)
 NEV = 16
 
 # Report event vector er[...] for one apply_report.

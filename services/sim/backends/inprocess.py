@@ -37,10 +37,7 @@ class InProcessSession:
         self.link = InProcessHostLink(plan.experiment_id, HostDirectory(self.barriers.values()))
         for host_id, reg in plan.registrations():
             self.link.register(host_id, reg)
-        shards = [
-            GuestShard(i, inits, plan.seed, plan.report_latency_ns)
-            for i, inits in enumerate(plan.shard_inits)
-        ]
+        shards = [GuestShard(i, inits, plan.seed) for i, inits in enumerate(plan.shard_inits)]
         self.driver = EpochDriver(
             shards, self.link, plan.policy, sorted(self.barriers), plan.epoch_ns
         )

@@ -71,7 +71,6 @@ class RaySession:
                 i,
                 inits,
                 plan.seed,
-                plan.report_latency_ns,
                 targets,
                 plan.policy,
                 plan.epoch_ns,
