@@ -621,7 +621,7 @@ def _commit_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, z
 
 
 @njit(cache=True, _nrt=False)
-def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, coins, scratch, pfns, order, cpu):
+def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, pcp_idx, pfns, order, cpu):
     """free(): pcp orders to the head of the vCPU's pcp list (drain per profile), others,
     and ISOLATE pageblocks, to the buddy."""
     pcp_order = pcp_idx[order] >= 0
@@ -1002,25 +1002,44 @@ def _pcp_alloc(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, z, zc, ord
     _pcp_pop_factor(pcs, g, zc, 1)
     li = _pindex(g, pcp_idx, order, mt)
     lid = zc * g[G_NR_PCP_LISTS] + li
-    pfn = np.int64(pcp[lid, HEAD])
-    if pfn == NIL:
+    if pcp[lid, HEAD] == NIL:
         want = _nr_pcp_alloc(pcs, zone, g, z, zc, order)
-        for _ in range(want):
-            blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
-            if blk == NIL:
-                break
-            _link_tail(lk, pcp, lid, blk)
-            _set_head(pg, blk, order, ST_PCP, mt)
-            pcs[zc, P_COUNT] += 1 << order
-        pfn = np.int64(pcp[lid, HEAD])
-        if pfn == NIL:
-            return pfn
-        pcs[zc, P_MASK] |= np.int64(1) << li
+        return _pcp_refill_pop(
+            lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, z, zc, li, order, mt, nofrag, want
+        )
+    return _pcp_pop(lk, pcp, pcs, g, zc, li, order)
+
+
+@njit(inline="always")
+def _pcp_pop(lk, pcp, pcs, g, zc, li, order):
+    """Unlink the head of a non-empty pcp list li of zc."""
+    lid = zc * g[G_NR_PCP_LISTS] + li
+    pfn = np.int64(pcp[lid, HEAD])
     _unlink(lk, pcp, lid, pfn)
     if pcp[lid, HEAD] == NIL:
         pcs[zc, P_MASK] &= ~(np.int64(1) << li)
     pcs[zc, P_COUNT] -= 1 << order
     return pfn
+
+
+@njit(inline="always")
+def _pcp_refill_pop(
+    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, z, zc, li, order, mt, nofrag, want
+):
+    """rmqueue_bulk into the empty list li of zc (want blocks, appended in the order
+    obtained), then pop its head; NIL if the buddy gave nothing."""
+    lid = zc * g[G_NR_PCP_LISTS] + li
+    for _ in range(want):
+        blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag)
+        if blk == NIL:
+            break
+        _link_tail(lk, pcp, lid, blk)
+        _set_head(pg, blk, order, ST_PCP, mt)
+        pcs[zc, P_COUNT] += 1 << order
+    if pcp[lid, HEAD] == NIL:
+        return np.int64(NIL)
+    pcs[zc, P_MASK] |= np.int64(1) << li
+    return _pcp_pop(lk, pcp, pcs, g, zc, li, order)
 
 
 @njit(inline="always")
@@ -1127,9 +1146,9 @@ def k_alloc(
     nr_free,
     zone,
     g,
-    pcp_idx,
     coins,
     scratch,
+    pcp_idx,
     order,
     mt,
     count,
@@ -1139,7 +1158,6 @@ def k_alloc(
     """alloc(): blocks until one fails; a failed block drains every pcp list and is tried
     once more (the slow path's drain_all_pages) before the batch stops."""
     pcp_ok = pcp_idx[order] >= 0 and mt < MT_PCPTYPES
-    size = np.int64(1) << order
     direct = pcp_ok and g[G_NR_ZONES] == 1
     li = _pindex(g, pcp_idx, order, mt) if pcp_ok else np.int64(0)
     zc = np.int64(cpu)  # zone 0 of this vCPU (single zone)
@@ -1161,20 +1179,9 @@ def k_alloc(
                     continue
                 pfn = np.int64(NIL)  # the refill found nothing: the slow path below
             else:
-                lid = zc * g[G_NR_PCP_LISTS] + li
-                for _ in range(want):
-                    blk = _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, 0, order, mt, False)
-                    if blk == NIL:
-                        break
-                    _link_tail(lk, pcp, lid, blk)
-                    _set_head(pg, blk, order, ST_PCP, mt)
-                    pcs[zc, P_COUNT] += size
-                pfn = np.int64(pcp[lid, HEAD])
-                if pfn != NIL:
-                    _unlink(lk, pcp, lid, pfn)
-                    if pcp[lid, HEAD] != NIL:
-                        pcs[zc, P_MASK] |= np.int64(1) << li
-                    pcs[zc, P_COUNT] -= size
+                pfn = _pcp_refill_pop(
+                    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, 0, zc, li, order, mt, False, want
+                )
         else:
             pfn = _alloc_walks(
                 lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu

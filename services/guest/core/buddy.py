@@ -204,25 +204,7 @@ class BuddyAllocator:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
         out = np.empty(count, dtype=np.int64)
         self._ensure_coins(self.pcp_pages() + 1)  # a failed block drains the pcp lists
-        n = k.k_alloc(
-            self.lk,
-            self.pg,
-            self.pbmt,
-            self.fl,
-            self.pcp,
-            self.pcs,
-            self.nr_free_arr,
-            self.zone,
-            self.g,
-            self.pcp_idx,
-            self.coins,
-            self._scratch,
-            order,
-            mt,
-            count,
-            cpu,
-            out,
-        )
+        n = k.k_alloc(*self._pcp_kernel_args(), self.pcp_idx, order, mt, count, cpu, out)
         return out[:n]
 
     def free(self, pfns: np.ndarray | Sequence[int], order: int, cpu: int = 0) -> None:
@@ -236,25 +218,10 @@ class BuddyAllocator:
         if code != k.CHECK_OK:
             raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
         self._ensure_coins(2 * arr.size + self.pcp_pages() + 1)
-        k.k_free(
-            self.lk,
-            self.pg,
-            self.pbmt,
-            self.fl,
-            self.pcp,
-            self.pcs,
-            self.nr_free_arr,
-            self.zone,
-            self.g,
-            self.pcp_idx,
-            self.coins,
-            self._scratch,
-            arr,
-            order,
-            cpu,
-        )
+        k.k_free(*self._pcp_kernel_args(), self.pcp_idx, arr, order, cpu)
 
     def _pcp_kernel_args(self) -> tuple:
+        """The state arrays every pcp-touching kernel takes first, in its order."""
         return (
             self.lk,
             self.pg,
