@@ -127,6 +127,8 @@ CHECK_NOT_ALLOCATED = 3
 CHECK_WRONG_ORDER = 4
 CHECK_DUPLICATE = 5
 
+NO_MASK = -1  # _prefetch_frees over a plain array
+TAKE_AHEAD = 32  # pcp blocks a drain takes ahead of its buddy frees (> PREFETCH_STAGE0)
 PREFETCH_DISTANCE = 16  # batch entries ahead whose page state is prefetched
 # Buddy-free prefetch pipeline (entries ahead): own + buddy state, then the list
 # neighbours of the buddies absorbed at merge levels 1, 2 and 3.
@@ -350,13 +352,14 @@ def _prefetch_merge_level(lk, pg, max_order, pfn, order, level):
 
 
 @njit(inline="always")
-def _prefetch_frees(lk, pg, max_order, blocks, j, n, order):
+def _prefetch_frees(lk, pg, max_order, blocks, j, n, order, mask):
     """Prefetch pipeline run at entry j of a batch of buddy frees: each stage only reads
     lines an earlier stage (further ahead) warmed, so no stage waits on memory.
-    order < 0: read each block's order from pg (drained pcp blocks: pg lines warm)."""
+    order < 0: read each block's order from pg (drained pcp blocks: pg lines warm).
+    Entry k is blocks[k & mask]: NO_MASK for a plain array, size - 1 for a ring."""
     k = j + PREFETCH_STAGE0
     if 0 <= k < n:
-        pfn = blocks[k]
+        pfn = blocks[k & mask]
         o = order if order >= 0 else np.int64(pg[pfn, ORD])
         _prefetch(pg, pfn)
         _prefetch(lk, pfn)
@@ -366,17 +369,17 @@ def _prefetch_frees(lk, pg, max_order, blocks, j, n, order):
             _prefetch(lk, b)
     k = j + PREFETCH_STAGE1
     if 0 <= k < n:
-        pfn = blocks[k]
+        pfn = blocks[k & mask]
         o = order if order >= 0 else np.int64(pg[pfn, ORD])
         _prefetch_merge_level(lk, pg, max_order, pfn, o, 0)
     k = j + PREFETCH_STAGE2
     if 0 <= k < n:
-        pfn = blocks[k]
+        pfn = blocks[k & mask]
         o = order if order >= 0 else np.int64(pg[pfn, ORD])
         _prefetch_merge_level(lk, pg, max_order, pfn, o, 1)
     k = j + PREFETCH_STAGE3
     if 0 <= k < n:
-        pfn = blocks[k]
+        pfn = blocks[k & mask]
         o = order if order >= 0 else np.int64(pg[pfn, ORD])
         _prefetch_merge_level(lk, pg, max_order, pfn, o, 2)
 
@@ -388,9 +391,9 @@ def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n, cache
     pb = g[G_PB_ORDER]
     max_order = g[G_MAX_ORDER]
     for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
-        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1)
+        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1, NO_MASK)
     for j in range(n):
-        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1)
+        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1, NO_MASK)
         pfn = blocks[j]
         order = np.int64(pg[pfn, ORD])
         mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
@@ -454,34 +457,54 @@ def _take_tail(lk, pg, pcp, pcs, g, zc, li):
     return pfn, size
 
 
+@njit(inline="always")
+def _next_pcp_list(pcs, zc, li, nl):
+    """The first non-empty pcp list of zc from li on, round-robin (one must exist)."""
+    while not (pcs[zc, P_MASK] >> li) & 1:
+        li += 1
+        if li >= nl:
+            li = 0
+    return li
+
+
 @njit(_nrt=False)
 def _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count, pindex):
     """5.14+ free_pcppages_bulk: the list pindex first; each list emptied from its tail
     before moving round-robin to the next non-empty one, until count pages are freed.
-    Blocks are freed in the order taken (the buddy frees do not touch the pcp lists),
-    in chunks of the scratch size."""
+    Blocks are buddy-freed in the order taken. The buddy frees never touch a pcp list (a
+    taken block keeps ST_PCP until its own free), so taking runs TAKE_AHEAD blocks ahead
+    of freeing, through scratch as a ring: the cache miss of each step along a list
+    overlaps a buddy free instead of following the one before it."""
     nl = g[G_NR_PCP_LISTS]
     count = min(count, pcs[zc, P_COUNT])
-    li = pindex - 1
+    mask = scratch.shape[0] - 1  # a power of two
+    pb = g[G_PB_ORDER]
+    max_order = g[G_MAX_ORDER]
+    cached_mt = g[G_PROFILE] != PROFILE_MODERN
+    li = pindex
     taken = 0
-    cap = scratch.shape[0]
-    while count > 0:
-        li += 1
-        if li >= nl:
-            li = 0
-        while not (pcs[zc, P_MASK] >> li) & 1:
-            li += 1
-            if li >= nl:
-                li = 0
-        while count > 0 and (pcs[zc, P_MASK] >> li) & 1:
+    while count > 0 and taken < TAKE_AHEAD:
+        li = _next_pcp_list(pcs, zc, li, nl)
+        pfn, size = _take_tail(lk, pg, pcp, pcs, g, zc, li)
+        count -= size
+        scratch[taken & mask] = pfn
+        taken += 1
+    for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
+        _prefetch_frees(lk, pg, max_order, scratch, j, taken, -1, mask)
+    j = 0
+    while j < taken:
+        if count > 0:
+            li = _next_pcp_list(pcs, zc, li, nl)
             pfn, size = _take_tail(lk, pg, pcp, pcs, g, zc, li)
             count -= size
-            scratch[taken] = pfn
+            scratch[taken & mask] = pfn
             taken += 1
-            if taken == cap:
-                _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
-                taken = 0
-    _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
+        _prefetch_frees(lk, pg, max_order, scratch, j, taken, -1, mask)
+        pfn = scratch[j & mask]
+        order = np.int64(pg[pfn, ORD])
+        mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
+        _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+        j += 1
 
 
 @njit(_nrt=False)
@@ -631,10 +654,10 @@ def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, pcp_idx
     max_order = g[G_MAX_ORDER]
     if not pcp_order:
         for i in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
-            _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
+            _prefetch_frees(lk, pg, max_order, pfns, i, n, order, NO_MASK)
     for i in range(n):
         if not pcp_order:
-            _prefetch_frees(lk, pg, max_order, pfns, i, n, order)
+            _prefetch_frees(lk, pg, max_order, pfns, i, n, order, NO_MASK)
         elif i + PREFETCH_DISTANCE < n:
             _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])

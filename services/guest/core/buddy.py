@@ -31,7 +31,8 @@ from .watermarks import guest_pcp_sizes, guest_watermarks, zone_ranges
 
 SHUFFLE_RETRY = 10  # SHUFFLE_RETRY in mm/shuffle.c: draws per position before giving up
 COIN_WORD_BITS = 64  # shuffle_pick_tail consumes one bit of a 64-bit random word per decision
-SCRATCH_BLOCKS = 1024  # pcp blocks taken per chunk before they are buddy-freed
+SCRATCH_BLOCKS = 1024  # pcp blocks taken before their buddy free (a ring in _bulk_free)
+assert SCRATCH_BLOCKS & (SCRATCH_BLOCKS - 1) == 0 and SCRATCH_BLOCKS > k.TAKE_AHEAD
 
 REPORT_LIST_END = k.REPORT_LIST_END
 REPORT_BATCH_FULL = k.REPORT_BATCH_FULL
