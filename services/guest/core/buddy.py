@@ -113,6 +113,7 @@ class BuddyAllocator:
         self.g[k.G_PROFILE] = _PROFILE_CODES.get(c.profile, k.PROFILE_MODERN)
         self.g[k.G_SHUFFLE] = int(c.shuffle)
         self.g[k.G_NR_ZONES] = nz
+        self._nr_zones = nz  # fixed at boot (the property avoids a numpy read per call)
         self.g[k.G_CAPACITY] = c.reporting.capacity
         self.g[k.G_NR_PCP_LISTS] = nr_pcp_lists
         self.g[k.G_ZONE_SPLIT] = ranges[1][0] if nz > 1 else nr_pages
@@ -127,6 +128,13 @@ class BuddyAllocator:
         return sum(a.nbytes for a in (self.lk, self.pg, self.pbmt))
 
     # ------------------------------------------------------------------ shuffle (§5)
+
+    def _ensure_coins_with_pcp(self, max_decisions: int) -> None:
+        """_ensure_coins for max_decisions plus a drain of every pcp page and one more
+        (a pcp drain's frees can each make a decision); pcp_pages is only summed when
+        shuffle is on."""
+        if self.config.shuffle:
+            self._ensure_coins(max_decisions + self.pcp_pages() + 1)
 
     def _ensure_coins(self, max_decisions: int) -> None:
         """Make sure max_decisions coin bits are drawn. Words are drawn in stream order,
@@ -204,7 +212,7 @@ class BuddyAllocator:
         if count < 0:
             raise ValueError(f"alloc: count must be >= 0, got {count} (order {order})")
         out = np.empty(count, dtype=np.int64)
-        self._ensure_coins(self.pcp_pages() + 1)  # a failed block drains the pcp lists
+        self._ensure_coins_with_pcp(0)  # a failed block drains the pcp lists
         n = k.k_alloc(*self._pcp_kernel_args(), self.pcp_idx, order, mt, count, cpu, out)
         return out[:n]
 
@@ -218,7 +226,7 @@ class BuddyAllocator:
         code, bad = k.k_check_free(self.pg, self.g, arr, order)
         if code != k.CHECK_OK:
             raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
-        self._ensure_coins(2 * arr.size + self.pcp_pages() + 1)
+        self._ensure_coins_with_pcp(2 * arr.size)
         k.k_free(*self._pcp_kernel_args(), self.pcp_idx, arr, order, cpu)
 
     def _pcp_kernel_args(self) -> tuple:
@@ -239,14 +247,14 @@ class BuddyAllocator:
 
     def drain_pcp(self) -> None:
         """drain_all_pages: every pcp list to the buddy (notifies like any buddy free)."""
-        self._ensure_coins(self.pcp_pages() + 1)
+        self._ensure_coins_with_pcp(0)
         k.k_drain_pcp(*self._pcp_kernel_args())
 
     def decay_pcp_high(self) -> int:
         """modern decay_pcp_high on every vCPU (vmstat_update, about once a second)."""
         if not self.config.is_modern:
             return 0
-        self._ensure_coins(self.pcp_pages() + 1)
+        self._ensure_coins_with_pcp(0)
         return int(k.k_decay_pcp(*self._pcp_kernel_args()))
 
     def pcp_decay_pending(self) -> bool:
@@ -345,7 +353,7 @@ class BuddyAllocator:
 
     @property
     def nr_zones(self) -> int:
-        return int(self.g[k.G_NR_ZONES])
+        return self._nr_zones
 
     @property
     def notify_count(self) -> int:

@@ -105,6 +105,7 @@ class PageReportingWorker:
         self._next_run_ns: int | None = None  # the next pass (scheduled work)
         self._batch_pfn = np.zeros(config.capacity, dtype=np.int64)
         self._batch_order = np.zeros(config.capacity, dtype=np.int8)
+        self._pages_of_order = tuple(1 << o for o in range(self.max_order + 1))
         self._n = 0  # entries in the batch; the batch is shared by the lists of a zone
         # Where a running pass stands between calls.
         self._zone = 0
@@ -252,8 +253,8 @@ class PageReportingWorker:
         n = self._n
         # the scatterlist is filled from its last slot: the device sees the batch in
         # reverse isolation order, as the drain walks it (§4.4, §4.6)
-        pfns = self._batch_pfn[:n][::-1].copy()
-        orders = self._batch_order[:n][::-1].copy()
+        pfns = self._batch_pfn[n - 1 :: -1].copy() if n else self._batch_pfn[:0].copy()
+        orders = self._batch_order[n - 1 :: -1].copy() if n else self._batch_order[:0].copy()
         self._call_end_ns = None
         outcome = self.reporter.report(now_ns, pfns, orders)
         self.reports += 1
@@ -262,7 +263,7 @@ class PageReportingWorker:
             self.report_errors += 1
         else:
             self.reported_blocks += n
-            self.reported_pages += int(np.sum(np.left_shift(1, orders.astype(np.int64))))
+            self.reported_pages += sum(map(self._pages_of_order.__getitem__, orders.tolist()))
         self._drain(ok=outcome.error == 0)
         if outcome.error:
             # §4.7: blocks went back unreported; the visit, the zone (its leftover step
