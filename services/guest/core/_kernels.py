@@ -978,37 +978,38 @@ def _rmqueue(lk, pg, pbmt, fl, nr_free, zone, g, z, order, mt, nofrag):
 
 
 @njit(inline="always")
-def _pcp_pop_factor(pcs, g, zc, pops):
+def _pcp_pop_factor(pcs, profile, zc, pops):
     """rmqueue_pcplist's halving on every pcp allocation: 6.1 free_factor, modern
     free_count (pops allocations in a row)."""
-    profile = g[G_PROFILE]
     if profile == PROFILE_5_7 or pops <= 0:
         return
     f = P_FREE_FACTOR if profile == PROFILE_6_1 else P_FREE_COUNT
-    pcs[zc, f] = pcs[zc, f] >> pops if pops < 63 else 0
+    v = pcs[zc, f]
+    if v != 0:  # stored only when it moves: a store makes every later state load reload
+        pcs[zc, f] = v >> pops if pops < 63 else 0
 
 
 @njit(inline="always")
-def _nr_pcp_alloc(pcs, zone, g, z, zc, order):
+def _nr_pcp_alloc(pcs, zone, profile, z, zc, order):
     """Blocks one refill takes: 5.7 batch; 6.1 max(batch >> order, 2) when batch > 1;
     modern nr_pcp_alloc (order-0 refills grow with alloc_factor; high rises by them)."""
     batch = pcs[zc, P_BATCH]
-    profile = g[G_PROFILE]
     if profile == PROFILE_5_7:
         return batch
     if profile == PROFILE_MODERN:
         base = batch
         hmin = pcs[zc, P_HIGH_MIN]
         hmax = pcs[zc, P_HIGH_MAX]
-        high = min(max(pcs[zc, P_HIGH], hmin), hmax)
-        pcs[zc, P_HIGH] = high
-        if high < base:
-            return np.int64(1)
+        old = pcs[zc, P_HIGH]
+        high = min(max(old, hmin), hmax)
         if order == 0:
             batch = base << pcs[zc, P_ALLOC_FACTOR]
-        if hmin != hmax and zone[z, Z_BELOW_HIGH] == 0:
+        if high >= base and hmin != hmax and zone[z, Z_BELOW_HIGH] == 0:
             high = min(high + batch, hmax)
+        if high != old:
             pcs[zc, P_HIGH] = high
+        if high < base:
+            return np.int64(1)
         if order == 0:
             max_nr_alloc = max(high - pcs[zc, P_COUNT] - base, base)
             if batch <= max_nr_alloc and pcs[zc, P_ALLOC_FACTOR] < PCP_BATCH_SCALE_MAX:
@@ -1022,11 +1023,11 @@ def _nr_pcp_alloc(pcs, zone, g, z, zc, order):
 @njit(inline="always")
 def _pcp_alloc(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, z, zc, order, mt, nofrag):
     """rmqueue_pcplist: halve the free factor, pop the head; refill an empty list first."""
-    _pcp_pop_factor(pcs, g, zc, 1)
+    _pcp_pop_factor(pcs, g[G_PROFILE], zc, 1)
     li = _pindex(g, pcp_idx, order, mt)
     lid = zc * g[G_NR_PCP_LISTS] + li
     if pcp[lid, HEAD] == NIL:
-        want = _nr_pcp_alloc(pcs, zone, g, z, zc, order)
+        want = _nr_pcp_alloc(pcs, zone, g[G_PROFILE], z, zc, order)
         return _pcp_refill_pop(
             lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, z, zc, li, order, mt, nofrag, want
         )
@@ -1066,11 +1067,11 @@ def _pcp_refill_pop(
 
 
 @njit(inline="always")
-def _zone_gate(zone, g, z, order):
+def _zone_gate(zone, profile, z, order):
     """modern: note ZONE_BELOW_HIGH when free pages fail the high mark; then the min mark."""
     size = np.int64(1) << order
     below = zone[z, Z_FREE] - size < zone[z, Z_HIGH]
-    if g[G_PROFILE] == PROFILE_MODERN and zone[z, Z_BELOW_HIGH] == 0 and below:
+    if profile == PROFILE_MODERN and zone[z, Z_BELOW_HIGH] == 0 and below:
         zone[z, Z_BELOW_HIGH] = 1
     return zone[z, Z_FREE] - size >= zone[z, Z_MIN]
 
@@ -1082,7 +1083,7 @@ def _alloc_one(
     """One block: zones from the highest index down, each behind its min watermark."""
     ncpu = g[G_NCPU]
     for z in range(g[G_NR_ZONES] - 1, -1, -1):
-        if not _zone_gate(zone, g, z, order):
+        if not _zone_gate(zone, g[G_PROFILE], z, order):
             continue
         if pcp_ok:
             pfn = _pcp_alloc(
@@ -1145,8 +1146,9 @@ def _pcp_refill_direct(
         return n
     keep = 1
     if got > 1:
-        keep = got if _zone_gate(zone, g, 0, order) else 1
-        _pcp_pop_factor(pcs, g, zc, keep - 1)
+        profile = g[G_PROFILE]
+        keep = got if _zone_gate(zone, profile, 0, order) else 1
+        _pcp_pop_factor(pcs, profile, zc, keep - 1)
     for i in range(keep):
         _set_head(pg, out[n + i], order, ST_ALLOC, mt)
     if keep < got:
@@ -1184,15 +1186,13 @@ def k_alloc(
     direct = pcp_ok and g[G_NR_ZONES] == 1
     li = _pindex(g, pcp_idx, order, mt) if pcp_ok else np.int64(0)
     zc = np.int64(cpu)  # zone 0 of this vCPU (single zone)
+    lid = zc * g[G_NR_PCP_LISTS] + li
+    profile = g[G_PROFILE]
     n = 0
     while n < count:
-        if (
-            direct
-            and pcp[zc * g[G_NR_PCP_LISTS] + li, HEAD] == NIL
-            and _zone_gate(zone, g, 0, order)
-        ):
-            _pcp_pop_factor(pcs, g, zc, 1)
-            want = _nr_pcp_alloc(pcs, zone, g, 0, zc, order)
+        if direct and pcp[lid, HEAD] == NIL and _zone_gate(zone, profile, 0, order):
+            _pcp_pop_factor(pcs, profile, zc, 1)
+            want = _nr_pcp_alloc(pcs, zone, profile, 0, zc, order)
             if count - n >= want:
                 n0 = n
                 n = _pcp_refill_direct(
