@@ -13,7 +13,7 @@ remainder, so results do not depend on how time is sliced into epochs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit
@@ -312,6 +312,144 @@ class Idle:
         self.finished = True
 
 
+@dataclass(frozen=True, eq=False)
+class TraceConfig:
+    """Replay of one VM's memory usage: anonymous memory held follows ``target_pages``.
+
+    Sample i says "from ``times_ns[i]`` (after the workload's start) the VM uses
+    ``target_pages[i]`` pages"; the workload grows or shrinks towards it at its
+    grow/free rates and holds it until the next sample. After the last sample it
+    holds the last value and is done once there. Arrays, not a Python object per
+    sample: a fleet replays thousands of traces of thousands of samples."""
+
+    times_ns: np.ndarray  # int64, strictly ascending, >= 0
+    target_pages: np.ndarray  # int64, >= 0 (clipped to the guest's pages)
+    thp: bool = False  # order-9 blocks, as an MADV_HUGEPAGE heap
+    grow_bytes_per_s: int = DEFAULT_GROW_BYTES_PER_S
+    free_bytes_per_s: int = DEFAULT_FREE_BYTES_PER_S
+    start_delay_ns: int = 0
+    migratetype: int = MIGRATE_MOVABLE
+    name: str = ""  # the trace's name, for messages
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.times_ns)
+        p = np.asarray(self.target_pages)
+        if t.ndim != 1 or p.ndim != 1 or len(t) != len(p) or len(t) == 0:
+            raise ValueError(
+                f"trace {self.name!r}: times_ns and target_pages must be 1-D, non-empty and "
+                f"of one length, got {t.shape} and {p.shape}"
+            )
+        if t[0] < 0 or (len(t) > 1 and bool((np.diff(t) <= 0).any())):
+            raise ValueError(f"trace {self.name!r}: times_ns must be >= 0 and strictly ascending")
+        if bool((p < 0).any()):
+            raise ValueError(f"trace {self.name!r}: target_pages must be >= 0")
+        for field in ("grow_bytes_per_s", "free_bytes_per_s"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"trace.{field} must be > 0, got {getattr(self, field)}")
+        if self.start_delay_ns < 0:
+            raise ValueError(f"trace.start_delay_ns must be >= 0, got {self.start_delay_ns}")
+        object.__setattr__(self, "times_ns", t.astype(np.int64, copy=True))
+        object.__setattr__(self, "target_pages", p.astype(np.int64, copy=True))
+        self.times_ns.flags.writeable = False
+        self.target_pages.flags.writeable = False
+
+
+class TraceReplay:
+    """Grows and shrinks anonymous memory to follow a trace (see TraceConfig).
+
+    Segment i runs from sample i to sample i+1 (the last one has no end). Within a
+    segment the workload moves towards its target at the grow or free rate, paid for
+    out of the guest's working time like a memhog phase, and then waits; shrinking
+    unmaps the most recently faulted memory first (HeldBlocks.take_last)."""
+
+    def __init__(self, config: TraceConfig, nr_pages: int, rng: np.random.Generator):
+        self.config = config
+        self.nr_pages = nr_pages
+        self.rng = rng
+        self.order = 9 if config.thp else 0
+        self.block_pages = 1 << self.order
+        self.held = HeldBlocks()
+        self.stats = WorkStats()
+        self._target_blocks = np.minimum(config.target_pages, nr_pages) // self.block_pages
+        self._credit = 0
+        self._seg = 0
+        self.stop_ns: int | None = None
+        self.finished = False
+
+    def _seg_start_ns(self, i: int) -> int:
+        return self.config.start_delay_ns + int(self.config.times_ns[i])
+
+    def _seg_end_ns(self, i: int) -> int | None:
+        if i + 1 < len(self.config.times_ns):
+            return self._seg_start_ns(i + 1)
+        return None
+
+    def target_blocks(self) -> int:
+        """The blocks the current segment asks for."""
+        return int(self._target_blocks[self._seg])
+
+    def next_event_ns(self, now_ns: int) -> int | None:
+        if self.finished:
+            return None
+        if self.stop_ns is not None and now_ns >= self.stop_ns:
+            return now_ns
+        start = self._seg_start_ns(self._seg)
+        if now_ns < start:
+            return start
+        if self.held.count != self.target_blocks():
+            return now_ns
+        end = self._seg_end_ns(self._seg)
+        return now_ns if end is None else end  # at the last target: one call finishes it
+
+    def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
+        """Work in [t0, t1) for at most ``work_ns`` of the guest's time (costs removed)."""
+        if self.stop_ns is not None:
+            t1_ns = min(t1_ns, self.stop_ns)
+            if t0_ns >= t1_ns:
+                self.finished = True
+                return
+        t = t0_ns
+        while not self.finished and t < t1_ns:
+            start = self._seg_start_ns(self._seg)
+            if t < start:
+                t = min(start, t1_ns)
+                continue
+            seg_end = self._seg_end_ns(self._seg)
+            end = t1_ns if seg_end is None else min(seg_end, t1_ns)
+            share = (end - t) * work_ns // max(1, t1_ns - t0_ns)
+            self._work(guest, share)
+            t = end
+            if seg_end is not None and t == seg_end:
+                self._seg += 1
+                self._credit = 0
+            elif seg_end is None and self.held.count == self.target_blocks():
+                self.finished = True
+
+    def _work(self, guest, work_ns: int) -> None:
+        want = self.target_blocks() - self.held.count
+        if want == 0 or work_ns <= 0:
+            return
+        rate = self.config.grow_bytes_per_s if want > 0 else self.config.free_bytes_per_s
+        self._credit += rate * work_ns
+        n, self._credit = divmod(self._credit, NS_PER_S * (self.block_pages << PAGE_SHIFT))
+        n = min(int(n), abs(want))
+        if n == 0:
+            return
+        if want > 0:
+            pfns = guest.alloc(self.order, self.config.migratetype, n)
+            if len(pfns) < n:
+                self.stats.alloc_failures += n - len(pfns)
+            if len(pfns):
+                self.held.add(pfns)
+                guest.touch(*pfns_to_runs(pfns, self.block_pages))
+                self.stats.pages_allocated += len(pfns) * self.block_pages
+                self.stats.pages_touched += len(pfns) * self.block_pages
+        else:
+            pfns = self.held.take_last(n)
+            guest.free(pfns, self.order)
+            self.stats.pages_freed += len(pfns) * self.block_pages
+
+
 def make_workload(
     config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0, stop_ns: int | None = None
 ):
@@ -327,6 +465,12 @@ def make_workload(
         return w
     if isinstance(config, IdleConfig):
         return Idle(config, nr_pages, rng)
+    if isinstance(config, TraceConfig):
+        if start_ns:
+            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
+        w = TraceReplay(config, nr_pages, rng)
+        w.stop_ns = stop_ns
+        return w
     raise ValueError(f"workload: unknown config type {type(config).__name__}")
 
 
@@ -336,6 +480,8 @@ __all__ = [
     "Memhog",
     "MemhogConfig",
     "PhaseConfig",
+    "TraceConfig",
+    "TraceReplay",
     "WorkStats",
     "make_workload",
     "pfns_to_runs",

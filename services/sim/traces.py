@@ -1,0 +1,544 @@
+"""Per-VM memory usage traces: loaders for the public formats and a synthetic generator.
+
+Every loader returns :class:`UsageTrace` objects: sample times in seconds from the
+trace's first sample, the memory in use at each sample in bytes, and the memory
+the VM was given (its guest size). Normalised traces (Google 2019, Alibaba 2018)
+are scaled to ``machine_bytes``, the memory of the trace's largest machine.
+
+Formats (docs/workloads.md has the details and the quirks):
+
+* ``bitbrains``: GWA-T-12, one CSV per VM, fields separated by ``;`` and a tab.
+  The header says ``Timestamp [ms]`` but the values are Unix seconds
+  (1376314846 is August 2013): a trace whose first time is below 10^11 is read
+  as seconds, and the trace's ``notes`` say so.
+* ``google2019``: cluster-data 2019 ``instance_usage`` JSON lines, one trace per
+  (collection_id, instance_index); times in microseconds; ``average_usage.memory``
+  (or ``maximum_usage.memory``) against ``assigned_memory``.
+* ``alibaba2018``: headless ``container_usage`` (with ``container_meta`` for each
+  container's ``mem_size``) or ``machine_usage`` CSV; ``mem_util_percent`` 0-100;
+  samples outside [0, 100] (the trace's -1 and 101) are dropped and counted.
+
+Malformed input raises :class:`TraceError` naming the file, line and column.
+Parsing uses pandas' C parser and pyarrow, never a Python loop per line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("bitbrains", "google2019", "alibaba2018")
+SHAPES = ("diurnal", "bursty", "step", "high_water_idle")
+
+BITBRAINS_TIME = "Timestamp [ms]"
+BITBRAINS_CAPACITY = "Memory capacity provisioned [KB]"
+BITBRAINS_USAGE = "Memory usage [KB]"
+BITBRAINS_HEADER = (
+    BITBRAINS_TIME,
+    "CPU cores",
+    "CPU capacity provisioned [MHZ]",
+    "CPU usage [MHZ]",
+    "CPU usage [%]",
+    BITBRAINS_CAPACITY,
+    BITBRAINS_USAGE,
+    "Disk read throughput [KB/s]",
+    "Disk write throughput [KB/s]",
+    "Network received throughput [KB/s]",
+    "Network transmitted throughput [KB/s]",
+)
+UNIX_SECONDS_BELOW = 10**11  # a "ms" timestamp this small is Unix seconds (year < 5138)
+KIB = 1024
+
+# cluster-trace-v2018 schema.txt / schema.md order of the headless container_usage file.
+# Analyses of the trace disagree on it, so the order is a parameter (``columns``).
+ALIBABA_CONTAINER_USAGE_COLUMNS = (
+    "container_id",
+    "machine_id",
+    "time_stamp",
+    "cpu_util_percent",
+    "mem_util_percent",
+    "cpi",
+    "mem_gps",
+    "mpki",
+    "net_in",
+    "net_out",
+    "disk_io_percent",
+)
+ALIBABA_MACHINE_USAGE_COLUMNS = (
+    "machine_id",
+    "time_stamp",
+    "cpu_util_percent",
+    "mem_util_percent",
+    "mem_gps",
+    "mkpi",
+    "net_in",
+    "net_out",
+    "disk_io_percent",
+)
+ALIBABA_CONTAINER_META_COLUMNS = (
+    "container_id",
+    "machine_id",
+    "time_stamp",
+    "app_du",
+    "status",
+    "cpu_request",
+    "cpu_limit",
+    "mem_size",
+)
+
+MAX_TRACE_FILES = 100_000  # files one directory may hold (a spec bounds guests separately)
+MAX_TRACE_FILE_BYTES = 1 << 30  # one trace file
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be used: names the file, and the line and column if known."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None, column=None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if column is not None:
+            where += f": column {column!r}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.column = str(path), line, column
+
+
+@dataclass(frozen=True, eq=False)
+class UsageTrace:
+    """One VM's memory in use over time."""
+
+    name: str
+    source: str  # the file it came from
+    times_s: np.ndarray  # float64 seconds from the first sample: 0, ascending strictly
+    usage_bytes: np.ndarray  # int64 memory in use at each sample, 0..memory_bytes
+    memory_bytes: int  # the memory the VM was given
+    start_unix_s: float | None = None  # the first sample's absolute time, when known
+    notes: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.times_s)
+
+
+# ---------------------------------------------------------------- shared checks
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise TraceError(path, "no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise TraceError(path, "empty file")
+    if size > MAX_TRACE_FILE_BYTES:
+        raise TraceError(path, f"{size} bytes, more than the limit of {MAX_TRACE_FILE_BYTES}")
+
+
+def _numeric(path: Path, values, column: str, first_line: int) -> np.ndarray:
+    """A column as float64; a non-numeric or missing field names its line."""
+    import pandas as pd
+
+    col = pd.to_numeric(values, errors="coerce")
+    arr = np.asarray(col, dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raw = values.iloc[i] if hasattr(values, "iloc") else values[i]
+        raise TraceError(path, f"not a number: {str(raw)[:40]!r}", first_line + i, column)
+    return arr
+
+
+def _ascending(path: Path, times: np.ndarray, column: str, first_line: int) -> None:
+    if len(times) > 1:
+        back = np.diff(times) <= 0
+        if back.any():
+            i = int(np.argmax(back)) + 1
+            raise TraceError(
+                path,
+                f"time goes backwards or repeats: {times[i]:g} after {times[i - 1]:g}",
+                first_line + i,
+                column,
+            )
+
+
+# ---------------------------------------------------------------- Bitbrains GWA-T-12
+
+
+def load_bitbrains(path: str | Path) -> UsageTrace:
+    """One GWA-T-12 VM file (fastStorage / Rnd layout)."""
+    import pandas as pd
+
+    path = Path(path)
+    _check_file(path)
+    with path.open("rb") as f:
+        header_line = f.readline().decode("utf-8", errors="replace")
+    names = [h.strip() for h in header_line.split(";")]
+    for col in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE):
+        if col not in names:
+            raise TraceError(path, f"header has no {col!r} field (found {names[:12]})", 1)
+    idx = [names.index(c) for c in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)]
+    try:
+        df = pd.read_csv(
+            path,
+            sep=";",
+            engine="c",
+            header=None,
+            skiprows=1,
+            usecols=idx,
+            dtype=str,
+            skip_blank_lines=True,
+        )
+    except pd.errors.EmptyDataError:
+        raise TraceError(path, "no samples after the header", 2) from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise TraceError(path, f"not a Bitbrains CSV: {str(e).splitlines()[0]}") from None
+    if len(df) == 0:
+        raise TraceError(path, "no samples after the header", 2)
+    if len(df.columns) != 3:
+        raise TraceError(path, "rows have fewer fields than the header", 2)
+    # rows keep their file order; line = row index + 2 (header is line 1, no blank lines)
+    times = _numeric(path, df[idx[0]].str.strip(), BITBRAINS_TIME, 2)
+    capacity_kb = _numeric(path, df[idx[1]].str.strip(), BITBRAINS_CAPACITY, 2)
+    usage_kb = _numeric(path, df[idx[2]].str.strip(), BITBRAINS_USAGE, 2)
+    _ascending(path, times, BITBRAINS_TIME, 2)
+    notes = []
+    if times[0] < UNIX_SECONDS_BELOW:
+        notes.append(
+            f"'{BITBRAINS_TIME}' values are Unix seconds (first sample {int(times[0])}), "
+            "not milliseconds: read as seconds"
+        )
+    else:
+        times = times / 1000.0
+    if (usage_kb < 0).any():
+        i = int(np.argmax(usage_kb < 0))
+        raise TraceError(path, f"negative memory usage {usage_kb[i]:g}", 2 + i, BITBRAINS_USAGE)
+    memory = int(capacity_kb.max()) * KIB
+    if memory <= 0:
+        raise TraceError(path, "memory capacity provisioned is 0", 2, BITBRAINS_CAPACITY)
+    usage = np.minimum(np.round(usage_kb * KIB), memory).astype(np.int64)
+    return UsageTrace(
+        name=path.stem,
+        source=str(path),
+        times_s=times - times[0],
+        usage_bytes=usage,
+        memory_bytes=memory,
+        start_unix_s=float(times[0]),
+        notes=tuple(notes),
+    )
+
+
+def write_bitbrains(trace: UsageTrace, path: str | Path, start_unix_s: int = 1376314846) -> None:
+    """Write a trace as a GWA-T-12 file (times as Unix seconds, as the real files have)."""
+    import pandas as pd
+
+    kb_cap = trace.memory_bytes // KIB
+    n = len(trace)
+    cols = {
+        BITBRAINS_TIME: (start_unix_s + np.round(trace.times_s)).astype(np.int64),
+        "CPU cores": np.full(n, 4),
+        "CPU capacity provisioned [MHZ]": np.full(n, 11703.99824),
+        "CPU usage [MHZ]": np.full(n, 0.0),
+        "CPU usage [%]": np.full(n, 0.0),
+        BITBRAINS_CAPACITY: np.full(n, kb_cap),
+        BITBRAINS_USAGE: np.round(trace.usage_bytes / KIB, 6),
+        "Disk read throughput [KB/s]": np.zeros(n),
+        "Disk write throughput [KB/s]": np.zeros(n),
+        "Network received throughput [KB/s]": np.zeros(n),
+        "Network transmitted throughput [KB/s]": np.zeros(n),
+    }
+    text = pd.DataFrame(cols).to_csv(sep=";", index=False, header=False, lineterminator="\n")
+    body = text.replace(";", ";\t")
+    Path(path).write_text(";\t".join(BITBRAINS_HEADER) + "\n" + body)
+
+
+# ---------------------------------------------------------------- Google cluster-data 2019
+
+
+def load_google2019(
+    path: str | Path, machine_bytes: int, statistic: str = "average"
+) -> list[UsageTrace]:
+    """instance_usage JSON lines -> one trace per (collection_id, instance_index), in
+    ascending key order. Usage is ``<statistic>_usage.memory`` x machine_bytes; the
+    VM's memory is the largest ``assigned_memory`` x machine_bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    if statistic not in ("average", "maximum"):
+        raise ValueError(f"statistic must be 'average' or 'maximum', got {statistic!r}")
+    path = Path(path)
+    _check_file(path)
+    try:
+        table = pj.read_json(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise TraceError(path, f"not JSON lines: {str(e).splitlines()[0]}") from None
+    usage_col = f"{statistic}_usage"
+    for col in ("start_time", "collection_id", "instance_index", usage_col, "assigned_memory"):
+        if col not in table.column_names:
+            raise TraceError(path, f"no {col!r} field", 1, col)
+    try:
+        mem = pc.struct_field(table[usage_col], "memory")
+    except (pa.ArrowInvalid, KeyError, TypeError):
+        raise TraceError(path, f"{usage_col} has no 'memory' field", 1, usage_col) from None
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "t": table["start_time"].to_pandas(),
+            "cid": table["collection_id"].to_pandas(),
+            "idx": table["instance_index"].to_pandas(),
+            "mem": mem.to_pandas(),
+            "assigned": table["assigned_memory"].to_pandas(),
+        }
+    )
+    for col, name in (
+        ("t", "start_time"),
+        ("mem", f"{usage_col}.memory"),
+        ("assigned", "assigned_memory"),
+    ):
+        df[col] = _numeric(path, df[col], name, 1)
+    if (df["mem"] < 0).any() or (df["assigned"] < 0).any():
+        bad = (df["mem"] < 0) | (df["assigned"] < 0)
+        raise TraceError(path, "negative normalised memory", 1 + int(np.argmax(bad.to_numpy())))
+    df["line"] = np.arange(1, len(df) + 1)
+    traces = []
+    for (cid, idx), group in df.groupby(["cid", "idx"], sort=True):
+        g = group.sort_values("t", kind="stable")
+        t = g["t"].to_numpy() / 1e6
+        _ascending(path, t, "start_time", 1)  # line numbers are approximate after the sort
+        assigned = float(g["assigned"].max())
+        memory = int(assigned * machine_bytes)
+        if memory <= 0:
+            raise TraceError(
+                path, f"instance {cid}/{idx}: assigned_memory is 0", None, "assigned_memory"
+            )
+        usage = np.minimum(np.round(g["mem"].to_numpy() * machine_bytes), memory).astype(np.int64)
+        traces.append(
+            UsageTrace(
+                name=f"{cid}-{idx}",
+                source=str(path),
+                times_s=t - t[0],
+                usage_bytes=usage,
+                memory_bytes=memory,
+                start_unix_s=None,
+                notes=(f"normalised memory scaled to machine_bytes={machine_bytes}",),
+            )
+        )
+    if not traces:
+        raise TraceError(path, "no samples", 1)
+    return traces
+
+
+# ---------------------------------------------------------------- Alibaba cluster-trace-v2018
+
+
+def _read_headless(path: Path, columns: Sequence[str], dtypes: dict):
+    import pandas as pd
+
+    _check_file(path)
+    try:
+        df = pd.read_csv(path, sep=",", engine="c", header=None, names=list(columns), dtype=dtypes)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise TraceError(
+            path, f"not a headless CSV of {len(columns)} columns: {str(e).splitlines()[0]}"
+        ) from None
+    if len(df) == 0:
+        raise TraceError(path, "no samples", 1)
+    return df
+
+
+def _container_sizes(meta_path: Path) -> dict[str, float]:
+    """container_meta: each container's largest normalised mem_size (0-100)."""
+    cols = ALIBABA_CONTAINER_META_COLUMNS
+    meta = _read_headless(meta_path, cols, dict.fromkeys(cols, str))
+    size = _numeric(meta_path, meta["mem_size"], "mem_size", 1)
+    sizes: dict[str, float] = {}
+    for cid, s in zip(meta["container_id"].to_numpy(), size, strict=True):
+        sizes[cid] = max(sizes.get(cid, 0.0), s)
+    return sizes
+
+
+def _container_memory(sizes: dict, key: str, meta_path, machine_bytes: int) -> int:
+    if key not in sizes:
+        raise TraceError(meta_path, f"no container_meta row for container {key!r}")
+    return int(sizes[key] / 100.0 * machine_bytes)
+
+
+def load_alibaba2018(
+    usage_path: str | Path,
+    machine_bytes: int,
+    meta_path: str | Path | None = None,
+    kind: str = "container",
+    columns: Sequence[str] | None = None,
+) -> tuple[list[UsageTrace], int]:
+    """container_usage (with container_meta for sizes) or machine_usage -> (traces in
+    ascending id order, samples dropped as invalid). ``columns`` names the usage file's
+    columns in file order (default: the published schema's)."""
+    if kind not in ("container", "machine"):
+        raise ValueError(f"kind must be 'container' or 'machine', got {kind!r}")
+    usage_path = Path(usage_path)
+    if columns is None:
+        columns = (
+            ALIBABA_CONTAINER_USAGE_COLUMNS
+            if kind == "container"
+            else ALIBABA_MACHINE_USAGE_COLUMNS
+        )
+    id_col = "container_id" if kind == "container" else "machine_id"
+    for need in (id_col, "time_stamp", "mem_util_percent"):
+        if need not in columns:
+            raise ValueError(f"columns must include {need!r}, got {list(columns)}")
+    df = _read_headless(usage_path, columns, {c: str for c in columns})
+    t = _numeric(usage_path, df["time_stamp"], "time_stamp", 1)
+    mem = _numeric(
+        usage_path, df["mem_util_percent"].replace("", np.nan).fillna("-1"), "mem_util_percent", 1
+    )
+    valid = (mem >= 0) & (mem <= 100)
+    dropped = int((~valid).sum())
+    df = df.assign(t=t, mem=mem, line=np.arange(1, len(df) + 1))[valid]
+    sizes: dict[str, float] = {}
+    if kind == "container":
+        if meta_path is None:
+            raise ValueError("container_usage needs meta_path (container_meta.csv) for sizes")
+        meta_path = Path(meta_path)
+        sizes = _container_sizes(meta_path)
+    traces = []
+    for key, group in df.groupby(df[id_col], sort=True):
+        g = group.sort_values("t", kind="stable")
+        times = g["t"].to_numpy()
+        dup = np.diff(times) <= 0
+        if dup.any():
+            i = int(np.argmax(dup)) + 1
+            raise TraceError(
+                usage_path,
+                f"{id_col} {key}: two samples at time {times[i]:g}",
+                int(g["line"].to_numpy()[i]),
+                "time_stamp",
+            )
+        memory = (
+            machine_bytes
+            if kind == "machine"
+            else _container_memory(sizes, str(key), meta_path, machine_bytes)
+        )
+        if memory <= 0:
+            raise TraceError(meta_path or usage_path, f"{id_col} {key}: memory size is 0")
+        usage = np.round(g["mem"].to_numpy() / 100.0 * memory).astype(np.int64)
+        traces.append(
+            UsageTrace(
+                name=str(key),
+                source=str(usage_path),
+                times_s=times - times[0],
+                usage_bytes=usage,
+                memory_bytes=memory,
+                start_unix_s=float(times[0]),
+                notes=(f"mem_util_percent outside 0..100 dropped: {dropped} samples in the file",)
+                if dropped
+                else (),
+            )
+        )
+    if not traces:
+        raise TraceError(usage_path, "no valid samples (every mem_util_percent outside 0..100)")
+    return traces, dropped
+
+
+# ---------------------------------------------------------------- synthetic traces
+
+
+def synthetic(
+    shape: str,
+    seed: int,
+    index: int = 0,
+    memory_bytes: int = 4 << 30,
+    duration_s: int = 86_400,
+    interval_s: int = 300,
+) -> UsageTrace:
+    """A seeded trace in the common schema. Shapes:
+
+    * ``diurnal``: 30-70 % of memory following a day-long sine, with noise;
+    * ``bursty``: 20 % baseline with bursts to 60-95 % lasting a few samples;
+    * ``step``: levels held for hours, changing at random times;
+    * ``high_water_idle``: climbs to ~90 % in the first tenth of the trace (a CI job's
+      build), then sits at ~10 % (what the application holds; the rest of the
+      high-water mark was freed, and is what reporting can give back).
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    if duration_s <= 0 or interval_s <= 0 or duration_s < interval_s:
+        raise ValueError(f"need 0 < interval_s <= duration_s, got {interval_s} and {duration_s}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7472, index]))
+    n = duration_s // interval_s + 1
+    t = np.arange(n, dtype=np.float64) * interval_s
+    if shape == "diurnal":
+        phase = rng.uniform(0, 2 * math.pi)
+        frac = 0.5 + 0.2 * np.sin(2 * math.pi * t / 86_400 + phase) + rng.normal(0, 0.02, n)
+    elif shape == "bursty":
+        frac = np.full(n, 0.2) + rng.normal(0, 0.01, n)
+        i = 0
+        while i < n:
+            i += int(rng.geometric(1 / 24))
+            length = int(rng.integers(1, 6))
+            frac[i : i + length] = rng.uniform(0.6, 0.95)
+            i += length
+    elif shape == "step":
+        frac = np.empty(n)
+        i = 0
+        while i < n:
+            length = int(rng.integers(6, 48))
+            frac[i : i + length] = rng.uniform(0.1, 0.9)
+            i += length
+    else:
+        climb = max(1, n // 10)
+        frac = np.empty(n)
+        frac[:climb] = np.linspace(0.05, 0.9, climb)
+        frac[climb:] = 0.1 + rng.normal(0, 0.005, n - climb)
+    frac = np.clip(frac, 0.0, 1.0)
+    return UsageTrace(
+        name=f"{shape}-{index:05d}",
+        source=f"synthetic:{shape}:{seed}:{index}",
+        times_s=t,
+        usage_bytes=np.round(frac * memory_bytes).astype(np.int64),
+        memory_bytes=memory_bytes,
+        notes=(f"synthetic {shape} trace, seed {seed}, index {index}",),
+    )
+
+
+# ---------------------------------------------------------------- directories
+
+
+def trace_files(path: str | Path, pattern: str = "*.csv") -> list[Path]:
+    """The trace files of a directory (sorted by name: a stable guest order), or [path]."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise TraceError(path, "no such file or directory")
+    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise TraceError(path, f"no {pattern} files in the directory")
+    if len(files) > MAX_TRACE_FILES:
+        raise TraceError(path, f"{len(files)} files, more than the limit of {MAX_TRACE_FILES}")
+    return files
+
+
+def load_bitbrains_dir(path: str | Path, limit: int | None = None) -> list[UsageTrace]:
+    """Every VM of a GWA-T-12 directory, in file-name order (at most ``limit``)."""
+    files = trace_files(path)
+    if limit is not None:
+        files = files[:limit]
+    return [load_bitbrains(f) for f in files]
+
+
+__all__ = [
+    "FORMATS",
+    "SHAPES",
+    "TraceError",
+    "UsageTrace",
+    "load_alibaba2018",
+    "load_bitbrains",
+    "load_bitbrains_dir",
+    "load_google2019",
+    "synthetic",
+    "trace_files",
+    "write_bitbrains",
+]
