@@ -33,7 +33,13 @@ from services.guest.core.backing import ReportCost, ReportCostPort
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
-from services.guest.core.workloads import IdleConfig, MemhogConfig, make_workload, pfns_to_runs
+from services.guest.core.workloads import (
+    IdleConfig,
+    MemhogConfig,
+    TraceConfig,
+    make_workload,
+    pfns_to_runs,
+)
 from services.protocol.messages import (
     DISCARD_DONTNEED,
     EMPTY_U64,
@@ -54,7 +60,7 @@ class GuestInit:
     group: str
     host_id: int
     config: GuestConfig
-    workload: MemhogConfig | IdleConfig
+    workload: MemhogConfig | IdleConfig | TraceConfig
     discard_mode: str = DISCARD_DONTNEED
     # its host's figures for one report call (default: calls take no time)
     report_cost: ReportCost = field(default_factory=ReportCost)

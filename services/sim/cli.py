@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_validate(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     from .placement import place
+    from .trace_groups import group_traces
 
-    hosts, guests = place(spec)
+    hosts, guests = place(spec, group_traces(spec))
     print(f"{args.spec}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
     return 0
 

@@ -7,7 +7,7 @@ frozen dataclasses. This module is the one place that converts between them.
 from __future__ import annotations
 
 from services.guest.core.config import GuestConfig, ReportingConfig
-from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig
+from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
 from services.units import PAGE_SIZE
@@ -15,10 +15,13 @@ from services.units import PAGE_SIZE
 from .spec import GuestGroup, HostGroup, SpecError
 
 
-def guest_config(group: GuestGroup) -> GuestConfig:
+def guest_config(group: GuestGroup, memory: int | None = None) -> GuestConfig:
+    """The guest core's config; ``memory`` (bytes) overrides the group's (trace guests)."""
     r = group.reporting
+    size = memory if memory is not None else group.memory
+    assert size is not None  # GuestGroup requires memory unless a trace sizes each guest
     return GuestConfig(
-        nr_pages=group.memory // PAGE_SIZE,
+        nr_pages=size // PAGE_SIZE,
         zones=group.zones,
         machine=group.machine,
         lowmem_pages=None if group.lowmem is None else group.lowmem // PAGE_SIZE,
@@ -40,7 +43,16 @@ def guest_config(group: GuestGroup) -> GuestConfig:
     )
 
 
-def workload_config(group: GuestGroup, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
+def workload_config(
+    group: GuestGroup, start_delay_ns: int = 0, trace=None, memory: int | None = None
+) -> MemhogConfig | IdleConfig | TraceConfig:
+    """A guest's workload config; trace groups need the guest's trace and memory."""
+    if group.workload.kind == "trace":
+        from .trace_groups import trace_config
+
+        if trace is None or memory is None:
+            raise ValueError(f"guest group {group.name}: a trace workload needs its trace")
+        return trace_config(group, trace, memory, start_delay_ns)
     return _core_workload(group.workload, start_delay_ns)
 
 
@@ -48,6 +60,8 @@ def _core_workload(w, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
     """A validated spec workload -> the guest core's workload config."""
     if w.kind == "idle":
         return IdleConfig(initial_fill=w.initial_fill)
+    if w.kind == "trace":
+        raise ValueError("a trace workload is started from a spec's trace group, not alone")
     phases = tuple(
         PhaseConfig(
             action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate

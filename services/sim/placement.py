@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .spec import ExperimentSpec, GuestGroup, HostGroup, SpecError
+from .traces import UsageTrace
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class GuestSlot:
     group: GuestGroup
     index: int
     host_id: int
+    memory: int  # bytes: the group's, or (trace groups) the trace's
+    trace: UsageTrace | None = None  # the trace this guest replays
 
     @property
     def discard_mode(self) -> str:
@@ -45,31 +48,53 @@ def hosts_of(spec: ExperimentSpec) -> list[HostSlot]:
     return out
 
 
-def place(spec: ExperimentSpec) -> tuple[list[HostSlot], list[GuestSlot]]:
+def guests_of(
+    spec: ExperimentSpec, traces: dict[int, list[UsageTrace]] | None = None
+) -> list[tuple[GuestGroup, int, int, UsageTrace | None]]:
+    """Every guest as (group, index in group, memory bytes, trace), in spec order.
+    ``traces`` holds each trace group's traces (see trace_groups.group_traces)."""
+    from .trace_groups import guest_memory
+
+    out = []
+    for gi, group in enumerate(spec.guest_groups):
+        if group.is_trace:
+            if traces is None or gi not in traces:
+                raise SpecError([(f"guest_groups.{gi}.workload", "traces were not loaded")])
+            for i, t in enumerate(traces[gi]):
+                out.append((group, i, guest_memory(group, t), t))
+        else:
+            assert group.memory is not None  # GuestGroup requires it without a trace
+            out.extend((group, i, group.memory, None) for i in range(group.declared_count))
+    return out
+
+
+def place(
+    spec: ExperimentSpec, traces: dict[int, list[UsageTrace]] | None = None
+) -> tuple[list[HostSlot], list[GuestSlot]]:
     """Place every guest on a host (first_fit or spread) within max_overcommit_ratio."""
     hosts = hosts_of(spec)
     committed = [0] * len(hosts)
     limit = [int(h.group.memory * spec.placement.max_overcommit_ratio) for h in hosts]
     guests: list[GuestSlot] = []
-    for gi, group in enumerate(spec.guest_groups):
-        for i in range(group.count):
-            fits = [h for h in range(len(hosts)) if committed[h] + group.memory <= limit[h]]
-            if not fits:
-                raise SpecError(
-                    [
-                        (
-                            f"guest_groups.{gi}",
-                            f"guest {group.name}-{i} ({group.memory} bytes) fits on no host within "
-                            f"placement.max_overcommit_ratio={spec.placement.max_overcommit_ratio}",
-                        )
-                    ]
-                )
-            if spec.placement.policy == "spread":
-                h = min(fits, key=lambda k: (committed[k] / hosts[k].group.memory, k))
-            else:
-                h = fits[0]
-            committed[h] += group.memory
-            guests.append(GuestSlot(len(guests), group, i, h))
+    group_index = {id(g): gi for gi, g in enumerate(spec.guest_groups)}
+    for group, i, memory, trace in guests_of(spec, traces):
+        fits = [h for h in range(len(hosts)) if committed[h] + memory <= limit[h]]
+        if not fits:
+            raise SpecError(
+                [
+                    (
+                        f"guest_groups.{group_index[id(group)]}",
+                        f"guest {group.name}-{i} ({memory} bytes) fits on no host within "
+                        f"placement.max_overcommit_ratio={spec.placement.max_overcommit_ratio}",
+                    )
+                ]
+            )
+        if spec.placement.policy == "spread":
+            h = min(fits, key=lambda k: (committed[k] / hosts[k].group.memory, k))
+        else:
+            h = fits[0]
+        committed[h] += memory
+        guests.append(GuestSlot(len(guests), group, i, h, memory, trace))
     return hosts, guests
 
 

@@ -24,6 +24,7 @@ from .core_configs import guest_config, host_config, workload_config
 from .placement import GuestSlot, HostSlot, place, shard_guests
 from .spec import ExperimentSpec
 from .sync_policy import SyncPolicy
+from .trace_groups import group_traces
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class SimPlan:
 
     @property
     def guest_bytes(self) -> int:
-        return sum(g.group.memory for g in self.guests)
+        return sum(g.memory for g in self.guests)
 
 
 def start_delay_ns(spec: ExperimentSpec, g: GuestSlot) -> int:
@@ -90,7 +91,7 @@ def report_cost(host: HostConfig, discard_mode: str) -> ReportCost:
 
 
 def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPlan:
-    hosts, guests = place(spec)
+    hosts, guests = place(spec, group_traces(spec))
     ratio = spec.placement.max_overcommit_ratio
     host_configs = {h.host_id: host_config(h.group, ratio) for h in hosts}
     by_id = {h.host_id: h for h in hosts}
@@ -104,8 +105,8 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
                     guest_id=g.guest_id,
                     group=g.group.name,
                     host_id=g.host_id,
-                    config=guest_config(g.group),
-                    workload=workload_config(g.group, start_delay_ns(spec, g)),
+                    config=guest_config(g.group, g.memory),
+                    workload=workload_config(g.group, start_delay_ns(spec, g), g.trace, g.memory),
                     discard_mode=mode,
                     report_cost=report_cost(host_configs[g.host_id], mode),
                 )

@@ -12,10 +12,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.guest.core.constants import (
     MAX_ORDER,
@@ -261,17 +270,135 @@ class IdleWorkload(_Model):
     )
 
 
-Workload = Annotated[MemhogWorkload | IdleWorkload, Field(discriminator="kind")]
+MAX_TRACE_PATH = 4096  # characters of a trace path
+TRACE_FORMATS = ("bitbrains", "google2019", "alibaba2018", "synthetic")
+TRACE_SHAPES = ("diurnal", "bursty", "step", "high_water_idle")
+
+
+class TraceWorkload(_Model):
+    kind: Literal["trace"] = "trace"
+    format: Literal["bitbrains", "google2019", "alibaba2018", "synthetic"] = Field(
+        description=(
+            "bitbrains: a directory of GWA-T-12 VM files (one guest per file, name order) or "
+            "one file; google2019: an instance_usage JSON-lines file (one guest per instance); "
+            "alibaba2018: a container_usage or machine_usage CSV (one guest per id); "
+            "synthetic: seeded traces of a shape (count guests)."
+        )
+    )
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TRACE_PATH,
+        description=(
+            "Trace file or directory, relative to the spec file's directory (the CLI) or to "
+            "serve's --trace-dir (which refuses absolute paths and '..'). Not for synthetic."
+        ),
+    )
+    meta_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TRACE_PATH,
+        description="alibaba2018 containers: the container_meta.csv giving each mem_size.",
+    )
+    table: Literal["container", "machine"] = Field(
+        "container", description="alibaba2018: container_usage or machine_usage rows."
+    )
+    columns: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None,
+        max_length=32,
+        description=(
+            "alibaba2018: the usage file's column names in file order (the published "
+            "schemas disagree; default: schema.txt's order)."
+        ),
+    )
+    statistic: Literal["average", "maximum"] = Field(
+        "average", description="google2019: follow average_usage or maximum_usage memory."
+    )
+    machine_memory: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_HOST_MEMORY_BYTES,
+        description=(
+            "google2019 / alibaba2018: the memory a normalised 1.0 (or 100 %) stands for, bytes."
+        ),
+    )
+    shape: Literal["diurnal", "bursty", "step", "high_water_idle"] = Field(
+        "high_water_idle", description="synthetic: the trace shape (docs/workloads.md)."
+    )
+    trace_duration: int = Field(
+        86_400 * 1_000_000_000,
+        gt=0,
+        le=MAX_DURATION_NS * 1000,
+        description="synthetic: trace length (trace time, before time_scale).",
+    )
+    trace_interval: int = Field(
+        300 * 1_000_000_000,
+        gt=0,
+        description="synthetic: sample interval (trace time).",
+    )
+    time_scale: float = Field(
+        1.0,
+        ge=1e-3,
+        le=1e6,
+        description="Trace seconds per simulated second (300 plays a 5-minute sample in 1 s).",
+    )
+    thp: bool = Field(False, description="Grow in 2 MiB (order-9) blocks.")
+    grow_rate: int | None = Field(
+        None, ge=1, description="Bytes per simulated second while growing (default 2 GiB/s)."
+    )
+    free_rate: int | None = Field(
+        None, ge=1, description="Bytes per simulated second while shrinking (default 16 GiB/s)."
+    )
+
+    _durs = field_validator("trace_duration", "trace_interval", mode="before")(_dur)
+    _sizes = field_validator("machine_memory", "grow_rate", "free_rate", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
+
+    @field_validator("path", "meta_path")
+    @classmethod
+    def _plain_path(cls, v: str | None) -> str | None:
+        if v is not None and ("\x00" in v or any(ord(c) < 32 for c in v)):
+            raise ValueError("a trace path may not hold control characters")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TraceWorkload:
+        if self.format != "synthetic" and self.path is None:
+            raise ValueError(f"a {self.format} trace needs a path")
+        if self.format in ("google2019", "alibaba2018") and self.machine_memory is None:
+            raise ValueError(f"a {self.format} trace is normalised: it needs machine_memory")
+        if self.format == "alibaba2018" and self.table == "container" and self.meta_path is None:
+            raise ValueError("alibaba2018 container_usage needs meta_path (container_meta.csv)")
+        if self.trace_interval > self.trace_duration:
+            raise ValueError("trace_interval must not exceed trace_duration")
+        if self.format == "synthetic" and self.trace_duration // self.trace_interval > 1_000_000:
+            raise ValueError("a synthetic trace may have at most 1,000,000 samples")
+        return self
+
+
+Workload = Annotated[MemhogWorkload | IdleWorkload | TraceWorkload, Field(discriminator="kind")]
 
 
 class GuestGroup(_Model):
     name: Name = Field(description="Group name, used in guest ids and metric labels.")
-    count: int = Field(
-        1, ge=1, le=MAX_GUESTS, description=f"Number of identical guests (at most {MAX_GUESTS})."
+    count: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_GUESTS,
+        description=(
+            f"Number of guests (at most {MAX_GUESTS}; default 1). With a trace workload: "
+            "default one guest per trace, and a count caps that (synthetic: the count)."
+        ),
     )
-    memory: int = Field(
+    memory: int | None = Field(
+        None,
         le=MAX_GUEST_MEMORY_BYTES,
-        description="Guest RAM, bytes (a multiple of 4 MiB, at most 1 TiB).",
+        description=(
+            "Guest RAM, bytes (a multiple of 4 MiB, at most 1 TiB). Required, except with a "
+            "trace workload: then each guest gets its trace's memory (rounded up to 4 MiB), "
+            "or this size with the trace's usage scaled to it."
+        ),
     )
     profile: Literal["5.7", "6.1", "modern"] = Field(
         PROFILE_MODERN, description="Kernel rules to follow."
@@ -358,10 +485,27 @@ class GuestGroup(_Model):
 
     @field_validator("memory")
     @classmethod
-    def _whole_blocks(cls, v: int) -> int:
-        if v <= 0 or v % MAX_BLOCK_BYTES:
+    def _whole_blocks(cls, v: int | None) -> int | None:
+        if v is not None and (v <= 0 or v % MAX_BLOCK_BYTES):
             raise ValueError(f"memory must be a positive multiple of 4 MiB, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _memory_given(self) -> GuestGroup:
+        if self.memory is None and self.workload.kind != "trace":
+            raise ValueError("memory is required (only a trace workload can size its guests)")
+        if self.memory is None and self.workload.format == "synthetic":
+            raise ValueError("memory is required for synthetic traces")
+        return self
+
+    @property
+    def is_trace(self) -> bool:
+        return self.workload.kind == "trace"
+
+    @property
+    def declared_count(self) -> int:
+        """Guests as far as the spec alone says (a trace group's cap; 1 if not given)."""
+        return 1 if self.count is None else self.count
 
     @field_validator("lowmem")
     @classmethod
@@ -402,6 +546,11 @@ class SweepSpec(_Model):
 
 
 class ExperimentSpec(_Model):
+    # Where relative trace paths resolve (not a field: the spec file's directory, or serve's
+    # --trace-dir; None: trace workloads with a path are refused). See with_trace_root.
+    _trace_root: Path | None = PrivateAttr(default=None)
+    _trace_absolute_ok: bool = PrivateAttr(default=False)
+
     name: Name = Field(description="Experiment name; results go to runs/<name>/<run_id>/.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Root of every random stream.")
     duration: int = Field(
@@ -499,12 +648,13 @@ class ExperimentSpec(_Model):
         hosts = sum(h.count for h in self.hosts)
         if hosts > MAX_HOSTS:
             raise ValueError(f"hosts: {hosts} hosts in all, over the bound of {MAX_HOSTS}")
-        guests = sum(g.count for g in self.guest_groups)
+        guests = sum(g.declared_count for g in self.guest_groups)
         if guests > MAX_GUESTS:
             raise ValueError(
                 f"guest_groups: {guests} guests in all, over the bound of {MAX_GUESTS}"
             )
-        total = sum(g.count * g.memory for g in self.guest_groups)
+        # trace groups sized by their traces are checked again once the traces are read
+        total = sum(g.declared_count * (g.memory or 0) for g in self.guest_groups)
         if total > MAX_TOTAL_GUEST_MEMORY_BYTES:
             raise ValueError(
                 f"guest_groups: {total} bytes of guest memory in all, over the bound of "
@@ -526,6 +676,14 @@ class ExperimentSpec(_Model):
                         f"sweep: more than {MAX_SWEEP_RUNS} runs (grid points x seeds)"
                     )
 
+    @property
+    def trace_root(self) -> Path | None:
+        return self._trace_root
+
+    @property
+    def trace_absolute_ok(self) -> bool:
+        return self._trace_absolute_ok
+
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with every default filled in, sizes and times as integers."""
         return self.model_dump(mode="json")
@@ -546,7 +704,7 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
 
 
 def _error_path(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"] if p not in ("memhog", "idle")) or "<spec>"
+    return ".".join(str(p) for p in err["loc"] if p not in ("memhog", "idle", "trace")) or "<spec>"
 
 
 def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
@@ -592,7 +750,9 @@ def load_spec(path: str, overrides: list[str] | None = None) -> ExperimentSpec:
             text = f.read()
     except OSError as e:
         raise SpecError([("<file>", f"cannot read {path}: {e.strerror}")]) from None
-    return load_spec_text(text, overrides)
+    return with_trace_root(
+        load_spec_text(text, overrides), Path(path).resolve().parent, absolute_ok=True
+    )
 
 
 def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
@@ -635,7 +795,17 @@ def with_overrides(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentS
     data = spec.resolved_dict()
     for path, value in changes.items():
         data = set_path(data, path, value)
-    return parse_spec(data)
+    return with_trace_root(parse_spec(data), spec.trace_root, spec.trace_absolute_ok)
+
+
+def with_trace_root(
+    spec: ExperimentSpec, root: Path | None, absolute_ok: bool = False
+) -> ExperimentSpec:
+    """The spec, with relative trace paths resolving under ``root``; ``absolute_ok``
+    (the CLI: the user's own files) also allows absolute paths and '..'."""
+    spec._trace_root = None if root is None else Path(root)
+    spec._trace_absolute_ok = absolute_ok
+    return spec
 
 
 def baseline_spec(spec: ExperimentSpec, kind: str) -> ExperimentSpec:

@@ -468,9 +468,9 @@ def make_workload(
     if isinstance(config, TraceConfig):
         if start_ns:
             config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
-        w = TraceReplay(config, nr_pages, rng)
-        w.stop_ns = stop_ns
-        return w
+        replay = TraceReplay(config, nr_pages, rng)
+        replay.stop_ns = stop_ns
+        return replay
     raise ValueError(f"workload: unknown config type {type(config).__name__}")
 
 

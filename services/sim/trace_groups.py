@@ -1,0 +1,166 @@
+"""Guest groups that replay traces: their files, their guests, and each guest's workload.
+
+A trace group becomes one guest per trace (a Bitbrains file, a Google instance, an
+Alibaba container or machine, or a synthetic index), in a stable order, capped by the
+group's ``count``. Each guest's memory is its trace's (rounded up to 4 MiB) unless
+the group sets one, in which case the trace's usage is scaled to it.
+
+Paths come from a spec, so they are checked before any file is opened: relative to
+the spec's trace root, and when the spec came over the network (``serve``), never
+absolute and never outside that root (symlinks resolved).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from services.guest.core.workloads import TraceConfig
+from services.units import NS_PER_S, PAGE_SIZE
+
+from .spec import (
+    MAX_BLOCK_BYTES,
+    MAX_GUEST_MEMORY_BYTES,
+    MAX_GUESTS,
+    MAX_TOTAL_GUEST_MEMORY_BYTES,
+    ExperimentSpec,
+    GuestGroup,
+    SpecError,
+    TraceWorkload,
+)
+from .traces import (
+    TraceError,
+    UsageTrace,
+    load_alibaba2018,
+    load_bitbrains,
+    load_google2019,
+    synthetic,
+    trace_files,
+)
+
+
+def resolve_trace_path(value: str, root: Path | None, absolute_ok: bool, field: str) -> Path:
+    """A spec's trace path as a file system path, or SpecError naming ``field``."""
+    if root is None:
+        raise SpecError(
+            [
+                (
+                    field,
+                    "trace files need a trace directory (run from a spec file, or serve --trace-dir)",
+                )
+            ]
+        )
+    p = Path(value)
+    if not absolute_ok:
+        if p.is_absolute() or ".." in p.parts:
+            raise SpecError([(field, f"must be relative to the trace directory, got {value!r}")])
+        full = (root / p).resolve()
+        if not full.is_relative_to(root.resolve()):
+            raise SpecError([(field, f"leaves the trace directory: {value!r}")])
+        return full
+    return (root / p).resolve()
+
+
+def _load(
+    w: TraceWorkload, spec: ExperimentSpec, field: str, limit: int | None
+) -> list[UsageTrace]:
+    root, ok = spec.trace_root, spec.trace_absolute_ok
+    if w.format == "synthetic":
+        raise AssertionError("synthetic traces are generated per guest")
+    assert w.path is not None  # TraceWorkload requires it for files
+    path = resolve_trace_path(w.path, root, ok, f"{field}.path")
+    if w.format == "bitbrains":
+        files = trace_files(path)
+        return [load_bitbrains(f) for f in files[:limit]]
+    assert w.machine_memory is not None  # required for normalised formats
+    if w.format == "google2019":
+        return load_google2019(path, w.machine_memory, w.statistic)[:limit]
+    meta = None
+    if w.meta_path is not None:
+        meta = resolve_trace_path(w.meta_path, root, ok, f"{field}.meta_path")
+    traces, _dropped = load_alibaba2018(path, w.machine_memory, meta, w.table, w.columns)
+    return traces[:limit]
+
+
+def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
+    """Every trace group's traces (index of the group -> traces, one per guest).
+    Raises SpecError naming the group's field for a bad path, file or total."""
+    out: dict[int, list[UsageTrace]] = {}
+    total_guests = 0
+    total_bytes = 0
+    for gi, group in enumerate(spec.guest_groups):
+        if not group.is_trace:
+            total_guests += group.declared_count
+            total_bytes += group.declared_count * (group.memory or 0)
+            continue
+        w = group.workload
+        assert isinstance(w, TraceWorkload)
+        field = f"guest_groups.{gi}.workload"
+        if w.format == "synthetic":
+            assert group.memory is not None  # GuestGroup requires it for synthetic traces
+            n = group.declared_count
+            traces = [
+                synthetic(
+                    w.shape,
+                    spec.seed,
+                    i,
+                    group.memory,
+                    max(1, w.trace_duration // NS_PER_S),
+                    max(1, w.trace_interval // NS_PER_S),
+                )
+                for i in range(n)
+            ]
+        else:
+            try:
+                traces = _load(w, spec, field, group.count)
+            except TraceError as e:
+                raise SpecError([(f"{field}.path", str(e))]) from None
+        out[gi] = traces
+        total_guests += len(traces)
+        total_bytes += sum(guest_memory(group, t) for t in traces)
+    if total_guests > MAX_GUESTS:
+        raise SpecError([("guest_groups", f"{total_guests} guests in all, over {MAX_GUESTS}")])
+    if total_bytes > MAX_TOTAL_GUEST_MEMORY_BYTES:
+        raise SpecError(
+            [("guest_groups", f"{total_bytes} bytes of guest memory in all, over the bound")]
+        )
+    return out
+
+
+def guest_memory(group: GuestGroup, trace: UsageTrace | None) -> int:
+    """A guest's RAM: the group's, or its trace's rounded up to whole 4 MiB blocks."""
+    if group.memory is not None or trace is None:
+        assert group.memory is not None
+        return group.memory
+    size = -(-trace.memory_bytes // MAX_BLOCK_BYTES) * MAX_BLOCK_BYTES
+    if size > MAX_GUEST_MEMORY_BYTES:
+        raise SpecError(
+            [(f"guest_groups.{group.name}", f"trace {trace.name}: {size} bytes, over 1 TiB")]
+        )
+    return size
+
+
+def trace_config(
+    group: GuestGroup, trace: UsageTrace, memory: int, start_delay_ns: int = 0
+) -> TraceConfig:
+    """The guest core's replay of ``trace`` in a guest of ``memory`` bytes."""
+    w = group.workload
+    assert isinstance(w, TraceWorkload)
+    times_ns = np.round(trace.times_s * (NS_PER_S / w.time_scale)).astype(np.int64)
+    keep = np.concatenate((np.diff(times_ns) > 0, [True]))  # samples < 1 ns apart: the last
+    scale = memory / trace.memory_bytes if group.memory is not None else 1.0
+    pages = np.minimum(np.floor(trace.usage_bytes * scale / PAGE_SIZE), memory // PAGE_SIZE)
+    kwargs = {}
+    if w.grow_rate is not None:
+        kwargs["grow_bytes_per_s"] = w.grow_rate
+    if w.free_rate is not None:
+        kwargs["free_bytes_per_s"] = w.free_rate
+    return TraceConfig(
+        times_ns=times_ns[keep],
+        target_pages=pages.astype(np.int64)[keep],
+        thp=w.thp,
+        start_delay_ns=start_delay_ns,
+        name=trace.name,
+        **kwargs,
+    )

@@ -1,0 +1,125 @@
+"""Trace guest groups in specs: one guest per trace, memory from the trace, paths confined,
+and a fleet replay run end to end in-process (pure: files in tmp_path, no servers)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from services.sim.placement import place
+from services.sim.plan import make_plan
+from services.sim.spec import SpecError, load_spec, load_spec_text, with_trace_root
+from services.sim.trace_groups import group_traces
+from services.sim.traces import synthetic, write_bitbrains
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+SPEC = """
+name: fleet
+duration: 4s
+hosts: [{{name: h, count: 2, memory: 8GiB}}]
+guest_groups:
+  - name: vms
+    {extra}
+    workload: {{kind: trace, format: bitbrains, path: {path}, time_scale: 300}}
+"""
+
+
+def fleet_dir(tmp_path, sizes_mib=(100, 300, 50)):
+    d = tmp_path / "traces"
+    d.mkdir()
+    for i, mib in enumerate(sizes_mib):
+        t = synthetic("step", 1, i, memory_bytes=mib * MIB, duration_s=1200)
+        write_bitbrains(t, d / f"vm{i:02d}.csv")
+    return d
+
+
+def spec_file(tmp_path, path="traces", extra=""):
+    f = tmp_path / "fleet.yaml"
+    f.write_text(SPEC.format(path=path, extra=extra))
+    return f
+
+
+def test_one_guest_per_trace_file_sized_by_its_trace(tmp_path):
+    fleet_dir(tmp_path)
+    spec = load_spec(str(spec_file(tmp_path)))
+    _, guests = place(spec, group_traces(spec))
+    assert [g.trace.name for g in guests] == ["vm00", "vm01", "vm02"]
+    # 100 MiB -> 100 MiB (a multiple of 4 MiB), 300 -> 300, 50 -> 52 (rounded up)
+    assert [g.memory // MIB for g in guests] == [100, 300, 52]
+
+
+def test_count_caps_the_traces_and_memory_scales_them(tmp_path):
+    fleet_dir(tmp_path)
+    spec = load_spec(str(spec_file(tmp_path, extra="count: 2\n    memory: 1GiB")))
+    plan = make_plan(spec, "x", 1)
+    assert len(plan.guests) == 2 and all(g.memory == GIB for g in plan.guests)
+    init = plan.shard_inits[0][1]
+    trace = plan.guests[1].trace
+    scale = GIB / trace.memory_bytes
+    expect = np.floor(trace.usage_bytes * scale / 4096).astype(np.int64)
+    assert np.array_equal(init.workload.target_pages, expect)
+    assert init.workload.times_ns[1] == 1_000_000_000  # 300 s of trace at time_scale 300
+
+
+def test_synthetic_groups_need_count_and_memory(tmp_path):
+    text = (
+        "name: s\nduration: 2s\nhosts: [{name: h, memory: 8GiB}]\n"
+        "guest_groups: [{name: g, count: 3, memory: 256MiB,"
+        " workload: {kind: trace, format: synthetic, shape: bursty, trace_duration: 1h}}]\n"
+    )
+    spec = load_spec_text(text)
+    traces = group_traces(spec)
+    assert [t.name for t in traces[0]] == ["bursty-00000", "bursty-00001", "bursty-00002"]
+    with pytest.raises(SpecError, match="memory is required for synthetic"):
+        load_spec_text(text.replace(" memory: 256MiB,", ""))
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("../outside", "must be relative to the trace directory"),
+        ("/etc", "must be relative to the trace directory"),
+        ("link", "leaves the trace directory"),
+    ],
+)
+def test_served_specs_cannot_reach_outside_the_trace_directory(tmp_path, path, needle):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", root / "link")
+    spec = with_trace_root(load_spec_text(SPEC.format(path=path, extra="")), root)
+    with pytest.raises(SpecError) as e:
+        group_traces(spec)
+    assert "guest_groups.0.workload.path" in str(e.value) and needle in str(e.value)
+
+
+def test_a_spec_without_a_trace_directory_refuses_trace_files():
+    with pytest.raises(SpecError, match="trace files need a trace directory"):
+        group_traces(load_spec_text(SPEC.format(path="traces", extra="")))
+
+
+def test_a_broken_trace_file_names_the_field_and_the_file(tmp_path):
+    d = fleet_dir(tmp_path)
+    (d / "vm01.csv").write_text("garbage\n1;2\n")
+    with pytest.raises(SpecError) as e:
+        group_traces(load_spec(str(spec_file(tmp_path))))
+    assert "guest_groups.0.workload.path" in str(e.value) and "vm01.csv:1" in str(e.value)
+
+
+def test_fleet_replay_runs_and_held_memory_follows_the_traces(tmp_path):
+    """In-process run, samples every simulated second = every trace sample (300 s at
+    time_scale 300): the group's held memory at second k is the sum of the guests'
+    sample k-1 (each reached within the second, none of it yet moved to sample k)."""
+    from services.sim.runner import run_experiment
+
+    fleet_dir(tmp_path, (64, 128))
+    spec = load_spec(str(spec_file(tmp_path)))
+    result = run_experiment(spec, out_dir=str(tmp_path / "runs"), transport="inprocess")
+    ts = result.timeseries
+    held = ts[(ts["variant"] == "run") & ts["held_bytes"].notna()].set_index("time_s")["held_bytes"]
+    inits = make_plan(spec, "x", 1).shard_inits[0]
+    for k in range(1, 5):
+        expect = sum(int(i.workload.target_pages[k - 1]) for i in inits) * 4096
+        assert held[float(k)] == expect, k
