@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve ExperimentService for gRPC clients")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument(
+        "--trace-dir",
+        default=None,
+        help="directory clients' trace workloads read from (relative paths only; "
+        "without it, specs naming trace files are refused)",
+    )
+    p.add_argument(
         "--bind",
         default="127.0.0.1",
         help="address to bind (anything but loopback needs --allow-remote, --token and TLS)",
@@ -143,7 +149,7 @@ def cmd_serve(args) -> int:
 
     from services.transport.security import ServerTls
 
-    from .experiment_manager import serve
+    from .experiment_manager import ServeSettings, serve
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("serve: --tls-cert and --tls-key go together")
@@ -153,13 +159,16 @@ def cmd_serve(args) -> int:
         tls = ServerTls.from_files(Path(args.tls_cert), Path(args.tls_key), client_ca)
 
     return serve(
-        port=args.port,
-        bind=args.bind,
-        allow_remote=args.allow_remote,
-        token=args.token,
-        out_dir=args.out,
-        transport=args.transport,
-        tls=tls,
+        ServeSettings(
+            port=args.port,
+            bind=args.bind,
+            allow_remote=args.allow_remote,
+            token=args.token,
+            tls=tls,
+            out_dir=args.out,
+            transport=args.transport,
+            trace_dir=args.trace_dir,
+        )
     )
 
 

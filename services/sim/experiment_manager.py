@@ -12,6 +12,8 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from services.transport.errors import failed_precondition, resource_exhausted
@@ -22,7 +24,8 @@ from .backends import make_backend
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
-from .spec import load_spec_text, parse_spec
+from .spec import load_spec_text, parse_spec, with_trace_root
+from .trace_groups import group_traces
 
 MAX_EXPERIMENTS = 64  # experiments one server holds (finished ones count until it stops)
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
@@ -58,8 +61,11 @@ class ExperimentManager:
         address: str | None = None,
         shards: int | None = None,
         backend=None,
+        trace_dir: str | None = None,
     ):
         self.out_dir = out_dir
+        # where clients' trace paths resolve (relative only, never outside); None: refused
+        self.trace_dir = None if trace_dir is None else Path(trace_dir).resolve()
         self.shards = shards
         self.backend = backend or make_backend(transport, address)
         self._experiments: dict[str, _Experiment] = {}
@@ -71,6 +77,9 @@ class ExperimentManager:
     # -- ExperimentManagerApi ---------------------------------------------------------
     def create(self, spec: str | Mapping[str, Any]) -> str:
         parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
+        parsed = with_trace_root(parsed, self.trace_dir, absolute_ok=False)
+        if any(g.is_trace for g in parsed.guest_groups):
+            group_traces(parsed)  # paths and files checked now: a bad one is the caller's error
         with self._lock:
             if len(self._experiments) >= MAX_EXPERIMENTS:
                 raise resource_exhausted(
@@ -259,15 +268,21 @@ class ExperimentManager:
         self.backend.close()
 
 
-def serve(
-    port: int = 50051,
-    bind: str = "127.0.0.1",
-    allow_remote: bool = False,
-    token: str | None = None,
-    out_dir: str = "runs",
-    transport: str = "grpc",
-    tls: ServerTls | None = None,
-) -> int:
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``overcommit serve`` was asked for (the CLI's flags)."""
+
+    port: int = 50051
+    bind: str = "127.0.0.1"
+    allow_remote: bool = False
+    token: str | None = None
+    tls: ServerTls | None = None
+    out_dir: str = "runs"
+    transport: str = "grpc"
+    trace_dir: str | None = None
+
+
+def serve(settings: ServeSettings) -> int:
     """Run ExperimentService until SIGINT or SIGTERM.
 
     Beyond loopback it needs ``allow_remote``, a token and ``tls``: checked before
@@ -277,14 +292,17 @@ def serve(
 
     from .experiment_service import start_experiment_server
 
-    tokens = TokenStore(admin_token=token) if token else None
-    options = ServerOptions(host=bind, port=port, allow_remote=allow_remote, tls=tls, tokens=tokens)
-    manager = ExperimentManager(out_dir=out_dir, transport=transport)
+    st = settings
+    tokens = TokenStore(admin_token=st.token) if st.token else None
+    options = ServerOptions(
+        host=st.bind, port=st.port, allow_remote=st.allow_remote, tls=st.tls, tokens=tokens
+    )
+    manager = ExperimentManager(out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir)
     server = start_experiment_server(manager, options, tokens=tokens)
     print(
         f"ExperimentService on {server.address}"
-        + (" (bearer token required)" if token else "")
-        + (" (TLS)" if tls else ""),
+        + (" (bearer token required)" if st.token else "")
+        + (" (TLS)" if st.tls else ""),
         flush=True,
     )
     try:
@@ -294,4 +312,4 @@ def serve(
     return 0
 
 
-__all__ = ["ExperimentManager", "serve"]
+__all__ = ["ExperimentManager", "ServeSettings", "serve"]

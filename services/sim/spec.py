@@ -478,7 +478,9 @@ class GuestGroup(_Model):
     )
     workload: Workload = Field(default_factory=IdleWorkload, description="What the guests do.")
 
-    _sizes = field_validator("memory", mode="before")(_size)
+    _sizes = field_validator("memory", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
     _lowmem_size = field_validator("lowmem", mode="before")(
         lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
     )

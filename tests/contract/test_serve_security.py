@@ -248,3 +248,54 @@ def test_garbage_bytes_are_refused_by_grpc_itself(guest_server) -> None:
         with pytest.raises(grpc.RpcError) as err:
             call(b"\xff\xff\xff\xff garbage", timeout=10)
     assert err.value.code() == CODE.INTERNAL  # documented in docs/security.md
+
+
+TRACE_SPEC = """
+name: fleet
+duration: 2s
+hosts: [{{name: h, memory: 2GiB}}]
+guest_groups:
+  - {{name: vms, workload: {{kind: trace, format: bitbrains, path: {path!r}, time_scale: 300}}}}
+"""
+
+
+@pytest.mark.parametrize("trace_dir", [False, True])
+def test_trace_paths_from_clients_stay_inside_the_trace_directory(tmp_path, trace_dir) -> None:
+    """Without --trace-dir no trace file is read; with it, only relative paths inside it
+    (not '..', not absolute, not a symlink out), each refused as INVALID_ARGUMENT naming
+    the field, and a good one is created."""
+    from services.sim.traces import synthetic, write_bitbrains
+
+    root = tmp_path / "traces"
+    (root / "fleet").mkdir(parents=True)
+    write_bitbrains(
+        synthetic("step", 1, 0, memory_bytes=64 << 20, duration_s=900), root / "fleet" / "a.csv"
+    )
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    write_bitbrains(
+        synthetic("step", 1, 1, memory_bytes=64 << 20, duration_s=900), secret / "b.csv"
+    )
+    (root / "out").symlink_to(secret)
+    manager = ExperimentManager(
+        out_dir=str(tmp_path / "runs"),
+        backend=InProcessBackend(),
+        trace_dir=str(root) if trace_dir else None,
+    )
+    server = start_experiment_server(manager, ServerOptions(port=0, max_workers=8))
+    server.start()
+    try:
+        with connect_experiments(server.address) as client:
+            bad = ["../secret", str(secret), "out"] + ([] if trace_dir else ["fleet"])
+            for path in bad:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.create(TRACE_SPEC.format(path=path))
+                assert err.value.code() == CODE.INVALID_ARGUMENT, path
+                assert "guest_groups.0.workload.path" in err.value.details(), path
+            if trace_dir:
+                exp_id, _ = client.create(TRACE_SPEC.format(path="fleet"))
+                assert exp_id.startswith("fleet-")
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()

@@ -123,3 +123,16 @@ def test_fleet_replay_runs_and_held_memory_follows_the_traces(tmp_path):
     for k in range(1, 5):
         expect = sum(int(i.workload.target_pages[k - 1]) for i in inits) * 4096
         assert held[float(k)] == expect, k
+
+
+def test_the_bundled_fleet_replay_and_its_baseline_validate_and_place():
+    """experiments/fleet-replay.yaml: 8 VMs of 2 GiB from the bundled directory; its
+    reporting_off baseline (a copy through resolved_dict) keeps the trace directory."""
+    from services.sim.spec import baseline_spec
+
+    spec = load_spec("experiments/fleet-replay.yaml")
+    base = baseline_spec(spec, "reporting_off")
+    for s in (spec, base):
+        _, guests = place(s, group_traces(s))
+        assert len(guests) == 8 and {g.memory for g in guests} == {2 * GIB}
+    assert base.trace_root == spec.trace_root
