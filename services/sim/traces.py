@@ -166,9 +166,49 @@ def _ascending(path: Path, times: np.ndarray, column: str, first_line: int) -> N
 # ---------------------------------------------------------------- Bitbrains GWA-T-12
 
 
+def _read_bitbrains(path: Path, idx: list[int], dtype):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(
+            path,
+            sep=";",
+            engine="c",
+            header=None,
+            skiprows=1,
+            usecols=idx,
+            dtype=dtype,
+            skip_blank_lines=dtype is not str,  # the slow path counts lines exactly
+        )
+    except pd.errors.EmptyDataError:
+        raise TraceError(path, "no samples after the header", 2) from None
+    except pd.errors.ParserError as e:
+        raise TraceError(path, f"not a Bitbrains CSV: {str(e).splitlines()[0]}") from None
+
+
+def _bitbrains_columns(path: Path, idx: list[int]) -> tuple[np.ndarray, ...]:
+    """(time, capacity KB, usage KB) as float64. The C parser reads the numbers itself
+    (it skips the tab after each ';'); only a file it refuses is read again as text to
+    find the field at fault (line = row + 2: the header is line 1)."""
+    try:
+        df = _read_bitbrains(path, idx, np.float64)
+        cols = [df[i].to_numpy(dtype=np.float64) for i in idx]
+        if len(df) and all(np.isfinite(c).all() for c in cols):
+            return tuple(cols)
+    except ValueError:
+        pass  # a non-numeric field: located below
+    df = _read_bitbrains(path, idx, str)
+    if len(df) == 0:
+        raise TraceError(path, "no samples after the header", 2)
+    names = (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)
+    return tuple(
+        _numeric(path, df[i].fillna("").str.strip(), name, 2)
+        for i, name in zip(idx, names, strict=True)
+    )
+
+
 def load_bitbrains(path: str | Path) -> UsageTrace:
     """One GWA-T-12 VM file (fastStorage / Rnd layout)."""
-    import pandas as pd
 
     path = Path(path)
     _check_file(path)
@@ -179,29 +219,7 @@ def load_bitbrains(path: str | Path) -> UsageTrace:
         if col not in names:
             raise TraceError(path, f"header has no {col!r} field (found {names[:12]})", 1)
     idx = [names.index(c) for c in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)]
-    try:
-        df = pd.read_csv(
-            path,
-            sep=";",
-            engine="c",
-            header=None,
-            skiprows=1,
-            usecols=idx,
-            dtype=str,
-            skip_blank_lines=True,
-        )
-    except pd.errors.EmptyDataError:
-        raise TraceError(path, "no samples after the header", 2) from None
-    except (pd.errors.ParserError, ValueError) as e:
-        raise TraceError(path, f"not a Bitbrains CSV: {str(e).splitlines()[0]}") from None
-    if len(df) == 0:
-        raise TraceError(path, "no samples after the header", 2)
-    if len(df.columns) != 3:
-        raise TraceError(path, "rows have fewer fields than the header", 2)
-    # rows keep their file order; line = row index + 2 (header is line 1, no blank lines)
-    times = _numeric(path, df[idx[0]].str.strip(), BITBRAINS_TIME, 2)
-    capacity_kb = _numeric(path, df[idx[1]].str.strip(), BITBRAINS_CAPACITY, 2)
-    usage_kb = _numeric(path, df[idx[2]].str.strip(), BITBRAINS_USAGE, 2)
+    times, capacity_kb, usage_kb = _bitbrains_columns(path, idx)
     _ascending(path, times, BITBRAINS_TIME, 2)
     notes = []
     if times[0] < UNIX_SECONDS_BELOW:
