@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from services.guest.core.backing import ReportCost, ReportCostPort
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
+from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import (
     IdleConfig,
     MemhogConfig,
@@ -60,7 +61,7 @@ class GuestInit:
     group: str
     host_id: int
     config: GuestConfig
-    workload: MemhogConfig | IdleConfig | TraceConfig
+    workload: MemhogConfig | IdleConfig | TraceConfig | WillItScaleConfig
     discard_mode: str = DISCARD_DONTNEED
     # its host's figures for one report call (default: calls take no time)
     report_cost: ReportCost = field(default_factory=ReportCost)
@@ -185,11 +186,11 @@ class _GuestDriver:
         self.guest = guest
         self.link = link
 
-    def alloc(self, order: int, mt: int, count: int) -> np.ndarray:
-        return self.guest.alloc(order, mt, count)
+    def alloc(self, order: int, mt: int, count: int, cpu: int = 0) -> np.ndarray:
+        return self.guest.alloc(order, mt, count, cpu)
 
-    def free(self, pfns: np.ndarray, order: int) -> None:
-        self.guest.free(pfns, order)
+    def free(self, pfns: np.ndarray, order: int, cpu: int = 0) -> None:
+        self.guest.free(pfns, order, cpu)
         self.link.record_free(*pfns_to_runs(pfns, 1 << order))
 
     def touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
@@ -416,6 +417,11 @@ class GuestShard:
                 g["pages_touched_total"] += w.pages_touched
                 g["alloc_failures_total"] += w.alloc_failures
                 g["held_bytes"] += wl.held.count * (1 << getattr(wl, "order", 0)) * PAGE_SIZE
+                if hasattr(wl, "benchmark_ops"):  # will-it-scale: its counter and guest costs
+                    g["benchmark_ops_total"] += wl.benchmark_ops
+                    g["benchmark_tasks"] += len(wl.tasks)
+                    for kind, ns in wl.lost_ns.items():
+                        g[f"lost_{kind}_ns_total"] += ns
             g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())
             for kind, ns in s.lost_ns.items():
                 g[f"lost_{kind}_ns_total"] += ns
@@ -488,6 +494,8 @@ class GuestShard:
         """Run ``config`` (a workload config) from now for ``duration_ns``, beside the spec's workload."""
         s = self.slot(guest_id)
         start, end = self.now_ns, self.now_ns + duration_ns
+        if isinstance(config, WillItScaleConfig):  # tasks spread over this guest's vCPUs
+            config = replace(config, vcpus=s.init.config.vcpus)
         rng = np.random.default_rng(
             np.random.SeedSequence(
                 [self.seed, RNG_KIND_WORKLOAD, guest_id, 1 + len(s.extra_workloads)]

@@ -7,6 +7,7 @@ frozen dataclasses. This module is the one place that converts between them.
 from __future__ import annotations
 
 from services.guest.core.config import GuestConfig, ReportingConfig
+from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
@@ -45,7 +46,7 @@ def guest_config(group: GuestGroup, memory: int | None = None) -> GuestConfig:
 
 def workload_config(
     group: GuestGroup, start_delay_ns: int = 0, trace=None, memory: int | None = None
-) -> MemhogConfig | IdleConfig | TraceConfig:
+) -> MemhogConfig | IdleConfig | TraceConfig | WillItScaleConfig:
     """A guest's workload config; trace groups need the guest's trace and memory."""
     if group.workload.kind == "trace":
         from .trace_groups import trace_config
@@ -53,15 +54,38 @@ def workload_config(
         if trace is None or memory is None:
             raise ValueError(f"guest group {group.name}: a trace workload needs its trace")
         return trace_config(group, trace, memory, start_delay_ns)
-    return _core_workload(group.workload, start_delay_ns)
+    return _core_workload(group.workload, start_delay_ns, group.vcpus)
 
 
-def _core_workload(w, start_delay_ns: int = 0) -> MemhogConfig | IdleConfig:
+def _will_it_scale(w, vcpus: int, start_delay_ns: int) -> WillItScaleConfig:
+    costs = {
+        "fault_ns": w.fault_cost,
+        "thp_fault_ns": w.thp_fault_cost,
+        "cow_fault_ns": w.cow_fault_cost,
+        "zero_bytes_per_s": w.zero_rate,
+        "copy_bytes_per_s": w.copy_rate,
+        "unmap_ns": w.unmap_cost,
+    }
+    return WillItScaleConfig(
+        test=w.kind,
+        tasks=w.tasks,
+        vcpus=vcpus,
+        thp=w.thp,
+        region_bytes=w.region,
+        quantum=w.quantum,
+        start_delay_ns=start_delay_ns,
+        **{k: v for k, v in costs.items() if v is not None},
+    )
+
+
+def _core_workload(w, start_delay_ns: int = 0, vcpus: int = 1):
     """A validated spec workload -> the guest core's workload config."""
     if w.kind == "idle":
         return IdleConfig(initial_fill=w.initial_fill)
     if w.kind == "trace":
         raise ValueError("a trace workload is started from a spec's trace group, not alone")
+    if w.kind in ("page_fault1", "page_fault2"):
+        return _will_it_scale(w, vcpus, start_delay_ns)
     phases = tuple(
         PhaseConfig(
             action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate
@@ -104,7 +128,7 @@ def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
     )
 
 
-def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig:
+def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig | WillItScaleConfig:
     """A GuestService StartWorkload request's workload, validated like a spec's."""
     from pydantic import TypeAdapter, ValidationError
 

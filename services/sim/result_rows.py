@@ -23,8 +23,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from services.guest.core.willitscale import GUEST_LOST_KINDS
 from services.units import LOST_KINDS, NS_PER_S, PAGE_SIZE
 
 from .plan import SimPlan
@@ -145,6 +147,29 @@ def _final(df: pd.DataFrame, col: str) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+WIS_WARMUP_S = 5.0  # will-it-scale discards about its first 5 one-second samples
+
+
+def will_it_scale_figures(df: pd.DataFrame) -> dict[str, float]:
+    """will-it-scale's figures for a group: its counter (pages faulted, summed over tasks)
+    per second, averaged after a warm-up of WIS_WARMUP_S (or half the run if shorter),
+    in total and per task (the cover letters' "Process Iter" is the total for N tasks)."""
+    t = df["time_s"].to_numpy(dtype=float)
+    ops = df["benchmark_ops_total"].fillna(0.0).to_numpy(dtype=float)
+    tasks = _final(df, "benchmark_tasks")
+    warm = min(WIS_WARMUP_S, t[-1] / 2) if len(t) else 0.0
+    i = int(np.searchsorted(t, warm))
+    span = t[-1] - t[i] if len(t) else 0.0
+    rate = (ops[-1] - ops[i]) / span if span > 0 else 0.0
+    return {
+        "ops": float(ops[-1]) if len(ops) else 0.0,
+        "tasks": tasks,
+        "warmup_seconds": float(t[i]) if len(t) else 0.0,
+        "ops_per_second": rate,
+        "ops_per_second_per_task": rate / tasks if tasks else 0.0,
+    }
+
+
 def summarize_run(
     ts: pd.DataFrame, variant: str, physical_bytes: int, guest_bytes: int
 ) -> dict[str, Any]:
@@ -175,6 +200,11 @@ def summarize_run(
             "report_calls": int(_final(df, "report_calls_total")),
             "reported_bytes": _final(df, "reported_pages_total") * PAGE_SIZE,
         }
+        for k in GUEST_LOST_KINDS:  # the guest's own costs (workloads that price them)
+            if f"lost_{k}_seconds_total" in df:
+                groups[entity]["lost_seconds"][k] = _final(df, f"lost_{k}_seconds_total")
+        if "benchmark_ops_total" in df:
+            groups[entity]["will_it_scale"] = will_it_scale_figures(df)
     host_rows = part[part["kind"] == "host"]
     cluster_backed = (
         host_rows.groupby("time_s")["backed_bytes"].sum()

@@ -270,6 +270,65 @@ class IdleWorkload(_Model):
     )
 
 
+MAX_WIS_TASKS = 1024  # will-it-scale tasks of one guest
+
+
+class WillItScaleWorkload(_Model):
+    kind: Literal["page_fault1", "page_fault2"] = Field(
+        description=(
+            "will-it-scale (docs/workloads.md): page_fault1 faults in 128 MiB of anonymous "
+            "memory a page at a time and unmaps it; page_fault2 does the same on a private "
+            "file mapping (copy-on-write of page-cache pages that stay)."
+        )
+    )
+    tasks: int = Field(
+        1, ge=1, le=MAX_WIS_TASKS, description="Concurrent tasks; task i runs on vCPU i mod vcpus."
+    )
+    thp: bool = Field(False, description="page_fault1 with MADV_HUGEPAGE: 2 MiB faults.")
+    region: int = Field(
+        128 << 20,
+        gt=0,
+        le=1 << 40,
+        description="Bytes each task maps per iteration (a multiple of 2 MiB; default 128 MiB).",
+    )
+    quantum: int = Field(
+        64, ge=1, le=1 << 20, description="Faults a task makes per turn on its vCPU."
+    )
+    fault_cost: int | None = Field(
+        None, ge=0, description="Guest handling of one 4 KiB anonymous fault, ns (default 700 ns)."
+    )
+    thp_fault_cost: int | None = Field(
+        None, ge=0, description="Guest handling of one THP fault, besides zeroing (default 3 us)."
+    )
+    cow_fault_cost: int | None = Field(
+        None, ge=0, description="page_fault2: one copy-on-write fault, besides the copy (900 ns)."
+    )
+    zero_rate: int | None = Field(
+        None, ge=1, description="Guest zeroing, bytes per second (default 10 GiB/s)."
+    )
+    copy_rate: int | None = Field(
+        None, ge=1, description="page_fault2 copies, bytes per second (default 8 GiB/s)."
+    )
+    unmap_cost: int | None = Field(
+        None, ge=0, description="munmap per 4 KiB page, ns (a 2 MiB mapping costs ten; 60 ns)."
+    )
+
+    _durs = field_validator(
+        "fault_cost", "thp_fault_cost", "cow_fault_cost", "unmap_cost", mode="before"
+    )(lambda v, info: None if v is None else parse_duration_ns(v, info.field_name))
+    _sizes = field_validator("region", "zero_rate", "copy_rate", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WillItScaleWorkload:
+        if self.region % (2 << 20):
+            raise ValueError(f"region must be a multiple of 2 MiB, got {self.region}")
+        if self.thp and self.kind != "page_fault1":
+            raise ValueError("thp applies to page_fault1 only")
+        return self
+
+
 MAX_TRACE_PATH = 4096  # characters of a trace path
 TRACE_FORMATS = ("bitbrains", "google2019", "alibaba2018", "synthetic")
 TRACE_SHAPES = ("diurnal", "bursty", "step", "high_water_idle")
@@ -377,7 +436,10 @@ class TraceWorkload(_Model):
         return self
 
 
-Workload = Annotated[MemhogWorkload | IdleWorkload | TraceWorkload, Field(discriminator="kind")]
+Workload = Annotated[
+    MemhogWorkload | IdleWorkload | TraceWorkload | WillItScaleWorkload,
+    Field(discriminator="kind"),
+]
 
 
 class GuestGroup(_Model):
@@ -703,6 +765,9 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
         if sample_interval % (m * epoch) == 0:
             return m * epoch
     return epoch
+
+
+_WORKLOAD_KINDS = ("memhog", "idle", "trace", "page_fault1", "page_fault2")
 
 
 def _error_path(err: dict[str, Any]) -> str:

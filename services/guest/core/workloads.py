@@ -471,6 +471,14 @@ def make_workload(
         replay = TraceReplay(config, nr_pages, rng)
         replay.stop_ns = stop_ns
         return replay
+    from .willitscale import WillItScale, WillItScaleConfig
+
+    if isinstance(config, WillItScaleConfig):
+        if start_ns:
+            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
+        wis = WillItScale(config, nr_pages, rng)
+        wis.stop_ns = stop_ns
+        return wis
     raise ValueError(f"workload: unknown config type {type(config).__name__}")
 
 
