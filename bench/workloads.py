@@ -11,7 +11,7 @@ Prints one JSON object (``--json``):
   ``trace_load_rows_per_second`` and the seconds it took (target: under 20 s). The
   directory is written once (seeded synthetic traces) and kept under the temp dir.
 
-Kinds not yet implemented (page_fault1, page_fault2, page_cache, kernel_noise) are
+Kinds not yet implemented (page_cache, kernel_noise, script) are
 listed under ``not_measured``.
 
     python bench/workloads.py --json [--files 1000] [--rows 9000] [--seconds 20]
@@ -51,17 +51,25 @@ WORKLOADS = {
     # a bursty synthetic trace played 60x faster than real time
     "trace": """{kind: trace, format: synthetic, shape: bursty, trace_duration: 24h,
         trace_interval: 60s, time_scale: 60}""",
+    # will-it-scale as in the cover letters: 16 tasks on 16 vCPUs
+    "page_fault1_thp": "{kind: page_fault1, tasks: 16, thp: true}",
+    "page_fault1": "{kind: page_fault1, tasks: 16}",
+    "page_fault2": "{kind: page_fault2, tasks: 16}",
 }
-NOT_MEASURED = ["page_fault1", "page_fault2", "page_cache", "kernel_noise", "script"]
+NOT_MEASURED = ["page_cache", "kernel_noise", "script"]
+# real machine (cover letter, E5-2630 v3, 16 tasks): counter per second
+REAL_FAULTS_PER_S = {"page_fault2": 3_344_169, "page_fault1_thp": 8_865_205 / 512}
 
 
-def workload_speed(kind: str, workload: str, seconds: int) -> dict:
+def workload_speed(kind: str, workload: str, seconds: int, quantum: int | None = None) -> dict:
+    if quantum is not None:
+        workload = workload.replace("}", f", quantum: {quantum}}}")
     text = f"""
 name: bench-{kind.replace("_", "-")}
 seed: 1
 duration: {seconds}s
 {HOST}
-guest_groups: [{{name: g, count: 1, memory: 32GiB, workload: {workload}}}]
+guest_groups: [{{name: g, count: 1, memory: 32GiB, vcpus: 16, workload: {workload}}}]
 """
     spec = with_trace_root(load_spec_text(text), ROOT)
     with tempfile.TemporaryDirectory() as out:
@@ -71,14 +79,19 @@ guest_groups: [{{name: g, count: 1, memory: 32GiB, workload: {workload}}}]
     ts = result.timeseries
     g = ts[(ts["variant"] == "run") & ts["pages_allocated_total"].notna()]
     pages = float(g["pages_allocated_total"].iloc[-1])
+    if "benchmark_ops_total" in g:  # will-it-scale: its counter (page_fault2's page cache
+        pages = float(g["benchmark_ops_total"].iloc[-1])  # fills are not faults it counts)
     faults = pages / 512 if "thp" in kind else pages  # an order-9 fault maps 512 pages
-    return {
+    out = {
         "sim_seconds": seconds,
         "wall_seconds": round(wall, 2),
         "sim_seconds_per_wall_second": round(seconds / wall, 2),
         "faults": int(faults),
         "faults_per_wall_second": round(faults / wall),
     }
+    if kind in REAL_FAULTS_PER_S:  # how fast against the real machine's fault rate
+        out["x_real_machine_fault_rate"] = round(faults / wall / REAL_FAULTS_PER_S[kind], 2)
+    return out
 
 
 def trace_load(files: int, rows: int) -> dict:
@@ -120,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     for kind, workload in WORKLOADS.items():
         if args.only in (None, kind):
             out["workloads"][kind] = workload_speed(kind, workload, args.seconds)
+    if args.only in (None, "page_fault2"):  # how much results move with half the quantum
+        full = out["workloads"].get("page_fault2") or workload_speed(
+            "page_fault2", WORKLOADS["page_fault2"], args.seconds
+        )
+        half = workload_speed("page_fault2", WORKLOADS["page_fault2"], args.seconds, 512)
+        out["quantum"] = {
+            "default": 1024,
+            "page_fault2_faults_default": full["faults"],
+            "page_fault2_faults_half": half["faults"],
+            "change_percent": round(100 * (half["faults"] / full["faults"] - 1), 3),
+        }
     if args.only in (None, "trace_load"):
         out["trace_load"] = trace_load(args.files, args.rows)
     out["not_measured"] = NOT_MEASURED

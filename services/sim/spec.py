@@ -292,7 +292,7 @@ class WillItScaleWorkload(_Model):
         description="Bytes each task maps per iteration (a multiple of 2 MiB; default 128 MiB).",
     )
     quantum: int = Field(
-        64, ge=1, le=1 << 20, description="Faults a task makes per turn on its vCPU."
+        1024, ge=1, le=1 << 20, description="Faults a task makes per turn on its vCPU."
     )
     fault_cost: int | None = Field(
         None, ge=0, description="Guest handling of one 4 KiB anonymous fault, ns (default 700 ns)."

@@ -49,7 +49,7 @@ DEFAULT_ZERO_BYTES_PER_S = 10 << 30
 DEFAULT_COPY_BYTES_PER_S = 8 << 30
 DEFAULT_UNMAP_NS = 60  # per 4 KiB page unmapped (zap + free)
 THP_UNMAP_PAGES = 10  # a 2 MiB mapping unmaps at the cost of ten 4 KiB ones
-DEFAULT_QUANTUM = 64  # faults per task per step
+DEFAULT_QUANTUM = 1024  # faults per task per turn (about 1.5 ms of a task's time at the defaults)
 MAX_TASKS = 1024
 GUEST_LOST_KINDS = ("guest_fault", "guest_zero", "guest_copy", "guest_unmap")
 
