@@ -1160,6 +1160,39 @@ def _pcp_refill_direct(
     return n + keep
 
 
+GO_GENERIC = -2  # _alloc_direct: the next block takes the generic path
+
+
+@njit(_nrt=False)
+def _alloc_direct(
+    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, li, lid, order, mt, count, out, n
+):
+    """k_alloc's single-zone fast path, in a function of its own so that its loop stays
+    small: while the vCPU's pcp list is empty and the zone passes its gate, refill the
+    list straight into out. Returns (n, pfn): pfn is a block the step-by-step refill
+    popped (the caller records it), NIL when a refill found nothing (the caller's slow
+    path), or GO_GENERIC when the list is not empty or the gate fails (the caller
+    takes that block by the generic walk, whose gate gives the same answer)."""
+    profile = g[G_PROFILE]
+    while n < count:
+        if pcp[lid, HEAD] != NIL or not _zone_gate(zone, profile, 0, order):
+            return n, np.int64(GO_GENERIC)
+        _pcp_pop_factor(pcs, profile, zc, 1)
+        want = _nr_pcp_alloc(pcs, zone, profile, 0, zc, order)
+        if count - n < want:
+            pfn = _pcp_refill_pop(
+                lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, 0, zc, li, order, mt, False, want
+            )
+            return n, pfn
+        n0 = n
+        n = _pcp_refill_direct(
+            lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, order, mt, li, want, out, n
+        )
+        if n == n0:
+            return n, np.int64(NIL)  # the refill found nothing
+    return n, np.int64(GO_GENERIC)
+
+
 @njit(cache=True, _nrt=False)
 def k_alloc(
     lk,
@@ -1187,25 +1220,16 @@ def k_alloc(
     li = _pindex(g, pcp_idx, order, mt) if pcp_ok else np.int64(0)
     zc = np.int64(cpu)  # zone 0 of this vCPU (single zone)
     lid = zc * g[G_NR_PCP_LISTS] + li
-    profile = g[G_PROFILE]
     n = 0
     while n < count:
-        if direct and pcp[lid, HEAD] == NIL and _zone_gate(zone, profile, 0, order):
-            _pcp_pop_factor(pcs, profile, zc, 1)
-            want = _nr_pcp_alloc(pcs, zone, profile, 0, zc, order)
-            if count - n >= want:
-                n0 = n
-                n = _pcp_refill_direct(
-                    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, order, mt, li, want, out, n
-                )
-                if n > n0:
-                    continue
-                pfn = np.int64(NIL)  # the refill found nothing: the slow path below
-            else:
-                pfn = _pcp_refill_pop(
-                    lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, 0, zc, li, order, mt, False, want
-                )
-        else:
+        pfn = np.int64(GO_GENERIC)
+        if direct:
+            n, pfn = _alloc_direct(
+                lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, li, lid, order, mt, count, out, n
+            )
+            if n >= count:
+                break
+        if pfn == GO_GENERIC:
             pfn = _alloc_walks(
                 lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu
             )
