@@ -147,6 +147,11 @@ def _final(df: pd.DataFrame, col: str) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+def _reported(df: pd.DataFrame, col: str) -> bool:
+    """The entity reported this column (other groups' columns are NaN in its rows)."""
+    return col in df and bool(df[col].notna().any())
+
+
 WIS_WARMUP_S = 5.0  # will-it-scale discards about its first 5 one-second samples
 
 
@@ -201,9 +206,9 @@ def summarize_run(
             "reported_bytes": _final(df, "reported_pages_total") * PAGE_SIZE,
         }
         for k in GUEST_LOST_KINDS:  # the guest's own costs (workloads that price them)
-            if f"lost_{k}_seconds_total" in df:
+            if _reported(df, f"lost_{k}_seconds_total"):
                 groups[entity]["lost_seconds"][k] = _final(df, f"lost_{k}_seconds_total")
-        if "benchmark_ops_total" in df:
+        if _reported(df, "benchmark_ops_total"):
             groups[entity]["will_it_scale"] = will_it_scale_figures(df)
     host_rows = part[part["kind"] == "host"]
     cluster_backed = (
