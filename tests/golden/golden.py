@@ -32,6 +32,7 @@ SPECS = {
     "quickstart": ROOT / "experiments" / "quickstart.yaml",
     "determinism": HERE / "specs" / "determinism.yaml",
     "pressure": HERE / "specs" / "pressure.yaml",
+    "workloads": HERE / "specs" / "workloads.yaml",
 }
 
 

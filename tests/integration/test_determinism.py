@@ -86,3 +86,18 @@ def test_a_host_left_empty_by_placement_does_not_stop_a_ray_run(ray_backend, tmp
     hosts = local.summary["hosts"]
     assert sorted(h["backed_bytes"]["peak"] > 0 for h in hosts.values()) == [False, True]
     assert same_files(local.run_dir, remote.run_dir) == []
+
+
+def test_every_workload_kind_on_ray_matches_the_in_process_run(ray_backend, tmp_path):
+    """The workloads golden spec (trace directory, synthetic traces, page_fault1 with
+    THP and page_fault2 on two vCPUs): traces read by the driver, replayed in shard
+    actors, give the in-process run's files byte for byte with 3 shards."""
+    from services.sim.spec import load_spec
+
+    spec = load_spec(
+        str(Path(__file__).resolve().parent.parent / "golden" / "specs" / "workloads.yaml")
+    )
+    ref = run_experiment(spec, out_dir=str(tmp_path / "inprocess"), transport="inprocess")
+    ray_backend.hosts_per_actor = 1
+    result = run_experiment(spec, out_dir=str(tmp_path / "ray"), shards=3, backend=ray_backend)
+    assert same_files(ref.run_dir, result.run_dir) == []
