@@ -71,6 +71,7 @@ op_strategy = st.one_of(
     st.tuples(st.just("decay"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("touch"), st.integers(0, 2**16), st.integers(0, 300), st.just(0)),
     st.tuples(st.just("drain"), st.just(0), st.just(0), st.just(0)),
+    st.tuples(st.just("reclaim"), st.integers(0, 1), st.just(0), st.just(0)),
     st.tuples(st.just("advance"), st.integers(0, 5000), st.just(0), st.just(0)),
 )
 
@@ -130,6 +131,9 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:  # noqa: P
     if kind == "drain":
         g.drain_pcp()
         return None
+    if kind == "reclaim":  # kswapd starts or stops balancing (pcp high clamped meanwhile)
+        g.allocator.set_reclaim_active(bool(a))
+        return g.allocator.reclaim_active()
     g.advance_to(g.now_ns + a * MS_NS)
     return g.now_ns
 

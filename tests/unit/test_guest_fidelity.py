@@ -384,3 +384,30 @@ def test_modern_guest_returns_parked_pages_over_simulated_seconds(allocator_fact
         assert state["high"] == state["high_min"] and g.allocator.pcp_pages() <= state["high"]
         assert not g.allocator.pcp_decay_pending() and g.pcp_decay.ticks > 10
         assert g.next_event_ns() is None or g.next_event_ns() > 60 * sec
+
+
+@pytest.mark.parametrize("profile", ["6.1", "modern"])
+def test_reclaim_active_keeps_at_most_four_batches_on_pcp(allocator_factory, profile):
+    """5.14+ nr_pcp_high: while kswapd balances the node (ZONE_RECLAIM_ACTIVE) a free
+    drains once count reaches min(4 x batch, high); modern also shrinks high. 5.7 has no
+    such clamp."""
+    a = allocator_factory(GuestConfig(nr_pages=1 << 16, zones="single", profile=profile))
+    pages = a.alloc(0, MIGRATE_MOVABLE, 20_000)
+    batch = a.pcp_state(0)["batch"]
+    a.drain_pcp()  # the refills' leftovers
+    a.set_reclaim_active(True)
+    high_before = a.pcp_state(0)["high"]
+    for pfn in pages[:3000]:
+        a.free([int(pfn)], 0)
+        assert a.pcp_state(0)["count"] < 4 * batch
+    if profile == "modern":
+        assert a.pcp_state(0)["high"] < high_before
+    a.set_reclaim_active(False)
+    a.free(pages[3000:6000], 0)
+    assert a.pcp_state(0)["count"] > 4 * batch  # unclamped again
+
+
+def test_57_has_no_reclaim_clamp(allocator_factory):
+    a = allocator_factory(GuestConfig(nr_pages=1 << 16, zones="single", profile="5.7"))
+    a.set_reclaim_active(True)
+    assert not a.reclaim_active()

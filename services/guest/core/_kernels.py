@@ -75,7 +75,8 @@ Z_MIN = 3
 Z_LOW = 4
 Z_HIGH = 5
 Z_BELOW_HIGH = 6  # modern ZONE_BELOW_HIGH
-Z_FIELDS = 7
+Z_RECLAIM_ACTIVE = 7  # ZONE_RECLAIM_ACTIVE: kswapd is balancing the node (5.14+ clamps pcp high)
+Z_FIELDS = 8
 
 # pcs[] fields: one row per (zone, vCPU), row = zone * ncpu + cpu (struct per_cpu_pages)
 P_COUNT = 0  # pages on the lists
@@ -577,6 +578,9 @@ def _nr_pcp_high(pcs, zone, z, zc, free_high):
     if free_high:
         pcs[zc, P_HIGH] = max(high - (batch << PCP_BATCH_SCALE_MAX), hmin)
         return np.int64(0)
+    if zone[z, Z_RECLAIM_ACTIVE] != 0:  # kswapd at work: high shrinks, at most 4 batches kept
+        pcs[zc, P_HIGH] = max(high - max(pcs[zc, P_FREE_COUNT], batch), hmin)
+        return min(batch << 2, pcs[zc, P_HIGH])
     if hmin == hmax:
         return high
     if zone[z, Z_BELOW_HIGH] != 0:  # any free with count >= high_min drains
@@ -602,6 +606,8 @@ def _commit_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, z
         ff = pcs[zc, P_FREE_FACTOR]
         free_high = ff > 0 and 1 <= order <= COSTLY_ORDER
         high = np.int64(0) if free_high else pcs[zc, P_HIGH]
+        if high != 0 and zone[z, Z_RECLAIM_ACTIVE] != 0:  # nr_pcp_high under reclaim
+            high = min(batch << 2, high)
         if pcs[zc, P_COUNT] < high:
             return
         if free_high:

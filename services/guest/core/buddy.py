@@ -257,6 +257,15 @@ class BuddyAllocator:
         self._ensure_coins_with_pcp(0)
         return int(k.k_decay_pcp(*self._pcp_kernel_args()))
 
+    def set_reclaim_active(self, active: bool) -> None:
+        """kswapd starts (True) or ends (False) balancing: ZONE_RECLAIM_ACTIVE on every
+        zone (set_reclaim_active / clear_reclaim_active). 5.7 has no such clamp."""
+        on = bool(active) and self.config.profile != "5.7"
+        self.zone[:, k.Z_RECLAIM_ACTIVE] = int(on)
+
+    def reclaim_active(self) -> bool:
+        return bool(self.zone[:, k.Z_RECLAIM_ACTIVE].any())
+
     def pcp_decay_pending(self) -> bool:
         """Whether decay_pcp_high would change anything (the guest keeps its timer armed)."""
         if not self.config.is_modern:
@@ -428,6 +437,7 @@ class BuddyAllocator:
             "alloc_factor": int(row[k.P_ALLOC_FACTOR]),
             "prev_free_high_order": int(row[k.P_PREV_HIGH_ORDER]),
             "below_high": int(self.zone[zone, k.Z_BELOW_HIGH]),
+            "reclaim_active": int(self.zone[zone, k.Z_RECLAIM_ACTIVE]),
         }
 
     def pageblock_mt(self, pfn: int) -> int:

@@ -93,6 +93,7 @@ class _Zone:
         self.free_pages = 0  # NR_FREE_PAGES
         self.wmark_min, self.wmark_low, self.wmark_high = wmark
         self.below_high = False  # modern ZONE_BELOW_HIGH
+        self.reclaim_active = False  # ZONE_RECLAIM_ACTIVE (kswapd balancing)
         self.pcps = [_Pcp(nr_pcp_lists, *pcp_size) for _ in range(vcpus)]
 
     @property
@@ -622,6 +623,8 @@ class ReferenceAllocator:
         everything once free_factor is set (free_high); nr_pcp_free clamps the amount."""
         free_high = pcp.free_factor > 0 and 1 <= order <= PAGE_ALLOC_COSTLY_ORDER
         high = 0 if free_high else pcp.high
+        if high and zone.reclaim_active:  # nr_pcp_high: at most 4 batches while kswapd runs
+            high = min(pcp.batch << 2, high)
         if pcp.count < high:
             return
         if free_high:
@@ -674,6 +677,9 @@ class ReferenceAllocator:
         if free_high:
             pcp.high = max(high - (batch << PCP_BATCH_SCALE_MAX), pcp.high_min)
             return 0
+        if zone.reclaim_active:  # kswapd at work: high shrinks, at most 4 batches kept
+            pcp.high = max(high - max(pcp.free_count, batch), pcp.high_min)
+            return min(batch << 2, pcp.high)
         if pcp.high_min == pcp.high_max:
             return high
         if zone.below_high:  # any free with count >= high_min drains
@@ -771,6 +777,15 @@ class ReferenceAllocator:
                     self._bulk_free(zone, pcp, pcp.count - pcp.high, 0)
                     todo += 1
         return todo
+
+    def set_reclaim_active(self, active: bool) -> None:
+        """kswapd starts (True) or ends (False) balancing: ZONE_RECLAIM_ACTIVE on every
+        zone (set_reclaim_active / clear_reclaim_active). 5.7 has no such clamp."""
+        for zone in self._zones:
+            zone.reclaim_active = bool(active) and self.profile != PROFILE_5_7
+
+    def reclaim_active(self) -> bool:
+        return any(z.reclaim_active for z in self._zones)
 
     def pcp_decay_pending(self) -> bool:
         """Whether decay_pcp_high would change anything (the guest keeps its timer armed)."""
@@ -905,6 +920,7 @@ class ReferenceAllocator:
             "alloc_factor": p.alloc_factor,
             "prev_free_high_order": int(p.prev_free_high_order),
             "below_high": int(z.below_high),
+            "reclaim_active": int(z.reclaim_active),
         }
 
     def pageblock_mt(self, pfn: int) -> int:
