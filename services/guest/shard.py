@@ -197,6 +197,10 @@ class _GuestDriver:
         self.guest.touch(starts, npages)
         self.link.record_touch(starts, npages)
 
+    @property
+    def page_cache(self):
+        return self.guest.page_cache
+
 
 @dataclass
 class _Slot:
@@ -417,12 +421,22 @@ class GuestShard:
                 g["pages_touched_total"] += w.pages_touched
                 g["alloc_failures_total"] += w.alloc_failures
                 g["held_bytes"] += wl.held.count * (1 << getattr(wl, "order", 0)) * PAGE_SIZE
+                if hasattr(wl, "hits"):  # page_cache reads
+                    g["page_cache_hits_total"] += wl.hits
+                    g["page_cache_misses_total"] += wl.misses
                 if hasattr(wl, "benchmark_ops"):  # will-it-scale: its counter and guest costs
                     g["benchmark_ops_total"] += wl.benchmark_ops
                     g["benchmark_tasks"] += len(wl.tasks)
                     for kind, ns in wl.lost_ns.items():
                         g[f"lost_{kind}_ns_total"] += ns
             g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())
+            pc = s.guest.page_cache
+            if pc.used:  # groups with page cache only (results of other runs unchanged)
+                g["page_cache_bytes"] += pc.pages * PAGE_SIZE
+                g["kswapd_reclaimed_bytes_total"] += pc.kswapd_reclaimed_pages * PAGE_SIZE
+                g["direct_reclaimed_bytes_total"] += pc.direct_reclaimed_pages * PAGE_SIZE
+                g["drop_caches_bytes_total"] += pc.dropped_pages * PAGE_SIZE
+                g["kswapd_wakeups_total"] += pc.kswapd_wakeups
             for kind, ns in s.lost_ns.items():
                 g[f"lost_{kind}_ns_total"] += ns
             wk = s.guest.worker

@@ -7,6 +7,7 @@ frozen dataclasses. This module is the one place that converts between them.
 from __future__ import annotations
 
 from services.guest.core.config import GuestConfig, ReportingConfig
+from services.guest.core.pagecache import PageCacheConfig
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
@@ -86,6 +87,15 @@ def _core_workload(w, start_delay_ns: int = 0, vcpus: int = 1):
         raise ValueError("a trace workload is started from a spec's trace group, not alone")
     if w.kind in ("page_fault1", "page_fault2"):
         return _will_it_scale(w, vcpus, start_delay_ns)
+    if w.kind == "page_cache":
+        rates = {"read_bytes_per_s": w.read_rate, "hit_bytes_per_s": w.hit_rate}
+        return PageCacheConfig(
+            file_bytes=w.file_size,
+            reread=w.reread,
+            start_delay_ns=start_delay_ns + w.start,
+            drop_caches_ns=tuple(w.drop_caches_at),
+            **{k: v for k, v in rates.items() if v is not None},
+        )
     phases = tuple(
         PhaseConfig(
             action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate

@@ -270,6 +270,48 @@ class IdleWorkload(_Model):
     )
 
 
+MAX_DROP_CACHES = 1_000  # drop_caches times of one page_cache workload
+
+
+class PageCacheWorkload(_Model):
+    kind: Literal["page_cache"] = "page_cache"
+    file_size: int = Field(
+        gt=0,
+        le=MAX_GUEST_MEMORY_BYTES,
+        description=(
+            "Bytes of files read sequentially into the page cache (cached pages are never "
+            "reported; kswapd reclaims the oldest below the low watermark)."
+        ),
+    )
+    read_rate: int | None = Field(
+        None, ge=1, description="Bytes per second of a cache miss (from disk; default 1 GiB/s)."
+    )
+    hit_rate: int | None = Field(
+        None, ge=1, description="Bytes per second of a cache hit (default 8 GiB/s)."
+    )
+    reread: bool = Field(
+        False, description="Read the files again and again (hits, and misses for evicted pages)."
+    )
+    start: int = Field(0, ge=0, description="Start this long after the run starts.")
+    drop_caches_at: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_DROP_CACHES,
+        description="Times after the start to echo 1 > /proc/sys/vm/drop_caches.",
+    )
+
+    _sizes = field_validator("file_size", "read_rate", "hit_rate", mode="before")(
+        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+    )
+    _durs = field_validator("start", mode="before")(_dur)
+
+    @field_validator("drop_caches_at", mode="before")
+    @classmethod
+    def _drop_times(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [parse_duration_ns(t, "drop_caches_at") for t in v]
+        return v
+
+
 MAX_WIS_TASKS = 1024  # will-it-scale tasks of one guest
 
 
@@ -437,7 +479,7 @@ class TraceWorkload(_Model):
 
 
 Workload = Annotated[
-    MemhogWorkload | IdleWorkload | TraceWorkload | WillItScaleWorkload,
+    MemhogWorkload | IdleWorkload | TraceWorkload | WillItScaleWorkload | PageCacheWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -767,7 +809,7 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
     return epoch
 
 
-_WORKLOAD_KINDS = ("memhog", "idle", "trace", "page_fault1", "page_fault2")
+_WORKLOAD_KINDS = ("memhog", "idle", "trace", "page_fault1", "page_fault2", "page_cache")
 
 
 def _error_path(err: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from services.units import RNG_KIND_SHUFFLE
 from .backing import BackingView, CostPort, NullCostPort
 from .config import GuestConfig
 from .constants import MIGRATE_TYPES, PAGE_SHIFT, PCP_DECAY_INTERVAL_NS
+from .pagecache import PageCache, alloc_reclaiming
 from .reporting import PageReporter, PageReportingWorker, ReportOutcome
 
 WORKER_STATE_NAMES = ("idle", "requested", "active")
@@ -133,6 +134,8 @@ class Guest:
         if config.is_modern and config.pcp.enabled:
             self.pcp_decay = _PcpDecayTimer(self, PCP_DECAY_INTERVAL_NS)
             self._timers.append(self.pcp_decay)
+        self.page_cache = PageCache(self)  # kswapd: a timer only while it is awake
+        self._timers.append(self.page_cache)
         self._notify_seen = self.allocator.notify_count
         if config.reporting.enabled:
             self.worker.register(self.now_ns)
@@ -143,8 +146,9 @@ class Guest:
         self._timers.append(timer)
 
     def alloc(self, order: int, mt: int, count: int = 1, cpu: int = 0) -> np.ndarray:
-        """Allocate on vCPU cpu. A failed block drains the pcp lists, which can notify."""
-        pfns = self.allocator.alloc(order, mt, count, cpu)
+        """Allocate on vCPU cpu. A failed block drains the pcp lists, which can notify; with
+        page cache it also reclaims, and kswapd wakes below the low watermark."""
+        pfns = alloc_reclaiming(self, order, mt, count, cpu)
         self._notify()
         return pfns
 

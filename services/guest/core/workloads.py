@@ -471,7 +471,15 @@ def make_workload(
         replay = TraceReplay(config, nr_pages, rng)
         replay.stop_ns = stop_ns
         return replay
+    from .pagecache import PageCacheConfig, PageCacheReader
     from .willitscale import WillItScale, WillItScaleConfig
+
+    if isinstance(config, PageCacheConfig):
+        if start_ns:
+            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
+        reader = PageCacheReader(config, nr_pages, rng)
+        reader.stop_ns = stop_ns
+        return reader
 
     if isinstance(config, WillItScaleConfig):
         if start_ns:
