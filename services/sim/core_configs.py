@@ -7,6 +7,7 @@ frozen dataclasses. This module is the one place that converts between them.
 from __future__ import annotations
 
 from services.guest.core.config import GuestConfig, ReportingConfig
+from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.core.pagecache import PageCacheConfig
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
@@ -87,6 +88,17 @@ def _core_workload(w, start_delay_ns: int = 0, vcpus: int = 1):
         raise ValueError("a trace workload is started from a spec's trace group, not alone")
     if w.kind in ("page_fault1", "page_fault2"):
         return _will_it_scale(w, vcpus, start_delay_ns)
+    if w.kind == "kernel_noise":
+        return KernelNoiseConfig(
+            rate_per_s=w.rate,
+            mean_lifetime_ns=w.mean_lifetime,
+            lifetime=w.lifetime,
+            sigma=w.sigma,
+            long_lived_fraction=w.long_lived_fraction,
+            unmovable_fraction=w.unmovable_fraction,
+            order_weights=tuple(sorted(w.orders.items())),
+            start_delay_ns=start_delay_ns + w.start,
+        )
     if w.kind == "page_cache":
         rates = {"read_bytes_per_s": w.read_rate, "hit_bytes_per_s": w.hit_rate}
         return PageCacheConfig(

@@ -270,6 +270,41 @@ class IdleWorkload(_Model):
     )
 
 
+class KernelNoiseWorkload(_Model):
+    kind: Literal["kernel_noise"] = "kernel_noise"
+    rate: float = Field(
+        2000.0, gt=0, le=1e7, description="Kernel allocations per simulated second (Poisson)."
+    )
+    mean_lifetime: int = Field(
+        5_000_000_000, gt=0, description="Mean time an allocation is held (default 5 s)."
+    )
+    lifetime: Literal["exponential", "lognormal"] = Field(
+        "exponential", description="Lifetime distribution."
+    )
+    sigma: float = Field(1.0, gt=0, le=10, description="lognormal: the shape parameter.")
+    long_lived_fraction: float = Field(
+        0.05, ge=0, le=1, description="Share of allocations never freed (held for good)."
+    )
+    unmovable_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share that is UNMOVABLE; the rest is RECLAIMABLE."
+    )
+    orders: dict[int, float] = Field(
+        default_factory=lambda: {0: 0.9, 1: 0.05, 2: 0.03, 3: 0.02},
+        max_length=11,
+        description="Order -> weight of the allocation sizes (orders 0..10).",
+    )
+    start: int = Field(0, ge=0, description="Start this long after the run starts.")
+
+    _durs = field_validator("mean_lifetime", "start", mode="before")(_dur)
+
+    @field_validator("orders")
+    @classmethod
+    def _orders(cls, v: dict[int, float]) -> dict[int, float]:
+        if any(not 0 <= o <= MAX_ORDER or w < 0 for o, w in v.items()) or sum(v.values()) <= 0:
+            raise ValueError("orders: keys 0..10, weights >= 0, not all 0")
+        return v
+
+
 MAX_DROP_CACHES = 1_000  # drop_caches times of one page_cache workload
 
 
@@ -479,7 +514,12 @@ class TraceWorkload(_Model):
 
 
 Workload = Annotated[
-    MemhogWorkload | IdleWorkload | TraceWorkload | WillItScaleWorkload | PageCacheWorkload,
+    MemhogWorkload
+    | IdleWorkload
+    | TraceWorkload
+    | WillItScaleWorkload
+    | PageCacheWorkload
+    | KernelNoiseWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -809,7 +849,15 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
     return epoch
 
 
-_WORKLOAD_KINDS = ("memhog", "idle", "trace", "page_fault1", "page_fault2", "page_cache")
+_WORKLOAD_KINDS = (
+    "memhog",
+    "idle",
+    "trace",
+    "page_fault1",
+    "page_fault2",
+    "page_cache",
+    "kernel_noise",
+)
 
 
 def _error_path(err: dict[str, Any]) -> str:

@@ -471,9 +471,16 @@ def make_workload(
         replay = TraceReplay(config, nr_pages, rng)
         replay.stop_ns = stop_ns
         return replay
+    from .kernel_noise import KernelNoise, KernelNoiseConfig
     from .pagecache import PageCacheConfig, PageCacheReader
     from .willitscale import WillItScale, WillItScaleConfig
 
+    if isinstance(config, KernelNoiseConfig):
+        if start_ns:
+            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
+        noise = KernelNoise(config, nr_pages, rng)
+        noise.stop_ns = stop_ns
+        return noise
     if isinstance(config, PageCacheConfig):
         if start_ns:
             config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
