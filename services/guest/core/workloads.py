@@ -14,6 +14,7 @@ remainder, so results do not depend on how time is sliced into epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 from numba import njit
@@ -37,6 +38,7 @@ class PhaseConfig:
     duration_ns: int
     target: float | None = None  # held memory at the end, as a fraction of guest memory
     rate_bytes_per_s: int | None = None
+    until_done: bool = False  # grow/free: end when the target is reached (duration: a cap)
 
     def __post_init__(self) -> None:
         if self.action not in (GROW, FREE, IDLE, TOUCH):
@@ -47,6 +49,8 @@ class PhaseConfig:
             raise ValueError(f"phase.target must be in [0, 1] for {self.action}, got {self.target}")
         if self.rate_bytes_per_s is not None and self.rate_bytes_per_s <= 0:
             raise ValueError(f"phase.rate_bytes_per_s must be > 0, got {self.rate_bytes_per_s}")
+        if self.until_done and self.action not in (GROW, FREE):
+            raise ValueError(f"phase.until done applies to grow and free, not {self.action}")
 
     @property
     def rate(self) -> int:
@@ -176,6 +180,7 @@ class Memhog:
         self._phase_start_ns = config.start_delay_ns
         self.stop_ns: int | None = None
         self.finished = False
+        self.finished_ns: int | None = None  # when the last phase ended
 
     # -- time ---------------------------------------------------------------
     def _phase(self) -> PhaseConfig:
@@ -184,8 +189,8 @@ class Memhog:
     def _phase_end_ns(self) -> int:
         return self._phase_start_ns + self._phase().duration_ns
 
-    def _enter_next_phase(self) -> None:
-        self._phase_start_ns = self._phase_end_ns()
+    def _enter_next_phase(self, at_ns: int | None = None) -> None:
+        self._phase_start_ns = self._phase_end_ns() if at_ns is None else at_ns
         self._credit = 0
         self._phase_index += 1
         if self._phase_index == len(self.config.phases):
@@ -193,6 +198,7 @@ class Memhog:
                 self._phase_index = 0
             else:
                 self.finished = True
+                self.finished_ns = self._phase_start_ns
 
     def next_event_ns(self, now_ns: int) -> int | None:
         """The earliest time this workload will do something (None: never again)."""
@@ -202,7 +208,10 @@ class Memhog:
             return now_ns  # one more call marks it finished
         if now_ns < self._phase_start_ns:
             return self._phase_start_ns
-        if self._phase().action == IDLE or self._phase_done():
+        ph = self._phase()
+        if ph.until_done and self._phase_done():
+            return now_ns  # the next phase starts at once
+        if ph.action == IDLE or self._phase_done():
             return self._phase_end_ns()
         return now_ns
 
@@ -233,7 +242,13 @@ class Memhog:
                 continue
             end = min(self._phase_end_ns(), t1_ns)
             share = (end - t) * work_ns // max(1, t1_ns - t0_ns)
-            self._work(guest, share)
+            unused = self._work(guest, share)
+            if self._phase().until_done and self._phase_done():
+                # done part way: the next phase starts when the work ran out
+                done = end - (unused * (end - t) // share if share > 0 else end - t)
+                self._enter_next_phase(max(t, done))
+                t = max(t, done)
+                continue
             t = end
             if t == self._phase_end_ns():
                 self._enter_next_phase()
@@ -244,19 +259,29 @@ class Memhog:
         n, self._credit = divmod(self._credit, unit)
         return int(n)
 
-    def _work(self, guest, work_ns: int) -> None:
+    def _work(self, guest, work_ns: int) -> int:
+        """Spend work_ns on the phase; returns the work ns a grow/free did not need
+        because it reached its target (the rest of the credit, as time)."""
         ph = self._phase()
         if ph.action == IDLE or work_ns <= 0:
-            return
+            return work_ns if ph.until_done else 0
         n = self._blocks_for(ph, work_ns)
         if ph.action == GROW:
-            want = self._target_pages(ph) // self.block_pages - self.held.count
-            self._grow(guest, min(n, max(0, want)))
+            want = max(0, self._target_pages(ph) // self.block_pages - self.held.count)
+            self._grow(guest, min(n, want))
         elif ph.action == FREE:
-            excess = self.held.count - self._target_pages(ph) // self.block_pages
-            self._free(guest, min(n, max(0, excess)))
-        elif ph.action == TOUCH:
+            want = max(0, self.held.count - self._target_pages(ph) // self.block_pages)
+            self._free(guest, min(n, want))
+        else:
             self._retouch(guest, n)
+            return 0
+        if n <= want or not ph.until_done:
+            return 0
+        # the blocks beyond the target, and the credit left, were not needed
+        unit = NS_PER_S * (self.block_pages << PAGE_SHIFT)
+        spare = (n - want) * unit + self._credit
+        self._credit = 0
+        return min(work_ns, spare // ph.rate)
 
     def _grow(self, guest, n: int) -> None:
         if n <= 0:
@@ -450,51 +475,53 @@ class TraceReplay:
             self.stats.pages_freed += len(pfns) * self.block_pages
 
 
+class WorkloadRunner(Protocol):
+    """What the shard (and a script) drives: every workload runner has these."""
+
+    stats: WorkStats
+    finished: bool
+    stop_ns: int | None
+
+    @property
+    def held(self) -> Any: ...
+    def next_event_ns(self, now_ns: int) -> int | None: ...
+    def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None: ...
+
+
+def _runners() -> dict[type, type]:
+    from .kernel_noise import KernelNoise, KernelNoiseConfig
+    from .pagecache import PageCacheConfig, PageCacheReader
+    from .script import Script, ScriptConfig
+    from .willitscale import WillItScale, WillItScaleConfig
+
+    return {
+        MemhogConfig: Memhog,
+        IdleConfig: Idle,
+        TraceConfig: TraceReplay,
+        WillItScaleConfig: WillItScale,
+        PageCacheConfig: PageCacheReader,
+        KernelNoiseConfig: KernelNoise,
+        ScriptConfig: Script,
+    }
+
+
 def make_workload(
     config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0, stop_ns: int | None = None
-):
+) -> WorkloadRunner:
     """Build the runner for a workload config (a discriminated union of dataclasses).
 
     ``start_ns`` shifts the workload's clock (a workload started mid-run);
-    ``stop_ns`` ends it early (it keeps what it holds).
+    ``stop_ns`` ends it early (it keeps what it holds). An idle workload has no clock.
     """
-    if isinstance(config, MemhogConfig):
-        w = Memhog(config, nr_pages, rng)
-        w._phase_start_ns += start_ns
+    runner = _runners().get(type(config))
+    if runner is None:
+        raise ValueError(f"workload: unknown config type {type(config).__name__}")
+    if start_ns and hasattr(config, "start_delay_ns"):
+        config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
+    w = runner(config, nr_pages, rng)
+    if hasattr(w, "stop_ns"):
         w.stop_ns = stop_ns
-        return w
-    if isinstance(config, IdleConfig):
-        return Idle(config, nr_pages, rng)
-    if isinstance(config, TraceConfig):
-        if start_ns:
-            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
-        replay = TraceReplay(config, nr_pages, rng)
-        replay.stop_ns = stop_ns
-        return replay
-    from .kernel_noise import KernelNoise, KernelNoiseConfig
-    from .pagecache import PageCacheConfig, PageCacheReader
-    from .willitscale import WillItScale, WillItScaleConfig
-
-    if isinstance(config, KernelNoiseConfig):
-        if start_ns:
-            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
-        noise = KernelNoise(config, nr_pages, rng)
-        noise.stop_ns = stop_ns
-        return noise
-    if isinstance(config, PageCacheConfig):
-        if start_ns:
-            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
-        reader = PageCacheReader(config, nr_pages, rng)
-        reader.stop_ns = stop_ns
-        return reader
-
-    if isinstance(config, WillItScaleConfig):
-        if start_ns:
-            config = replace(config, start_delay_ns=config.start_delay_ns + start_ns)
-        wis = WillItScale(config, nr_pages, rng)
-        wis.stop_ns = stop_ns
-        return wis
-    raise ValueError(f"workload: unknown config type {type(config).__name__}")
+    return w
 
 
 __all__ = [
@@ -506,6 +533,7 @@ __all__ = [
     "TraceConfig",
     "TraceReplay",
     "WorkStats",
+    "WorkloadRunner",
     "make_workload",
     "pfns_to_runs",
 ]
