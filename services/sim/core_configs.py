@@ -9,13 +9,14 @@ from __future__ import annotations
 from services.guest.core.config import GuestConfig, ReportingConfig
 from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.core.pagecache import PageCacheConfig
+from services.guest.core.script import ScriptConfig, ScriptStep
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
 from services.units import PAGE_SIZE
 
-from .spec import GuestGroup, HostGroup, SpecError
+from .spec import MAX_DURATION_NS, GuestGroup, HostGroup, SpecError
 
 
 def guest_config(group: GuestGroup, memory: int | None = None) -> GuestConfig:
@@ -108,9 +109,28 @@ def _core_workload(w, start_delay_ns: int = 0, vcpus: int = 1):
             drop_caches_ns=tuple(w.drop_caches_at),
             **{k: v for k, v in rates.items() if v is not None},
         )
+    if w.kind == "script":
+        return ScriptConfig(
+            steps=tuple(
+                ScriptStep(
+                    workload=_core_workload(st.workload, 0, vcpus),
+                    at_ns=st.at,
+                    after_ns=st.after,
+                    until_done=st.until == "done",
+                    duration_ns=st.duration,
+                    overlay=st.overlay,
+                )
+                for st in w.steps
+            ),
+            start_delay_ns=start_delay_ns,
+        )
     phases = tuple(
         PhaseConfig(
-            action=p.action, duration_ns=p.duration, target=p.target, rate_bytes_per_s=p.rate
+            action=p.action,
+            duration_ns=p.duration if p.duration is not None else MAX_DURATION_NS,
+            target=p.target,
+            rate_bytes_per_s=p.rate,
+            until_done=p.until == "done",
         )
         for p in w.phases
     )

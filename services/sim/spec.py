@@ -216,7 +216,16 @@ class Phase(_Model):
     action: Literal["grow", "free", "idle", "touch"] = Field(
         description="grow: allocate and touch; free: release; idle: nothing; touch: re-touch held memory."
     )
-    duration: int = Field(description="Phase length, simulated ns.")
+    duration: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_DURATION_NS,
+        description="Phase length (required unless until: done, where it is a cap).",
+    )
+    until: Literal["done"] | None = Field(
+        None,
+        description="grow/free: end when the target is reached; the next phase starts then.",
+    )
     target: float | None = Field(
         None,
         ge=0,
@@ -229,7 +238,9 @@ class Phase(_Model):
         description="grow/free/touch: bytes per simulated second (default: as fast as possible within one epoch).",
     )
 
-    _durs = field_validator("duration", mode="before")(_dur)
+    _durs = field_validator("duration", mode="before")(
+        lambda v, info: None if v is None else parse_duration_ns(v, info.field_name)
+    )
     _sizes = field_validator("rate", mode="before")(
         lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
     )
@@ -238,6 +249,10 @@ class Phase(_Model):
     def _check(self) -> Phase:
         if self.action in ("grow", "free") and self.target is None:
             raise ValueError(f"a {self.action} phase needs a target fraction")
+        if self.until == "done" and self.action not in ("grow", "free"):
+            raise ValueError(f"until: done applies to grow and free phases, not {self.action}")
+        if self.duration is None and self.until is None:
+            raise ValueError("a phase needs a duration (or until: done)")
         return self
 
 
@@ -513,13 +528,52 @@ class TraceWorkload(_Model):
         return self
 
 
+StepWorkload = Annotated[
+    MemhogWorkload | IdleWorkload | WillItScaleWorkload | PageCacheWorkload | KernelNoiseWorkload,
+    Field(discriminator="kind"),
+]
+
+
+class ScriptStep(_Model):
+    workload: StepWorkload = Field(
+        description="The step's workload (any kind but trace and script)."
+    )
+    at: int | None = Field(None, ge=0, description="Start this long after the script starts.")
+    after: int = Field(0, ge=0, description="Else start this long after the step before ends.")
+    until: Literal["done"] | None = Field(
+        None, description="End when the workload is done (a hog's phases ran out, a read pass)."
+    )
+    duration: int | None = Field(None, gt=0, description="End (stop the workload) after this long.")
+    overlay: bool = Field(
+        False, description="Run in the background: the next step starts without waiting."
+    )
+
+    _durs = field_validator("at", "after", "duration", mode="before")(
+        lambda v, info: None if v is None else parse_duration_ns(v, info.field_name)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ScriptStep:
+        if not self.overlay and self.until is None and self.duration is None:
+            raise ValueError("a step needs until: done or a duration (or overlay: true)")
+        return self
+
+
+class ScriptWorkload(_Model):
+    kind: Literal["script"] = "script"
+    steps: list[ScriptStep] = Field(
+        min_length=1, max_length=MAX_PHASES, description="Steps, started in order."
+    )
+
+
 Workload = Annotated[
     MemhogWorkload
     | IdleWorkload
     | TraceWorkload
     | WillItScaleWorkload
     | PageCacheWorkload
-    | KernelNoiseWorkload,
+    | KernelNoiseWorkload
+    | ScriptWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -857,6 +911,7 @@ _WORKLOAD_KINDS = (
     "page_fault2",
     "page_cache",
     "kernel_noise",
+    "script",
 )
 
 

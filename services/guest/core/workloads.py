@@ -275,7 +275,7 @@ class Memhog:
         else:
             self._retouch(guest, n)
             return 0
-        if n <= want or not ph.until_done:
+        if n < want or not ph.until_done:
             return 0
         # the blocks beyond the target, and the credit left, were not needed
         unit = NS_PER_S * (self.block_pages << PAGE_SHIFT)
