@@ -564,6 +564,14 @@ class ScriptWorkload(_Model):
     steps: list[ScriptStep] = Field(
         min_length=1, max_length=MAX_PHASES, description="Steps, started in order."
     )
+    start_stagger: int = Field(
+        0, description="Guest i of the group starts i x start_stagger late (take turns)."
+    )
+    start_jitter: int = Field(
+        0, description="Each guest starts after a further seeded random delay in [0, start_jitter)."
+    )
+
+    _durs = field_validator("start_stagger", "start_jitter", mode="before")(_dur)
 
 
 Workload = Annotated[
