@@ -7,8 +7,9 @@ Allocations arrive as a Poisson process (``rate_per_s``), each of an order drawn
 else RECLAIMABLE), and is freed after a lifetime drawn from an exponential or a
 lognormal distribution of mean ``mean_lifetime_ns``; a ``long_lived_fraction`` is never
 freed. Every event has its own simulated time and events run in time order, so the
-epoch length does not change what happens. Each arrival is one allocation call;
-consecutive deaths of one order are one free call. The kernel's own time is not
+epoch length does not change what happens. Draws are made 1,024 events at a time;
+a run of consecutive arrivals of one order and type with no death between them is
+one allocation call, and consecutive deaths of one order are one free call. The kernel's own time is not
 charged to the workloads. All draws come from the guest's workload stream.
 """
 
@@ -72,6 +73,9 @@ class KernelNoiseConfig:
         object.__setattr__(self, "_cdf", np.cumsum(w) / w.sum())
 
 
+DRAW = 1024  # events drawn at a time (vectorised; the stream's order is fixed)
+
+
 class KernelNoise:
     """The kernel_noise runner (see the module docstring)."""
 
@@ -79,7 +83,6 @@ class KernelNoise:
         self.config = config
         self.rng = rng
         self.stats = WorkStats()
-        self._next_arrival_ns = config.start_delay_ns + self._gap()
         self._deaths: list[tuple[int, int, int, int]] = []  # (time, seq, pfn, order)
         self._seq = 0
         self.held_pages = 0
@@ -87,29 +90,44 @@ class KernelNoise:
         self.stop_ns: int | None = None
         self.finished = False
         self.order = 0
+        self._i = DRAW  # index into the drawn events (DRAW: draw more)
+        self._t = config.start_delay_ns  # time of the last arrival drawn
+        self._draw()
 
     @property
     def held(self) -> SimpleNamespace:
         return SimpleNamespace(count=self.held_pages)
 
-    def _gap(self) -> int:
-        return max(1, int(self.rng.exponential(1e9 / self.config.rate_per_s)))
-
-    def _lifetime(self) -> int | None:
-        cfg = self.config
-        if self.rng.random() < cfg.long_lived_fraction:
-            return None
+    def _draw(self) -> None:
+        """The next DRAW arrivals: times, orders, types and lifetimes (-1: held for good)."""
+        cfg, rng = self.config, self.rng
+        gaps = np.maximum(1, rng.exponential(1e9 / cfg.rate_per_s, DRAW).astype(np.int64))
+        self._times = self._t + np.cumsum(gaps)
+        self._t = int(self._times[-1])
+        self._orders = cfg._orders[np.searchsorted(cfg._cdf, rng.random(DRAW), side="right")]
+        self._mts = np.where(
+            rng.random(DRAW) < cfg.unmovable_fraction, MIGRATE_UNMOVABLE, MIGRATE_RECLAIMABLE
+        )
         if cfg.lifetime == EXPONENTIAL:
-            return max(1, int(self.rng.exponential(cfg.mean_lifetime_ns)))
-        mu = np.log(cfg.mean_lifetime_ns) - cfg.sigma**2 / 2  # mean of the lognormal
-        return max(1, int(self.rng.lognormal(mu, cfg.sigma)))
+            lives = rng.exponential(cfg.mean_lifetime_ns, DRAW)
+        else:
+            mu = np.log(cfg.mean_lifetime_ns) - cfg.sigma**2 / 2  # mean of the lognormal
+            lives = rng.lognormal(mu, cfg.sigma, DRAW)
+        lives = np.maximum(1, lives.astype(np.int64))
+        self._lives = np.where(rng.random(DRAW) < cfg.long_lived_fraction, -1, lives)
+        self._i = 0
+
+    def _next_arrival_ns(self) -> int:
+        if self._i >= DRAW:
+            self._draw()
+        return int(self._times[self._i])
 
     def next_event_ns(self, now_ns: int) -> int | None:
         if self.finished:
             return None
         if self.stop_ns is not None and now_ns >= self.stop_ns:
             return now_ns
-        nxt = self._next_arrival_ns
+        nxt = self._next_arrival_ns()
         if self._deaths:
             nxt = min(nxt, self._deaths[0][0])
         return max(now_ns, nxt)
@@ -121,38 +139,45 @@ class KernelNoise:
             if t0_ns >= t1_ns:
                 self.finished = True  # what it holds stays allocated (the kernel's)
                 return
-        cfg = self.config
         while True:
+            arrival = self._next_arrival_ns()
             death = self._deaths[0][0] if self._deaths else None
-            if death is not None and death < t1_ns and death <= self._next_arrival_ns:
-                self._free_due(guest, min(t1_ns, self._next_arrival_ns + 1))
+            if death is not None and death < t1_ns and death <= arrival:
+                self._free_due(guest, min(t1_ns, arrival + 1))
                 continue
-            if self._next_arrival_ns >= t1_ns:
+            if arrival >= t1_ns:
                 return
-            order = int(cfg._orders[np.searchsorted(cfg._cdf, self.rng.random(), side="right")])
-            mt = (
-                MIGRATE_UNMOVABLE
-                if self.rng.random() < cfg.unmovable_fraction
-                else MIGRATE_RECLAIMABLE
-            )
-            t_ns = self._next_arrival_ns
-            self._next_arrival_ns += self._gap()
-            pfns = guest.alloc(order, mt, 1, cfg.cpu)
-            if len(pfns) == 0:
-                self.stats.alloc_failures += 1
-                continue
-            self._hold(int(pfns[0]), order, t_ns)
+            self._arrive(guest, t1_ns if death is None else min(t1_ns, death))
 
-    def _hold(self, pfn: int, order: int, t_ns: int) -> None:
+    def _arrive(self, guest, before_ns: int) -> None:
+        """The run of arrivals of one (order, type) before ``before_ns`` (the next death or
+        the epoch end), in one allocation call: the same as one call per arrival."""
+        i = self._i
+        order, mt = int(self._orders[i]), int(self._mts[i])
+        j = i + 1
+        while (
+            j < DRAW
+            and self._times[j] < before_ns
+            and self._orders[j] == order
+            and self._mts[j] == mt
+        ):
+            j += 1
+        n = j - i
+        pfns = guest.alloc(order, mt, n, self.config.cpu)
+        got = len(pfns)
+        self.stats.alloc_failures += n - got
         pages = 1 << order
-        self.held_pages += pages
-        self.stats.pages_allocated += pages
-        life = self._lifetime()
-        if life is None:
-            self.long_lived_pages += pages
-            return
-        heapq.heappush(self._deaths, (t_ns + life, self._seq, pfn, order))
-        self._seq += 1
+        for k in range(got):
+            life = int(self._lives[i + k])
+            self.held_pages += pages
+            self.stats.pages_allocated += pages
+            if life < 0:
+                self.long_lived_pages += pages
+            else:
+                death = int(self._times[i + k]) + life
+                heapq.heappush(self._deaths, (death, self._seq, int(pfns[k]), order))
+                self._seq += 1
+        self._i = j
 
     def _free_due(self, guest, until_ns: int) -> None:
         """Free the deaths before until_ns, consecutive ones of one order in one call."""
