@@ -285,10 +285,18 @@ class IdleWorkload(_Model):
     )
 
 
+MAX_NOISE_RATE = 1e6  # kernel_noise allocations per simulated second
+MAX_TOTAL_FILE_BYTES = 64 << 40  # page_cache file bytes over all guests
+MAX_SYNTHETIC_SAMPLES = 10**8  # synthetic trace samples over all guests of a group
+
+
 class KernelNoiseWorkload(_Model):
     kind: Literal["kernel_noise"] = "kernel_noise"
     rate: float = Field(
-        2000.0, gt=0, le=1e7, description="Kernel allocations per simulated second (Poisson)."
+        2000.0,
+        gt=0,
+        le=MAX_NOISE_RATE,
+        description=f"Kernel allocations per simulated second (Poisson; at most {MAX_NOISE_RATE:.0e}).",
     )
     mean_lifetime: int = Field(
         5_000_000_000, gt=0, description="Mean time an allocation is held (default 5 s)."
@@ -862,6 +870,21 @@ class ExperimentSpec(_Model):
                 f"guest_groups: {guests} guests in all, over the bound of {MAX_GUESTS}"
             )
         # trace groups sized by their traces are checked again once the traces are read
+        files = sum(g.declared_count * _file_bytes(g.workload) for g in self.guest_groups)
+        if files > MAX_TOTAL_FILE_BYTES:
+            raise ValueError(
+                f"guest_groups: {files} bytes of page_cache files in all, over the bound of "
+                f"{MAX_TOTAL_FILE_BYTES} (64 TiB)"
+            )
+        for g in self.guest_groups:
+            w = g.workload
+            if w.kind == "trace" and w.format == "synthetic":
+                samples = g.declared_count * (w.trace_duration // w.trace_interval + 1)
+                if samples > MAX_SYNTHETIC_SAMPLES:
+                    raise ValueError(
+                        f"guest_groups.{g.name}: {samples} synthetic trace samples, over the "
+                        f"bound of {MAX_SYNTHETIC_SAMPLES}; sample less often"
+                    )
         total = sum(g.declared_count * (g.memory or 0) for g in self.guest_groups)
         if total > MAX_TOTAL_GUEST_MEMORY_BYTES:
             raise ValueError(
@@ -902,6 +925,15 @@ class ExperimentSpec(_Model):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def _file_bytes(w) -> int:
+    """page_cache file bytes of a workload (a script's steps summed)."""
+    if w.kind == "page_cache":
+        return w.file_size
+    if w.kind == "script":
+        return sum(_file_bytes(step.workload) for step in w.steps)
+    return 0
+
+
 def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_SYNC_CAP_NS) -> int:
     """The largest whole multiple of ``epoch`` up to ``cap`` (at least one epoch) that
     divides ``sample_interval``."""
@@ -924,7 +956,7 @@ _WORKLOAD_KINDS = (
 
 
 def _error_path(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"] if p not in ("memhog", "idle", "trace")) or "<spec>"
+    return ".".join(str(p) for p in err["loc"] if p not in _WORKLOAD_KINDS) or "<spec>"
 
 
 def parse_spec(data: dict[str, Any]) -> ExperimentSpec:

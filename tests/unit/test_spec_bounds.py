@@ -91,3 +91,33 @@ def test_a_time_series_too_long_to_hold_is_refused():
     assert errs[0][0] == "<spec>" or "sample_interval" in errs[0][1], errs
     assert "over the bound of 1000000; sample less often" in errs[0][1]
     assert load_spec_text(BASE.replace("duration: 10s", "duration: 720h\nsample_interval: 1h"))
+
+
+@pytest.mark.parametrize(
+    ("workload", "needle"),
+    [
+        ("{kind: kernel_noise, rate: 2e6}", "less than or equal to 1000000"),
+        ("{kind: page_cache, file_size: 2TiB}", "less than or equal to 1099511627776"),
+        (
+            "{kind: script, steps: [{workload: {kind: page_cache, file_size: 1TiB}, until: done}]}",
+            "page_cache files in all",
+        ),
+    ],
+)
+def test_workload_sizes_are_bounded(workload, needle):
+    text = (
+        "name: b\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\n"
+        f"guest_groups: [{{name: g, count: 100, memory: 64MiB, workload: {workload}}}]\n"
+    )
+    errs = errors(text)
+    assert any(needle in msg for _, msg in errs), errs
+
+
+def test_synthetic_trace_samples_are_bounded_over_the_group():
+    text = (
+        "name: b\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\n"
+        "guest_groups: [{name: g, count: 10000, memory: 64MiB, workload: "
+        "{kind: trace, format: synthetic, trace_duration: 720h, trace_interval: 60s}}]\n"
+    )
+    errs = errors(text)
+    assert any("synthetic trace samples" in msg for _, msg in errs), errs
