@@ -39,6 +39,7 @@ from services.guest.core.workloads import (
     MemhogConfig,
     TraceConfig,
     make_workload,
+    ops_by_kind,
     pfns_to_runs,
 )
 from services.protocol.messages import (
@@ -416,6 +417,8 @@ class GuestShard:
             for wl in (s.workload, *s.extra_workloads):
                 w = wl.stats
                 g["ops_total"] += w.ops
+                for kind, ops in ops_by_kind(wl).items():
+                    g[f"ops_{kind}_total"] += ops
                 g["pages_allocated_total"] += w.pages_allocated
                 g["pages_freed_total"] += w.pages_freed
                 g["pages_touched_total"] += w.pages_touched

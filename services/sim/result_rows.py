@@ -208,6 +208,14 @@ def summarize_run(
         for k in GUEST_LOST_KINDS:  # the guest's own costs (workloads that price them)
             if _reported(df, f"lost_{k}_seconds_total"):
                 groups[entity]["lost_seconds"][k] = _final(df, f"lost_{k}_seconds_total")
+        groups[entity]["ops_by_kind"] = {
+            c[len("ops_") : -len("_total")]: int(_final(df, c))
+            for c in sorted(df.columns)
+            if c.startswith("ops_")
+            and c.endswith("_total")
+            and c != "ops_total"
+            and _reported(df, c)
+        }
         if _reported(df, "benchmark_ops_total"):
             groups[entity]["will_it_scale"] = will_it_scale_figures(df)
     host_rows = part[part["kind"] == "host"]

@@ -505,6 +505,36 @@ def _runners() -> dict[type, type]:
     }
 
 
+def kind_of(runner) -> str:
+    """A runner's spec kind (memhog, idle, trace, page_fault1, ...), for results."""
+    test = getattr(getattr(runner, "config", None), "test", None)
+    if test is not None:  # will-it-scale: page_fault1 or page_fault2
+        return str(test)
+    return _KIND_NAMES.get(type(runner).__name__, type(runner).__name__.lower())
+
+
+_KIND_NAMES = {
+    "Memhog": "memhog",
+    "Idle": "idle",
+    "TraceReplay": "trace",
+    "PageCacheReader": "page_cache",
+    "KernelNoise": "kernel_noise",
+    "Script": "script",
+}
+
+
+def ops_by_kind(runner) -> dict[str, int]:
+    """Page operations completed per workload kind (a script by its steps' kinds)."""
+    steps = getattr(runner, "_all", None)
+    if steps is None:
+        return {kind_of(runner): runner.stats.ops}
+    out: dict[str, int] = {}
+    for step in steps:
+        for kind, ops in ops_by_kind(step.runner).items():
+            out[kind] = out.get(kind, 0) + ops
+    return out
+
+
 def make_workload(
     config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0, stop_ns: int | None = None
 ) -> WorkloadRunner:
@@ -534,6 +564,8 @@ __all__ = [
     "TraceReplay",
     "WorkStats",
     "WorkloadRunner",
+    "kind_of",
     "make_workload",
+    "ops_by_kind",
     "pfns_to_runs",
 ]
