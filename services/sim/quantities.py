@@ -8,6 +8,7 @@ integer number of nanoseconds.
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -39,6 +40,15 @@ _TIME_UNITS = {
 _NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-zµ]*)\s*$")
 
 
+MAX_QUANTITY = 1 << 62  # sizes and durations stay far inside int64 when added up
+
+
+def _bounded(value: float, field: str, what: str) -> int:
+    if not math.isfinite(value) or value > MAX_QUANTITY:
+        raise ValueError(f"{field}: {what} {value!r} is not a finite number up to 2**62")
+    return round(value)
+
+
 def parse_size_bytes(value: int | float | str, field: str = "size") -> int:
     """Return a size in bytes; raises ValueError naming ``field`` and the value."""
     if isinstance(value, bool):
@@ -46,16 +56,16 @@ def parse_size_bytes(value: int | float | str, field: str = "size") -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{field}: size must be >= 0, got {value}")
-        return value
+        return _bounded(value, field, "size")
     if isinstance(value, float):
-        if value < 0 or value != int(value):
+        if not math.isfinite(value) or value < 0 or value != int(value):
             raise ValueError(f"{field}: size must be a whole number of bytes, got {value}")
-        return int(value)
+        return _bounded(value, field, "size")
     m = _NUMBER.match(str(value))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _SIZE_UNITS:
         raise ValueError(f"{field}: cannot parse size {value!r} (use e.g. 4GiB, 512MiB)")
-    return round(float(m.group(1)) * _SIZE_UNITS[unit])
+    return _bounded(float(m.group(1)) * _SIZE_UNITS[unit], field, "size")
 
 
 def parse_duration_ns(value: int | float | str, field: str = "duration") -> int:
@@ -65,14 +75,14 @@ def parse_duration_ns(value: int | float | str, field: str = "duration") -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{field}: duration must be >= 0, got {value}")
-        return value
+        return _bounded(value, field, "duration")
     if isinstance(value, float):
         raise ValueError(f"{field}: give a unit (e.g. '2s'), got the bare float {value}")
     m = _NUMBER.match(str(value))
     unit = m.group(2) if m else None
     if not m or unit not in _TIME_UNITS:
         raise ValueError(f"{field}: cannot parse duration {value!r} (use e.g. 50ms, 2s, 5m)")
-    return round(float(m.group(1)) * _TIME_UNITS[unit])
+    return _bounded(float(m.group(1)) * _TIME_UNITS[unit], field, "duration")
 
 
 def format_bytes(n: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -266,10 +267,14 @@ class MemhogWorkload(_Model):
         False, description="Allocate 2 MiB (order-9) blocks like an MADV_HUGEPAGE region."
     )
     start_stagger: int = Field(
-        0, description="Guest i of the group starts i x start_stagger late (take turns)."
+        0,
+        le=MAX_DURATION_NS,
+        description="Guest i of the group starts i x start_stagger late (take turns).",
     )
     start_jitter: int = Field(
-        0, description="Each guest starts after a further seeded random delay in [0, start_jitter)."
+        0,
+        le=MAX_DURATION_NS,
+        description="Each guest starts after a further seeded random delay in [0, start_jitter).",
     )
 
     _durs = field_validator("start_stagger", "start_jitter", mode="before")(_dur)
@@ -287,7 +292,8 @@ class IdleWorkload(_Model):
 
 MAX_NOISE_RATE = 1e6  # kernel_noise allocations per simulated second
 MAX_TOTAL_FILE_BYTES = 64 << 40  # page_cache file bytes over all guests
-MAX_SYNTHETIC_SAMPLES = 10**8  # synthetic trace samples over all guests of a group
+MAX_SYNTHETIC_SAMPLES = 10**7  # synthetic trace samples over all guests of a group
+MAX_RATE = 1 << 40  # bytes per simulated second of any workload rate (1 TiB/s)
 
 
 class KernelNoiseWorkload(_Model):
@@ -296,35 +302,52 @@ class KernelNoiseWorkload(_Model):
         2000.0,
         gt=0,
         le=MAX_NOISE_RATE,
+        allow_inf_nan=False,
         description=f"Kernel allocations per simulated second (Poisson; at most {MAX_NOISE_RATE:.0e}).",
     )
     mean_lifetime: int = Field(
-        5_000_000_000, gt=0, description="Mean time an allocation is held (default 5 s)."
+        5_000_000_000,
+        gt=0,
+        le=MAX_DURATION_NS,
+        description="Mean time an allocation is held (default 5 s, at most 30 days).",
     )
     lifetime: Literal["exponential", "lognormal"] = Field(
         "exponential", description="Lifetime distribution."
     )
-    sigma: float = Field(1.0, gt=0, le=10, description="lognormal: the shape parameter.")
+    sigma: float = Field(
+        1.0, gt=0, le=10, allow_inf_nan=False, description="lognormal: the shape parameter."
+    )
     long_lived_fraction: float = Field(
-        0.05, ge=0, le=1, description="Share of allocations never freed (held for good)."
+        0.05,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of allocations never freed (held for good).",
     )
     unmovable_fraction: float = Field(
-        0.5, ge=0, le=1, description="Share that is UNMOVABLE; the rest is RECLAIMABLE."
+        0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share that is UNMOVABLE; the rest is RECLAIMABLE.",
     )
     orders: dict[int, float] = Field(
         default_factory=lambda: {0: 0.9, 1: 0.05, 2: 0.03, 3: 0.02},
         max_length=11,
         description="Order -> weight of the allocation sizes (orders 0..10).",
     )
-    start: int = Field(0, ge=0, description="Start this long after the run starts.")
+    start: int = Field(
+        0, ge=0, le=MAX_DURATION_NS, description="Start this long after the run starts."
+    )
 
     _durs = field_validator("mean_lifetime", "start", mode="before")(_dur)
 
     @field_validator("orders")
     @classmethod
     def _orders(cls, v: dict[int, float]) -> dict[int, float]:
-        if any(not 0 <= o <= MAX_ORDER or w < 0 for o, w in v.items()) or sum(v.values()) <= 0:
-            raise ValueError("orders: keys 0..10, weights >= 0, not all 0")
+        bad = any(not 0 <= o <= MAX_ORDER or not math.isfinite(w) or w < 0 for o, w in v.items())
+        if bad or sum(v.values()) <= 0:
+            raise ValueError("orders: keys 0..10, finite weights >= 0, not all 0")
         return v
 
 
@@ -334,7 +357,7 @@ MAX_DROP_CACHES = 1_000  # drop_caches times of one page_cache workload
 class PageCacheWorkload(_Model):
     kind: Literal["page_cache"] = "page_cache"
     file_size: int = Field(
-        gt=0,
+        ge=1 << 20,
         le=MAX_GUEST_MEMORY_BYTES,
         description=(
             "Bytes of files read sequentially into the page cache (cached pages are never "
@@ -342,15 +365,20 @@ class PageCacheWorkload(_Model):
         ),
     )
     read_rate: int | None = Field(
-        None, ge=1, description="Bytes per second of a cache miss (from disk; default 1 GiB/s)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Bytes per second of a cache miss (from disk; default 1 GiB/s).",
     )
     hit_rate: int | None = Field(
-        None, ge=1, description="Bytes per second of a cache hit (default 8 GiB/s)."
+        None, ge=1, le=MAX_RATE, description="Bytes per second of a cache hit (default 8 GiB/s)."
     )
     reread: bool = Field(
         False, description="Read the files again and again (hits, and misses for evicted pages)."
     )
-    start: int = Field(0, ge=0, description="Start this long after the run starts.")
+    start: int = Field(
+        0, ge=0, le=MAX_DURATION_NS, description="Start this long after the run starts."
+    )
     drop_caches_at: list[int] = Field(
         default_factory=list,
         max_length=MAX_DROP_CACHES,
@@ -366,7 +394,10 @@ class PageCacheWorkload(_Model):
     @classmethod
     def _drop_times(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [parse_duration_ns(t, "drop_caches_at") for t in v]
+            times = [parse_duration_ns(t, "drop_caches_at") for t in v]
+            if any(t > MAX_DURATION_NS for t in times):
+                raise ValueError("drop_caches_at: times are at most 30 days")
+            return times
         return v
 
 
@@ -404,10 +435,13 @@ class WillItScaleWorkload(_Model):
         None, ge=0, description="page_fault2: one copy-on-write fault, besides the copy (900 ns)."
     )
     zero_rate: int | None = Field(
-        None, ge=1, description="Guest zeroing, bytes per second (default 10 GiB/s)."
+        None, ge=1, le=MAX_RATE, description="Guest zeroing, bytes per second (default 10 GiB/s)."
     )
     copy_rate: int | None = Field(
-        None, ge=1, description="page_fault2 copies, bytes per second (default 8 GiB/s)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="page_fault2 copies, bytes per second (default 8 GiB/s).",
     )
     unmap_cost: int | None = Field(
         None, ge=0, description="munmap per 4 KiB page, ns (a 2 MiB mapping costs ten; 60 ns)."
@@ -499,14 +533,21 @@ class TraceWorkload(_Model):
         1.0,
         ge=1e-3,
         le=1e6,
+        allow_inf_nan=False,
         description="Trace seconds per simulated second (300 plays a 5-minute sample in 1 s).",
     )
     thp: bool = Field(False, description="Grow in 2 MiB (order-9) blocks.")
     grow_rate: int | None = Field(
-        None, ge=1, description="Bytes per simulated second while growing (default 2 GiB/s)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Bytes per simulated second while growing (default 2 GiB/s).",
     )
     free_rate: int | None = Field(
-        None, ge=1, description="Bytes per simulated second while shrinking (default 16 GiB/s)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Bytes per simulated second while shrinking (default 16 GiB/s).",
     )
 
     _durs = field_validator("trace_duration", "trace_interval", mode="before")(_dur)
@@ -529,10 +570,26 @@ class TraceWorkload(_Model):
             raise ValueError(f"a {self.format} trace is normalised: it needs machine_memory")
         if self.format == "alibaba2018" and self.table == "container" and self.meta_path is None:
             raise ValueError("alibaba2018 container_usage needs meta_path (container_meta.csv)")
+        if self.columns is not None:
+            id_col = "container_id" if self.table == "container" else "machine_id"
+            missing = [
+                c for c in (id_col, "time_stamp", "mem_util_percent") if c not in self.columns
+            ]
+            if missing:
+                raise ValueError(f"columns must include {missing}")
+            if len(set(self.columns)) != len(self.columns):
+                raise ValueError("columns must name each column once")
         if self.trace_interval > self.trace_duration:
             raise ValueError("trace_interval must not exceed trace_duration")
-        if self.format == "synthetic" and self.trace_duration // self.trace_interval > 1_000_000:
-            raise ValueError("a synthetic trace may have at most 1,000,000 samples")
+        if self.format == "synthetic":
+            if self.trace_duration // self.trace_interval > 1_000_000:
+                raise ValueError("a synthetic trace may have at most 1,000,000 samples")
+            if self.trace_interval % 1_000_000_000 or self.trace_duration % 1_000_000_000:
+                raise ValueError("synthetic trace_interval and trace_duration are whole seconds")
+            if self.path is not None or self.meta_path is not None:
+                raise ValueError("a synthetic trace reads no file: remove path")
+        if self.trace_duration / self.time_scale > MAX_DURATION_NS:
+            raise ValueError("trace_duration / time_scale is over 30 simulated days")
         return self
 
 
@@ -546,12 +603,18 @@ class ScriptStep(_Model):
     workload: StepWorkload = Field(
         description="The step's workload (any kind but trace and script)."
     )
-    at: int | None = Field(None, ge=0, description="Start this long after the script starts.")
-    after: int = Field(0, ge=0, description="Else start this long after the step before ends.")
+    at: int | None = Field(
+        None, ge=0, le=MAX_DURATION_NS, description="Start this long after the script starts."
+    )
+    after: int = Field(
+        0, ge=0, le=MAX_DURATION_NS, description="Else start this long after the step before ends."
+    )
     until: Literal["done"] | None = Field(
         None, description="End when the workload is done (a hog's phases ran out, a read pass)."
     )
-    duration: int | None = Field(None, gt=0, description="End (stop the workload) after this long.")
+    duration: int | None = Field(
+        None, gt=0, le=MAX_DURATION_NS, description="End (stop the workload) after this long."
+    )
     overlay: bool = Field(
         False, description="Run in the background: the next step starts without waiting."
     )
@@ -573,10 +636,14 @@ class ScriptWorkload(_Model):
         min_length=1, max_length=MAX_PHASES, description="Steps, started in order."
     )
     start_stagger: int = Field(
-        0, description="Guest i of the group starts i x start_stagger late (take turns)."
+        0,
+        le=MAX_DURATION_NS,
+        description="Guest i of the group starts i x start_stagger late (take turns).",
     )
     start_jitter: int = Field(
-        0, description="Each guest starts after a further seeded random delay in [0, start_jitter)."
+        0,
+        le=MAX_DURATION_NS,
+        description="Each guest starts after a further seeded random delay in [0, start_jitter).",
     )
 
     _durs = field_validator("start_stagger", "start_jitter", mode="before")(_dur)
@@ -876,13 +943,13 @@ class ExperimentSpec(_Model):
                 f"guest_groups: {files} bytes of page_cache files in all, over the bound of "
                 f"{MAX_TOTAL_FILE_BYTES} (64 TiB)"
             )
-        for g in self.guest_groups:
+        for gi, g in enumerate(self.guest_groups):
             w = g.workload
             if w.kind == "trace" and w.format == "synthetic":
                 samples = g.declared_count * (w.trace_duration // w.trace_interval + 1)
                 if samples > MAX_SYNTHETIC_SAMPLES:
                     raise ValueError(
-                        f"guest_groups.{g.name}: {samples} synthetic trace samples, over the "
+                        f"guest_groups.{gi}: {samples} synthetic trace samples, over the "
                         f"bound of {MAX_SYNTHETIC_SAMPLES}; sample less often"
                     )
         total = sum(g.declared_count * (g.memory or 0) for g in self.guest_groups)

@@ -71,8 +71,13 @@ def _load(
     assert w.path is not None  # TraceWorkload requires it for files
     path = resolve_trace_path(w.path, root, ok, f"{field}.path")
     if w.format == "bitbrains":
-        files = trace_files(path)
-        return [load_bitbrains(f) for f in files[:limit]]
+        files = trace_files(path)[:limit]
+        if not ok and root is not None:  # a served spec: no file may lead out, symlinks neither
+            top = root.resolve()
+            for f in files:
+                if not f.resolve().is_relative_to(top):
+                    raise SpecError([(f"{field}.path", f"{f.name} leaves the trace directory")])
+        return [load_bitbrains(f) for f in files]
     assert w.machine_memory is not None  # required for normalised formats
     if w.format == "google2019":
         return load_google2019(path, w.machine_memory, w.statistic)[:limit]
@@ -81,6 +86,16 @@ def _load(
         meta = resolve_trace_path(w.meta_path, root, ok, f"{field}.meta_path")
     traces, _dropped = load_alibaba2018(path, w.machine_memory, meta, w.table, w.columns)
     return traces[:limit]
+
+
+def _trace_error(spec: ExperimentSpec, w: TraceWorkload, field: str, e: TraceError):
+    """(field, message) for a bad trace file: meta_path's file under meta_path; for a
+    served spec, paths relative to the trace directory (no server paths in messages)."""
+    message = str(e)
+    meta = w.meta_path is not None and Path(e.path).name == Path(w.meta_path).name
+    if not spec.trace_absolute_ok and spec.trace_root is not None:
+        message = message.replace(str(spec.trace_root.resolve()) + "/", "")
+    return (f"{field}.meta_path" if meta else f"{field}.path", message)
 
 
 def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
@@ -115,10 +130,10 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
             try:
                 traces = _load(w, spec, field, group.count)
             except TraceError as e:
-                raise SpecError([(f"{field}.path", str(e))]) from None
+                raise SpecError([_trace_error(spec, w, field, e)]) from None
         out[gi] = traces
         total_guests += len(traces)
-        total_bytes += sum(guest_memory(group, t) for t in traces)
+        total_bytes += sum(guest_memory(group, t, f"guest_groups.{gi}") for t in traces)
     if total_guests > MAX_GUESTS:
         raise SpecError([("guest_groups", f"{total_guests} guests in all, over {MAX_GUESTS}")])
     if total_bytes > MAX_TOTAL_GUEST_MEMORY_BYTES:
@@ -128,7 +143,7 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
     return out
 
 
-def guest_memory(group: GuestGroup, trace: UsageTrace | None) -> int:
+def guest_memory(group: GuestGroup, trace: UsageTrace | None, field: str = "guest_groups") -> int:
     """A guest's RAM: the group's, or its trace's rounded up to whole 4 MiB blocks."""
     if group.memory is not None or trace is None:
         assert group.memory is not None
@@ -136,7 +151,7 @@ def guest_memory(group: GuestGroup, trace: UsageTrace | None) -> int:
     size = -(-trace.memory_bytes // MAX_BLOCK_BYTES) * MAX_BLOCK_BYTES
     if size > MAX_GUEST_MEMORY_BYTES:
         raise SpecError(
-            [(f"guest_groups.{group.name}", f"trace {trace.name}: {size} bytes, over 1 TiB")]
+            [(field, f"trace {trace.name} ({trace.source}): VM of {size} bytes, over 1 TiB")]
         )
     return size
 

@@ -157,7 +157,7 @@ def _ascending(path: Path, times: np.ndarray, column: str, first_line: int) -> N
             i = int(np.argmax(back)) + 1
             raise TraceError(
                 path,
-                f"time goes backwards or repeats: {times[i]:g} after {times[i - 1]:g}",
+                f"time goes backwards or repeats: {float(times[i])!r} after {float(times[i - 1])!r}",
                 first_line + i,
                 column,
             )
@@ -197,7 +197,10 @@ def _bitbrains_columns(path: Path, idx: list[int]) -> tuple[np.ndarray, ...]:
             return tuple(cols)
     except ValueError:
         pass  # a non-numeric field: located below
-    df = _read_bitbrains(path, idx, str)
+    try:
+        df = _read_bitbrains(path, idx, str)
+    except ValueError as e:
+        raise TraceError(path, f"not a Bitbrains CSV: {str(e).splitlines()[0][:200]}") from None
     if len(df) == 0:
         raise TraceError(path, "no samples after the header", 2)
     names = (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)
@@ -213,11 +216,14 @@ def load_bitbrains(path: str | Path) -> UsageTrace:
     path = Path(path)
     _check_file(path)
     with path.open("rb") as f:
-        header_line = f.readline().decode("utf-8", errors="replace")
+        header_line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
     names = [h.strip() for h in header_line.split(";")]
     for col in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE):
         if col not in names:
-            raise TraceError(path, f"header has no {col!r} field (found {names[:12]})", 1)
+            shown = ", ".join(repr(n[:32]) for n in names[:4])
+            raise TraceError(
+                path, f"header has no {col!r} field ({len(names)} fields: {shown}, ...)", 1
+            )
     idx = [names.index(c) for c in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)]
     times, capacity_kb, usage_kb = _bitbrains_columns(path, idx)
     _ascending(path, times, BITBRAINS_TIME, 2)
@@ -290,7 +296,7 @@ def load_google2019(
     _check_file(path)
     try:
         table = pj.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    except pa.ArrowException as e:
         raise TraceError(path, f"not JSON lines: {str(e).splitlines()[0]}") from None
     usage_col = f"{statistic}_usage"
     for col in ("start_time", "collection_id", "instance_index", usage_col, "assigned_memory"):
@@ -298,7 +304,7 @@ def load_google2019(
             raise TraceError(path, f"no {col!r} field", 1, col)
     try:
         mem = pc.struct_field(table[usage_col], "memory")
-    except (pa.ArrowInvalid, KeyError, TypeError):
+    except (pa.ArrowException, KeyError, TypeError):
         raise TraceError(path, f"{usage_col} has no 'memory' field", 1, usage_col) from None
     import pandas as pd
 
@@ -356,6 +362,11 @@ def _read_headless(path: Path, columns: Sequence[str], dtypes: dict):
     import pandas as pd
 
     _check_file(path)
+    with path.open("rb") as f:
+        first = f.readline(1 << 16).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    fields = first.count(",") + 1
+    if fields != len(columns):
+        raise TraceError(path, f"{fields} fields on a line, but the columns name {len(columns)}", 1)
     try:
         df = pd.read_csv(path, sep=",", engine="c", header=None, names=list(columns), dtype=dtypes)
     except (pd.errors.ParserError, ValueError) as e:
@@ -430,7 +441,7 @@ def load_alibaba2018(
             i = int(np.argmax(dup)) + 1
             raise TraceError(
                 usage_path,
-                f"{id_col} {key}: two samples at time {times[i]:g}",
+                f"{id_col} {key}: two samples at time {float(times[i])!r}",
                 int(g["line"].to_numpy()[i]),
                 "time_stamp",
             )

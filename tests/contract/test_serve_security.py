@@ -277,6 +277,8 @@ def test_trace_paths_from_clients_stay_inside_the_trace_directory(tmp_path, trac
         synthetic("step", 1, 1, memory_bytes=64 << 20, duration_s=900), secret / "b.csv"
     )
     (root / "out").symlink_to(secret)
+    (root / "evildir").mkdir()
+    (root / "evildir" / "b.csv").symlink_to(secret / "b.csv")  # a file leading out
     manager = ExperimentManager(
         out_dir=str(tmp_path / "runs"),
         backend=InProcessBackend(),
@@ -286,12 +288,14 @@ def test_trace_paths_from_clients_stay_inside_the_trace_directory(tmp_path, trac
     server.start()
     try:
         with connect_experiments(server.address) as client:
-            bad = ["../secret", str(secret), "out"] + ([] if trace_dir else ["fleet"])
+            bad = ["../secret", str(secret), "out", "evildir"] + ([] if trace_dir else ["fleet"])
             for path in bad:
                 with pytest.raises(grpc.RpcError) as err:
                     client.create(TRACE_SPEC.format(path=path))
                 assert err.value.code() == CODE.INVALID_ARGUMENT, path
                 assert "guest_groups.0.workload.path" in err.value.details(), path
+                if not path.startswith("/"):  # no server paths beyond what the client sent
+                    assert str(tmp_path) not in err.value.details(), path
             if trace_dir:
                 exp_id, _ = client.create(TRACE_SPEC.format(path="fleet"))
                 assert exp_id.startswith("fleet-")

@@ -128,3 +128,17 @@ guest_groups: [{{name: g, memory: 512MiB, workload: {{kind: script, steps: {step
     with pytest.raises(SpecError) as e:
         load_spec_text(text)
     assert needle in str(e.value) and "guest_groups.0.workload" in str(e.value)
+
+
+def test_phases_done_on_arrival_in_a_repeat_do_not_spin():
+    """grow to 0 and free to 0, both until done, repeated: every phase is done at once;
+    the epoch still ends (hostile-input finding)."""
+    wl = MemhogConfig(
+        phases=(
+            PhaseConfig("grow", 10 * S, 0.0, None, until_done=True),
+            PhaseConfig("free", 10 * S, 0.0, None, until_done=True),
+        ),
+        repeat=True,
+    )
+    w = run(wl, 100_000_000, 10_000_000)
+    assert not w.finished and w.held.count == 0

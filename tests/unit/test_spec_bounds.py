@@ -121,3 +121,14 @@ def test_synthetic_trace_samples_are_bounded_over_the_group():
     )
     errs = errors(text)
     assert any("synthetic trace samples" in msg for _, msg in errs), errs
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "1e30GiB", "1e30h"])
+def test_sizes_and_durations_are_finite_and_bounded(value):
+    text = (
+        "name: b\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\n"
+        f"guest_groups: [{{name: g, memory: 64MiB, workload: {{kind: kernel_noise, start: {value}, "
+        f"mean_lifetime: 1s}}}}]\n"
+    )
+    errs = errors(text)
+    assert any(path.endswith("start") for path, _ in errs), errs

@@ -289,3 +289,33 @@ def test_replay_is_paced_by_the_grow_rate():
 def test_bad_trace_configs_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TraceConfig(**kwargs)
+
+
+def test_garbage_and_wrong_shapes_are_trace_errors(tmp_path):
+    good = HEADER + "\n" + bitbrains_row(1, 1024, 3) + "\n"
+    path = tmp_path / "g.csv"
+    path.write_bytes(good.encode() + bytes(range(256)) * 8)
+    with pytest.raises(TraceError, match=r"g\.csv"):
+        load_bitbrains(path)
+    bom = write(tmp_path / "bom.csv", "\ufeff" + good)
+    assert load_bitbrains(bom).memory_bytes == 1024 * 1024  # a byte-order mark is fine
+    g = write(
+        tmp_path / "u.json",
+        json.dumps(
+            {
+                "start_time": 1,
+                "collection_id": 1,
+                "instance_index": 0,
+                "average_usage": 0.5,
+                "assigned_memory": 0.1,
+            }
+        )
+        + "\n",
+    )
+    with pytest.raises(TraceError, match="average_usage has no 'memory' field"):
+        load_google2019(g, GIB)
+    three = write(tmp_path / "c.csv", "c_1,m_1,10,10,50,1.0,2,3,4,5,6\n")
+    with pytest.raises(TraceError, match="11 fields on a line, but the columns name 3"):
+        load_alibaba2018(
+            three, GIB, three, columns=("container_id", "time_stamp", "mem_util_percent")
+        )

@@ -118,3 +118,11 @@ def test_fast_and_reference_allocators_agree():
 def test_bad_configs_are_refused(kw, needle):
     with pytest.raises(ValueError, match=needle):
         WillItScaleConfig(**kw)
+
+
+def test_zero_costs_still_move_time():
+    """Costs of 0 (and a huge zero rate) would make a turn free; a page costs at least
+    1 ns, so the epoch ends (hostile-input finding)."""
+    cfg = wis(fault_ns=0, unmap_ns=0, zero_bytes_per_s=1 << 40)
+    w = run(shard(cfg), 20_000_000, 10_000_000)
+    assert w.benchmark_ops > 0

@@ -201,7 +201,8 @@ class WillItScale:
         return self._anon_faults(guest, task, credit)
 
     def _fault_cost(self, pages: int) -> int:
-        return pages * self.config.fault_ns + self._zero_ns(pages)
+        """At least 1 ns a page: time must move for a task's turn to end."""
+        return max(pages, pages * self.config.fault_ns + self._zero_ns(pages))
 
     def _anon_faults(self, guest, task: _Task, credit: int) -> int:
         cfg = self.config
@@ -235,7 +236,7 @@ class WillItScale:
         """Up to a quantum of THP faults, one order-9 allocation each; the first chunk
         no order-9 block can be had for falls back to 4 KiB faults."""
         cfg = self.config
-        cost = cfg.thp_fault_ns + self._zero_ns(THP_PAGES)
+        cost = max(1, cfg.thp_fault_ns + self._zero_ns(THP_PAGES))
         chunks = (cfg.region_pages - task.next_page) >> THP_ORDER
         n = min(cfg.quantum, chunks, credit // max(1, cost))
         if n <= 0:
@@ -264,7 +265,7 @@ class WillItScale:
     def _cow_faults(self, guest, task: _Task, credit: int) -> int:
         cfg = self.config
         first = task.iterations == 0  # the page-cache pages come in on the first pass
-        per = cfg.cow_fault_ns + self._copy_ns(1) + (self._zero_ns(1) if first else 0)
+        per = max(1, cfg.cow_fault_ns + self._copy_ns(1) + (self._zero_ns(1) if first else 0))
         n = min(cfg.quantum, cfg.region_pages - task.next_page, credit // max(1, per))
         if n <= 0:
             return -1
@@ -294,7 +295,9 @@ class WillItScale:
         self.lost_ns["guest_copy"] += self._copy_ns(got)
         if got == 0:
             return self._stall(task, per)
-        return got * (cfg.cow_fault_ns + self._copy_ns(1)) + (self._zero_ns(n) if first else 0)
+        return max(
+            got, got * (cfg.cow_fault_ns + self._copy_ns(1)) + (self._zero_ns(n) if first else 0)
+        )
 
     def _stall(self, task: _Task, per: int) -> int:
         """Out of memory: the fault is retried later; the vCPU loses one fault's time."""

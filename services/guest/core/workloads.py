@@ -236,9 +236,13 @@ class Memhog:
                 self.finished = True
                 return
         t = t0_ns
+        instant = 0  # phases in a row that ended at once (a repeat of them must not spin)
         while not self.finished and t < t1_ns:
             if t < self._phase_start_ns:
                 t = min(self._phase_start_ns, t1_ns)
+                continue
+            if instant > len(self.config.phases):  # every phase is done on arrival
+                t = t1_ns
                 continue
             end = min(self._phase_end_ns(), t1_ns)
             share = (end - t) * work_ns // max(1, t1_ns - t0_ns)
@@ -246,6 +250,7 @@ class Memhog:
             if self._phase().until_done and self._phase_done():
                 # done part way: the next phase starts when the work ran out
                 done = end - (unused * (end - t) // share if share > 0 else end - t)
+                instant = instant + 1 if done <= t else 0
                 self._enter_next_phase(max(t, done))
                 t = max(t, done)
                 continue
