@@ -19,6 +19,7 @@ from .result_rows import VARIANT_RUN, summarize, timeseries_frame
 from .run_files import RunResult, results_dir, write_run
 from .simulation import Simulation
 from .spec import ExperimentSpec, baseline_spec
+from .trace_groups import trace_digests
 
 
 def simulate(
@@ -98,6 +99,9 @@ def finish_run(
     summary = summarize(spec, sim.plan, ts, list(spec.compare))
     run_dir = results_dir(out_dir, spec.name, spec.run_id())
     metadata = _metadata(spec, backend_name, stats, wall0)
+    traces = trace_digests(sim.plan.guests)
+    if traces:  # the run id hashes the spec, not the trace files it names
+        metadata["traces"] = traces
     write_run(run_dir, spec.resolved_dict(), summary, ts, metadata)
     return RunResult(summary, ts, run_dir, metadata)
 

@@ -179,3 +179,27 @@ def trace_config(
         name=trace.name,
         **kwargs,
     )
+
+
+def trace_digests(guests) -> dict[str, dict[str, object]]:
+    """Per trace group: how many trace files its guests replay and a SHA-256 over their
+    contents (in guest order), for a run's metadata: the run id hashes the spec, not the
+    files it names, so a changed file shows here."""
+    import hashlib
+
+    out: dict[str, dict[str, object]] = {}
+    seen: dict[str, list[str]] = {}
+    for g in guests:
+        if g.trace is not None and not g.trace.source.startswith("synthetic:"):
+            files = seen.setdefault(g.group.name, [])
+            if g.trace.source not in files:
+                files.append(g.trace.source)
+    for name, files in seen.items():
+        h = hashlib.sha256()
+        for f in files:
+            h.update(Path(f).name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        out[name] = {"files": len(files), "sha256": h.hexdigest()}
+    return out

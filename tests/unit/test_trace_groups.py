@@ -136,3 +136,19 @@ def test_the_bundled_fleet_replay_and_its_baseline_validate_and_place():
         _, guests = place(s, group_traces(s))
         assert len(guests) == 8 and {g.memory for g in guests} == {2 * GIB}
     assert base.trace_root == spec.trace_root
+
+
+def test_run_metadata_carries_a_digest_of_the_trace_files(tmp_path):
+    """The run id hashes the spec, not the files: metadata.json names how many trace files
+    a group replays and a SHA-256 of their contents, which moves when a file changes."""
+    from services.sim.trace_groups import trace_digests
+
+    d = fleet_dir(tmp_path, (64, 128))
+    spec = load_spec(str(spec_file(tmp_path)))
+    first = trace_digests(make_plan(spec, "x", 1).guests)
+    assert first["vms"]["files"] == 2
+    text = (d / "vm01.csv").read_text()
+    (d / "vm01.csv").write_text(text.replace(";\t0.0;\t0.0\n", ";\t0.0;\t1.0\n", 1))
+    second = trace_digests(make_plan(spec, "x", 1).guests)
+    assert second["vms"]["sha256"] != first["vms"]["sha256"]
+    assert spec.run_id() == load_spec(str(spec_file(tmp_path))).run_id()
