@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .constants import MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE
-from .workloads import WorkStats
+from .workloads import WorkStats, clip_to_stop
 
 EXPONENTIAL, LOGNORMAL = "exponential", "lognormal"
 
@@ -134,11 +134,11 @@ class KernelNoise:
 
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Every arrival and death before t1, in time order (deaths first on a tie)."""
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self.finished = True  # what it holds stays allocated (the kernel's)
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self.finished = True  # what it holds stays allocated (the kernel's)
+            return
+        t1_ns = end
         while True:
             arrival = self._next_arrival_ns()
             death = self._deaths[0][0] if self._deaths else None

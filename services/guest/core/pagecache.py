@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
-from .workloads import WorkStats, pfns_to_runs
+from .workloads import WorkStats, clip_to_stop, pfns_to_runs
 
 SWAP_CLUSTER_MAX = 32  # pages a reclaim pass aims for at least
 DEFAULT_RECLAIM_BYTES_PER_S = 4 << 30  # clean page cache: unmap + free, no writeback
@@ -270,11 +270,11 @@ class PageCacheReader:
         return drop if drop is None or drop > now_ns else now_ns
 
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self.finished = True
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self.finished = True
+            return
+        t1_ns = end
         if self._owner is None:
             self._owner = guest.page_cache.register(self._evicted)
         start = self.config.start_delay_ns

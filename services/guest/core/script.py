@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .workloads import WorkloadRunner, WorkStats
+from .workloads import WorkloadRunner, WorkStats, clip_to_stop
 
 MAX_STEPS = 1_000
 
@@ -167,11 +167,11 @@ class Script:
         return min(events) if events else None
 
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self.finished = True
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self.finished = True
+            return
+        t1_ns = end
         ran: set[int] = set()
         self._start_due(t1_ns)
         while True:

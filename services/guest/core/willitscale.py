@@ -34,7 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .constants import MIGRATE_MOVABLE, PAGE_SHIFT
-from .workloads import HeldBlocks, WorkStats, pfns_to_runs
+from .workloads import HeldBlocks, WorkStats, clip_to_stop, fault_in, pfns_to_runs
 
 PAGE_FAULT1, PAGE_FAULT2 = "page_fault1", "page_fault2"
 THP_ORDER = 9
@@ -153,11 +153,11 @@ class WillItScale:
     # -- work ----------------------------------------------------------------------------
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Spend up to ``work_ns`` of each vCPU's time in [t0, t1) on the tasks."""
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self._stop(guest)
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self._stop(guest)
+            return
+        t1_ns = end
         start = max(t0_ns, self.config.start_delay_ns)
         if start >= t1_ns:
             return
@@ -213,21 +213,14 @@ class WillItScale:
         n = min(cfg.quantum, left, credit // max(1, per))
         if n <= 0:
             return -1
-        pfns = guest.alloc(0, MIGRATE_MOVABLE, n, task.cpu)
-        got = len(pfns)
-        if got < n:
-            self.stats.alloc_failures += n - got
+        got = len(fault_in(guest, task.held0, self.stats, 0, MIGRATE_MOVABLE, n, task.cpu))
         if got == 0:
             return -1 if credit < per else self._stall(task, per)
-        task.held0.add(pfns)
-        guest.touch(*pfns_to_runs(pfns, 1))
         task.next_page += got
         if cfg.thp:
             task.fallback_left -= got
         task.ops += got
         self.benchmark_ops += got
-        self.stats.pages_allocated += got
-        self.stats.pages_touched += got
         self.lost_ns["guest_fault"] += got * cfg.fault_ns
         self.lost_ns["guest_zero"] += self._zero_ns(got)
         return self._fault_cost(got)

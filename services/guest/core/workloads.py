@@ -163,6 +163,36 @@ class HeldBlocks:
         return self.pfns[idx]
 
 
+def fault_in(guest, held: HeldBlocks, stats: WorkStats, order: int, mt: int, n: int, cpu: int = 0):
+    """First-touch faults of n blocks of ``order``: allocated on vCPU ``cpu``, touched and
+    held; blocks the allocator could not give count as failures. Returns the pfns got."""
+    pfns = guest.alloc(order, mt, n, cpu)
+    if len(pfns) < n:
+        stats.alloc_failures += n - len(pfns)
+    if len(pfns):
+        held.add(pfns)
+        guest.touch(*pfns_to_runs(pfns, 1 << order))
+        stats.pages_allocated += len(pfns) << order
+        stats.pages_touched += len(pfns) << order
+    return pfns
+
+
+def unmap_newest(guest, held: HeldBlocks, stats: WorkStats, order: int, n: int) -> None:
+    """munmap of the n most recently faulted blocks (HeldBlocks.take_last)."""
+    pfns = held.take_last(n)
+    if len(pfns):
+        guest.free(pfns, order)
+        stats.pages_freed += len(pfns) << order
+
+
+def clip_to_stop(runner, t0_ns: int, t1_ns: int) -> int | None:
+    """The end of a run slice cut at the runner's stop time; None once it has stopped."""
+    if runner.stop_ns is None:
+        return t1_ns
+    t1_ns = min(t1_ns, runner.stop_ns)
+    return None if t0_ns >= t1_ns else t1_ns
+
+
 class Memhog:
     """memhog-style phases: grow to a target, free to a target, idle, re-touch."""
 
@@ -230,11 +260,11 @@ class Memhog:
     # -- work ---------------------------------------------------------------
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Work in [t0, t1) for at most ``work_ns`` of the guest's time (costs removed)."""
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self.finished = True
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self.finished = True
+            return
+        t1_ns = end
         t = t0_ns
         instant = 0  # phases in a row that ended at once (a repeat of them must not spin)
         while not self.finished and t < t1_ns:
@@ -289,22 +319,11 @@ class Memhog:
         return min(work_ns, spare // ph.rate)
 
     def _grow(self, guest, n: int) -> None:
-        if n <= 0:
-            return
-        pfns = guest.alloc(self.order, self.config.migratetype, n)
-        if len(pfns) < n:
-            self.stats.alloc_failures += n - len(pfns)
-        if len(pfns):
-            self.held.add(pfns)
-            guest.touch(*pfns_to_runs(pfns, self.block_pages))
-            self.stats.pages_allocated += len(pfns) * self.block_pages
-            self.stats.pages_touched += len(pfns) * self.block_pages
+        if n > 0:
+            fault_in(guest, self.held, self.stats, self.order, self.config.migratetype, n)
 
     def _free(self, guest, n: int) -> None:
-        pfns = self.held.take_last(n)
-        if len(pfns):
-            guest.free(pfns, self.order)
-            self.stats.pages_freed += len(pfns) * self.block_pages
+        unmap_newest(guest, self.held, self.stats, self.order, n)
 
     def _retouch(self, guest, n: int) -> None:
         pfns = self.held.slice_cyclic(self._touch_cursor, n)
@@ -433,11 +452,11 @@ class TraceReplay:
 
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Work in [t0, t1) for at most ``work_ns`` of the guest's time (costs removed)."""
-        if self.stop_ns is not None:
-            t1_ns = min(t1_ns, self.stop_ns)
-            if t0_ns >= t1_ns:
-                self.finished = True
-                return
+        end = clip_to_stop(self, t0_ns, t1_ns)
+        if end is None:
+            self.finished = True
+            return
+        t1_ns = end
         t = t0_ns
         while not self.finished and t < t1_ns:
             start = self._seg_start_ns(self._seg)
@@ -466,18 +485,9 @@ class TraceReplay:
         if n == 0:
             return
         if want > 0:
-            pfns = guest.alloc(self.order, self.config.migratetype, n)
-            if len(pfns) < n:
-                self.stats.alloc_failures += n - len(pfns)
-            if len(pfns):
-                self.held.add(pfns)
-                guest.touch(*pfns_to_runs(pfns, self.block_pages))
-                self.stats.pages_allocated += len(pfns) * self.block_pages
-                self.stats.pages_touched += len(pfns) * self.block_pages
+            fault_in(guest, self.held, self.stats, self.order, self.config.migratetype, n)
         else:
-            pfns = self.held.take_last(n)
-            guest.free(pfns, self.order)
-            self.stats.pages_freed += len(pfns) * self.block_pages
+            unmap_newest(guest, self.held, self.stats, self.order, n)
 
 
 class WorkloadRunner(Protocol):
