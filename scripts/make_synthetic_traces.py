@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.sim.traces import SHAPES, synthetic, write_bitbrains  # noqa: E402
+from services.sim.traces import SHAPES, synthetic, write_bitbrains
 
 GIB = 1 << 30
 # The bundled fleet: CI runners that build and then sit idle, and a few steadier VMs.

@@ -27,8 +27,8 @@ from .spec import (
     ExperimentSpec,
     GuestGroup,
     SpecError,
-    TraceWorkload,
 )
+from .spec_workloads import TraceWorkload
 from .traces import (
     TraceError,
     UsageTrace,

@@ -1,0 +1,65 @@
+"""What every part of a spec shares: the bounds, the error type and the base model.
+
+The bounds are upper limits on what a spec may ask for (docs/security.md lists them);
+``services/sim/spec.py`` and ``services/sim/spec_workloads.py`` build on this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from services.guest.core.constants import MAX_ORDER
+from services.units import PAGE_SIZE
+
+from .quantities import parse_duration_ns, parse_size_bytes
+
+MAX_BLOCK_BYTES = PAGE_SIZE << MAX_ORDER  # guests are whole multiples of an order-10 block (4 MiB)
+DEFAULT_SYNC_CAP_NS = 1_000_000_000  # default sync_interval: up to 1 s of simulated time
+
+# Names become directory names (runs/<name>/<run_id>/), experiment ids, tokens' scope and
+# metric labels: a safe character set, starting with a letter or digit (so never "." or
+# ".."), and bounded length.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_NAME_LENGTH = 64
+
+# Upper bounds on what a spec may ask for. They are checked while the spec is parsed,
+# before anything is allocated, and are far above what one machine simulates (a guest
+# costs about 12 bytes of state per 4 KiB page): they stop a typo or a hostile spec from
+# making `validate` or planning allocate gigabytes. docs/security.md lists them.
+MAX_SPEC_BYTES = 1 << 20  # YAML text of one spec
+MAX_GROUPS = 1_000  # host groups, and guest groups
+MAX_HOSTS = 10_000  # hosts in one spec (sum of the host groups' counts)
+MAX_GUESTS = 100_000  # guests in one spec (sum of the guest groups' counts)
+MAX_HOST_MEMORY_BYTES = 64 << 40  # one host's memory, reserve and swap: 64 TiB each
+MAX_GUEST_MEMORY_BYTES = 1 << 40  # one guest: 1 TiB
+MAX_TOTAL_GUEST_MEMORY_BYTES = 64 << 40  # every guest together: 64 TiB
+MIN_EPOCH_NS = 1_000_000  # 1 ms
+MAX_EPOCH_NS = 60_000_000_000  # 60 s
+MAX_DURATION_NS = 30 * 24 * 3600 * 1_000_000_000  # 30 simulated days
+MAX_EPOCHS = 100_000_000  # duration / epoch
+MAX_PHASES = 1_000  # phases of one memhog workload
+MAX_SWEEP_RUNS = 10_000  # grid points x seeds
+MAX_TIMESERIES_ROWS = 1_000_000  # samples x (hosts + guest groups) x (run + baselines): ~5 GB
+MAX_SEED = (1 << 63) - 1
+
+
+class SpecError(ValueError):
+    """A spec failed validation; ``errors`` lists (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{p}: {m}" for p, m in errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _size(v: Any, info) -> int:
+    return parse_size_bytes(v, info.field_name)
+
+
+def _dur(v: Any, info) -> int:
+    return parse_duration_ns(v, info.field_name)
