@@ -109,6 +109,9 @@ class RecordingReporter:
     def price_touch(self, counts: np.ndarray) -> int:
         return 0
 
+    def host_discards(self, pfns: np.ndarray, orders: np.ndarray):
+        return pfns, orders
+
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         err = self.errors.pop(0) if self.errors else 0
         self.calls.append((now_ns, [int(p) for p in pfns], [int(o) for o in orders], err))

@@ -9,7 +9,11 @@ batches, touched and freed page runs) is recorded in op-sequence order, one
 One sync covers a span of one or more epochs (:meth:`GuestShard.run_span`);
 each guest's log marks where every epoch's ops end. The host's answer
 (swapped-out runs, simulated time lost to costs) is applied at the end of the
-span: lost time is subtracted from the guest's working time in later epochs.
+span. A guest prices its own touches with its host's figures as it makes them
+(``GuestInit.touch_cost``) and its workload pays that from its time at once;
+the host's answer replaces the price, and only the difference (what the host
+did that the guest could not see: swap-outs, reclaim) is subtracted from the
+guest's working time in later epochs.
 
 Report calls take time in the guest's timeline (docs/kernel-model.md §4.9): a
 call is priced from its host's figures (``GuestInit.report_cost``) when it
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from services.guest.core.backing import ReportCost, ReportCostPort
+from services.guest.core.backing import HostCostPort, ReportCost, TouchCost
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
@@ -66,6 +70,9 @@ class GuestInit:
     discard_mode: str = DISCARD_DONTNEED
     # its host's figures for one report call (default: calls take no time)
     report_cost: ReportCost = field(default_factory=ReportCost)
+    # its host's figures for a touch, so the guest prices touches as it makes them
+    # (default: 0; the host's answer then charges all of it at the sync)
+    touch_cost: TouchCost = field(default_factory=TouchCost)
 
     def registration(self, shard_id: int) -> GuestRegistration:
         """How this guest is registered with its host (the one builder of registrations)."""
@@ -198,6 +205,9 @@ class _GuestDriver:
         self.guest.touch(starts, npages)
         self.link.record_touch(starts, npages)
 
+    def pay_touches(self) -> int:
+        return self.guest.pay_touches()
+
     @property
     def page_cache(self):
         return self.guest.page_cache
@@ -213,6 +223,8 @@ class _Slot:
     stall_ns: int = 0
     lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     report_ns_charged: int = 0  # the worker's report time already in lost_ns["report"]
+    touch_ns_taken: int = 0  # guest.touch_cost_ns when the op log was last taken
+    touch_ns_unsettled: int = 0  # the guest's price of the touches the host has not answered
     report_errors: int = 0
     extra_workloads: list = field(default_factory=list)  # started by GuestService clients
     client_blocks: dict[int, int] = field(
@@ -243,7 +255,7 @@ class GuestShard:
                 seed,
                 link,
                 fast=fast,
-                cost_port=ReportCostPort(init.report_cost),
+                cost_port=HostCostPort(init.report_cost, init.touch_cost),
             )
             rng = np.random.default_rng(
                 np.random.SeedSequence([seed, RNG_KIND_WORKLOAD, init.guest_id])
@@ -331,6 +343,9 @@ class GuestShard:
                 j = nj
             for s in self.slots.values():
                 out[s.init.host_id].append(s.link.take())
+                priced = s.guest.touch_cost_ns
+                s.touch_ns_unsettled += priced - s.touch_ns_taken
+                s.touch_ns_taken = priced
             assert self.now_ns == t_end
         return out
 
@@ -349,7 +364,7 @@ class GuestShard:
 
     def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
         span = t1_ns - t0_ns
-        stall = min(s.stall_ns, span)
+        stall = max(-span, min(s.stall_ns, span))  # < 0: time paid ahead and given back
         s.stall_ns -= stall
         work_ns = span - stall
         t = t0_ns
@@ -361,6 +376,7 @@ class GuestShard:
             s.workload.run(s.driver, t, seg_end, seg_work)
             for extra in s.extra_workloads:
                 extra.run(s.driver, t, seg_end, seg_work)
+            s.stall_ns += s.guest.pay_touches()  # touches no workload paid for (clients')
             t = seg_end
         self._charge_report_time(s)
 
@@ -381,7 +397,8 @@ class GuestShard:
         self.now_ns = t_ns
 
     def apply_outcomes(self, outcomes: Sequence[GuestOutcome]) -> None:
-        """Apply a host's answer: report errors, lost time (felt in later epochs), swap-outs."""
+        """Apply a host's answer: report errors, lost time (beyond the guest's own price of
+        the touches, felt in later epochs), swap-outs."""
         with self.lock:
             self._apply_outcomes(outcomes)
 
@@ -393,7 +410,11 @@ class GuestShard:
             for kind, ns in r.lost_ns.items():
                 s.lost_ns[kind] = s.lost_ns.get(kind, 0) + int(ns)
                 lost += int(ns)
-            s.stall_ns += lost
+            # the host's figure is the record: the guest already spent its own price of
+            # these touches, so only the difference (host decisions the guest could not
+            # see: swap-outs, lazy frees reclaimed, direct reclaim) is felt now
+            s.stall_ns += lost - s.touch_ns_unsettled
+            s.touch_ns_unsettled = 0
             if len(r.swapped_starts):
                 s.guest.backing.swapped_out(r.swapped_starts, r.swapped_npages)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.guest.core.backing import ReportCost
+from services.guest.core.backing import ReportCost, TouchCost
 from services.guest.shard import GuestInit
-from services.host.core.config import DISCARD_DISABLED, HostConfig
-from services.host.core.costs import discard_ns, report_ns
+from services.host.core.config import DISCARD_DISABLED, DISCARD_FREE, HostConfig
+from services.host.core.costs import HUGE_1G_BYTES, discard_ns, report_ns
 from services.protocol.messages import GuestRegistration
 from services.units import RNG_KIND_START_JITTER
 
@@ -90,6 +90,29 @@ def report_cost(host: HostConfig, discard_mode: str) -> ReportCost:
     )
 
 
+def touch_cost(host: HostConfig, discard_mode: str) -> TouchCost:
+    """A guest's price of a touch on ``host``: the host's fault, zero-fill and swap-in
+    figures as plain ints, its granule and whether it backs empty granules at once (THP,
+    hugetlbfs), and whether its discards are lazy (MADV_FREE)."""
+    cm = host.costs
+    gran_bytes = host.granule_pages * 4096
+    return TouchCost(
+        fault_4k_ns=cm.fault_4k_ns,
+        fault_huge_ns=cm.fault_2m_ns,
+        zero_4k_bytes_per_s=cm.zero_4k_bytes_per_s,
+        zero_huge_bytes_per_s=(
+            cm.zero_1g_bytes_per_s if gran_bytes == HUGE_1G_BYTES else cm.zero_2m_bytes_per_s
+        ),
+        gran_shift=host.granule_pages.bit_length() - 1,
+        huge_faults=host.hugetlb or host.thp,
+        swap_read_latency_ns=cm.swap_read_latency_ns,
+        swap_read_bytes_per_s=cm.swap_read_bytes_per_s,
+        zswap=host.zswap.enabled,
+        decompress_ns=cm.decompress_ns,
+        lazy_discard=discard_mode == DISCARD_FREE and not host.hugetlb,  # hugetlbfs: punch hole
+    )
+
+
 def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPlan:
     hosts, guests = place(spec, group_traces(spec))
     ratio = spec.placement.max_overcommit_ratio
@@ -109,6 +132,7 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
                     workload=workload_config(g.group, start_delay_ns(spec, g), g.trace, g.memory),
                     discard_mode=mode,
                     report_cost=report_cost(host_configs[g.host_id], mode),
+                    touch_cost=touch_cost(host_configs[g.host_id], mode),
                 )
             )
         inits.append(shard_inits)

@@ -399,8 +399,8 @@ class ExperimentSpec(_Model):
         description=(
             "A host is under pressure when, at a sample, its pool holds at least this share of its limit, "
             "or it reclaimed, swapped in or stopped a guest during the last sample interval. While any host "
-            "is under pressure the next sample interval syncs every epoch, so guests feel swap-in and "
-            "reclaim costs one epoch later, as with per-epoch syncs."
+            "is under pressure the next sample interval syncs every epoch, so guests feel the host costs "
+            "they could not price themselves (swap-outs, reclaim) one epoch later, as with per-epoch syncs."
         ),
     )
     hosts: list[HostGroup] = Field(min_length=1, max_length=MAX_GROUPS, description="Host groups.")

@@ -24,11 +24,27 @@ def test_expand_ranges():
     assert expand_ranges([], []).tolist() == []
 
 
-def test_touch_counts_prior_states_once_per_page():
+def test_touch_counts_every_visit_by_prior_state():
+    """A page visited twice in one touch is a fault the first time and backed the second,
+    as the host counts it; the last two counts are the 4 KiB and huge faults."""
     b = BackingView(64)
-    assert b.touch([0, 4], [8, 8]).tolist() == [12, 0, 0, 0]  # overlap counted once
-    assert b.touch([0], [16]).tolist() == [4, 12, 0, 0]
+    assert b.touch([0, 4], [8, 8]).tolist() == [12, 4, 0, 0, 12, 0]
+    assert b.touch([0], [16]).tolist() == [4, 12, 0, 0, 4, 0]
     assert b.counts() == {"never": 48, "backed": 16, "discarded": 0, "swapped": 0}
+
+
+def test_huge_granules_back_whole_on_first_touch_and_fault_4k_once_split():
+    b = BackingView(64, gran_shift=4, huge_faults=True)  # granules of 16 pages
+    assert b.touch([3], [2]).tolist() == [2, 0, 0, 0, 0, 1]  # one huge fault backs 0..15
+    assert b.counts()["backed"] == 16
+    assert b.touch([0, 16], [16, 4]).tolist() == [4, 16, 0, 0, 0, 1]
+    b.discard([4], [2])  # a report inside a huge granule: the host splits it
+    b.swapped_out([8], [2])
+    assert b.touch([0], [16]).tolist() == [0, 10, 4, 2, 4, 0]  # 4 KiB refaults, swap-ins
+    b.discard([16], [4])  # the whole granule: empty again, one huge refault
+    assert b.touch([20], [1]).tolist() == [0, 0, 1, 0, 0, 1]
+    assert np.array_equal(b.recount_granules(), b._gused)
+    assert np.array_equal(b.recount(), np.array(list(b.counts().values())))
 
 
 def test_discard_swap_and_refault():
@@ -42,7 +58,7 @@ def test_discard_swap_and_refault():
     assert b.state[16:32].tolist() == [DISCARDED] * 16  # swapped pages drop their slot too
     b.discard([32], [4])  # never-touched pages stay NEVER
     assert b.state[32:48].tolist() == [NEVER] * 16
-    assert b.touch([0], [40]).tolist() == [8, 8, 24, 0]
+    assert b.touch([0], [40]).tolist() == [8, 8, 24, 0, 32, 0]
     assert SWAPPED not in b.state
 
 

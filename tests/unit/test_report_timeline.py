@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.guest.core.backing import ReportCost, ReportCostPort
+from services.guest.core.backing import HostCostPort, ReportCost
 from services.guest.core.config import GuestConfig, PcpConfig, ReportingConfig
 from services.guest.core.constants import MIGRATE_MOVABLE
 from services.guest.core.guest import Guest
@@ -212,7 +212,7 @@ def test_report_cost_prices_exit_plus_discards():
     cost = ReportCost(exit_ns=1500, discard_4k_ns=430, discard_2m_ns=14000)
     orders = np.array([0, 3, 9, 10])
     assert cost.price(orders) == 1500 + (1 + 8) * 430 + (1 + 2) * 14000
-    assert ReportCostPort(cost).price_report(np.zeros(4), orders) == cost.price(orders)
+    assert HostCostPort(cost).price_report(np.zeros(4), orders) == cost.price(orders)
     huge = ReportCost(exit_ns=1500, discard_4k_ns=430, discard_2m_ns=14000, discard_min_order=9)
     assert huge.price(orders) == 1500 + 3 * 14000
     ack_only = ReportCost(exit_ns=1500, discard_4k_ns=430, discard_min_order=None)

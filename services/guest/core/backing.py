@@ -7,10 +7,11 @@ can tell what a touch will cost; the host's own state stays the record. Every
 operation is vectorised over batches of ranges: no per-page Python loops.
 
 The cost port prices what the guest must know the cost of before the host has
-answered: a touch, and a report call (the reporting worker needs the call's
-latency when it starts, to know when it completes). :class:`ReportCost` holds
-the host's figures for a report call as plain ints; the simulation plan copies
-them from the host's cost model (the guest never imports the host).
+answered: a touch (so a workload's progress slows as it pays, within the
+epoch), and a report call (the reporting worker needs the call's latency when it
+starts, to know when it completes). :class:`ReportCost` and :class:`TouchCost`
+hold the host's figures as plain ints; the simulation plan copies them from the
+host's cost model (the guest never imports the host).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
+from services.units import NS_PER_S, PAGE_SIZE
+
+PAGE_BYTES = PAGE_SIZE
+
 NEVER = 0  # never touched: first touch = host fault + zero fill
 BACKED = 1  # resident on the host: touch is free
 DISCARDED = 2  # reported and discarded: touch = host fault + zero fill again
@@ -30,26 +35,62 @@ BACKING_STATE_NAMES = ("never", "backed", "discarded", "swapped")
 _SEEN = 255  # transient mark inside one touch: a page already counted in this batch
 
 
+# Touch counts: pages visited by prior state (NEVER..SWAPPED), then the host faults
+# the guest expects them to cost.
+T_FAULT_4K = NR_BACKING_STATES  # 4 KiB host faults (never-touched or discarded pages)
+T_FAULT_HUGE = NR_BACKING_STATES + 1  # huge faults: the first touch of an empty granule
+NR_TOUCH_COUNTS = NR_BACKING_STATES + 2
+
+
 @njit(cache=True, nogil=True)
-def _touch_ranges(state, counts, starts, npages, out):
-    """Count each page once by its prior state, then make it BACKED (overlaps allowed)."""
+def _touch_ranges(state, counts, gused, shift, huge, starts, npages, out):  # noqa: PLR0913, PLR0917
+    """Make the ranges BACKED page by page, counting each visit by its prior state (a page
+    visited twice counts as backed the second time, as on the host). With ``huge``, a
+    touch of a granule holding nothing on the host (``gused`` 0) backs all of it with one
+    huge fault, as host THP and hugetlbfs do; otherwise a non-backed page is a 4 KiB fault
+    (never touched or discarded) or a swap-in."""
+    nr = state.shape[0]
+    gpages = 1 << shift
     for i in range(starts.shape[0]):
-        for p in range(starts[i], starts[i] + npages[i]):
+        p = starts[i]
+        end = p + npages[i]
+        while p < end:
             s = state[p]
-            if s != _SEEN:
-                out[s] += 1
-                counts[s] -= 1
-                state[p] = _SEEN
-    for i in range(starts.shape[0]):
-        for p in range(starts[i], starts[i] + npages[i]):
-            if state[p] == _SEEN:
-                state[p] = BACKED
-                counts[BACKED] += 1
+            if s == BACKED:
+                out[BACKED] += 1
+                p += 1
+                continue
+            if huge and gused[p >> shift] == 0:
+                g = p >> shift
+                lo = g << shift
+                hi = min(lo + gpages, nr)
+                e = min(end, hi)
+                for q in range(p, e):
+                    out[state[q]] += 1
+                for q in range(lo, hi):
+                    if state[q] != BACKED:
+                        counts[state[q]] -= 1
+                        counts[BACKED] += 1
+                        state[q] = BACKED
+                gused[g] = hi - lo
+                out[T_FAULT_HUGE] += 1
+                p = e
+                continue
+            out[s] += 1
+            if s != SWAPPED:
+                out[T_FAULT_4K] += 1
+                if huge:
+                    gused[p >> shift] += 1
+            counts[s] -= 1
+            counts[BACKED] += 1
+            state[p] = BACKED
+            p += 1
 
 
 @njit(cache=True, nogil=True)
-def _move_ranges(state, counts, starts, npages, from_mask, to):
-    """Pages whose state bit is in ``from_mask`` become ``to``."""
+def _move_ranges(state, counts, gused, shift, huge, starts, npages, from_mask, to):  # noqa: PLR0913, PLR0917
+    """Pages whose state bit is in ``from_mask`` become ``to`` (granule use kept: a page
+    holds host memory when BACKED or SWAPPED)."""
     for i in range(starts.shape[0]):
         for p in range(starts[i], starts[i] + npages[i]):
             s = state[p]
@@ -57,27 +98,43 @@ def _move_ranges(state, counts, starts, npages, from_mask, to):
                 counts[s] -= 1
                 counts[to] += 1
                 state[p] = to
+                if huge:
+                    held_before = s in (BACKED, SWAPPED)
+                    held_after = to in (BACKED, SWAPPED)
+                    if held_before and not held_after:
+                        gused[p >> shift] -= 1
+                    elif held_after and not held_before:
+                        gused[p >> shift] += 1
 
 
 class CostPort(Protocol):
     """Prices guest operations in ns from host figures (the host supplies them).
 
-    ``price_touch``: a touch, from the page counts per prior state.
+    ``price_touch``: a touch, from BackingView.touch's counts (NR_TOUCH_COUNTS).
     ``price_report``: one report call of the blocks (pfns, orders), >= 0.
+    ``host_discards``: of a successful report's blocks, those whose host memory the host
+    drops now (what the backing view marks DISCARDED).
     """
 
     def price_touch(self, counts: np.ndarray) -> int: ...
     def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int: ...
+    def host_discards(
+        self, pfns: np.ndarray, orders: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class NullCostPort:
-    """Touches and report calls cost nothing (pure guest runs, tests)."""
+    """Touches and report calls cost nothing (pure guest runs, tests); every reported
+    block counts as discarded."""
 
     def price_touch(self, counts: np.ndarray) -> int:
         return 0
 
     def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
         return 0
+
+    def host_discards(self, pfns: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pfns, orders
 
 
 ORDER_2M = 9  # a block of 2 MiB or more is discarded per 2 MiB, a smaller one per 4 KiB page
@@ -121,17 +178,93 @@ class ReportCost:
         return self.exit_ns + pages_4k * self.discard_4k_ns + ranges_2m * self.discard_2m_ns
 
 
-class ReportCostPort(NullCostPort):
-    """A guest's cost port in a simulation: report calls priced by the host's figures.
+def _transfer_ns(nbytes: int, bytes_per_s: int) -> int:
+    """ns to move ``nbytes`` at ``bytes_per_s``, rounded up (as the host rounds)."""
+    return (nbytes * NS_PER_S + bytes_per_s - 1) // bytes_per_s
 
-    Touches are priced by the host itself (its answer's lost time), so they cost 0 here.
+
+@dataclass(frozen=True)
+class TouchCost:
+    """The host's figures for a touch, as plain ints for the guest (the simulation plan
+    copies them from the host's cost model, docs/kernel-model.md §4.10): a 4 KiB fault
+    and zero-fill for a page the host does not hold, a huge fault and zero-fill of the
+    whole granule when the host backs an empty granule at once (``huge_faults``: host
+    THP or hugetlbfs), a swap-in for a page on host swap (from the compressed tier when
+    ``zswap``), nothing for a backed page. ``lazy_discard``: the host's discards are
+    MADV_FREE, so a reported page stays resident until host reclaim and its next touch
+    is free. The defaults price every touch at 0.
+
+    The guest prices each touch with these figures as it happens, so its progress
+    slows within the epoch; the host's own figure, the record, replaces the estimate
+    at the next sync (docs/workloads.md, "What a touch costs").
     """
 
-    def __init__(self, cost: ReportCost):
-        self.cost = cost
+    fault_4k_ns: int = 0
+    fault_huge_ns: int = 0
+    zero_4k_bytes_per_s: int = 0  # 0: zero-fill is free
+    zero_huge_bytes_per_s: int = 0
+    gran_shift: int = 9  # 4 KiB pages per granule = 1 << gran_shift (2 MiB; 18: 1 GiB)
+    huge_faults: bool = False
+    swap_read_latency_ns: int = 0
+    swap_read_bytes_per_s: int = 0  # 0: the transfer is free
+    zswap: bool = False
+    decompress_ns: int = 0
+    lazy_discard: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (
+            "fault_4k_ns", "fault_huge_ns", "zero_4k_bytes_per_s", "zero_huge_bytes_per_s",
+            "swap_read_latency_ns", "swap_read_bytes_per_s", "decompress_ns",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"touch_cost.{name} must be an int >= 0, got {value!r}")
+        if not 0 <= self.gran_shift <= 18:
+            raise ValueError(f"touch_cost.gran_shift must be in 0..18, got {self.gran_shift}")
+
+    def price(self, counts: np.ndarray) -> int:
+        """ns the host will charge for one touch with these counts (BackingView.touch)."""
+        n4k, nhuge = int(counts[T_FAULT_4K]), int(counts[T_FAULT_HUGE])
+        swapped = int(counts[SWAPPED])
+        ns = n4k * self.fault_4k_ns + nhuge * self.fault_huge_ns
+        if n4k and self.zero_4k_bytes_per_s:
+            ns += _transfer_ns(n4k * PAGE_BYTES, self.zero_4k_bytes_per_s)
+        if nhuge and self.zero_huge_bytes_per_s:
+            ns += _transfer_ns((nhuge * PAGE_BYTES) << self.gran_shift, self.zero_huge_bytes_per_s)
+        if swapped:
+            if self.zswap:
+                ns += swapped * self.decompress_ns
+            else:
+                ns += swapped * self.swap_read_latency_ns
+                if self.swap_read_bytes_per_s:
+                    ns += _transfer_ns(swapped * PAGE_BYTES, self.swap_read_bytes_per_s)
+        return ns
+
+
+class HostCostPort(NullCostPort):
+    """A guest's cost port in a simulation: report calls and touches priced by the figures
+    of the guest's host, and the host's discard policy mirrored in the backing view."""
+
+    def __init__(self, report: ReportCost, touch: TouchCost | None = None):
+        self.cost = report
+        self.touch = touch if touch is not None else TouchCost()
 
     def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
         return self.cost.price(orders)
+
+    def price_touch(self, counts: np.ndarray) -> int:
+        return self.touch.price(counts)
+
+    def host_discards(self, pfns: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocks the host frees now: none when discard is off or lazy (MADV_FREE keeps them
+        resident until host reclaim); under hugetlbfs only blocks of a whole huge page."""
+        min_order = self.cost.discard_min_order
+        if min_order is None or self.touch.lazy_discard:
+            return pfns[:0], orders[:0]
+        if min_order == 0:
+            return pfns, orders
+        keep = np.asarray(orders) >= min_order
+        return pfns[keep], orders[keep]
 
 
 def expand_ranges(starts: np.ndarray, npages: np.ndarray) -> np.ndarray:
@@ -147,15 +280,25 @@ def expand_ranges(starts: np.ndarray, npages: np.ndarray) -> np.ndarray:
 
 
 class BackingView:
-    """uint8 per guest page: NEVER / BACKED / DISCARDED / SWAPPED."""
+    """uint8 per guest page: NEVER / BACKED / DISCARDED / SWAPPED.
 
-    def __init__(self, nr_pages: int):
+    With ``huge_faults`` (host THP or hugetlbfs) it also keeps, per granule of
+    ``1 << gran_shift`` pages, how many pages the host holds (BACKED or SWAPPED), as the
+    host does: the first touch of a granule holding nothing is one huge fault that
+    backs the whole granule.
+    """
+
+    def __init__(self, nr_pages: int, gran_shift: int = 9, huge_faults: bool = False):
         if nr_pages <= 0:
             raise ValueError(f"nr_pages must be > 0, got {nr_pages}")
         self.nr_pages = nr_pages
         self.state = np.zeros(nr_pages, dtype=np.uint8)
         self._counts = np.zeros(NR_BACKING_STATES, dtype=np.int64)  # kept in step with state
         self._counts[NEVER] = nr_pages
+        self.gran_shift = gran_shift
+        self.huge_faults = huge_faults
+        ngran = -(-nr_pages >> gran_shift) if huge_faults else 1
+        self._gused = np.zeros(ngran, dtype=np.int32)
 
     def _check_ranges(self, starts, npages) -> tuple[np.ndarray, np.ndarray]:
         starts = np.asarray(starts, dtype=np.int64).ravel()
@@ -171,11 +314,21 @@ class BackingView:
         return starts, npages
 
     def touch(self, starts, npages) -> np.ndarray:
-        """Mark the ranges BACKED; return pages per prior state (each page counted once)."""
+        """Mark the ranges BACKED; return the counts priced by TouchCost: pages visited per
+        prior state (indices NEVER..SWAPPED), then T_FAULT_4K and T_FAULT_HUGE."""
         starts, npages = self._check_ranges(starts, npages)
-        out = np.zeros(NR_BACKING_STATES, dtype=np.int64)
-        _touch_ranges(self.state, self._counts, starts, npages, out)
+        out = np.zeros(NR_TOUCH_COUNTS, dtype=np.int64)
+        _touch_ranges(
+            self.state, self._counts, self._gused, self.gran_shift, self.huge_faults,
+            starts, npages, out,
+        )  # fmt: skip
         return out
+
+    def _move(self, starts, npages, from_mask: int, to: int) -> None:
+        _move_ranges(
+            self.state, self._counts, self._gused, self.gran_shift, self.huge_faults,
+            starts, npages, from_mask, to,
+        )  # fmt: skip
 
     def discard(self, pfns, orders) -> None:
         """A successful report: touched pages of the blocks become DISCARDED.
@@ -190,14 +343,12 @@ class BackingView:
         if (orders < 0).any():
             raise ValueError(f"order={int(orders[orders < 0][0])} must be >= 0")
         starts, npages = self._check_ranges(pfns, np.left_shift(1, orders))
-        _move_ranges(
-            self.state, self._counts, starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED
-        )
+        self._move(starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED)
 
     def swapped_out(self, starts, npages) -> None:
         """The host swapped these ranges out: BACKED pages become SWAPPED."""
         starts, npages = self._check_ranges(starts, npages)
-        _move_ranges(self.state, self._counts, starts, npages, 1 << BACKED, SWAPPED)
+        self._move(starts, npages, 1 << BACKED, SWAPPED)
 
     def counts(self) -> dict[str, int]:
         """Pages per state, by name (kept incrementally: O(1))."""
@@ -206,3 +357,9 @@ class BackingView:
     def recount(self) -> np.ndarray:
         """Pages per state recomputed from the page bytes (tests check it equals counts())."""
         return np.bincount(self.state, minlength=NR_BACKING_STATES).astype(np.int64)
+
+    def recount_granules(self) -> np.ndarray:
+        """Pages the host holds per granule, recomputed (tests check it equals the kept one)."""
+        held = (self.state == BACKED) | (self.state == SWAPPED)
+        pad = (-self.nr_pages) % (1 << self.gran_shift)
+        return np.append(held, np.zeros(pad, bool)).reshape(-1, 1 << self.gran_shift).sum(1)

@@ -104,7 +104,7 @@ class _GuestDevice:
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         outcome = self.reporter.report(now_ns, pfns, orders)
         if outcome.error == 0:
-            self.backing.discard(pfns, orders)
+            self.backing.discard(*self.cost_port.host_discards(pfns, orders))
         return outcome
 
 
@@ -125,9 +125,15 @@ class Guest:
         self.now_ns = 0
         rng = shuffle_rng(seed, guest_id) if config.shuffle else None
         self.allocator = make_allocator(config, rng, fast)
-        self.backing = BackingView(config.nr_pages)
         self.cost_port = cost_port if cost_port is not None else NullCostPort()
-        self.touch_cost_ns = 0
+        touch_cost = getattr(self.cost_port, "touch", None)  # a HostCostPort's TouchCost
+        self.backing = (
+            BackingView(config.nr_pages, touch_cost.gran_shift, touch_cost.huge_faults)
+            if touch_cost is not None
+            else BackingView(config.nr_pages)
+        )
+        self.touch_cost_ns = 0  # every touch's price, summed
+        self.unpaid_touch_ns = 0  # the part no workload has spent yet (pay_touches)
         device = _GuestDevice(reporter, self.backing, self.cost_port)
         self.worker = PageReportingWorker(self.allocator, config.reporting, device, device)
         self._timers: list[Timer] = [self.worker]
@@ -168,10 +174,18 @@ class Guest:
                 self.worker.request(self.now_ns)
 
     def touch(self, starts, npages) -> np.ndarray:
-        """Touch page ranges; returns pages per prior backing state, prices them."""
+        """Touch page ranges; returns the backing view's counts, and prices them."""
         counts = self.backing.touch(starts, npages)
-        self.touch_cost_ns += int(self.cost_port.price_touch(counts))
+        ns = int(self.cost_port.price_touch(counts))
+        self.touch_cost_ns += ns
+        self.unpaid_touch_ns += ns
         return counts
+
+    def pay_touches(self) -> int:
+        """The price of the touches since the last call: the workload that made them spends
+        it from its own time, so its progress slows as it pays (docs/workloads.md)."""
+        ns, self.unpaid_touch_ns = self.unpaid_touch_ns, 0
+        return ns
 
     def advance_to(self, now_ns: int) -> None:
         """Move the clock forward to now_ns, running every timer event due by then in time

@@ -317,6 +317,7 @@ class PageCacheReader:
                 missed = missed[: len(pfns)]
             if len(pfns):
                 guest.touch(*pfns_to_runs(pfns, 1))
+                self._credit -= guest.pay_touches()  # the host's price of the new pages
                 guest.page_cache.add(pfns, self._owner, missed)
                 self.resident[missed] = True
                 self.stats.pages_allocated += len(pfns)

@@ -18,12 +18,14 @@ lists). Task i runs on vCPU i mod vcpus; tasks of one vCPU take turns.
 Time: every fault costs the guest its own handling (``fault_ns``/``thp_fault_ns``/
 ``cow_fault_ns``) plus zeroing or copying at the given bandwidth, and every page
 unmapped ``unmap_ns``. Tasks advance in quanta of ``quantum`` faults; within an
-epoch each vCPU spends the time the guest has (the epoch less the host's costs of
-the previous epoch), and the vCPU that is furthest behind goes next, so the
+epoch each vCPU spends the time the guest has (the epoch less any time it still
+owes), and the vCPU that is furthest behind goes next, so the
 interleaving follows simulated time. Progress a quantum could not afford is
 carried to the next epoch, so results do not depend on the epoch length beyond
-the host-cost feedback, which is per epoch. Host-side costs (faults on memory the
-host discarded, host zeroing, swap-in) are charged by the host as for any touch.
+the chunk a quantum is. Host-side costs (faults on memory the host discarded,
+host zeroing, swap-in) are priced by the guest with its host's figures as each
+quantum touches memory and paid from that vCPU's time at once; the host's own
+figure replaces the price at the next sync (see ``Pacer`` in workloads.py).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class WillItScale:
         self.vcpu_credit = [0] * config.vcpus  # progress ns each vCPU may still spend
         self._turn = [0] * config.vcpus  # round-robin among a vCPU's tasks
         self._by_cpu = [[t for t in self.tasks if t.cpu == c] for c in range(config.vcpus)]
+        # the host's last price per page of each fault kind, to size the next quantum
+        self._host_est = {"4k": 0, "thp": 0, "cow": 0}
         self.stop_ns: int | None = None
         self.finished = False
         self.order = 0  # for the shard's held-bytes sample (held counts pages, see held)
@@ -210,12 +214,13 @@ class WillItScale:
         if cfg.thp:
             left = min(left, task.fallback_left)
         per = self._fault_cost(1)
-        n = min(cfg.quantum, left, credit // max(1, per))
+        n = min(cfg.quantum, left, credit // max(1, per + self._host_est["4k"]))
         if n <= 0:
             return -1
         got = len(fault_in(guest, task.held0, self.stats, 0, MIGRATE_MOVABLE, n, task.cpu))
         if got == 0:
             return -1 if credit < per else self._stall(task, per)
+        host = self._pay_host(guest, "4k", got)
         task.next_page += got
         if cfg.thp:
             task.fallback_left -= got
@@ -223,7 +228,14 @@ class WillItScale:
         self.benchmark_ops += got
         self.lost_ns["guest_fault"] += got * cfg.fault_ns
         self.lost_ns["guest_zero"] += self._zero_ns(got)
-        return self._fault_cost(got)
+        return self._fault_cost(got) + host
+
+    def _pay_host(self, guest, kind: str, pages: int) -> int:
+        """The host's price of the touches just made (paid by the vCPU that made them),
+        remembered per page to size the next quantum."""
+        ns = guest.pay_touches()
+        self._host_est[kind] = ns // max(1, pages)
+        return ns
 
     def _thp_fault(self, guest, task: _Task, credit: int) -> int:
         """Up to a quantum of THP faults, one order-9 allocation each; the first chunk
@@ -231,7 +243,7 @@ class WillItScale:
         cfg = self.config
         cost = max(1, cfg.thp_fault_ns + self._zero_ns(THP_PAGES))
         chunks = (cfg.region_pages - task.next_page) >> THP_ORDER
-        n = min(cfg.quantum, chunks, credit // max(1, cost))
+        n = min(cfg.quantum, chunks, credit // (cost + self._host_est["thp"]))
         if n <= 0:
             return -1
         pfns = guest.alloc(THP_ORDER, MIGRATE_MOVABLE, n, task.cpu)
@@ -248,7 +260,7 @@ class WillItScale:
             self.stats.pages_touched += pages
             self.lost_ns["guest_fault"] += got * cfg.thp_fault_ns
             self.lost_ns["guest_zero"] += self._zero_ns(pages)
-            spent = got * cost
+            spent = got * cost + self._pay_host(guest, "thp", got)
         if got < n:  # no free order-9 block: this chunk faults 4 KiB at a time
             task.fallback_left = THP_PAGES
             if spent == 0:
@@ -259,7 +271,9 @@ class WillItScale:
         cfg = self.config
         first = task.iterations == 0  # the page-cache pages come in on the first pass
         per = max(1, cfg.cow_fault_ns + self._copy_ns(1) + (self._zero_ns(1) if first else 0))
-        n = min(cfg.quantum, cfg.region_pages - task.next_page, credit // max(1, per))
+        n = min(
+            cfg.quantum, cfg.region_pages - task.next_page, credit // (per + self._host_est["cow"])
+        )
         if n <= 0:
             return -1
         if first:
@@ -286,9 +300,10 @@ class WillItScale:
         self.stats.pages_touched += got + (n if first else 0)
         self.lost_ns["guest_fault"] += got * cfg.cow_fault_ns
         self.lost_ns["guest_copy"] += self._copy_ns(got)
+        host = self._pay_host(guest, "cow", n)
         if got == 0:
-            return self._stall(task, per)
-        return max(
+            return self._stall(task, per) + host
+        return host + max(
             got, got * (cfg.cow_fault_ns + self._copy_ns(1)) + (self._zero_ns(n) if first else 0)
         )
 

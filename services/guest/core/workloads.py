@@ -2,10 +2,14 @@
 
 A workload runs inside one guest. The orchestration layer calls
 :meth:`Workload.run` once per slice of simulated time with the time the guest
-may spend working in it: host costs (faults, zero-fill, swap-in) that the guest
-paid in the previous epoch are subtracted, so a guest that refaults makes less
-progress. Progress is counted in page operations (pages allocated, freed or
-touched), the unit of "workload operations completed" in results.
+may spend working in it. Every touch is priced by the guest with its host's
+figures as it is made (``guest.pay_touches``), and the workload pays that price
+out of its own time before it goes on, so a guest that refaults slows down at
+once, within the epoch (:class:`Pacer`). What the host charged beyond the
+guest's price (swap-outs and host reclaim the guest could not see) is
+subtracted at the next sync. Progress is counted in page operations (pages
+allocated, freed or touched), the unit of "workload operations completed" in
+results.
 
 All amounts are integers; fractional progress is carried as an integer
 remainder, so results do not depend on how time is sliced into epochs.
@@ -126,6 +130,61 @@ def pfns_to_runs(pfns: np.ndarray, npages_each: int) -> tuple[np.ndarray, np.nda
     return starts[:m], npages[:m]
 
 
+CHUNK_PAGES = 4096  # at most 16 MiB of touches between two payments (Pacer)
+
+
+class Pacer:
+    """Spends a workload's time on blocks at a rate, paying each touch's price as it goes.
+
+    Time becomes progress through an integer credit (bytes x ns), so results do not
+    depend on how time is sliced. Blocks are done in chunks: after each chunk the
+    workload pays the price of its touches (``guest.pay_touches``) from the same credit,
+    and the next chunk is sized from the last price per block, at most ``CHUNK_PAGES``
+    pages while prices are learned. A price larger than the credit left is a debt, paid
+    first from the next slice's time. Progress within a slice therefore follows the
+    costs as they are paid; what remains quantised is one chunk.
+    """
+
+    def __init__(self, block_pages: int):
+        self.unit = NS_PER_S * (block_pages << PAGE_SHIFT)  # credit of one block
+        self.chunk = max(1, CHUNK_PAGES // block_pages)
+        self.credit = 0
+        self.debt_ns = 0  # touch prices not yet paid out of working time
+        self.est_ns = 0  # the last price per block
+
+    def reset(self) -> None:
+        """A new phase or segment: progress credit left over is dropped (debts stay)."""
+        self.credit = 0
+
+    def spend(self, guest, rate: int, work_ns: int, want: int, do, touches: bool = True):
+        """Do up to ``want`` blocks with ``work_ns`` of time at ``rate`` bytes/s; ``do(k)``
+        does k blocks. Returns (blocks done, spare ns): the spare is the time left once
+        ``want`` is reached (the credit is then used up)."""
+        paid = min(self.debt_ns, work_ns)
+        self.debt_ns -= paid
+        self.credit += rate * (work_ns - paid)
+        done = 0
+        unit = self.unit
+        while done < want and self.credit >= unit:
+            k = min(want - done, self.credit // (unit + rate * self.est_ns))
+            if touches:
+                k = min(k, self.chunk)
+            k = max(1, k)
+            do(k)
+            cost = guest.pay_touches() if touches else 0
+            self.est_ns = cost // k
+            self.credit -= k * unit + rate * cost
+            done += k
+        if self.credit < 0:  # the last chunk cost more than the time left: a debt
+            self.debt_ns += (-self.credit + rate - 1) // rate
+            self.credit = 0
+        if done < want:
+            return done, 0
+        spare = self.credit // rate
+        self.credit = 0
+        return done, spare
+
+
 class HeldBlocks:
     """The blocks a workload holds: a growable int64 array (no Python object per page)."""
 
@@ -204,7 +263,7 @@ class Memhog:
         self.block_pages = 1 << self.order
         self.held = HeldBlocks()
         self.stats = WorkStats()
-        self._credit = 0  # bytes*ns of progress not yet turned into whole blocks
+        self._pacer = Pacer(self.block_pages)
         self._touch_cursor = 0
         self._phase_index = 0
         self._phase_start_ns = config.start_delay_ns
@@ -221,7 +280,7 @@ class Memhog:
 
     def _enter_next_phase(self, at_ns: int | None = None) -> None:
         self._phase_start_ns = self._phase_end_ns() if at_ns is None else at_ns
-        self._credit = 0
+        self._pacer.reset()
         self._phase_index += 1
         if self._phase_index == len(self.config.phases):
             if self.config.repeat:
@@ -288,35 +347,25 @@ class Memhog:
             if t == self._phase_end_ns():
                 self._enter_next_phase()
 
-    def _blocks_for(self, ph: PhaseConfig, work_ns: int) -> int:
-        self._credit += ph.rate * work_ns
-        unit = NS_PER_S * (self.block_pages << PAGE_SHIFT)
-        n, self._credit = divmod(self._credit, unit)
-        return int(n)
-
     def _work(self, guest, work_ns: int) -> int:
         """Spend work_ns on the phase; returns the work ns a grow/free did not need
         because it reached its target (the rest of the credit, as time)."""
         ph = self._phase()
         if ph.action == IDLE or work_ns <= 0:
             return work_ns if ph.until_done else 0
-        n = self._blocks_for(ph, work_ns)
+        pacer = self._pacer
+        if ph.action == TOUCH:
+            pacer.spend(guest, ph.rate, work_ns, 1 << 62, lambda k: self._retouch(guest, k))
+            return 0
         if ph.action == GROW:
             want = max(0, self._target_pages(ph) // self.block_pages - self.held.count)
-            self._grow(guest, min(n, want))
-        elif ph.action == FREE:
-            want = max(0, self.held.count - self._target_pages(ph) // self.block_pages)
-            self._free(guest, min(n, want))
+            _, spare = pacer.spend(guest, ph.rate, work_ns, want, lambda k: self._grow(guest, k))
         else:
-            self._retouch(guest, n)
-            return 0
-        if n < want or not ph.until_done:
-            return 0
-        # the blocks beyond the target, and the credit left, were not needed
-        unit = NS_PER_S * (self.block_pages << PAGE_SHIFT)
-        spare = (n - want) * unit + self._credit
-        self._credit = 0
-        return min(work_ns, spare // ph.rate)
+            want = max(0, self.held.count - self._target_pages(ph) // self.block_pages)
+            _, spare = pacer.spend(
+                guest, ph.rate, work_ns, want, lambda k: self._free(guest, k), touches=False
+            )
+        return min(work_ns, spare) if ph.until_done else 0
 
     def _grow(self, guest, n: int) -> None:
         if n > 0:
@@ -420,7 +469,7 @@ class TraceReplay:
         self.held = HeldBlocks()
         self.stats = WorkStats()
         self._target_blocks = np.minimum(config.target_pages, nr_pages) // self.block_pages
-        self._credit = 0
+        self._pacer = Pacer(self.block_pages)
         self._seg = 0
         self.stop_ns: int | None = None
         self.finished = False
@@ -470,7 +519,7 @@ class TraceReplay:
             t = end
             if seg_end is not None and t == seg_end:
                 self._seg += 1
-                self._credit = 0
+                self._pacer.reset()
             elif seg_end is None and self.held.count == self.target_blocks():
                 self.finished = True
 
@@ -478,16 +527,18 @@ class TraceReplay:
         want = self.target_blocks() - self.held.count
         if want == 0 or work_ns <= 0:
             return
-        rate = self.config.grow_bytes_per_s if want > 0 else self.config.free_bytes_per_s
-        self._credit += rate * work_ns
-        n, self._credit = divmod(self._credit, NS_PER_S * (self.block_pages << PAGE_SHIFT))
-        n = min(int(n), abs(want))
-        if n == 0:
-            return
+        cfg = self.config
         if want > 0:
-            fault_in(guest, self.held, self.stats, self.order, self.config.migratetype, n)
+            self._pacer.spend(
+                guest, cfg.grow_bytes_per_s, work_ns, want,
+                lambda k: fault_in(guest, self.held, self.stats, self.order, cfg.migratetype, k),
+            )  # fmt: skip
         else:
-            unmap_newest(guest, self.held, self.stats, self.order, n)
+            self._pacer.spend(
+                guest, cfg.free_bytes_per_s, work_ns, -want,
+                lambda k: unmap_newest(guest, self.held, self.stats, self.order, k),
+                touches=False,
+            )  # fmt: skip
 
 
 class WorkloadRunner(Protocol):
@@ -574,6 +625,7 @@ __all__ = [
     "IdleConfig",
     "Memhog",
     "MemhogConfig",
+    "Pacer",
     "PhaseConfig",
     "TraceConfig",
     "TraceReplay",

@@ -1,0 +1,73 @@
+"""The guest's price of a touch equals the host's charge when the guest sees all the host
+does (no host pressure): the differential test behind smooth host-cost feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.guest.core.backing import BackingView, HostCostPort, TouchCost
+from services.host.core.config import (
+    BACKING_ANON,
+    BACKING_HUGETLB_2M,
+    DISCARD_DONTNEED,
+    DISCARD_FREE,
+    HostConfig,
+)
+from services.host.core.host import Host
+from services.sim.plan import report_cost, touch_cost
+
+NR = 4096  # 16 MiB guest: 8 granules of 2 MiB
+MIB = 1 << 20
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("touch"), st.integers(0, NR - 1), st.integers(1, 1500)),
+        st.tuples(st.just("report"), st.integers(0, NR - 1), st.integers(0, 10)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=ops,
+    backing=st.sampled_from([BACKING_ANON, BACKING_HUGETLB_2M]),
+    thp=st.booleans(),
+    mode=st.sampled_from([DISCARD_DONTNEED, DISCARD_FREE]),
+)
+def test_guest_price_of_every_touch_equals_the_host_charge(ops, backing, thp, mode):
+    host_cfg = HostConfig(memory_bytes=64 * MIB, backing=backing, thp=thp)
+    host = Host(0, host_cfg)
+    host.add_guest(1, NR, discard_mode=mode)
+    port = HostCostPort(report_cost(host_cfg, mode), touch_cost(host_cfg, mode))
+    view = BackingView(NR, port.touch.gran_shift, port.touch.huge_faults)
+    for kind, a, b in ops:
+        if kind == "touch":
+            n = min(b, NR - a)
+            price = port.price_touch(view.touch([a], [n]))
+            charged = host.apply_touch(1, np.array([a]), np.array([n])).total_lost_ns
+            assert price == charged, (kind, a, n)
+        else:
+            order = b
+            pfn = (a >> order) << order
+            if pfn + (1 << order) > NR:
+                continue
+            pfns, orders = np.array([pfn]), np.array([order])
+            host.apply_report(1, pfns, orders)
+            view.discard(*port.host_discards(pfns, orders))
+        if view.huge_faults:
+            assert np.array_equal(view.recount_granules(), view._gused)
+
+
+def test_swapped_pages_are_priced_as_the_host_swaps_them_in():
+    cost = TouchCost(swap_read_latency_ns=80_000, swap_read_bytes_per_s=3_400_000_000)
+    b = BackingView(64)
+    b.touch([0], [8])
+    b.swapped_out([0], [8])
+    assert cost.price(b.touch([0], [8])) == 8 * 80_000 + -(-8 * 4096 * 10**9 // 3_400_000_000)
+    z = TouchCost(zswap=True, decompress_ns=1_700)
+    b.swapped_out([0], [4])
+    assert z.price(b.touch([0], [8])) == 4 * 1_700
