@@ -177,9 +177,9 @@ class _RunLog:
     def runs(self) -> PageRunOps:
         if not self.seqs:
             return PageRunOps()
-        op_seqs = np.concatenate(
-            [np.full(len(s), q, np.uint64) for q, s in zip(self.seqs, self._starts, strict=True)]
-        )
+        op_seqs = np.repeat(
+            np.asarray(self.seqs, np.uint64), [len(s) for s in self._starts]
+        ).astype(np.uint64, copy=False)
         return PageRunOps(
             starts=np.concatenate(self._starts).astype(np.uint64),
             npages=np.concatenate(self._npages).astype(np.uint64),

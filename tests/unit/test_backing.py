@@ -43,7 +43,7 @@ def test_huge_granules_back_whole_on_first_touch_and_fault_4k_once_split():
     assert b.touch([0], [16]).tolist() == [0, 10, 4, 2, 4, 0]  # 4 KiB refaults, swap-ins
     b.discard([16], [4])  # the whole granule: empty again, one huge refault
     assert b.touch([20], [1]).tolist() == [0, 0, 1, 0, 0, 1]
-    assert np.array_equal(b.recount_granules(), b._gused)
+    assert np.array_equal(b.recount_granules(), b.granule_counts())
     assert np.array_equal(b.recount(), np.array(list(b.counts().values())))
 
 

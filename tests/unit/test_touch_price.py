@@ -58,8 +58,8 @@ def test_guest_price_of_every_touch_equals_the_host_charge(ops, backing, thp, mo
             pfns, orders = np.array([pfn]), np.array([order])
             host.apply_report(1, pfns, orders)
             view.discard(*port.host_discards(pfns, orders))
-        if view.huge_faults:
-            assert np.array_equal(view.recount_granules(), view._gused)
+        assert np.array_equal(view.recount_granules(), view.granule_counts())
+        assert np.array_equal(view.recount(), np.array(list(view.counts().values())))
 
 
 def test_swapped_pages_are_priced_as_the_host_swaps_them_in():

@@ -42,69 +42,103 @@ T_FAULT_HUGE = NR_BACKING_STATES + 1  # huge faults: the first touch of an empty
 NR_TOUCH_COUNTS = NR_BACKING_STATES + 2
 
 
+# Per-granule page counts kept beside the page bytes (gstat[g, ...]), so a touch of a
+# granule that is all backed, or a huge fault of an empty one, costs O(1) per granule.
+G_HELD = 0  # pages the host holds: BACKED or SWAPPED
+G_SWAPPED = 1
+G_DISCARDED = 2
+NR_GRANULE_COUNTS = 3
+
+
 @njit(cache=True, nogil=True)
-def _touch_ranges(state, counts, gused, shift, huge, starts, npages, out):  # noqa: PLR0913, PLR0917
-    """Make the ranges BACKED page by page, counting each visit by its prior state (a page
-    visited twice counts as backed the second time, as on the host). With ``huge``, a
-    touch of a granule holding nothing on the host (``gused`` 0) backs all of it with one
-    huge fault, as host THP and hugetlbfs do; otherwise a non-backed page is a 4 KiB fault
-    (never touched or discarded) or a swap-in."""
+def _touch_ranges(state, counts, gstat, shift, huge, starts, npages, out):  # noqa: PLR0913, PLR0917
+    """Make the ranges BACKED, counting each page visit by its prior state (a page visited
+    twice counts as backed the second time, as on the host). With ``huge``, a touch of a
+    granule holding nothing on the host backs all of it with one huge fault, as host THP
+    and hugetlbfs do; otherwise a non-backed page is a 4 KiB fault (never touched or
+    discarded) or a swap-in. Returns False, changing nothing, if a range is out of bounds."""
     nr = state.shape[0]
     gpages = 1 << shift
+    for i in range(starts.shape[0]):  # validated first: nothing changes on bad input
+        if starts[i] < 0 or npages[i] < 0 or starts[i] + npages[i] > nr:
+            return False
     for i in range(starts.shape[0]):
         p = starts[i]
         end = p + npages[i]
         while p < end:
-            s = state[p]
-            if s == BACKED:
-                out[BACKED] += 1
-                p += 1
-                continue
-            if huge and gused[p >> shift] == 0:
-                g = p >> shift
-                lo = g << shift
-                hi = min(lo + gpages, nr)
-                e = min(end, hi)
-                for q in range(p, e):
-                    out[state[q]] += 1
-                for q in range(lo, hi):
-                    if state[q] != BACKED:
-                        counts[state[q]] -= 1
-                        counts[BACKED] += 1
-                        state[q] = BACKED
-                gused[g] = hi - lo
-                out[T_FAULT_HUGE] += 1
+            g = p >> shift
+            lo = g << shift
+            hi = min(lo + gpages, nr)
+            e = min(end, hi)
+            held = gstat[g, G_HELD]
+            if held == hi - lo and gstat[g, G_SWAPPED] == 0:  # all backed
+                out[BACKED] += e - p
                 p = e
                 continue
-            out[s] += 1
-            if s != SWAPPED:
-                out[T_FAULT_4K] += 1
-                if huge:
-                    gused[p >> shift] += 1
-            counts[s] -= 1
-            counts[BACKED] += 1
-            state[p] = BACKED
-            p += 1
+            if huge and held == 0:  # the host holds nothing here: one huge fault
+                _huge_fault(state, counts, gstat, g, lo, hi, p, e, out)
+            else:
+                _touch_pages(state, counts, gstat, g, p, e, out)
+            p = e
+    return True
 
 
 @njit(cache=True, nogil=True)
-def _move_ranges(state, counts, gused, shift, huge, starts, npages, from_mask, to):  # noqa: PLR0913, PLR0917
-    """Pages whose state bit is in ``from_mask`` become ``to`` (granule use kept: a page
-    holds host memory when BACKED or SWAPPED)."""
+def _huge_fault(state, counts, gstat, g, lo, hi, p, e, out):  # noqa: PLR0913, PLR0917
+    """Granule g = [lo, hi) holds nothing on the host (every page NEVER or DISCARDED): one
+    huge fault backs all of it; pages [p, e) are the visited ones."""
+    disc = gstat[g, G_DISCARDED]
+    if p == lo and e == hi:
+        visited = disc
+    else:
+        visited = 0
+        for q in range(p, e):
+            visited += state[q] == DISCARDED
+    out[DISCARDED] += visited
+    out[NEVER] += (e - p) - visited
+    counts[DISCARDED] -= disc
+    counts[NEVER] -= (hi - lo) - disc
+    counts[BACKED] += hi - lo
+    state[lo:hi] = BACKED
+    gstat[g, G_HELD] = hi - lo
+    gstat[g, G_DISCARDED] = 0
+    out[T_FAULT_HUGE] += 1
+
+
+@njit(cache=True, nogil=True)
+def _touch_pages(state, counts, gstat, g, p, e, out):
+    """Pages [p, e) of granule g one by one: 4 KiB faults and swap-ins."""
+    for q in range(p, e):
+        st = state[q]
+        out[st] += 1
+        if st == BACKED:
+            continue
+        if st == SWAPPED:
+            gstat[g, G_SWAPPED] -= 1
+        else:
+            out[T_FAULT_4K] += 1
+            gstat[g, G_HELD] += 1
+            if st == DISCARDED:
+                gstat[g, G_DISCARDED] -= 1
+        counts[st] -= 1
+        counts[BACKED] += 1
+        state[q] = BACKED
+
+
+@njit(cache=True, nogil=True)
+def _move_ranges(state, counts, gstat, shift, starts, npages, from_mask, to):  # noqa: PLR0913, PLR0917
+    """Pages whose state bit is in ``from_mask`` become ``to``, granule counts kept."""
     for i in range(starts.shape[0]):
         for p in range(starts[i], starts[i] + npages[i]):
             s = state[p]
             if (from_mask >> s) & 1:
+                g = p >> shift
                 counts[s] -= 1
                 counts[to] += 1
                 state[p] = to
-                if huge:
-                    held_before = s in (BACKED, SWAPPED)
-                    held_after = to in (BACKED, SWAPPED)
-                    if held_before and not held_after:
-                        gused[p >> shift] -= 1
-                    elif held_after and not held_before:
-                        gused[p >> shift] += 1
+                gstat[g, G_HELD] += (to in (BACKED, SWAPPED)) - (s in (BACKED, SWAPPED))
+                gstat[g, G_SWAPPED] += (to == SWAPPED) - (s == SWAPPED)
+                gstat[g, G_DISCARDED] += (to == DISCARDED) - (s == DISCARDED)
 
 
 class CostPort(Protocol):
@@ -297,8 +331,8 @@ class BackingView:
         self._counts[NEVER] = nr_pages
         self.gran_shift = gran_shift
         self.huge_faults = huge_faults
-        ngran = -(-nr_pages >> gran_shift) if huge_faults else 1
-        self._gused = np.zeros(ngran, dtype=np.int32)
+        ngran = -(-nr_pages >> gran_shift)
+        self._gstat = np.zeros((ngran, NR_GRANULE_COUNTS), dtype=np.int32)
 
     def _check_ranges(self, starts, npages) -> tuple[np.ndarray, np.ndarray]:
         starts = np.asarray(starts, dtype=np.int64).ravel()
@@ -316,19 +350,19 @@ class BackingView:
     def touch(self, starts, npages) -> np.ndarray:
         """Mark the ranges BACKED; return the counts priced by TouchCost: pages visited per
         prior state (indices NEVER..SWAPPED), then T_FAULT_4K and T_FAULT_HUGE."""
-        starts, npages = self._check_ranges(starts, npages)
+        s = np.asarray(starts, dtype=np.int64).ravel()
+        n = np.asarray(npages, dtype=np.int64).ravel()
         out = np.zeros(NR_TOUCH_COUNTS, dtype=np.int64)
-        _touch_ranges(
-            self.state, self._counts, self._gused, self.gran_shift, self.huge_faults,
-            starts, npages, out,
-        )  # fmt: skip
+        if s.shape != n.shape or not _touch_ranges(
+            self.state, self._counts, self._gstat, self.gran_shift, self.huge_faults, s, n, out
+        ):
+            self._check_ranges(s, n)  # raises ValueError naming the bad range
         return out
 
     def _move(self, starts, npages, from_mask: int, to: int) -> None:
         _move_ranges(
-            self.state, self._counts, self._gused, self.gran_shift, self.huge_faults,
-            starts, npages, from_mask, to,
-        )  # fmt: skip
+            self.state, self._counts, self._gstat, self.gran_shift, starts, npages, from_mask, to
+        )
 
     def discard(self, pfns, orders) -> None:
         """A successful report: touched pages of the blocks become DISCARDED.
@@ -359,7 +393,19 @@ class BackingView:
         return np.bincount(self.state, minlength=NR_BACKING_STATES).astype(np.int64)
 
     def recount_granules(self) -> np.ndarray:
-        """Pages the host holds per granule, recomputed (tests check it equals the kept one)."""
-        held = (self.state == BACKED) | (self.state == SWAPPED)
-        pad = (-self.nr_pages) % (1 << self.gran_shift)
-        return np.append(held, np.zeros(pad, bool)).reshape(-1, 1 << self.gran_shift).sum(1)
+        """The per-granule counts recomputed from the page bytes (tests check them against the
+        kept ones, ``granule_counts()``): held (BACKED or SWAPPED), swapped, discarded."""
+        gp = 1 << self.gran_shift
+        pad = np.full((-self.nr_pages) % gp, NEVER, np.uint8)
+        st = np.append(self.state, pad).reshape(-1, gp)
+        return np.stack(
+            [
+                ((st == BACKED) | (st == SWAPPED)).sum(1),
+                (st == SWAPPED).sum(1),
+                (st == DISCARDED).sum(1),
+            ],
+            axis=1,
+        ).astype(np.int32)
+
+    def granule_counts(self) -> np.ndarray:
+        return self._gstat.copy()

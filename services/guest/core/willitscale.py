@@ -30,6 +30,7 @@ figure replaces the price at the next sync (see ``Pacer`` in workloads.py).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -168,28 +169,24 @@ class WillItScale:
         budget = work_ns * (t1_ns - start) // max(1, t1_ns - t0_ns)
         for c in range(self.config.vcpus):
             self.vcpu_credit[c] += budget
-        parked = [False] * self.config.vcpus  # cannot afford its next step this epoch
-        while True:
-            c = self._next_vcpu(parked)
-            if c < 0:
-                break
+        # the vCPU furthest behind goes next (ties: the lowest); a vCPU leaves the heap
+        # when its credit is spent or it cannot afford its next step this epoch
+        ready = [(self.vcpu_clock[c], c) for c in range(self.config.vcpus) if self._by_cpu[c]]
+        heapq.heapify(ready)
+        while ready:
+            _, c = ready[0]
+            if self.vcpu_credit[c] <= 0:
+                heapq.heappop(ready)
+                continue
             task = self._by_cpu[c][self._turn[c] % len(self._by_cpu[c])]
             spent = self._step(guest, task)
             if spent < 0:
-                parked[c] = True
+                heapq.heappop(ready)
                 continue
             self.vcpu_clock[c] += spent
             self.vcpu_credit[c] -= spent
             self._turn[c] += 1
-
-    def _next_vcpu(self, parked: list[bool]) -> int:
-        """The vCPU with tasks and credit that is furthest behind (ties: lowest), or -1."""
-        best = -1
-        for c in range(self.config.vcpus):
-            ready = self._by_cpu[c] and not parked[c] and self.vcpu_credit[c] > 0
-            if ready and (best < 0 or self.vcpu_clock[c] < self.vcpu_clock[best]):
-                best = c
-        return best
+            heapq.heapreplace(ready, (self.vcpu_clock[c], c))
 
     def _step(self, guest, task: _Task) -> int:
         """One quantum of ``task``: faults, or the munmap at the region's end. Returns the

@@ -101,11 +101,14 @@ class WorkStats:
 
 @njit(cache=True, nogil=True)
 def _runs_kernel(p, each, out_starts, out_npages):
-    """Runs of blocks of ``each`` pages at the ascending pfns ``p``; returns how many."""
+    """Runs of blocks of ``each`` pages at the pfns ``p``; returns how many, or -1 if
+    ``p`` is not ascending (the caller sorts and calls again)."""
     m = 0
     start = p[0]
     prev = p[0]
     for i in range(1, p.shape[0]):
+        if p[i] < prev:
+            return -1
         if p[i] != prev + each:
             out_starts[m] = start
             out_npages[m] = prev + each - start
@@ -122,11 +125,11 @@ def pfns_to_runs(pfns: np.ndarray, npages_each: int) -> tuple[np.ndarray, np.nda
     if len(pfns) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     p = np.asarray(pfns, dtype=np.int64)
-    if len(p) > 1 and bool((p[1:] < p[:-1]).any()):
-        p = np.sort(p)
     starts = np.empty(len(p), np.int64)
     npages = np.empty(len(p), np.int64)
     m = _runs_kernel(p, npages_each, starts, npages)
+    if m < 0:
+        m = _runs_kernel(np.sort(p), npages_each, starts, npages)
     return starts[:m], npages[:m]
 
 
