@@ -353,6 +353,17 @@ class TraceWorkload(_Model):
         description="Trace seconds per simulated second (300 plays a 5-minute sample in 1 s).",
     )
     thp: bool = Field(False, description="Grow in 2 MiB (order-9) blocks.")
+    page_cache: (
+        Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["trace"] | None
+    ) = Field(
+        None,
+        description=(
+            "Replay part of the memory as clean page cache (file reads the guest's kswapd "
+            "and drop_caches can reclaim, never reported while cached): a fraction 0..1 of "
+            "each sample's usage (any format), or 'trace' (google2019: each sample's "
+            "page_cache_memory, beside its memory usage). Default: all anonymous."
+        ),
+    )
     grow_rate: int | None = Field(
         None,
         ge=1,
@@ -384,17 +395,11 @@ class TraceWorkload(_Model):
             raise ValueError(f"a {self.format} trace needs a path")
         if self.format in ("google2019", "alibaba2018") and self.machine_memory is None:
             raise ValueError(f"a {self.format} trace is normalised: it needs machine_memory")
+        if self.page_cache == "trace" and self.format != "google2019":
+            raise ValueError("page_cache 'trace' needs google2019 (its page_cache_memory)")
         if self.format == "alibaba2018" and self.table == "container" and self.meta_path is None:
             raise ValueError("alibaba2018 container_usage needs meta_path (container_meta.csv)")
-        if self.columns is not None:
-            id_col = "container_id" if self.table == "container" else "machine_id"
-            missing = [
-                c for c in (id_col, "time_stamp", "mem_util_percent") if c not in self.columns
-            ]
-            if missing:
-                raise ValueError(f"columns must include {missing}")
-            if len(set(self.columns)) != len(self.columns):
-                raise ValueError("columns must name each column once")
+        self._check_columns()
         if self.trace_interval > self.trace_duration:
             raise ValueError("trace_interval must not exceed trace_duration")
         if self.format == "synthetic":
@@ -407,6 +412,16 @@ class TraceWorkload(_Model):
         if self.trace_duration / self.time_scale > MAX_DURATION_NS:
             raise ValueError("trace_duration / time_scale is over 30 simulated days")
         return self
+
+    def _check_columns(self) -> None:
+        if self.columns is None:
+            return
+        id_col = "container_id" if self.table == "container" else "machine_id"
+        missing = [c for c in (id_col, "time_stamp", "mem_util_percent") if c not in self.columns]
+        if missing:
+            raise ValueError(f"columns must include {missing}")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError("columns must name each column once")
 
 
 StepWorkload = Annotated[

@@ -131,6 +131,10 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
                 traces = _load(w, spec, field, group.count)
             except TraceError as e:
                 raise SpecError([_trace_error(spec, w, field, e)]) from None
+            if w.page_cache == "trace" and any(t.cache_bytes is None for t in traces):
+                raise SpecError(
+                    [(f"{field}.page_cache", "'trace': the file has no page_cache_memory field")]
+                )
         out[gi] = traces
         total_guests += len(traces)
         total_bytes += sum(guest_memory(group, t, f"guest_groups.{gi}") for t in traces)
@@ -166,7 +170,17 @@ def trace_config(
     keep = np.concatenate((np.diff(times_ns) > 0, [True]))  # samples < 1 ns apart: the last
     scale = memory / trace.memory_bytes if group.memory is not None else 1.0
     pages = np.minimum(np.floor(trace.usage_bytes * scale / PAGE_SIZE), memory // PAGE_SIZE)
-    kwargs = {}
+    kwargs: dict = {}
+    if w.page_cache == "trace":  # the trace's own page cache, beside its usage
+        assert trace.cache_bytes is not None  # group_traces checked
+        cache = np.floor(trace.cache_bytes * scale / PAGE_SIZE)
+        kwargs["cache_pages"] = np.minimum(cache, memory // PAGE_SIZE - pages).astype(np.int64)[
+            keep
+        ]
+    elif w.page_cache is not None:  # that share of each sample is page cache
+        cache = np.floor(pages * w.page_cache)
+        kwargs["cache_pages"] = cache.astype(np.int64)[keep]
+        pages = pages - cache
     if w.grow_rate is not None:
         kwargs["grow_bytes_per_s"] = w.grow_rate
     if w.free_rate is not None:

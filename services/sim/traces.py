@@ -118,6 +118,9 @@ class UsageTrace:
     memory_bytes: int  # the memory the VM was given
     start_unix_s: float | None = None  # the first sample's absolute time, when known
     notes: tuple[str, ...] = field(default=())
+    # page cache at each sample beside usage_bytes, when the format has it (google2019's
+    # page_cache_memory); usage + cache never exceeds memory_bytes
+    cache_bytes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.times_s)
@@ -308,6 +311,7 @@ def load_google2019(
         raise TraceError(path, f"{usage_col} has no 'memory' field", 1, usage_col) from None
     import pandas as pd
 
+    has_cache = "page_cache_memory" in table.column_names
     df = pd.DataFrame(
         {
             "t": table["start_time"].to_pandas(),
@@ -315,16 +319,18 @@ def load_google2019(
             "idx": table["instance_index"].to_pandas(),
             "mem": mem.to_pandas(),
             "assigned": table["assigned_memory"].to_pandas(),
+            "cache": table["page_cache_memory"].to_pandas() if has_cache else 0.0,
         }
     )
     for col, name in (
         ("t", "start_time"),
         ("mem", f"{usage_col}.memory"),
         ("assigned", "assigned_memory"),
+        ("cache", "page_cache_memory"),
     ):
         df[col] = _numeric(path, df[col], name, 1)
-    if (df["mem"] < 0).any() or (df["assigned"] < 0).any():
-        bad = (df["mem"] < 0) | (df["assigned"] < 0)
+    if (df["mem"] < 0).any() or (df["assigned"] < 0).any() or (df["cache"] < 0).any():
+        bad = (df["mem"] < 0) | (df["assigned"] < 0) | (df["cache"] < 0)
         raise TraceError(path, "negative normalised memory", 1 + int(np.argmax(bad.to_numpy())))
     df["line"] = np.arange(1, len(df) + 1)
     traces = []
@@ -339,6 +345,10 @@ def load_google2019(
                 path, f"instance {cid}/{idx}: assigned_memory is 0", None, "assigned_memory"
             )
         usage = np.minimum(np.round(g["mem"].to_numpy() * machine_bytes), memory).astype(np.int64)
+        cache = None
+        if has_cache:
+            cache = np.round(g["cache"].to_numpy() * machine_bytes).astype(np.int64)
+            cache = np.minimum(cache, memory - usage)
         traces.append(
             UsageTrace(
                 name=f"{cid}-{idx}",
@@ -348,6 +358,7 @@ def load_google2019(
                 memory_bytes=memory,
                 start_unix_s=None,
                 notes=(f"normalised memory scaled to machine_bytes={machine_bytes}",),
+                cache_bytes=cache,
             )
         )
     if not traces:

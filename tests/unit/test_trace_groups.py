@@ -152,3 +152,47 @@ def test_run_metadata_carries_a_digest_of_the_trace_files(tmp_path):
     second = trace_digests(make_plan(spec, "x", 1).guests)
     assert second["vms"]["sha256"] != first["vms"]["sha256"]
     assert spec.run_id() == load_spec(str(spec_file(tmp_path))).run_id()
+
+
+def test_page_cache_share_and_google_page_cache_reach_the_core(tmp_path):
+    fleet_dir(tmp_path)
+    spec = load_spec(str(spec_file(tmp_path)))
+    text = (
+        spec_file(tmp_path)
+        .read_text()
+        .replace("time_scale: 300", "time_scale: 300, page_cache: 0.25")
+    )
+    (tmp_path / "fleet.yaml").write_text(text)
+    plan = make_plan(load_spec(str(tmp_path / "fleet.yaml")), "x", 1)
+    base = make_plan(spec, "x", 1)
+    for with_cache, plain in zip(plan.shard_inits[0], base.shard_inits[0], strict=True):
+        total = plain.workload.target_pages
+        cache = with_cache.workload.cache_pages
+        assert np.array_equal(cache, np.floor(total * 0.25).astype(np.int64))
+        assert np.array_equal(with_cache.workload.target_pages + cache, total)
+    with pytest.raises(SpecError, match="page_cache"):
+        load_spec_text(
+            SPEC.format(path="traces", extra="").replace("time_scale: 300", "page_cache: trace")
+        )
+
+
+def test_google_page_cache_trace_needs_the_field(tmp_path):
+    import json
+
+    row = {
+        "start_time": 0, "collection_id": 1, "instance_index": 0,
+        "average_usage": {"memory": 0.1}, "maximum_usage": {"memory": 0.1},
+        "assigned_memory": 0.5,
+    }  # fmt: skip
+    (tmp_path / "u.json").write_text(json.dumps(row) + "\n")
+    text = SPEC.format(path="u.json", extra="").replace(
+        "format: bitbrains", "format: google2019, machine_memory: 4GiB, page_cache: trace"
+    )
+    (tmp_path / "g.yaml").write_text(text)
+    with pytest.raises(SpecError, match=r"workload\.page_cache.*page_cache_memory"):
+        group_traces(load_spec(str(tmp_path / "g.yaml")))
+    row["page_cache_memory"] = 0.2
+    (tmp_path / "u.json").write_text(json.dumps(row) + "\n")
+    (init,) = make_plan(load_spec(str(tmp_path / "g.yaml")), "x", 1).shard_inits[0]
+    assert init.workload.cache_pages.tolist() == [int(0.2 * 4 * GIB) // 4096]
+    assert init.workload.target_pages.tolist() == [int(0.1 * 4 * GIB) // 4096]

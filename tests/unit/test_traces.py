@@ -97,19 +97,36 @@ def test_a_directory_loads_in_file_name_order(tmp_path):
 # ---------------------------------------------------------------- Google 2019
 
 
-def google_line(t_us, cid, idx, avg, mx, assigned):
-    return json.dumps(
-        {
-            "start_time": t_us,
-            "end_time": t_us + 300_000_000,
-            "collection_id": cid,
-            "instance_index": idx,
-            "machine_id": 99,
-            "average_usage": {"cpus": 0.01, "memory": avg},
-            "maximum_usage": {"cpus": 0.02, "memory": mx},
-            "assigned_memory": assigned,
-        }
-    )
+def google_line(t_us, cid, idx, avg, mx, assigned, cache=None):
+    row = {
+        "start_time": t_us,
+        "end_time": t_us + 300_000_000,
+        "collection_id": cid,
+        "instance_index": idx,
+        "machine_id": 99,
+        "average_usage": {"cpus": 0.01, "memory": avg},
+        "maximum_usage": {"cpus": 0.02, "memory": mx},
+        "assigned_memory": assigned,
+    }
+    if cache is not None:
+        row["page_cache_memory"] = cache
+    return json.dumps(row)
+
+
+def test_google2019_page_cache_memory_is_read_and_capped_by_the_vm(tmp_path):
+    lines = [
+        google_line(0, 1, 0, 0.002, 0.003, 0.01, cache=0.004),
+        google_line(300_000_000, 1, 0, 0.008, 0.009, 0.01, cache=0.004),  # 0.008 + 0.004 > 0.01
+    ]
+    (t,) = load_google2019(write(tmp_path / "u.json", "\n".join(lines) + "\n"), 256 * GIB)
+    assert t.cache_bytes.tolist() == [
+        round(0.004 * 256 * GIB),
+        t.memory_bytes - round(0.008 * 256 * GIB),
+    ]
+    plain = load_google2019(write(tmp_path / "p.json", google_line(0, 1, 0, 0.1, 0.1, 0.5)), GIB)
+    assert plain[0].cache_bytes is None
+    with pytest.raises(TraceError, match="negative"):
+        load_google2019(write(tmp_path / "n.json", google_line(0, 1, 0, 0.1, 0.1, 0.5, -0.1)), GIB)
 
 
 def test_google2019_one_trace_per_instance_scaled_to_the_machine(tmp_path):
@@ -265,6 +282,43 @@ def test_replay_holds_each_sample_by_the_next_one(thp):
     assert wl.stats.pages_allocated - wl.stats.pages_freed == wl.held.count * block
 
 
+def test_replay_with_page_cache_holds_each_sample_by_the_next_one():
+    """Invariant: anonymous memory and page cache each reach the previous sample's target by
+    the next sample (exactly: order-0 pages); a shrinking cache gives pages back to the
+    buddy allocator (counted with drop_caches) and the guest's cache holds the trace's."""
+    s = 1_000_000_000
+    times = np.array([0, 1, 2, 3]) * s
+    anon = (np.array([0.1, 0.3, 0.2, 0.1]) * NR_PAGES).astype(np.int64)
+    cache = (np.array([0.2, 0.4, 0.1, 0.0]) * NR_PAGES).astype(np.int64)
+    shard = GuestShard(
+        0,
+        [
+            GuestInit(
+                0,
+                "g",
+                0,
+                GuestConfig(nr_pages=NR_PAGES),
+                TraceConfig(times, anon, cache_pages=cache),
+            )
+        ],
+        seed=3,
+    )
+    wl = shard.slots[0].workload
+    pc = shard.slots[0].guest.page_cache
+    seen = {}
+    t = 0
+    while t < 5 * s:
+        shard.run_epoch(t, t + EPOCH)
+        t += EPOCH
+        seen[t] = (wl.held.count, wl.cache_held, pc.pages)
+    for i in range(len(times) - 1):
+        assert seen[int(times[i + 1])] == (anon[i], cache[i], cache[i]), i
+    assert wl.finished and wl.cache_held == 0 and pc.pages == 0
+    assert pc.dropped_pages == cache.max()  # every page read was given back by shrinking
+    a = shard.slots[0].guest.allocator
+    assert a.free_pages_total() + a.pcp_pages() == NR_PAGES - anon[-1]
+
+
 def test_replay_is_paced_by_the_grow_rate():
     """At 64 MiB/s, 128 MiB takes two simulated seconds: half way at 1 s."""
     pages = np.array([(128 * MIB) >> 12])
@@ -284,6 +338,10 @@ def test_replay_is_paced_by_the_grow_rate():
         ({"times_ns": np.array([0, 1]), "target_pages": np.array([1])}, "one length"),
         ({"times_ns": np.array([0]), "target_pages": np.array([-1])}, ">= 0"),
         ({"times_ns": np.array([]), "target_pages": np.array([])}, "non-empty"),
+        (
+            {"times_ns": np.array([0]), "target_pages": np.array([1]), "cache_pages": [1, 2]},
+            "cache_pages",
+        ),
     ],
 )
 def test_bad_trace_configs_are_refused(kwargs, needle):

@@ -134,6 +134,13 @@ class PageCache:
         self.dropped_pages += n
         return n
 
+    def shrink(self, pages: int) -> int:
+        """Free the ``pages`` oldest cached pages (a replayed trace whose cache got smaller);
+        counted with drop_caches."""
+        n = self._release(pages)
+        self.dropped_pages += n
+        return n
+
     def direct_reclaim(self, pages: int) -> int:
         """An allocation short of ``pages``: reclaim them (at least SWAP_CLUSTER_MAX)."""
         n = self._release(max(pages, SWAP_CLUSTER_MAX))

@@ -426,6 +426,9 @@ class TraceConfig:
     times_ns: np.ndarray  # int64, strictly ascending, >= 0
     target_pages: np.ndarray  # int64, >= 0 (clipped to the guest's pages)
     thp: bool = False  # order-9 blocks, as an MADV_HUGEPAGE heap
+    # clean page cache at each sample, beside the anonymous memory (None: no cache);
+    # read in at grow_bytes_per_s, given back oldest first when the trace shrinks it
+    cache_pages: np.ndarray | None = None
     grow_bytes_per_s: int = DEFAULT_GROW_BYTES_PER_S
     free_bytes_per_s: int = DEFAULT_FREE_BYTES_PER_S
     start_delay_ns: int = 0
@@ -444,6 +447,14 @@ class TraceConfig:
             raise ValueError(f"trace {self.name!r}: times_ns must be >= 0 and strictly ascending")
         if bool((p < 0).any()):
             raise ValueError(f"trace {self.name!r}: target_pages must be >= 0")
+        if self.cache_pages is not None:
+            c = np.asarray(self.cache_pages)
+            if c.shape != p.shape or bool((c < 0).any()):
+                raise ValueError(
+                    f"trace {self.name!r}: cache_pages must be >= 0, one per sample, got {c.shape}"
+                )
+            object.__setattr__(self, "cache_pages", c.astype(np.int64, copy=True))
+            self.cache_pages.flags.writeable = False
         for field in ("grow_bytes_per_s", "free_bytes_per_s"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"trace.{field} must be > 0, got {getattr(self, field)}")
@@ -473,6 +484,11 @@ class TraceReplay:
         self.stats = WorkStats()
         self._target_blocks = np.minimum(config.target_pages, nr_pages) // self.block_pages
         self._pacer = Pacer(self.block_pages)
+        self._cache_target = None if config.cache_pages is None else config.cache_pages
+        self._cache_pacer = Pacer(1)
+        self.cache_held = 0  # pages of this trace in the guest's page cache
+        self._cache_owner: int | None = None
+        self._cache_file_page = 0  # the next file page read (a counter: only counts matter)
         self._seg = 0
         self.stop_ns: int | None = None
         self.finished = False
@@ -489,6 +505,16 @@ class TraceReplay:
         """The blocks the current segment asks for."""
         return int(self._target_blocks[self._seg])
 
+    def cache_target(self) -> int:
+        """The page-cache pages the current segment asks for (0 without cache)."""
+        return 0 if self._cache_target is None else int(self._cache_target[self._seg])
+
+    def _at_target(self) -> bool:
+        return self.held.count == self.target_blocks() and self.cache_held == self.cache_target()
+
+    def _evicted(self, fpages: np.ndarray) -> None:
+        self.cache_held -= len(fpages)
+
     def next_event_ns(self, now_ns: int) -> int | None:
         if self.finished:
             return None
@@ -497,7 +523,7 @@ class TraceReplay:
         start = self._seg_start_ns(self._seg)
         if now_ns < start:
             return start
-        if self.held.count != self.target_blocks():
+        if not self._at_target():
             return now_ns
         end = self._seg_end_ns(self._seg)
         return now_ns if end is None else end  # at the last target: one call finishes it
@@ -523,25 +549,56 @@ class TraceReplay:
             if seg_end is not None and t == seg_end:
                 self._seg += 1
                 self._pacer.reset()
-            elif seg_end is None and self.held.count == self.target_blocks():
+                self._cache_pacer.reset()
+            elif seg_end is None and self._at_target():
                 self.finished = True
 
     def _work(self, guest, work_ns: int) -> None:
+        """Move the anonymous memory towards its target, then, with the time left, the
+        page cache (reads at the grow rate; a smaller cache gives back its oldest pages)."""
         want = self.target_blocks() - self.held.count
-        if want == 0 or work_ns <= 0:
+        if work_ns <= 0:
             return
         cfg = self.config
+        spare = work_ns
         if want > 0:
-            self._pacer.spend(
+            _, spare = self._pacer.spend(
                 guest, cfg.grow_bytes_per_s, work_ns, want,
                 lambda k: fault_in(guest, self.held, self.stats, self.order, cfg.migratetype, k),
             )  # fmt: skip
-        else:
-            self._pacer.spend(
+        elif want < 0:
+            _, spare = self._pacer.spend(
                 guest, cfg.free_bytes_per_s, work_ns, -want,
                 lambda k: unmap_newest(guest, self.held, self.stats, self.order, k),
                 touches=False,
             )  # fmt: skip
+        if self._cache_target is not None and spare > 0:
+            self._work_cache(guest, spare)
+
+    def _work_cache(self, guest, work_ns: int) -> None:
+        cache = guest.page_cache
+        if self._cache_owner is None:
+            self._cache_owner = cache.register(self._evicted)
+        want = self.cache_target() - self.cache_held
+        if want < 0:
+            self.stats.pages_freed += cache.shrink(-want)
+        elif want > 0:
+            self._cache_pacer.spend(
+                guest, self.config.grow_bytes_per_s, work_ns, want, lambda k: self._read(guest, k)
+            )
+
+    def _read(self, guest, n: int) -> None:
+        """Read n file pages into the page cache (allocated, filled, cached)."""
+        pfns = guest.alloc(0, MIGRATE_MOVABLE, n)
+        self.stats.alloc_failures += n - len(pfns)
+        if len(pfns):
+            guest.touch(*pfns_to_runs(pfns, 1))
+            fpages = self._cache_file_page + np.arange(len(pfns), dtype=np.int64)
+            self._cache_file_page += len(pfns)
+            guest.page_cache.add(pfns, self._cache_owner, fpages)
+            self.cache_held += len(pfns)
+            self.stats.pages_allocated += len(pfns)
+            self.stats.pages_touched += len(pfns)
 
 
 class WorkloadRunner(Protocol):
