@@ -91,7 +91,15 @@ def cmd_validate(args) -> int:
 
     hosts, guests = place(spec, group_traces(spec))
     print(f"{args.spec}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
+    _print_warnings(spec)
     return 0
+
+
+def _print_warnings(spec) -> None:
+    from .spec_checks import spec_warnings
+
+    for field, message in spec_warnings(spec):
+        print(f"warning: {field}: {message}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -99,6 +107,7 @@ def cmd_run(args) -> int:
     from .runner import run_experiment
 
     spec = load_spec(args.spec, args.overrides)
+    _print_warnings(spec)
     result = run_experiment(
         spec,
         out_dir=args.out,

@@ -99,6 +99,11 @@ def finish_run(
     summary = summarize(spec, sim.plan, ts, list(spec.compare))
     run_dir = results_dir(out_dir, spec.name, spec.run_id())
     metadata = _metadata(spec, backend_name, stats, wall0)
+    from .spec_checks import spec_warnings
+
+    warnings = spec_warnings(spec)
+    if warnings:
+        metadata["warnings"] = [f"{field}: {message}" for field, message in warnings]
     traces = trace_digests(sim.plan.guests)
     if traces:  # the run id hashes the spec, not the trace files it names
         metadata["traces"] = traces

@@ -25,7 +25,7 @@ Parsing uses pandas' C parser and pyarrow, never a Python loop per line.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +139,28 @@ def _check_file(path: Path) -> None:
         raise TraceError(path, f"{size} bytes, more than the limit of {MAX_TRACE_FILE_BYTES}")
 
 
-def _numeric(path: Path, values, column: str, first_line: int) -> np.ndarray:
+LineOf = int | Callable[[int], int]  # the file line of data row i: first line + i, or a map
+
+
+def _line(first_line: LineOf, i: int) -> int:
+    return first_line(i) if callable(first_line) else first_line + i
+
+
+def _data_line(path: Path, row: int, header_lines: int) -> int:
+    """The file line of data row ``row`` (0-based) when blank lines are skipped, as the
+    CSV parser skips them. Only called to report an error: it reads the file again."""
+    n = 0
+    with path.open("rb") as f:
+        for n, line in enumerate(f, start=1):
+            if n <= header_lines or not line.strip(b"\r\n"):
+                continue
+            if row == 0:
+                return n
+            row -= 1
+    return n
+
+
+def _numeric(path: Path, values, column: str, first_line: LineOf) -> np.ndarray:
     """A column as float64; a non-numeric or missing field names its line."""
     import pandas as pd
 
@@ -149,11 +170,11 @@ def _numeric(path: Path, values, column: str, first_line: int) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raw = values.iloc[i] if hasattr(values, "iloc") else values[i]
-        raise TraceError(path, f"not a number: {str(raw)[:40]!r}", first_line + i, column)
+        raise TraceError(path, f"not a number: {str(raw)[:40]!r}", _line(first_line, i), column)
     return arr
 
 
-def _ascending(path: Path, times: np.ndarray, column: str, first_line: int) -> None:
+def _ascending(path: Path, times: np.ndarray, column: str, first_line: LineOf) -> None:
     if len(times) > 1:
         back = np.diff(times) <= 0
         if back.any():
@@ -161,7 +182,7 @@ def _ascending(path: Path, times: np.ndarray, column: str, first_line: int) -> N
             raise TraceError(
                 path,
                 f"time goes backwards or repeats: {float(times[i])!r} after {float(times[i - 1])!r}",
-                first_line + i,
+                _line(first_line, i),
                 column,
             )
 
@@ -181,7 +202,6 @@ def _read_bitbrains(path: Path, idx: list[int], dtype):
             skiprows=1,
             usecols=idx,
             dtype=dtype,
-            skip_blank_lines=dtype is not str,  # the slow path counts lines exactly
         )
     except pd.errors.EmptyDataError:
         raise TraceError(path, "no samples after the header", 2) from None
@@ -208,9 +228,14 @@ def _bitbrains_columns(path: Path, idx: list[int]) -> tuple[np.ndarray, ...]:
         raise TraceError(path, "no samples after the header", 2)
     names = (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)
     return tuple(
-        _numeric(path, df[i].fillna("").str.strip(), name, 2)
+        _numeric(path, df[i].fillna("").str.strip(), name, _bitbrains_line(path))
         for i, name in zip(idx, names, strict=True)
     )
+
+
+def _bitbrains_line(path: Path) -> Callable[[int], int]:
+    """Data row -> file line (the header is line 1; blank lines are skipped)."""
+    return lambda row: _data_line(path, row, 1)
 
 
 def load_bitbrains(path: str | Path) -> UsageTrace:
@@ -229,8 +254,18 @@ def load_bitbrains(path: str | Path) -> UsageTrace:
             )
     idx = [names.index(c) for c in (BITBRAINS_TIME, BITBRAINS_CAPACITY, BITBRAINS_USAGE)]
     times, capacity_kb, usage_kb = _bitbrains_columns(path, idx)
-    _ascending(path, times, BITBRAINS_TIME, 2)
+    line_of = _bitbrains_line(path)
+    _ascending(path, times, BITBRAINS_TIME, line_of)
     notes = []
+    if times[0] < UNIX_SECONDS_BELOW and times[-1] >= UNIX_SECONDS_BELOW:
+        i = int(np.argmax(times >= UNIX_SECONDS_BELOW))
+        raise TraceError(
+            path,
+            f"'{BITBRAINS_TIME}' mixes Unix seconds (first sample {int(times[0])}) with "
+            f"milliseconds ({int(times[i])})",
+            line_of(i),
+            BITBRAINS_TIME,
+        )
     if times[0] < UNIX_SECONDS_BELOW:
         notes.append(
             f"'{BITBRAINS_TIME}' values are Unix seconds (first sample {int(times[0])}), "
@@ -240,7 +275,9 @@ def load_bitbrains(path: str | Path) -> UsageTrace:
         times = times / 1000.0
     if (usage_kb < 0).any():
         i = int(np.argmax(usage_kb < 0))
-        raise TraceError(path, f"negative memory usage {usage_kb[i]:g}", 2 + i, BITBRAINS_USAGE)
+        raise TraceError(
+            path, f"negative memory usage {usage_kb[i]:g}", line_of(i), BITBRAINS_USAGE
+        )
     memory = int(capacity_kb.max()) * KIB
     if memory <= 0:
         raise TraceError(path, "memory capacity provisioned is 0", 2, BITBRAINS_CAPACITY)
@@ -389,11 +426,16 @@ def _read_headless(path: Path, columns: Sequence[str], dtypes: dict):
     return df
 
 
+def _headless_line(path: Path) -> Callable[[int], int]:
+    """Data row -> file line of a headless CSV (blank lines are skipped)."""
+    return lambda row: _data_line(path, row, 0)
+
+
 def _container_sizes(meta_path: Path) -> dict[str, float]:
     """container_meta: each container's largest normalised mem_size (0-100)."""
     cols = ALIBABA_CONTAINER_META_COLUMNS
     meta = _read_headless(meta_path, cols, dict.fromkeys(cols, str))
-    size = _numeric(meta_path, meta["mem_size"], "mem_size", 1)
+    size = _numeric(meta_path, meta["mem_size"], "mem_size", _headless_line(meta_path))
     sizes: dict[str, float] = {}
     for cid, s in zip(meta["container_id"].to_numpy(), size, strict=True):
         sizes[cid] = max(sizes.get(cid, 0.0), s)
@@ -430,13 +472,17 @@ def load_alibaba2018(
         if need not in columns:
             raise ValueError(f"columns must include {need!r}, got {list(columns)}")
     df = _read_headless(usage_path, columns, {c: str for c in columns})
-    t = _numeric(usage_path, df["time_stamp"], "time_stamp", 1)
+    line_of = _headless_line(usage_path)
+    t = _numeric(usage_path, df["time_stamp"], "time_stamp", line_of)
     mem = _numeric(
-        usage_path, df["mem_util_percent"].replace("", np.nan).fillna("-1"), "mem_util_percent", 1
+        usage_path,
+        df["mem_util_percent"].replace("", np.nan).fillna("-1"),
+        "mem_util_percent",
+        line_of,
     )
     valid = (mem >= 0) & (mem <= 100)
     dropped = int((~valid).sum())
-    df = df.assign(t=t, mem=mem, line=np.arange(1, len(df) + 1))[valid]
+    df = df.assign(t=t, mem=mem, row=np.arange(len(df)))[valid]
     sizes: dict[str, float] = {}
     if kind == "container":
         if meta_path is None:
@@ -453,7 +499,7 @@ def load_alibaba2018(
             raise TraceError(
                 usage_path,
                 f"{id_col} {key}: two samples at time {float(times[i])!r}",
-                int(g["line"].to_numpy()[i]),
+                line_of(int(g["row"].to_numpy()[i])),
                 "time_stamp",
             )
         memory = (

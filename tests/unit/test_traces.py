@@ -377,3 +377,41 @@ def test_garbage_and_wrong_shapes_are_trace_errors(tmp_path):
         load_alibaba2018(
             three, GIB, three, columns=("container_id", "time_stamp", "mem_util_percent")
         )
+
+
+# ---------------------------------------------------------------- line numbers (hostile input)
+
+
+def test_blank_lines_are_skipped_and_errors_name_the_real_line(tmp_path):
+    """Blank lines are skipped as the CSV parser skips them; an error after them names the
+    line it is really on, in both formats (hostile-input finding)."""
+    rows = [bitbrains_row(1376314846 + 300 * i, 1024, 512) for i in range(4)]
+    ok = write(tmp_path / "ok.csv", HEADER + "\n\n" + "\n\n".join(rows) + "\n")
+    assert len(load_bitbrains(ok)) == 4
+    rows[2] = bitbrains_row(1376314846 + 600, 1024, "abc")
+    bad = write(tmp_path / "bad.csv", HEADER + "\n\n" + "\n\n".join(rows) + "\n")
+    with pytest.raises(TraceError, match=r"bad\.csv:7: column 'Memory usage \[KB\]'"):
+        load_bitbrains(bad)
+    rows[2] = bitbrains_row(1376314846, 1024, 512)  # time repeats the first sample's
+    back = write(tmp_path / "back.csv", HEADER + "\n\n" + "\n\n".join(rows) + "\n")
+    with pytest.raises(TraceError, match=r"back\.csv:7: column 'Timestamp \[ms\]'"):
+        load_bitbrains(back)
+    usage = write(
+        tmp_path / "u.csv",
+        "c_1,m_1,10,10,50,1.0,2,3,4,5,6\n\n\nc_1,m_1,x,10,25,1.0,2,3,4,5,6\n",
+    )
+    meta = write(tmp_path / "m.csv", "c_1,m_1,0,app,started,400,400,3.13\n")
+    with pytest.raises(TraceError, match=r"u\.csv:4: column 'time_stamp'"):
+        load_alibaba2018(usage, 100 * GIB, meta)
+    dup = write(
+        tmp_path / "d.csv", "c_1,m_1,10,10,50,1.0,2,3,4,5,6\n\nc_1,m_1,10,10,25,1.0,2,3,4,5,6\n"
+    )
+    with pytest.raises(TraceError, match=r"d\.csv:3: column 'time_stamp'"):
+        load_alibaba2018(dup, 100 * GIB, meta)
+
+
+def test_bitbrains_mixing_seconds_and_milliseconds_is_refused(tmp_path):
+    rows = [bitbrains_row(1376314846, 1024, 512), bitbrains_row(1376315146000, 1024, 512)]
+    path = write(tmp_path / "mix.csv", HEADER + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(TraceError, match=r"mix\.csv:3: .*mixes Unix seconds"):
+        load_bitbrains(path)
