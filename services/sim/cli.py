@@ -86,19 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     spec = load_spec(args.spec, args.overrides)
-    from .placement import place
-    from .trace_groups import group_traces
+    from .plan import make_plan
 
-    hosts, guests = place(spec, group_traces(spec))
+    plan = make_plan(spec, "validate", 1)
+    hosts, guests = plan.hosts, plan.guests
     print(f"{args.spec}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
-    _print_warnings(spec)
+    _print_warnings(spec, plan)
     return 0
 
 
-def _print_warnings(spec) -> None:
+def _print_warnings(spec, plan=None) -> None:
     from .spec_checks import spec_warnings
 
-    for field, message in spec_warnings(spec):
+    for field, message in spec_warnings(spec, plan):
         print(f"warning: {field}: {message}", file=sys.stderr)
 
 

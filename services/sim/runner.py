@@ -101,7 +101,7 @@ def finish_run(
     metadata = _metadata(spec, backend_name, stats, wall0)
     from .spec_checks import spec_warnings
 
-    warnings = spec_warnings(spec)
+    warnings = spec_warnings(spec, sim.plan)
     if warnings:
         metadata["warnings"] = [f"{field}: {message}" for field, message in warnings]
     traces = trace_digests(sim.plan.guests)

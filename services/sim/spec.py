@@ -533,7 +533,15 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
 
 
 def _error_path(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"] if p not in _WORKLOAD_KINDS) or "<spec>"
+    """The field path of a pydantic error, without the workload union's tag (the element
+    after ``workload``: ``workload.trace.page_cache`` is ``workload.page_cache``)."""
+    loc = err["loc"]
+    keep = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (p in _WORKLOAD_KINDS and i > 0 and loc[i - 1] == "workload")
+    ]
+    return ".".join(keep) or "<spec>"
 
 
 def parse_spec(data: dict[str, Any]) -> ExperimentSpec:

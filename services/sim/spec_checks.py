@@ -15,24 +15,53 @@ from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.core.script import ScriptConfig
 from services.guest.core.watermarks import guest_watermarks
 from services.guest.core.willitscale import PAGE_FAULT2, WillItScaleConfig
-from services.guest.core.workloads import GROW, MemhogConfig
+from services.guest.core.workloads import GROW, MemhogConfig, TraceConfig
 from services.units import PAGE_SHIFT
 
 from .core_configs import guest_config, workload_config
 from .spec import ExperimentSpec
 
 
-def spec_warnings(spec: ExperimentSpec) -> list[tuple[str, str]]:
-    """(field path, message) for every part of the spec that cannot do what it says."""
+def spec_warnings(spec: ExperimentSpec, plan=None) -> list[tuple[str, str]]:
+    """(field path, message) for every part of the spec that cannot do what it says.
+    With the run's plan, trace groups are checked too (their guests come from files)."""
     out: list[tuple[str, str]] = []
     for gi, group in enumerate(spec.guest_groups):
-        if group.is_trace:  # a trace's targets are clipped to the guest's memory
+        if group.is_trace:
             continue
         cfg = guest_config(group)
-        reach = cfg.nr_pages - sum(w[0] for w in guest_watermarks(cfg))
         wl = workload_config(group)
-        _check(wl, f"guest_groups.{gi}.workload", cfg.nr_pages, reach, out)
+        _check(wl, f"guest_groups.{gi}.workload", cfg.nr_pages, _reach(cfg), out)
+    if plan is not None:
+        _check_traces(spec, plan, out)
     return out
+
+
+def _reach(cfg) -> int:
+    """Pages the guest can allocate: all but its min watermarks."""
+    return cfg.nr_pages - sum(w[0] for w in guest_watermarks(cfg))
+
+
+def _check_traces(spec: ExperimentSpec, plan, out: list[tuple[str, str]]) -> None:
+    """A replayed trace whose memory plus page cache exceeds what the guest can allocate
+    churns: kswapd takes the cache and the replay reads it back, sample after sample."""
+    names = [g.name for g in spec.guest_groups]
+    over: dict[str, list[str]] = {}
+    for init in (i for shard in plan.shard_inits for i in shard):
+        w = init.workload
+        if isinstance(w, TraceConfig) and w.cache_pages is not None:
+            peak = int((w.target_pages + w.cache_pages).max())
+            if peak > _reach(init.config):
+                over.setdefault(init.group, []).append(w.name)
+    for group, traces in over.items():
+        out.append(
+            (
+                f"guest_groups.{names.index(group)}.workload.page_cache",
+                f"{len(traces)} trace(s) (first: {traces[0]}) ask for memory plus page cache "
+                "above what the guest can allocate above its min watermarks: kswapd reclaims "
+                "the cache and the replay reads it back, so the cache does not follow the trace",
+            )
+        )
 
 
 def _mib(pages: int) -> str:

@@ -262,7 +262,6 @@ class WillItScaleWorkload(_Model):
     unmap_cost: int | None = Field(
         None, ge=0, description="munmap per 4 KiB page, ns (a 2 MiB mapping costs ten; 60 ns)."
     )
-
     _durs = field_validator(
         "fault_cost", "thp_fault_cost", "cow_fault_cost", "unmap_cost", mode="before"
     )(lambda v, info: None if v is None else parse_duration_ns(v, info.field_name))
@@ -353,9 +352,7 @@ class TraceWorkload(_Model):
         description="Trace seconds per simulated second (300 plays a 5-minute sample in 1 s).",
     )
     thp: bool = Field(False, description="Grow in 2 MiB (order-9) blocks.")
-    page_cache: (
-        Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["trace"] | None
-    ) = Field(
+    page_cache: float | Literal["trace"] | None = Field(
         None,
         description=(
             "Replay part of the memory as clean page cache (file reads the guest's kswapd "
@@ -378,6 +375,21 @@ class TraceWorkload(_Model):
     )
 
     _durs = field_validator("trace_duration", "trace_interval", mode="before")(_dur)
+
+    @field_validator("page_cache", mode="before")
+    @classmethod
+    def _page_cache(cls, v: Any, info) -> Any:
+        """A share 0..1 or 'trace' (google2019 only), named as this field when wrong."""
+        if v is None:
+            return v
+        if v == "trace":
+            if info.data.get("format") != "google2019":
+                raise ValueError("'trace' needs format google2019 (its page_cache_memory)")
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+            raise ValueError(f"must be a share from 0 to 1, or 'trace'; got {v!r}")
+        return float(v)
+
     _sizes = field_validator("machine_memory", "grow_rate", "free_rate", mode="before")(
         lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
     )
@@ -395,8 +407,6 @@ class TraceWorkload(_Model):
             raise ValueError(f"a {self.format} trace needs a path")
         if self.format in ("google2019", "alibaba2018") and self.machine_memory is None:
             raise ValueError(f"a {self.format} trace is normalised: it needs machine_memory")
-        if self.page_cache == "trace" and self.format != "google2019":
-            raise ValueError("page_cache 'trace' needs google2019 (its page_cache_memory)")
         if self.format == "alibaba2018" and self.table == "container" and self.meta_path is None:
             raise ValueError("alibaba2018 container_usage needs meta_path (container_meta.csv)")
         self._check_columns()
@@ -409,7 +419,7 @@ class TraceWorkload(_Model):
                 raise ValueError("synthetic trace_interval and trace_duration are whole seconds")
             if self.path is not None or self.meta_path is not None:
                 raise ValueError("a synthetic trace reads no file: remove path")
-        if self.trace_duration / self.time_scale > MAX_DURATION_NS:
+        if self.format == "synthetic" and self.trace_duration / self.time_scale > MAX_DURATION_NS:
             raise ValueError("trace_duration / time_scale is over 30 simulated days")
         return self
 

@@ -21,6 +21,7 @@ from services.units import NS_PER_S, PAGE_SIZE
 
 from .spec import (
     MAX_BLOCK_BYTES,
+    MAX_DURATION_NS,
     MAX_GUEST_MEMORY_BYTES,
     MAX_GUESTS,
     MAX_TOTAL_GUEST_MEMORY_BYTES,
@@ -80,7 +81,9 @@ def _load(
         return [load_bitbrains(f) for f in files]
     assert w.machine_memory is not None  # required for normalised formats
     if w.format == "google2019":
-        return load_google2019(path, w.machine_memory, w.statistic)[:limit]
+        return load_google2019(
+            path, w.machine_memory, w.statistic, page_cache=w.page_cache == "trace"
+        )[:limit]
     meta = None
     if w.meta_path is not None:
         meta = resolve_trace_path(w.meta_path, root, ok, f"{field}.meta_path")
@@ -135,6 +138,7 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
                 raise SpecError(
                     [(f"{field}.page_cache", "'trace': the file has no page_cache_memory field")]
                 )
+            _check_span(traces, w, field)
         out[gi] = traces
         total_guests += len(traces)
         total_bytes += sum(guest_memory(group, t, f"guest_groups.{gi}") for t in traces)
@@ -145,6 +149,25 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
             [("guest_groups", f"{total_bytes} bytes of guest memory in all, over the bound")]
         )
     return out
+
+
+def _check_span(traces: list[UsageTrace], w: TraceWorkload, field: str) -> None:
+    """Every sample must fall within 30 simulated days of its trace's first at time_scale
+    (a corrupt timestamp far in the future would otherwise overflow simulated time)."""
+    limit_s = MAX_DURATION_NS / NS_PER_S * w.time_scale  # trace seconds
+    for t in traces:
+        if len(t) and not float(t.times_s[-1]) <= limit_s:
+            i = int(np.argmax(~(t.times_s <= limit_s)))
+            raise SpecError(
+                [
+                    (
+                        f"{field}.path",
+                        f"trace {t.name} ({Path(t.source).name}): sample {i + 1} is "
+                        f"{float(t.times_s[i]):.0f} s after the first, over 30 simulated days "
+                        f"at time_scale {w.time_scale:g} (a corrupt timestamp?)",
+                    )
+                ]
+            )
 
 
 def guest_memory(group: GuestGroup, trace: UsageTrace | None, field: str = "guest_groups") -> int:

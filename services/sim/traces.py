@@ -147,16 +147,16 @@ def _line(first_line: LineOf, i: int) -> int:
 
 
 def _data_line(path: Path, row: int, header_lines: int) -> int:
-    """The file line of data row ``row`` (0-based) when blank lines are skipped, as the
-    CSV parser skips them. Only called to report an error: it reads the file again."""
+    """The file line of data row ``row`` (0-based) when blank and whitespace-only lines are
+    skipped, as the parsers skip them (lines end with LF, CRLF or CR). Only called to
+    report an error: it reads the file again."""
     n = 0
-    with path.open("rb") as f:
-        for n, line in enumerate(f, start=1):
-            if n <= header_lines or not line.strip(b"\r\n"):
-                continue
-            if row == 0:
-                return n
-            row -= 1
+    for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if n <= header_lines or not line.strip():
+            continue
+        if row == 0:
+            return n
+        row -= 1
     return n
 
 
@@ -321,11 +321,13 @@ def write_bitbrains(trace: UsageTrace, path: str | Path, start_unix_s: int = 137
 
 
 def load_google2019(
-    path: str | Path, machine_bytes: int, statistic: str = "average"
+    path: str | Path, machine_bytes: int, statistic: str = "average", page_cache: bool = False
 ) -> list[UsageTrace]:
     """instance_usage JSON lines -> one trace per (collection_id, instance_index), in
     ascending key order. Usage is ``<statistic>_usage.memory`` x machine_bytes; the
-    VM's memory is the largest ``assigned_memory`` x machine_bytes."""
+    VM's memory is the largest ``assigned_memory`` x machine_bytes. With ``page_cache``,
+    ``page_cache_memory`` too (a row without it, or with null, has none: protobuf JSON
+    leaves zero fields out); otherwise that field is not read."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
@@ -348,7 +350,7 @@ def load_google2019(
         raise TraceError(path, f"{usage_col} has no 'memory' field", 1, usage_col) from None
     import pandas as pd
 
-    has_cache = "page_cache_memory" in table.column_names
+    has_cache = page_cache and "page_cache_memory" in table.column_names
     df = pd.DataFrame(
         {
             "t": table["start_time"].to_pandas(),
@@ -359,22 +361,29 @@ def load_google2019(
             "cache": table["page_cache_memory"].to_pandas() if has_cache else 0.0,
         }
     )
+    line_of = _headless_line(path)
+    df["cache"] = df["cache"].fillna(0.0)  # absent: zero
     for col, name in (
         ("t", "start_time"),
         ("mem", f"{usage_col}.memory"),
         ("assigned", "assigned_memory"),
         ("cache", "page_cache_memory"),
     ):
-        df[col] = _numeric(path, df[col], name, 1)
-    if (df["mem"] < 0).any() or (df["assigned"] < 0).any() or (df["cache"] < 0).any():
-        bad = (df["mem"] < 0) | (df["assigned"] < 0) | (df["cache"] < 0)
-        raise TraceError(path, "negative normalised memory", 1 + int(np.argmax(bad.to_numpy())))
-    df["line"] = np.arange(1, len(df) + 1)
+        df[col] = _numeric(path, df[col], name, line_of)
+    for col, name in (
+        ("mem", f"{usage_col}.memory"),
+        ("assigned", "assigned_memory"),
+        ("cache", "page_cache_memory"),
+    ):
+        if (df[col] < 0).any():
+            row = int(np.argmax((df[col] < 0).to_numpy()))
+            raise TraceError(path, "negative normalised memory", line_of(row), name)
     traces = []
     for (cid, idx), group in df.groupby(["cid", "idx"], sort=True):
         g = group.sort_values("t", kind="stable")
         t = g["t"].to_numpy() / 1e6
-        _ascending(path, t, "start_time", 1)  # line numbers are approximate after the sort
+        rows = g.index.to_numpy()
+        _ascending(path, t, "start_time", lambda i, rows=rows: line_of(int(rows[i])))
         assigned = float(g["assigned"].max())
         memory = int(assigned * machine_bytes)
         if memory <= 0:

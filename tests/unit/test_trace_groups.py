@@ -196,3 +196,37 @@ def test_google_page_cache_trace_needs_the_field(tmp_path):
     (init,) = make_plan(load_spec(str(tmp_path / "g.yaml")), "x", 1).shard_inits[0]
     assert init.workload.cache_pages.tolist() == [int(0.2 * 4 * GIB) // 4096]
     assert init.workload.target_pages.tolist() == [int(0.1 * 4 * GIB) // 4096]
+
+
+def test_a_corrupt_timestamp_far_in_the_future_is_refused_before_the_run(tmp_path):
+    """A sample 3,000 years after the first would overflow simulated time (hostile input)."""
+    d = tmp_path / "traces"
+    d.mkdir()
+    t = synthetic("step", 1, 0, memory_bytes=256 * MIB, duration_s=1200)
+    write_bitbrains(t, d / "vm00.csv")
+    lines = (d / "vm00.csv").read_text().splitlines()
+    lines[-1] = "99999999999" + lines[-1][lines[-1].index(";") :]
+    (d / "vm00.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError, match=r"workload\.path.*vm00\.csv.*over 30 simulated days"):
+        group_traces(load_spec(str(spec_file(tmp_path))))
+
+
+def test_trace_cache_above_what_the_guest_can_allocate_is_warned(tmp_path):
+    from services.sim.spec_checks import spec_warnings
+
+    fleet_dir(tmp_path, (100,))
+    full = (
+        spec_file(tmp_path)
+        .read_text()
+        .replace("time_scale: 300", "time_scale: 300, page_cache: 0.5")
+    )
+    (tmp_path / "fleet.yaml").write_text(full)
+    spec = load_spec(str(tmp_path / "fleet.yaml"))
+    assert spec_warnings(spec, make_plan(spec, "x", 1)) == []  # the step shape stays below
+    plan = make_plan(spec, "x", 1)
+    init = plan.shard_inits[0][0]
+    object.__setattr__(
+        init.workload, "cache_pages", init.workload.cache_pages * 0 + init.config.nr_pages
+    )
+    ((field, message),) = spec_warnings(spec, plan)
+    assert field == "guest_groups.0.workload.page_cache" and "vm00" in message

@@ -118,15 +118,26 @@ def test_google2019_page_cache_memory_is_read_and_capped_by_the_vm(tmp_path):
         google_line(0, 1, 0, 0.002, 0.003, 0.01, cache=0.004),
         google_line(300_000_000, 1, 0, 0.008, 0.009, 0.01, cache=0.004),  # 0.008 + 0.004 > 0.01
     ]
-    (t,) = load_google2019(write(tmp_path / "u.json", "\n".join(lines) + "\n"), 256 * GIB)
+    write(tmp_path / "u.json", "\n".join(lines) + "\n")
+    assert load_google2019(tmp_path / "u.json", 256 * GIB)[0].cache_bytes is None  # not asked
+    (t,) = load_google2019(tmp_path / "u.json", 256 * GIB, page_cache=True)
     assert t.cache_bytes.tolist() == [
         round(0.004 * 256 * GIB),
         t.memory_bytes - round(0.008 * 256 * GIB),
     ]
     plain = load_google2019(write(tmp_path / "p.json", google_line(0, 1, 0, 0.1, 0.1, 0.5)), GIB)
     assert plain[0].cache_bytes is None
+    # protobuf JSON leaves zero fields out: a row without it (or null) has no cache
+    rows = [google_line(0, 1, 0, 0.1, 0.1, 0.5, 0.1), google_line(300_000_000, 1, 0, 0.1, 0.1, 0.5)]
+    null = json.loads(google_line(600_000_000, 1, 0, 0.1, 0.1, 0.5))
+    rows.append(json.dumps({**null, "page_cache_memory": None}))
+    gaps = write(tmp_path / "gaps.json", "\n".join(rows) + "\n")
+    assert load_google2019(gaps, GIB)[0].cache_bytes is None
+    assert load_google2019(gaps, GIB, page_cache=True)[0].cache_bytes.tolist()[1:] == [0, 0]
+    neg = write(tmp_path / "n.json", google_line(0, 1, 0, 0.1, 0.1, 0.5, -0.1))
+    assert load_google2019(neg, GIB)[0].cache_bytes is None  # not read unless asked
     with pytest.raises(TraceError, match="negative"):
-        load_google2019(write(tmp_path / "n.json", google_line(0, 1, 0, 0.1, 0.1, 0.5, -0.1)), GIB)
+        load_google2019(neg, GIB, page_cache=True)
 
 
 def test_google2019_one_trace_per_instance_scaled_to_the_machine(tmp_path):
@@ -415,3 +426,20 @@ def test_bitbrains_mixing_seconds_and_milliseconds_is_refused(tmp_path):
     path = write(tmp_path / "mix.csv", HEADER + "\n" + "\n".join(rows) + "\n")
     with pytest.raises(TraceError, match=r"mix\.csv:3: .*mixes Unix seconds"):
         load_bitbrains(path)
+
+
+def test_whitespace_and_cr_only_lines_and_google_blank_lines_keep_line_numbers(tmp_path):
+    rows = [bitbrains_row(1376314846 + 300 * i, 1024, 512) for i in range(4)]
+    rows[3] = bitbrains_row(1376314846 + 900, 1024, "abc")
+    text = HEADER + "\n" + rows[0] + "\n   \n\t\n" + "\n".join(rows[1:]) + "\n"
+    with pytest.raises(TraceError, match=r"ws\.csv:7:"):
+        load_bitbrains(write(tmp_path / "ws.csv", text))
+    with pytest.raises(TraceError, match=r"cr\.csv:5:"):
+        load_bitbrains(
+            write(tmp_path / "cr.csv", (HEADER + "\n" + "\n".join(rows)).replace("\n", "\r"))
+        )
+    lines = [google_line(300_000_000 * i, 1, 0, 0.1, 0.1, 0.5) for i in range(4)]
+    lines[3] = google_line(900_000_000, 1, 0, -0.1, 0.1, 0.5)
+    text = "\n".join(lines[:2]) + "\n\n \n" + "\n".join(lines[2:]) + "\n"
+    with pytest.raises(TraceError, match=r"g\.json:6:"):
+        load_google2019(write(tmp_path / "g.json", text), GIB)
