@@ -42,6 +42,7 @@ from services.guest.core.workloads import (
     IdleConfig,
     MemhogConfig,
     TraceConfig,
+    leaf_runners,
     make_workload,
     ops_by_kind,
     pfns_to_runs,
@@ -448,11 +449,12 @@ class GuestShard:
                 if hasattr(wl, "hits"):  # page_cache reads
                     g["page_cache_hits_total"] += wl.hits
                     g["page_cache_misses_total"] += wl.misses
-                if hasattr(wl, "benchmark_ops"):  # will-it-scale: its counter and guest costs
-                    g["benchmark_ops_total"] += wl.benchmark_ops
-                    g["benchmark_tasks"] += len(wl.tasks)
-                    for kind, ns in wl.lost_ns.items():
-                        g[f"lost_{kind}_ns_total"] += ns
+                for leaf in leaf_runners(wl):  # will-it-scale, alone or a script's step
+                    if hasattr(leaf, "benchmark_ops"):  # its counter and guest costs
+                        g["benchmark_ops_total"] += leaf.benchmark_ops
+                        g["benchmark_tasks"] += len(leaf.tasks)
+                        for kind, ns in leaf.lost_ns.items():
+                            g[f"lost_{kind}_ns_total"] += ns
             g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())
             pc = s.guest.page_cache
             if pc.used:  # groups with page cache only (results of other runs unchanged)

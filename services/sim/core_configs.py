@@ -68,6 +68,7 @@ def _will_it_scale(w, vcpus: int, start_delay_ns: int) -> WillItScaleConfig:
         "zero_bytes_per_s": w.zero_rate,
         "copy_bytes_per_s": w.copy_rate,
         "unmap_ns": w.unmap_cost,
+        "memory_bytes_per_s": w.memory_bandwidth,
     }
     return WillItScaleConfig(
         test=w.kind,
@@ -77,6 +78,7 @@ def _will_it_scale(w, vcpus: int, start_delay_ns: int) -> WillItScaleConfig:
         region_bytes=w.region,
         quantum=w.quantum,
         start_delay_ns=start_delay_ns,
+        fault_contention=w.fault_contention,
         **{k: v for k, v in costs.items() if v is not None},
     )
 

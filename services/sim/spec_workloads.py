@@ -262,10 +262,31 @@ class WillItScaleWorkload(_Model):
     unmap_cost: int | None = Field(
         None, ge=0, description="munmap per 4 KiB page, ns (a 2 MiB mapping costs ten; 60 ns)."
     )
+    memory_bandwidth: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description=(
+            "The guest's memory bandwidth, bytes per second, shared by tasks that zero or copy "
+            "at once: each zeroes and copies at min(zero_rate, memory_bandwidth / running "
+            "tasks) (default: unshared)."
+        ),
+    )
+    fault_contention: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description=(
+            "Each fault's own handling costs (1 + fault_contention x (running tasks - 1)) "
+            "times the one-task figure (locks and cache lines the tasks share; default 0)."
+        ),
+    )
+
     _durs = field_validator(
         "fault_cost", "thp_fault_cost", "cow_fault_cost", "unmap_cost", mode="before"
     )(lambda v, info: None if v is None else parse_duration_ns(v, info.field_name))
-    _sizes = field_validator("region", "zero_rate", "copy_rate", mode="before")(
+    _sizes = field_validator("region", "zero_rate", "copy_rate", "memory_bandwidth", mode="before")(
         lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
     )
 

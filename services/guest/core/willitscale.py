@@ -31,7 +31,7 @@ figure replaces the price at the next sync (see ``Pacer`` in workloads.py).
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -72,6 +72,11 @@ class WillItScaleConfig:
     unmap_ns: int = DEFAULT_UNMAP_NS
     quantum: int = DEFAULT_QUANTUM
     start_delay_ns: int = 0
+    # scaling of concurrent tasks (the validation calibrates both on the baselines):
+    # zeroing and copying share this memory bandwidth (None: unshared), and each fault's
+    # own handling grows by this fraction per other running task
+    memory_bytes_per_s: int | None = None
+    fault_contention: float = 0.0
 
     def __post_init__(self) -> None:
         if self.test not in (PAGE_FAULT1, PAGE_FAULT2):
@@ -92,6 +97,36 @@ class WillItScaleConfig:
         for name in ("zero_bytes_per_s", "copy_bytes_per_s", "quantum"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.memory_bytes_per_s is not None and self.memory_bytes_per_s <= 0:
+            raise ValueError(f"memory_bytes_per_s must be > 0, got {self.memory_bytes_per_s}")
+        if not 0 <= self.fault_contention <= 10:
+            raise ValueError(f"fault_contention must be in 0..10, got {self.fault_contention}")
+
+    @property
+    def running(self) -> int:
+        """Tasks that run at once: one per vCPU at most."""
+        return min(self.tasks, self.vcpus)
+
+    def _shared(self, bytes_per_s: int) -> int:
+        if self.memory_bytes_per_s is None:
+            return bytes_per_s
+        return max(1, min(bytes_per_s, self.memory_bytes_per_s // self.running))
+
+    def _contended(self, ns: int) -> int:
+        return round(ns * (1 + self.fault_contention * (self.running - 1)))
+
+    def effective(self) -> WillItScaleConfig:
+        """The per-task figures with the tasks' sharing applied (what each fault costs)."""
+        return replace(
+            self,
+            fault_ns=self._contended(self.fault_ns),
+            thp_fault_ns=self._contended(self.thp_fault_ns),
+            cow_fault_ns=self._contended(self.cow_fault_ns),
+            zero_bytes_per_s=self._shared(self.zero_bytes_per_s),
+            copy_bytes_per_s=self._shared(self.copy_bytes_per_s),
+            memory_bytes_per_s=None,
+            fault_contention=0.0,
+        )
 
     @property
     def region_pages(self) -> int:
@@ -115,7 +150,8 @@ class WillItScale:
     """The page_fault1 / page_fault2 runner (see the module docstring)."""
 
     def __init__(self, config: WillItScaleConfig, nr_pages: int, rng: np.random.Generator):
-        self.config = config
+        self.spec_config = config
+        self.config = config.effective()  # the costs below are per task, sharing applied
         self.nr_pages = nr_pages
         self.rng = rng
         self.tasks = [_Task(i, i % config.vcpus) for i in range(config.tasks)]

@@ -661,6 +661,14 @@ def ops_by_kind(runner) -> dict[str, int]:
     return out
 
 
+def leaf_runners(runner) -> list:
+    """The runner itself, or a script's steps' runners (recursively), in start order."""
+    steps = getattr(runner, "_all", None)
+    if steps is None:
+        return [runner]
+    return [leaf for step in steps for leaf in leaf_runners(step.runner)]
+
+
 def make_workload(
     config, nr_pages: int, rng: np.random.Generator, start_ns: int = 0, stop_ns: int | None = None
 ) -> WorkloadRunner:
@@ -692,6 +700,7 @@ __all__ = [
     "WorkStats",
     "WorkloadRunner",
     "kind_of",
+    "leaf_runners",
     "make_workload",
     "ops_by_kind",
     "pfns_to_runs",
