@@ -82,12 +82,30 @@ def write_expected(name: str, summary: dict, digest: dict) -> None:
         )
 
 
+VALIDATION = EXPECTED / "validation-reduced.json"
+
+
+def validation_outputs() -> dict:
+    """The reduced validation (services/sim/validation.py: reduced), JSON-normalised."""
+    from services.sim.validation import reduced
+
+    return json.loads(json.dumps(reduced(), sort_keys=True))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--update", action="store_true", help="rewrite the expected files")
-    ap.add_argument("names", nargs="*", default=sorted(SPECS))
+    ap.add_argument("names", nargs="*", default=[*sorted(SPECS), "validation"])
     args = ap.parse_args()
     changed = []
+    if "validation" in args.names:
+        got = validation_outputs()
+        if args.update:
+            VALIDATION.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+        elif got != json.loads(VALIDATION.read_text()):
+            changed.append("validation")
+        print(f"validation: {got['rates']}")
+        args.names = [n for n in args.names if n != "validation"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
             summary, digest = golden_outputs(name, tmp)

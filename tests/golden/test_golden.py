@@ -5,9 +5,11 @@ regenerates ``expected/`` (``python -m tests.golden.golden --update``) in a
 commit of its own that says why.
 """
 
+import json
+
 import pytest
 
-from tests.golden.golden import SPECS, expected, golden_outputs
+from tests.golden.golden import SPECS, VALIDATION, expected, golden_outputs, validation_outputs
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -18,3 +20,10 @@ def test_golden_run_is_unchanged(name, tmp_path):
     assert digest["rows"] == want_digest["rows"]
     assert summary == want_summary
     assert digest["sha256"] == want_digest["sha256"]
+
+
+def test_reduced_validation_is_unchanged():
+    """The cover letter at 4 GiB and 4 tasks, and the published host-memory measurements
+    (services/sim/validation.py: reduced): a change that moves docs/validation.md's
+    figures shows here; regenerate with --update and rerun ``make validate``."""
+    assert validation_outputs() == json.loads(VALIDATION.read_text())
