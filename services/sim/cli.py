@@ -54,9 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     _add_common(p)
 
-    p = sub.add_parser("validate", help="check a spec; print every error with its field path")
-    p.add_argument("spec")
+    p = sub.add_parser(
+        "validate",
+        help="check a spec; print every error with its field path (--explain: the fields)",
+    )
+    p.add_argument("spec", nargs="?", help="the spec file (not needed with --explain)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument(
+        "--explain",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FIELD",
+        help="print every spec field (or those under FIELD, e.g. guest_groups.0.workload) "
+        "with its type, bounds, default and meaning",
+    )
 
     p = sub.add_parser("report", help="write report.html and PNG plots for a run directory")
     p.add_argument("run_dir")
@@ -85,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
+    if args.explain is not None:
+        from .spec_explain import explain
+
+        try:
+            print("\n".join(explain(args.explain)))
+        except ValueError as e:
+            raise SpecError([("--explain", str(e).removeprefix("--explain: "))]) from None
+        return 0
+    if args.spec is None:
+        raise SpecError([("spec", "give a spec file (or --explain to list the fields)")])
     spec = load_spec(args.spec, args.overrides)
     from .plan import make_plan
 
@@ -203,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # one clear line, unless --debug
         if args.debug:
             raise

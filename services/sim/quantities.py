@@ -1,6 +1,7 @@
 """Parsing of human-written sizes and durations in experiment specs.
 
-Sizes: an int (bytes) or a string such as ``"4GiB"``, ``"512MiB"``, ``"2 GB"``.
+Sizes: an int (bytes) or a string such as ``"4GiB"``, ``"512MiB"``, ``"2 GB"`` (units
+up to EiB; a size must stay below 2**62 bytes, 4 EiB).
 Durations: an int (simulated nanoseconds) or a string such as ``"50ms"``,
 ``"2s"``, ``"5m"``, ``"1h"``. Results are always ints: simulated time is an
 integer number of nanoseconds.
@@ -26,6 +27,12 @@ _SIZE_UNITS = {
     "t": 1 << 40,
     "tb": 10**12,
     "tib": 1 << 40,
+    "p": 1 << 50,
+    "pb": 10**15,
+    "pib": 1 << 50,
+    "e": 1 << 60,
+    "eb": 10**18,
+    "eib": 1 << 60,
 }
 _TIME_UNITS = {
     "ns": 1,

@@ -597,7 +597,14 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     if "=" not in override:
         raise SpecError([("--set", f"expected path=value, got {override!r}")])
     path, raw = override.split("=", 1)
-    return set_path(data, path.strip(), yaml.safe_load(raw))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(
+            [("--set", f"{path.strip()}: cannot parse {raw!r} as YAML: {problem}")]
+        ) from None
+    return set_path(data, path.strip(), value)
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
