@@ -13,14 +13,24 @@ class ProgressBar:
     """Simulated time, epochs/s and speed against real time, on a rich progress bar."""
 
     def __init__(self, label: str, duration_ns: int):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._rp = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
+            TaskProgressColumn(),
             TextColumn("{task.fields[sim]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             transient=False,
         )
         self._rp.start()

@@ -35,7 +35,8 @@ def simulate(
     if progress:
         from .console import ProgressBar
 
-        bar = ProgressBar(f"{spec.name} [{variant}]", spec.duration)
+        label = "run" if variant == "run" else f"baseline {variant}"
+        bar = ProgressBar(f"{spec.name}: {label}", spec.duration)
     sim = Simulation(
         spec, backend, variant, shards, on_progress=bar.update if bar else None, run_id=run_id
     )
