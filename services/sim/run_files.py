@@ -46,6 +46,48 @@ class RunResult:
     run_dir: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def variants(self) -> list[str]:
+        """``run`` and the paired baselines' names, in the time series."""
+        return sorted(self.timeseries["variant"].unique(), key=lambda v: (v != "run", v))
+
+    def frame(self, kind: str = "host", variant: str = "run") -> pd.DataFrame:
+        """One variant's rows of one kind (``host`` or ``guest_group``), its columns that
+        hold values only: the frame to plot (``result.frame("host").plot(x="time_s",
+        y="backed_bytes")`` draws the run alone, not the run and a baseline as one line)."""
+        if variant not in self.variants:
+            raise KeyError(f"variant {variant!r}: this run has {self.variants}")
+        if kind not in ("host", "guest_group"):
+            raise KeyError(f"kind {kind!r}: host or guest_group")
+        ts = self.timeseries
+        part = ts[(ts["variant"] == variant) & (ts["kind"] == kind)]
+        return part.dropna(axis=1, how="all").reset_index(drop=True)
+
+    def hosts(self, variant: str = "run") -> pd.DataFrame:
+        return self.frame("host", variant)
+
+    def guest_groups(self, variant: str = "run") -> pd.DataFrame:
+        return self.frame("guest_group", variant)
+
+    def _repr_html_(self) -> str:
+        """The headline table in a notebook (the same as the terminal's)."""
+        import html
+
+        from .report import summary_lines, summary_rows
+
+        header, rows = summary_rows(self.summary)
+        cells = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+        cells += "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+        )
+        cells += "".join(
+            f"<tr><th>{html.escape(k)}</th><td colspan='{len(header) - 1}'>{html.escape(v)}</td></tr>"
+            for k, v in summary_lines(self.summary)
+        )
+        s = self.summary
+        title = f"{s['name']} (run {s['run_id']}, seed {s['seed']}): {html.escape(self.run_dir)}"
+        return f"<table><caption>{html.escape(title)}</caption>{cells}</table>"
+
 
 def write_run(
     run_dir: str,
