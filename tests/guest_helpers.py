@@ -109,8 +109,8 @@ class RecordingReporter:
     def price_touch(self, counts: np.ndarray) -> int:
         return 0
 
-    def host_discards(self, pfns: np.ndarray, orders: np.ndarray):
-        return pfns, orders
+    def discard_view(self, backing, pfns: np.ndarray, orders: np.ndarray) -> None:
+        backing.discard(pfns, orders)
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         err = self.errors.pop(0) if self.errors else 0

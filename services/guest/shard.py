@@ -227,6 +227,7 @@ class _Slot:
     touch_ns_taken: int = 0  # guest.touch_cost_ns when the op log was last taken
     touch_ns_unsettled: int = 0  # the guest's price of the touches the host has not answered
     report_errors: int = 0
+    stopped: bool = False  # the host stopped the guest (its OOM policy)
     extra_workloads: list = field(default_factory=list)  # started by GuestService clients
     client_blocks: dict[int, int] = field(
         default_factory=dict
@@ -276,6 +277,8 @@ class GuestShard:
         """The earliest simulated time at which any guest of this shard does something."""
         events = []
         for s in self.slots.values():
+            if s.stopped:
+                continue
             for wl in (s.workload, *s.extra_workloads):
                 w = wl.next_event_ns(self.now_ns)
                 if w is not None:
@@ -354,6 +357,8 @@ class GuestShard:
     def _idle(s: _Slot, t0_ns: int, t1_ns: int) -> bool:
         """True when the guest has nothing to do in [t0, t1): no reporting pass, no
         workload step, nothing a client queued. Running it would change nothing."""
+        if s.stopped:
+            return True
         g = s.guest.next_event_ns()
         if g is not None and g < t1_ns:
             return False
@@ -413,11 +418,35 @@ class GuestShard:
                 lost += int(ns)
             # the host's figure is the record: the guest already spent its own price of
             # these touches, so only the difference (host decisions the guest could not
-            # see: swap-outs, lazy frees reclaimed, direct reclaim) is felt now
-            s.stall_ns += lost - s.touch_ns_unsettled
+            # see: swap-outs, lazy frees reclaimed, direct reclaim) is felt now, shared by
+            # the vCPUs the guest's workload runs on (a stall takes from each of them)
+            s.stall_ns += (lost - s.touch_ns_unsettled) // self._parallel(s)
             s.touch_ns_unsettled = 0
+            if r.stopped and not s.stopped:  # the host's OOM policy stopped this guest
+                self._stop(s)
             if len(r.swapped_starts):
                 s.guest.backing.swapped_out(r.swapped_starts, r.swapped_npages)
+
+    @staticmethod
+    def _parallel(s: _Slot) -> int:
+        """How many vCPUs the guest's running workloads use at once (at least 1)."""
+        return max(
+            [
+                getattr(leaf, "parallel", 1)
+                for wl in (s.workload, *s.extra_workloads)
+                for leaf in leaf_runners(wl)
+                if not getattr(leaf, "finished", False)
+            ],
+            default=1,
+        )
+
+    def _stop(self, s: _Slot) -> None:
+        """The host stopped the guest (out of memory): it runs nothing more, its workloads
+        end where they are, and it prices no more touches (the host skips its ops)."""
+        s.stopped = True
+        for wl in (s.workload, *s.extra_workloads):
+            wl.finished = True
+        s.stall_ns = 0
 
     # -- observation -----------------------------------------------------------
     def sample(self) -> dict[str, dict[str, int]]:
@@ -452,7 +481,7 @@ class GuestShard:
                 for leaf in leaf_runners(wl):  # will-it-scale, alone or a script's step
                     if hasattr(leaf, "benchmark_ops"):  # its counter and guest costs
                         g["benchmark_ops_total"] += leaf.benchmark_ops
-                        g["benchmark_tasks"] += len(leaf.tasks)
+                        g["benchmark_tasks"] += 0 if leaf.finished else len(leaf.tasks)
                         for kind, ns in leaf.lost_ns.items():
                             g[f"lost_{kind}_ns_total"] += ns
             g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())

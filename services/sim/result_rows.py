@@ -161,7 +161,8 @@ def will_it_scale_figures(df: pd.DataFrame) -> dict[str, float]:
     in total and per task (the cover letters' "Process Iter" is the total for N tasks)."""
     t = df["time_s"].to_numpy(dtype=float)
     ops = df["benchmark_ops_total"].fillna(0.0).to_numpy(dtype=float)
-    tasks = _final(df, "benchmark_tasks")
+    # tasks running at once, at most (a script's will-it-scale step may have ended)
+    tasks = float(df["benchmark_tasks"].max()) if "benchmark_tasks" in df else 0.0
     warm = min(WIS_WARMUP_S, t[-1] / 2) if len(t) else 0.0
     i = int(np.searchsorted(t, warm))
     span = t[-1] - t[i] if len(t) else 0.0

@@ -134,3 +134,26 @@ def test_rereading_a_cached_file_counts_whole_passes_at_once():
     w = s.workload
     per_pass = 256 * max(1, 4096 * 10**9 // (8 << 30))
     assert 0.99 * (10**9 // per_pass) <= w.passes <= 10**9 // per_pass and w.misses == 256
+
+
+def test_shrinking_one_owners_cache_leaves_the_others_pages():
+    """A replayed trace whose cache got smaller gives back its own oldest pages only
+    (hostile review: it took other owners' pages first)."""
+    from services.guest.core.config import GuestConfig
+    from services.guest.core.guest import Guest
+    from tests.guest_helpers import RecordingReporter
+
+    g = Guest(0, GuestConfig(nr_pages=8192), 0, RecordingReporter(), fast=False)
+    lost = {0: [], 1: []}
+    owners = [g.page_cache.register(lambda f, o=o: lost[o].extend(f.tolist())) for o in (0, 1)]
+    a = g.alloc(0, 1, 10)
+    b = g.alloc(0, 1, 10)
+    g.page_cache.add(a[:5], owners[0], np.arange(0, 5))
+    g.page_cache.add(b, owners[1], np.arange(100, 110))
+    g.page_cache.add(a[5:], owners[0], np.arange(5, 10))
+    assert g.page_cache.shrink(owners[1], 4) == 4
+    assert lost == {0: [], 1: [100, 101, 102, 103]}
+    assert g.page_cache.pages == 16
+    # the survivors keep their order: the oldest left is owner 0's first page
+    _, owner, fpages = g.page_cache.lru.pop_oldest(2)
+    assert owner.tolist() == [0, 0] and fpages.tolist() == [0, 1]

@@ -4,6 +4,7 @@ does (no host pressure): the differential test behind smooth host-cost feedback.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from services.host.core.config import (
     DISCARD_DONTNEED,
     DISCARD_FREE,
     HostConfig,
+    SwapConfig,
 )
 from services.host.core.host import Host
 from services.sim.plan import report_cost, touch_cost
@@ -57,7 +59,7 @@ def test_guest_price_of_every_touch_equals_the_host_charge(ops, backing, thp, mo
                 continue
             pfns, orders = np.array([pfn]), np.array([order])
             host.apply_report(1, pfns, orders)
-            view.discard(*port.host_discards(pfns, orders))
+            port.discard_view(view, pfns, orders)
         assert np.array_equal(view.recount_granules(), view.granule_counts())
         assert np.array_equal(view.recount(), np.array(list(view.counts().values())))
 
@@ -71,3 +73,36 @@ def test_swapped_pages_are_priced_as_the_host_swaps_them_in():
     z = TouchCost(zswap=True, decompress_ns=1_700)
     b.swapped_out([0], [4])
     assert z.price(b.touch([0], [8])) == 4 * 1_700
+
+
+@pytest.mark.parametrize("mode", [DISCARD_DONTNEED, DISCARD_FREE])
+@pytest.mark.parametrize("thp", [True, False])
+def test_a_reported_block_that_was_swapped_is_priced_as_a_fault(mode, thp):
+    """Guest 1's pages are swapped out by guest 2's demand; guest 2 gives its memory back,
+    guest 1 reports a swapped block and touches it again: the host drops the swap slots in
+    both discard modes, so the touch is a fault (hostile review: MADV_FREE priced it as a
+    swap-in)."""
+    host_cfg = HostConfig(
+        memory_bytes=16 * MIB,
+        backing=BACKING_ANON,
+        thp=thp,
+        swap=SwapConfig(capacity_bytes=64 * MIB),
+    )
+    host = Host(0, host_cfg)
+    host.add_guest(1, NR, discard_mode=mode)
+    host.add_guest(2, NR, discard_mode=DISCARD_DONTNEED)
+    port = HostCostPort(report_cost(host_cfg, mode), touch_cost(host_cfg, mode))
+    view = BackingView(NR, port.touch.gran_shift, port.touch.huge_faults)
+    view.touch([0], [NR])
+    host.apply_touch(1, np.array([0]), np.array([NR]))
+    host.apply_touch(2, np.array([0]), np.array([NR]))  # the pool is full: guest 1 swaps
+    for starts, npages in [host.reclaim().get(1, (np.zeros(0, np.int64), np.zeros(0, np.int64)))]:
+        view.swapped_out(starts, npages)
+    assert view.counts()["swapped"] > 0
+    host.apply_report(2, np.arange(0, NR, 512), np.full(NR // 512, 9))  # room again
+    swapped = int(np.flatnonzero(view.state == 3)[0]) // 512 * 512
+    pfns, orders = np.array([swapped]), np.array([9])
+    host.apply_report(1, pfns, orders)
+    port.discard_view(view, pfns, orders)
+    price = port.price_touch(view.touch([swapped], [512]))
+    assert price == host.apply_touch(1, np.array([swapped]), np.array([512])).total_lost_ns

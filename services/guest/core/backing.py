@@ -146,15 +146,13 @@ class CostPort(Protocol):
 
     ``price_touch``: a touch, from BackingView.touch's counts (NR_TOUCH_COUNTS).
     ``price_report``: one report call of the blocks (pfns, orders), >= 0.
-    ``host_discards``: of a successful report's blocks, those whose host memory the host
-    drops now (what the backing view marks DISCARDED).
+    ``discard_view``: mirror a successful report in the backing view, as the host
+    applies it (what it drops now becomes DISCARDED).
     """
 
     def price_touch(self, counts: np.ndarray) -> int: ...
     def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int: ...
-    def host_discards(
-        self, pfns: np.ndarray, orders: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def discard_view(self, backing: BackingView, pfns: np.ndarray, orders: np.ndarray) -> None: ...
 
 
 class NullCostPort:
@@ -167,8 +165,8 @@ class NullCostPort:
     def price_report(self, pfns: np.ndarray, orders: np.ndarray) -> int:
         return 0
 
-    def host_discards(self, pfns: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return pfns, orders
+    def discard_view(self, backing: BackingView, pfns: np.ndarray, orders: np.ndarray) -> None:
+        backing.discard(pfns, orders)
 
 
 ORDER_2M = 9  # a block of 2 MiB or more is discarded per 2 MiB, a smaller one per 4 KiB page
@@ -289,16 +287,18 @@ class HostCostPort(NullCostPort):
     def price_touch(self, counts: np.ndarray) -> int:
         return self.touch.price(counts)
 
-    def host_discards(self, pfns: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Blocks the host frees now: none when discard is off or lazy (MADV_FREE keeps them
-        resident until host reclaim); under hugetlbfs only blocks of a whole huge page."""
+    def discard_view(self, backing: BackingView, pfns: np.ndarray, orders: np.ndarray) -> None:
+        """Mirror a successful report in the backing view as the host applies it: nothing
+        when discard is off; under hugetlbfs only blocks of a whole huge page; a lazy
+        discard (MADV_FREE) keeps resident pages resident until host reclaim, but frees
+        the swap slots of swapped ones (their next touch is a fault, not a swap-in)."""
         min_order = self.cost.discard_min_order
-        if min_order is None or self.touch.lazy_discard:
-            return pfns[:0], orders[:0]
-        if min_order == 0:
-            return pfns, orders
-        keep = np.asarray(orders) >= min_order
-        return pfns[keep], orders[keep]
+        if min_order is None:
+            return
+        if min_order:
+            keep = np.asarray(orders) >= min_order
+            pfns, orders = pfns[keep], orders[keep]
+        backing.discard(pfns, orders, swapped_only=self.touch.lazy_discard)
 
 
 def expand_ranges(starts: np.ndarray, npages: np.ndarray) -> np.ndarray:
@@ -364,11 +364,12 @@ class BackingView:
             self.state, self._counts, self._gstat, self.gran_shift, starts, npages, from_mask, to
         )
 
-    def discard(self, pfns, orders) -> None:
+    def discard(self, pfns, orders, swapped_only: bool = False) -> None:
         """A successful report: touched pages of the blocks become DISCARDED.
 
         Never-touched pages stay NEVER (the host holds nothing for them); swapped
-        pages become DISCARDED (the discard drops the swap slot too).
+        pages become DISCARDED (the discard drops the swap slot too). With
+        ``swapped_only`` (a lazy discard) resident pages stay BACKED.
         """
         pfns = np.asarray(pfns, dtype=np.int64).ravel()
         orders = np.asarray(orders, dtype=np.int64).ravel()
@@ -377,7 +378,8 @@ class BackingView:
         if (orders < 0).any():
             raise ValueError(f"order={int(orders[orders < 0][0])} must be >= 0")
         starts, npages = self._check_ranges(pfns, np.left_shift(1, orders))
-        self._move(starts, npages, (1 << BACKED) | (1 << SWAPPED), DISCARDED)
+        mask = (1 << SWAPPED) if swapped_only else (1 << BACKED) | (1 << SWAPPED)
+        self._move(starts, npages, mask, DISCARDED)
 
     def swapped_out(self, starts, npages) -> None:
         """The host swapped these ranges out: BACKED pages become SWAPPED."""

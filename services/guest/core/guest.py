@@ -104,7 +104,7 @@ class _GuestDevice:
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
         outcome = self.reporter.report(now_ns, pfns, orders)
         if outcome.error == 0:
-            self.backing.discard(*self.cost_port.host_discards(pfns, orders))
+            self.cost_port.discard_view(self.backing, pfns, orders)
         return outcome
 
 

@@ -68,6 +68,23 @@ class PageCacheLRU:
         self._fpage[idx] = fpages
         self.count += n
 
+    def pop_owner_oldest(self, owner: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Remove the ``n`` oldest pages of one owner (the others keep their places);
+        returns their pfns and file pages."""
+        cap = len(self._pfn)
+        order = (self._head + np.arange(self.count)) % cap
+        mine = self._owner[order] == owner
+        take = order[np.flatnonzero(mine)[:n]]
+        out = self._pfn[take].copy(), self._fpage[take].copy()
+        if len(take):
+            keep = order[~np.isin(order, take)]
+            for name in ("_pfn", "_owner", "_fpage"):
+                arr = getattr(self, name)
+                arr[: len(keep)] = arr[keep].copy()
+            self._head = 0
+            self.count = len(keep)
+        return out
+
     def pop_oldest(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = min(n, self.count)
         cap = len(self._pfn)
@@ -134,12 +151,15 @@ class PageCache:
         self.dropped_pages += n
         return n
 
-    def shrink(self, pages: int) -> int:
-        """Free the ``pages`` oldest cached pages (a replayed trace whose cache got smaller);
-        counted with drop_caches."""
-        n = self._release(pages)
-        self.dropped_pages += n
-        return n
+    def shrink(self, owner: int, pages: int) -> int:
+        """Free the ``pages`` oldest cached pages of ``owner`` (a replayed trace whose cache
+        got smaller); other owners' pages stay. Counted with drop_caches."""
+        pfns, fpages = self.lru.pop_owner_oldest(owner, pages)
+        if len(pfns):
+            self._owners[owner](fpages)
+            self.guest.free(pfns, 0, KSWAPD_CPU)
+        self.dropped_pages += len(pfns)
+        return len(pfns)
 
     def direct_reclaim(self, pages: int) -> int:
         """An allocation short of ``pages``: reclaim them (at least SWAP_CLUSTER_MAX)."""

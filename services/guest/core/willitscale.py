@@ -170,6 +170,11 @@ class WillItScale:
 
     # -- the shard's view --------------------------------------------------------------
     @property
+    def parallel(self) -> int:
+        """vCPUs this workload runs on at once: a guest-wide stall is shared by them."""
+        return self.config.running
+
+    @property
     def held(self) -> SimpleNamespace:
         """Pages held now, as one order-0 count (the shard samples held.count << order)."""
         pages = sum(

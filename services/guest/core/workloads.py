@@ -159,13 +159,17 @@ class Pacer:
         """A new phase or segment: progress credit left over is dropped (debts stay)."""
         self.credit = 0
 
+    def pay(self, work_ns: int) -> int:
+        """Pay the debt from ``work_ns`` first; returns the time left."""
+        paid = min(self.debt_ns, max(0, work_ns))
+        self.debt_ns -= paid
+        return work_ns - paid
+
     def spend(self, guest, rate: int, work_ns: int, want: int, do, touches: bool = True):
         """Do up to ``want`` blocks with ``work_ns`` of time at ``rate`` bytes/s; ``do(k)``
         does k blocks. Returns (blocks done, spare ns): the spare is the time left once
         ``want`` is reached (the credit is then used up)."""
-        paid = min(self.debt_ns, work_ns)
-        self.debt_ns -= paid
-        self.credit += rate * (work_ns - paid)
+        self.credit += rate * self.pay(work_ns)
         done = 0
         unit = self.unit
         while done < want and self.credit >= unit:
@@ -354,7 +358,10 @@ class Memhog:
         """Spend work_ns on the phase; returns the work ns a grow/free did not need
         because it reached its target (the rest of the credit, as time)."""
         ph = self._phase()
-        if ph.action == IDLE or work_ns <= 0:
+        if ph.action == IDLE:
+            self._pacer.pay(work_ns)  # an idle phase's time pays what touches still owe
+            return 0
+        if work_ns <= 0:
             return work_ns if ph.until_done else 0
         pacer = self._pacer
         if ph.action == TOUCH:
@@ -556,6 +563,8 @@ class TraceReplay:
     def _work(self, guest, work_ns: int) -> None:
         """Move the anonymous memory towards its target, then, with the time left, the
         page cache (reads at the grow rate; a smaller cache gives back its oldest pages)."""
+        # both pacers' debts are paid first, whatever moves now (one time line)
+        work_ns = self._cache_pacer.pay(self._pacer.pay(work_ns))
         want = self.target_blocks() - self.held.count
         if work_ns <= 0:
             return
@@ -581,7 +590,7 @@ class TraceReplay:
             self._cache_owner = cache.register(self._evicted)
         want = self.cache_target() - self.cache_held
         if want < 0:
-            self.stats.pages_freed += cache.shrink(-want)
+            self.stats.pages_freed += cache.shrink(self._cache_owner, -want)
         elif want > 0:
             self._cache_pacer.spend(
                 guest, self.config.grow_bytes_per_s, work_ns, want, lambda k: self._read(guest, k)
