@@ -39,7 +39,7 @@ test: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
 
-# docs/validation.md's figures, from scratch and in-process (about 10 minutes): the cover
+# docs/validation.md's figures, from scratch and in-process (about 7.5 minutes): the cover
 # letter's table (and again with twice the measured seconds), the published host-memory
 # measurements; fails when a prediction leaves its tolerance.
 validate: $(STAMP) $(CACHE_STAMP)

@@ -80,4 +80,34 @@ def test_a_failing_cell_is_one_the_document_explains():
 
     for bench, tasks, config in EXPLAINED:
         assert (bench, tasks) in COVER_LETTER and config in CONFIGS
-    assert all(len(why) > 40 for why in EXPLAINED.values())
+    assert all(len(why) > 40 and -100 < was < 100 for why, was in EXPLAINED.values())
+
+
+def _cell(config, sim, real, tasks=1, bench=PF1, stdev=0.1):
+    from services.sim.validation import Cell
+
+    c = Cell(bench, tasks, config, sim=sim, real=real, stdev=stdev, start_s=0.0)
+    c.delta_sim, c.delta_real, c.tolerance = sim, real, 1.0
+    return c
+
+
+def test_scores_orderings_and_drift_read_the_cells():
+    """The summary's checks (pure): predicted cells only, a null model beside the
+    simulator, the THP orderings, and an explained cell leaving its band."""
+    from services.sim.validation import explained_drift, orderings, scores
+
+    cells = []
+    for tasks in (1, 16):
+        for cfg, sim, real in (
+            ("baseline", 0, 0), ("applied", 0, -0.1), ("enabled", -0.4, -0.6),
+            ("shuffle", -6.0, -3.0), ("shuffle_rfc", -0.7, -1.2),
+        ):  # fmt: skip
+            cells.append(_cell(cfg, sim, real, tasks))
+    sc = scores(cells)
+    assert sc["predicted"] == 6 and sc["simulator"] == 4  # both shuffles miss by 3 pp
+    assert sc["null_model"] == 2  # only enabled is within 1 pp of 0 in the letter
+    assert all(letter and sim for _, letter, sim in orderings(cells))
+    cells[3].delta_sim = -0.5  # shuffle no worse than reporting alone: the ordering fails
+    assert [sim for _, _, sim in orderings(cells)][:2] == [False, False]
+    moved = _cell("shuffle", -11.0, -2.9)
+    assert explained_drift([moved]) and not explained_drift([_cell("shuffle", -13.0, -2.9)])
