@@ -36,6 +36,7 @@ class _Experiment:
         self.id = experiment_id
         self.spec = spec
         self.sim: Simulation | None = None
+        self.router = None  # GuestService's view of the shards, made on first use
         self.state = "created"
         self.result = None
         self.lock = threading.Lock()  # held while the experiment runs
@@ -196,6 +197,22 @@ class ExperimentManager:
         if exp.sim is None:
             exp.sim = Simulation(exp.spec, self.backend, VARIANT_RUN, self.shards)
         return exp.sim
+
+    def guest_router(self, experiment_id: str):
+        """The experiment's guests for GuestService on this server (guest_proxy.py). The
+        simulation starts on the first call if no Advance has (time 0, nothing run)."""
+        from .guest_proxy import GuestRouter
+
+        exp = self._get(experiment_id)
+        self._check_running(exp)  # finished or cancelled: its shards are gone
+        if exp.router is None:
+            sim = exp.sim
+            if sim is None:
+                with exp.lock:  # only to start it; a running Advance made it already
+                    self._check_running(exp)
+                    sim = self._sim(exp)
+            exp.router = GuestRouter(sim.session, sim.plan)
+        return exp.router
 
     def _notify(self, exp: _Experiment) -> None:
         with exp.cond:

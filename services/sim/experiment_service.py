@@ -260,7 +260,13 @@ def start_experiment_server(
     if tokens is not None and options.tokens is None:
         options = replace(options, tokens=tokens)
     max_streams = min(MAX_STREAMS, max(1, options.max_workers // 4))
-    return build_server(options, [experiment_service_binding(manager, tokens, max_streams)])
+    bindings = [experiment_service_binding(manager, tokens, max_streams)]
+    router_for = getattr(manager, "guest_router", None)
+    if router_for is not None:  # GuestService for the experiments' guests, same port and tokens
+        from .guest_proxy import guest_proxy_binding
+
+        bindings.append(guest_proxy_binding(router_for))
+    return build_server(options, bindings)
 
 
 class ExperimentClient(ServiceClient):

@@ -1,0 +1,141 @@
+"""GuestService on ``overcommit serve``'s port, for every experiment it runs.
+
+A client that created an experiment drives its guests through the same address and
+token: each request names the experiment (``experiment_id``, as every GuestService
+request does) and, except ListGuests, the guest. The servicer finds the guest shard
+that holds the guest and forwards the call:
+
+* in-process backend: straight to the shard (``ShardApi`` over the ``GuestShard``);
+* Ray: to the shard actor's own GuestService (loopback, with that shard's token), the
+  experiment id rewritten to the simulation's own.
+
+Calls reach a guest between the experiment's epochs (the shard's lock); what they do
+reaches the host with the next sync, as for any GuestService client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from overcommit.v1 import guest_pb2, guest_pb2_grpc
+from services.guest.guest_service import GuestServicer
+from services.guest.shard_api import ShardApi
+from services.transport.errors import not_found, require
+from services.transport.security import check_experiment_binding
+from services.transport.server import ServiceBinding
+from services.transport.status import translate_errors
+
+from .core_configs import workload_from_params
+
+
+class _Remote:
+    """One Ray shard actor's GuestService, called with its own experiment id and token."""
+
+    def __init__(self, address: str, experiment_id: str, token: str | None):
+        self.channel = grpc.insecure_channel(address)  # the actor serves loopback only
+        self.stub = guest_pb2_grpc.GuestServiceStub(self.channel)
+        self.experiment_id = experiment_id
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def call(self, rpc: str, request):
+        forwarded = type(request)()
+        forwarded.CopyFrom(request)
+        forwarded.experiment_id = self.experiment_id
+        return getattr(self.stub, rpc)(forwarded, metadata=self.metadata, timeout=60)
+
+
+class _Local:
+    """An in-process shard: its GuestServicer, called directly."""
+
+    def __init__(self, shard):
+        self.servicer = GuestServicer(ShardApi(shard, workload_from_params))
+
+    def call(self, rpc: str, request):
+        forwarded = type(request)()
+        forwarded.CopyFrom(request)
+        forwarded.experiment_id = ""  # the shard's only experiment
+        return getattr(self.servicer, rpc)(forwarded, None)
+
+
+class GuestRouter:
+    """An experiment's shards, by guest id."""
+
+    def __init__(self, session, plan):
+        if hasattr(session, "guest_service_addresses"):  # Ray
+            self.shards: list[Any] = [
+                _Remote(addr, plan.experiment_id, session.token)
+                for addr in session.guest_service_addresses
+            ]
+        else:
+            self.shards = [_Local(s) for s in session.driver.shards]
+        self.by_guest = {
+            init.guest_id: i for i, inits in enumerate(plan.shard_inits) for init in inits
+        }
+
+    def shard_of(self, guest_id: int):
+        i = self.by_guest.get(guest_id)
+        if i is None:
+            raise not_found("guest_id", guest_id, "this experiment has no such guest")
+        return self.shards[i]
+
+
+class ServeGuestServicer(guest_pb2_grpc.GuestServiceServicer):
+    """GuestService for every experiment of a manager (see the module docstring)."""
+
+    def __init__(self, router_for: Callable[[str], GuestRouter]):
+        self.router_for = router_for
+
+    def _router(self, experiment_id: str, context) -> GuestRouter:
+        require(bool(experiment_id), "experiment_id", experiment_id, "name the experiment")
+        check_experiment_binding(context, experiment_id)
+        return self.router_for(experiment_id)
+
+    @staticmethod
+    def _call(shard, rpc: str, request, context):
+        """Forward; a remote shard's error status goes back to the caller as it is."""
+        try:
+            return shard.call(rpc, request)
+        except grpc.RpcError as e:
+            if context is None:
+                raise
+            context.abort(e.code(), e.details())
+
+    @translate_errors
+    def ListGuests(self, request, context):
+        router = self._router(request.experiment_id, context)
+        response = guest_pb2.ListGuestsResponse()
+        for shard in router.shards:
+            response.guests.extend(self._call(shard, "ListGuests", request, context).guests)
+        response.guests.sort(key=lambda g: g.guest_id)
+        return response
+
+    def _one(self, rpc: str, request, context):
+        shard = self._router(request.experiment_id, context).shard_of(request.guest_id)
+        return self._call(shard, rpc, request, context)
+
+    @translate_errors
+    def ApplyOps(self, request, context):
+        return self._one("ApplyOps", request, context)
+
+    @translate_errors
+    def StartWorkload(self, request, context):
+        return self._one("StartWorkload", request, context)
+
+    @translate_errors
+    def GetGuestState(self, request, context):
+        return self._one("GetGuestState", request, context)
+
+
+def guest_proxy_binding(router_for: Callable[[str], GuestRouter]) -> ServiceBinding:
+    """What :func:`services.transport.server.build_server` needs for the serve GuestService."""
+    return ServiceBinding(
+        guest_pb2.DESCRIPTOR.services_by_name["GuestService"].full_name,
+        guest_pb2_grpc.add_GuestServiceServicer_to_server,
+        ServeGuestServicer(router_for),
+    )
+
+
+__all__ = ["GuestRouter", "ServeGuestServicer", "guest_proxy_binding"]
