@@ -13,15 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from overcommit.v1 import guest_pb2
 from services.guest.core.guest import warm_up
 from services.protocol.clients import GrpcHostLink
+from services.transport.errors import StatusError
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
 
 from .epoch_driver import ChunkResults, EpochDriver, SyncDecision
-from .guest_service import start_guest_server
+from .guest_service import GuestServicer, start_guest_server
 from .shard import GuestInit, GuestShard
 from .shard_api import ShardApi
+
+_GUEST_REQUESTS = {
+    "ListGuests": guest_pb2.ListGuestsRequest,
+    "ApplyOps": guest_pb2.ApplyOpsRequest,
+    "StartWorkload": guest_pb2.StartWorkloadRequest,
+    "GetGuestState": guest_pb2.GetGuestStateRequest,
+}
 
 
 class ShardRunner:
@@ -50,6 +59,7 @@ class ShardRunner:
         self.guest_server = None
         self.workload_factory = workload_factory
         self.token = token
+        self._servicer: GuestServicer | None = None  # for guest_rpc, made on first use
 
     def run_chunks(
         self,
@@ -81,6 +91,23 @@ class ShardRunner:
             )
             self.guest_server.start()
         return self.guest_server.address
+
+    def guest_rpc(self, rpc: str, request: bytes) -> tuple[str, bytes | str]:
+        """One GuestService call by Ray (``overcommit serve`` forwards its clients' calls
+        this way: it reaches shards on every node without opening a socket). Returns
+        ("OK", the serialized response) or (status code name, details)."""
+        cls = _GUEST_REQUESTS.get(rpc)
+        if cls is None:
+            return ("INVALID_ARGUMENT", f"rpc={rpc!r}: not a GuestService method")
+        message = cls.FromString(request)
+        message.experiment_id = ""  # this shard's only experiment
+        if self._servicer is None:
+            self._servicer = GuestServicer(ShardApi(self.shard, self.workload_factory))
+        try:
+            response = getattr(self._servicer, rpc)(message, None)
+        except StatusError as e:
+            return (e.code().name, e.details())
+        return ("OK", response.SerializeToString())
 
     def close(self) -> None:
         self.link.close()

@@ -6,8 +6,8 @@ request does) and, except ListGuests, the guest. The servicer finds the guest sh
 that holds the guest and forwards the call:
 
 * in-process backend: straight to the shard (``ShardApi`` over the ``GuestShard``);
-* Ray: to the shard actor's own GuestService (loopback, with that shard's token), the
-  experiment id rewritten to the simulation's own.
+* Ray: to the shard actor, by a Ray call (``ShardRunner.guest_rpc``), so shards on
+  every node are reached without opening a socket.
 
 Calls reach a guest between the experiment's epochs (the shard's lock); what they do
 reaches the host with the next sync, as for any GuestService client.
@@ -18,33 +18,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.guest_service import GuestServicer
 from services.guest.shard_api import ShardApi
-from services.transport.errors import not_found, require
+from services.transport.errors import StatusError, not_found, require
 from services.transport.security import check_experiment_binding
 from services.transport.server import ServiceBinding
-from services.transport.status import translate_errors
+from services.transport.status import Status, translate_errors
 
 from .core_configs import workload_from_params
 
 
-class _Remote:
-    """One Ray shard actor's GuestService, called with its own experiment id and token."""
+class _RayShard:
+    """A Ray shard actor, called by Ray (``ShardRunner.guest_rpc``): no socket, any node."""
 
-    def __init__(self, address: str, experiment_id: str, token: str | None):
-        self.channel = grpc.insecure_channel(address)  # the actor serves loopback only
-        self.stub = guest_pb2_grpc.GuestServiceStub(self.channel)
-        self.experiment_id = experiment_id
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    def __init__(self, ray, actor):
+        self.ray = ray
+        self.actor = actor
 
     def call(self, rpc: str, request):
-        forwarded = type(request)()
-        forwarded.CopyFrom(request)
-        forwarded.experiment_id = self.experiment_id
-        return getattr(self.stub, rpc)(forwarded, metadata=self.metadata, timeout=60)
+        status, payload = self.ray.get(
+            self.actor.guest_rpc.remote(rpc, request.SerializeToString())
+        )
+        if status != "OK":
+            raise StatusError(Status[status], "", None, str(payload))
+        return _RESPONSES[rpc].FromString(payload)
+
+
+_RESPONSES = {
+    "ListGuests": guest_pb2.ListGuestsResponse,
+    "ApplyOps": guest_pb2.ApplyOpsResponse,
+    "StartWorkload": guest_pb2.StartWorkloadResponse,
+    "GetGuestState": guest_pb2.GetGuestStateResponse,
+}
 
 
 class _Local:
@@ -64,11 +70,8 @@ class GuestRouter:
     """An experiment's shards, by guest id."""
 
     def __init__(self, session, plan):
-        if hasattr(session, "guest_service_addresses"):  # Ray
-            self.shards: list[Any] = [
-                _Remote(addr, plan.experiment_id, session.token)
-                for addr in session.guest_service_addresses
-            ]
+        if hasattr(session, "shard_actors"):  # Ray
+            self.shards: list[Any] = [_RayShard(session.ray, a) for a in session.shard_actors]
         else:
             self.shards = [_Local(s) for s in session.driver.shards]
         self.by_guest = {
@@ -95,13 +98,8 @@ class ServeGuestServicer(guest_pb2_grpc.GuestServiceServicer):
 
     @staticmethod
     def _call(shard, rpc: str, request, context):
-        """Forward; a remote shard's error status goes back to the caller as it is."""
-        try:
-            return shard.call(rpc, request)
-        except grpc.RpcError as e:
-            if context is None:
-                raise
-            context.abort(e.code(), e.details())
+        """Forward; the shard's error status goes back to the caller as it is."""
+        return shard.call(rpc, request)
 
     @translate_errors
     def ListGuests(self, request, context):

@@ -183,3 +183,25 @@ def test_same_results_with_one_or_two_shards():
     last = one[one.kind == "guest_group"].iloc[-1]
     assert last["report_calls_total"] > 0
     assert last["lost_report_seconds_total"] >= last["report_calls_total"] * 0.025
+
+
+def test_shard_runner_answers_guest_rpcs_by_call():
+    """What serve's GuestService forwards to a Ray shard actor (ShardRunner.guest_rpc),
+    tried on the plain class: a real answer, an unknown method and an unknown guest."""
+    from overcommit.v1 import guest_pb2
+    from services.guest.actor import ShardRunner
+    from services.sim.sync_policy import SyncPolicy
+
+    init = GuestInit(0, "g", 0, GuestConfig(nr_pages=4096), IdleConfig())
+    runner = ShardRunner("exp", 0, [init], 1, {0: "127.0.0.1:1"}, SyncPolicy(1, 0.85), EPOCH)
+    status, payload = runner.guest_rpc(
+        "ListGuests", guest_pb2.ListGuestsRequest().SerializeToString()
+    )
+    assert status == "OK"
+    assert [g.guest_id for g in guest_pb2.ListGuestsResponse.FromString(payload).guests] == [0]
+    assert runner.guest_rpc("Nope", b"")[0] == "INVALID_ARGUMENT"
+    status, details = runner.guest_rpc(
+        "GetGuestState", guest_pb2.GetGuestStateRequest(guest_id=5).SerializeToString()
+    )
+    assert status == "NOT_FOUND" and "guest_id" in details
+    runner.close()
