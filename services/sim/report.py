@@ -7,7 +7,6 @@ Prometheus. Each plot puts the run beside its paired baseline when there is one.
 from __future__ import annotations
 
 import html
-import json
 import os
 from typing import Any
 
@@ -34,6 +33,20 @@ def _pyplot() -> Any:
 
 def _runs(ts: pd.DataFrame) -> list[str]:
     return [VARIANT_RUN, *sorted(r for r in ts["variant"].unique() if r != VARIANT_RUN)]
+
+
+def label(variant: str, ts: pd.DataFrame | None = None) -> str:
+    """What the report calls a variant: the run is "reporting on" beside a reporting_off
+    baseline (as in the summary table), a baseline is named by what it turns off."""
+    if variant == VARIANT_RUN:
+        has_off = ts is not None and "reporting_off" in set(ts["variant"].unique())
+        return "reporting on" if has_off else "run"
+    return variant.replace("_", " ")
+
+
+def _plain(ax) -> None:
+    """Axes read as plain numbers: no offset or scientific notation."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
 
 
 def _cluster(ts: pd.DataFrame, kind: str, col: str) -> pd.DataFrame:
@@ -66,9 +79,10 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
                 )
             if "swapped_bytes" in df:
                 ax.plot(df["time_s"], df["swapped_bytes"] / GIB, ":", label=f"{entity} swapped")
-        ax.set_title(f"host memory ({run})")
+        ax.set_title(f"host memory ({label(run, ts)})")
         ax.set_xlabel("simulated time (s)")
         ax.set_ylabel("GiB")
+        _plain(ax)
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -82,16 +96,33 @@ def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
         (c for c in part.columns if c.startswith("free_bytes_order_")),
         key=lambda c: int(c.rsplit("_", 1)[1]),
     )
-    df = part.groupby("time_s")[cols].sum().sort_index() / GIB
-    fig, ax = plt.subplots(figsize=(8, 4))
+    df = part.groupby("time_s")[cols].sum().sort_index() / (1 << 20)
+    fig, ax = plt.subplots(figsize=(9, 4))
     if not df.empty:
-        ax.stackplot(
-            df.index, [df[c] for c in cols], labels=[f"order {c.rsplit('_', 1)[1]}" for c in cols]
+        from matplotlib.colors import LogNorm
+
+        data = df.T.to_numpy()  # one row per order
+        positive = data[data > 0]
+        norm = (
+            LogNorm(vmin=max(positive.min(), 1e-3), vmax=positive.max()) if positive.size else None
         )
-    ax.set_title("guest free memory by order (all guests, run)")
+        t = df.index.to_numpy()
+        image = ax.imshow(
+            data.clip(min=norm.vmin if norm else 0),
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            extent=(t[0], t[-1], -0.5, len(cols) - 0.5),
+            norm=norm,
+            cmap="viridis",
+        )
+        fig.colorbar(image, ax=ax, label="MiB free (log scale)")
+        ax.set_yticks(range(len(cols)), [c.rsplit("_", 1)[1] for c in cols])
+    # a heat map, not a stack: order 10 usually holds nearly all free memory, and a
+    # stack would show it alone; every order's colour here is its own amount
+    ax.set_title(f"guest free memory by order (all guests, {label(VARIANT_RUN, ts)})")
     ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("GiB")
-    ax.legend(fontsize="x-small", ncol=2, loc="upper left")
+    ax.set_ylabel("order")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -103,15 +134,19 @@ def plot_reported(ts: pd.DataFrame, path: str) -> None:
     df = part.groupby("time_s")[["reported_bytes", "reported_pages_total"]].sum().sort_index()
     fig, ax = plt.subplots(figsize=(8, 4))
     if not df.empty:
-        ax.plot(df.index, df["reported_bytes"] / GIB, label="Reported free memory (GiB)")
-        ax2 = ax.twinx()
-        rate = _rate(df[["reported_pages_total"]])["reported_pages_total"] * PAGE_SIZE / GIB
-        ax2.plot(df.index, rate, color="tab:orange", label="report rate (GiB/s)")
-        ax2.set_ylabel("GiB/s reported")
-        ax2.legend(loc="upper right", fontsize="small")
+        ax.plot(df.index, df["reported_bytes"] / GIB, label="free memory now Reported")
+        # cumulative, not a per-sample rate: passes run every 2 s, so a rate sampled every
+        # second would alias into a sawtooth
+        ax.plot(
+            df.index,
+            df["reported_pages_total"] * PAGE_SIZE / GIB,
+            color="tab:orange",
+            label="reported since the start (cumulative)",
+        )
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("GiB")
-    ax.set_title("free page reporting")
+    _plain(ax)
+    ax.set_title(f"free page reporting ({label(VARIANT_RUN, ts)})")
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -130,11 +165,12 @@ def plot_swap(ts: pd.DataFrame, path: str) -> None:
                 df.index,
                 _rate(df[[run]])[run] / (1 << 20),
                 style,
-                label=f"{col.split('_')[0]} ({run})",
+                label=f"{col.split('_')[0]} ({label(run, ts)})",
             )
     ax.set_title("swap traffic (all hosts)")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("MiB/s")
+    _plain(ax)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -146,17 +182,21 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     ops = _cluster(ts, "guest_group", "ops_total")
     for run in ops.columns:
-        ax1.plot(ops.index, ops[run] * PAGE_SIZE / GIB, label=run)
-    ax1.set_title("workload progress (GiB of page operations)")
+        ax1.plot(ops.index, ops[run] / 1e6, label=label(run, ts))
+    ax1.set_title("workload progress (all guests)")
     ax1.set_xlabel("simulated time (s)")
+    ax1.set_ylabel("M page operations (cumulative)")
+    _plain(ax1)
     ax1.legend(fontsize="small")
     for kind in LOST_KINDS:
         df = _cluster(ts, "guest_group", f"lost_{kind}_seconds_total")
         for run in df.columns:
             if df[run].max() > 0:
-                ax2.plot(df.index, df[run], label=f"{kind} ({run})")
-    ax2.set_title("guest time lost to host costs (cumulative s)")
+                ax2.plot(df.index, df[run], label=f"{kind} ({label(run, ts)})")
+    ax2.set_title("guest time lost to host costs")
     ax2.set_xlabel("simulated time (s)")
+    ax2.set_ylabel("s lost (cumulative, all guests)")
+    _plain(ax2)
     ax2.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -164,9 +204,9 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
 
 
 PLOTS = (
-    ("host_backed.png", "Host backed memory, run and baseline", plot_backed),
+    ("host_backed.png", "Host backed memory, reporting on and off", plot_backed),
     ("free_by_order.png", "Guest free memory by order", plot_free_by_order),
-    ("reported.png", "Reported bytes and report rate", plot_reported),
+    ("reported.png", "Reported memory, now and cumulative", plot_reported),
     ("swap.png", "Swap traffic", plot_swap),
     ("slowdown.png", "Guest progress and time lost", plot_slowdown),
 )
@@ -222,6 +262,81 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _saved_series(ts: pd.DataFrame, baseline: str) -> pd.Series:
+    """Memory saved at each sample: the baseline's demand (backed + swapped: what its
+    guests wanted resident) less what the run's hosts back."""
+    hosts = ts[ts["kind"] == "host"]
+    swapped = hosts["swapped_bytes"].fillna(0.0) if "swapped_bytes" in hosts else 0.0
+    demand = (
+        (hosts["backed_bytes"].fillna(0.0) + swapped)
+        .groupby([hosts["variant"], hosts["time_s"]])
+        .sum()
+    )
+    backed = hosts.groupby(["variant", "time_s"])["backed_bytes"].sum()
+    return (demand.loc[baseline] - backed.loc[VARIANT_RUN]).dropna()
+
+
+def headline(summary: dict, ts: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The planner's block, per paired baseline: (section, measure, value) rows, what
+    reporting bought, what it cost on its own, and the net effect."""
+    rows: list[tuple[str, str, str]] = []
+    guests = sum(g["guests"] for g in summary["guest_groups"].values()) or 1
+    guest_seconds = guests * summary["duration_seconds"]
+    hosts = summary["hosts"].values()
+    refault_zero = _lost(summary["guest_groups"], ("fault", "zero"))
+    reported = sum(h["reported_bytes"] for h in hosts)
+    refaulted = sum(h["refaulted_reported_bytes"] for h in hosts)
+    zeroed = sum(h["zeroed_bytes"] for h in hosts)
+    for name, cmp in summary.get("comparison", {}).items():
+        off = label(name)
+        saved = _saved_series(ts, name)
+        rows += [
+            (
+                "bought",
+                f"memory saved vs {off}: mean / p95 / peak",
+                " / ".join(
+                    format_bytes(v) for v in (saved.mean(), saved.quantile(0.95), saved.max())
+                ),
+            ),
+            ("bought", f"swap-out avoided vs {off}", format_bytes(cmp["swap_out_avoided_bytes"])),
+        ]
+        base = summary["baselines"][name]
+        base_zeroed = sum(h["zeroed_bytes"] for h in base["hosts"].values())
+        rows += [
+            (
+                "cost",
+                "guest time lost to host faults + zero-fill (refaults of reported memory "
+                "among them)",
+                f"{refault_zero:.3f} s = {100 * refault_zero / guest_seconds:.3f} % of guest "
+                f"time, {refault_zero / guests:.3f} s per guest "
+                f"({_lost(base['guest_groups'], ('fault', 'zero')):.3f} s with {off})",
+            ),
+            (
+                "cost",
+                "reported memory faulted back in",
+                f"{format_bytes(refaulted)} of {format_bytes(reported)} reported"
+                + (f" ({100 * refaulted / reported:.1f} %)" if reported else ""),
+            ),
+            (
+                "cost",
+                "host zero-fill",
+                f"{format_bytes(zeroed)} ({format_bytes(base_zeroed)} with {off})",
+            ),
+            (
+                "cost",
+                "guest time in report calls",
+                f"{_lost(summary['guest_groups'], ('report',)):.3f} s",
+            ),
+            (
+                "net",
+                f"guest time lost vs {off} (all costs; negative: less)",
+                f"{cmp['extra_lost_seconds']:+.3f} s",
+            ),
+            ("net", f"workload progress vs {off}", f"{-100 * cmp['slowdown']:+.2f} %"),
+        ]
+    return rows
+
+
 def write_report(run_dir: str) -> str:
     """Write the PNGs and report.html into ``run_dir``; return the report's path."""
     result = load_run(run_dir)
@@ -241,12 +356,26 @@ def write_report(run_dir: str) -> str:
         f"<h2>{html.escape(title)}</h2><img src='{fname}' alt='{html.escape(title)}'>"
         for fname, title, _ in PLOTS
     )
-    name = html.escape(result.metadata.get("name", os.path.basename(os.path.dirname(run_dir))))
+    head = headline(result.summary, ts)
+    sections = {"bought": "What reporting bought", "cost": "What it cost", "net": "Net effect"}
+    block = "".join(
+        f"<tr class='{sec}'><th>{html.escape(sections[sec])}</th><td>{html.escape(measure)}</td>"
+        f"<td class='value'>{html.escape(value)}</td></tr>"
+        for sec, measure, value in head
+    )
+    s = result.summary
+    name = html.escape(s.get("name", os.path.basename(os.path.dirname(run_dir))))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>overcommit-sim: {name}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}th{{text-align:left;padding-right:2em}}
-img{{max-width:100%}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
-<h1>overcommit-sim report: {name}</h1><table>{rows}</table>{figs}
-<h2>summary.json</h2><pre>{html.escape(json.dumps(result.summary, indent=2, sort_keys=True))}</pre>
+td{{padding-right:2em}}img{{max-width:100%}}table{{border-collapse:collapse;margin-bottom:1.5em}}
+tr.cost td,tr.cost th{{color:#8a2a0a}}.value{{font-weight:bold}}</style></head><body>
+<h1>overcommit-sim report: {name}</h1>
+<p>run {html.escape(str(s.get("run_id", "")))}, seed {html.escape(str(s.get("seed", "")))},
+{s.get("duration_seconds", 0):.0f} s simulated</p>
+<h2>Headline</h2><table id="headline">{block}</table>
+<h2>Reporting on and off, side by side</h2><table id="summary">{rows}</table>{figs}
+<p>All figures: <a href="summary.json">summary.json</a>; the time series:
+<code>timeseries.parquet</code> (docs/results.md).</p>
 </body></html>"""
     path = os.path.join(run_dir, "report.html")
     with open(path, "w", encoding="utf-8") as f:

@@ -51,3 +51,35 @@ def test_the_html_summary_carries_the_headline_numbers(result):
     assert format_bytes(saved) in page
     assert re.search(r"<th>reporting on</th><th>reporting_off</th>", page)
     assert result.summary["run_id"] in page
+
+
+def test_the_report_headline_matches_the_summary(result):
+    """report.html's headline block (issue 15): what reporting bought, what it cost and
+    the net, each number read back from the page against summary.json."""
+    import html as htmlmod
+
+    from services.sim.report import write_report
+
+    with open(write_report(result.run_dir), encoding="utf-8") as f:
+        page = f.read()
+    rows = {
+        htmlmod.unescape(m): htmlmod.unescape(v)
+        for m, v in re.findall(r"<td>(.*?)</td><td class='value'>(.*?)</td>", page)
+    }
+    s = result.summary
+    cmp = s["comparison"]["reporting_off"]
+    mean, p95, peak = rows["memory saved vs reporting off: mean / p95 / peak"].split(" / ")
+    assert mean == format_bytes(cmp["memory_saved_mean_bytes"])
+    # p95 and peak of the saving over time, computed here from the two variants' frames
+    off, on = result.hosts("reporting_off"), result.hosts()
+    demand = (off["backed_bytes"] + off["swapped_bytes"].fillna(0)).groupby(off["time_s"]).sum()
+    saved = demand - on.groupby("time_s")["backed_bytes"].sum()
+    assert p95 == format_bytes(saved.quantile(0.95)) and peak == format_bytes(saved.max())
+    assert rows["swap-out avoided vs reporting off"] == format_bytes(cmp["swap_out_avoided_bytes"])
+    hosts = s["hosts"].values()
+    refaulted = format_bytes(sum(h["refaulted_reported_bytes"] for h in hosts))
+    reported = format_bytes(sum(h["reported_bytes"] for h in hosts))
+    assert rows["reported memory faulted back in"].startswith(f"{refaulted} of {reported} reported")
+    assert rows["workload progress vs reporting off"] == f"{-100 * cmp['slowdown']:+.2f} %"
+    assert "<pre>" not in page and "summary.json" in page  # a link, not a dump
+    assert "offset" not in page
