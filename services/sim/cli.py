@@ -162,15 +162,26 @@ def cmd_sweep(args) -> int:
     )
     path = df.attrs["results_path"]
     plot_sweep(df, os.path.dirname(path))
+    from .console import print_table
+    from .sweep import sweep_table
+
+    header, rows = sweep_table(df, df.attrs["grid"])
+    print_table(f"{spec.name}: mean ± 95 % CI over seeds", header, rows)
     print(f"sweep results: {path}")
+    print(f"report:        overcommit report {os.path.dirname(path)}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import write_report, write_sweep_report
 
+    if os.path.exists(os.path.join(args.run_dir, "results.parquet")):  # a sweep's directory
+        print(write_sweep_report(args.run_dir))
+        return 0
     if not os.path.exists(os.path.join(args.run_dir, "summary.json")):
-        raise FileNotFoundError(f"run_dir: no summary.json in {args.run_dir}")
+        raise FileNotFoundError(
+            f"run_dir: no summary.json (a run) or results.parquet (a sweep) in {args.run_dir}"
+        )
     print(write_report(args.run_dir))
     return 0
 

@@ -70,3 +70,16 @@ def print_summary(result: RunResult) -> None:
     console.print(table)
     for label, value in summary_lines(s):
         console.print(f"  {label}: [bold]{value}[/bold]")
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A plain table on the terminal (rich): the first column left, the rest right."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)

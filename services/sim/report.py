@@ -219,7 +219,7 @@ def _lost(c: dict, kinds: tuple[str, ...]) -> float:
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """The headline table: one column for the run and one per paired baseline."""
     runs = [("reporting on" if summary.get("baselines") else "run", summary)]
-    runs += [(name, b) for name, b in summary.get("baselines", {}).items()]
+    runs += [(label(name), b) for name, b in summary.get("baselines", {}).items()]
     header = ["measure"] + [name for name, _ in runs]
     rows = [
         ["overcommit ratio (guest memory / host memory)"]
@@ -248,7 +248,8 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
     """What reporting bought, relative to each paired baseline, as (label, value) pairs."""
     out = []
-    for name, cmp in summary.get("comparison", {}).items():
+    for variant, cmp in summary.get("comparison", {}).items():
+        name = label(variant)
         progress = -cmp["slowdown"]
         out += [
             (
@@ -383,36 +384,83 @@ tr.cost td,tr.cost th{{color:#8a2a0a}}.value{{font-weight:bold}}</style></head><
     return path
 
 
-def plot_sweep(df: pd.DataFrame, sweep_dir: str) -> list[str]:
-    """One PNG per grid parameter: the headline figures against it (mean, min-max over
-    seeds). Returns the files written."""
-    plt = _pyplot()
+def _grid_of(df: pd.DataFrame) -> list[str]:
     known = {"seed", "run_id", "run_dir"}
-    params = df.attrs.get("grid") or [
+    return df.attrs.get("grid") or [
         c for c in df.columns if c not in known and not c.startswith(("cluster.", "comparison."))
     ]
-    metrics = [
-        c
-        for c in (
-            "comparison.reporting_off.memory_saved_mean_bytes",
-            "cluster.backed_bytes.mean",
-            "cluster.swap_out_bytes",
-            "comparison.reporting_off.slowdown",
-        )
-        if c in df
-    ]
+
+
+def plot_sweep(df: pd.DataFrame, sweep_dir: str) -> list[str]:
+    """One PNG per grid parameter: each headline metric against it, the mean over seeds
+    with its 95 % confidence interval (a band, or bars for a non-numeric axis).
+    Returns the files written."""
+    from .sweep import SWEEP_METRICS, t95
+
+    plt = _pyplot()
+    metrics = [m for m in SWEEP_METRICS if m[0] in df]
     written = []
-    for p in params:
+    for p in _grid_of(df):
         fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-        for ax, m in zip(axes[0], metrics, strict=True):
-            g = df.groupby(p)[m].agg(["mean", "min", "max"]).sort_index()
-            x = [str(v) for v in g.index]
-            ax.errorbar(x, g["mean"], yerr=[g["mean"] - g["min"], g["max"] - g["mean"]], marker="o")
-            ax.set_title(m.split(".", 1)[1], fontsize="small")
-            ax.set_xlabel(p)
+        for ax, (col, heading, scale, unit) in zip(axes[0], metrics, strict=True):
+            g = (df[col].astype(float) * scale).groupby(df[p]).agg(["mean", "std", "count"])
+            g = g.sort_index()
+            half = [
+                t95(int(n)) * sd / n**0.5 if n > 1 else 0.0
+                for sd, n in zip(g["std"].fillna(0.0), g["count"], strict=True)
+            ]
+            numeric = pd.api.types.is_numeric_dtype(g.index)
+            x = g.index.to_numpy() if numeric else [str(v) for v in g.index]
+            ax.plot(x, g["mean"], marker="o", label="mean over seeds")
+            if numeric and len(x) <= 12:
+                ax.set_xticks(x)  # the grid's own values, not 8.25, 8.5, ...
+            if numeric:
+                lo = g["mean"] - half
+                hi = g["mean"] + half
+                ax.fill_between(x, lo, hi, alpha=0.25, label="95 % CI")
+            else:
+                ax.errorbar(x, g["mean"], yerr=half, fmt="none", capsize=4, label="95 % CI")
+            ax.set_title(heading)
+            ax.set_xlabel(p.rsplit(".", 1)[-1] if "." in p else p)
+            ax.set_ylabel(unit)
+            _plain(ax)
+            ax.legend(fontsize="small")
+        fig.suptitle(f"against {p}", fontsize="small")
         fig.tight_layout()
         path = os.path.join(sweep_dir, f"sweep_{p.replace('.', '_')}.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_sweep_report(sweep_dir: str) -> str:
+    """report.html for a sweep directory: the table (mean ± 95 % CI over seeds per grid
+    point) and one plot per grid axis; returns its path."""
+    from .sweep import sweep_table
+
+    df = pd.read_parquet(os.path.join(sweep_dir, "results.parquet"))
+    grid = _grid_of(df)
+    pngs = plot_sweep(df, sweep_dir)
+    header, rows = sweep_table(df, grid)
+    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    table += "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    figs = "".join(
+        f"<img src='{os.path.basename(p)}' alt='{html.escape(os.path.basename(p))}'>" for p in pngs
+    )
+    name = html.escape(os.path.basename(os.path.dirname(os.path.abspath(sweep_dir))))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>overcommit-sim sweep: {name}</title>
+<style>body{{font-family:sans-serif;max-width:1500px;margin:2em auto}}th,td{{text-align:right;padding:0 1em}}
+img{{max-width:100%}}table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
+<h1>overcommit-sim sweep: {name}</h1>
+<p>{len(df)} runs: {len(rows)} grid points x seeds. Each cell: the mean over seeds ± the half-width of
+its 95 % confidence interval (Student t).</p>
+<table id="sweep">{table}</table>{figs}
+<p>Every run's figures: <a href="results.parquet">results.parquet</a> (one row per run, with its run_dir).</p>
+</body></html>"""
+    path = os.path.join(sweep_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path

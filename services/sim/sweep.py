@@ -63,11 +63,14 @@ def run_sweep(
         with_overrides(spec, {**p, "sweep": None}) for p in points
     ]  # validate all before running
     rows = []
+    bar = _SweepBar(len(points)) if progress else None
     with backend_for(backend, transport, address) as used:
-        for point, s in zip(points, specs, strict=True):
-            result = run_experiment(
-                s, out_dir=out_dir, shards=shards, progress=progress, backend=used
-            )
+        for i, (point, s) in enumerate(zip(points, specs, strict=True)):
+            if bar is not None:
+                bar.start(i, point)
+            result = run_experiment(s, out_dir=out_dir, shards=shards, progress=False, backend=used)
+            if bar is not None:
+                bar.done()
             row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": result.run_dir}
             _flatten("cluster.", result.summary["cluster"], row)
             _flatten("comparison.", result.summary.get("comparison", {}), row)
@@ -77,9 +80,95 @@ def run_sweep(
     )
     sweep_dir = results_dir(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
     os.makedirs(sweep_dir, exist_ok=True)
+    if bar is not None:
+        bar.close()
     df = pd.DataFrame(rows)
     path = os.path.join(sweep_dir, "results.parquet")
     df.to_parquet(path, index=False)
     df.attrs["results_path"] = path
     df.attrs["grid"] = sorted(spec.sweep.grid) if spec.sweep else []
     return df
+
+
+class _SweepBar:
+    """One progress bar for the whole sweep, naming the grid point and seed that runs."""
+
+    def __init__(self, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._rp = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+        )
+        self._rp.start()
+        self._task = self._rp.add_task("", total=total)
+
+    def start(self, i: int, point: dict[str, Any]) -> None:
+        what = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
+        self._rp.update(self._task, description=f"running {what}")
+
+    def done(self) -> None:
+        self._rp.advance(self._task)
+
+    def close(self) -> None:
+        self._rp.stop()
+
+
+# Student t, 95 % two-sided, by degrees of freedom (more than 30: the normal's 1.96)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+SWEEP_METRICS = (  # column, heading, scale, unit
+    (
+        "comparison.reporting_off.memory_saved_mean_bytes",
+        "memory saved, mean",
+        1 / (1 << 30),
+        "GiB",
+    ),
+    ("comparison.reporting_off.swap_out_avoided_bytes", "swap-out avoided", 1 / (1 << 30), "GiB"),
+    ("cluster.backed_bytes.mean", "host backed, mean", 1 / (1 << 30), "GiB"),
+    ("comparison.reporting_off.slowdown", "slowdown vs reporting off", 100.0, "%"),
+)
+
+
+def t95(n: int) -> float:
+    """The 95 % two-sided t quantile for n samples (n - 1 degrees of freedom)."""
+    df = n - 1
+    if df <= 0:
+        return float("nan")
+    keys = sorted(k for k in _T95 if k >= df)
+    return _T95[keys[0]] if keys else 1.96
+
+
+def sweep_table(df: pd.DataFrame, grid: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Per grid point: each headline metric as mean ± half-width of its 95 % confidence
+    interval over the seeds (a single seed: the value alone)."""
+    metrics = [m for m in SWEEP_METRICS if m[0] in df]
+    header = [*(g.rsplit(".", 1)[-1] for g in grid), "seeds"] + [
+        f"{h} ({u})" for _, h, _, u in metrics
+    ]
+    rows = []
+    keys = grid or ["seed"]
+    for key, part in df.groupby(keys, sort=True):  # a list of keys: key is a tuple
+        n = len(part)
+        row = [*(str(v) for v in key[: len(grid)]), str(n)]
+        for col, _, scale, _ in metrics:
+            x = part[col].astype(float) * scale
+            if n > 1:
+                half = t95(n) * float(x.std(ddof=1)) / n**0.5
+                row.append(f"{x.mean():.3f} ± {half:.3f}")
+            else:
+                row.append(f"{x.mean():.3f}")
+        rows.append(row)
+    return header, rows

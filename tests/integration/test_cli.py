@@ -84,7 +84,7 @@ def test_run_and_report_in_process(tmp_path):
         "--report",
     )
     assert r.returncode == 0, r.stderr
-    assert "memory saved vs reporting_off" in r.stdout
+    assert "memory saved vs reporting off" in r.stdout
     run_dir = r.stdout.split("results: ")[1].split()[0]
     summary = json.loads(Path(run_dir, "summary.json").read_text())
     assert summary["seed"] == 4
@@ -100,7 +100,7 @@ def test_run_and_report_in_process(tmp_path):
     for png in ("host_backed.png", "free_by_order.png", "reported.png", "swap.png", "slowdown.png"):
         assert os.path.getsize(os.path.join(run_dir, png)) > 1000
     html = Path(run_dir, "report.html").read_text()
-    assert "memory saved vs reporting_off" in html and "host_backed.png" in html
+    assert "memory saved vs reporting off" in html and "host_backed.png" in html
 
 
 @pytest.mark.parametrize("overrides", [["guest_groups.0.reporting.order=10"], []])
@@ -121,7 +121,7 @@ def test_sweep_writes_one_table(tmp_path, overrides):
         *[a for o in overrides for a in ("--set", o)],
     )
     assert r.returncode == 0, r.stderr
-    path = r.stdout.split("sweep results: ")[1].strip()
+    path = r.stdout.split("sweep results: ")[1].splitlines()[0].strip()
     df = pd.read_parquet(path)
     assert len(df) == 4
     assert sorted(df["seed"]) == [1, 1, 2, 2]
@@ -129,6 +129,23 @@ def test_sweep_writes_one_table(tmp_path, overrides):
     assert os.path.exists(
         os.path.join(os.path.dirname(path), "sweep_guest_groups_0_reporting_order.png")
     )
+    # the summary table: one row per grid point, mean ± CI over the two seeds
+    from services.sim.sweep import sweep_table
+
+    header, rows = sweep_table(df, ["guest_groups.0.reporting.order"])
+    assert header[:2] == ["order", "seeds"]
+    assert [r[:2] for r in rows] == [["9", "2"], ["10", "2"]]
+    saved = df[df["guest_groups.0.reporting.order"] == 9][
+        "comparison.reporting_off.memory_saved_mean_bytes"
+    ]
+    assert rows[0][2].startswith(f"{saved.mean() / (1 << 30):.3f} ± ")
+    assert "± " in r.stdout and "seeds" in r.stdout
+    # overcommit report on the sweep's directory
+    report = overcommit("report", os.path.dirname(path))
+    assert report.returncode == 0, report.stderr
+    with open(report.stdout.strip(), encoding="utf-8") as f:
+        page = f.read()
+    assert '<table id="sweep">' in page and "sweep_guest_groups_0_reporting_order.png" in page
 
 
 def test_a_path_like_name_is_refused_before_anything_runs(tmp_path):

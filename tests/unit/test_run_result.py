@@ -49,7 +49,7 @@ def test_the_html_summary_carries_the_headline_numbers(result):
     page = result._repr_html_()
     saved = result.summary["comparison"]["reporting_off"]["memory_saved_mean_bytes"]
     assert format_bytes(saved) in page
-    assert re.search(r"<th>reporting on</th><th>reporting_off</th>", page)
+    assert re.search(r"<th>reporting on</th><th>reporting off</th>", page)
     assert result.summary["run_id"] in page
 
 
