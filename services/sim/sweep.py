@@ -65,16 +65,29 @@ def run_sweep(
     rows = []
     bar = _SweepBar(len(points)) if progress else None
     with backend_for(backend, transport, address) as used:
-        for i, (point, s) in enumerate(zip(points, specs, strict=True)):
+        per_run, at_once = _parallelism(used, shards, len(points))
+
+        def one(i: int) -> dict[str, Any]:
+            point, s = points[i], specs[i]
             if bar is not None:
                 bar.start(i, point)
-            result = run_experiment(s, out_dir=out_dir, shards=shards, progress=False, backend=used)
+            result = run_experiment(
+                s, out_dir=out_dir, shards=per_run, progress=False, backend=used
+            )
             if bar is not None:
                 bar.done()
             row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": result.run_dir}
             _flatten("cluster.", result.summary["cluster"], row)
             _flatten("comparison.", result.summary.get("comparison", {}), row)
-            rows.append(row)
+            return row
+
+        if at_once == 1:
+            rows = [one(i) for i in range(len(points))]
+        else:  # runs are independent and deterministic: their order does not matter
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(at_once) as pool:
+                rows = list(pool.map(one, range(len(points))))
     digest = hashlib.sha256(
         json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
     )
@@ -88,6 +101,18 @@ def run_sweep(
     df.attrs["results_path"] = path
     df.attrs["grid"] = sorted(spec.sweep.grid) if spec.sweep else []
     return df
+
+
+def _parallelism(backend: Backend, shards: int | None, points: int) -> tuple[int | None, int]:
+    """(shards per run, runs at once). On Ray, a cluster with room runs several points at
+    once: each gets an equal share of the cluster's CPUs as shards (or ``shards``), and as
+    many run together as the CPUs allow. In-process runs share one interpreter: one at
+    a time."""
+    cpus = getattr(backend, "nr_shards_default", 1)
+    if not hasattr(backend, "ray") or cpus <= 1 or points <= 1:
+        return shards, 1
+    per_run = shards or max(1, cpus // points)
+    return per_run, max(1, min(points, cpus // per_run))
 
 
 class _SweepBar:
@@ -117,7 +142,7 @@ class _SweepBar:
 
     def start(self, i: int, point: dict[str, Any]) -> None:
         what = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
-        self._rp.update(self._task, description=f"running {what}")
+        self._rp.update(self._task, description=f"started {what}")
 
     def done(self) -> None:
         self._rp.advance(self._task)

@@ -54,3 +54,11 @@ def test_sizes_go_up_to_exbibytes(text, value):
 def test_a_size_past_the_bound_names_the_field():
     with pytest.raises(ValueError, match=r"hosts\.memory"):
         parse_size_bytes("8EiB", "hosts.memory")
+
+
+def test_in_process_sweeps_run_one_point_at_a_time():
+    from services.sim.backends.inprocess import InProcessBackend
+    from services.sim.sweep import _parallelism
+
+    assert _parallelism(InProcessBackend(), None, 6) == (None, 1)
+    assert _parallelism(InProcessBackend(), 2, 6) == (2, 1)
