@@ -24,8 +24,9 @@ $(CACHE_STAMP): $(wildcard services/guest/core/*.py services/host/core/*.py)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@echo "installing the virtual environment (.venv) from pyproject.toml and constraints.txt ..."
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 run: $(STAMP) $(CACHE_STAMP)
