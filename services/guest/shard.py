@@ -89,6 +89,11 @@ class GuestInit:
         )
 
 
+MAX_CLIENT_END_NS = 1 << 62  # a client workload ends before this simulated time
+MAX_CLIENT_WORKLOADS = 16  # client-started workloads per guest (finished ones count too)
+MAX_PENDING_RUNS = 1 << 20  # page runs a guest's log holds until the next sync
+
+
 class OpLog:
     """One guest's PageReporter port plus its log of host-visible operations.
 
@@ -144,6 +149,11 @@ class OpLog:
     def is_empty(self) -> bool:
         return not (self._reports or self._touched.seqs or self._freed.seqs)
 
+    @property
+    def pending_runs(self) -> int:
+        """Page runs logged and not yet taken by a sync (bounds a client's batches)."""
+        return self._touched.nr_runs + self._freed.nr_runs
+
     def take(self) -> GuestOps:
         """The operations logged since the last take, and a fresh log. A guest that did
         nothing gets one shared empty GuestOps (most guests, most spans: keep it cheap)."""
@@ -169,8 +179,10 @@ class _RunLog:
         self.seqs: list[int] = []
         self._starts: list[np.ndarray] = []
         self._npages: list[np.ndarray] = []
+        self.nr_runs = 0
 
     def add(self, seq: int, starts: np.ndarray, npages: np.ndarray) -> None:
+        self.nr_runs += len(starts)
         self.seqs.append(seq)
         self._starts.append(np.asarray(starts, np.int64))
         self._npages.append(np.asarray(npages, np.int64))
@@ -525,25 +537,39 @@ class GuestShard:
         return pfns
 
     def check_client_free(
-        self, guest_id: int, order: int, pfns: np.ndarray, count: int
+        self,
+        guest_id: int,
+        order: int,
+        pfns: np.ndarray,
+        count: int,
+        claimed: set[int] | None = None,
     ) -> np.ndarray:
-        """The blocks a client free would release; ValueError (no change) if any is not the client's."""
+        """The blocks a client free would release; ValueError (no change) if any is not the
+        client's. ``claimed``: blocks earlier frees of the same batch release (they count
+        as gone; the returned ones are added to it)."""
         s = self.slot(guest_id)
+        claimed = set() if claimed is None else claimed
         if len(pfns) == 0:
-            mine = [p for p, o in s.client_blocks.items() if o == order]
+            mine = [p for p, o in s.client_blocks.items() if o == order and p not in claimed]
             if len(mine) < count:
                 raise ValueError(
                     f"free.count={count}: the client holds only {len(mine)} blocks of order {order}"
+                    + (" not freed earlier in this batch" if claimed else "")
                 )
-            return np.array(mine[len(mine) - count :][::-1], np.int64)
-        for p in pfns.tolist():
-            if s.client_blocks.get(p) != order:
-                raise ValueError(
-                    f"free: pfn={p} order={order} is not a block this client allocated at that order"
-                )
-        if len(set(pfns.tolist())) != len(pfns):
-            raise ValueError("free.pfns: duplicate pfns")
-        return pfns
+            out = np.array(mine[len(mine) - count :][::-1], np.int64)
+        else:
+            for p in pfns.tolist():
+                if p in claimed:
+                    raise ValueError(f"free: pfn={p} is freed by an earlier op of this batch")
+                if s.client_blocks.get(p) != order:
+                    raise ValueError(
+                        f"free: pfn={p} order={order} is not a block this client allocated at that order"
+                    )
+            if len(set(pfns.tolist())) != len(pfns):
+                raise ValueError("free.pfns: duplicate pfns")
+            out = pfns
+        claimed.update(out.tolist())
+        return out
 
     def client_free(self, guest_id: int, order: int, pfns: np.ndarray) -> None:
         s = self.slot(guest_id)
@@ -563,6 +589,15 @@ class GuestShard:
         """Run ``config`` (a workload config) from now for ``duration_ns``, beside the spec's workload."""
         s = self.slot(guest_id)
         start, end = self.now_ns, self.now_ns + duration_ns
+        if end > MAX_CLIENT_END_NS:
+            raise ValueError(
+                f"duration_ns={duration_ns}: the workload would end past simulated time 2**62 ns"
+            )
+        if len(s.extra_workloads) >= MAX_CLIENT_WORKLOADS:
+            raise ValueError(
+                f"workload: guest {guest_id} already runs {len(s.extra_workloads)} client "
+                f"workloads, the most it takes"
+            )
         if isinstance(config, WillItScaleConfig):  # tasks spread over this guest's vCPUs
             config = replace(config, vcpus=s.init.config.vcpus)
         rng = np.random.default_rng(

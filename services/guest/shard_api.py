@@ -12,8 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from services.transport.errors import resource_exhausted
+
 from .guest_service import AllocOp, ApplyOpsResult, FreeOp, GuestInfo, OpResult, TouchOp
-from .shard import GuestShard
+from .shard import MAX_PENDING_RUNS, GuestShard
+
+MAX_BATCH_RUNS = 1 << 16  # page runs one ApplyOps may touch
 
 
 class ShardApi:
@@ -45,36 +49,7 @@ class ShardApi:
     def apply_ops(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
         shard = self.shard
         with shard.lock:
-            slot = shard.slot(guest_id)
-            max_order = slot.init.config.max_order
-            nr_pages = slot.init.config.nr_pages
-            frees = {}
-            asked = 0  # pages the batch's allocations ask for
-            for i, op in enumerate(ops):  # validate everything before changing anything
-                kind = type(op).__name__[: -len("Op")].lower()
-                if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
-                    raise ValueError(
-                        f"ops[{i}].{kind}.order={op.order}: above the guest's max_order {max_order}"
-                    )
-                if isinstance(op, AllocOp):
-                    asked += op.count << op.order
-                    if asked > nr_pages:
-                        raise ValueError(
-                            f"ops[{i}].alloc.count={op.count}: the batch would allocate {asked} "
-                            f"pages, more than the guest's {nr_pages}"
-                        )
-                elif isinstance(op, FreeOp):
-                    try:
-                        frees[i] = shard.check_client_free(
-                            guest_id, op.order, np.asarray(op.pfns, np.int64), op.count
-                        )
-                    except ValueError as e:
-                        raise ValueError(f"ops[{i}].{e}") from None
-                else:
-                    try:
-                        shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
-                    except ValueError as e:
-                        raise ValueError(f"ops[{i}].{e}") from None
+            frees = self._check(guest_id, ops)  # everything, before changing anything
             results = []
             for i, op in enumerate(ops):
                 if isinstance(op, AllocOp):
@@ -90,6 +65,48 @@ class ShardApi:
                     shard.client_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
                     results.append(OpResult())
             return ApplyOpsResult(results, shard.now_ns)
+
+    def _check(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> dict:
+        """Validate a batch as a whole (ValueError or RESOURCE_EXHAUSTED naming the op);
+        returns each free's blocks by op index. A free counts the blocks earlier frees of
+        the batch release as gone."""
+        shard = self.shard
+        slot = shard.slot(guest_id)
+        max_order = slot.init.config.max_order
+        nr_pages = slot.init.config.nr_pages
+        runs = sum(len(op.starts) for op in ops if isinstance(op, TouchOp))
+        if runs > MAX_BATCH_RUNS or slot.link.pending_runs + runs > MAX_PENDING_RUNS:
+            raise resource_exhausted(
+                "touch.runs",
+                runs,
+                f"at most {MAX_BATCH_RUNS} runs per batch and {MAX_PENDING_RUNS} waiting for "
+                "the next sync per guest: advance the experiment to apply them",
+            )
+        frees = {}
+        claimed: set[int] = set()
+        asked = 0  # pages the batch's allocations ask for
+        for i, op in enumerate(ops):
+            kind = type(op).__name__[: -len("Op")].lower()
+            if isinstance(op, (AllocOp, FreeOp)) and op.order > max_order:
+                raise ValueError(
+                    f"ops[{i}].{kind}.order={op.order}: above the guest's max_order {max_order}"
+                )
+            try:
+                if isinstance(op, AllocOp):
+                    asked += op.count << op.order
+                    if asked > nr_pages:
+                        raise ValueError(
+                            f"alloc.count={op.count}: the batch would allocate {asked} "
+                            f"pages, more than the guest's {nr_pages}"
+                        )
+                elif isinstance(op, FreeOp):
+                    pfns = np.asarray(op.pfns, np.int64)
+                    frees[i] = shard.check_client_free(guest_id, op.order, pfns, op.count, claimed)
+                else:
+                    shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+            except ValueError as e:
+                raise ValueError(f"ops[{i}].{e}") from None
+        return frees
 
     def start_workload(
         self, guest_id: int, workload: str, params: Mapping[str, Any], duration_ns: int

@@ -112,7 +112,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         header = _metadata_value(metadata, AUTH_HEADER)
         token = (
-            header[len(BEARER_PREFIX) :] if header and header.startswith(BEARER_PREFIX) else None
+            header[len(BEARER_PREFIX) :]
+            if header and header[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX.lower()
+            else None  # the scheme name is case-insensitive (RFC 7235)
         )
         experiment_id = _metadata_value(metadata, EXPERIMENT_HEADER)
         if self._tokens.accepts(experiment_id, token):

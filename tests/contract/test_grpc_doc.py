@@ -84,3 +84,26 @@ def test_guest_service_on_serve_checks_the_experiment_and_the_guest(serve):
             a.apply_ops(7, [AllocOp(order=0, migratetype=1, count=1)])
         assert e.value.code() == grpc.StatusCode.NOT_FOUND and "guest_id" in e.value.details()
         assert a.guest_state(0) == before
+
+
+def test_the_bearer_scheme_name_is_case_insensitive(serve):
+    """RFC 7235: 'bearer' and 'Bearer' are the same scheme (hostile-client finding)."""
+    from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
+
+    with grpc.insecure_channel(serve) as channel:
+        stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+        spec = "name: c\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\nguest_groups: [{name: g, memory: 256MiB, workload: {kind: idle}}]\n"
+        for scheme in ("bearer", "BEARER"):
+            r = stub.CreateExperiment(
+                experiment_pb2.CreateExperimentRequest(spec_yaml=spec),
+                metadata=(("authorization", f"{scheme} {TOKEN}"),),
+                timeout=60,
+            )
+            assert r.experiment_id
+        with pytest.raises(grpc.RpcError) as e:
+            stub.CreateExperiment(
+                experiment_pb2.CreateExperimentRequest(spec_yaml=spec),
+                metadata=(("authorization", f"bearer not-{TOKEN}"),),
+                timeout=60,
+            )
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -163,3 +163,56 @@ def test_guest_service_refuses_without_changing_state(guest_server):
     assert shard.slots[1].extra_workloads[0].held.count == int(
         0.25 * shard.slots[1].init.config.nr_pages
     )
+
+
+def test_hostile_batches_are_refused_whole(guest_server):
+    """Hostile-client findings: a batch freeing one block twice, a workload ending past
+    the time bound, and touch runs piling up between syncs are refused with nothing
+    changed (each was refused after changing state, or not at all)."""
+    from services.guest.core.workloads import IdleConfig
+    from services.guest.guest_service import FreeOp, TouchOp
+    from services.guest.shard import MAX_CLIENT_WORKLOADS
+
+    server, shard = guest_server
+    with connect_guest(server.address, experiment_id="exp-g") as client:
+        pfns = list(client.apply_ops(0, [AllocOp(order=0, migratetype=1, count=4)]).results[0].pfns)
+        held = dict(shard.slots[0].client_blocks)
+        for batch in (
+            [FreeOp(order=0, pfns=np.array([pfns[0]])), FreeOp(order=0, pfns=np.array([pfns[0]]))],
+            [
+                FreeOp(order=0, pfns=np.zeros(0, np.int64), count=3),
+                FreeOp(order=0, pfns=np.zeros(0, np.int64), count=3),
+            ],
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                client.apply_ops(0, batch)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith("ops[1].")
+            assert shard.slots[0].client_blocks == held  # nothing was freed
+        # two count frees that together fit are fine, and take different blocks
+        done = client.apply_ops(
+            0,
+            [
+                FreeOp(order=0, pfns=np.zeros(0, np.int64), count=2),
+                FreeOp(order=0, pfns=np.zeros(0, np.int64), count=2),
+            ],
+        )
+        assert sorted(p for r in done.results for p in r.pfns) == sorted(pfns)
+        before = len(shard.slots[0].extra_workloads)
+        with pytest.raises(grpc.RpcError) as e:
+            client.start_workload(0, "idle", {}, (1 << 63) - 1)
+        assert (
+            e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "duration_ns" in e.value.details()
+        )
+        assert len(shard.slots[0].extra_workloads) == before  # nothing started
+        runs = TouchOp(starts=np.arange(0, 1 << 17, 2), npages=np.ones(1 << 16, np.int64))
+        pending = shard.slots[0].link.pending_runs
+        with pytest.raises(grpc.RpcError) as e:
+            client.apply_ops(0, [runs, runs])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert shard.slots[0].link.pending_runs == pending  # nothing logged
+    for _ in range(MAX_CLIENT_WORKLOADS - before):
+        shard.start_workload(0, IdleConfig(), 1_000_000)
+    with pytest.raises(ValueError, match="client workloads"):
+        shard.start_workload(0, IdleConfig(), 1_000_000)
