@@ -205,6 +205,10 @@ class ExperimentManager:
 
         exp = self._get(experiment_id)
         self._check_running(exp)  # finished or cancelled: its shards are gone
+        if exp.sim is not None and exp.sim.finished:  # at its end, its baselines running
+            raise failed_precondition(
+                "experiment_id", experiment_id, "the experiment has reached its end"
+            )
         if exp.router is None:
             sim = exp.sim
             if sim is None:

@@ -37,9 +37,15 @@ class _RayShard:
         self.actor = actor
 
     def call(self, rpc: str, request):
-        status, payload = self.ray.get(
-            self.actor.guest_rpc.remote(rpc, request.SerializeToString())
-        )
+        try:
+            status, payload = self.ray.get(
+                self.actor.guest_rpc.remote(rpc, request.SerializeToString()), timeout=120
+            )
+        except self.ray.exceptions.RayError as e:  # the actor is gone (ended or cancelled)
+            raise StatusError(
+                Status.FAILED_PRECONDITION, "experiment_id", request.experiment_id,
+                f"the experiment's guest shard cannot be reached ({type(e).__name__})",
+            ) from None  # fmt: skip
         if status != "OK":
             raise StatusError(Status[status], "", None, str(payload))
         return _RESPONSES[rpc].FromString(payload)
