@@ -1,6 +1,8 @@
 """End-to-end speed of whole experiments on Ray with real gRPC.
 
-Prints one JSON object: for the quickstart and the scale experiment
+Prints one JSON object: for the quickstart, the pressure experiment
+(experiments/pressure.yaml: 300 busy guests of 1 GiB on hosts overcommitted 1.5:1,
+under pressure most of the time) and the scale experiment
 (experiments/scale.yaml: 1,000 guests of 4 GiB on 50 hosts, 5 simulated
 minutes, mostly idle with bursts) the simulated seconds per wall second, page
 operations per wall second, epochs per wall second, the peak RSS summed over
@@ -11,7 +13,7 @@ busiest host actor's apply time; the rest is coordinator, Ray, gRPC and waits.
 Targets: quickstart >= 50x real time; scale < 600 s and < 16 GiB; overhead
 < 25 %.
 
-    python bench/end_to_end.py --json [--only quickstart|scale] [--shards N] [--repeat N]
+    python bench/end_to_end.py --json [--only quickstart|pressure|scale] [--shards N] [--repeat N]
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
-    ap.add_argument("--only", choices=("quickstart", "scale"), default=None)
+    ap.add_argument("--only", choices=("quickstart", "scale", "pressure"), default=None)
     ap.add_argument("--shards", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="quickstart runs; the median is reported")
     args = ap.parse_args()
@@ -153,6 +155,9 @@ def main() -> int:
             q["transport_overhead_ratio_target"] = 1.25
             q["transport_overhead_ratio_met"] = q["transport_overhead_ratio"] <= 1.25
             out["quickstart"] = q
+        if args.only in (None, "pressure"):  # issue 16's reference: hosts short of memory
+            p = measure(os.path.join(ROOT, "experiments/pressure.yaml"), backend, args.shards)
+            out["pressure"] = p
         if args.only in (None, "scale"):
             s = measure(os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards)
             s["target_wall_seconds"] = 600
