@@ -319,6 +319,14 @@ def serve(settings: ServeSettings) -> int:
         host=st.bind, port=st.port, allow_remote=st.allow_remote, tls=st.tls, tokens=tokens
     )
     manager = ExperimentManager(out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir)
+    if st.transport == "inprocess":  # compile the kernels now, not in a client's first call
+        from services.guest.core.config import GuestConfig
+        from services.guest.core.guest import warm_up as guest_warm_up
+        from services.host.core.config import HostConfig, SwapConfig
+        from services.host.core.host import warm_up as host_warm_up
+
+        host_warm_up(HostConfig(memory_bytes=1 << 30, swap=SwapConfig(capacity_bytes=1 << 30)))
+        guest_warm_up(GuestConfig(nr_pages=1 << 16))
     server = start_experiment_server(manager, options, tokens=tokens)
     print(
         f"ExperimentService on {server.address}"
