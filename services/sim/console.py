@@ -10,7 +10,7 @@ from .run_files import RunResult
 
 
 class ProgressBar:
-    """Simulated time, epochs/s and speed against real time, on a rich progress bar."""
+    """Simulated time, percentage, speed against real time and time left, on a rich bar."""
 
     def __init__(self, label: str, duration_ns: int):
         from rich.progress import (
@@ -18,17 +18,15 @@ class ProgressBar:
             Progress,
             TaskProgressColumn,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
-        self._rp = Progress(
+        self._rp = Progress(  # fits 80 columns (a log, CI): the label first, then the figures
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=12),
             TaskProgressColumn(),
             TextColumn("{task.fields[sim]}"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             transient=False,
@@ -42,8 +40,8 @@ class ProgressBar:
         self._rp.update(
             self._bar,
             completed=t_ns,
-            sim=f"sim {t_ns / NS_PER_S:7.1f}s",
-            rate=f"{epochs / wall:7.0f} epochs/s  {t_ns / NS_PER_S / wall:6.1f}x real time",
+            sim=f"{t_ns / NS_PER_S:.0f} s",
+            rate=f"{t_ns / NS_PER_S / wall:.1f}x real time",
         )
 
     def close(self) -> None:

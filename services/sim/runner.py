@@ -35,7 +35,7 @@ def simulate(
     if progress:
         from .console import ProgressBar
 
-        label = "run" if variant == "run" else f"baseline {variant}"
+        label = "run" if variant == "run" else variant.replace("_", " ")
         bar = ProgressBar(f"{spec.name}: {label}", spec.duration)
     sim = Simulation(
         spec, backend, variant, shards, on_progress=bar.update if bar else None, run_id=run_id
