@@ -37,11 +37,11 @@ from services.guest.core.backing import HostCostPort, ReportCost, TouchCost
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
 from services.guest.core.reporting import ReportOutcome
+from services.guest.core.trace_replay import TraceConfig
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import (
     IdleConfig,
     MemhogConfig,
-    TraceConfig,
     leaf_runners,
     make_workload,
     ops_by_kind,

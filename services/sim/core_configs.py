@@ -10,8 +10,9 @@ from services.guest.core.config import GuestConfig, ReportingConfig
 from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.core.pagecache import PageCacheConfig
 from services.guest.core.script import ScriptConfig, ScriptStep
+from services.guest.core.trace_replay import TraceConfig
 from services.guest.core.willitscale import WillItScaleConfig
-from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig, TraceConfig
+from services.guest.core.workloads import IdleConfig, MemhogConfig, PhaseConfig
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
 from services.units import PAGE_SIZE

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.core.script import ScriptConfig
+from services.guest.core.trace_replay import TraceConfig
 from services.guest.core.watermarks import guest_watermarks
 from services.guest.core.willitscale import PAGE_FAULT2, WillItScaleConfig
-from services.guest.core.workloads import GROW, MemhogConfig, TraceConfig
+from services.guest.core.workloads import GROW, MemhogConfig
 from services.units import PAGE_SHIFT
 
 from .core_configs import guest_config, workload_config

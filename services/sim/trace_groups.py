@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.guest.core.workloads import TraceConfig
+from services.guest.core.trace_replay import TraceConfig
 from services.units import NS_PER_S, PAGE_SIZE
 
 from .spec import (

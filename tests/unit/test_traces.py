@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.guest.core.config import GuestConfig
-from services.guest.core.workloads import TraceConfig
+from services.guest.core.trace_replay import TraceConfig
 from services.guest.shard import GuestInit, GuestShard
 from services.sim.traces import (
     ALIBABA_CONTAINER_USAGE_COLUMNS,

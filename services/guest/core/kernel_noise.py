@@ -135,8 +135,7 @@ class KernelNoise:
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         """Every arrival and death before t1, in time order (deaths first on a tie)."""
         end = clip_to_stop(self, t0_ns, t1_ns)
-        if end is None:
-            self.finished = True  # what it holds stays allocated (the kernel's)
+        if end is None:  # finished; what it holds stays allocated (the kernel's)
             return
         t1_ns = end
         while True:

@@ -169,7 +169,6 @@ class Script:
     def run(self, guest, t0_ns: int, t1_ns: int, work_ns: int) -> None:
         end = clip_to_stop(self, t0_ns, t1_ns)
         if end is None:
-            self.finished = True
             return
         t1_ns = end
         ran: set[int] = set()
