@@ -51,21 +51,14 @@ class ProgressBar:
 def print_summary(result: RunResult) -> None:
     """The table a newcomer reads first: what reporting bought and what it cost."""
     from rich.console import Console
-    from rich.table import Table
 
     from .report import summary_lines, summary_rows
 
     s = result.summary
     header, rows = summary_rows(s)
-    table = Table(
-        title=f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)"
-    )
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for r in rows:
-        table.add_row(*r)
+    title = f"{s['name']} (run {s['run_id']}, seed {s['seed']}, {s['duration_seconds']:.0f} s simulated)"
+    print_table(title, header, rows)
     console = Console()
-    console.print(table)
     for label, value in summary_lines(s):
         console.print(f"  {label}: [bold]{value}[/bold]")
 

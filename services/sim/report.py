@@ -338,21 +338,31 @@ def headline(summary: dict, ts: pd.DataFrame) -> list[tuple[str, str, str]]:
     return rows
 
 
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """Rows of an HTML table: the header as <th>, then one <tr> of <td> per row (escaped)."""
+    out = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    return out + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+
+
+def summary_table_html(summary: dict) -> str:
+    """The side-by-side table and the comparison lines, as HTML table rows (the report's
+    and a notebook's view of what the terminal prints)."""
+    header, rows = summary_rows(summary)
+    return html_table(header, rows) + "".join(
+        f"<tr><th>{html.escape(k)}</th><td colspan='{len(header) - 1}'>{html.escape(v)}</td></tr>"
+        for k, v in summary_lines(summary)
+    )
+
+
 def write_report(run_dir: str) -> str:
     """Write the PNGs and report.html into ``run_dir``; return the report's path."""
     result = load_run(run_dir)
     ts = result.timeseries
     for fname, _, fn in PLOTS:
         fn(ts, os.path.join(run_dir, fname))
-    header, table = summary_rows(result.summary)
-    rows = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    rows += "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table
-    )
-    rows += "".join(
-        f"<tr><th>{html.escape(k)}</th><td colspan='{len(header) - 1}'>{html.escape(v)}</td></tr>"
-        for k, v in summary_lines(result.summary)
-    )
+    rows = summary_table_html(result.summary)
     figs = "".join(
         f"<h2>{html.escape(title)}</h2><img src='{fname}' alt='{html.escape(title)}'>"
         for fname, title, _ in PLOTS
@@ -443,10 +453,7 @@ def write_sweep_report(sweep_dir: str) -> str:
     grid = _grid_of(df)
     pngs = plot_sweep(df, sweep_dir)
     header, rows = sweep_table(df, grid)
-    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    table += "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
+    table = html_table(header, rows)
     figs = "".join(
         f"<img src='{os.path.basename(p)}' alt='{html.escape(os.path.basename(p))}'>" for p in pngs
     )

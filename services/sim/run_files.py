@@ -73,20 +73,11 @@ class RunResult:
         """The headline table in a notebook (the same as the terminal's)."""
         import html
 
-        from .report import summary_lines, summary_rows
+        from .report import summary_table_html
 
-        header, rows = summary_rows(self.summary)
-        cells = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-        cells += "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-        )
-        cells += "".join(
-            f"<tr><th>{html.escape(k)}</th><td colspan='{len(header) - 1}'>{html.escape(v)}</td></tr>"
-            for k, v in summary_lines(self.summary)
-        )
         s = self.summary
-        title = f"{s['name']} (run {s['run_id']}, seed {s['seed']}): {html.escape(self.run_dir)}"
-        return f"<table><caption>{html.escape(title)}</caption>{cells}</table>"
+        title = f"{s['name']} (run {s['run_id']}, seed {s['seed']}): {self.run_dir}"
+        return f"<table><caption>{html.escape(title)}</caption>{summary_table_html(s)}</table>"
 
 
 def write_run(
