@@ -432,7 +432,9 @@ class GuestShard:
             # these touches, so only the difference (host decisions the guest could not
             # see: swap-outs, lazy frees reclaimed, direct reclaim) is felt now, shared by
             # the vCPUs the guest's workload runs on (a stall takes from each of them)
-            s.stall_ns += (lost - s.touch_ns_unsettled) // self._parallel(s)
+            unpriced = lost - s.touch_ns_unsettled
+            if unpriced:  # most answers: none (the workloads' walk is skipped then)
+                s.stall_ns += unpriced // self._parallel(s)
             s.touch_ns_unsettled = 0
             if r.stopped and not s.stopped:  # the host's OOM policy stopped this guest
                 self._stop(s)
