@@ -36,7 +36,7 @@ import numpy as np
 from services.guest.core.backing import HostCostPort, ReportCost, TouchCost
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
-from services.guest.core.reporting import ReportOutcome
+from services.guest.core.reporting import PageReportingWorker, ReportOutcome
 from services.guest.core.trace_replay import TraceConfig
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import (
@@ -92,6 +92,13 @@ class GuestInit:
 MAX_CLIENT_END_NS = 1 << 62  # a client workload ends before this simulated time
 MAX_CLIENT_WORKLOADS = 16  # client-started workloads per guest (finished ones count too)
 MAX_PENDING_RUNS = 1 << 20  # page runs a guest's log holds until the next sync
+# the reporting worker's states (§4.2) as sample columns reporting_<state>_guests ("off":
+# a guest whose reporting is disabled)
+REPORTING_STATES = {
+    PageReportingWorker.IDLE: "idle",
+    PageReportingWorker.REQUESTED: "requested",
+    PageReportingWorker.ACTIVE: "active",
+}
 
 
 class OpLog:
@@ -509,6 +516,8 @@ class GuestShard:
             for kind, ns in s.lost_ns.items():
                 g[f"lost_{kind}_ns_total"] += ns
             wk = s.guest.worker
+            state = REPORTING_STATES[wk.state] if s.init.config.reporting.enabled else "off"
+            g[f"reporting_{state}_guests"] += 1
             g["report_calls_total"] += wk.reports
             g["reported_pages_total"] += wk.reported_pages
             g["report_passes_total"] += wk.passes

@@ -20,6 +20,7 @@ become the Parquet time series, the summary and its comparisons here; metrics
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -287,3 +288,75 @@ def summarize(
             label: compare(summary, summary["baselines"][label]) for label in baselines
         }
     return summary
+
+
+# -- metric names: the same columns under the ``overcommit_`` prefix ---------------
+# A column becomes the metric ``overcommit_<kind>_<column>`` (kind ``host``,
+# ``guest_group``, ``guest`` or ``cluster``): ``_total`` columns are counters, the
+# rest gauges. Page counts become bytes (``*_pages`` -> ``*_bytes``) unless the row
+# already has that byte column, and families of columns become one metric with a
+# label: free memory by ``order``, lost time by ``cost``, faults by ``kind``,
+# page operations by ``workload`` and reporting workers by ``state``.
+METRIC_PREFIX = "overcommit"
+ENTITY_LABELS = {"host": "host", "guest_group": "guest_group", "guest": "guest"}
+_LABELLED: tuple[tuple[str | None, re.Pattern[str], str, str], ...] = (
+    ("guest_group", re.compile(r"free_bytes_order_(\d+)"), "free_bytes_by_order", "order"),
+    (None, re.compile(r"lost_(\w+)_seconds_total"), "lost_seconds_total", "cost"),
+    ("guest_group", re.compile(r"ops_(\w+)_total"), "workload_ops_total", "workload"),
+    ("host", re.compile(r"faults_(4k|huge|swapin)_total"), "faults_total", "kind"),
+    ("guest_group", re.compile(r"reporting_(\w+)_guests"), "reporting_guests", "state"),
+)
+# page columns whose byte form the row carries under another name
+_PAGES_AS = {"refault_pages_total": "refaulted_reported_bytes_total", "zswap_pages": "zswap_bytes"}
+NOT_METRICS = frozenset(ROW_KEYS)
+
+
+def metric_name(kind: str, column: str) -> tuple[str, str, str, float] | None:
+    """(metric family, label name or "", label value, scale) of a row column; None for
+    a column that is not exported (a row key, or a page count kept in bytes already)."""
+    if column in NOT_METRICS:
+        return None
+    for only, pattern, family, label in _LABELLED:
+        m = pattern.fullmatch(column)
+        if m and (only is None or only == kind):
+            return f"{METRIC_PREFIX}_{kind}_{family}", label, m.group(1), 1.0
+    if column in _PAGES_AS:
+        return None
+    for suffix, as_bytes in (("_pages", "_bytes"), ("_pages_total", "_bytes_total")):
+        if column.endswith(suffix):
+            column = column[: -len(suffix)] + as_bytes
+            return f"{METRIC_PREFIX}_{kind}_{column}", "", "", float(PAGE_SIZE)
+    return f"{METRIC_PREFIX}_{kind}_{column}", "", "", 1.0
+
+
+def metric_samples(
+    kind: str, columns: Mapping[str, float]
+) -> list[tuple[str, tuple[str, str] | None, float]]:
+    """The metrics of one row: (family, (label, value) or None, value) each. A page
+    column whose byte form the row also has is left out (it would be exported twice)."""
+    out = []
+    for column, value in columns.items():
+        named = metric_name(kind, column)
+        if named is None or value != value:  # noqa: PLR0124 - NaN: not this row's metric
+            continue
+        family, label, label_value, scale = named
+        if scale != 1.0 and family.removeprefix(f"{METRIC_PREFIX}_{kind}_") in columns:
+            continue
+        out.append((family, (label, label_value) if label else None, float(value) * scale))
+    return out
+
+
+def cluster_columns(
+    hosts: Mapping[int, Mapping[str, int]], physical_bytes: int, guest_bytes: int
+) -> dict[str, float]:
+    """The cluster's levels at one sample: host memory, the guests' configured memory and
+    their ratio, backed and demand (backed + swapped) bytes summed over hosts."""
+    backed = sum(int(c.get("backed_bytes", 0)) for c in hosts.values())
+    swapped = sum(int(c.get("swapped_bytes", 0)) for c in hosts.values())
+    return {
+        "physical_bytes": float(physical_bytes),
+        "committed_bytes": float(guest_bytes),
+        "overcommit_ratio": guest_bytes / physical_bytes if physical_bytes else 0.0,
+        "backed_bytes": float(backed),
+        "demand_bytes": float(backed + swapped),
+    }
