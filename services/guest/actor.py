@@ -15,6 +15,7 @@ from typing import Any
 
 from overcommit.v1 import guest_pb2
 from services.guest.core.guest import warm_up
+from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
 from services.transport.errors import StatusError
 from services.transport.security import TokenStore
@@ -49,6 +50,7 @@ class ShardRunner:
         token: str | None = None,
         fast: bool = True,
         workload_factory: Callable[[str, dict], Any] | None = None,
+        metrics: MetricsOptions | None = None,
     ):
         self.experiment_id = experiment_id
         if guests:
@@ -60,6 +62,20 @@ class ShardRunner:
         self.workload_factory = workload_factory
         self.token = token
         self._servicer: GuestServicer | None = None  # for guest_rpc, made on first use
+        self._collector: SnapshotCollector | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        if metrics is not None:  # /metrics on loopback: this shard's part of each group
+            labels = {**metrics.labels, "shard": str(shard_id)}
+            self._collector = SnapshotCollector(labels, metrics.namer, metrics.help)
+            self._endpoint = MetricsEndpoint([self._collector])
+            self._export(self.shard.sample())
+
+    def metrics_address(self) -> str | None:
+        return self._endpoint.address if self._endpoint else None
+
+    def _export(self, groups: dict[str, dict[str, int]]) -> None:
+        if self._collector is not None:
+            self._collector.update(entity_rows("guest_group", groups, {}, dict))
 
     def run_chunks(
         self,
@@ -68,7 +84,10 @@ class ShardRunner:
         pressure: bool,
         last_hosts: dict[int, dict[str, int]],
     ) -> ChunkResults:
-        return self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
+        results = self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
+        if results.groups:
+            self._export(results.groups[-1])
+        return results
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""
@@ -111,6 +130,8 @@ class ShardRunner:
 
     def close(self) -> None:
         self.link.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
         if self.guest_server is not None:
             self.guest_server.stop()
 

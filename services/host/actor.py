@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from services.host.core.config import HostConfig
 from services.host.core.host import Host, warm_up
+from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.messages import GuestRegistration
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
@@ -22,7 +23,13 @@ from .servicer import start_host_server
 class HostRunner:
     """Host epoch barriers over host cores, served by one HostService server on loopback."""
 
-    def __init__(self, experiment_id: str, hosts: dict[int, HostConfig], token: str | None = None):
+    def __init__(
+        self,
+        experiment_id: str,
+        hosts: dict[int, HostConfig],
+        token: str | None = None,
+        metrics: MetricsOptions | None = None,
+    ):
         self.experiment_id = experiment_id
         distinct: list[HostConfig] = []
         for cfg in hosts.values():
@@ -36,6 +43,35 @@ class HostRunner:
         tokens = TokenStore(tokens={experiment_id: token}) if token else None
         self.server = start_host_server(self.directory, ServerOptions(port=0, tokens=tokens))
         self.server.start()
+        self.metrics = metrics
+        self._collector: SnapshotCollector | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        if metrics is not None:  # /metrics on loopback: this actor's hosts at the last sample
+            self._collector = SnapshotCollector(metrics.labels, metrics.namer, metrics.help)
+            self._endpoint = MetricsEndpoint([self._collector])
+            self._export(self.samples())
+
+    def metrics_address(self) -> str | None:
+        return self._endpoint.address if self._endpoint else None
+
+    def _export(self, hosts: dict[int, dict[str, int]]) -> None:
+        """The snapshot /metrics serves: every host's counters at the last sample and,
+        if asked, each host's top-k guests by backed memory (label guest)."""
+        m = self.metrics
+        if m is None or self._collector is None:
+            return
+        rows = entity_rows("host", hosts, m.host_names, dict)
+        if m.top_guests:
+            for h, ep in self.endpoints.items():
+                views = {g: ep.host.guest_counters(g) for g in ep.host.guest_ids()}
+                top = sorted(views, key=lambda g: (-views[g]["backed_bytes"], g))[: m.top_guests]
+                for g in top:
+                    labels = {
+                        "guest": str(m.guest_names.get(g, g)),
+                        "host": m.host_names.get(h, str(h)),
+                    }
+                    rows.append(("guest", labels, views[g]))
+        self._collector.update(rows)
 
     def address(self) -> str:
         return self.server.address
@@ -59,6 +95,8 @@ class HostRunner:
         out = []
         for epoch in epochs:
             out.append({h: ep.sample_at(epoch, timeout_s) for h, ep in self.endpoints.items()})
+        if out:
+            self._export(out[-1])
         return out, [sum(ep.apply_wall_s_at(e) for ep in self.endpoints.values()) for e in epochs]
 
     def timings(self) -> dict[str, float]:
@@ -70,6 +108,8 @@ class HostRunner:
 
     def close(self) -> None:
         self.server.stop()
+        if self._endpoint is not None:
+            self._endpoint.close()
 
 
 def remote_class():

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from .live_metrics import DEFAULT_LINGER_S, LiveMetrics
 from .spec import SpecError, load_spec
 
 
@@ -40,6 +41,43 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_metrics(p: argparse.ArgumentParser, serve: bool = False) -> None:
+    if not serve:
+        p.add_argument(
+            "--metrics",
+            action="store_true",
+            help="serve Prometheus /metrics on loopback from every actor and the coordinator, "
+            "and write a file_sd targets file (docs/metrics.md)",
+        )
+        p.add_argument(
+            "--metrics-linger",
+            type=float,
+            default=DEFAULT_LINGER_S,
+            metavar="SECONDS",
+            help=f"keep the endpoints up this long after the run (default {DEFAULT_LINGER_S:g})",
+        )
+    p.add_argument(
+        "--metrics-targets",
+        default=None,
+        metavar="PATH",
+        help="the file_sd targets file (default: OUT/targets/<name>.json"
+        + (", OUT/targets/serve.json for serve)" if serve else ")"),
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9400 if serve else 0,
+        help="the coordinator's /metrics port on loopback (0: any free port; default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-top-guests",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also export each host's K guests with the most backed memory (label guest; default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="overcommit", description=__doc__.splitlines()[0])
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -49,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     _add_common(p)
     p.add_argument("--report", action="store_true", help="also write report.html and plots")
+    _add_metrics(p)
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        metavar="X",
+        help="pace the run to X simulated seconds per wall second (default: as fast as it goes)",
+    )
 
     p = sub.add_parser("sweep", help="run a spec's sweep grid x seeds into one results.parquet")
     p.add_argument("spec")
@@ -93,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", default=None, help="CA for client certificates (mutual TLS)")
     p.add_argument("--out", default="runs")
     p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc")
+    _add_metrics(p, serve=True)
+
+    p = sub.add_parser(
+        "export-openmetrics",
+        help="write a finished run's time series as OpenMetrics with timestamps "
+        "(for promtool tsdb create-blocks-from openmetrics)",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output file (default: RUN_DIR/metrics.om)")
+    p.add_argument(
+        "--start",
+        type=float,
+        default=None,
+        metavar="UNIX_SECONDS",
+        help="wall time of simulated time 0 (default: the run's start, from metadata.json)",
+    )
     return ap
 
 
@@ -126,10 +188,22 @@ def _print_warnings(spec, plan=None) -> None:
 
 def cmd_run(args) -> int:
     from .console import print_summary
-    from .runner import run_experiment
+    from .runner import LiveRun, run_experiment
 
     spec = load_spec(args.spec, args.overrides)
     _print_warnings(spec)
+    live = None
+    if args.metrics or args.speed is not None:
+        metrics = None
+        if args.metrics:
+            metrics = LiveMetrics(
+                targets_path=args.metrics_targets
+                or os.path.join(args.out, "targets", f"{spec.name}.json"),
+                port=args.metrics_port,
+                linger_s=args.metrics_linger,
+                top_guests=args.metrics_top_guests,
+            )
+        live = LiveRun(metrics=metrics, speed=args.speed, on_metrics=_print_metrics)
     result = run_experiment(
         spec,
         out_dir=args.out,
@@ -137,6 +211,7 @@ def cmd_run(args) -> int:
         address=args.address,
         transport=args.transport,
         progress=not args.no_progress,
+        live=live,
     )
     print_summary(result)
     print(f"results: {result.run_dir}")
@@ -144,6 +219,18 @@ def cmd_run(args) -> int:
         from .report import write_report
 
         print(f"report:  {write_report(result.run_dir)}")
+    return 0
+
+
+def _print_metrics(hub) -> None:
+    print(f"metrics: http://{hub.address}/metrics; file_sd targets: {hub.targets_path}", flush=True)
+
+
+def cmd_export_openmetrics(args) -> int:
+    from .openmetrics import export_openmetrics
+
+    out = export_openmetrics(args.run_dir, args.out, args.start)
+    print(out)
     return 0
 
 
@@ -210,6 +297,13 @@ def cmd_serve(args) -> int:
             out_dir=args.out,
             transport=args.transport,
             trace_dir=args.trace_dir,
+            metrics=LiveMetrics(
+                targets_path=args.metrics_targets
+                or os.path.join(args.out, "targets", "serve.json"),
+                port=args.metrics_port,
+                linger_s=0.0,
+                top_guests=args.metrics_top_guests,
+            ),
         )
     )
 
@@ -220,6 +314,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "report": cmd_report,
     "serve": cmd_serve,
+    "export-openmetrics": cmd_export_openmetrics,
 }
 
 

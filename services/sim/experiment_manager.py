@@ -21,6 +21,7 @@ from services.transport.security import ServerTls
 from services.units import NS_PER_S
 
 from .backends import make_backend
+from .live_metrics import LiveMetrics, MetricsHub
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
@@ -63,8 +64,11 @@ class ExperimentManager:
         shards: int | None = None,
         backend=None,
         trace_dir: str | None = None,
+        metrics: LiveMetrics | None = None,
     ):
         self.out_dir = out_dir
+        # live metrics: the coordinator's endpoint and every experiment's actors (file_sd)
+        self.metrics = MetricsHub(metrics) if metrics is not None else None
         # where clients' trace paths resolve (relative only, never outside); None: refused
         self.trace_dir = None if trace_dir is None else Path(trace_dir).resolve()
         self.shards = shards
@@ -195,7 +199,9 @@ class ExperimentManager:
 
     def _sim(self, exp: _Experiment) -> Simulation:
         if exp.sim is None:
-            exp.sim = Simulation(exp.spec, self.backend, VARIANT_RUN, self.shards)
+            exp.sim = Simulation(
+                exp.spec, self.backend, VARIANT_RUN, self.shards, metrics=self.metrics
+            )
         return exp.sim
 
     def guest_router(self, experiment_id: str):
@@ -255,7 +261,7 @@ class ExperimentManager:
         sim = exp.sim
         run_stats = sim.stats()
         sim.close()
-        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards)
+        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards, metrics=self.metrics)
         exp.result = finish_run(
             sim,
             base_rows,
@@ -287,6 +293,8 @@ class ExperimentManager:
                 if exp.sim is not None:
                     exp.sim.close()
         self.backend.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 @dataclass(frozen=True)
@@ -301,6 +309,7 @@ class ServeSettings:
     out_dir: str = "runs"
     transport: str = "grpc"
     trace_dir: str | None = None
+    metrics: LiveMetrics | None = None
 
 
 def serve(settings: ServeSettings) -> int:
@@ -318,7 +327,9 @@ def serve(settings: ServeSettings) -> int:
     options = ServerOptions(
         host=st.bind, port=st.port, allow_remote=st.allow_remote, tls=st.tls, tokens=tokens
     )
-    manager = ExperimentManager(out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir)
+    manager = ExperimentManager(
+        out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir, metrics=st.metrics
+    )
     if st.transport == "inprocess":  # compile the kernels now, not in a client's first call
         from services.guest.core.config import GuestConfig
         from services.guest.core.guest import warm_up as guest_warm_up
@@ -334,6 +345,12 @@ def serve(settings: ServeSettings) -> int:
         + (" (TLS)" if st.tls else ""),
         flush=True,
     )
+    if manager.metrics is not None:
+        print(
+            f"metrics: http://{manager.metrics.address}/metrics; "
+            f"file_sd targets: {manager.metrics.targets_path}",
+            flush=True,
+        )
     try:
         serve_until_terminated(server, before_stop=manager.begin_shutdown)
     finally:

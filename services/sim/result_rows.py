@@ -305,9 +305,13 @@ _LABELLED: tuple[tuple[str | None, re.Pattern[str], str, str], ...] = (
     ("guest_group", re.compile(r"ops_(\w+)_total"), "workload_ops_total", "workload"),
     ("host", re.compile(r"faults_(4k|huge|swapin)_total"), "faults_total", "kind"),
     ("guest_group", re.compile(r"reporting_(\w+)_guests"), "reporting_guests", "state"),
+    ("cluster", re.compile(r"memory_saved_bytes_(\w+)"), "memory_saved_bytes", "baseline"),
 )
 # page columns whose byte form the row carries under another name
 _PAGES_AS = {"refault_pages_total": "refaulted_reported_bytes_total", "zswap_pages": "zswap_bytes"}
+# a gauge whose name a counter's family takes (reported_bytes_total's family is
+# reported_bytes): the gauge gets a longer name
+_RENAMED = {("guest_group", "reported_bytes"): "reported_free_bytes"}
 NOT_METRICS = frozenset(ROW_KEYS)
 
 
@@ -322,6 +326,7 @@ def metric_name(kind: str, column: str) -> tuple[str, str, str, float] | None:
             return f"{METRIC_PREFIX}_{kind}_{family}", label, m.group(1), 1.0
     if column in _PAGES_AS:
         return None
+    column = _RENAMED.get((kind, column), column)
     for suffix, as_bytes in (("_pages", "_bytes"), ("_pages_total", "_bytes_total")):
         if column.endswith(suffix):
             column = column[: -len(suffix)] + as_bytes
@@ -360,3 +365,32 @@ def cluster_columns(
         "backed_bytes": float(backed),
         "demand_bytes": float(backed + swapped),
     }
+
+
+# the per-guest metrics a host actor exports for its top-k guests (columns of host_columns)
+GUEST_METRIC_COLUMNS = (
+    "backed_bytes",
+    "lazy_bytes",
+    "swapped_bytes",
+    "reported_bytes_total",
+    "refaulted_reported_bytes_total",
+)
+
+
+def raw_metric_samples(
+    kind: str, raw: Mapping[str, float]
+) -> list[tuple[str, tuple[str, str] | None, float]]:
+    """:func:`metric_samples` of raw counters as a process keeps them: a host's core
+    counters (``host``, or one guest's for ``guest``), a shard's group sums
+    (``guest_group``), or columns already public (``cluster``, ``sim``)."""
+    if kind == "host":
+        cols = host_columns({k: int(v) for k, v in raw.items()})
+        cols["capacity_bytes"] = float(raw["memory_bytes"] - raw["reserve_bytes"])
+    elif kind == "guest":
+        every = host_columns({k: int(v) for k, v in raw.items()})
+        cols = {k: every[k] for k in GUEST_METRIC_COLUMNS if k in every}
+    elif kind == "guest_group":
+        cols = group_columns({k: int(v) for k, v in raw.items()})
+    else:
+        cols = dict(raw)
+    return metric_samples(kind, cols)

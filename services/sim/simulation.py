@@ -20,6 +20,7 @@ from services.guest.epoch_driver import GroupSamples, HostSamples
 from services.units import NS_PER_S
 
 from .backends import Backend
+from .live_metrics import MetricsHub, SimulationMetrics
 from .plan import make_plan
 from .result_rows import group_row, host_row
 from .spec import ExperimentSpec
@@ -43,6 +44,7 @@ class Simulation:
         shards: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         run_id: str | None = None,
+        metrics: MetricsHub | None = None,
     ):
         self.spec = spec
         self.variant = variant
@@ -51,7 +53,13 @@ class Simulation:
         self.plan = make_plan(
             spec, f"{spec.name}-{spec.run_id()}-{variant}", shards or backend.nr_shards_default
         )
-        self.session = backend.start(self.plan)
+        self.metrics: SimulationMetrics | None = None
+        self._hub = metrics
+        self.session = (
+            backend.start(self.plan, metrics.actor_options(self))
+            if metrics is not None
+            else backend.start(self.plan)
+        )
         self.rows: list[dict[str, Any]] = []
         self.now_ns = 0
         self.epoch = 0
@@ -65,8 +73,17 @@ class Simulation:
         )
         hosts = self.session.host_samples()
         self._last_hosts: HostSamples = hosts
+        self.last_groups: GroupSamples = self.session.group_samples()
         self._pressure = self.plan.policy.under_pressure({}, hosts)  # the first interval's decision
-        self._record(0, hosts, self.session.group_samples())
+        self._record(0, hosts, self.last_groups)
+        if metrics is not None:
+            self.metrics = metrics.attach(self)
+            self.metrics.update()
+
+    @property
+    def last_hosts(self) -> HostSamples:
+        """Every host's counters at the last sample."""
+        return self._last_hosts
 
     @property
     def finished(self) -> bool:
@@ -117,9 +134,14 @@ class Simulation:
                 self._skip_step(min(self._skip_until, limit))
             else:
                 chunks = self._chunks(limit)
+                call0 = time.perf_counter()
                 results = self.session.run_chunks(
                     self.epoch, chunks, self._pressure, self._last_hosts
                 )
+                if self.metrics is not None:
+                    self.metrics.observe_call(
+                        time.perf_counter() - call0, sum(c for _, c in chunks)
+                    )
                 for i, (t0, count) in enumerate(chunks):
                     self.fine_intervals += results.pressure[i] or per_epoch
                     self.epoch += count
@@ -127,7 +149,10 @@ class Simulation:
                     self.now_ns = min(t0 + spec.sample_interval, spec.duration)
                     self._record(self.now_ns, results.hosts[i], results.groups[i])
                 self._pressure, self._last_hosts = results.next_pressure, results.hosts[-1]
+                self.last_groups = results.groups[-1]
                 self._skip_until = self._skip_target(results.events, limit)
+            if self.metrics is not None:
+                self.metrics.update()
             if self.on_progress is not None:
                 self.on_progress(self.now_ns, self.epochs_run)
         self.wall_s += time.perf_counter() - wall0
@@ -173,4 +198,6 @@ class Simulation:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._hub is not None and self.metrics is not None:
+                self._hub.detach(self.metrics)
             self.session.close()

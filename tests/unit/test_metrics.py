@@ -1,8 +1,9 @@
-"""The Prometheus collector over a real host core, scraped over loopback HTTP.
+"""The Prometheus collectors over a real host core, scraped over loopback HTTP.
 
-The collector exports host counters under the public names of
-:func:`services.sim.result_rows.host_columns`, renaming nothing: ``*_total``
-keys become counters, the rest gauges, labelled by experiment and host.
+A snapshot collector exports a host's counters under the names of
+:func:`services.sim.result_rows.metric_samples` (``overcommit_host_<column>``,
+page counts as bytes, labelled families): ``*_total`` columns become counters,
+the rest gauges. It serves the snapshot it was given, not the live core.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.host.core.config import HostConfig, SwapConfig
 from services.host.core.host import Host
-from services.metrics import CounterCollector, MetricsEndpoint
-from services.sim.result_rows import host_columns
+from services.metrics import (
+    MergedCollector,
+    MetricsEndpoint,
+    SnapshotCollector,
+    WallHistogram,
+    entity_rows,
+)
+from services.sim.metric_catalogue import help_of
+from services.sim.result_rows import host_columns, raw_metric_samples
+from services.units import PAGE_SIZE
 
-PREFIX = "overcommit_host"
-LABELS = {"experiment": "exp-1", "host": "h-0"}
+BASE = {"experiment": "exp-1", "run_id": "abc", "variant": "run"}
 
 
 def busy_host() -> Host:
@@ -39,37 +47,95 @@ def scrape(url: str) -> dict:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
+def values(families: dict, name: str, **labels: str) -> list[float]:
+    return [
+        s.value
+        for s in families[name].samples
+        if not s.name.endswith("_created") and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
 @pytest.mark.allow_sockets
-def test_the_endpoint_exports_host_columns_unrenamed_as_counters_and_gauges() -> None:
+def test_a_host_snapshot_is_exported_under_the_result_names() -> None:
     host = busy_host()
-    collector = CounterCollector(
-        PREFIX, "exp-1", "host", lambda: {"h-0": host_columns(host.host_counters())}
-    )
+    collector = SnapshotCollector(BASE, raw_metric_samples, help_of)
+    collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
     endpoint = MetricsEndpoint([collector])
     try:
         families = scrape(endpoint.url)
-        columns = host_columns(host.host_counters())
+        counters = host.host_counters()
+        columns = host_columns(counters)
         assert columns["swapout_bytes_total"] > 0 and columns["lost_fault_seconds_total"] > 0
-        assert all(name.startswith(f"{PREFIX}_") for name in families)
-        expected_types = {
-            f"{PREFIX}_{key[: -len('_total')]}"
-            if key.endswith("_total")
-            else f"{PREFIX}_{key}": "counter" if key.endswith("_total") else "gauge"
-            for key in columns
-        }
-        assert {name: family.type for name, family in families.items()} == expected_types
-        exported = {}
+        labels = {**BASE, "host": "h-0"}
+        assert values(families, "overcommit_host_backed_bytes", **labels) == [
+            counters["backed_bytes"]
+        ]
+        assert families["overcommit_host_swapout_bytes"].type == "counter"
+        assert families["overcommit_host_backed_bytes"].type == "gauge"
+        assert values(families, "overcommit_host_capacity_bytes") == [
+            counters["memory_bytes"] - counters["reserve_bytes"]
+        ]
+        # page counts as bytes; cost kinds and fault kinds as labels
+        assert values(families, "overcommit_host_discarded_bytes") == [
+            counters["discarded_pages"] * PAGE_SIZE
+        ]
+        assert values(families, "overcommit_host_lost_seconds", cost="fault") == [
+            counters["lost_fault_ns"] / 1e9
+        ]
+        assert values(families, "overcommit_host_faults", kind="4k") == [counters["faults_4k"]]
+        # the reported pages are exported once, as bytes (reported_bytes_total)
+        assert values(families, "overcommit_host_reported_bytes") == [
+            counters["reported_pages"] * PAGE_SIZE
+        ]
         for family in families.values():
             for sample in family.samples:
-                assert sample.labels == LABELS, sample
-                exported[sample.name[len(PREFIX) + 1 :]] = sample.value
-        assert exported == columns  # same names, same values: nothing renamed or rescaled
-        assert exported["backed_bytes"] == host.host_counters()["backed_bytes"]
-        assert exported["lost_fault_seconds_total"] == host.host_counters()["lost_fault_ns"] / 1e9
+                assert {k: sample.labels[k] for k in BASE} == BASE, sample
 
+        # the endpoint serves the snapshot, not the live core: a touch shows after update
+        before = values(families, "overcommit_host_touched_bytes")
         host.apply_touch(1, np.array([30_000], np.int64), np.array([512], np.int64))
-        again = scrape(endpoint.url)[f"{PREFIX}_touched_pages"].samples
-        assert [s.value for s in again] == [host.host_counters()["touched_pages"]]
-        assert host.host_counters()["touched_pages"] > columns["touched_pages_total"]
+        assert values(scrape(endpoint.url), "overcommit_host_touched_bytes") == before
+        collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
+        after = values(scrape(endpoint.url), "overcommit_host_touched_bytes")
+        assert after == [host.host_counters()["touched_pages"] * PAGE_SIZE] and after > before
     finally:
         endpoint.close()
+
+
+@pytest.mark.allow_sockets
+def test_merged_sources_share_one_family_per_name() -> None:
+    """Two simulations in one process (a run and its baseline): one # TYPE per name."""
+    host = busy_host()
+    merged = MergedCollector(raw_metric_samples, help_of)
+    for variant in ("run", "reporting_off"):
+        c = SnapshotCollector({**BASE, "variant": variant}, raw_metric_samples, help_of)
+        c.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
+        merged.add(c)
+    endpoint = MetricsEndpoint([merged])
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(endpoint.url, timeout=10) as response:
+            text = response.read().decode()
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(types) == len(set(types))
+        backed = scrape(endpoint.url)["overcommit_host_backed_bytes"].samples
+        assert sorted(s.labels["variant"] for s in backed) == ["reporting_off", "run"]
+    finally:
+        endpoint.close()
+
+
+def test_wall_histogram_counts_bulk_observations() -> None:
+    h = WallHistogram("overcommit_sim_epoch_wall_seconds", "x")
+    h.observe(0.003, 10)
+    h.observe(100.0, 2)
+    h.observe(0.003, 0)
+    fam = h.family({"variant": "run"})
+    buckets = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
+    assert buckets["0.0025"] == 0 and buckets["0.005"] == 10 and buckets["+Inf"] == 12
+    total = [s.value for s in fam.samples if s.name.endswith("_sum")]
+    assert total == [pytest.approx(0.03 + 200.0)]
+
+
+def test_a_metrics_endpoint_serves_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback only"):
+        MetricsEndpoint([], host="0.0.0.0")

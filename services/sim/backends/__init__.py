@@ -13,12 +13,17 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
+from services.metrics import MetricsOptions
 
 from ..plan import SimPlan
 
 
 class Session(Protocol):
     """One simulation's running entities (in-process objects or Ray actors)."""
+
+    # True: its actors serve /metrics themselves (metrics_targets lists them); False:
+    # the coordinator exports its hosts and groups from the samples it records
+    exports_metrics: bool
 
     def run_chunks(
         self,
@@ -46,7 +51,7 @@ class Backend(Protocol):
     name: str
     nr_shards_default: int
 
-    def start(self, plan: SimPlan) -> Session: ...
+    def start(self, plan: SimPlan, metrics: MetricsOptions | None = None) -> Session: ...
     def close(self) -> None: ...
 
 

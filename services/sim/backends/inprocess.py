@@ -18,12 +18,15 @@ from services.host.barrier import EpochBarrier
 from services.host.core.host import Host
 from services.host.core.host import warm_up as host_warm_up
 from services.host.directory import HostDirectory
+from services.metrics import MetricsOptions
 from services.protocol.clients import InProcessHostLink
 
 from ..plan import SimPlan
 
 
 class InProcessSession:
+    exports_metrics = False  # the coordinator exports this session's hosts and groups
+
     def __init__(self, plan: SimPlan):
         self.plan = plan
         host_warm_up(next(iter(plan.host_configs.values())))  # as the actors do, before timing
@@ -76,7 +79,7 @@ class InProcessBackend:
     name = "inprocess"
     nr_shards_default = 1
 
-    def start(self, plan: SimPlan) -> InProcessSession:
+    def start(self, plan: SimPlan, metrics: MetricsOptions | None = None) -> InProcessSession:
         return InProcessSession(plan)
 
     def close(self) -> None:

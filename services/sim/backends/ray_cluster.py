@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
 from services.guest.shard import merge_group_samples
+from services.metrics import MetricsOptions
 
 from ..core_configs import workload_from_params
 from ..plan import SimPlan
@@ -33,7 +34,11 @@ RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RaySession:
-    def __init__(self, plan: SimPlan, hosts_per_actor: int | None):
+    exports_metrics = True  # with metrics options, every actor serves its own /metrics
+
+    def __init__(
+        self, plan: SimPlan, hosts_per_actor: int | None, metrics: MetricsOptions | None = None
+    ):
         import ray
 
         from services.guest.actor import remote_class as shard_class
@@ -51,7 +56,9 @@ class RaySession:
         groups = [host_ids[i : i + per] for i in range(0, len(host_ids), per)]
         host_actor = host_class().options(scheduling_strategy="SPREAD")
         self.host_actors = [
-            host_actor.remote(plan.experiment_id, {h: plan.host_configs[h] for h in g}, token)
+            host_actor.remote(
+                plan.experiment_id, {h: plan.host_configs[h] for h in g}, token, metrics
+            )
             for g in groups
         ]
         # every guest registered once, in guest-id order, before any shard starts
@@ -76,6 +83,7 @@ class RaySession:
                 plan.epoch_ns,
                 token,
                 workload_factory=workload_from_params,
+                metrics=metrics,
             )
             for i, inits in enumerate(plan.shard_inits)
         ]
@@ -85,6 +93,15 @@ class RaySession:
         self.guest_service_addresses = ray.get(
             [a.start_guest_service.remote() for a in self.shard_actors]
         )
+        self._metrics_targets: list[tuple[str, dict[str, str]]] = []
+        if metrics is not None:
+            for role, actors in (("host", self.host_actors), ("shard", self.shard_actors)):
+                for address in ray.get([a.metrics_address.remote() for a in actors]):
+                    self._metrics_targets.append((address, {"role": role}))
+
+    def metrics_targets(self) -> list[tuple[str, dict[str, str]]]:
+        """Every actor's /metrics address (host:port) and role, for Prometheus' file_sd."""
+        return list(self._metrics_targets)
 
     def run_chunks(
         self,
@@ -216,8 +233,8 @@ class RayBackend:
                 if attempt == 1 or "timed out during startup" not in str(e):
                     raise
 
-    def start(self, plan: SimPlan) -> RaySession:
-        return RaySession(plan, self.hosts_per_actor)
+    def start(self, plan: SimPlan, metrics: MetricsOptions | None = None) -> RaySession:
+        return RaySession(plan, self.hosts_per_actor, metrics)
 
     def close(self) -> None:
         if self._owns and self.ray.is_initialized():

@@ -1,0 +1,223 @@
+"""The coordinator's live metrics: its own /metrics and the run's file_sd targets file.
+
+A :class:`MetricsHub` lives as long as the command that owns it (``overcommit run
+--metrics``, ``overcommit serve``). It serves the coordinator's ``/metrics`` on
+loopback and keeps a Prometheus ``file_sd`` targets file that lists that endpoint
+and every actor's (host actors, guest-shard actors), rewritten atomically whenever
+a simulation starts or ends, and removed when the hub closes.
+
+Each :class:`~services.sim.simulation.Simulation` attached to the hub exports the
+simulated clock, the epoch count, the speed, a histogram of epoch wall time and the
+cluster's levels (:func:`~services.sim.result_rows.cluster_columns`); a session
+whose actors do not export their own (in-process) also has its hosts and guest
+groups exported here. All of it is a snapshot of the last sample the simulation
+recorded (:mod:`services.metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily
+
+from services.metrics import (
+    MergedCollector,
+    MetricsEndpoint,
+    MetricsOptions,
+    Row,
+    SnapshotCollector,
+    WallHistogram,
+    entity_rows,
+)
+from services.units import NS_PER_S
+
+from .metric_catalogue import help_of
+from .result_rows import cluster_columns, raw_metric_samples
+
+if TYPE_CHECKING:
+    from .simulation import Simulation
+
+DEFAULT_LINGER_S = 30.0
+MAX_LINGER_S = 24 * 3600.0
+MAX_SPEED = 1e6  # simulated seconds per wall second
+
+
+@dataclass(frozen=True)
+class LiveMetrics:
+    """What ``--metrics`` asked for. ``targets_path``: the file_sd file; ``port``: the
+    coordinator's endpoint (0: a free port); ``linger_s``: how long a finished run
+    keeps its endpoints up; ``top_guests``: per-guest series per host actor (0: none)."""
+
+    targets_path: str
+    port: int = 0
+    linger_s: float = DEFAULT_LINGER_S
+    top_guests: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.linger_s <= MAX_LINGER_S:
+            raise ValueError(f"metrics linger={self.linger_s}: must be 0..{MAX_LINGER_S:.0f} s")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"metrics port={self.port}: must be 0..65535")
+        MetricsOptions(
+            labels={}, namer=raw_metric_samples, help=help_of, top_guests=self.top_guests
+        )
+
+
+def build_info() -> GaugeMetricFamily:
+    import importlib.metadata as md
+    import platform
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return ""
+
+    labels = {
+        "version": version("overcommit-sim"),
+        "python": platform.python_version(),
+        **{pkg: version(pkg) for pkg in ("numpy", "numba", "ray", "grpcio")},
+    }
+    fam = GaugeMetricFamily(
+        "overcommit_build_info", help_of("overcommit_build_info"), labels=list(labels)
+    )
+    fam.add_metric(list(labels.values()), 1.0)
+    return fam
+
+
+class SimulationMetrics:
+    """One simulation's coordinator metrics (registered with the hub's endpoint)."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        spec = sim.spec
+        self.labels = {"experiment": spec.name, "run_id": sim.run_id, "variant": sim.variant}
+        self.collector = SnapshotCollector(self.labels, raw_metric_samples, help_of)
+        self.hist = WallHistogram(
+            "overcommit_sim_epoch_wall_seconds", help_of("overcommit_sim_epoch_wall_seconds")
+        )
+        self.saved: dict[str, float] = {}  # baseline -> bytes saved at the last common sample
+        self.started = time.monotonic()
+        self.entities = not getattr(sim.session, "exports_metrics", False)
+
+    def observe_call(self, wall_s: float, epochs: int) -> None:
+        """One call to the session: ``epochs`` epochs run in ``wall_s``."""
+        if epochs > 0:
+            self.hist.observe(wall_s / epochs, epochs)
+
+    def update(self) -> None:
+        """Snapshot the simulation's last sample."""
+        sim = self.sim
+        hosts, groups = sim.last_hosts, sim.last_groups
+        rows: list[Row] = [
+            (
+                "sim",
+                {},
+                {
+                    "time_seconds": sim.now_ns / NS_PER_S,
+                    "epochs_total": float(sim.now_ns // sim.spec.epoch),
+                    "seconds_per_wall_second": sim.now_ns
+                    / NS_PER_S
+                    / max(time.monotonic() - self.started, 1e-9),
+                },
+            ),
+            ("cluster", {}, self.cluster()),
+        ]
+        if self.entities:
+            rows += entity_rows("host", hosts, sim.plan.host_names, dict)
+            rows += entity_rows("guest_group", groups, {}, dict)
+        self.collector.update(rows, [self.hist.family(self.labels)])
+
+    def cluster(self) -> dict[str, float]:
+        plan = self.sim.plan
+        cols = cluster_columns(self.sim.last_hosts, plan.physical_bytes, plan.guest_bytes)
+        for baseline, saved in self.saved.items():
+            cols[f"memory_saved_bytes_{baseline}"] = saved
+        return cols
+
+
+class MetricsHub:
+    """The coordinator process's endpoint and its file_sd targets file."""
+
+    def __init__(self, options: LiveMetrics):
+        self.options = options
+        self.targets_path = Path(options.targets_path)
+        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._info = SnapshotCollector({}, raw_metric_samples, help_of)
+        self._info.update([], [build_info()])
+        self.collector = MergedCollector(raw_metric_samples, help_of)
+        self.collector.add(self._info)
+        self.endpoint = MetricsEndpoint([self.collector], port=options.port)
+        self._targets: dict[int, list[tuple[str, dict[str, str]]]] = {}
+        self._write_targets()
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.address
+
+    def actor_options(self, sim: Simulation) -> MetricsOptions:
+        plan, spec = sim.plan, sim.spec
+        return MetricsOptions(
+            labels={"experiment": spec.name, "run_id": sim.run_id, "variant": sim.variant},
+            namer=raw_metric_samples,
+            help=help_of,
+            host_names=dict(plan.host_names),
+            guest_names={g.guest_id: f"{g.group.name}-{g.index}" for g in plan.guests},
+            top_guests=self.options.top_guests,
+        )
+
+    def attach(self, sim: Simulation) -> SimulationMetrics:
+        m = SimulationMetrics(sim)
+        self.collector.add(m.collector)
+        # only the role: the samples carry experiment, run_id and variant themselves (a
+        # target label of the same name would push theirs aside as exported_*)
+        targets = getattr(sim.session, "metrics_targets", list)()
+        with self._lock:
+            self._targets[id(m)] = [(addr, dict(extra)) for addr, extra in targets]
+        self._write_targets()
+        return m
+
+    def detach(self, m: SimulationMetrics) -> None:
+        self.collector.remove(m.collector)
+        with self._lock:
+            self._targets.pop(id(m), None)
+        self._write_targets()
+
+    def _write_targets(self) -> None:
+        """Rewrite the file_sd file atomically (Prometheus never reads half a file)."""
+        with self._lock:
+            groups = [{"targets": [self.address], "labels": {"role": "coordinator"}}]
+            for entries in self._targets.values():
+                for addr, labels in entries:
+                    groups.append({"targets": [addr], "labels": dict(labels)})
+        data = json.dumps(groups, indent=1, sort_keys=True) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=self.targets_path.parent, prefix=".targets-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data)
+            os.replace(tmp, self.targets_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.targets_path.unlink()
+        self.endpoint.close()
+
+
+def saved_bytes(run: Mapping[str, float], baseline: Mapping[str, float]) -> float:
+    """Memory saved at one sample: the baseline's demand minus the run's backed bytes
+    (result_rows.compare's definition, at one instant)."""
+    return baseline["demand_bytes"] - run["backed_bytes"]

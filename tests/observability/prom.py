@@ -1,0 +1,150 @@
+"""A real Prometheus for the tests: Debian's ``prometheus`` and ``promtool``, on loopback.
+
+``make test`` installs Debian's package when the tools are missing
+(scripts/ensure_prometheus.sh); where they still are not on PATH the tests fail
+with that message, never skip. A server is started with a temporary config and
+data directory, polled over its HTTP API with a deadline, and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+READY_DEADLINE_S = 60.0
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not on PATH: `make test` installs Debian's prometheus package "
+            "(scripts/ensure_prometheus.sh; it needs root or sudo and apt)"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10.0) -> dict:
+    with _OPENER.open(url, timeout=timeout) as response:
+        return json.loads(response.read().decode())
+
+
+class Prometheus:
+    """One Prometheus server on 127.0.0.1 (``config``: its YAML; ``data``: its TSDB)."""
+
+    def __init__(self, workdir: Path, config: str, data: Path | None = None, retention: str = "100y"):
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(config, encoding="utf-8")
+        self.data = data or workdir / "data"
+        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.data}",
+                f"--storage.tsdb.retention.time={retention}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-admin-api",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {self.tail()}")
+            try:
+                with _OPENER.open(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)  # polling a server's readiness, not timing the code under test
+        raise TimeoutError(f"prometheus not ready in {READY_DEADLINE_S} s: {self.tail()}")
+
+    def tail(self) -> str:
+        self.log.flush()
+        return (self.workdir / "prometheus.log").read_text(errors="replace")[-3000:]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """An instant query's result vector (raises on a PromQL error)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = get_json(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}")
+        if body.get("status") != "success":
+            raise AssertionError(f"{expr}: {body}")
+        return body["data"]["result"]
+
+    def value(self, expr: str, at: float | None = None) -> float:
+        """The single value of an instant query."""
+        result = self.query(expr, at)
+        assert len(result) == 1, f"{expr}: expected one series, got {result}"
+        return float(result[0]["value"][1])
+
+    def wait_for(self, expr: str, ok, deadline_s: float, what: str) -> list[dict]:
+        """Poll an instant query until ``ok(result)`` (a deadline, not a timing assertion)."""
+        end = time.monotonic() + deadline_s
+        result: list[dict] = []
+        while time.monotonic() < end:
+            result = self.query(expr)
+            if ok(result):
+                return result
+            time.sleep(0.5)
+        raise TimeoutError(f"{what}: {expr} gave {result} after {deadline_s} s\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def scrape_config(targets_file: Path, interval: str = "1s") -> str:
+    return (
+        f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+        "scrape_configs:\n  - job_name: overcommit\n    file_sd_configs:\n"
+        f"      - files: ['{targets_file}']\n        refresh_interval: 1s\n"
+    )
+
+
+def backfill(openmetrics: Path, data: Path) -> str:
+    """``promtool tsdb create-blocks-from openmetrics``: the file's samples as blocks in ``data``."""
+    out = subprocess.run(
+        [tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"promtool failed ({out.returncode}): {out.stderr[-3000:]}")
+    return out.stdout
