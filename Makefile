@@ -36,6 +36,7 @@ run: $(STAMP) $(CACHE_STAMP)
 # daemons with a Python preexec_fn after fork(), which can deadlock in a process that
 # already runs other tests' gRPC threads (the raylet then never starts).
 test: $(STAMP) $(CACHE_STAMP)
+	@bash scripts/ensure_prometheus.sh
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)

@@ -94,11 +94,18 @@ def build_info() -> GaugeMetricFamily:
     return fam
 
 
+def guest_names(plan) -> dict[int, str]:
+    """Guest id -> the name a per-guest series is labelled with (``<group>-<index>``)."""
+    return {g.guest_id: f"{g.group.name}-{g.index}" for g in plan.guests}
+
+
 class SimulationMetrics:
     """One simulation's coordinator metrics (registered with the hub's endpoint)."""
 
-    def __init__(self, sim: Simulation):
+    def __init__(self, sim: Simulation, top_guests: int = 0):
         self.sim = sim
+        self.top_guests = top_guests
+        self.guest_names = guest_names(sim.plan)
         spec = sim.spec
         self.labels = {"experiment": spec.name, "run_id": sim.run_id, "variant": sim.variant}
         self.collector = SnapshotCollector(self.labels, raw_metric_samples, help_of)
@@ -135,6 +142,11 @@ class SimulationMetrics:
         if self.entities:
             rows += entity_rows("host", hosts, sim.plan.host_names, dict)
             rows += entity_rows("guest_group", groups, {}, dict)
+            if self.top_guests:
+                names = self.guest_names
+                for h, g, counters in sim.session.top_guests(self.top_guests):
+                    labels = {"guest": names.get(g, str(g)), "host": sim.plan.host_names[h]}
+                    rows.append(("guest", labels, counters))
         self.collector.update(rows, [self.hist.family(self.labels)])
 
     def cluster(self) -> dict[str, float]:
@@ -172,12 +184,12 @@ class MetricsHub:
             namer=raw_metric_samples,
             help=help_of,
             host_names=dict(plan.host_names),
-            guest_names={g.guest_id: f"{g.group.name}-{g.index}" for g in plan.guests},
+            guest_names=guest_names(plan),
             top_guests=self.options.top_guests,
         )
 
     def attach(self, sim: Simulation) -> SimulationMetrics:
-        m = SimulationMetrics(sim)
+        m = SimulationMetrics(sim, self.options.top_guests)
         self.collector.add(m.collector)
         # only the role: the samples carry experiment, run_id and variant themselves (a
         # target label of the same name would push theirs aside as exported_*)

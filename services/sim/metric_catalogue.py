@@ -120,6 +120,8 @@ EXTRA_LABELS = {f"{P}_{kind or '*'}_{family}": label for kind, _, family, label 
 LIVE_ONLY = {
     f"{P}_sim_seconds_per_wall_second",
     f"{P}_sim_epoch_wall_seconds",
+    # per guest: the time series holds hosts and group sums only
+    *(f for f in HELP if f.startswith(f"{P}_guest_") and not f.startswith(f"{P}_guest_group_")),
 }
 
 

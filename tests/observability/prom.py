@@ -49,7 +49,9 @@ def get_json(url: str, timeout: float = 10.0) -> dict:
 class Prometheus:
     """One Prometheus server on 127.0.0.1 (``config``: its YAML; ``data``: its TSDB)."""
 
-    def __init__(self, workdir: Path, config: str, data: Path | None = None, retention: str = "100y"):
+    def __init__(
+        self, workdir: Path, config: str, data: Path | None = None, retention: str = "100y"
+    ):
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,14 @@ def scrape_config(targets_file: Path, interval: str = "1s") -> str:
 def backfill(openmetrics: Path, data: Path) -> str:
     """``promtool tsdb create-blocks-from openmetrics``: the file's samples as blocks in ``data``."""
     out = subprocess.run(
-        [tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(data)],
+        [
+            tool("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            str(openmetrics),
+            str(data),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -148,3 +157,27 @@ def backfill(openmetrics: Path, data: Path) -> str:
     if out.returncode != 0:
         raise AssertionError(f"promtool failed ({out.returncode}): {out.stderr[-3000:]}")
     return out.stdout
+
+
+def dashboard_queries(values: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(dashboard: panel, PromQL) of every panel query of the committed dashboards, and a
+    query per ``label_values(metric, label)`` variable, with the variables substituted
+    (default: every experiment and run, host h-0, guest group hog)."""
+    import re
+
+    from scripts.dashboards import DASHBOARD_DIR, TEST_VALUES, queries, substitute, variables
+
+    chosen = {**TEST_VALUES, "host": "h-0", "guest_group": "hog", **(values or {})}
+    out = []
+    boards = sorted(DASHBOARD_DIR.glob("*.json"))
+    assert boards, f"no dashboards in {DASHBOARD_DIR}"
+    for path in boards:
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for title, expr in queries(board):
+            out.append((f"{board['title']}: {title}", substitute(expr, chosen)))
+        for name, definition in variables(board).items():
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", definition.strip())
+            if m:
+                expr = substitute(f"count by ({m[2]}) ({m[1]})", chosen)
+                out.append((f"{board['title']}: variable {name}", expr))
+    return out

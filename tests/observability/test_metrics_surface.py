@@ -36,7 +36,9 @@ def live_scrape(tmp_path_factory):
     """A run and its baseline, in-process, scraped half-way and at the end."""
     spec = load_spec(str(SPEC))
     out = tmp_path_factory.mktemp("live")
-    hub = MetricsHub(LiveMetrics(targets_path=str(out / "targets.json"), linger_s=0))
+    hub = MetricsHub(
+        LiveMetrics(targets_path=str(out / "targets.json"), linger_s=0, top_guests=2)
+    )
     sims = [
         Simulation(spec, InProcessBackend(), "run", metrics=hub),
         Simulation(
@@ -157,7 +159,9 @@ def test_live_metrics_change_no_result(metrics_run, tmp_path):
     assert metrics_run.timeseries.equals(plain.timeseries)
 
 
-def test_the_historical_export_has_every_metric_of_the_live_view(metrics_run, live_scrape, tmp_path):
+def test_the_historical_export_has_every_metric_of_the_live_view(
+    metrics_run, live_scrape, tmp_path
+):
     path = export_openmetrics(metrics_run.run_dir, str(tmp_path / "m.om"), start=1_700_000_000)
     exported = {name for name, _, _, _ in iter_samples(path)}
     live = {
@@ -179,3 +183,21 @@ def test_export_refuses_what_is_not_a_finished_run(tmp_path, metrics_run):
     with pytest.raises(ValueError, match="start=-5"):
         export_openmetrics(metrics_run.run_dir, str(tmp_path / "x.om"), start=-5)
     assert not (tmp_path / "x.om").exists()
+
+
+def test_top_guests_are_each_hosts_largest_by_backed_memory(live_scrape):
+    scraped = live_scrape["end"]
+    run = live_scrape["sims"][0]
+    samples = [
+        s for s in scraped["overcommit_guest_backed_bytes"].samples if s.labels["variant"] == "run"
+    ]
+    barriers = run.session.barriers
+    for host_id, barrier in barriers.items():
+        name = run.plan.host_names[host_id]
+        mine = {s.labels["guest"]: s.value for s in samples if s.labels["host"] == name}
+        every = sorted(
+            (barrier.host.guest_counters(g)["backed_bytes"] for g in barrier.host.guest_ids()),
+            reverse=True,
+        )
+        assert len(mine) == min(2, len(every))
+        assert sorted(mine.values(), reverse=True) == every[:2]

@@ -1,0 +1,1 @@
+"""Developer scripts (code generators); ``scripts.dashboards`` is imported by the tests."""
