@@ -163,7 +163,10 @@ class MetricsHub:
     def __init__(self, options: LiveMetrics):
         self.options = options
         self.targets_path = Path(options.targets_path)
-        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"metrics targets {options.targets_path}: {e.strerror or e}") from None
         self._lock = threading.Lock()
         self._info = SnapshotCollector({}, raw_metric_samples, help_of)
         self._info.update([], [build_info()])

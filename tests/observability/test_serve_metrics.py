@@ -1,0 +1,72 @@
+"""``overcommit serve``'s metrics: the coordinator's endpoint shows every live experiment,
+and the file_sd file lists what is there to scrape; the CLI refuses bad metrics flags."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.sim.cli import main
+from services.sim.experiment_manager import ExperimentManager
+from services.sim.live_metrics import LiveMetrics
+
+from .conftest import SPEC
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def scrape(url: str) -> dict:
+    with _OPENER.open(url, timeout=10) as response:
+        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+
+def test_serve_exports_each_experiment_while_it_lives(tmp_path):
+    targets = tmp_path / "targets" / "serve.json"
+    manager = ExperimentManager(
+        out_dir=str(tmp_path / "runs"),
+        transport="inprocess",
+        metrics=LiveMetrics(targets_path=str(targets), linger_s=0),
+    )
+    try:
+        url = manager.metrics.endpoint.url
+        assert json.loads(targets.read_text())[0]["labels"] == {"role": "coordinator"}
+        assert "overcommit_sim_time_seconds" not in scrape(url)  # nothing created yet
+        first = manager.create(SPEC.read_text())
+        second = manager.create(SPEC.read_text().replace("name: metrics", "name: other"))
+        manager.advance(first, 3_000_000_000)
+        manager.advance(second, 5_000_000_000)
+        clock = {
+            s.labels["experiment"]: s.value
+            for s in scrape(url)["overcommit_sim_time_seconds"].samples
+        }
+        assert clock == {"metrics": 3.0, "other": 5.0}
+        hosts = scrape(url)["overcommit_host_backed_bytes"].samples
+        assert {s.labels["experiment"] for s in hosts} == {"metrics", "other"}
+        manager.cancel(second)  # a cancelled experiment's series go with it
+        clock = scrape(url)["overcommit_sim_time_seconds"].samples
+        assert [s.labels["experiment"] for s in clock] == ["metrics"]
+    finally:
+        manager.close()
+    assert not targets.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--speed", "0"], "speed=0.0: must be > 0"),
+        (["--speed", "nan"], "speed=nan"),
+        (["--metrics", "--metrics-linger", "-1"], "metrics linger=-1.0"),
+        (["--metrics", "--metrics-top-guests", "5000"], "top_guests=5000"),
+        (["--metrics", "--metrics-port", "70000"], "metrics port=70000"),
+        (["--metrics", "--metrics-targets", "/proc/none/t.json"], "metrics targets /proc/none"),
+    ],
+)
+def test_bad_metrics_flags_are_refused_before_anything_runs(tmp_path, capsys, flags, message):
+    argv = ["run", str(SPEC), "--transport", "inprocess", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv + flags) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run directory, no targets file
