@@ -1,0 +1,1 @@
+"""tests.deploy package: the deploy/ configs, manifests and docs/deploy.md."""
