@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from services.sim.metric_catalogue import HELP
+
 from .conftest import SPEC
 from .prom import Prometheus, dashboard_queries, scrape_config
 
@@ -111,6 +113,15 @@ def test_a_live_ray_run_is_scraped_and_its_last_values_are_its_summary(tmp_path)
             "min(timestamp(up))", lambda r: r and float(r[0]["value"][1]) > seen + 1, 60, "a scrape"
         )
         at = time.time()
+        names = {
+            x["metric"]["__name__"]
+            for x in prom.query('count by (__name__) ({__name__=~"overcommit_.*"})', at)
+        }
+        families = {
+            n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in names
+        }
+        undocumented = sorted(f for f in families if f.removesuffix("_created") not in HELP)
+        assert len(families) > 60 and undocumented == [], undocumented
         empty = [(title, expr) for title, expr in dashboard_queries() if not prom.query(expr, at)]
         assert empty == [], f"panels whose query returned no data: {empty}"
         run.proc.send_signal(signal.SIGINT)  # ends the linger; the run's files are written

@@ -36,9 +36,7 @@ def live_scrape(tmp_path_factory):
     """A run and its baseline, in-process, scraped half-way and at the end."""
     spec = load_spec(str(SPEC))
     out = tmp_path_factory.mktemp("live")
-    hub = MetricsHub(
-        LiveMetrics(targets_path=str(out / "targets.json"), linger_s=0, top_guests=2)
-    )
+    hub = MetricsHub(LiveMetrics(targets_path=str(out / "targets.json"), linger_s=0, top_guests=2))
     sims = [
         Simulation(spec, InProcessBackend(), "run", metrics=hub),
         Simulation(
