@@ -16,8 +16,8 @@ Query rules (docs/metrics.md):
   entity variable); ``job`` and ``instance`` are never used: backfilled series lack them;
 * every query aggregates with ``sum by (...)`` (``max by`` for the clock and for
   values the variants share): live, guest-group metrics come per shard (label ``shard``);
-* a rate is per *simulated* second: the counter's ``delta`` over ``$__rate_interval``
-  divided by the simulated clock's ``delta`` over the same window (simulated time runs
+* a rate is per *simulated* second: the counter's ``increase`` over ``$__rate_interval``
+  divided by the simulated clock's ``increase`` over the same window (simulated time runs
   faster than wall time, so ``rate()`` would be per wall second);
 * the ``variant`` label ``run`` (the run itself) is renamed ``reporting on`` with
   ``label_replace``; a baseline keeps its name; legends show ``{{variant}}``.
@@ -101,14 +101,19 @@ def level(
 
 def clock_delta() -> str:
     """Simulated seconds run in each window, per run and variant (windows where the
-    clock stood still are dropped: no division by zero)."""
-    return f"max by ({_by(RUN_LABELS)}) (delta({sel(SIM_CLOCK)}[$__rate_interval]) > 0)"
+    clock stood still are dropped: no division by zero). ``increase``, not ``delta``: the
+    clock only goes up within a run, and a series that starts again (the same spec run
+    again on the same port) reads as a reset, not as time running backwards."""
+    return f"max by ({_by(RUN_LABELS)}) (increase({sel(SIM_CLOCK)}[$__rate_interval]) > 0)"
 
 
 def per_sim_second(metric: str, by: tuple[str, ...] = (), *matchers: str) -> str:
     """A counter's increase per simulated second, summed by the run's labels and ``by``:
-    its delta over the window divided by the simulated clock's delta over the same window."""
-    num = f"sum by ({_by((*RUN_LABELS, *by))}) (delta({sel(metric, *matchers)}[$__rate_interval]))"
+    its increase over the window divided by the simulated clock's over the same window
+    (both extrapolated alike by ``increase``)."""
+    num = (
+        f"sum by ({_by((*RUN_LABELS, *by))}) (increase({sel(metric, *matchers)}[$__rate_interval]))"
+    )
     return f"{num} / on ({_by(RUN_LABELS)}) group_left {clock_delta()}"
 
 
@@ -373,10 +378,10 @@ def cluster_dashboard() -> dashboard_builder.Dashboard:
             ),
             graph(
                 "Guest slowdown",
-                SECONDS,
+                NONE,
                 [(named(per_sim_second("overcommit_guest_group_lost_seconds_total")), v)],
                 "Seconds all guests lost to memory costs (every cost summed), per simulated "
-                "second.",
+                "second: 0.5 means the guests together lost half a second each second.",
             ),
         ],
     )
@@ -480,7 +485,7 @@ def host_dashboard() -> dashboard_builder.Dashboard:
             ),
             graph(
                 "Guest time lost by cost",
-                SECONDS,
+                NONE,
                 [(hrate("overcommit_host_lost_seconds_total", ("cost",)), "{{cost}} · " + hv)],
                 "Seconds the host's guests lost per simulated second, by cost (fault, zero, "
                 "swapin, decompress, reclaim, report).",
@@ -609,7 +614,7 @@ def guest_group_dashboard() -> dashboard_builder.Dashboard:
             ),
             graph(
                 "Guest time lost by cost",
-                SECONDS,
+                NONE,
                 [
                     (
                         grate("overcommit_guest_group_lost_seconds_total", ("cost",)),
@@ -671,7 +676,7 @@ def stale_files(directory: Path = DASHBOARD_DIR) -> list[str]:
         path = directory / name
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             stale.append(name)
-    stale += sorted(p.name for p in directory.glob("*.json") if p.name not in fresh)
+    stale += sorted(p.name for p in directory.glob("overcommit-*.json") if p.name not in fresh)
     return stale
 
 
@@ -684,7 +689,7 @@ def write(directory: Path = DASHBOARD_DIR) -> list[Path]:
         path = directory / name
         path.write_text(text, encoding="utf-8", newline="\n")
         written.append(path)
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob("overcommit-*.json")):  # ours only: others are kept
         if path.name not in fresh:
             path.unlink()
     return written

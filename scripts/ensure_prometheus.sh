@@ -24,9 +24,24 @@ fi
 echo "installing Debian's prometheus package (prometheus, promtool) for the observability tests ..."
 export DEBIAN_FRONTEND=noninteractive
 LOCK="-o DPkg::Lock::Timeout=300"
-if ! $SUDO apt-get $LOCK update -qq >/tmp/ensure_prometheus.log 2>&1 ||
-   ! $SUDO apt-get $LOCK install -y -qq --no-install-recommends prometheus >>/tmp/ensure_prometheus.log 2>&1; then
-    echo "ensure_prometheus: apt-get failed (log: /tmp/ensure_prometheus.log); the observability tests will fail" >&2
-    tail -5 /tmp/ensure_prometheus.log >&2
+LOG="$(mktemp -t ensure_prometheus.XXXXXX.log)"
+# The package's own service would listen on every interface (:9090): keep it from
+# starting (policy-rc.d 101 = "not allowed"), only while installing, and only if no
+# policy is there already. The tests start their own servers on loopback.
+POLICY=/usr/sbin/policy-rc.d
+OWN_POLICY=0
+if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null && $SUDO chmod 755 "$POLICY" && OWN_POLICY=1
+fi
+if ! $SUDO apt-get $LOCK update -qq >"$LOG" 2>&1 ||
+   ! $SUDO apt-get $LOCK install -y -qq --no-install-recommends prometheus >>"$LOG" 2>&1; then
+    echo "ensure_prometheus: apt-get failed (log: $LOG); the observability tests will fail" >&2
+    tail -5 "$LOG" >&2
+fi
+if [ "$OWN_POLICY" = 1 ]; then
+    $SUDO rm -f "$POLICY"
+fi
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true  # started anyway: stop it
 fi
 exit 0

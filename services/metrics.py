@@ -82,12 +82,12 @@ def families(
                 fams[name] = fam
                 fam._label_names = tuple(full)  # type: ignore[attr-defined]
             fam.add_metric([full[k] for k in fam._label_names], value)  # type: ignore[attr-defined]
-    for fam in extra:
+    for fam in extra:  # copies: a source's snapshot is never changed by a scrape
         have = fams.get(fam.name)
         if have is None:
-            fams[fam.name] = fam
-        else:
-            have.samples.extend(fam.samples)
+            have = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            fams[fam.name] = have
+        have.samples.extend(fam.samples)
     return list(fams.values())
 
 
@@ -187,13 +187,19 @@ class MetricsEndpoint:
         self.registry = CollectorRegistry(auto_describe=False)
         for c in collectors:
             self.registry.register(c)
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise OSError(
+                f"metrics port {port} on {host}: {e.strerror or e} (port 0 picks a free one)"
+            ) from None
         self.host = host
         self.port = self._server.server_address[1]
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:

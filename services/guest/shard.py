@@ -475,7 +475,11 @@ class GuestShard:
         so sums over shards do not depend on how guests are split into shards)."""
         groups: dict[str, dict[str, int]] = {}
         for s in self.slots.values():
-            g = groups.setdefault(s.init.group, defaultdict(int))
+            g = groups.get(s.init.group)
+            if g is None:  # every state present, 0 when no guest is in it
+                g = groups[s.init.group] = defaultdict(int)
+                for state in (*REPORTING_STATES.values(), "off"):
+                    g[f"reporting_{state}_guests"] = 0
             a = s.guest.allocator
             g["guests"] += 1
             g["memory_bytes"] += s.init.config.nr_bytes

@@ -85,6 +85,7 @@ class HostRunner:
         """
         for host_id, reg in sorted(registrations, key=lambda pair: pair[1].guest_id):
             self.endpoints[host_id].register_guest(reg)
+        self._export(self.samples())  # /metrics shows the guests from the start
 
     def samples_at(
         self, epochs: list[int], timeout_s: float = 600.0

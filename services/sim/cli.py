@@ -60,7 +60,7 @@ def _add_metrics(p: argparse.ArgumentParser, serve: bool = False) -> None:
         "--metrics-targets",
         default=None,
         metavar="PATH",
-        help="the file_sd targets file (default: OUT/targets/<name>.json"
+        help="the file_sd targets file (default: OUT/targets/<name>-<pid>.json"
         + (", OUT/targets/serve.json for serve)" if serve else ")"),
     )
     p.add_argument(
@@ -198,7 +198,7 @@ def cmd_run(args) -> int:
         if args.metrics:
             metrics = LiveMetrics(
                 targets_path=args.metrics_targets
-                or os.path.join(args.out, "targets", f"{spec.name}.json"),
+                or os.path.join(args.out, "targets", f"{spec.name}-{os.getpid()}.json"),
                 port=args.metrics_port,
                 linger_s=args.metrics_linger,
                 top_guests=args.metrics_top_guests,

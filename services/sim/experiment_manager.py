@@ -200,9 +200,14 @@ class ExperimentManager:
     def _sim(self, exp: _Experiment) -> Simulation:
         if exp.sim is None:
             exp.sim = Simulation(
-                exp.spec, self.backend, VARIANT_RUN, self.shards, metrics=self.metrics
+                exp.spec, self.backend, VARIANT_RUN, self.shards, metrics=self._metrics_for(exp)
             )
         return exp.sim
+
+    def _metrics_for(self, exp: _Experiment) -> MetricsHub | None:
+        """The hub, labelling the experiment by its id: two experiments of one spec are
+        two series."""
+        return self.metrics.labelled(exp.id) if self.metrics is not None else None
 
     def guest_router(self, experiment_id: str):
         """The experiment's guests for GuestService on this server (guest_proxy.py). The
@@ -261,7 +266,9 @@ class ExperimentManager:
         sim = exp.sim
         run_stats = sim.stats()
         sim.close()
-        base_rows, stats = run_baselines(exp.spec, self.backend, self.shards, metrics=self.metrics)
+        base_rows, stats = run_baselines(
+            exp.spec, self.backend, self.shards, metrics=self._metrics_for(exp)
+        )
         exp.result = finish_run(
             sim,
             base_rows,

@@ -17,8 +17,10 @@ recorded (:mod:`services.metrics`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -94,6 +96,12 @@ def build_info() -> GaugeMetricFamily:
     return fam
 
 
+def sim_labels(sim: Simulation, experiment: str | None = None) -> dict[str, str]:
+    """experiment (the spec's name, or the label given: serve's experiment id), run_id,
+    variant."""
+    return {"experiment": experiment or sim.spec.name, "run_id": sim.run_id, "variant": sim.variant}
+
+
 def guest_names(plan) -> dict[int, str]:
     """Guest id -> the name a per-guest series is labelled with (``<group>-<index>``)."""
     return {g.guest_id: f"{g.group.name}-{g.index}" for g in plan.guests}
@@ -102,12 +110,11 @@ def guest_names(plan) -> dict[int, str]:
 class SimulationMetrics:
     """One simulation's coordinator metrics (registered with the hub's endpoint)."""
 
-    def __init__(self, sim: Simulation, top_guests: int = 0):
+    def __init__(self, sim: Simulation, top_guests: int = 0, experiment: str | None = None):
         self.sim = sim
         self.top_guests = top_guests
         self.guest_names = guest_names(sim.plan)
-        spec = sim.spec
-        self.labels = {"experiment": spec.name, "run_id": sim.run_id, "variant": sim.variant}
+        self.labels = sim_labels(sim, experiment)
         self.collector = SnapshotCollector(self.labels, raw_metric_samples, help_of)
         self.hist = WallHistogram(
             "overcommit_sim_epoch_wall_seconds", help_of("overcommit_sim_epoch_wall_seconds")
@@ -131,7 +138,7 @@ class SimulationMetrics:
                 {},
                 {
                     "time_seconds": sim.now_ns / NS_PER_S,
-                    "epochs_total": float(sim.now_ns // sim.spec.epoch),
+                    "epochs_total": float(epochs_at(sim.now_ns, sim.spec.epoch)),
                     "seconds_per_wall_second": sim.now_ns
                     / NS_PER_S
                     / max(time.monotonic() - self.started, 1e-9),
@@ -162,6 +169,7 @@ class MetricsHub:
 
     def __init__(self, options: LiveMetrics):
         self.options = options
+        self.experiment_label: str | None = None
         self.targets_path = Path(options.targets_path)
         try:
             self.targets_path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,16 +182,28 @@ class MetricsHub:
         self.collector.add(self._info)
         self.endpoint = MetricsEndpoint([self.collector], port=options.port)
         self._targets: dict[int, list[tuple[str, dict[str, str]]]] = {}
-        self._write_targets()
+        try:
+            with self._lock:
+                self._write_targets()
+        except BaseException:
+            self.endpoint.close()
+            raise
 
     @property
     def address(self) -> str:
         return self.endpoint.address
 
+    def labelled(self, experiment: str) -> MetricsHub:
+        """This hub (same endpoint, targets file and lock), labelling the simulations
+        attached through it ``experiment=<experiment>`` instead of the spec's name."""
+        view = copy.copy(self)
+        view.experiment_label = experiment
+        return view
+
     def actor_options(self, sim: Simulation) -> MetricsOptions:
-        plan, spec = sim.plan, sim.spec
+        plan = sim.plan
         return MetricsOptions(
-            labels={"experiment": spec.name, "run_id": sim.run_id, "variant": sim.variant},
+            labels=sim_labels(sim, self.experiment_label),
             namer=raw_metric_samples,
             help=help_of,
             host_names=dict(plan.host_names),
@@ -192,32 +212,43 @@ class MetricsHub:
         )
 
     def attach(self, sim: Simulation) -> SimulationMetrics:
-        m = SimulationMetrics(sim, self.options.top_guests)
-        self.collector.add(m.collector)
+        m = SimulationMetrics(sim, self.options.top_guests, self.experiment_label)
         # only the role: the samples carry experiment, run_id and variant themselves (a
         # target label of the same name would push theirs aside as exported_*)
         targets = getattr(sim.session, "metrics_targets", list)()
         with self._lock:
             self._targets[id(m)] = [(addr, dict(extra)) for addr, extra in targets]
-        self._write_targets()
+            try:
+                self._write_targets()
+            except BaseException:
+                del self._targets[id(m)]
+                raise
+        self.collector.add(m.collector)
         return m
 
     def detach(self, m: SimulationMetrics) -> None:
+        """Stop exporting a simulation (never raises: a simulation closing must close)."""
         self.collector.remove(m.collector)
         with self._lock:
             self._targets.pop(id(m), None)
-        self._write_targets()
+            try:
+                self._write_targets()
+            except OSError as e:  # the file's folder went away: nothing left to list
+                print(f"warning: metrics targets {self.targets_path}: {e}", file=sys.stderr)
 
     def _write_targets(self) -> None:
-        """Rewrite the file_sd file atomically (Prometheus never reads half a file)."""
-        with self._lock:
-            groups = [{"targets": [self.address], "labels": {"role": "coordinator"}}]
-            for entries in self._targets.values():
-                for addr, labels in entries:
-                    groups.append({"targets": [addr], "labels": dict(labels)})
+        """Rewrite the file_sd file atomically (Prometheus never reads half a file),
+        readable by a Prometheus running as another user. Called with the lock held, so
+        two simulations starting at once cannot undo each other's entries."""
+        groups = [{"targets": [self.address], "labels": {"role": "coordinator"}}]
+        for entries in self._targets.values():
+            for addr, labels in entries:
+                groups.append({"targets": [addr], "labels": dict(labels)})
         data = json.dumps(groups, indent=1, sort_keys=True) + "\n"
+        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.targets_path.parent, prefix=".targets-", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(data)
             os.replace(tmp, self.targets_path)
@@ -230,6 +261,11 @@ class MetricsHub:
         with contextlib.suppress(OSError):
             self.targets_path.unlink()
         self.endpoint.close()
+
+
+def epochs_at(t_ns: int, epoch_ns: int) -> int:
+    """Epochs that have begun by ``t_ns`` (the last of a run may be shorter than one epoch)."""
+    return -(-t_ns // epoch_ns)
 
 
 def saved_bytes(run: Mapping[str, float], baseline: Mapping[str, float]) -> float:

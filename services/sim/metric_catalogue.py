@@ -23,7 +23,7 @@ HELP: dict[str, str] = {
     f"{P}_sim_time_seconds": "The simulation's clock: simulated seconds run so far (design rates on it, docs/metrics.md)",
     f"{P}_sim_epochs_total": "Simulated epochs completed (skipped idle stretches included)",
     f"{P}_sim_seconds_per_wall_second": "Speed since the simulation started: simulated seconds per wall-clock second (paced runs included)",
-    f"{P}_sim_epoch_wall_seconds": "Wall-clock seconds per epoch run (each call's wall time spread over its epochs; live only)",
+    f"{P}_sim_epoch_wall_seconds": "Wall-clock seconds per epoch run (each call's wall time spread over its epochs)",
     f"{P}_cluster_physical_bytes": "Memory of every host (the spec's host memory, before reserve)",
     f"{P}_cluster_committed_bytes": "Memory configured for every guest (what the guests were promised)",
     f"{P}_cluster_overcommit_ratio": "Committed guest memory / host memory (the spec's overcommit)",
@@ -45,6 +45,7 @@ HELP: dict[str, str] = {
     f"{P}_host_swap_capacity_bytes": "Swap device size",
     f"{P}_host_swap_used_bytes": "Swap in use",
     f"{P}_host_zswap_pool_bytes": "Compressed-tier pool size (compressed bytes)",
+    f"{P}_host_zswap_bytes": "Guest memory held in the compressed tier (its uncompressed size)",
     f"{P}_host_guests": "Guests placed on the host",
     f"{P}_host_guests_stopped": "Guests the host's OOM policy stopped",
     f"{P}_host_guest_bytes": "Memory configured for the host's guests",
@@ -133,7 +134,7 @@ def labels_of(family: str) -> list[str]:
     labels = list(BASE_LABELS)
     kind = family.removeprefix(f"{P}_").split("_")[0]
     if family.startswith(f"{P}_guest_group_"):
-        labels += ["guest_group", "shard (live)"]
+        labels += ["guest_group", "shard (live, Ray)"]
     elif kind in ("host", "guest"):
         labels.append(kind)
         if kind == "guest":

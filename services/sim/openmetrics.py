@@ -21,6 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from services.units import NS_PER_S
+
+from .live_metrics import epochs_at
 from .metric_catalogue import help_of, metric_type
 from .result_rows import (
     ENTITY_LABELS,
@@ -131,7 +134,8 @@ def _coordinator_series(
                     if other != VARIANT_RUN and t in theirs:
                         saved = theirs[t]["demand_bytes"] - cols["backed_bytes"]
                         row[f"memory_saved_bytes_{other}"] = saved
-            clock = {"time_seconds": t, "epochs_total": float(round(t * 1e9) // epoch_ns)}
+            epochs = epochs_at(round(t * NS_PER_S), epoch_ns)
+            clock = {"time_seconds": t, "epochs_total": float(epochs)}
             when = np.array([start + t])
             for kind, columns in (("cluster", row), ("sim", clock)):
                 for family, extra, value in metric_samples(kind, columns):

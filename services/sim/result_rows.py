@@ -308,7 +308,7 @@ _LABELLED: tuple[tuple[str | None, re.Pattern[str], str, str], ...] = (
     ("cluster", re.compile(r"memory_saved_bytes_(\w+)"), "memory_saved_bytes", "baseline"),
 )
 # page columns whose byte form the row carries under another name
-_PAGES_AS = {"refault_pages_total": "refaulted_reported_bytes_total", "zswap_pages": "zswap_bytes"}
+_PAGES_AS = {"refault_pages_total": "refaulted_reported_bytes_total"}
 # a gauge whose name a counter's family takes (reported_bytes_total's family is
 # reported_bytes): the gauge gets a longer name
 _RENAMED = {("guest_group", "reported_bytes"): "reported_free_bytes"}

@@ -75,7 +75,13 @@ def run_baselines(
     stats: dict[str, Any] = {}
     for kind in spec.compare:
         sim, stats[kind] = simulate(
-            baseline_spec(spec, kind), backend, kind, shards, progress, spec.run_id(), metrics
+            baseline_spec(spec, kind),
+            backend,
+            kind,
+            shards,
+            progress,
+            spec.run_id(),
+            metrics,
         )
         rows += sim.rows
     return rows, stats
@@ -149,10 +155,11 @@ class _Together:
             stats = {variant: sim.stats() for variant, sim in self.sims.items()}
             self._linger()
         finally:
-            for sim in self.sims.values():
-                sim.close()
-            if self.hub is not None:
-                self.hub.close()
+            with contextlib.ExitStack() as stack:  # every close runs, even if one raises
+                if self.hub is not None:
+                    stack.callback(self.hub.close)
+                for sim in self.sims.values():
+                    stack.callback(sim.close)
         base_rows = [row for kind in spec.compare for row in self.sims[kind].rows]
         return self.sims[VARIANT_RUN], base_rows, stats
 

@@ -71,14 +71,19 @@ class Simulation:
         self.fine_intervals = (
             0  # sample intervals synced every epoch because a host was under pressure
         )
-        hosts = self.session.host_samples()
-        self._last_hosts: HostSamples = hosts
-        self.last_groups: GroupSamples = self.session.group_samples()
-        self._pressure = self.plan.policy.under_pressure({}, hosts)  # the first interval's decision
-        self._record(0, hosts, self.last_groups)
-        if metrics is not None:
-            self.metrics = metrics.attach(self)
-            self.metrics.update()
+        try:
+            hosts = self.session.host_samples()
+            self._last_hosts: HostSamples = hosts
+            self.last_groups: GroupSamples = self.session.group_samples()
+            # the first interval's decision
+            self._pressure = self.plan.policy.under_pressure({}, hosts)
+            self._record(0, hosts, self.last_groups)
+            if metrics is not None:
+                self.metrics = metrics.attach(self)
+                self.metrics.update()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def last_hosts(self) -> HostSamples:
@@ -198,6 +203,8 @@ class Simulation:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self._hub is not None and self.metrics is not None:
-                self._hub.detach(self.metrics)
-            self.session.close()
+            try:
+                if self._hub is not None and self.metrics is not None:
+                    self._hub.detach(self.metrics)
+            finally:
+                self.session.close()

@@ -35,19 +35,20 @@ def test_serve_exports_each_experiment_while_it_lives(tmp_path):
         assert json.loads(targets.read_text())[0]["labels"] == {"role": "coordinator"}
         assert "overcommit_sim_time_seconds" not in scrape(url)  # nothing created yet
         first = manager.create(SPEC.read_text())
-        second = manager.create(SPEC.read_text().replace("name: metrics", "name: other"))
+        second = manager.create(SPEC.read_text())  # the same spec: its own series
         manager.advance(first, 3_000_000_000)
         manager.advance(second, 5_000_000_000)
         clock = {
             s.labels["experiment"]: s.value
             for s in scrape(url)["overcommit_sim_time_seconds"].samples
         }
-        assert clock == {"metrics": 3.0, "other": 5.0}
+        assert clock == {first: 3.0, second: 5.0}  # labelled by experiment id
         hosts = scrape(url)["overcommit_host_backed_bytes"].samples
-        assert {s.labels["experiment"] for s in hosts} == {"metrics", "other"}
+        assert {s.labels["experiment"] for s in hosts} == {first, second}
         manager.cancel(second)  # a cancelled experiment's series go with it
         clock = scrape(url)["overcommit_sim_time_seconds"].samples
-        assert [s.labels["experiment"] for s in clock] == ["metrics"]
+        assert [s.labels["experiment"] for s in clock] == [first]
+        assert targets.stat().st_mode & 0o777 == 0o644  # Prometheus may run as another user
     finally:
         manager.close()
     assert not targets.exists()

@@ -48,13 +48,17 @@ def test_check_mode_names_a_stale_file(tmp_path: Path, capsys) -> None:
     assert gen_dashboards.main(["--dir", str(tmp_path)]) == 0
     assert gen_dashboards.main(["--check", "--dir", str(tmp_path)]) == 0
     (tmp_path / "overcommit-host.json").write_text("{}\n", encoding="utf-8")
-    (tmp_path / "overcommit.json").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "overcommit-old.json").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "mine.json").write_text("{}\n", encoding="utf-8")  # not ours: kept
     capsys.readouterr()
     assert gen_dashboards.main(["--check", "--dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "overcommit-host.json" in err and "overcommit.json" in err
+    assert "overcommit-host.json" in err and "overcommit-old.json" in err
+    assert "mine.json" not in err
     assert gen_dashboards.main(["--dir", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{u}.json" for u in UIDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*(f"{u}.json" for u in UIDS), "mine.json"]
+    )
 
 
 def test_stable_uids_titles_and_the_prometheus_datasource(boards: dict[str, dict]) -> None:
@@ -131,10 +135,10 @@ def test_queries_follow_the_rules(boards: dict[str, dict]) -> None:
                     if metric.startswith(prefix):
                         assert matcher in matchers, where
                 assert not re.search(r"\b(job|instance)\b", expr), where
-                assert not re.search(r"\b(i?rate|increase)\(", expr), where
+                assert not re.search(r"\b(i?rate|delta)\(", expr), where  # wall-clock rates
                 assert set(WINDOW_RE.findall(expr)) <= {"$__rate_interval"}, where
-                if "delta(" in expr:
-                    assert "delta(overcommit_sim_time_seconds{" in expr, where
+                if "increase(" in expr:  # per simulated second: divided by the clock's increase
+                    assert "increase(overcommit_sim_time_seconds{" in expr, where
                     assert "/ on (experiment, run_id, variant) group_left" in expr, where
                 if "{{variant}}" in target.get("legendFormat", ""):
                     assert '"variant", "reporting on", "variant", "run")' in expr, where

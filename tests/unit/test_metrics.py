@@ -109,7 +109,12 @@ def test_merged_sources_share_one_family_per_name() -> None:
     merged = MergedCollector(raw_metric_samples, help_of)
     for variant in ("run", "reporting_off"):
         c = SnapshotCollector({**BASE, "variant": variant}, raw_metric_samples, help_of)
-        c.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
+        hist = WallHistogram("overcommit_sim_epoch_wall_seconds", "x")
+        hist.observe(0.01, 3)
+        c.update(
+            entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict),
+            [hist.family({**BASE, "variant": variant})],
+        )
         merged.add(c)
     endpoint = MetricsEndpoint([merged])
     try:
@@ -118,6 +123,8 @@ def test_merged_sources_share_one_family_per_name() -> None:
             text = response.read().decode()
         types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
         assert len(types) == len(set(types))
+        with opener.open(endpoint.url, timeout=10) as response:  # scraping changes nothing
+            assert response.read().decode() == text
         backed = scrape(endpoint.url)["overcommit_host_backed_bytes"].samples
         assert sorted(s.labels["variant"] for s in backed) == ["reporting_off", "run"]
     finally:
