@@ -218,8 +218,9 @@ class _GuestDriver:
         return self.guest.alloc(order, mt, count, cpu)
 
     def free(self, pfns: np.ndarray, order: int, cpu: int = 0) -> None:
+        """A guest free changes nothing on the host (the host learns of free memory only
+        from reports): it is not logged, so no run is built and no sync is asked for."""
         self.guest.free(pfns, order, cpu)
-        self.link.record_free(*pfns_to_runs(pfns, 1 << order))
 
     def touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
         self.guest.touch(starts, npages)
