@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,11 +223,21 @@ class _Together:
             return
         print(
             f"finished; metrics stay up for {metrics.linger_s:g} s "
-            "(the last scrape sees the final values; Ctrl-C ends the wait)",
+            "(the last scrape sees the final values; Ctrl-C or SIGTERM ends the wait)",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(metrics.linger_s)
+        # SIGINT and SIGTERM end the wait, then the run writes its files: handlers of our
+        # own, since a shell starts background jobs with SIGINT ignored
+        done = threading.Event()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: done.set())
+        try:
+            done.wait(metrics.linger_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def finish_run(

@@ -124,7 +124,7 @@ def test_a_live_ray_run_is_scraped_and_its_last_values_are_its_summary(tmp_path)
         assert len(families) > 60 and undocumented == [], undocumented
         empty = [(title, expr) for title, expr in dashboard_queries() if not prom.query(expr, at)]
         assert empty == [], f"panels whose query returned no data: {empty}"
-        run.proc.send_signal(signal.SIGINT)  # ends the linger; the run's files are written
+        run.proc.send_signal(signal.SIGTERM)  # ends the linger; the run's files are written
         assert run.proc.wait(timeout=120) == 0, "".join(run.lines)[-4000:]
         run_dir = run.wait_line("results: ", 5).split(maxsplit=1)[1].strip()
         s = json.loads((Path(run_dir) / "summary.json").read_text())
