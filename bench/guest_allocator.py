@@ -24,7 +24,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,12 +196,62 @@ def run(repeats: int) -> dict:
     return out
 
 
+DEFAULT_PEER = ROOT.parent / "shared" / "reference" / "peers" / "buddy.c"
+C_FIGURES = ("order0_alloc_ns", "order0_free_ns", "order9_alloc_ns", "order9_free_ns")
+
+
+def build_peer(source: Path, workdir: Path) -> Path:
+    """Compile the plain C buddy allocator (``cc -O2``); the path is checked, never
+    passed through a shell."""
+    source = source.resolve()
+    if source.suffix != ".c" or not source.is_file():
+        raise SystemExit(f"--c-peer {source}: not a C source file")
+    binary = workdir / "buddy"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def run_peer(binary: Path) -> dict:
+    """One run of the C peer: its JSON line (c_order0_alloc_ns, ...)."""
+    line = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+    return json.loads(line.strip().splitlines()[-1])
+
+
+def with_peer(out: dict, runs: list[dict]) -> dict:
+    """The C peer's best figures beside ours, and our figure / C's for each."""
+    for key in C_FIGURES:
+        c = min(r[f"c_{key}"] for r in runs)
+        out[f"c_{key}"] = c
+        out[f"{key}_vs_c"] = round(out[key] / c, 2) if c > 0 else None
+    out["c_runs"] = len(runs)
+    out["c_statistic"] = "best of the C runs made before and after ours (same invocation)"
+    out["targets"]["order0_free_vs_c"] = 2.0
+    out["targets_met"]["order0_free_vs_c"] = (out["order0_free_ns_vs_c"] or 99) <= 2.0
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument(
+        "--c-peer",
+        nargs="?",
+        const=str(DEFAULT_PEER),
+        default=None,
+        metavar="BUDDY_C",
+        help="also build (cc -O2) and run the plain C buddy allocator, before and after "
+        f"ours, and print the ratios (default source: {DEFAULT_PEER})",
+    )
     args = parser.parse_args(argv)
-    out = run(args.repeats)
+    if args.c_peer is None:
+        out = run(args.repeats)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            binary = build_peer(Path(args.c_peer), Path(tmp))
+            before = run_peer(binary)
+            out = run(args.repeats)
+            out = with_peer(out, [before, run_peer(binary)])
     if args.json:
         print(json.dumps(out))
     else:
