@@ -211,14 +211,13 @@ class GrpcHostLink:
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
         """Send the submission and wait for the answer.
 
-        When other submissions are pending (this shard's to its other hosts, or other
-        shards' when one thread drives several), every pending one goes out at once as a
-        future first, so the hosts (a host applies an epoch only when all its shards are
-        in) apply in parallel rather than one after another; a lone submission is a
-        plain blocking call, the cheapest gRPC call there is. UNAVAILABLE is retried
-        (SyncEpoch is idempotent)."""
+        A link that carries one shard (a Ray shard actor) makes a plain blocking call,
+        host after host, the cheapest gRPC call there is. When submissions of other
+        shards are pending too (one thread driving several shards), every pending one
+        goes out at once as a future first: the host applies an epoch only when all
+        its shards are in. UNAVAILABLE is retried (SyncEpoch is idempotent)."""
         key = (host_id, sub.shard_id, sub.epoch, sub.sequence)
-        if len(self._pending) > 1:
+        if any(k[1] != sub.shard_id for k in self._pending):
             self._send_pending()
         request, future = self._pending.pop(key)
         client = self.client(host_id)
