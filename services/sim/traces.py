@@ -194,7 +194,7 @@ def _read_bitbrains(path: Path, idx: list[int], dtype):
     import pandas as pd
 
     try:
-        return pd.read_csv(
+        df = pd.read_csv(
             path,
             sep=";",
             engine="c",
@@ -207,6 +207,11 @@ def _read_bitbrains(path: Path, idx: list[int], dtype):
         raise TraceError(path, "no samples after the header", 2) from None
     except pd.errors.ParserError as e:
         raise TraceError(path, f"not a Bitbrains CSV: {str(e).splitlines()[0]}") from None
+    if any(i not in df.columns for i in idx):  # the first row set the width: too few fields
+        raise TraceError(
+            path, f"fewer fields than the header needs ({max(idx) + 1})", _data_line(path, 0, 1)
+        )
+    return df
 
 
 def _bitbrains_columns(path: Path, idx: list[int]) -> tuple[np.ndarray, ...]:

@@ -72,6 +72,10 @@ def test_bitbrains_real_milliseconds_are_divided(tmp_path):
             HEADER + "\n" + bitbrains_row(1, 1024, 3) + "\n" + bitbrains_row(2, 1024, -5),
             ":3: column 'Memory usage [KB]': negative",
         ),
+        (  # found by tests/property/test_spec_fuzz.py: a short first row was a KeyError
+            HEADER + "\n1376314846;\t4;\n" + bitbrains_row(2, 1024, 3),
+            ":2: fewer fields than the header needs",
+        ),
     ],
 )
 def test_broken_bitbrains_files_name_file_line_and_column(tmp_path, text, needle):
