@@ -383,6 +383,10 @@ def load_google2019(
         if (df[col] < 0).any():
             row = int(np.argmax((df[col] < 0).to_numpy()))
             raise TraceError(path, "negative normalised memory", line_of(row), name)
+        if (df[col] > 1.0).any():  # normalised to the largest machine: a fraction
+            row = int(np.argmax((df[col] > 1.0).to_numpy()))
+            value = float(df[col].iloc[row])
+            raise TraceError(path, f"normalised memory {value:g} above 1", line_of(row), name)
     traces = []
     for (cid, idx), group in df.groupby(["cid", "idx"], sort=True):
         g = group.sort_values("t", kind="stable")

@@ -5,6 +5,7 @@ name a field. Never a traceback (any other exception), never a plan that crashes
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from services.sim.plan import make_plan
 from services.sim.spec import SpecError, load_spec_text, with_trace_root
 from services.sim.spec_checks import spec_warnings
-from services.sim.traces import TraceError, load_bitbrains
+from services.sim.traces import TraceError, load_alibaba2018, load_bitbrains, load_google2019
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted(
@@ -131,31 +132,53 @@ def test_junk_yaml_is_refused_with_a_path(junk):
     assert e.value.errors and all(f for f, _ in e.value.errors)
 
 
-TRACE = (ROOT / "tests" / "golden" / "specs" / "traces" / "vm-0000.csv").read_bytes()
+GIB = 1 << 30
+BITBRAINS = (ROOT / "tests" / "golden" / "specs" / "traces" / "vm-0000.csv").read_bytes()
+GOOGLE = "\n".join(
+    json.dumps(
+        {
+            "start_time": t * 300_000_000,
+            "end_time": (t + 1) * 300_000_000,
+            "collection_id": c,
+            "instance_index": i,
+            "machine_id": 9,
+            "average_usage": {"cpus": 0.01, "memory": 0.001 * (t + 1)},
+            "maximum_usage": {"cpus": 0.02, "memory": 0.002 * (t + 1)},
+            "assigned_memory": 0.01,
+            "page_cache_memory": 0.0005,
+        }
+    )
+    for t in range(6)
+    for c, i in ((1, 0), (1, 1), (2, 0))
+).encode()
+ALIBABA = b"".join(
+    b"m_%d,%d,10,%d,1,2,3,4,5\n" % (m, t * 60, 20 + t) for m in (1, 2) for t in range(8)
+)
+FORMATS = {  # seed bytes, field separator, loader
+    "bitbrains": (BITBRAINS, b";", lambda p: [load_bitbrains(p)]),
+    "google2019": (GOOGLE, b",", lambda p: load_google2019(p, 64 * GIB, page_cache=True)),
+    "alibaba2018": (ALIBABA, b",", lambda p: load_alibaba2018(p, 64 * GIB, kind="machine")[0]),
+}
 TOKENS = [
-    b"nan",
-    b"-1",
-    b"1e400",
-    b"",
-    b"abc",
-    b"99999999999999999999999",
-    b"-0",
-    b"inf",
-    b"\x00\xff",
-]
+    b"nan", b"-1", b"1e400", b"", b"abc", b"99999999999999999999999", b"-0", b"inf",
+    b"\x00\xff", b"null", b"{}", b"[]", b'"x"',
+]  # fmt: skip
 
 
 @st.composite
-def mutated_trace(draw) -> bytes:
-    lines = TRACE.split(b"\n")[:40]
+def mutated_trace(draw) -> tuple[str, bytes]:
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    seed, sep, _ = FORMATS[fmt]
+    lines = seed.split(b"\n")[:40]
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         i = draw(st.integers(min_value=0, max_value=len(lines) - 1))
         action = draw(st.sampled_from(["field", "field", "drop", "repeat", "swap", "cut", "junk"]))
         if action == "field":
-            fields = lines[i].split(b";")
+            fields = lines[i].split(sep)
             j = draw(st.integers(min_value=0, max_value=len(fields) - 1))
-            fields[j] = draw(st.sampled_from(TOKENS))
-            lines[i] = b";".join(fields)
+            head, colon, _ = fields[j].partition(b": ")  # a JSON field keeps its key
+            fields[j] = (head + colon if colon else b"") + draw(st.sampled_from(TOKENS))
+            lines[i] = sep.join(fields)
         elif action == "drop" and len(lines) > 1:
             del lines[i]
         elif action == "repeat":
@@ -167,24 +190,36 @@ def mutated_trace(draw) -> bytes:
             lines[i] = lines[i][: draw(st.integers(min_value=0, max_value=len(lines[i])))]
         else:
             lines[i] = draw(st.binary(max_size=40))
-    return b"\n".join(lines)
+    return fmt, b"\n".join(lines)
 
 
 @settings(
-    max_examples=int(os.environ.get("TRACE_FUZZ_EXAMPLES", "300")), deadline=None, derandomize=True
+    max_examples=int(os.environ.get("TRACE_FUZZ_EXAMPLES", "600")), deadline=None, derandomize=True
 )
 @given(mutated_trace())
-def test_a_mutated_trace_file_loads_or_is_refused_naming_the_file(data):
+def test_a_mutated_trace_file_loads_or_is_refused_naming_the_file(case):
+    fmt, data = case
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vm.csv"
+        path = Path(tmp) / "trace.data"
         path.write_bytes(data)
         try:
-            trace = load_bitbrains(path)
+            traces = FORMATS[fmt][2](path)
         except TraceError as e:
-            assert "vm.csv" in str(e)
+            assert "trace.data" in str(e)
             return
-        # what the loader promises of a trace it accepts
-        assert len(trace) >= 1 and trace.times_s[0] == 0
-        assert np.isfinite(trace.times_s).all() and (np.diff(trace.times_s) > 0).all()
-        assert trace.memory_bytes > 0
-        assert ((trace.usage_bytes >= 0) & (trace.usage_bytes <= trace.memory_bytes)).all()
+        for trace in traces:  # what the loaders promise of a trace they accept
+            assert len(trace) >= 1 and trace.times_s[0] == 0
+            assert np.isfinite(trace.times_s).all() and (np.diff(trace.times_s) > 0).all()
+            assert trace.memory_bytes > 0
+            assert ((trace.usage_bytes >= 0) & (trace.usage_bytes <= trace.memory_bytes)).all()
+            if trace.cache_bytes is not None:
+                total = trace.usage_bytes + trace.cache_bytes
+                assert (trace.cache_bytes >= 0).all() and (total <= trace.memory_bytes).all()
+
+
+def test_the_trace_seeds_load():
+    for fmt, (seed, _, load) in FORMATS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trace.data"
+            path.write_bytes(seed)
+            assert load(path), fmt

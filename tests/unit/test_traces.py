@@ -166,6 +166,10 @@ def test_google2019_one_trace_per_instance_scaled_to_the_machine(tmp_path):
         ("{not json\n", "not JSON lines"),
         (json.dumps({"start_time": 1, "collection_id": 1}) + "\n", "no 'instance_index' field"),
         (google_line(1, 1, 1, 0.1, 0.1, 0.0) + "\n", "assigned_memory is 0"),
+        (  # found by tests/property/test_spec_fuzz.py: an OverflowError before
+            google_line(1, 1, 1, 0.1, 0.1, 1e23) + "\n",
+            ":1: column 'assigned_memory': normalised memory 1e+23 above 1",
+        ),
     ],
 )
 def test_broken_google2019_files_are_refused(tmp_path, text, needle):
