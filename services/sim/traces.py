@@ -325,6 +325,22 @@ def write_bitbrains(trace: UsageTrace, path: str | Path, start_unix_s: int = 137
 # ---------------------------------------------------------------- Google cluster-data 2019
 
 
+def _check_fractions(path: Path, df, usage_col: str, line_of) -> None:
+    """google2019's memory figures are normalised to the largest machine: 0..1."""
+    for col, name in (
+        ("mem", f"{usage_col}.memory"),
+        ("assigned", "assigned_memory"),
+        ("cache", "page_cache_memory"),
+    ):
+        if (df[col] < 0).any():
+            row = int(np.argmax((df[col] < 0).to_numpy()))
+            raise TraceError(path, "negative normalised memory", line_of(row), name)
+        if (df[col] > 1.0).any():
+            row = int(np.argmax((df[col] > 1.0).to_numpy()))
+            value = float(df[col].iloc[row])
+            raise TraceError(path, f"normalised memory {value:g} above 1", line_of(row), name)
+
+
 def load_google2019(
     path: str | Path, machine_bytes: int, statistic: str = "average", page_cache: bool = False
 ) -> list[UsageTrace]:
@@ -375,18 +391,7 @@ def load_google2019(
         ("cache", "page_cache_memory"),
     ):
         df[col] = _numeric(path, df[col], name, line_of)
-    for col, name in (
-        ("mem", f"{usage_col}.memory"),
-        ("assigned", "assigned_memory"),
-        ("cache", "page_cache_memory"),
-    ):
-        if (df[col] < 0).any():
-            row = int(np.argmax((df[col] < 0).to_numpy()))
-            raise TraceError(path, "negative normalised memory", line_of(row), name)
-        if (df[col] > 1.0).any():  # normalised to the largest machine: a fraction
-            row = int(np.argmax((df[col] > 1.0).to_numpy()))
-            value = float(df[col].iloc[row])
-            raise TraceError(path, f"normalised memory {value:g} above 1", line_of(row), name)
+    _check_fractions(path, df, usage_col, line_of)
     traces = []
     for (cid, idx), group in df.groupby(["cid", "idx"], sort=True):
         g = group.sort_values("t", kind="stable")
