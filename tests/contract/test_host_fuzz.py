@@ -68,18 +68,20 @@ STRINGS = st.one_of(
 )
 
 
-def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy:
+def _value(field: FieldDescriptor, depth: int, experiment: str) -> st.SearchStrategy:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if field.message_type.GetOptions().map_entry:
             return st.dictionaries(st.text(max_size=8), I64, max_size=3)
-        return message(field.message_type, depth + 1)
+        return message(field.message_type, depth + 1, experiment)
     if field.type == FieldDescriptor.TYPE_STRING:
-        return STRINGS if field.name == "experiment_id" else st.text(max_size=12)
+        if field.name == "experiment_id":
+            return st.one_of(st.just(experiment), st.just(experiment), STRINGS)
+        return st.text(max_size=12)
     return SCALARS[field.type]
 
 
-def _field(field: FieldDescriptor, depth: int) -> st.SearchStrategy:
-    one = _value(field, depth)
+def _field(field: FieldDescriptor, depth: int, experiment: str) -> st.SearchStrategy:
+    one = _value(field, depth, experiment)
     if not field.is_repeated or (
         field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
     ):
@@ -93,9 +95,14 @@ def _field(field: FieldDescriptor, depth: int) -> st.SearchStrategy:
     )
 
 
-def message(descriptor, depth: int = 0) -> st.SearchStrategy:
-    """A dict of a random subset of the message's fields, each hostile."""
-    fields = {f.name: _field(f, depth) for f in descriptor.fields}
+def message(descriptor, depth: int = 0, experiment: str = EXPERIMENT) -> st.SearchStrategy:
+    """A dict of a random subset of the message's fields, each hostile (a Struct field is
+    left to the caller: it takes JSON, not fields)."""
+    fields = {
+        f.name: _field(f, depth, experiment)
+        for f in descriptor.fields
+        if not (f.message_type and f.message_type.full_name == "google.protobuf.Struct")
+    }
     return st.fixed_dictionaries({}, optional=fields)
 
 
