@@ -38,6 +38,7 @@ Namer = Callable[[str, Mapping[str, float]], list[tuple[str, tuple[str, str] | N
 # a row of a snapshot: (kind, entity labels, columns)
 Row = tuple[str, Mapping[str, str], Mapping[str, float]]
 
+ENTITY_KINDS = ("host", "guest_group", "guest")
 TOP_GUESTS_MAX = 1000  # per host actor: a bound on the per-guest label's series
 
 
@@ -57,8 +58,13 @@ class MetricsOptions:
     top_guests: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.top_guests <= TOP_GUESTS_MAX:
-            raise ValueError(f"top_guests={self.top_guests}: must be 0..{TOP_GUESTS_MAX}")
+        check_top_guests(self.top_guests)
+
+
+def check_top_guests(k: int) -> None:
+    """Per-guest series are bounded: 0..TOP_GUESTS_MAX guests per host actor."""
+    if not 0 <= k <= TOP_GUESTS_MAX:
+        raise ValueError(f"top_guests={k}: must be 0..{TOP_GUESTS_MAX}")
 
 
 def families(
@@ -210,11 +216,18 @@ class MetricsEndpoint:
         self._server.server_close()
 
 
-def entity_rows(
-    kind: str, samples: Mapping, names: Mapping, columns_of: Callable[[Mapping], Mapping]
+def entity_rows(kind: str, samples: Mapping, names: Mapping | None = None) -> list[Row]:
+    """Rows of one kind (its entity label is the kind: host, guest_group, guest) from
+    {entity id or name: raw counters}, each a copy (a snapshot keeps what it was given)."""
+    if kind not in ENTITY_KINDS:
+        raise ValueError(f"kind={kind!r}: must be one of {ENTITY_KINDS}")
+    names = names or {}
+    return [(kind, {kind: str(names.get(k, k))}, dict(v)) for k, v in sorted(samples.items())]
+
+
+def guest_rows(
+    host: str, guests: Iterable[tuple[int, Mapping]], names: Mapping[int, str]
 ) -> list[Row]:
-    """Rows of one kind from {entity id or name: raw counters}."""
-    label = {"host": "host", "guest_group": "guest_group", "guest": "guest"}[kind]
-    return [
-        (kind, {label: str(names.get(k, k))}, columns_of(v)) for k, v in sorted(samples.items())
-    ]
+    """Rows of one host's per-guest series (labels guest and host) from (guest id,
+    counters) pairs, such as ``Host.top_guests``."""
+    return [("guest", {"guest": str(names.get(g, g)), "host": host}, dict(c)) for g, c in guests]

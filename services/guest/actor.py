@@ -75,7 +75,7 @@ class ShardRunner:
 
     def _export(self, groups: dict[str, dict[str, int]]) -> None:
         if self._collector is not None:
-            self._collector.update(entity_rows("guest_group", groups, {}, dict))
+            self._collector.update(entity_rows("guest_group", groups))
 
     def run_chunks(
         self,

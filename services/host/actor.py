@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from services.host.core.config import HostConfig
 from services.host.core.host import Host, warm_up
-from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
+from services.metrics import (
+    MetricsEndpoint,
+    MetricsOptions,
+    SnapshotCollector,
+    entity_rows,
+    guest_rows,
+)
 from services.protocol.messages import GuestRegistration
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
@@ -60,17 +66,11 @@ class HostRunner:
         m = self.metrics
         if m is None or self._collector is None:
             return
-        rows = entity_rows("host", hosts, m.host_names, dict)
+        rows = entity_rows("host", hosts, m.host_names)
         if m.top_guests:
             for h, ep in self.endpoints.items():
-                views = {g: ep.host.guest_counters(g) for g in ep.host.guest_ids()}
-                top = sorted(views, key=lambda g: (-views[g]["backed_bytes"], g))[: m.top_guests]
-                for g in top:
-                    labels = {
-                        "guest": str(m.guest_names.get(g, g)),
-                        "host": m.host_names.get(h, str(h)),
-                    }
-                    rows.append(("guest", labels, views[g]))
+                host = m.host_names.get(h, str(h))
+                rows += guest_rows(host, ep.host.top_guests(m.top_guests), m.guest_names)
         self._collector.update(rows)
 
     def address(self) -> str:

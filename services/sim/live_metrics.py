@@ -38,7 +38,9 @@ from services.metrics import (
     Row,
     SnapshotCollector,
     WallHistogram,
+    check_top_guests,
     entity_rows,
+    guest_rows,
 )
 from services.units import NS_PER_S
 
@@ -69,9 +71,7 @@ class LiveMetrics:
             raise ValueError(f"metrics linger={self.linger_s}: must be 0..{MAX_LINGER_S:.0f} s")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"metrics port={self.port}: must be 0..65535")
-        MetricsOptions(
-            labels={}, namer=raw_metric_samples, help=help_of, top_guests=self.top_guests
-        )
+        check_top_guests(self.top_guests)
 
 
 def build_info() -> GaugeMetricFamily:
@@ -147,13 +147,11 @@ class SimulationMetrics:
             ("cluster", {}, self.cluster()),
         ]
         if self.entities:
-            rows += entity_rows("host", hosts, sim.plan.host_names, dict)
-            rows += entity_rows("guest_group", groups, {}, dict)
+            rows += entity_rows("host", hosts, sim.plan.host_names)
+            rows += entity_rows("guest_group", groups)
             if self.top_guests:
-                names = self.guest_names
-                for h, g, counters in sim.session.top_guests(self.top_guests):
-                    labels = {"guest": names.get(g, str(g)), "host": sim.plan.host_names[h]}
-                    rows.append(("guest", labels, counters))
+                for h, top in sim.session.top_guests(self.top_guests).items():
+                    rows += guest_rows(sim.plan.host_names[h], top, self.guest_names)
         self.collector.update(rows, [self.hist.family(self.labels)])
 
     def cluster(self) -> dict[str, float]:

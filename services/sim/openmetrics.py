@@ -26,11 +26,10 @@ from services.units import NS_PER_S
 from .live_metrics import epochs_at
 from .metric_catalogue import help_of, metric_type
 from .result_rows import (
-    ENTITY_LABELS,
     METRIC_PREFIX,
     VARIANT_RUN,
     cluster_columns,
-    metric_name,
+    exported_columns,
     metric_samples,
 )
 
@@ -79,22 +78,15 @@ class _Families:
 
 
 def _entity_series(fams: _Families, ts: pd.DataFrame, base: dict[str, str], start: float) -> None:
-    """Host and guest-group rows: every column as its metric (metric_name's rule)."""
+    """Host and guest-group rows: every column as its metric (result_rows' rule)."""
     for (variant, kind, entity), rows in ts.groupby(["variant", "kind", "entity"], sort=True):
         part = rows.sort_values("time_s")
         times = start + part["time_s"].to_numpy(dtype=float)
         present = [c for c in part.columns if part[c].notna().any()]
-        labels = {**base, "variant": str(variant), ENTITY_LABELS[str(kind)]: str(entity)}
-        for column in present:
-            named = metric_name(str(kind), column)
-            if named is None:
-                continue
-            family, label, label_value, scale = named
-            if scale != 1.0 and family.removeprefix(f"{METRIC_PREFIX}_{kind}_") in present:
-                continue  # the row has the byte form already
+        labels = {**base, "variant": str(variant), str(kind): str(entity)}  # host=, guest_group=
+        for column, family, extra, scale in exported_columns(str(kind), present):
             values = part[column].to_numpy(dtype=float) * scale
-            extra = {label: label_value} if label else {}
-            fams.add(family, {**labels, **extra}, times, values)
+            fams.add(family, {**labels, **dict([extra] if extra else [])}, times, values)
 
 
 def _coordinator_series(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -298,7 +298,6 @@ def summarize(
 # label: free memory by ``order``, lost time by ``cost``, faults by ``kind``,
 # page operations by ``workload`` and reporting workers by ``state``.
 METRIC_PREFIX = "overcommit"
-ENTITY_LABELS = {"host": "host", "guest_group": "guest_group", "guest": "guest"}
 _LABELLED: tuple[tuple[str | None, re.Pattern[str], str, str], ...] = (
     ("guest_group", re.compile(r"free_bytes_order_(\d+)"), "free_bytes_by_order", "order"),
     (None, re.compile(r"lost_(\w+)_seconds_total"), "lost_seconds_total", "cost"),
@@ -334,21 +333,33 @@ def metric_name(kind: str, column: str) -> tuple[str, str, str, float] | None:
     return f"{METRIC_PREFIX}_{kind}_{column}", "", "", 1.0
 
 
-def metric_samples(
-    kind: str, columns: Mapping[str, float]
-) -> list[tuple[str, tuple[str, str] | None, float]]:
-    """The metrics of one row: (family, (label, value) or None, value) each. A page
-    column whose byte form the row also has is left out (it would be exported twice)."""
+def exported_columns(
+    kind: str, columns: Collection[str]
+) -> list[tuple[str, str, tuple[str, str] | None, float]]:
+    """(column, metric family, (label, value) or None, scale) of each of a row's columns
+    that is exported. A page column whose byte form the row also has is left out (it
+    would be exported twice)."""
     out = []
-    for column, value in columns.items():
+    for column in columns:
         named = metric_name(kind, column)
-        if named is None or value != value:  # noqa: PLR0124 - NaN: not this row's metric
+        if named is None:
             continue
         family, label, label_value, scale = named
         if scale != 1.0 and family.removeprefix(f"{METRIC_PREFIX}_{kind}_") in columns:
             continue
-        out.append((family, (label, label_value) if label else None, float(value) * scale))
+        out.append((column, family, (label, label_value) if label else None, scale))
     return out
+
+
+def metric_samples(
+    kind: str, columns: Mapping[str, float]
+) -> list[tuple[str, tuple[str, str] | None, float]]:
+    """The metrics of one row: (family, (label, value) or None, value) each."""
+    return [
+        (family, extra, float(columns[column]) * scale)
+        for column, family, extra, scale in exported_columns(kind, columns)
+        if columns[column] == columns[column]
+    ]
 
 
 def cluster_columns(

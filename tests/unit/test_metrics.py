@@ -59,7 +59,7 @@ def values(families: dict, name: str, **labels: str) -> list[float]:
 def test_a_host_snapshot_is_exported_under_the_result_names() -> None:
     host = busy_host()
     collector = SnapshotCollector(BASE, raw_metric_samples, help_of)
-    collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
+    collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}))
     endpoint = MetricsEndpoint([collector])
     try:
         families = scrape(endpoint.url)
@@ -95,7 +95,7 @@ def test_a_host_snapshot_is_exported_under_the_result_names() -> None:
         before = values(families, "overcommit_host_touched_bytes")
         host.apply_touch(1, np.array([30_000], np.int64), np.array([512], np.int64))
         assert values(scrape(endpoint.url), "overcommit_host_touched_bytes") == before
-        collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict))
+        collector.update(entity_rows("host", {0: host.host_counters()}, {0: "h-0"}))
         after = values(scrape(endpoint.url), "overcommit_host_touched_bytes")
         assert after == [host.host_counters()["touched_pages"] * PAGE_SIZE] and after > before
     finally:
@@ -112,7 +112,7 @@ def test_merged_sources_share_one_family_per_name() -> None:
         hist = WallHistogram("overcommit_sim_epoch_wall_seconds", "x")
         hist.observe(0.01, 3)
         c.update(
-            entity_rows("host", {0: host.host_counters()}, {0: "h-0"}, dict),
+            entity_rows("host", {0: host.host_counters()}, {0: "h-0"}),
             [hist.family({**BASE, "variant": variant})],
         )
         merged.add(c)

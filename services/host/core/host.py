@@ -454,6 +454,13 @@ class Host:
 
     # ------------------------------------------------------------------ counters
 
+    def top_guests(self, k: int) -> list[tuple[int, dict[str, int]]]:
+        """The ``k`` guests with the most backed memory (ties: lower id first), with
+        their counters: (guest id, counters) each."""
+        views = {g: self.guest_counters(g) for g in self._guests}
+        top = sorted(views, key=lambda g: (-views[g]["backed_bytes"], g))[:k]
+        return [(g, views[g]) for g in top]
+
     def guest_counters(self, guest_id: int) -> dict[str, int]:
         """Plain-int counters of one guest (stopped guests included)."""
         rec = self._lookup(guest_id)

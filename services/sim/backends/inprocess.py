@@ -63,14 +63,9 @@ class InProcessSession:
     def host_samples(self) -> HostSamples:
         return {h: dict(b.host.host_counters()) for h, b in self.barriers.items()}
 
-    def top_guests(self, k: int) -> list[tuple[int, int, dict[str, int]]]:
-        """Each host's ``k`` guests with the most backed memory: (host id, guest id, counters)."""
-        out = []
-        for h, b in sorted(self.barriers.items()):
-            views = {g: b.host.guest_counters(g) for g in b.host.guest_ids()}
-            for g in sorted(views, key=lambda g: (-views[g]["backed_bytes"], g))[:k]:
-                out.append((h, g, views[g]))
-        return out
+    def top_guests(self, k: int) -> dict[int, list[tuple[int, dict[str, int]]]]:
+        """Each host's ``k`` guests with the most backed memory, by host id."""
+        return {h: b.host.top_guests(k) for h, b in sorted(self.barriers.items())}
 
     def stats(self) -> dict[str, object]:
         return {
