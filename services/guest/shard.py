@@ -288,6 +288,31 @@ class GuestShard:
             )
         self._host_ids = sorted({s.init.host_id for s in self.slots.values()})
 
+    # -- checkpoints ------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but the lock: a shard's whole state at a sample boundary (a
+        coordinated checkpoint, :mod:`services.protocol.snapshot`)."""
+        with self.lock:
+            state = dict(self.__dict__)
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
+    def restore(self, saved: GuestShard) -> None:
+        """Become ``saved`` (a checkpoint of this shard) in place, so the GuestService
+        and the epoch driver that hold this object go on with the restored state."""
+        if saved.shard_id != self.shard_id or sorted(saved.slots) != sorted(self.slots):
+            raise ValueError(
+                f"shard_id={saved.shard_id}: a checkpoint of another shard (guests "
+                f"{sorted(saved.slots)[:4]}…, this shard has {sorted(self.slots)[:4]}…)"
+            )
+        with self.lock:
+            state = saved.__getstate__()
+            self.__dict__.update(state)
+
     # -- placement --------------------------------------------------------------
     def host_ids(self) -> list[int]:
         return self._host_ids

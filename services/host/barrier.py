@@ -268,6 +268,44 @@ class EpochBarrier:
                 "shard_ids": sorted(self._shards),
             }
 
+    # -- checkpoints
+
+    _TRANSIENT = ("_cond", "apply_wall_s", "_sample_wall_s")  # not state: lock and metadata
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The barrier's state and its host core at a sample boundary (nothing pending):
+        what a coordinated checkpoint keeps (:mod:`services.protocol.snapshot`)."""
+        with self._cond:
+            if self._pending:
+                raise failed_precondition(
+                    "checkpoint",
+                    self.host_id,
+                    f"host {self.host_id} holds submissions of shards {sorted(self._pending)} "
+                    "for an epoch not yet applied",
+                )
+            return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cond = threading.Condition()
+        self.apply_wall_s = 0.0
+        self._sample_wall_s = {}
+
+    def restore(self, saved: EpochBarrier) -> None:
+        """Become ``saved`` (a checkpoint of this host) in place: the servers and links
+        that hold this object go on from the checkpoint's epoch. Waiters are woken."""
+        if (saved.experiment_id, saved.host_id) != (self.experiment_id, self.host_id):
+            raise failed_precondition(
+                "checkpoint",
+                saved.host_id,
+                f"a checkpoint of host {saved.host_id} of {saved.experiment_id!r}, "
+                f"not of host {self.host_id} of {self.experiment_id!r}",
+            )
+        state = saved.__getstate__()
+        with self._cond:
+            self.__dict__.update(state)
+            self._cond.notify_all()
+
     # -- internals
 
     def _check_broken(self) -> None:

@@ -23,6 +23,7 @@ from services.units import NS_PER_S
 from .backends import make_backend
 from .live_metrics import LiveMetrics, MetricsHub
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
+from .run_files import results_dir
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
 from .spec import load_spec_text, parse_spec, with_trace_root
@@ -269,12 +270,15 @@ class ExperimentManager:
         base_rows, stats = run_baselines(
             exp.spec, self.backend, self.shards, metrics=self._metrics_for(exp)
         )
+        spec = exp.spec
         exp.result = finish_run(
-            sim,
+            spec,
+            sim.plan,
+            sim.rows,
             base_rows,
             {VARIANT_RUN: run_stats, **stats},
             self.backend.name,
-            self.out_dir,
+            results_dir(self.out_dir, spec.name, spec.run_id()),
             exp.wall0,
         )
         exp.state = "finished"

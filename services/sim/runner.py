@@ -11,7 +11,9 @@ the summary is computed (:mod:`services.sim.result_rows`).
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 from services.units import NS_PER_S
 
+from . import checkpoint
 from .backends import Backend, backend_for
 from .live_metrics import MAX_SPEED, LiveMetrics, MetricsHub, saved_bytes
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
@@ -107,6 +110,22 @@ class LiveRun:
             )
 
 
+class RunInterrupted(Exception):  # noqa: N818 - not an error: the run stopped as asked
+    """A run stopped on request (Ctrl-C, SIGTERM) at a sample boundary, its checkpoint kept."""
+
+    def __init__(self, run_dir: str, now_ns: int, checkpoint: str | None):
+        self.run_dir, self.now_ns, self.checkpoint = run_dir, now_ns, checkpoint
+        where = f"checkpoint: {checkpoint}; " if checkpoint else ""
+        super().__init__(
+            f"stopped at simulated {now_ns / NS_PER_S:g} s; {where}partial time series: "
+            f"{os.path.join(run_dir, PARTIAL_TIMESERIES)}; continue with: "
+            f"overcommit run --resume {run_dir}"
+        )
+
+
+PARTIAL_TIMESERIES = "timeseries.partial.parquet"
+
+
 def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, all optional
     spec: ExperimentSpec,
     out_dir: str = "runs",
@@ -116,72 +135,196 @@ def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, a
     progress: bool = False,
     backend: Backend | None = None,
     live: LiveRun | None = None,
+    resume: checkpoint.Loaded | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Run a spec and its paired baselines; write and return the results.
 
     ``transport``: ``grpc`` (Ray actors talking gRPC; ``address`` names a Ray
     cluster, default an embedded local one) or ``inprocess``. A ``backend`` passed
     in is reused and left open. ``live``: metrics and pacing (:class:`LiveRun`).
+    Every ``spec.checkpoint_interval`` the run checkpoints (:mod:`services.sim.checkpoint`);
+    ``resume``: a checkpoint read back (its spec is the run's; ``spec`` must be it), from
+    which the run continues. ``stop``: when set, the run stops at the next sample
+    boundary, checkpoints and raises :class:`RunInterrupted`.
     """
     wall0 = time.time()
+    run_dir = results_dir(out_dir, spec.name, spec.run_id())
+    if resume is not None:
+        if resume.spec.spec_sha256() != spec.spec_sha256():
+            raise checkpoint.CheckpointError("the spec given is not the checkpoint's")
+        run_dir = resume.run_dir
     with backend_for(backend, transport, address) as used:
-        if live is None or (live.metrics is None and live.speed is None):
-            sim, stats = simulate(spec, used, VARIANT_RUN, shards, progress)
-            base_rows, base_stats = run_baselines(spec, used, shards, progress)
-            all_stats = {VARIANT_RUN: stats, **base_stats}
-        else:
-            sim, base_rows, all_stats = _Together(spec, used, shards, live).run(progress)
-    return finish_run(sim, base_rows, all_stats, used.name, out_dir, wall0)
+        driver = _RunDriver(spec, used, shards, live, run_dir, resume, stop)
+        plan, run_rows, base_rows, all_stats = driver.run(progress)
+    result = finish_run(
+        spec,
+        plan,
+        run_rows,
+        base_rows,
+        all_stats,
+        used.name,
+        run_dir,
+        wall0,
+        {"checkpoints": driver.checkpoint_stats()},
+    )
+    shutil.rmtree(os.path.join(run_dir, checkpoint.CHECKPOINT_DIR), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(run_dir, PARTIAL_TIMESERIES))
+    return result
 
 
-class _Together:
-    """The run and its baselines advanced together, a sample interval at a time while
-    paced (else CHUNKS_PER_CALL), with live metrics if asked. Each simulation is
-    independent: the results are those of running them one after another."""
+class _RunDriver:
+    """The run and its baselines to the end: one after another, or (with live metrics
+    or pacing) advanced together a sample interval at a time while paced (else
+    CHUNKS_PER_CALL), with live metrics if asked. Each simulation is independent:
+    the results are those of running them one after another. Coordinated
+    checkpoints every ``spec.checkpoint_interval``; a lost actor rolls the variants
+    in progress back to the last one."""
 
-    def __init__(self, spec: ExperimentSpec, backend: Backend, shards: int | None, live: LiveRun):
-        self.spec, self.backend, self.shards, self.live = spec, backend, shards, live
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        backend: Backend,
+        shards: int | None,
+        live: LiveRun | None,
+        run_dir: str,
+        resume: checkpoint.Loaded | None,
+        stop: threading.Event | None,
+    ):
+        self.spec, self.backend, self.live = spec, backend, live
+        self.shards = shards if resume is None else resume.shards
+        self.together = live is not None and (live.metrics is not None or live.speed is not None)
+        self.run_dir, self.resume, self.stop = run_dir, resume, stop or threading.Event()
         self.sims: dict[str, Simulation] = {}
+        self.finished: dict[str, checkpoint.Finished] = dict(resume.finished) if resume else {}
         self.hub: MetricsHub | None = None
+        self.checkpoints: checkpoint.Checkpoints | None = None
+        self.recoveries = 0
+        self.plans: dict[str, Any] = {}  # variant -> its plan
+        self._last: dict[str, Any] | None = None  # the last checkpoint: variant -> restore args
 
-    def run(self, progress: bool) -> tuple[Simulation, list[dict[str, Any]], dict[str, Any]]:
-        """Returns the closed run, the baselines' rows and every simulation's stats."""
+    def checkpoint_stats(self) -> dict[str, Any]:
+        """Checkpoint figures of this process (metadata, never results)."""
+        c = self.checkpoints
+        out: dict[str, Any] = {"interval_ns": self.spec.checkpoint_interval}
+        if c is not None:
+            out.update(written=c.saved, last_bytes=c.last_bytes, wall_seconds=c.wall_s)
+        if self.resume is not None:
+            out["resumed_from_ns"] = dict(self.resume.time_ns)
+        out["recoveries"] = self.recoveries
+        return out
+
+    def run(self, progress: bool):
+        """Returns the run's plan, its rows, the baselines' rows and every variant's stats."""
         spec, live = self.spec, self.live
+        variants = [VARIANT_RUN, *spec.compare]
+        todo = [v for v in variants if v not in self.finished]
         try:
-            if live.metrics is not None:
+            if live is not None and live.metrics is not None:
                 self.hub = MetricsHub(live.metrics)
                 if live.on_metrics is not None:
                     live.on_metrics(self.hub)
-            self._start()
-            self._advance(progress)
-            stats = {variant: sim.stats() for variant, sim in self.sims.items()}
-            self._linger()
+            if self.together:
+                for v in todo:
+                    self._start(v)
+                self._advance_together(progress)
+                self._finish_all()
+                self._linger()
+            else:
+                for v in todo:
+                    self._start(v)
+                    self._advance_alone(self.sims[v], progress)
+                    self._finish_all()
         finally:
             with contextlib.ExitStack() as stack:  # every close runs, even if one raises
                 if self.hub is not None:
                     stack.callback(self.hub.close)
                 for sim in self.sims.values():
                     stack.callback(sim.close)
-        base_rows = [row for kind in spec.compare for row in self.sims[kind].rows]
-        return self.sims[VARIANT_RUN], base_rows, stats
+        run = self.finished[VARIANT_RUN]
+        base_rows = [row for kind in spec.compare for row in self.finished[kind].rows]
+        stats = {v: self.finished[v].stats for v in variants}
+        return self._plan(), run.rows, base_rows, stats
 
-    def _start(self) -> None:
-        spec, hub = self.spec, self.hub
-        self.sims[VARIANT_RUN] = Simulation(
-            spec, self.backend, VARIANT_RUN, self.shards, metrics=hub
+    def _plan(self):
+        if VARIANT_RUN in self.plans:
+            return self.plans[VARIANT_RUN]
+        from .plan import make_plan
+
+        n = self.shards or self.backend.nr_shards_default
+        return make_plan(self.spec, f"{self.spec.name}-{self.spec.run_id()}-{VARIANT_RUN}", n)
+
+    def _start(self, variant: str) -> None:
+        spec = self.spec if variant == VARIANT_RUN else baseline_spec(self.spec, variant)
+        sim = Simulation(
+            spec,
+            self.backend,
+            variant,
+            self.shards,
+            run_id=self.spec.run_id(),
+            metrics=self.hub,
         )
-        for kind in spec.compare:
-            self.sims[kind] = Simulation(
-                baseline_spec(spec, kind),
-                self.backend,
-                kind,
-                self.shards,
-                run_id=spec.run_id(),
-                metrics=hub,
+        self.sims[variant] = sim
+        self.plans = {**self.plans, variant: sim.plan}
+        if self.checkpoints is None:
+            traces = trace_digests(sim.plan.guests)
+            if self.resume is not None and self.resume.traces != traces:
+                raise checkpoint.CheckpointError(
+                    f"the trace files changed since the checkpoint (now {traces}, "
+                    f"then {self.resume.traces})"
+                )
+            self.checkpoints = checkpoint.Checkpoints(
+                self.spec, self.run_dir, traces, len(sim.plan.shard_inits)
             )
+        if self.resume is not None and variant in self.resume.running:
+            self.resume.restore(sim, variant)
 
-    def _advance(self, progress: bool) -> None:
-        spec, speed = self.spec, self.live.speed
+    def _finish_all(self) -> None:
+        for variant, sim in list(self.sims.items()):
+            if sim.finished and variant not in self.finished:
+                self.finished[variant] = checkpoint.Finished(sim.rows, sim.stats())
+                sim.close()
+
+    def _due(self, now_ns: int) -> int | None:
+        every = self.spec.checkpoint_interval
+        return None if not every else (now_ns // every + 1) * every
+
+    def _save(self) -> str | None:
+        running = {v: s for v, s in self.sims.items() if not s.closed and not s.finished}
+        if self.checkpoints is None or not running:
+            return None
+        return self.checkpoints.save(running, self.finished)
+
+    def _interrupted(self, sim: Simulation) -> RunInterrupted:
+        path = self._save()
+        rows = [r for done in self.finished.values() for r in done.rows]
+        rows += [r for s in self.sims.values() if not s.closed for r in s.rows]
+        timeseries_frame(rows).to_parquet(os.path.join(self.run_dir, PARTIAL_TIMESERIES))
+        return RunInterrupted(self.run_dir, sim.now_ns, path)
+
+    def _advance_alone(self, sim: Simulation, progress: bool) -> None:
+        bar = None
+        if progress:
+            from .console import ProgressBar
+
+            label = "run" if sim.variant == VARIANT_RUN else sim.variant.replace("_", " ")
+            bar = ProgressBar(f"{self.spec.name}: {label}", self.spec.duration)
+            sim.on_progress = bar.update
+        try:
+            while not sim.finished:
+                due = self._due(sim.now_ns)
+                target = self.spec.duration if due is None else due
+                if not sim.advance_to(target, should_stop=self.stop.is_set):
+                    raise self._interrupted(sim)
+                if due is not None and sim.now_ns >= due and not sim.finished:
+                    self._save()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _advance_together(self, progress: bool) -> None:
+        spec, speed = self.spec, self.live.speed if self.live else None
         run = self.sims[VARIANT_RUN]
         bar = None
         if progress:
@@ -190,12 +333,19 @@ class _Together:
             label = "run and baselines" if spec.compare else "run"
             bar = ProgressBar(f"{spec.name}: {label}", spec.duration)
         try:
-            pace0 = time.monotonic()
+            pace0 = time.monotonic() - run.now_ns / NS_PER_S / speed if speed else 0.0
             while not run.finished:
+                if self.stop.is_set():
+                    raise self._interrupted(run)
                 target = run.now_ns + spec.sample_interval * (1 if speed else CHUNKS_PER_CALL)
+                due = self._due(run.now_ns)
+                if due is not None:
+                    target = min(target, due)
                 for sim in self.sims.values():
                     sim.advance_to(target)
                 self._share_savings()
+                if due is not None and run.now_ns >= due and not run.finished:
+                    self._save()
                 if bar is not None:
                     bar.update(run.now_ns, run.epochs_run)
                 if speed:  # the wall clock only paces the loop; simulated time never reads it
@@ -218,7 +368,7 @@ class _Together:
         run.metrics.update()
 
     def _linger(self) -> None:
-        metrics = self.live.metrics
+        metrics = self.live.metrics if self.live else None
         if self.hub is None or metrics is None or metrics.linger_s <= 0:
             return
         print(
@@ -240,26 +390,27 @@ class _Together:
                 signal.signal(sig, handler)
 
 
-def finish_run(
-    sim: Simulation,
+def finish_run(  # noqa: PLR0913, PLR0917
+    spec: ExperimentSpec,
+    plan: Any,
+    run_rows: list[dict[str, Any]],
     baseline_rows: list[dict[str, Any]],
     stats: dict[str, Any],
     backend_name: str,
-    out_dir: str,
+    run_dir: str,
     wall0: float,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Summarize and write a finished run (and its baselines) to its run directory."""
-    spec = sim.spec
-    ts = timeseries_frame(sim.rows + baseline_rows)
-    summary = summarize(spec, sim.plan, ts, list(spec.compare))
-    run_dir = results_dir(out_dir, spec.name, spec.run_id())
-    metadata = _metadata(spec, backend_name, stats, wall0)
+    """Summarize and write a finished run (and its baselines) to ``run_dir``."""
+    ts = timeseries_frame(run_rows + baseline_rows)
+    summary = summarize(spec, plan, ts, list(spec.compare))
+    metadata = {**_metadata(spec, backend_name, stats, wall0), **(extra_metadata or {})}
     from .spec_checks import spec_warnings
 
-    warnings = spec_warnings(spec, sim.plan)
+    warnings = spec_warnings(spec, plan)
     if warnings:
         metadata["warnings"] = [f"{field}: {message}" for field, message in warnings]
-    traces = trace_digests(sim.plan.guests)
+    traces = trace_digests(plan.guests)
     if traces:  # the run id hashes the spec, not the trace files it names
         metadata["traces"] = traces
     write_run(run_dir, spec.resolved_dict(), summary, ts, metadata)

@@ -13,10 +13,11 @@ Simulated time never waits on the wall clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.guest.epoch_driver import GroupSamples, HostSamples
+from services.protocol.snapshot import PartInfo
 from services.units import NS_PER_S
 
 from .backends import Backend
@@ -182,6 +183,39 @@ class Simulation:
             self.now_ns = min(self.now_ns + spec.sample_interval, step_ns)
             for r in last:
                 self.rows.append({**r, "time_s": self.now_ns / NS_PER_S})
+
+    # -- checkpoints: the coordinator's share of a coordinated checkpoint
+
+    _STATE = (
+        "now_ns",
+        "epoch",
+        "epochs_run",
+        "fine_intervals",
+        "_skip_until",
+        "_pressure",
+        "_last_hosts",
+        "last_groups",
+    )
+
+    def coordinator_state(self) -> dict[str, Any]:
+        """Where this simulation stands at the last sample boundary, and its rows so far."""
+        state = {k: getattr(self, k) for k in self._STATE}
+        state["rows"] = list(self.rows)
+        return state
+
+    def checkpoint(self, directory: str) -> tuple[dict[str, Any], list[PartInfo]]:
+        """Every host and shard writes its state to ``directory``; returns the
+        coordinator's state and the parts written (one coordinated checkpoint)."""
+        return self.coordinator_state(), self.session.checkpoint(directory)
+
+    def restore(self, directory: str, parts: Sequence[PartInfo], state: dict[str, Any]) -> None:
+        """Roll back to a checkpoint: every host and shard, then the coordinator."""
+        self.session.restore(directory, parts)
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        self.rows = list(state["rows"])
+        if self.metrics is not None:
+            self.metrics.update()
 
     def _groups(self) -> int:
         return len({g.group.name for g in self.plan.guests})

@@ -35,6 +35,7 @@ from services.guest.core.constants import (
 )
 from services.host.core.config import ZSWAP_LZ4_RATIO
 from services.host.core.costs import CostModel
+from services.units import NS_PER_S
 
 from .quantities import parse_duration_ns, parse_size_bytes
 from .spec_base import (
@@ -359,6 +360,10 @@ class SweepSpec(_Model):
     )
 
 
+# spec fields that never change a result, kept out of the run id (ExperimentSpec.run_id)
+RESULT_NEUTRAL_FIELDS = ("checkpoint_interval",)
+
+
 class ExperimentSpec(_Model):
     # Where relative trace paths resolve (not a field: the spec file's directory, or serve's
     # --trace-dir; None: trace workloads with a path are refused). See with_trace_root.
@@ -403,6 +408,19 @@ class ExperimentSpec(_Model):
             "they could not price themselves (swap-outs, reclaim) one epoch later, as with per-epoch syncs."
         ),
     )
+    checkpoint_interval: int = Field(
+        60 * NS_PER_S,
+        ge=0,
+        le=MAX_DURATION_NS,
+        description=(
+            "Simulated time between coordinated checkpoints (default 60 s; 0: none): every host, "
+            "every guest shard and the coordinator save their state at the same sample boundary, "
+            "the first one at or after each multiple of this interval. A lost actor rolls the run "
+            "back to the last one, and `overcommit run --resume RUN_DIR` continues a stopped run "
+            "from it, with the results of an uninterrupted run. Not part of the run id: checkpoints "
+            "never change results."
+        ),
+    )
     hosts: list[HostGroup] = Field(min_length=1, max_length=MAX_GROUPS, description="Host groups.")
     guest_groups: list[GuestGroup] = Field(
         min_length=1, max_length=MAX_GROUPS, description="Guest groups."
@@ -417,7 +435,9 @@ class ExperimentSpec(_Model):
         None, description="Grid of overrides x seeds (overcommit sweep)."
     )
 
-    _durs = field_validator("duration", "epoch", "sample_interval", mode="before")(_dur)
+    _durs = field_validator(
+        "duration", "epoch", "sample_interval", "checkpoint_interval", mode="before"
+    )(_dur)
 
     @field_validator("sync_interval", mode="before")
     @classmethod
@@ -518,9 +538,18 @@ class ExperimentSpec(_Model):
         return self.model_dump(mode="json")
 
     def run_id(self) -> str:
-        """A run's identity: a hash of its resolved spec (wall time is not in it)."""
-        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        """A run's identity: a hash of its resolved spec less the fields that never change
+        a result (RESULT_NEUTRAL_FIELDS); wall time is not in it."""
+        data = self.resolved_dict()
+        for key in RESULT_NEUTRAL_FIELDS:
+            data.pop(key, None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def spec_sha256(self) -> str:
+        """A digest of the whole resolved spec (checkpoints carry it)."""
+        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
 
 
 def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_SYNC_CAP_NS) -> int:

@@ -145,7 +145,15 @@ def test_shrinking_one_owners_cache_leaves_the_others_pages():
 
     g = Guest(0, GuestConfig(nr_pages=8192), 0, RecordingReporter(), fast=False)
     lost = {0: [], 1: []}
-    owners = [g.page_cache.register(lambda f, o=o: lost[o].extend(f.tolist())) for o in (0, 1)]
+
+    class Owner:
+        def __init__(self, o):
+            self.o = o
+
+        def evicted(self, fpages):
+            lost[self.o].extend(fpages.tolist())
+
+    owners = [g.page_cache.register(Owner(o)) for o in (0, 1)]
     a = g.alloc(0, 1, 10)
     b = g.alloc(0, 1, 10)
     g.page_cache.add(a[:5], owners[0], np.arange(0, 5))

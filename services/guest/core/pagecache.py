@@ -20,9 +20,9 @@ its next read of them misses. Arrays, not a Python object per page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Protocol
 
 import numpy as np
 
@@ -95,6 +95,14 @@ class PageCacheLRU:
         return out
 
 
+class CacheOwner(Protocol):
+    """A workload that keeps file pages in the page cache."""
+
+    def evicted(self, fpages: np.ndarray) -> None:
+        """Its file pages ``fpages`` left the cache (reclaim, drop_caches, a shrink)."""
+        ...
+
+
 class PageCache:
     """The guest's page cache with its kswapd (a guest timer) and drop_caches."""
 
@@ -110,7 +118,8 @@ class PageCache:
         self.lru = PageCacheLRU()
         self.step_pages = max(1, (reclaim_bytes_per_s * step_ns // 1_000_000_000) >> PAGE_SHIFT)
         self.step_ns = step_ns
-        self._owners: list[Callable[[np.ndarray], None]] = []
+        # owners of file pages, objects (not callbacks) so a checkpoint can hold them
+        self._owners: list[CacheOwner] = []
         self.kswapd_active = False
         self._next_ns: int | None = None
         self.used = False  # any page ever cached (results sample the cache only then)
@@ -120,9 +129,9 @@ class PageCache:
         self.dropped_pages = 0
 
     # -- owners ------------------------------------------------------------------------
-    def register(self, evicted: Callable[[np.ndarray], None]) -> int:
-        """An owner of file pages: ``evicted(fpages)`` is called when some leave."""
-        self._owners.append(evicted)
+    def register(self, owner: CacheOwner) -> int:
+        """An owner of file pages: ``owner.evicted(fpages)`` is called when some leave."""
+        self._owners.append(owner)
         return len(self._owners) - 1
 
     def add(self, pfns: np.ndarray, owner: int, fpages: np.ndarray) -> None:
@@ -141,7 +150,7 @@ class PageCache:
         if len(pfns) == 0:
             return 0
         for owner in np.unique(owners):
-            self._owners[int(owner)](fpages[owners == owner])
+            self._owners[int(owner)].evicted(fpages[owners == owner])
         self.guest.free(pfns, 0, KSWAPD_CPU)
         return len(pfns)
 
@@ -156,7 +165,7 @@ class PageCache:
         got smaller); other owners' pages stay. Counted with drop_caches."""
         pfns, fpages = self.lru.pop_owner_oldest(owner, pages)
         if len(pfns):
-            self._owners[owner](fpages)
+            self._owners[owner].evicted(fpages)
             self.guest.free(pfns, 0, KSWAPD_CPU)
         self.dropped_pages += len(pfns)
         return len(pfns)
@@ -270,7 +279,7 @@ class PageCacheReader:
         """The cache's pages count as the page cache, not as this workload's memory."""
         return SimpleNamespace(count=0)
 
-    def _evicted(self, fpages: np.ndarray) -> None:
+    def evicted(self, fpages: np.ndarray) -> None:
         self.resident[fpages] = False
 
     def _miss_ns(self) -> int:
@@ -302,7 +311,7 @@ class PageCacheReader:
             return
         t1_ns = end
         if self._owner is None:
-            self._owner = guest.page_cache.register(self._evicted)
+            self._owner = guest.page_cache.register(self)
         start = self.config.start_delay_ns
         drops = self.config.drop_caches_ns
         while self._next_drop < len(drops) and start + drops[self._next_drop] < t1_ns:

@@ -128,7 +128,7 @@ class TraceReplay:
     def _at_target(self) -> bool:
         return self.held.count == self.target_blocks() and self.cache_held == self.cache_target()
 
-    def _evicted(self, fpages: np.ndarray) -> None:
+    def evicted(self, fpages: np.ndarray) -> None:
         self.cache_held -= len(fpages)
 
     def next_event_ns(self, now_ns: int) -> int | None:
@@ -195,7 +195,7 @@ class TraceReplay:
     def _work_cache(self, guest, work_ns: int) -> None:
         cache = guest.page_cache
         if self._cache_owner is None:
-            self._cache_owner = cache.register(self._evicted)
+            self._cache_owner = cache.register(self)
         want = self.cache_target() - self.cache_held
         if want < 0:
             self.stats.pages_freed += cache.shrink(self._cache_owner, -want)

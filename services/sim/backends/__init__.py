@@ -14,6 +14,7 @@ from typing import Protocol
 
 from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
 from services.metrics import MetricsOptions
+from services.protocol.snapshot import PartInfo
 
 from ..plan import SimPlan
 
@@ -40,11 +41,30 @@ class Session(Protocol):
     def skip_to(self, t_ns: int) -> None: ...
     def group_samples(self) -> GroupSamples: ...
     def host_samples(self) -> HostSamples: ...
+    def checkpoint(self, directory: str) -> list[PartInfo]:
+        """Every host and shard writes its state, at this sample boundary, as a part file
+        in ``directory`` (one per host and per shard, whatever the actor grouping)."""
+        ...
+
+    def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
+        """Roll every host and shard back to a checkpoint (actors lost since are restarted)."""
+        ...
+
     def stats(self) -> dict[str, object]:
         """Wall-clock timings of the session (metadata, never results)."""
         ...
 
     def close(self) -> None: ...
+
+
+def host_part(host_id: int) -> str:
+    """The part file name of a host's state in a checkpoint."""
+    return f"host-{int(host_id)}.snap"
+
+
+def shard_part(shard_id: int) -> str:
+    """The part file name of a guest shard's state in a checkpoint."""
+    return f"shard-{int(shard_id)}.snap"
 
 
 class Backend(Protocol):

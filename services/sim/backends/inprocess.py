@@ -20,8 +20,10 @@ from services.host.core.host import warm_up as host_warm_up
 from services.host.directory import HostDirectory
 from services.metrics import MetricsOptions
 from services.protocol.clients import InProcessHostLink
+from services.protocol.snapshot import PartInfo, read_part, write_part
 
 from ..plan import SimPlan
+from . import host_part, shard_part
 
 
 class InProcessSession:
@@ -66,6 +68,24 @@ class InProcessSession:
     def top_guests(self, k: int) -> dict[int, list[tuple[int, dict[str, int]]]]:
         """Each host's ``k`` guests with the most backed memory, by host id."""
         return {h: b.host.top_guests(k) for h, b in sorted(self.barriers.items())}
+
+    def checkpoint(self, directory: str) -> list[PartInfo]:
+        """Write every host's and every shard's state (at a sample boundary) to ``directory``."""
+        parts = [write_part(directory, host_part(h), b) for h, b in sorted(self.barriers.items())]
+        parts += [write_part(directory, shard_part(s.shard_id), s) for s in self.driver.shards]
+        return parts
+
+    def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
+        """Roll every host and shard back to the checkpoint whose parts are ``parts``."""
+        by_name = {p.name: p for p in parts}
+        saved_hosts = {h: read_part(directory, by_name[host_part(h)]) for h in self.barriers}
+        saved_shards = [
+            read_part(directory, by_name[shard_part(s.shard_id)]) for s in self.driver.shards
+        ]
+        for h, barrier in self.barriers.items():
+            barrier.restore(saved_hosts[h])
+        for shard, saved in zip(self.driver.shards, saved_shards, strict=True):
+            shard.restore(saved)
 
     def stats(self) -> dict[str, object]:
         return {

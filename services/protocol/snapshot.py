@@ -1,0 +1,153 @@
+"""State snapshots: one entity's state (a host's epoch barrier, a guest shard) as a file and back.
+
+A coordinated checkpoint (:mod:`services.sim.checkpoint`) asks every host and
+every shard to write its state at the same sample boundary; each writes one
+*part* file here and reports its size and SHA-256, which the coordinator's
+manifest records. Reading a part checks both before anything is decoded, so a
+truncated, corrupted or swapped file is refused with :class:`SnapshotError`
+and never loaded.
+
+The encoding is pickle (protocol 5: numpy arrays are written as raw buffers),
+read back through an unpickler that resolves only classes of this project,
+numpy's array reconstructors and plain builtin containers: a part file is never
+a way to run arbitrary code, even one whose checksum was forged to match.
+Writes are atomic: a temporary file in the same directory, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"OCSIM-SNAPSHOT-1\n"
+_CHUNK = 1 << 22  # bytes hashed per read
+
+_BUILTINS = frozenset(
+    {"set", "frozenset", "dict", "list", "tuple", "int", "float", "complex", "bool", "bytes"}
+    | {"bytearray", "str", "slice", "range", "object", "NoneType"}
+)
+_NUMPY_MODULES = frozenset(
+    {
+        "numpy",
+        "numpy.core.multiarray",
+        "numpy._core.multiarray",
+        "numpy.core.numeric",
+        "numpy._core.numeric",
+        "numpy.random._pickle",
+        "numpy.random.bit_generator",
+        "numpy.random._generator",
+        "numpy.random._pcg64",
+        "numpy.random._philox",
+        "numpy.random._mt19937",
+        "numpy.random._sfc64",
+        "numpy.dtypes",
+    }
+)
+_OTHER = frozenset(
+    {
+        ("collections", "defaultdict"),
+        ("collections", "OrderedDict"),
+        ("collections", "deque"),
+        ("copyreg", "_reconstructor"),
+        ("copyreg", "__newobj__"),
+        ("enum", "Enum"),
+    }
+)
+
+
+class SnapshotError(ValueError):
+    """A part file that cannot be trusted: missing, truncated, corrupted or foreign."""
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """What the manifest records of one part file."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            (module == "builtins" and name in _BUILTINS)
+            or module in _NUMPY_MODULES
+            or (module, name) in _OTHER
+            or module == "services"
+            or module.startswith("services.")
+        )
+        if not allowed:
+            raise SnapshotError(f"snapshot refers to {module}.{name}, which a snapshot never holds")
+        found = super().find_class(module, name)
+        if module.startswith("services") and not isinstance(found, type):
+            raise SnapshotError(f"snapshot refers to {module}.{name}, which is not a class")
+        if module == "builtins" and name == "NoneType":
+            return type(None)
+        return found
+
+
+def dumps(obj: Any) -> bytes:
+    return MAGIC + pickle.dumps(obj, protocol=5)
+
+
+def loads(blob: bytes) -> Any:
+    if not blob.startswith(MAGIC):
+        raise SnapshotError("not a snapshot (its header is missing)")
+    try:
+        return _Unpickler(io.BytesIO(memoryview(blob)[len(MAGIC) :])).load()
+    except SnapshotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or mangled stream raises many types
+        raise SnapshotError(f"snapshot does not decode: {type(e).__name__}: {e}") from None
+
+
+def write_part(directory: str, name: str, obj: Any) -> PartInfo:
+    """Write ``obj`` to ``directory/name`` atomically; return its size and digest.
+
+    ``name`` is a plain file name made by the caller from fixed words and integers."""
+    _check_name(name)
+    blob = dumps(obj)
+    path = os.path.join(directory, name)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return PartInfo(name, len(blob), hashlib.sha256(blob).hexdigest())
+
+
+def read_part(directory: str, info: PartInfo) -> Any:
+    """The object in ``directory/info.name``, after its size and digest are checked."""
+    _check_name(info.name)
+    path = os.path.join(directory, info.name)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(info.size + 1)
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(blob) != info.size:
+        raise SnapshotError(
+            f"{path}: {len(blob)} bytes{'+' if len(blob) > info.size else ''}, "
+            f"the manifest says {info.size} (truncated or replaced)"
+        )
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != info.sha256:
+        raise SnapshotError(f"{path}: checksum {digest[:16]}… is not the manifest's (corrupted)")
+    return loads(blob)
+
+
+def _check_name(name: str) -> None:
+    ok = (
+        isinstance(name, str)
+        and 0 < len(name) <= 64
+        and all(c.isalnum() or c in "-_." for c in name)
+        and not name.startswith(".")
+    )
+    if not ok:
+        raise SnapshotError(f"part name {name!r}: not a plain file name")
