@@ -17,6 +17,8 @@ from overcommit.v1 import guest_pb2
 from services.guest.core.guest import warm_up
 from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
+from services.protocol.snapshot import PartInfo, read_part, shard_part, write_part
+from services.transport.client import RetryPolicy
 from services.transport.errors import StatusError
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
@@ -25,6 +27,10 @@ from .epoch_driver import ChunkResults, EpochDriver, SyncDecision
 from .guest_service import GuestServicer, start_guest_server
 from .shard import GuestInit, GuestShard
 from .shard_api import ShardApi
+
+# SyncEpoch is idempotent: retried on UNAVAILABLE (a dropped reply, a host restarting)
+# while its deadline allows, so even a high injected drop rate never fails a call
+SYNC_RETRY = RetryPolicy(max_attempts=40)
 
 _GUEST_REQUESTS = {
     "ListGuests": guest_pb2.ListGuestsRequest,
@@ -56,7 +62,7 @@ class ShardRunner:
         if guests:
             warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
         self.shard = GuestShard(shard_id, guests, seed, fast=fast)
-        self.link = GrpcHostLink(experiment_id, host_targets, token=token)
+        self.link = GrpcHostLink(experiment_id, host_targets, token=token, retry=SYNC_RETRY)
         self.driver = EpochDriver([self.shard], self.link, policy, sorted(host_targets), epoch_ns)
         self.guest_server = None
         self.workload_factory = workload_factory
@@ -88,6 +94,39 @@ class ShardRunner:
         if results.groups:
             self._export(results.groups[-1])
         return results
+
+    # -- coordinated checkpoints and recovery
+
+    def checkpoint(self, directory: str) -> list[PartInfo]:
+        """Write this shard's state (at a sample boundary) as a part."""
+        return [write_part(directory, shard_part(self.shard.shard_id), self.shard)]
+
+    def restore(self, directory: str, parts: list[PartInfo]) -> None:
+        """Roll this shard back to a checkpoint (its part checked first)."""
+        by_name = {p.name: p for p in parts}
+        self.shard.restore(read_part(directory, by_name[shard_part(self.shard.shard_id)]))
+        self._export(self.shard.sample())
+
+    def retarget(self, host_targets: dict[int, str]) -> None:
+        """Reach the hosts at new addresses (host actors restarted on other ports)."""
+        self.link.close()
+        self.link = GrpcHostLink(
+            self.experiment_id, host_targets, token=self.token, retry=SYNC_RETRY
+        )
+        self.driver.link = self.link
+
+    def process(self) -> dict[str, object]:
+        """This actor's worker process id and whether Ray restarted it (fault tests)."""
+        import os
+
+        restarted = False
+        try:
+            import ray
+
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        except Exception:  # noqa: BLE001 - a plain object outside Ray: never restarted
+            restarted = False
+        return {"pid": os.getpid(), "restarted": restarted}
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""

@@ -18,6 +18,8 @@ from services.metrics import (
     guest_rows,
 )
 from services.protocol.messages import GuestRegistration
+from services.protocol.snapshot import PartInfo, host_part, read_part, write_part
+from services.transport.faults import ReplyFaultInterceptor, ReplyFaults
 from services.transport.security import TokenStore
 from services.transport.server import ServerOptions
 
@@ -35,6 +37,7 @@ class HostRunner:
         hosts: dict[int, HostConfig],
         token: str | None = None,
         metrics: MetricsOptions | None = None,
+        faults: ReplyFaults | None = None,
     ):
         self.experiment_id = experiment_id
         distinct: list[HostConfig] = []
@@ -47,7 +50,13 @@ class HostRunner:
         }
         self.directory = HostDirectory(self.endpoints.values())
         tokens = TokenStore(tokens={experiment_id: token}) if token else None
-        self.server = start_host_server(self.directory, ServerOptions(port=0, tokens=tokens))
+        self.faults = ReplyFaultInterceptor(faults) if faults and faults.active else None
+        self.server = start_host_server(
+            self.directory,
+            ServerOptions(
+                port=0, tokens=tokens, interceptors=(self.faults,) if self.faults else ()
+            ),
+        )
         self.server.start()
         self.metrics = metrics
         self._collector: SnapshotCollector | None = None
@@ -99,6 +108,38 @@ class HostRunner:
         if out:
             self._export(out[-1])
         return out, [sum(ep.apply_wall_s_at(e) for ep in self.endpoints.values()) for e in epochs]
+
+    # -- coordinated checkpoints and recovery
+
+    def checkpoint(self, directory: str) -> list[PartInfo]:
+        """Write each host's state (barrier and core, at a sample boundary) as a part."""
+        return [write_part(directory, host_part(h), ep) for h, ep in self.endpoints.items()]
+
+    def restore(self, directory: str, parts: list[PartInfo]) -> None:
+        """Roll every host of this actor back to a checkpoint (each part checked first)."""
+        by_name = {p.name: p for p in parts}
+        saved = {h: read_part(directory, by_name[host_part(h)]) for h in self.endpoints}
+        for h, ep in self.endpoints.items():
+            ep.restore(saved[h])
+        self._export(self.samples())
+
+    def process(self) -> dict[str, object]:
+        """This actor's worker process id and whether Ray restarted it (fault tests)."""
+        import os
+
+        restarted = False
+        try:
+            import ray
+
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        except Exception:  # noqa: BLE001 - a plain object outside Ray: never restarted
+            restarted = False
+        return {"pid": os.getpid(), "restarted": restarted}
+
+    def fault_counts(self) -> dict[str, int]:
+        """Replies dropped and delayed by fault injection so far."""
+        f = self.faults
+        return {"dropped": f.dropped if f else 0, "delayed": f.delayed if f else 0}
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds this actor's hosts spent applying epochs (metadata, not results)."""

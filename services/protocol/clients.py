@@ -23,9 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
-from services.transport.client import (
-    ServiceClient,
-)
+from services.transport.client import RetryPolicy, ServiceClient
 from services.transport.errors import resource_exhausted
 from services.transport.security import ClientTls
 
@@ -176,12 +174,14 @@ class GrpcHostLink:
         token: str | None = None,
         tls: ClientTls | None = None,
         timeout_s: float = SYNC_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
     ):
         self.experiment_id = experiment_id
         self.targets = dict(targets)
         self.token = token
         self.tls = tls
         self.timeout_s = timeout_s
+        self.retry = retry
         self._clients: dict[int, HostClient] = {}
         self._pending: dict[tuple[int, int, int, int], tuple[host_pb2.SyncEpochRequest, Any]] = {}
 
@@ -194,6 +194,7 @@ class GrpcHostLink:
                 token=self.token,
                 experiment_id=self.experiment_id,
                 timeout_s=self.timeout_s,
+                retry=self.retry,
             )
         return client
 

@@ -33,6 +33,9 @@ DISCARD_MODES = (DISCARD_DONTNEED, DISCARD_FREE, DISCARD_DISABLED)
 EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
+# the gRPC method name of HostService.SyncEpoch (fault injection picks its replies)
+SYNC_EPOCH_METHOD = "/overcommit.v1.HostService/SyncEpoch"
+
 
 @dataclass(frozen=True)
 class GuestRegistration:

@@ -91,6 +91,16 @@ class _Unpickler(pickle.Unpickler):
         return found
 
 
+def host_part(host_id: int) -> str:
+    """The part file name of a host's state in a checkpoint."""
+    return f"host-{int(host_id)}.snap"
+
+
+def shard_part(shard_id: int) -> str:
+    """The part file name of a guest shard's state in a checkpoint."""
+    return f"shard-{int(shard_id)}.snap"
+
+
 def dumps(obj: Any) -> bytes:
     return MAGIC + pickle.dumps(obj, protocol=5)
 

@@ -76,9 +76,13 @@ class Loaded:
     def variant_dir(self, variant: str) -> str:
         return os.path.join(self.directory, variant)
 
-    def restore(self, sim: Any, variant: str) -> None:
-        """Roll a new simulation of ``variant`` (same spec and shards) to this checkpoint."""
-        sim.restore(self.variant_dir(variant), self.parts[variant], self.running[variant])
+    def restore_args(self, variant: str) -> tuple[str, list[PartInfo], dict[str, Any]]:
+        """What ``Simulation.restore`` takes to roll ``variant`` back to this checkpoint."""
+        return (
+            os.path.abspath(self.variant_dir(variant)),
+            self.parts[variant],
+            self.running[variant],
+        )
 
 
 def _digest(manifest: Mapping[str, Any]) -> str:
@@ -112,6 +116,8 @@ class Checkpoints:
         self.last_bytes = 0  # size of the last one (parts and coordinator)
         self.last_time_ns: int | None = None
         self.wall_s = 0.0  # wall seconds spent writing (metadata)
+        # variant -> what Simulation.restore needs to roll back to the last checkpoint
+        self.last: dict[str, tuple[str, list[PartInfo], dict[str, Any]]] = {}
 
     def save(self, running: Mapping[str, Any], finished: Mapping[str, Finished]) -> str:
         """Checkpoint the simulations in ``running`` (variant -> Simulation, all at a
@@ -125,12 +131,14 @@ class Checkpoints:
         os.makedirs(tag_dir)
         parts: dict[str, list[dict[str, Any]]] = {}
         coordinator: dict[str, Any] = {"running": {}, "finished": {}}
+        last = {}
         for variant, sim in running.items():
-            vdir = os.path.join(tag_dir, _check_variant(variant))
+            vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
             os.makedirs(vdir)
-            state, written = sim.checkpoint(os.path.abspath(vdir))
+            state, written = sim.checkpoint(vdir)
             coordinator["running"][variant] = state
             parts[variant] = [vars(p) for p in written]
+            last[variant] = (vdir, list(written), state)
             _fsync_dir(vdir)
         for variant, done in finished.items():
             coordinator["finished"][_check_variant(variant)] = {
@@ -173,6 +181,7 @@ class Checkpoints:
                 else:
                     with contextlib.suppress(OSError):
                         os.remove(target)
+        self.last = last
         self.saved += 1
         self.last_bytes = coord.size + sum(p["size"] for ps in parts.values() for p in ps)
         self.last_time_ns = max(times.values(), default=0)

@@ -7,8 +7,11 @@ Errors are one clear line (exit status 2 for a bad spec, 1 otherwise) unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from .live_metrics import DEFAULT_LINGER_S, LiveMetrics
 from .spec import SpecError, load_spec
@@ -84,8 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="run one experiment (and its paired baselines)")
-    p.add_argument("spec")
+    p.add_argument("spec", nargs="?", help="the spec file (not needed with --resume)")
     _add_common(p)
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last checkpoint (RUN_DIR/checkpoint; the spec "
+        "is the checkpoint's, and a SPEC given too must be the same)",
+    )
     p.add_argument("--report", action="store_true", help="also write report.html and plots")
     _add_metrics(p)
     p.add_argument(
@@ -188,10 +198,29 @@ def _print_warnings(spec, plan=None) -> None:
 
 def cmd_run(args) -> int:
     from .console import print_summary
-    from .runner import LiveRun, run_experiment
+    from .runner import LiveRun, RunInterrupted, run_experiment
 
-    spec = load_spec(args.spec, args.overrides)
-    _print_warnings(spec)
+    resume = None
+    if args.resume is not None:
+        from . import checkpoint
+
+        if args.overrides:
+            raise SystemExit("error: --set: a resumed run keeps its spec; it takes no overrides")
+        given = load_spec(args.spec) if args.spec else None
+        resume = checkpoint.load(args.resume, given)
+        spec = resume.spec
+        if args.shards is not None and args.shards != resume.shards:
+            print(
+                f"warning: --shards {args.shards}: the checkpoint has {resume.shards} shards; "
+                "resuming with those",
+                file=sys.stderr,
+            )
+        print(f"resuming {args.resume}: {checkpoint.describe(resume)}", flush=True)
+    elif args.spec is None:
+        raise SystemExit("error: run needs a SPEC file, or --resume RUN_DIR")
+    else:
+        spec = load_spec(args.spec, args.overrides)
+        _print_warnings(spec)
     live = None
     if args.metrics or args.speed is not None:
         metrics = None
@@ -204,15 +233,22 @@ def cmd_run(args) -> int:
                 top_guests=args.metrics_top_guests,
             )
         live = LiveRun(metrics=metrics, speed=args.speed, on_metrics=_print_metrics)
-    result = run_experiment(
-        spec,
-        out_dir=args.out,
-        shards=args.shards,
-        address=args.address,
-        transport=args.transport,
-        progress=not args.no_progress,
-        live=live,
-    )
+    try:
+        with _stop_on_signals() as stop:
+            result = run_experiment(
+                spec,
+                out_dir=args.out,
+                shards=args.shards,
+                address=args.address,
+                transport=args.transport,
+                progress=not args.no_progress,
+                live=live,
+                resume=resume,
+                stop=stop,
+            )
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     print_summary(result)
     print(f"results: {result.run_dir}")
     if args.report:
@@ -220,6 +256,34 @@ def cmd_run(args) -> int:
 
         print(f"report:  {write_report(result.run_dir)}")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM ask the run to stop at its next sample boundary (it then
+    checkpoints and says how to resume); a second one aborts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"\n{signal.Signals(signum).name}: stopping at the next sample boundary and "
+            "checkpointing (again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _print_metrics(hub) -> None:

@@ -17,8 +17,9 @@ from services.guest.core.backing import ReportCost, TouchCost
 from services.guest.shard import GuestInit
 from services.host.core.config import DISCARD_DISABLED, DISCARD_FREE, HostConfig
 from services.host.core.costs import HUGE_1G_BYTES, discard_ns, report_ns
-from services.protocol.messages import GuestRegistration
-from services.units import RNG_KIND_START_JITTER
+from services.protocol.messages import SYNC_EPOCH_METHOD, GuestRegistration
+from services.transport.faults import ReplyFaults
+from services.units import NS_PER_S, RNG_KIND_START_JITTER
 
 from .core_configs import guest_config, host_config, workload_config
 from .placement import GuestSlot, HostSlot, place, shard_guests
@@ -28,6 +29,16 @@ from .trace_groups import group_traces
 
 
 @dataclass(frozen=True)
+class Kill:
+    """One actor killed while the call simulating ``at_ns`` is in flight."""
+
+    actor: str  # "host" (the actor holding host ``index``) or "shard"
+    index: int
+    at_ns: int
+    how: str  # "actor" (ray.kill) or "process" (SIGKILL of its worker)
+
+
+@dataclass
 class SimPlan:
     experiment_id: str
     seed: int
@@ -38,6 +49,8 @@ class SimPlan:
     hosts: list[HostSlot]
     guests: list[GuestSlot]
     shard_inits: list[list[GuestInit]]
+    kills: tuple[Kill, ...] = ()  # actors killed mid-run (spec faults.kill)
+    reply_faults: ReplyFaults | None = None  # SyncEpoch replies dropped or delayed
 
     def registrations(self) -> list[tuple[int, GuestRegistration]]:
         """Every guest's (host id, registration), in guest-id order (the order hosts
@@ -136,7 +149,22 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
                 )
             )
         inits.append(shard_inits)
+    faults = spec.faults
+    for i, k in enumerate(faults.kill):
+        if k.actor == "shard" and k.index >= len(inits):
+            raise ValueError(
+                f"faults.kill.{i}.index ({k.index}): the run has shards 0..{len(inits) - 1}"
+            )
+    reply_faults = ReplyFaults(
+        method=SYNC_EPOCH_METHOD,
+        drop=faults.drop_replies,
+        delay=faults.delay_replies,
+        delay_s=faults.reply_delay / NS_PER_S,
+        seed=spec.seed,
+    )
     return SimPlan(
+        kills=tuple(Kill(k.actor, k.index, k.at, k.how) for k in faults.kill),
+        reply_faults=reply_faults if reply_faults.active else None,
         experiment_id=experiment_id,
         seed=spec.seed,
         epoch_ns=spec.epoch,

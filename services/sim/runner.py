@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 from services.units import NS_PER_S
 
 from . import checkpoint
-from .backends import Backend, backend_for
+from .backends import ActorLostError, Backend, backend_for
 from .live_metrics import MAX_SPEED, LiveMetrics, MetricsHub, saved_bytes
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
 from .run_files import RunResult, results_dir, write_run
@@ -124,6 +125,9 @@ class RunInterrupted(Exception):  # noqa: N818 - not an error: the run stopped a
 
 
 PARTIAL_TIMESERIES = "timeseries.partial.parquet"
+# actor losses a simulation survives beyond its planned kills (each rolls back to the
+# last checkpoint)
+MAX_RECOVERIES = 8
 
 
 def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, all optional
@@ -278,7 +282,9 @@ class _RunDriver:
                 self.spec, self.run_dir, traces, len(sim.plan.shard_inits)
             )
         if self.resume is not None and variant in self.resume.running:
-            self.resume.restore(sim, variant)
+            last = self.resume.restore_args(variant)
+            sim.restore(*last)
+            self.checkpoints.last[variant] = last
 
     def _finish_all(self) -> None:
         for variant, sim in list(self.sims.items()):
@@ -315,8 +321,12 @@ class _RunDriver:
             while not sim.finished:
                 due = self._due(sim.now_ns)
                 target = self.spec.duration if due is None else due
-                if not sim.advance_to(target, should_stop=self.stop.is_set):
-                    raise self._interrupted(sim)
+                try:
+                    if not sim.advance_to(target, should_stop=self.stop.is_set):
+                        raise self._interrupted(sim)
+                except ActorLostError as e:
+                    self._recover(sim, e)
+                    continue
                 if due is not None and sim.now_ns >= due and not sim.finished:
                     self._save()
         finally:
@@ -342,7 +352,10 @@ class _RunDriver:
                 if due is not None:
                     target = min(target, due)
                 for sim in self.sims.values():
-                    sim.advance_to(target)
+                    try:
+                        sim.advance_to(target)
+                    except ActorLostError as e:
+                        self._recover(sim, e)
                 self._share_savings()
                 if due is not None and run.now_ns >= due and not run.finished:
                     self._save()
@@ -355,6 +368,26 @@ class _RunDriver:
         finally:
             if bar is not None:
                 bar.close()
+
+    def _recover(self, sim: Simulation, err: Exception) -> None:
+        """An actor was lost: roll ``sim`` back to the last checkpoint (or its start)."""
+        self.recoveries += 1
+        # planned kills (faults.kill) come on top of the losses a run survives
+        limit = (MAX_RECOVERIES + len(self.spec.faults.kill)) * (1 + len(self.spec.compare))
+        if self.recoveries > limit:
+            raise RuntimeError(
+                f"{sim.variant}: actors lost {self.recoveries} times (at most {limit}); "
+                f"the last: {err}"
+            ) from err
+        last = self.checkpoints.last.get(sim.variant) if self.checkpoints else None
+        back = last[2]["now_ns"] if last else 0
+        print(
+            f"warning: {sim.variant}: {err}; rolled back to simulated {back / NS_PER_S:g} s "
+            f"(recovery {self.recoveries} of at most {limit})",
+            file=sys.stderr,
+            flush=True,
+        )
+        sim.recover(last)
 
     def _share_savings(self) -> None:
         """The run's memory saved against each baseline at their common last sample."""

@@ -79,6 +79,7 @@ class Simulation:
             # the first interval's decision
             self._pressure = self.plan.policy.under_pressure({}, hosts)
             self._record(0, hosts, self.last_groups)
+            self._initial = self.coordinator_state()  # what a rollback without checkpoint restores
             if metrics is not None:
                 self.metrics = metrics.attach(self)
                 self.metrics.update()
@@ -214,6 +215,19 @@ class Simulation:
         for k in self._STATE:
             setattr(self, k, state[k])
         self.rows = list(state["rows"])
+        if self.metrics is not None:
+            self.metrics.update()
+
+    def recover(self, last: tuple[str, Sequence[PartInfo], dict[str, Any]] | None) -> None:
+        """After the session lost an actor: bring every actor back and roll back to the
+        last checkpoint (``last``: ``restore``'s arguments), else to the start."""
+        self.session.recover()
+        if last is not None:
+            self.restore(*last)
+            return
+        for k in self._STATE:
+            setattr(self, k, self._initial[k])
+        self.rows = list(self._initial["rows"])
         if self.metrics is not None:
             self.metrics.update()
 

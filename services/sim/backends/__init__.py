@@ -47,7 +47,13 @@ class Session(Protocol):
         ...
 
     def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
-        """Roll every host and shard back to a checkpoint (actors lost since are restarted)."""
+        """Roll every host and shard back to a checkpoint."""
+        ...
+
+    def recover(self) -> None:
+        """After :class:`ActorLostError`: every host and shard back in its initial state
+        (restarted where lost, reset elsewhere), guests registered; the caller then
+        restores the last checkpoint, if any."""
         ...
 
     def stats(self) -> dict[str, object]:
@@ -57,14 +63,20 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
-def host_part(host_id: int) -> str:
-    """The part file name of a host's state in a checkpoint."""
-    return f"host-{int(host_id)}.snap"
+class ActorLostError(RuntimeError):
+    """An actor of the session died (or was lost with its process). The session's
+    :meth:`Session.recover` brings every actor back (restarted ones in their initial
+    state); the simulation then rolls back to its last checkpoint."""
 
 
-def shard_part(shard_id: int) -> str:
-    """The part file name of a guest shard's state in a checkpoint."""
-    return f"shard-{int(shard_id)}.snap"
+def due_kills(plan: SimPlan, done: set[int], chunks: Sequence[tuple[int, int]]) -> list[int]:
+    """The plan's kills (indices into ``plan.kills``) not yet done whose time falls in
+    the sample intervals ``chunks`` ((start ns, epochs) each)."""
+    if not plan.kills or not chunks:
+        return []
+    t0 = chunks[0][0]
+    end = chunks[-1][0] + chunks[-1][1] * plan.epoch_ns
+    return [i for i, k in enumerate(plan.kills) if i not in done and t0 <= k.at_ns < end]
 
 
 class Backend(Protocol):

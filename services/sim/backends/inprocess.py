@@ -20,10 +20,10 @@ from services.host.core.host import warm_up as host_warm_up
 from services.host.directory import HostDirectory
 from services.metrics import MetricsOptions
 from services.protocol.clients import InProcessHostLink
-from services.protocol.snapshot import PartInfo, read_part, write_part
+from services.protocol.snapshot import PartInfo, host_part, read_part, shard_part, write_part
 
 from ..plan import SimPlan
-from . import host_part, shard_part
+from . import ActorLostError, due_kills
 
 
 class InProcessSession:
@@ -35,6 +35,12 @@ class InProcessSession:
         first = next((g for inits in plan.shard_inits for g in inits), None)
         if first is not None:
             guest_warm_up(first.config)
+        self._killed: set[int] = set()  # plan.kills done (never twice, even after a rollback)
+        self._build()
+
+    def _build(self) -> None:
+        """Every host and shard in its initial state, guests registered."""
+        plan = self.plan
         self.barriers = {
             h: EpochBarrier(plan.experiment_id, h, Host(h, cfg))
             for h, cfg in plan.host_configs.items()
@@ -54,7 +60,18 @@ class InProcessSession:
         pressure: bool,
         last_hosts: HostSamples,
     ) -> ChunkResults:
-        return self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
+        results = self.driver.run_chunks(first_epoch, chunks, pressure, last_hosts)
+        due = due_kills(self.plan, self._killed, chunks)
+        if due:  # emulated: the call ran, then its actors' state is lost with them
+            self._killed.update(due)
+            kill = self.plan.kills[due[0]]
+            raise ActorLostError(f"{kill.actor} {kill.index} lost (emulated, faults.kill.{due[0]})")
+        return results
+
+    def recover(self) -> None:
+        """Every host and shard rebuilt from the plan (what restarted actors start from)."""
+        self.link.close()
+        self._build()
 
     def skip_to(self, t_ns: int) -> None:
         self.driver.skip_to(t_ns)
