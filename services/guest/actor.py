@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from overcommit.v1 import guest_pb2
+from services.actor_support import was_restarted
 from services.guest.core.guest import warm_up
 from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
@@ -119,14 +120,7 @@ class ShardRunner:
         """This actor's worker process id and whether Ray restarted it (fault tests)."""
         import os
 
-        restarted = False
-        try:
-            import ray
-
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        except Exception:  # noqa: BLE001 - a plain object outside Ray: never restarted
-            restarted = False
-        return {"pid": os.getpid(), "restarted": restarted}
+        return {"pid": os.getpid(), "restarted": was_restarted()}
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""

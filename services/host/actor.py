@@ -8,6 +8,7 @@ hosts are grouped into actors.
 
 from __future__ import annotations
 
+from services.actor_support import was_restarted
 from services.host.core.config import HostConfig
 from services.host.core.host import Host, warm_up
 from services.metrics import (
@@ -127,14 +128,7 @@ class HostRunner:
         """This actor's worker process id and whether Ray restarted it (fault tests)."""
         import os
 
-        restarted = False
-        try:
-            import ray
-
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        except Exception:  # noqa: BLE001 - a plain object outside Ray: never restarted
-            restarted = False
-        return {"pid": os.getpid(), "restarted": restarted}
+        return {"pid": os.getpid(), "restarted": was_restarted()}
 
     def fault_counts(self) -> dict[str, int]:
         """Replies dropped and delayed by fault injection so far."""

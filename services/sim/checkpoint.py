@@ -98,6 +98,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A part of the previous checkpoint into the new one: a hard link (no copy) where
+    the file system allows, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise CheckpointError(f"variant {variant!r}: a checkpoint holds only {list(VARIANTS)}")
@@ -119,9 +128,16 @@ class Checkpoints:
         # variant -> what Simulation.restore needs to roll back to the last checkpoint
         self.last: dict[str, tuple[str, list[PartInfo], dict[str, Any]]] = {}
 
-    def save(self, running: Mapping[str, Any], finished: Mapping[str, Finished]) -> str:
+    def save(
+        self,
+        running: Mapping[str, Any],
+        finished: Mapping[str, Finished],
+        pending: Mapping[str, tuple[str, list[PartInfo], dict[str, Any]]] | None = None,
+    ) -> str:
         """Checkpoint the simulations in ``running`` (variant -> Simulation, all at a
-        sample boundary) and the variants already ``finished``; returns the manifest's path."""
+        sample boundary) and the variants already ``finished``; ``pending``: variants of a
+        resumed checkpoint not started again yet (their parts are linked into the new
+        checkpoint, so it stays whole). Returns the manifest's path."""
         wall0 = time.perf_counter()
         os.makedirs(self.root, exist_ok=True)
         times = {v: sim.now_ns for v, sim in running.items()}
@@ -136,10 +152,19 @@ class Checkpoints:
             vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
             os.makedirs(vdir)
             state, written = sim.checkpoint(vdir)
-            coordinator["running"][variant] = state
-            parts[variant] = [vars(p) for p in written]
             last[variant] = (vdir, list(written), state)
             _fsync_dir(vdir)
+        for variant, (src, src_parts, state) in (pending or {}).items():
+            vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
+            os.makedirs(vdir)
+            for p in src_parts:
+                _link_or_copy(os.path.join(src, p.name), os.path.join(vdir, p.name))
+            last[variant] = (vdir, list(src_parts), state)
+            _fsync_dir(vdir)
+        for variant, (_, written, state) in last.items():
+            coordinator["running"][variant] = state
+            parts[variant] = [vars(p) for p in written]
+            times[variant] = state["now_ns"]
         for variant, done in finished.items():
             coordinator["finished"][_check_variant(variant)] = {
                 "rows": done.rows,

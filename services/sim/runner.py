@@ -205,6 +205,7 @@ class _RunDriver:
         self.hub: MetricsHub | None = None
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.recoveries = 0
+        self.rollbacks: list[dict[str, Any]] = []  # each recovery: variant, lost at, back to
         self.plans: dict[str, Any] = {}  # variant -> its plan
         self._last: dict[str, Any] | None = None  # the last checkpoint: variant -> restore args
 
@@ -217,6 +218,7 @@ class _RunDriver:
         if self.resume is not None:
             out["resumed_from_ns"] = dict(self.resume.time_ns)
         out["recoveries"] = self.recoveries
+        out["rollbacks"] = self.rollbacks
         return out
 
     def run(self, progress: bool):
@@ -281,10 +283,11 @@ class _RunDriver:
             self.checkpoints = checkpoint.Checkpoints(
                 self.spec, self.run_dir, traces, len(sim.plan.shard_inits)
             )
+            if self.resume is not None:  # where each variant rolls back to, until the next
+                for v in self.resume.running:
+                    self.checkpoints.last[v] = self.resume.restore_args(v)
         if self.resume is not None and variant in self.resume.running:
-            last = self.resume.restore_args(variant)
-            sim.restore(*last)
-            self.checkpoints.last[variant] = last
+            sim.restore(*self.checkpoints.last[variant])
 
     def _finish_all(self) -> None:
         for variant, sim in list(self.sims.items()):
@@ -300,7 +303,11 @@ class _RunDriver:
         running = {v: s for v, s in self.sims.items() if not s.closed and not s.finished}
         if self.checkpoints is None or not running:
             return None
-        return self.checkpoints.save(running, self.finished)
+        pending = {}  # resumed variants not started again yet
+        if self.resume is not None:
+            last = self.checkpoints.last
+            pending = {v: last[v] for v in self.resume.running if v not in self.sims}
+        return self.checkpoints.save(running, self.finished, pending)
 
     def _interrupted(self, sim: Simulation) -> RunInterrupted:
         path = self._save()
@@ -387,6 +394,7 @@ class _RunDriver:
             file=sys.stderr,
             flush=True,
         )
+        self.rollbacks.append({"variant": sim.variant, "lost_after_ns": sim.now_ns, "to_ns": back})
         sim.recover(last)
 
     def _share_savings(self) -> None:

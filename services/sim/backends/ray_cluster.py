@@ -14,14 +14,23 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import time
 from collections.abc import Sequence
 
 from services.guest.epoch_driver import ChunkResults, GroupSamples, HostSamples
 from services.guest.shard import merge_group_samples
 from services.metrics import MetricsOptions
+from services.protocol.snapshot import PartInfo
 
 from ..core_configs import workload_from_params
 from ..plan import SimPlan
+from . import ActorLostError, due_kills
+
+MAX_ACTOR_RESTARTS = 64  # each recovery restarts every actor once
+RECOVER_TIMEOUT_S = 300.0  # restarted actors must be back within this (they rebuild guests)
+PROBE_TIMEOUT_S = 30.0
+RESTART_POLL_S = 0.2
 
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray picks the machine's address as the node address on Linux, and its GCS, raylet,
@@ -54,24 +63,26 @@ class RaySession:
         host_ids = sorted(plan.host_configs)
         per = hosts_per_actor or max(1, -(-len(host_ids) // max(1, len(plan.shard_inits))))
         groups = [host_ids[i : i + per] for i in range(0, len(host_ids), per)]
-        host_actor = host_class().options(scheduling_strategy="SPREAD")
+        self.host_groups = groups
+        self._killed: set[int] = set()  # plan.kills done (never twice, even after a rollback)
+        self.restarts = 0  # recoveries (every actor restarted once per recovery)
+        self.last_processes: list[dict[str, object]] = []
+        # a lost actor is restarted by Ray (its constructor runs again); the session then
+        # brings every actor back to a checkpoint (recover), so no task is retried
+        restart = {"max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": 0}
+        host_actor = host_class().options(scheduling_strategy="SPREAD", **restart)
         self.host_actors = [
             host_actor.remote(
-                plan.experiment_id, {h: plan.host_configs[h] for h in g}, token, metrics
+                plan.experiment_id,
+                {h: plan.host_configs[h] for h in g},
+                token,
+                metrics,
+                plan.reply_faults,
             )
             for g in groups
         ]
-        # every guest registered once, in guest-id order, before any shard starts
-        regs = plan.registrations()
-        ray.get(
-            [
-                a.register_guests.remote([(h, r) for h, r in regs if h in g])
-                for a, g in zip(self.host_actors, groups, strict=True)
-            ]
-        )
-        addresses = ray.get([a.address.remote() for a in self.host_actors])
-        targets = {h: addr for g, addr in zip(groups, addresses, strict=True) for h in g}
-        shard_actor = shard_class().options(scheduling_strategy="SPREAD")
+        targets = self._register_guests()
+        shard_actor = shard_class().options(scheduling_strategy="SPREAD", **restart)
         self.shard_actors = [
             shard_actor.remote(
                 plan.experiment_id,
@@ -93,11 +104,121 @@ class RaySession:
         self.guest_service_addresses = ray.get(
             [a.start_guest_service.remote() for a in self.shard_actors]
         )
+        self.metrics = metrics
         self._metrics_targets: list[tuple[str, dict[str, str]]] = []
-        if metrics is not None:
+        self._find_metrics_targets()
+
+    def _register_guests(self) -> dict[int, str]:
+        """Register every guest once, in guest-id order, before any shard starts; return
+        each host's HostService address."""
+        ray, regs = self.ray, self.plan.registrations()
+        ray.get(
+            [
+                a.register_guests.remote([(h, r) for h, r in regs if h in g])
+                for a, g in zip(self.host_actors, self.host_groups, strict=True)
+            ]
+        )
+        addresses = ray.get([a.address.remote() for a in self.host_actors])
+        return {h: addr for g, addr in zip(self.host_groups, addresses, strict=True) for h in g}
+
+    def _find_metrics_targets(self) -> None:
+        self._metrics_targets = []
+        if self.metrics is not None:
             for role, actors in (("host", self.host_actors), ("shard", self.shard_actors)):
-                for address in ray.get([a.metrics_address.remote() for a in actors]):
+                for address in self.ray.get([a.metrics_address.remote() for a in actors]):
                     self._metrics_targets.append((address, {"role": role}))
+
+    def _actors(self) -> list:
+        return [*self.host_actors, *self.shard_actors]
+
+    def _get(self, refs: list) -> list:
+        """``ray.get`` that fails as soon as one task fails (not after the others, which
+        may wait for the lost actor); a lost actor raises :class:`ActorLostError`."""
+        ray = self.ray
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready)
+        except ray.exceptions.RayActorError as e:
+            raise ActorLostError(f"actor lost: {type(e).__name__}: {_first_line(e)}") from e
+        except ray.exceptions.RayTaskError as e:
+            if not self._all_alive():  # a task failed because an actor it talks to died
+                raise ActorLostError(f"actor lost: {_first_line(e)}") from e
+            raise
+        return ray.get(list(refs))
+
+    def _all_alive(self) -> bool:
+        try:
+            self.ray.get([a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
+            return False
+        return True
+
+    # -- coordinated checkpoints and recovery
+
+    def checkpoint(self, directory: str) -> list[PartInfo]:
+        refs = [a.checkpoint.remote(directory) for a in self._actors()]
+        return [p for parts in self._get(refs) for p in parts]
+
+    def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
+        parts = list(parts)
+        self._get([a.restore.remote(directory, parts) for a in self._actors()])
+
+    def recover(self) -> None:
+        """Kill every actor (Ray restarts each: the lost ones are already restarting,
+        the others may be blocked waiting for them), wait until all are back, register
+        the guests again and wire shards to the hosts' new addresses."""
+        ray = self.ray
+        for a in self._actors():
+            with contextlib.suppress(Exception):  # one already dead or restarting
+                ray.kill(a, no_restart=False)
+        deadline = time.monotonic() + RECOVER_TIMEOUT_S
+        while True:
+            try:
+                procs = ray.get(
+                    [a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S
+                )
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"actors did not come back within {RECOVER_TIMEOUT_S:g} s: {e}"
+                    ) from e
+                time.sleep(RESTART_POLL_S)
+        self.restarts += 1
+        self.last_processes = procs
+        targets = self._register_guests()
+        ray.get([a.retarget.remote(targets) for a in self.shard_actors])
+        self.host_addresses = targets
+        self.guest_service_addresses = ray.get(
+            [a.start_guest_service.remote() for a in self.shard_actors]
+        )
+        self._find_metrics_targets()
+
+    def processes(self) -> dict[str, list[dict[str, object]]]:
+        """Each actor's worker pid and whether Ray restarted it (fault tests)."""
+        ray = self.ray
+        return {
+            "host": ray.get([a.process.remote() for a in self.host_actors]),
+            "shard": ray.get([a.process.remote() for a in self.shard_actors]),
+        }
+
+    def _kill_due(self, chunks: Sequence[tuple[int, int]]) -> None:
+        """Carry out the plan's kills whose time falls in this call (its tasks in flight)."""
+        for i in due_kills(self.plan, self._killed, chunks):
+            self._killed.add(i)
+            kill = self.plan.kills[i]
+            if kill.actor == "host":
+                g = next(n for n, hs in enumerate(self.host_groups) if kill.index in hs)
+                actor = self.host_actors[g]
+            else:
+                actor = self.shard_actors[kill.index]
+            if kill.how == "process":
+                pid = self.ray.get(actor.process.remote())["pid"]
+                os.kill(int(pid), signal.SIGKILL)
+            else:
+                self.ray.kill(actor, no_restart=False)
 
     def metrics_targets(self) -> list[tuple[str, dict[str, str]]]:
         """Every actor's /metrics address (host:port) and role, for Prometheus' file_sd."""
@@ -125,7 +246,8 @@ class RaySession:
             for a in self.shard_actors
         ]
         refs += [a.samples_at.remote(ends) for a in self.host_actors]
-        out = self.ray.get(refs)
+        self._kill_due(chunks)
+        out = self._get(refs)
         shards, hosts = out[: len(self.shard_actors)], out[len(self.shard_actors) :]
         decisions = {(tuple(s.pressure), s.next_pressure) for s in shards}
         if len(decisions) > 1:
@@ -149,21 +271,26 @@ class RaySession:
 
     def stats(self) -> dict[str, object]:
         """Per shard and per host actor: wall seconds simulating, syncing and applying (metadata)."""
+        faults = self.ray.get([a.fault_counts.remote() for a in self.host_actors])
         return {
             "shard_wall_seconds": self.ray.get([a.timings.remote() for a in self.shard_actors]),
             "host_actor_wall_seconds": self.ray.get([a.timings.remote() for a in self.host_actors]),
             "critical_path_seconds": self.critical_s,
+            "recoveries": self.restarts,  # every actor restarted once per recovery
+            # since the last recovery (a restarted actor counts afresh)
+            "replies_dropped": sum(f["dropped"] for f in faults),
+            "replies_delayed": sum(f["delayed"] for f in faults),
         }
 
     def skip_to(self, t_ns: int) -> None:
-        self.ray.get([a.skip_to.remote(t_ns) for a in self.shard_actors])
+        self._get([a.skip_to.remote(t_ns) for a in self.shard_actors])
 
     def group_samples(self) -> GroupSamples:
-        return merge_group_samples(self.ray.get([a.sample.remote() for a in self.shard_actors]))
+        return merge_group_samples(self._get([a.sample.remote() for a in self.shard_actors]))
 
     def host_samples(self) -> HostSamples:
         out: dict[int, dict[str, int]] = {}
-        for part in self.ray.get([a.samples.remote() for a in self.host_actors]):
+        for part in self._get([a.samples.remote() for a in self.host_actors]):
             out.update(part)
         return out
 
@@ -174,6 +301,11 @@ class RaySession:
                 ray.get([a.close.remote() for a in actors], timeout=30)
             for a in actors:
                 ray.kill(a)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
 
 
 class RayBackend:

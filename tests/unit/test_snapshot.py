@@ -1,0 +1,78 @@
+"""Part files of a checkpoint: written atomically, checked before decoding, never a way to run code."""
+
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from services.protocol.snapshot import (
+    MAGIC,
+    PartInfo,
+    SnapshotError,
+    dumps,
+    loads,
+    read_part,
+    write_part,
+)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_round_trip_keeps_arrays_and_containers(tmp_path):
+    obj = {"a": np.arange(1000, dtype=np.int32), "b": [1, (2, 3)], "c": {4, 5}}
+    info = write_part(str(tmp_path), "x.snap", obj)
+    assert info.size == os.path.getsize(tmp_path / "x.snap")
+    assert info.sha256 == hashlib.sha256((tmp_path / "x.snap").read_bytes()).hexdigest()
+    back = read_part(str(tmp_path), info)
+    assert np.array_equal(back["a"], obj["a"]) and back["a"].dtype == np.int32
+    assert back["b"] == [1, (2, 3)] and back["c"] == {4, 5}
+    assert not (tmp_path / "x.snap.tmp").exists()
+
+
+def test_truncated_and_corrupted_parts_are_refused(tmp_path):
+    info = write_part(str(tmp_path), "x.snap", {"a": np.arange(10_000)})
+    path = tmp_path / "x.snap"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(SnapshotError, match="truncated"):
+        read_part(str(tmp_path), info)
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x40
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(SnapshotError, match="corrupted"):
+        read_part(str(tmp_path), info)
+    path.unlink()
+    with pytest.raises(SnapshotError, match="cannot be read"):
+        read_part(str(tmp_path), info)
+
+
+def test_a_forged_part_with_a_matching_checksum_cannot_run_code(tmp_path):
+    blob = MAGIC + pickle.dumps(_Evil(), protocol=5)
+    (tmp_path / "x.snap").write_bytes(blob)
+    info = PartInfo("x.snap", len(blob), hashlib.sha256(blob).hexdigest())
+    with pytest.raises(SnapshotError, match=r"(posix|os)\.system"):
+        read_part(str(tmp_path), info)
+    # and a project function (not a class) is refused too
+    with pytest.raises(SnapshotError, match="not a class"):
+        loads(MAGIC + pickle.dumps(write_part, protocol=5))
+
+
+def test_not_a_snapshot_and_garbage_are_refused():
+    with pytest.raises(SnapshotError, match="header"):
+        loads(b"not a snapshot")
+    with pytest.raises(SnapshotError, match="does not decode"):
+        loads(MAGIC + b"\x80\x05garbage")
+    assert loads(dumps([1, 2])) == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", ".hidden", "", "a/b", "x" * 65])
+def test_part_names_are_plain_file_names(tmp_path, name):
+    with pytest.raises(SnapshotError, match="plain file name"):
+        write_part(str(tmp_path), name, 1)
+    with pytest.raises(SnapshotError, match="plain file name"):
+        read_part(str(tmp_path), PartInfo(name, 1, "0" * 64))
