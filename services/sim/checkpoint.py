@@ -98,6 +98,19 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _checkpoint_one(tag_dir: str, variant: str, sim: Any) -> tuple[str, list[PartInfo], Any]:
+    """One simulation's parts into ``tag_dir/variant``; an error names the variant."""
+    vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
+    os.makedirs(vdir)
+    try:
+        state, written = sim.checkpoint(vdir)
+    except Exception as e:
+        e.variant = variant  # type: ignore[attr-defined]  # which simulation failed
+        raise
+    _fsync_dir(vdir)
+    return vdir, list(written), state
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     """A part of the previous checkpoint into the new one: a hard link (no copy) where
     the file system allows, else a copy."""
@@ -149,11 +162,7 @@ class Checkpoints:
         coordinator: dict[str, Any] = {"running": {}, "finished": {}}
         last = {}
         for variant, sim in running.items():
-            vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
-            os.makedirs(vdir)
-            state, written = sim.checkpoint(vdir)
-            last[variant] = (vdir, list(written), state)
-            _fsync_dir(vdir)
+            last[variant] = _checkpoint_one(tag_dir, variant, sim)
         for variant, (src, src_parts, state) in (pending or {}).items():
             vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
             os.makedirs(vdir)

@@ -128,6 +128,7 @@ PARTIAL_TIMESERIES = "timeseries.partial.parquet"
 # actor losses a simulation survives beyond its planned kills (each rolls back to the
 # last checkpoint)
 MAX_RECOVERIES = 8
+RECOVER_ATTEMPTS = 3  # tries to bring a simulation back after one loss
 
 
 def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, all optional
@@ -309,6 +310,17 @@ class _RunDriver:
             pending = {v: last[v] for v in self.resume.running if v not in self.sims}
         return self.checkpoints.save(running, self.finished, pending)
 
+    def _save_or_recover(self) -> None:
+        """Checkpoint; if an actor turns out lost meanwhile (killed after its last call
+        returned), roll that simulation back to the last checkpoint instead."""
+        try:
+            self._save()
+        except ActorLostError as e:
+            lost = getattr(e, "variant", None)
+            for variant, sim in self.sims.items():
+                if not sim.closed and not sim.finished and lost in (None, variant):
+                    self._recover(sim, e)
+
     def _interrupted(self, sim: Simulation) -> RunInterrupted:
         path = self._save()
         rows = [r for done in self.finished.values() for r in done.rows]
@@ -335,7 +347,7 @@ class _RunDriver:
                     self._recover(sim, e)
                     continue
                 if due is not None and sim.now_ns >= due and not sim.finished:
-                    self._save()
+                    self._save_or_recover()
         finally:
             if bar is not None:
                 bar.close()
@@ -365,7 +377,7 @@ class _RunDriver:
                         self._recover(sim, e)
                 self._share_savings()
                 if due is not None and run.now_ns >= due and not run.finished:
-                    self._save()
+                    self._save_or_recover()
                 if bar is not None:
                     bar.update(run.now_ns, run.epochs_run)
                 if speed:  # the wall clock only paces the loop; simulated time never reads it
@@ -395,7 +407,14 @@ class _RunDriver:
             flush=True,
         )
         self.rollbacks.append({"variant": sim.variant, "lost_after_ns": sim.now_ns, "to_ns": back})
-        sim.recover(last)
+        for attempt in range(RECOVER_ATTEMPTS):
+            try:
+                sim.recover(last)
+                return
+            except ActorLostError as again:  # lost once more while coming back
+                if attempt == RECOVER_ATTEMPTS - 1:
+                    raise
+                print(f"warning: {sim.variant}: {again}; recovering again", file=sys.stderr)
 
     def _share_savings(self) -> None:
         """The run's memory saved against each baseline at their common last sample."""

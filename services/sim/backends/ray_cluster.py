@@ -30,6 +30,7 @@ from . import ActorLostError, due_kills
 MAX_ACTOR_RESTARTS = 64  # each recovery restarts every actor once
 RECOVER_TIMEOUT_S = 300.0  # restarted actors must be back within this (they rebuild guests)
 PROBE_TIMEOUT_S = 30.0
+BUSY_PROBE_S = 1.0  # an actor that does not answer a probe this fast is busy, not lost
 RESTART_POLL_S = 0.2
 
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -107,6 +108,7 @@ class RaySession:
         self.metrics = metrics
         self._metrics_targets: list[tuple[str, dict[str, str]]] = []
         self._find_metrics_targets()
+        self.last_processes = ray.get([a.process.remote() for a in self._actors()])
 
     def _register_guests(self) -> dict[int, str]:
         """Register every guest once, in guest-id order, before any shard starts; return
@@ -143,17 +145,21 @@ class RaySession:
         except ray.exceptions.RayActorError as e:
             raise ActorLostError(f"actor lost: {type(e).__name__}: {_first_line(e)}") from e
         except ray.exceptions.RayTaskError as e:
-            if not self._all_alive():  # a task failed because an actor it talks to died
+            if not self._unchanged():  # a task failed because an actor it talks to died
                 raise ActorLostError(f"actor lost: {_first_line(e)}") from e
             raise
         return ray.get(list(refs))
 
-    def _all_alive(self) -> bool:
+    def _unchanged(self) -> bool:
+        """Every actor answers from the process it had when last wired (a restarted
+        actor runs in a new process, on new ports)."""
         try:
-            self.ray.get([a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S)
+            procs = self.ray.get(
+                [a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S
+            )
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
             return False
-        return True
+        return [p["pid"] for p in procs] == [p["pid"] for p in self.last_processes]
 
     # -- coordinated checkpoints and recovery
 
@@ -166,19 +172,19 @@ class RaySession:
         self._get([a.restore.remote(directory, parts) for a in self._actors()])
 
     def recover(self) -> None:
-        """Kill every actor (Ray restarts each: the lost ones are already restarting,
-        the others may be blocked waiting for them), wait until all are back, register
-        the guests again and wire shards to the hosts' new addresses."""
+        """Restart every actor (Ray restarts each: the lost ones already are, the others
+        may be blocked waiting for them), wait until all are back, register the guests
+        again and wire shards to the hosts' new addresses."""
         ray = self.ray
         for a in self._actors():
-            with contextlib.suppress(Exception):  # one already dead or restarting
+            if self._restarting(a):  # already being restarted: a second kill would race it
+                continue
+            with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=False)
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
         while True:
             try:
-                procs = ray.get(
-                    [a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S
-                )
+                self._rewire()
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
                 if time.monotonic() > deadline:
@@ -187,7 +193,25 @@ class RaySession:
                     ) from e
                 time.sleep(RESTART_POLL_S)
         self.restarts += 1
-        self.last_processes = procs
+
+    def _restarting(self, actor) -> bool:
+        """True if the actor answers a probe with an actor error (dead or restarting);
+        False if it answers or is busy (blocked in a call)."""
+        ray = self.ray
+        try:
+            ray.get(actor.process.remote(), timeout=BUSY_PROBE_S)
+        except ray.exceptions.RayActorError:
+            return True
+        except ray.exceptions.GetTimeoutError:
+            return False
+        return False
+
+    def _rewire(self) -> None:
+        """Every actor answers; guests registered; shards reach the hosts' addresses."""
+        ray = self.ray
+        self.last_processes = ray.get(
+            [a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S
+        )
         targets = self._register_guests()
         ray.get([a.retarget.remote(targets) for a in self.shard_actors])
         self.host_addresses = targets
@@ -214,8 +238,8 @@ class RaySession:
                 actor = self.host_actors[g]
             else:
                 actor = self.shard_actors[kill.index]
-            if kill.how == "process":
-                pid = self.ray.get(actor.process.remote())["pid"]
+            if kill.how == "process":  # its pid as last wired: the actor is busy in this call
+                pid = self.last_processes[self._actors().index(actor)]["pid"]
                 os.kill(int(pid), signal.SIGKILL)
             else:
                 self.ray.kill(actor, no_restart=False)
@@ -272,7 +296,9 @@ class RaySession:
     def stats(self) -> dict[str, object]:
         """Per shard and per host actor: wall seconds simulating, syncing and applying (metadata)."""
         faults = self.ray.get([a.fault_counts.remote() for a in self.host_actors])
+        procs = self.processes()
         return {
+            "restarted_actors": sum(bool(p["restarted"]) for ps in procs.values() for p in ps),
             "shard_wall_seconds": self.ray.get([a.timings.remote() for a in self.shard_actors]),
             "host_actor_wall_seconds": self.ray.get([a.timings.remote() for a in self.host_actors]),
             "critical_path_seconds": self.critical_s,
