@@ -20,3 +20,4 @@ LOST_KINDS = ("fault", "zero", "swapin", "decompress", "reclaim", "report")
 RNG_KIND_SHUFFLE = 1  # a guest's page shuffling (§5), by guest id
 RNG_KIND_WORKLOAD = 2  # a guest's workload, by guest id (and client workload index)
 RNG_KIND_START_JITTER = 3  # a guest's workload start jitter, by guest id
+RNG_KIND_REPORT_FAULT = 4  # which of a guest's report calls fail (faults.reject_reports)

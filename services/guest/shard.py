@@ -56,7 +56,13 @@ from services.protocol.messages import (
     PageRunOps,
     ReportOp,
 )
-from services.units import LOST_KINDS, PAGE_SHIFT, PAGE_SIZE, RNG_KIND_WORKLOAD
+from services.units import (
+    LOST_KINDS,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    RNG_KIND_REPORT_FAULT,
+    RNG_KIND_WORKLOAD,
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class GuestInit:
     # its host's figures for a touch, so the guest prices touches as it makes them
     # (default: 0; the host's answer then charges all of it at the sync)
     touch_cost: TouchCost = field(default_factory=TouchCost)
+    # fraction of its report calls that fail (fault injection, §4.7; spec faults.reject_reports)
+    reject_reports: float = 0.0
 
     def registration(self, shard_id: int) -> GuestRegistration:
         """How this guest is registered with its host (the one builder of registrations)."""
@@ -89,6 +97,7 @@ class GuestInit:
         )
 
 
+REPORT_REJECTED = 5  # EIO: the error a failed report call returns (fault injection)
 MAX_CLIENT_END_NS = 1 << 62  # a client workload ends before this simulated time
 MAX_CLIENT_WORKLOADS = 16  # client-started workloads per guest (finished ones count too)
 MAX_PENDING_RUNS = 1 << 20  # page runs a guest's log holds until the next sync
@@ -114,9 +123,19 @@ class OpLog:
     over as the protocol's :class:`GuestOps`.
     """
 
-    def __init__(self, guest_id: int):
+    def __init__(self, guest_id: int, reject_reports: float = 0.0, seed: int = 0):
         self.guest_id = guest_id
         self._seq = 0
+        if not 0.0 <= reject_reports <= 1.0:
+            raise ValueError(f"reject_reports={reject_reports}: a fraction in [0, 1]")
+        self.reject_reports = reject_reports
+        # which calls fail: a stream of this guest's own, so shards never matter
+        self._reject_rng = (
+            np.random.default_rng(np.random.SeedSequence([seed, RNG_KIND_REPORT_FAULT, guest_id]))
+            if reject_reports > 0
+            else None
+        )
+        self.rejected = 0  # report calls failed by fault injection
         self._clear()
         self._empty = GuestOps(guest_id)
         self.dirty = False  # an op was logged in the current epoch
@@ -138,6 +157,11 @@ class OpLog:
         self.dirty = False
 
     def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
+        if self._reject_rng is not None and self._reject_rng.random() < self.reject_reports:
+            # the report function failed (fault injection): nothing reaches the host, and
+            # the worker puts the batch back unreported and ends its pass (§4.7)
+            self.rejected += 1
+            return ReportOutcome(error=REPORT_REJECTED)
         self._reports.append(
             ReportOp(
                 self._next_seq(), np.array(pfns, dtype=np.uint64), np.array(orders, dtype=np.uint32)
@@ -270,7 +294,7 @@ class GuestShard:
         self.lock = threading.RLock()  # GuestService calls arrive on server threads
         self.slots: dict[int, _Slot] = {}
         for init in sorted(guests, key=lambda g: g.guest_id):
-            link = OpLog(init.guest_id)
+            link = OpLog(init.guest_id, init.reject_reports, seed)
             guest = Guest(
                 init.guest_id,
                 init.config,
@@ -551,7 +575,8 @@ class GuestShard:
             g["report_calls_total"] += wk.reports
             g["reported_pages_total"] += wk.reported_pages
             g["report_passes_total"] += wk.passes
-            g["report_errors_total"] += s.report_errors
+            # refused by the host at the sync, and failed at the call (fault injection)
+            g["report_errors_total"] += s.report_errors + s.link.rejected
         return {k: dict(v) for k, v in groups.items()}
 
     def guest_state(self, guest_id: int) -> dict:

@@ -146,6 +146,7 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
                     discard_mode=mode,
                     report_cost=report_cost(host_configs[g.host_id], mode),
                     touch_cost=touch_cost(host_configs[g.host_id], mode),
+                    reject_reports=spec.faults.reject_reports,
                 )
             )
         inits.append(shard_inits)

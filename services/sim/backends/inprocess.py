@@ -29,8 +29,9 @@ from . import ActorLostError, due_kills
 class InProcessSession:
     exports_metrics = False  # the coordinator exports this session's hosts and groups
 
-    def __init__(self, plan: SimPlan):
+    def __init__(self, plan: SimPlan, fast: bool = True):
         self.plan = plan
+        self.fast = fast  # False: the reference allocator (differential tests)
         host_warm_up(next(iter(plan.host_configs.values())))  # as the actors do, before timing
         first = next((g for inits in plan.shard_inits for g in inits), None)
         if first is not None:
@@ -48,7 +49,10 @@ class InProcessSession:
         self.link = InProcessHostLink(plan.experiment_id, HostDirectory(self.barriers.values()))
         for host_id, reg in plan.registrations():
             self.link.register(host_id, reg)
-        shards = [GuestShard(i, inits, plan.seed) for i, inits in enumerate(plan.shard_inits)]
+        shards = [
+            GuestShard(i, inits, plan.seed, fast=self.fast)
+            for i, inits in enumerate(plan.shard_inits)
+        ]
         self.driver = EpochDriver(
             shards, self.link, plan.policy, sorted(self.barriers), plan.epoch_ns
         )
