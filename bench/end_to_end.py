@@ -11,7 +11,9 @@ wall time not spent simulating: 1 - critical path / wall, where the critical
 path sums, per sample interval, the busiest shard's guest time and then the
 busiest host actor's apply time; the rest is coordinator, Ray, gRPC and waits.
 Targets: quickstart >= 50x real time; scale < 600 s and < 16 GiB; overhead
-< 25 %.
+< 25 %. The scale experiment runs again without checkpoints: ``checkpoint_cost``
+is the slowdown of checkpointing every 60 simulated seconds (target < 10 %) and one
+checkpoint's size.
 
     python bench/end_to_end.py --json [--only quickstart|pressure|scale] [--shards N] [--repeat N]
 """
@@ -88,8 +90,10 @@ class PeakRss:
         self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
 
 
-def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
-    spec = load_spec(spec_path)
+def measure(
+    spec_path: str, backend: RayBackend, shards: int | None, overrides: list[str] | None = None
+) -> dict:
+    spec = load_spec(spec_path, overrides)
     with tempfile.TemporaryDirectory() as out, PeakRss() as rss:
         t0 = time.perf_counter()
         result = run_experiment(spec, out_dir=out, shards=shards, backend=backend)
@@ -124,6 +128,23 @@ def measure(spec_path: str, backend: RayBackend, shards: int | None) -> dict:
         "coordinator_transport_overhead_fraction": round(1 - critical_s / wall, 3)
         if shard_wall
         else None,
+        "checkpoints": result.metadata.get("checkpoints"),
+    }
+
+
+def checkpoint_cost(with_ckpt: dict, without: dict) -> dict:
+    """The slowdown of a run that checkpoints (the spec's default interval) against the
+    same run without checkpoints, measured in one sitting; and one checkpoint's size."""
+    c = with_ckpt["checkpoints"] or {}
+    return {
+        "interval_s": c.get("interval_ns", 0) / 1e9,
+        "checkpoints_written": c.get("written"),
+        "checkpoint_bytes": c.get("last_bytes"),
+        "checkpoint_write_wall_seconds": round(c.get("wall_seconds", 0.0), 3),
+        "wall_seconds_with": with_ckpt["wall_seconds"],
+        "wall_seconds_without": without["wall_seconds"],
+        "slowdown_fraction": round(with_ckpt["wall_seconds"] / without["wall_seconds"] - 1, 3),
+        "slowdown_target": 0.10,
     }
 
 
@@ -165,6 +186,14 @@ def main() -> int:
             s["met"] = (
                 s["wall_seconds_with_setup_and_baselines"] < 600 and s["peak_rss_bytes"] < 16 * GIB
             )
+            # checkpoint cost (issue 17): the same run without checkpoints, in this sitting
+            s0 = measure(
+                os.path.join(ROOT, "experiments/scale.yaml"),
+                backend,
+                args.shards,
+                ["checkpoint_interval=0s"],
+            )
+            s["checkpoint_cost"] = checkpoint_cost(s, s0)
             out["scale"] = s
     finally:
         backend.close()
