@@ -3,7 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -14,10 +14,12 @@ class ExperimentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPERIMENT_STATE_CREATED: _ClassVar[ExperimentState]
     EXPERIMENT_STATE_FINISHED: _ClassVar[ExperimentState]
     EXPERIMENT_STATE_CANCELLED: _ClassVar[ExperimentState]
+    EXPERIMENT_STATE_INTERRUPTED: _ClassVar[ExperimentState]
 EXPERIMENT_STATE_UNSPECIFIED: ExperimentState
 EXPERIMENT_STATE_CREATED: ExperimentState
 EXPERIMENT_STATE_FINISHED: ExperimentState
 EXPERIMENT_STATE_CANCELLED: ExperimentState
+EXPERIMENT_STATE_INTERRUPTED: ExperimentState
 
 class CreateExperimentRequest(_message.Message):
     __slots__ = ("spec_yaml", "spec_struct")
@@ -113,3 +115,41 @@ class StreamSamplesResponse(_message.Message):
     entity: str
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, sim_time_ns: _Optional[int] = ..., entity: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExperimentInfo(_message.Message):
+    __slots__ = ("experiment_id", "name", "state", "now_ns")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NOW_NS_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    name: str
+    state: ExperimentState
+    now_ns: int
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[ExperimentState, str]] = ..., now_ns: _Optional[int] = ...) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentInfo]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ...) -> None: ...
+
+class ResumeExperimentRequest(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
+class ResumeExperimentResponse(_message.Message):
+    __slots__ = ("now_ns", "state", "token")
+    NOW_NS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    now_ns: int
+    state: ExperimentState
+    token: str
+    def __init__(self, now_ns: _Optional[int] = ..., state: _Optional[_Union[ExperimentState, str]] = ..., token: _Optional[str] = ...) -> None: ...

@@ -65,6 +65,16 @@ class ExperimentServiceStub:
                 request_serializer=overcommit_dot_v1_dot_experiment__pb2.StreamSamplesRequest.SerializeToString,
                 response_deserializer=overcommit_dot_v1_dot_experiment__pb2.StreamSamplesResponse.FromString,
                 _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/overcommit.v1.ExperimentService/ListExperiments',
+                request_serializer=overcommit_dot_v1_dot_experiment__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=overcommit_dot_v1_dot_experiment__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.ResumeExperiment = channel.unary_unary(
+                '/overcommit.v1.ExperimentService/ResumeExperiment',
+                request_serializer=overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentRequest.SerializeToString,
+                response_deserializer=overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentResponse.FromString,
+                _registered_method=True)
 
 
 class ExperimentServiceServicer:
@@ -113,6 +123,22 @@ class ExperimentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExperiments(self, request, context):
+        """Lists the experiments this server holds (an experiment's token: that one
+        only), including those INTERRUPTED when a previous server stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeExperiment(self, request, context):
+        """Resumes an INTERRUPTED experiment from its last checkpoint (the admin
+        token); it is CREATED again, with a new experiment token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExperimentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +171,16 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     servicer.StreamSamples,
                     request_deserializer=overcommit_dot_v1_dot_experiment__pb2.StreamSamplesRequest.FromString,
                     response_serializer=overcommit_dot_v1_dot_experiment__pb2.StreamSamplesResponse.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=overcommit_dot_v1_dot_experiment__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=overcommit_dot_v1_dot_experiment__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'ResumeExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeExperiment,
+                    request_deserializer=overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentRequest.FromString,
+                    response_serializer=overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +346,60 @@ class ExperimentService:
             '/overcommit.v1.ExperimentService/StreamSamples',
             overcommit_dot_v1_dot_experiment__pb2.StreamSamplesRequest.SerializeToString,
             overcommit_dot_v1_dot_experiment__pb2.StreamSamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overcommit.v1.ExperimentService/ListExperiments',
+            overcommit_dot_v1_dot_experiment__pb2.ListExperimentsRequest.SerializeToString,
+            overcommit_dot_v1_dot_experiment__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overcommit.v1.ExperimentService/ResumeExperiment',
+            overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentRequest.SerializeToString,
+            overcommit_dot_v1_dot_experiment__pb2.ResumeExperimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

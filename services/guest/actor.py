@@ -60,15 +60,16 @@ class ShardRunner:
         metrics: MetricsOptions | None = None,
     ):
         self.experiment_id = experiment_id
-        if guests:
-            warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
-        self.shard = GuestShard(shard_id, guests, seed, fast=fast)
+        self.seed, self.fast = seed, fast
+        self.shard = GuestShard(shard_id, [], seed, fast=fast)
         self.link = GrpcHostLink(experiment_id, host_targets, token=token, retry=SYNC_RETRY)
         self.driver = EpochDriver([self.shard], self.link, policy, sorted(host_targets), epoch_ns)
         self.guest_server = None
         self.workload_factory = workload_factory
         self.token = token
         self._servicer: GuestServicer | None = None  # for guest_rpc, made on first use
+        if guests:
+            self.load_guests(guests)
         self._collector: SnapshotCollector | None = None
         self._endpoint: MetricsEndpoint | None = None
         if metrics is not None:  # /metrics on loopback: this shard's part of each group
@@ -76,6 +77,20 @@ class ShardRunner:
             self._collector = SnapshotCollector(labels, metrics.namer, metrics.help)
             self._endpoint = MetricsEndpoint([self._collector])
             self._export(self.shard.sample())
+
+    def load_guests(self, guests: list[GuestInit]) -> None:
+        """Build the shard's guests (the Ray session sends them by this call, not with
+        the constructor, so a restarted actor never depends on constructor arguments
+        kept in Ray's object store; it loads them again on recovery)."""
+        if self.shard.slots or self.guest_server is not None:
+            if sorted(self.shard.slots) == sorted(g.guest_id for g in guests):
+                return  # loaded already (a recovery that was retried)
+            raise RuntimeError(f"shard {self.shard.shard_id} already has other guests")
+        if guests:
+            warm_up(guests[0].config)  # numba kernels load now, not in the first timed epoch
+        self.shard = GuestShard(self.shard.shard_id, guests, self.seed, fast=self.fast)
+        self.driver.shards = [self.shard]
+        self._servicer = None
 
     def metrics_address(self) -> str | None:
         return self._endpoint.address if self._endpoint else None

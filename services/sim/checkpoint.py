@@ -251,9 +251,11 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
     return manifest
 
 
-def load(run_dir: str, spec: ExperimentSpec | None = None) -> Loaded:
+def load(run_dir: str, spec: ExperimentSpec | None = None, dir_name: str | None = None) -> Loaded:
     """Read and check ``run_dir``'s checkpoint. ``spec`` (optional): the spec the caller
-    means to resume, refused unless it is the checkpoint's (same resolved spec)."""
+    means to resume, refused unless it is the checkpoint's (same resolved spec).
+    ``dir_name``: the name ``run_dir`` must have (default: the run id; serve: the
+    experiment id)."""
     m = read_manifest(run_dir)
     path = manifest_path(run_dir)
     try:
@@ -273,9 +275,10 @@ def load(run_dir: str, spec: ExperimentSpec | None = None) -> Loaded:
             f"{path}: a checkpoint of another spec (run {m.get('run_id')} of {m.get('name')!r}; "
             f"the spec given is run {spec.run_id()} of {spec.name!r})"
         )
-    if os.path.basename(os.path.normpath(run_dir)) != saved.run_id():
+    expected = dir_name or saved.run_id()
+    if os.path.basename(os.path.normpath(run_dir)) != expected:
         raise CheckpointError(
-            f"{path}: a checkpoint of run {saved.run_id()}, found in {run_dir!r} (a foreign "
+            f"{path}: a checkpoint of {expected}, found in {run_dir!r} (a foreign "
             "checkpoint copied in?)"
         )
     tag = m.get("tag")

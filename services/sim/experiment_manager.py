@@ -8,7 +8,12 @@ when they finish (with their paired baselines).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,16 +25,22 @@ from services.transport.errors import failed_precondition, resource_exhausted
 from services.transport.security import ServerTls
 from services.units import NS_PER_S
 
-from .backends import make_backend
+from . import checkpoint
+from .backends import ActorLostError, make_backend
 from .live_metrics import LiveMetrics, MetricsHub
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
 from .run_files import results_dir
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
 from .spec import load_spec_text, parse_spec, with_trace_root
-from .trace_groups import group_traces
+from .trace_groups import group_traces, trace_digests
 
 MAX_EXPERIMENTS = 64  # experiments one server holds (finished ones count until it stops)
+SERVE_DIR = "serve"  # OUT/serve/<experiment id>/: its record and checkpoints
+RECORD = "experiment.json"
+RECORD_FORMAT = "overcommit-serve-experiment/1"
+MAX_RECORD_BYTES = 1 << 22
+MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it builds
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
 
 
@@ -45,10 +56,14 @@ class _Experiment:
         self.cond = threading.Condition()
         self.cancel_requested = threading.Event()  # read between chunks by a running advance
         self.wall0 = time.time()
+        self.checkpoints: checkpoint.Checkpoints | None = None
+        self.resumed_ns: int | None = None  # an interrupted one: its last checkpoint's time
 
     @property
     def now_ns(self) -> int:
-        return self.sim.now_ns if self.sim else 0
+        if self.sim is not None:
+            return self.sim.now_ns
+        return self.resumed_ns or 0
 
     def rows(self) -> list[dict[str, Any]]:
         return self.sim.rows if self.sim else []
@@ -75,10 +90,12 @@ class ExperimentManager:
         self.shards = shards
         self.backend = backend or make_backend(transport, address)
         self._experiments: dict[str, _Experiment] = {}
-        self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.active_streams = 0  # sample streams being served now (read by tests and health)
+        # every experiment's record and checkpoints: OUT/serve/<experiment id>/
+        self.state_dir = os.path.join(out_dir, SERVE_DIR)
+        self._ids = itertools.count(self._load_interrupted() + 1)
 
     # -- ExperimentManagerApi ---------------------------------------------------------
     def create(self, spec: str | Mapping[str, Any]) -> str:
@@ -94,8 +111,43 @@ class ExperimentManager:
                     f"this server holds at most {MAX_EXPERIMENTS} experiments",
                 )
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
-            self._experiments[experiment_id] = _Experiment(experiment_id, parsed)
+            exp = _Experiment(experiment_id, parsed)
+            self._experiments[experiment_id] = exp
+        self._persist(exp)
         return experiment_id
+
+    def list_experiments(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Every experiment (``only``: that one), in creation order: id, name, state and
+        simulated time (an interrupted one's: its last checkpoint's)."""
+        with self._lock:
+            experiments = list(self._experiments.values())
+        return [
+            {"experiment_id": e.id, "name": e.spec.name, "state": e.state, "now_ns": e.now_ns}
+            for e in experiments
+            if only is None or e.id == only
+        ]
+
+    def resume(self, experiment_id: str):
+        """Continue an experiment interrupted by a server stop from its last checkpoint
+        (from the start if it had none); it is ``created`` again."""
+        exp = self._get(experiment_id)
+        with exp.lock:
+            if exp.state != "interrupted":
+                raise failed_precondition(
+                    "experiment_id", experiment_id, f"experiment is {exp.state}, not interrupted"
+                )
+            loaded = None
+            if os.path.exists(checkpoint.manifest_path(self._exp_dir(exp))):
+                loaded = checkpoint.load(self._exp_dir(exp), exp.spec, _dir_name(exp.id))
+            sim = self._sim(exp, shards=loaded.shards if loaded else None)
+            if loaded is not None:
+                last = loaded.restore_args(VARIANT_RUN)
+                sim.restore(*last)
+                self._checkpoints(exp).last[VARIANT_RUN] = last
+            exp.resumed_ns = None
+            exp.state = "created"
+            self._persist(exp)
+            return self._status(exp)
 
     def advance(
         self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
@@ -109,7 +161,7 @@ class ExperimentManager:
         with exp.lock:
             self._check_running(exp)
             sim = self._sim(exp)
-            sim.advance_to(sim.now_ns + duration_ns, self._stopper(exp, should_stop))
+            self._advance_to(exp, sim.now_ns + duration_ns, self._stopper(exp, should_stop))
             return self._settle(exp)
 
     def run_to_end(self, experiment_id: str, should_stop: Callable[[], bool] | None = None):
@@ -120,7 +172,9 @@ class ExperimentManager:
             self._check_running(exp)
             sim = self._sim(exp)
             stop = self._stopper(exp, should_stop)
-            while not sim.finished and sim.advance_to(sim.now_ns + exp.spec.sample_interval, stop):
+            while not sim.finished and self._advance_to(
+                exp, sim.now_ns + exp.spec.sample_interval, stop
+            ):
                 self._notify(exp)
             return self._settle(exp)
 
@@ -198,12 +252,119 @@ class ExperimentManager:
         if exp.state != "created":
             raise failed_precondition("experiment_id", exp.id, f"experiment is {exp.state}")
 
-    def _sim(self, exp: _Experiment) -> Simulation:
+    def _sim(self, exp: _Experiment, shards: int | None = None) -> Simulation:
         if exp.sim is None:
             exp.sim = Simulation(
-                exp.spec, self.backend, VARIANT_RUN, self.shards, metrics=self._metrics_for(exp)
+                exp.spec,
+                self.backend,
+                VARIANT_RUN,
+                shards or self.shards,
+                metrics=self._metrics_for(exp),
             )
         return exp.sim
+
+    def _advance_to(self, exp: _Experiment, target_ns: int, stop: Callable[[], bool]) -> bool:
+        """advance_to with a coordinated checkpoint every ``checkpoint_interval`` and, if
+        an actor is lost, a rollback to the last one. False if stopped early."""
+        sim = self._sim(exp)
+        every = exp.spec.checkpoint_interval
+        limit = min(target_ns, exp.spec.duration)
+        while sim.now_ns < limit:
+            due = (sim.now_ns // every + 1) * every if every else None
+            try:
+                if not sim.advance_to(limit if due is None else min(limit, due), stop):
+                    return False
+                if due is not None and sim.now_ns >= due and not sim.finished:
+                    self._checkpoints(exp).save({VARIANT_RUN: sim}, {})
+            except ActorLostError:
+                sim.recover(self._checkpoints(exp).last.get(VARIANT_RUN))
+        return True
+
+    def _exp_dir(self, exp: _Experiment) -> str:
+        return results_dir(self.state_dir, _dir_name(exp.id))
+
+    def _checkpoints(self, exp: _Experiment) -> checkpoint.Checkpoints:
+        if exp.checkpoints is None:
+            sim = self._sim(exp)
+            exp.checkpoints = checkpoint.Checkpoints(
+                exp.spec,
+                self._exp_dir(exp),
+                trace_digests(sim.plan.guests),
+                len(sim.plan.shard_inits),
+            )
+        return exp.checkpoints
+
+    def _persist(self, exp: _Experiment) -> None:
+        """The experiment's record (``experiment.json``), written atomically: what a
+        restarted server needs to list it and resume it. No token is ever written."""
+        path = os.path.join(self._exp_dir(exp), RECORD)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        record = {
+            "format": RECORD_FORMAT,
+            "experiment_id": exp.id,
+            "state": exp.state,
+            "spec": exp.spec.resolved_dict(),
+            "created_unix": exp.wall0,
+        }
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if exp.state in ("finished", "cancelled"):  # nothing left to resume
+            shutil.rmtree(os.path.join(self._exp_dir(exp), checkpoint.CHECKPOINT_DIR), True)
+
+    def _load_interrupted(self) -> int:
+        """Experiments a previous server left running become ``interrupted`` (resumable);
+        returns the highest experiment number seen, so new ids never collide. A record
+        that cannot be read is skipped with a warning, never trusted."""
+        highest = 0
+        try:
+            entries = sorted(os.listdir(self.state_dir))
+        except FileNotFoundError:
+            return 0
+        for name in entries[: MAX_EXPERIMENTS * 4]:
+            try:
+                exp = self._read_record(name)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                print(f"warning: serve state {name!r} skipped: {e}", file=sys.stderr)
+                continue
+            number, exp = exp
+            highest = max(highest, number)
+            if exp is not None and len(self._experiments) < MAX_EXPERIMENTS:
+                self._experiments[exp.id] = exp
+        return highest
+
+    def _read_record(self, name: str) -> tuple[int, _Experiment | None]:
+        """(the experiment's number, the experiment if it was left running)."""
+        path = os.path.join(results_dir(self.state_dir, name), RECORD)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECORD_BYTES + 1)
+        if len(raw) > MAX_RECORD_BYTES:
+            raise ValueError(f"{path}: over {MAX_RECORD_BYTES} bytes")
+        record = json.loads(raw)
+        experiment_id = record.get("experiment_id")
+        if (
+            record.get("format") != RECORD_FORMAT
+            or not isinstance(experiment_id, str)
+            or _dir_name(experiment_id) != name
+        ):
+            raise ValueError(f"{path}: not the record of the experiment of that directory")
+        tail = experiment_id.rsplit("-", 1)[-1]
+        number = int(tail) if tail.isdigit() and len(tail) < 12 else 0
+        if record["state"] != "created":
+            return number, None  # finished or cancelled: its results are in runs/
+        spec = with_trace_root(parse_spec(record["spec"]), self.trace_dir, absolute_ok=False)
+        exp = _Experiment(experiment_id, spec)
+        exp.state = "interrupted"
+        exp.wall0 = float(record.get("created_unix", time.time()))
+        try:
+            manifest = checkpoint.read_manifest(results_dir(self.state_dir, name))
+            exp.resumed_ns = int(manifest["time_ns"][VARIANT_RUN])
+        except (checkpoint.CheckpointError, KeyError, TypeError, ValueError):
+            exp.resumed_ns = 0
+        return number, exp
 
     def _metrics_for(self, exp: _Experiment) -> MetricsHub | None:
         """The hub, labelling the experiment by its id: two experiments of one spec are
@@ -257,10 +418,11 @@ class ExperimentManager:
         return self._status(exp)
 
     def _cancel_now(self, exp: _Experiment) -> None:
-        if exp.state == "created":
+        if exp.state in ("created", "interrupted"):
             exp.state = "cancelled"
             if exp.sim:
                 exp.sim.close()
+            self._persist(exp)
         self._notify(exp)
 
     def _finish(self, exp: _Experiment) -> None:
@@ -282,6 +444,7 @@ class ExperimentManager:
             exp.wall0,
         )
         exp.state = "finished"
+        self._persist(exp)
         self._notify(exp)
 
     def _status(self, exp: _Experiment):
@@ -302,10 +465,23 @@ class ExperimentManager:
         for exp in list(self._experiments.values()):
             with exp.lock:  # a running advance has stopped at a chunk boundary by now
                 if exp.sim is not None:
+                    if exp.state == "created" and not exp.sim.closed and exp.sim.now_ns > 0:
+                        try:  # a restarted server resumes it from here
+                            self._checkpoints(exp).save({VARIANT_RUN: exp.sim}, {})
+                        except Exception as e:  # noqa: BLE001 - the last checkpoint stays
+                            print(f"warning: {exp.id}: no checkpoint at stop: {e}", file=sys.stderr)
                     exp.sim.close()
         self.backend.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _dir_name(experiment_id: str) -> str:
+    """The experiment's directory under OUT/serve: its id when that is a safe name,
+    else a digest of it (an id can be longer than a path component may be)."""
+    if len(experiment_id) <= MAX_DIR_NAME and not experiment_id.startswith("."):
+        return experiment_id
+    return "experiment-" + hashlib.sha256(experiment_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

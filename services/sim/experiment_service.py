@@ -50,6 +50,7 @@ STATE_TO_PB = {
     "created": experiment_pb2.EXPERIMENT_STATE_CREATED,
     "finished": experiment_pb2.EXPERIMENT_STATE_FINISHED,
     "cancelled": experiment_pb2.EXPERIMENT_STATE_CANCELLED,
+    "interrupted": experiment_pb2.EXPERIMENT_STATE_INTERRUPTED,
 }
 TOKEN_BYTES = 24  # random bytes per experiment token (urlsafe base64 text)
 # Sample streams may wait for a long time; at most this many are served at once, so they
@@ -62,7 +63,7 @@ class ExperimentStatus:
     """Where an experiment stands: simulated time reached (ns) and lifecycle state."""
 
     now_ns: int
-    state: str  # "created" | "finished" | "cancelled"
+    state: str  # "created" | "finished" | "cancelled" | "interrupted"
 
 
 @runtime_checkable
@@ -103,6 +104,16 @@ class ExperimentManagerApi(Protocol):
         "metrics": {name: number}}; the iterator may wait for new samples of a
         running experiment and ends when the experiment has ended, or as soon as
         ``is_active()`` is false (the client went away)."""
+        ...
+
+    def list_experiments(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Every experiment (``only``: that one) in creation order: experiment_id,
+        name, state, now_ns."""
+        ...
+
+    def resume(self, experiment_id: str) -> ExperimentStatus:
+        """Continue an interrupted experiment from its last checkpoint (FAILED_PRECONDITION
+        unless it is interrupted)."""
         ...
 
 
@@ -214,6 +225,45 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
                 )
         finally:
             self._streams.release()
+
+    @translate_errors
+    def ListExperiments(
+        self, request: experiment_pb2.ListExperimentsRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.ListExperimentsResponse:
+        only = experiment_header(context) if context is not None else None
+        return experiment_pb2.ListExperimentsResponse(
+            experiments=[
+                experiment_pb2.ExperimentInfo(
+                    experiment_id=e["experiment_id"],
+                    name=e["name"],
+                    state=STATE_TO_PB.get(e["state"], experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED),
+                    now_ns=int(e["now_ns"]),
+                )
+                for e in self.manager.list_experiments(only)
+            ]
+        )
+
+    @translate_errors
+    def ResumeExperiment(
+        self, request: experiment_pb2.ResumeExperimentRequest, context: grpc.ServicerContext | None
+    ) -> experiment_pb2.ResumeExperimentResponse:
+        if context is not None and experiment_header(context) is not None:
+            raise permission_denied(
+                "experiment_id",
+                experiment_header(context),
+                "resuming needs the server's admin token (tokens do not survive a restart)",
+            )
+        experiment_id = self._experiment(request.experiment_id, context)
+        status = self.manager.resume(experiment_id)
+        token = ""
+        if self.tokens is not None:
+            token = secrets.token_urlsafe(TOKEN_BYTES)
+            self.tokens.set(experiment_id, token)
+        return experiment_pb2.ResumeExperimentResponse(
+            now_ns=status.now_ns,
+            state=STATE_TO_PB.get(status.state, experiment_pb2.EXPERIMENT_STATE_UNSPECIFIED),
+            token=token,
+        )
 
 
 def _call_over(context: grpc.ServicerContext | None) -> Callable[[], bool] | None:
@@ -327,6 +377,20 @@ class ExperimentClient(ServiceClient):
             self.stub.StreamSamples,
             experiment_pb2.StreamSamplesRequest(experiment_id=experiment_id),
             timeout_s=timeout_s,
+        )
+
+    def list_experiments(self) -> list[experiment_pb2.ExperimentInfo]:
+        response = self.caller.unary(
+            self.stub.ListExperiments, experiment_pb2.ListExperimentsRequest(), idempotent=True
+        )
+        return list(response.experiments)
+
+    def resume(self, experiment_id: str) -> experiment_pb2.ResumeExperimentResponse:
+        """Not retried: a second call after a lost reply is FAILED_PRECONDITION (created)."""
+        return self.caller.unary(
+            self.stub.ResumeExperiment,
+            experiment_pb2.ResumeExperimentRequest(experiment_id=experiment_id),
+            idempotent=False,
         )
 
 

@@ -169,6 +169,25 @@ class MemoryExperiments:
             "saved_bytes": np.int64(4096),
         }
 
+    def list_experiments(self, only: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "experiment_id": e,
+                "name": "doubles",
+                "state": self.state[e],
+                "now_ns": self.now_ns[e],
+            }
+            for e in self.specs
+            if only is None or e == only
+        ]
+
+    def resume(self, experiment_id: str) -> ExperimentStatus:
+        self._get(experiment_id)
+        if self.state[experiment_id] != "interrupted":
+            raise failed_precondition("experiment_id", experiment_id, "not interrupted")
+        self.state[experiment_id] = "created"
+        return ExperimentStatus(self.now_ns[experiment_id], "created")
+
     def stream_samples(self, experiment_id: str, is_active=None) -> Iterator[Mapping[str, Any]]:
         self._get(experiment_id)
         for t in range(0, self.now_ns[experiment_id] + 1, 1_000_000_000):

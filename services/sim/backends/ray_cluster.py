@@ -88,7 +88,7 @@ class RaySession:
             shard_actor.remote(
                 plan.experiment_id,
                 i,
-                inits,
+                None,  # the guests come by load_guests (see there)
                 plan.seed,
                 targets,
                 plan.policy,
@@ -102,6 +102,7 @@ class RaySession:
         self.token = token
         self.host_addresses = targets
         # construction errors surface here; every shard serves GuestService for its guests
+        self._load_guests()
         self.guest_service_addresses = ray.get(
             [a.start_guest_service.remote() for a in self.shard_actors]
         )
@@ -122,6 +123,14 @@ class RaySession:
         )
         addresses = ray.get([a.address.remote() for a in self.host_actors])
         return {h: addr for g, addr in zip(self.host_groups, addresses, strict=True) for h in g}
+
+    def _load_guests(self) -> None:
+        self.ray.get(
+            [
+                a.load_guests.remote(inits)
+                for a, inits in zip(self.shard_actors, self.plan.shard_inits, strict=True)
+            ]
+        )
 
     def _find_metrics_targets(self) -> None:
         self._metrics_targets = []
@@ -213,6 +222,7 @@ class RaySession:
             [a.process.remote() for a in self._actors()], timeout=PROBE_TIMEOUT_S
         )
         targets = self._register_guests()
+        self._load_guests()
         ray.get([a.retarget.remote(targets) for a in self.shard_actors])
         self.host_addresses = targets
         self.guest_service_addresses = ray.get(
