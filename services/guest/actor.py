@@ -141,6 +141,19 @@ class ShardRunner:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""
         return dict(self.driver.wall)
 
+    def load_figures(self) -> dict[str, object]:
+        """Report ranges this shard's guests sent (in calls acknowledged ok) and gave back
+        unreported (in failed calls), and every SyncEpoch latency so far (bench/load.py)."""
+        sent = returned = 0
+        for slot in self.shard.slots.values():
+            sent += slot.guest.worker.reported_blocks
+            returned += slot.guest.worker.returned_blocks
+        return {
+            "ranges_sent": sent,
+            "ranges_returned": returned,
+            "sync_latency_s": list(self.link.sync_latency_s),
+        }
+
     def skip_to(self, t_ns: int) -> None:
         self.shard.skip_to(t_ns)
 

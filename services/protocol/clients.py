@@ -18,6 +18,8 @@ waits for the other shards of the epoch.
 
 from __future__ import annotations
 
+import time
+from array import array
 from typing import Any, Protocol
 
 import grpc
@@ -30,6 +32,7 @@ from services.transport.security import ClientTls
 from .codec import decode_outcome, encode_registration, encode_submission
 from .messages import EpochOutcome, EpochSubmission, GuestRegistration
 
+MAX_LATENCY_SAMPLES = 1 << 20  # SyncEpoch latencies a link keeps (8 MiB)
 SYNC_TIMEOUT_S = 120.0  # one sync may wait this long for the slowest shard of a host
 
 
@@ -183,6 +186,8 @@ class GrpcHostLink:
         self.timeout_s = timeout_s
         self.retry = retry
         self._clients: dict[int, HostClient] = {}
+        # wall seconds of each SyncEpoch call, from sending to the answer (metadata)
+        self.sync_latency_s: array[float] = array("d")
         self._pending: dict[tuple[int, int, int, int], tuple[host_pb2.SyncEpochRequest, Any]] = {}
 
     def client(self, host_id: int) -> HostClient:
@@ -222,14 +227,18 @@ class GrpcHostLink:
             self._send_pending()
         request, future = self._pending.pop(key)
         client = self.client(host_id)
+        t0 = time.perf_counter()
         if future is None:
-            return decode_outcome(client.sync_epoch(request, timeout_s=self.timeout_s))
-        try:
-            response = future.result()
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
             response = client.sync_epoch(request, timeout_s=self.timeout_s)
+        else:
+            try:
+                response = future.result()
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                response = client.sync_epoch(request, timeout_s=self.timeout_s)
+        if len(self.sync_latency_s) < MAX_LATENCY_SAMPLES:  # metadata (bench/load.py)
+            self.sync_latency_s.append(time.perf_counter() - t0)
         return decode_outcome(response)
 
     def _send_pending(self) -> None:

@@ -35,7 +35,9 @@ from .simulation import Simulation
 from .spec import load_spec_text, parse_spec, with_trace_root
 from .trace_groups import group_traces, trace_digests
 
-MAX_EXPERIMENTS = 64  # experiments one server holds (finished ones count until it stops)
+# experiments one server holds; the oldest that ended are forgotten to make room (their
+# results stay in runs/)
+MAX_EXPERIMENTS = 64
 SERVE_DIR = "serve"  # OUT/serve/<experiment id>/: its record and checkpoints
 RECORD = "experiment.json"
 RECORD_FORMAT = "overcommit-serve-experiment/1"
@@ -105,16 +107,27 @@ class ExperimentManager:
             group_traces(parsed)  # paths and files checked now: a bad one is the caller's error
         with self._lock:
             if len(self._experiments) >= MAX_EXPERIMENTS:
+                self._evict_ended()
+            if len(self._experiments) >= MAX_EXPERIMENTS:
                 raise resource_exhausted(
                     "experiments",
                     len(self._experiments),
-                    f"this server holds at most {MAX_EXPERIMENTS} experiments",
+                    f"this server holds at most {MAX_EXPERIMENTS} experiments that have not "
+                    "ended (finish or cancel one)",
                 )
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
             exp = _Experiment(experiment_id, parsed)
             self._experiments[experiment_id] = exp
         self._persist(exp)
         return experiment_id
+
+    def _evict_ended(self) -> None:
+        """Forget the oldest finished or cancelled experiment (its results are in runs/),
+        so a long-lived server keeps taking new ones. Called with the lock held."""
+        for experiment_id, exp in self._experiments.items():
+            if exp.state in ("finished", "cancelled") and not exp.lock.locked():
+                del self._experiments[experiment_id]
+                return
 
     def list_experiments(self, only: str | None = None) -> list[dict[str, Any]]:
         """Every experiment (``only``: that one), in creation order: id, name, state and

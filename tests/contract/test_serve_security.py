@@ -183,7 +183,14 @@ def test_too_many_experiments_are_refused(served) -> None:
             client.create(SPEC)
         with pytest.raises(grpc.RpcError) as err:
             client.create(SPEC)
-    assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        # one that ended makes room: a long-lived server keeps taking experiments
+        first = client.list_experiments()[0].experiment_id
+        client.cancel(first)
+        new_id, _ = client.create(SPEC)
+        ids = [e.experiment_id for e in client.list_experiments()]
+        assert first not in ids and new_id in ids
+        assert len(ids) == experiment_manager.MAX_EXPERIMENTS
 
 
 @pytest.fixture

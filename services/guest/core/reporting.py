@@ -118,6 +118,7 @@ class PageReportingWorker:
         self.reported_blocks = 0
         self.reported_pages = 0
         self.report_errors = 0
+        self.returned_blocks = 0  # blocks of failed calls, put back unreported
         self.budget_exhaustions = 0
         self.zones_skipped = 0
         self.report_ns = 0  # simulated time spent in completed calls (the guest's lost time)
@@ -261,6 +262,7 @@ class PageReportingWorker:
         self.report_ns += self._call_ns
         if outcome.error:
             self.report_errors += 1
+            self.returned_blocks += n  # back on the free lists unreported (§4.7)
         else:
             self.reported_blocks += n
             self.reported_pages += sum(map(self._pages_of_order.__getitem__, orders.tolist()))
