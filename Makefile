@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: venv run test unit lint bench proto clean lock validate
+.PHONY: venv run test unit lint bench proto clean lock validate fuzz
 
 venv: $(STAMP)
 
@@ -39,7 +39,16 @@ test: $(STAMP) $(CACHE_STAMP)
 	@bash scripts/ensure_prometheus.sh
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
+	$(BIN)/python -m tests.fuzz.atheris_grpc -runs=$(FUZZ_RUNS) -seed=1 -rss_limit_mb=4096
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing of the three gRPC services (tests/fuzz/atheris_grpc.py): make
+# test runs FUZZ_RUNS inputs; this runs for FUZZ_SECONDS, keeping its corpus in .fuzz-corpus/.
+FUZZ_RUNS ?= 2500
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP) $(CACHE_STAMP)
+	mkdir -p .fuzz-corpus
+	$(BIN)/python -m tests.fuzz.atheris_grpc .fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 # docs/validation.md's figures, from scratch and in-process (about 7.5 minutes): the cover
 # letter's table (and again with twice the measured seconds), the published host-memory

@@ -39,6 +39,20 @@ DEFAULT_MAX_WORKERS = 32
 DEFAULT_GRACE_S = 5.0  # in-flight calls get this long to finish on stop
 
 
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+# Per connection: at most this many streams open at once; keepalive pings from the
+# server find dead peers (every 2 minutes, 20 s to answer), and a client pinging more
+# often than every 10 s without data is sent GOAWAY after 2 strikes.
+SERVER_CHANNEL_LIMITS = (
+    ("grpc.max_concurrent_streams", 100),
+    ("grpc.keepalive_time_ms", 120_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+)
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One servicer to serve: ``add(servicer, server)`` is the generated ``add_*_to_server``."""
@@ -62,6 +76,8 @@ class ServerOptions:
     reflection: bool = True
     grace_s: float = DEFAULT_GRACE_S
     interceptors: tuple[grpc.ServerInterceptor, ...] = field(default_factory=tuple)
+    # calls in progress or queued at once; more are refused with RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_NAMES:
@@ -80,6 +96,8 @@ class ServerOptions:
             raise ValueError(f"max_workers={self.max_workers}: must be >= 1")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes={self.max_message_bytes}: must be >= 1024")
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max_concurrent_rpcs={self.max_concurrent_rpcs}: must be >= 1")
 
 
 class GrpcServer:
@@ -151,8 +169,9 @@ def build_server(options: ServerOptions, services: Sequence[ServiceBinding]) -> 
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *SERVER_CHANNEL_LIMITS,
         ],
-        maximum_concurrent_rpcs=None,
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
     for binding in services:
         binding.add(binding.servicer, server)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from overcommit.v1 import experiment_pb2
 from services.guest.guest_service import AllocOp, FreeOp, TouchOp, connect_guest, start_guest_server
 from services.guest.shard import GuestShard
 from services.guest.shard_api import ShardApi
@@ -306,6 +307,42 @@ def test_trace_paths_from_clients_stay_inside_the_trace_directory(tmp_path, trac
             if trace_dir:
                 exp_id, _ = client.create(TRACE_SPEC.format(path="fleet"))
                 assert exp_id.startswith("fleet-")
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
+    """maximum_concurrent_rpcs: a flood of slow calls cannot queue without bound."""
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    server = start_experiment_server(manager, ServerOptions(port=0, max_concurrent_rpcs=2))
+    server.start()
+    try:
+        with connect_experiments(server.address) as client:
+            exp_id, _ = client.create(SPEC)
+            busy = [
+                client.stub.Advance.future(
+                    experiment_pb2.AdvanceRequest(experiment_id=exp_id, duration_ns=3600 * 10**9),
+                    timeout=120,
+                )
+                for _ in range(2)
+            ]
+            codes = []
+
+            def third_call_refused() -> bool:  # once both slow calls are in, a third is refused
+                try:
+                    client.stub.ListExperiments(experiment_pb2.ListExperimentsRequest(), timeout=30)
+                    codes.append(CODE.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                return codes[-1] == CODE.RESOURCE_EXHAUSTED
+
+            assert wait_until(third_call_refused), codes
+            assert set(codes) <= {CODE.OK, CODE.RESOURCE_EXHAUSTED}
+            manager.begin_shutdown()  # the running advance stops at its next chunk
+            for f in busy:
+                f.exception(timeout=120)
     finally:
         manager.begin_shutdown()
         server.stop(1.0)
