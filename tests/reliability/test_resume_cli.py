@@ -49,7 +49,6 @@ def start_paced_run(out: Path) -> tuple[subprocess.Popen, Path]:
             "--set",
             "checkpoint_interval=1s",
         ),
-        check=False,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -51,10 +51,11 @@ class Serve:
     def client(self, token: str = TOKEN, experiment_id: str | None = None):
         return connect_experiments(self.address, token=token, experiment_id=experiment_id)
 
-    def stop(self, sig: int) -> None:
+    def stop(self, sig: int) -> str:
+        """Stop it; return everything it printed (tokens must never be among it)."""
         self.proc.send_signal(sig)
-        self.proc.wait(timeout=120)
-        self.proc.stdout.close()
+        rest = self.proc.communicate(timeout=120)[0] or ""
+        return "".join(self.preamble) + rest
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,9 @@ def test_an_interrupted_experiment_is_listed_and_resumes_to_the_same_results(
         state_dir = tmp_path / "serve"
         assert not any(state_dir.glob("*/checkpoint"))
     finally:
-        second.stop(signal.SIGTERM)
+        printed = second.stop(signal.SIGTERM)
+    # tokens are never logged (the admin's, the old and the new experiment token)
+    assert TOKEN not in printed and token not in printed and resumed.token not in printed
     third = Serve(tmp_path)  # a finished experiment is not listed again
     try:
         with third.client() as admin:
