@@ -39,7 +39,7 @@ test: $(STAMP) $(CACHE_STAMP)
 	@bash scripts/ensure_prometheus.sh
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
-	$(BIN)/python -m tests.fuzz.atheris_grpc -runs=$(FUZZ_RUNS) -seed=1 -rss_limit_mb=4096
+	$(BIN)/python -m tests.fuzz.atheris_grpc -runs=$(FUZZ_RUNS) -seed=1 -rss_limit_mb=4096 -artifact_prefix=/tmp/overcommit-fuzz-
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing of the three gRPC services (tests/fuzz/atheris_grpc.py): make
@@ -48,7 +48,7 @@ FUZZ_RUNS ?= 2500
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP) $(CACHE_STAMP)
 	mkdir -p .fuzz-corpus
-	$(BIN)/python -m tests.fuzz.atheris_grpc .fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+	$(BIN)/python -m tests.fuzz.atheris_grpc .fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -artifact_prefix=.fuzz-corpus/crash-
 
 # docs/validation.md's figures, from scratch and in-process (about 7.5 minutes): the cover
 # letter's table (and again with twice the measured seconds), the published host-memory
