@@ -115,9 +115,9 @@ class PeakByProcess:
             for pid in _tree(self.root):
                 rss = _rss(pid)
                 total += rss
-                name, peak = self.peaks.get(pid, (None, 0))
-                if rss > peak:
-                    self.peaks[pid] = (name or _name(pid), rss)
+                _, peak = self.peaks.get(pid, (None, 0))
+                if rss > peak:  # named now: a Ray worker takes its actor's name after start
+                    self.peaks[pid] = (_name(pid), rss)
             self.samples.append(total)
             self._stop.wait(self.interval_s)
 
