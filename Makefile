@@ -70,6 +70,7 @@ bench: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/python bench/host_pool.py --json
 	@if [ -f bench/grpc_sync.py ]; then $(BIN)/python bench/grpc_sync.py --json; fi
 	@if [ -f bench/end_to_end.py ]; then $(BIN)/python bench/end_to_end.py --json; fi
+	$(BIN)/python bench/load.py --json
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
