@@ -23,7 +23,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-import lz4.frame
+import lz4.frame  # type: ignore[import-untyped]  # no stubs published
 
 MAGIC = b"OCSIM-SNAPSHOT-3\n"  # then one LZ4 frame of a protocol-5 pickle
 # LZ4 (fast mode): ~3 GB/s on guest state, which shrinks ~25x (mostly regular arrays);
