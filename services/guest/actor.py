@@ -10,6 +10,7 @@ also serves GuestService for its guests.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,13 @@ from services.actor_support import was_restarted
 from services.guest.core.guest import warm_up
 from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
-from services.protocol.snapshot import PartInfo, read_part, shard_part, write_part
+from services.protocol.snapshot import (
+    BackgroundWrite,
+    PartInfo,
+    read_part,
+    shard_part,
+    write_part,
+)
 from services.transport.client import RetryPolicy
 from services.transport.errors import StatusError
 from services.transport.security import TokenStore
@@ -61,6 +68,7 @@ class ShardRunner:
     ):
         self.experiment_id = experiment_id
         self.seed, self.fast = seed, fast
+        self._writing: BackgroundWrite | None = None  # a checkpoint being written
         self.shard = GuestShard(shard_id, [], seed, fast=fast)
         self.link = GrpcHostLink(experiment_id, host_targets, token=token, retry=SYNC_RETRY)
         self.driver = EpochDriver([self.shard], self.link, policy, sorted(host_targets), epoch_ns)
@@ -116,6 +124,26 @@ class ShardRunner:
     def checkpoint(self, directory: str) -> list[PartInfo]:
         """Write this shard's state (at a sample boundary) as a part."""
         return [write_part(directory, shard_part(self.shard.shard_id), self.shard)]
+
+    def checkpoint_begin(self, directory: str) -> None:
+        """Start writing this shard's state as it is now, from a forked copy of this
+        process (the guests go on at once); :meth:`checkpoint_end` collects the part."""
+        self.checkpoint_end_quietly()
+        self._writing = BackgroundWrite(
+            directory, [(shard_part(self.shard.shard_id), self.shard)], [self.shard.lock]
+        )
+
+    def checkpoint_end(self) -> list[PartInfo]:
+        writing, self._writing = self._writing, None
+        if writing is None:
+            raise RuntimeError("no checkpoint is being written")
+        return writing.result()
+
+    def checkpoint_end_quietly(self) -> None:
+        """Wait for an abandoned write, if any (its part is not used)."""
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                self.checkpoint_end()
 
     def restore(self, directory: str, parts: list[PartInfo]) -> None:
         """Roll this shard back to a checkpoint (its part checked first)."""

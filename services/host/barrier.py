@@ -90,6 +90,11 @@ class EpochBarrier:
         self._sample_wall_s: dict[int, float] = {}  # ... -> apply_wall_s then (metadata)
 
     @property
+    def lock(self) -> threading.Condition:
+        """The barrier's lock (held by a checkpoint writer across its fork)."""
+        return self._cond
+
+    @property
     def _next_epoch(self) -> int:
         """The epoch the host applies next: the earliest any shard is due."""
         return min(self._expect.values(), default=self._applied_epoch + 1)

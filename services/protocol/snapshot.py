@@ -16,10 +16,15 @@ Writes are atomic: a temporary file in the same directory, fsync, rename.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
 import pickle
+import select
+import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +164,65 @@ def write_part(directory: str, name: str, obj: Any) -> PartInfo:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return PartInfo(name, out.size, out.h.hexdigest())
+
+
+class BackgroundWrite:
+    """Parts written by a forked copy of this process, so the caller goes on at once.
+
+    The child sees the objects as they were at the fork (copy-on-write) and writes
+    them with :func:`write_part`; :meth:`result` waits for it and returns the parts.
+    ``locks`` (the objects' own locks) are held across the fork, so no other thread
+    holds one in the child, which has no other threads. The child touches nothing but
+    the objects and the files, and leaves with ``os._exit``."""
+
+    def __init__(self, directory: str, items: list[tuple[str, Any]], locks: list[Any]):
+        for name, _ in items:
+            _check_name(name)
+        r, w = os.pipe()
+        with contextlib.ExitStack() as held:
+            for lock in locks:
+                held.enter_context(lock)
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                os.close(r)
+                infos = [vars(write_part(directory, n, obj)) for n, obj in items]
+                os.write(w, json.dumps(infos).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid, self._r = pid, r
+
+    def result(self, timeout_s: float = 3600.0) -> list[PartInfo]:
+        """The parts, once the child has written them; SnapshotError if it failed."""
+        chunks, deadline = [], time.monotonic() + timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                    os.kill(self.pid, signal.SIGKILL)
+                    raise SnapshotError(
+                        f"checkpoint writer {self.pid}: no answer in {timeout_s:g} s"
+                    )
+                chunk = os.read(self._r, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self._r)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped already (a host process ignoring SIGCHLD)
+                status = 0
+        try:  # the child writes its answer last, whole, or nothing
+            infos = [PartInfo(**d) for d in json.loads(b"".join(chunks))]
+        except (ValueError, TypeError) as e:
+            raise SnapshotError(f"checkpoint writer {self.pid} failed: {e}") from None
+        if status != 0 or not infos:
+            raise SnapshotError(f"checkpoint writer {self.pid} failed (wait status {status})")
+        return infos
 
 
 def read_part(directory: str, info: PartInfo) -> Any:

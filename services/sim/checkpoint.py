@@ -98,19 +98,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _checkpoint_one(tag_dir: str, variant: str, sim: Any) -> tuple[str, list[PartInfo], Any]:
-    """One simulation's parts into ``tag_dir/variant``; an error names the variant."""
-    vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
-    os.makedirs(vdir)
-    try:
-        state, written = sim.checkpoint(vdir)
-    except Exception as e:
-        e.variant = variant  # type: ignore[attr-defined]  # which simulation failed
-        raise
-    _fsync_dir(vdir)
-    return vdir, list(written), state
-
-
 def _link_or_copy(src: str, dst: str) -> None:
     """A part of the previous checkpoint into the new one: a hard link (no copy) where
     the file system allows, else a copy."""
@@ -140,6 +127,12 @@ class Checkpoints:
         self.wall_s = 0.0  # wall seconds spent writing (metadata)
         # variant -> what Simulation.restore needs to roll back to the last checkpoint
         self.last: dict[str, tuple[str, list[PartInfo], dict[str, Any]]] = {}
+        self._pending: tuple | None = None  # a begun checkpoint (begin, then commit)
+
+    @property
+    def pending(self) -> bool:
+        """A checkpoint is begun and not yet committed."""
+        return self._pending is not None
 
     def save(
         self,
@@ -147,10 +140,23 @@ class Checkpoints:
         finished: Mapping[str, Finished],
         pending: Mapping[str, tuple[str, list[PartInfo], dict[str, Any]]] | None = None,
     ) -> str:
-        """Checkpoint the simulations in ``running`` (variant -> Simulation, all at a
-        sample boundary) and the variants already ``finished``; ``pending``: variants of a
-        resumed checkpoint not started again yet (their parts are linked into the new
-        checkpoint, so it stays whole). Returns the manifest's path."""
+        """Checkpoint now and wait until it is on disk (:meth:`begin`, :meth:`commit`)."""
+        self.begin(running, finished, pending)
+        return self.commit()
+
+    def begin(
+        self,
+        running: Mapping[str, Any],
+        finished: Mapping[str, Finished],
+        pending: Mapping[str, tuple[str, list[PartInfo], dict[str, Any]]] | None = None,
+    ) -> None:
+        """Start a checkpoint of the simulations in ``running`` (variant -> Simulation,
+        all at a sample boundary) and the variants already ``finished``; ``pending``:
+        variants of a resumed checkpoint not started again yet (their parts are linked
+        into the new checkpoint, so it stays whole). The actors may still be writing
+        when this returns; :meth:`commit` waits for them and makes it the last one."""
+        if self._pending is not None:
+            raise RuntimeError("a checkpoint is already being written: commit or abandon it")
         wall0 = time.perf_counter()
         os.makedirs(self.root, exist_ok=True)
         times = {v: sim.now_ns for v, sim in running.items()}
@@ -158,18 +164,58 @@ class Checkpoints:
         tag_dir = os.path.join(self.root, tag)
         shutil.rmtree(tag_dir, ignore_errors=True)
         os.makedirs(tag_dir)
-        parts: dict[str, list[dict[str, Any]]] = {}
-        coordinator: dict[str, Any] = {"running": {}, "finished": {}}
-        last = {}
+        started = {}
         for variant, sim in running.items():
-            last[variant] = _checkpoint_one(tag_dir, variant, sim)
+            vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
+            os.makedirs(vdir)
+            try:
+                started[variant] = (vdir, sim, sim.checkpoint_begin(vdir))
+            except Exception as e:
+                e.variant = variant  # type: ignore[attr-defined]  # which simulation failed
+                shutil.rmtree(tag_dir, ignore_errors=True)
+                raise
+        linked = {}
         for variant, (src, src_parts, state) in (pending or {}).items():
             vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
             os.makedirs(vdir)
             for p in src_parts:
                 _link_or_copy(os.path.join(src, p.name), os.path.join(vdir, p.name))
-            last[variant] = (vdir, list(src_parts), state)
             _fsync_dir(vdir)
+            linked[variant] = (vdir, list(src_parts), state)
+        self._pending = (tag, tag_dir, started, linked, dict(finished))
+        self.wall_s += time.perf_counter() - wall0
+
+    def abandon(self) -> None:
+        """Drop a begun checkpoint (an actor was lost: its writers' parts are not used)."""
+        if self._pending is not None:
+            shutil.rmtree(self._pending[1], ignore_errors=True)
+            self._pending = None
+
+    def commit(self) -> str:
+        """Wait for the begun checkpoint's parts, then write the coordinator's part and
+        the manifest: it is the last checkpoint from now on. Returns the manifest's path."""
+        if self._pending is None:
+            raise RuntimeError("no checkpoint is being written")
+        wall0 = time.perf_counter()
+        tag, tag_dir, started, linked, finished = self._pending
+        last = {}
+        try:
+            for variant, (vdir, sim, state) in started.items():
+                try:
+                    written = sim.checkpoint_end()
+                except Exception as e:
+                    e.variant = variant  # type: ignore[attr-defined]
+                    raise
+                _fsync_dir(vdir)
+                last[variant] = (vdir, list(written), state)
+        except Exception:
+            self.abandon()
+            raise
+        self._pending = None
+        last.update(linked)
+        parts: dict[str, list[dict[str, Any]]] = {}
+        coordinator: dict[str, Any] = {"running": {}, "finished": {}}
+        times: dict[str, int] = {}
         for variant, (_, written, state) in last.items():
             coordinator["running"][variant] = state
             parts[variant] = [vars(p) for p in written]
@@ -182,6 +228,18 @@ class Checkpoints:
             times[variant] = self.spec.duration
         coord = write_part(tag_dir, COORDINATOR_PART, coordinator)
         _fsync_dir(tag_dir)
+        path = self._write_manifest(tag, parts, times, coord)
+        self.last = last
+        self.saved += 1
+        self.last_bytes = coord.size + sum(p["size"] for ps in parts.values() for p in ps)
+        self.last_time_ns = max(times.values(), default=0)
+        self.wall_s += time.perf_counter() - wall0
+        return path
+
+    def _write_manifest(
+        self, tag: str, parts: dict[str, Any], times: dict[str, int], coord: PartInfo
+    ) -> str:
+        """Replace the manifest atomically, then remove the older checkpoints' parts."""
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "name": self.spec.name,
@@ -215,11 +273,6 @@ class Checkpoints:
                 else:
                     with contextlib.suppress(OSError):
                         os.remove(target)
-        self.last = last
-        self.saved += 1
-        self.last_bytes = coord.size + sum(p["size"] for ps in parts.values() for p in ps)
-        self.last_time_ns = max(times.values(), default=0)
-        self.wall_s += time.perf_counter() - wall0
         return path
 
 

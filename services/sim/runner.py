@@ -291,6 +291,8 @@ class _RunDriver:
             sim.restore(*self.checkpoints.last[variant])
 
     def _finish_all(self) -> None:
+        if self.checkpoints is not None and self.checkpoints.pending:
+            self._commit_or_recover()  # its writers finish before their actors close
         for variant, sim in list(self.sims.items()):
             if sim.finished and variant not in self.finished:
                 self.finished[variant] = checkpoint.Finished(sim.rows, sim.stats())
@@ -300,26 +302,60 @@ class _RunDriver:
         every = self.spec.checkpoint_interval
         return None if not every else (now_ns // every + 1) * every
 
-    def _save(self) -> str | None:
+    def _begin(self) -> bool:
+        """Begin a checkpoint of this boundary (the actors write it in the background
+        while the run goes on); False if nothing runs."""
         running = {v: s for v, s in self.sims.items() if not s.closed and not s.finished}
         if self.checkpoints is None or not running:
-            return None
+            return False
         pending = {}  # resumed variants not started again yet
         if self.resume is not None:
             last = self.checkpoints.last
             pending = {v: last[v] for v in self.resume.running if v not in self.sims}
-        return self.checkpoints.save(running, self.finished, pending)
+        self.checkpoints.begin(running, self.finished, pending)
+        return True
+
+    def _save(self) -> str | None:
+        """Checkpoint this boundary and wait until it is on disk."""
+        if self.checkpoints is not None and self.checkpoints.pending:
+            self.checkpoints.commit()
+        return self.checkpoints.commit() if self._begin() else None
+
+    def _lost(self, e: ActorLostError) -> None:
+        """Roll the simulation that lost an actor (all running ones, if unknown) back."""
+        lost = getattr(e, "variant", None)
+        for variant, sim in self.sims.items():
+            if not sim.closed and not sim.finished and lost in (None, variant):
+                self._recover(sim, e)
+
+    def _commit_or_recover(self) -> None:
+        try:
+            self.checkpoints.commit()
+        except ActorLostError as e:
+            self._lost(e)
 
     def _save_or_recover(self) -> None:
-        """Checkpoint; if an actor turns out lost meanwhile (killed after its last call
-        returned), roll that simulation back to the last checkpoint instead."""
+        """At a checkpoint boundary: begin a checkpoint. Actors write it in the
+        background, and it is committed after the next session call (at once where the
+        parts are written synchronously, in process). If an actor turns out lost
+        (killed after its last call returned), roll back to the last committed one."""
         try:
-            self._save()
+            if self.checkpoints is not None and self.checkpoints.pending:
+                self.checkpoints.commit()
+            if self._begin() and not any(
+                s.session.background_checkpoints for s in self.sims.values() if not s.closed
+            ):
+                self.checkpoints.commit()
         except ActorLostError as e:
-            lost = getattr(e, "variant", None)
-            for variant, sim in self.sims.items():
-                if not sim.closed and not sim.finished and lost in (None, variant):
-                    self._recover(sim, e)
+            self._lost(e)
+
+    def _after_step(self, sim: Simulation, due: int | None) -> None:
+        """After a step: commit a checkpoint begun before it; begin one if ``sim``
+        reached the checkpoint boundary ``due``."""
+        if self.checkpoints is not None and self.checkpoints.pending:
+            self._commit_or_recover()
+        if due is not None and sim.now_ns >= due and not sim.finished:
+            self._save_or_recover()
 
     def _interrupted(self, sim: Simulation) -> RunInterrupted:
         path = self._save()
@@ -340,14 +376,16 @@ class _RunDriver:
             while not sim.finished:
                 due = self._due(sim.now_ns)
                 target = self.spec.duration if due is None else due
+                if self.checkpoints is not None and self.checkpoints.pending:
+                    # one session call, then the begun checkpoint is committed
+                    target = min(target, sim.now_ns + CHUNKS_PER_CALL * self.spec.sample_interval)
                 try:
                     if not sim.advance_to(target, should_stop=self.stop.is_set):
                         raise self._interrupted(sim)
                 except ActorLostError as e:
                     self._recover(sim, e)
                     continue
-                if due is not None and sim.now_ns >= due and not sim.finished:
-                    self._save_or_recover()
+                self._after_step(sim, due)
         finally:
             if bar is not None:
                 bar.close()
@@ -376,8 +414,7 @@ class _RunDriver:
                     except ActorLostError as e:
                         self._recover(sim, e)
                 self._share_savings()
-                if due is not None and run.now_ns >= due and not run.finished:
-                    self._save_or_recover()
+                self._after_step(run, due)
                 if bar is not None:
                     bar.update(run.now_ns, run.epochs_run)
                 if speed:  # the wall clock only paces the loop; simulated time never reads it
@@ -390,6 +427,8 @@ class _RunDriver:
 
     def _recover(self, sim: Simulation, err: Exception) -> None:
         """An actor was lost: roll ``sim`` back to the last checkpoint (or its start)."""
+        if self.checkpoints is not None:
+            self.checkpoints.abandon()  # begun with the lost actor: never committed
         self.recoveries += 1
         # planned kills (faults.kill) come on top of the losses a run survives
         limit = (MAX_RECOVERIES + len(self.spec.faults.kill)) * (1 + len(self.spec.compare))

@@ -209,6 +209,17 @@ class Simulation:
         coordinator's state and the parts written (one coordinated checkpoint)."""
         return self.coordinator_state(), self.session.checkpoint(directory)
 
+    def checkpoint_begin(self, directory: str) -> dict[str, Any]:
+        """Start a checkpoint of this boundary (the parts may still be being written
+        when this returns); returns the coordinator's state. See :meth:`checkpoint_end`."""
+        state = self.coordinator_state()
+        self.session.checkpoint_begin(directory)
+        return state
+
+    def checkpoint_end(self) -> list[PartInfo]:
+        """The parts of the checkpoint begun last, once all are written."""
+        return self.session.checkpoint_end()
+
     def restore(self, directory: str, parts: Sequence[PartInfo], state: dict[str, Any]) -> None:
         """Roll back to a checkpoint: every host and shard, then the coordinator."""
         self.session.restore(directory, parts)

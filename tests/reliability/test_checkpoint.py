@@ -39,17 +39,17 @@ def reference(tmp_path_factory):
 
 
 def stop_after(monkeypatch, n: int) -> threading.Event:
-    """A stop event set once the n-th checkpoint of the run is written."""
+    """A stop event set once the n-th checkpoint of the run is committed."""
     stop = threading.Event()
-    save = checkpoint.Checkpoints.save
+    commit = checkpoint.Checkpoints.commit
 
     def counting(self, *args):
-        path = save(self, *args)
+        path = commit(self, *args)
         if self.saved == n:
             stop.set()
         return path
 
-    monkeypatch.setattr(checkpoint.Checkpoints, "save", counting)
+    monkeypatch.setattr(checkpoint.Checkpoints, "commit", counting)
     return stop
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from services.protocol.snapshot import (
     MAGIC,
+    BackgroundWrite,
     PartInfo,
     SnapshotError,
     dumps,
@@ -77,3 +78,24 @@ def test_part_names_are_plain_file_names(tmp_path, name):
         write_part(str(tmp_path), name, 1)
     with pytest.raises(SnapshotError, match="plain file name"):
         read_part(str(tmp_path), PartInfo(name, 1, "0" * 64))
+
+
+def test_a_background_write_sees_the_state_at_its_start_and_reports_its_parts(tmp_path):
+    """The forked writer writes the objects as they were when it began, however the
+    caller changes them meanwhile; a lock held by the caller does not block it."""
+    import threading
+
+    state = {"a": np.arange(100_000)}
+    lock = threading.RLock()
+    writing = BackgroundWrite(str(tmp_path), [("x.snap", state)], [lock])
+    state["a"][:] = -1  # the caller goes on at once
+    with lock:
+        (info,) = writing.result()
+    back = read_part(str(tmp_path), info)
+    assert np.array_equal(back["a"], np.arange(100_000))
+
+
+def test_a_failed_background_write_is_an_error(tmp_path):
+    writing = BackgroundWrite(str(tmp_path / "missing-dir"), [("x.snap", 1)], [])
+    with pytest.raises(SnapshotError, match="failed"):
+        writing.result()

@@ -25,6 +25,8 @@ class Session(Protocol):
     # True: its actors serve /metrics themselves (metrics_targets lists them); False:
     # the coordinator exports its hosts and groups from the samples it records
     exports_metrics: bool
+    # True: checkpoint_begin returns before the parts are written (checkpoint_end waits)
+    background_checkpoints: bool
 
     def run_chunks(
         self,
@@ -45,6 +47,13 @@ class Session(Protocol):
         """Every host and shard writes its state, at this sample boundary, as a part file
         in ``directory`` (one per host and per shard, whatever the actor grouping)."""
         ...
+
+    def checkpoint_begin(self, directory: str) -> None:
+        """Start a checkpoint of this sample boundary; the session may go on before its
+        parts are written (:meth:`checkpoint_end` waits for them)."""
+        ...
+
+    def checkpoint_end(self) -> list[PartInfo]: ...
 
     def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
         """Roll every host and shard back to a checkpoint."""

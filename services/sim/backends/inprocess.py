@@ -28,6 +28,7 @@ from . import ActorLostError, due_kills
 
 class InProcessSession:
     exports_metrics = False  # the coordinator exports this session's hosts and groups
+    background_checkpoints = False  # checkpoint parts are written at once
 
     def __init__(self, plan: SimPlan, fast: bool = True):
         self.plan = plan
@@ -37,6 +38,7 @@ class InProcessSession:
         if first is not None:
             guest_warm_up(first.config)
         self._killed: set[int] = set()  # plan.kills done (never twice, even after a rollback)
+        self._written: list[PartInfo] | None = None
         self._build()
 
     def _build(self) -> None:
@@ -95,6 +97,16 @@ class InProcessSession:
         parts = [write_part(directory, host_part(h), b) for h, b in sorted(self.barriers.items())]
         parts += [write_part(directory, shard_part(s.shard_id), s) for s in self.driver.shards]
         return parts
+
+    def checkpoint_begin(self, directory: str) -> None:
+        """In process, the parts are written at once (no fork of the caller's process)."""
+        self._written = self.checkpoint(directory)
+
+    def checkpoint_end(self) -> list[PartInfo]:
+        written, self._written = self._written, None
+        if written is None:
+            raise RuntimeError("no checkpoint is being written")
+        return written
 
     def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
         """Roll every host and shard back to the checkpoint whose parts are ``parts``."""

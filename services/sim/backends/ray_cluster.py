@@ -45,6 +45,9 @@ RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 class RaySession:
     exports_metrics = True  # with metrics options, every actor serves its own /metrics
+    background_checkpoints = (
+        True  # actors write checkpoints from forked copies while the run goes on
+    )
 
     def __init__(
         self, plan: SimPlan, hosts_per_actor: int | None, metrics: MetricsOptions | None = None
@@ -174,6 +177,16 @@ class RaySession:
 
     def checkpoint(self, directory: str) -> list[PartInfo]:
         refs = [a.checkpoint.remote(directory) for a in self._actors()]
+        return [p for parts in self._get(refs) for p in parts]
+
+    def checkpoint_begin(self, directory: str) -> None:
+        """Every actor starts writing its state as it is now, from a forked copy of its
+        process, and goes on at once (the writes overlap the next intervals)."""
+        self._get([a.checkpoint_begin.remote(directory) for a in self._actors()])
+
+    def checkpoint_end(self) -> list[PartInfo]:
+        """The parts of the checkpoint begun last, once every actor's writer is done."""
+        refs = [a.checkpoint_end.remote() for a in self._actors()]
         return [p for parts in self._get(refs) for p in parts]
 
     def restore(self, directory: str, parts: Sequence[PartInfo]) -> None:
