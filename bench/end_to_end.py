@@ -67,17 +67,38 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
+def tree_pss_bytes(root: int) -> int:
+    """PSS of ``root`` and all its descendants: shared pages split between the processes
+    that map them, so a checkpoint writer forked from an actor (which shares its pages
+    copy-on-write) adds only the pages it really has of its own."""
+    tree, total, stack = _children(), 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack += tree.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 class PeakRss:
-    """Samples the process tree's RSS every ``interval_s`` in a thread."""
+    """Samples the process tree's RSS and PSS every ``interval_s`` in a thread."""
 
     def __init__(self, interval_s: float = 0.5):
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
 
     def _run(self, interval_s: float) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
+            self.peak_pss = max(self.peak_pss, tree_pss_bytes(os.getpid()))
             self._stop.wait(interval_s)
 
     def __enter__(self) -> PeakRss:
@@ -120,7 +141,8 @@ def measure(
         "epochs_per_wall_second": round(run["epochs_run"] / wall, 1),
         "epochs_run": run["epochs_run"],
         "shards": run["shards"],
-        "peak_rss_bytes": rss.peak,
+        "peak_rss_bytes": rss.peak,  # summed RSS: pages shared by processes count each time
+        "peak_pss_bytes": rss.peak_pss,
         "busiest_shard_guest_seconds": round(guests_s, 3),
         "busiest_host_actor_apply_seconds": round(hosts_s, 3),
         "per_epoch_sync_intervals": run.get("per_epoch_sync_intervals"),

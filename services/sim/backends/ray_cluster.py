@@ -33,7 +33,13 @@ PROBE_TIMEOUT_S = 30.0
 BUSY_PROBE_S = 1.0  # an actor that does not answer a probe this fast is busy, not lost
 RESTART_POLL_S = 0.2
 
-RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_ENV_DEFAULTS = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # actors fork to write checkpoints; the children never use gRPC, so grpcio's fork
+    # handlers (and their log line at every fork) are not wanted
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
+}
 # Ray picks the machine's address as the node address on Linux, and its GCS, raylet,
 # agents and workers then listen there (some on every interface); 127.0.0.1 passed
 # as the node address is turned back into the machine's address. Its single-machine
