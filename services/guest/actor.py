@@ -10,7 +10,6 @@ also serves GuestService for its guests.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from services.guest.core.guest import warm_up
 from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
 from services.protocol.snapshot import (
-    BackgroundWrite,
+    CheckpointWriter,
     PartInfo,
     read_part,
     shard_part,
@@ -68,7 +67,7 @@ class ShardRunner:
     ):
         self.experiment_id = experiment_id
         self.seed, self.fast = seed, fast
-        self._writing: BackgroundWrite | None = None  # a checkpoint being written
+        self._writer = CheckpointWriter()  # checkpoints written in the background
         self.shard = GuestShard(shard_id, [], seed, fast=fast)
         self.link = GrpcHostLink(experiment_id, host_targets, token=token, retry=SYNC_RETRY)
         self.driver = EpochDriver([self.shard], self.link, policy, sorted(host_targets), epoch_ns)
@@ -128,22 +127,11 @@ class ShardRunner:
     def checkpoint_begin(self, directory: str) -> None:
         """Start writing this shard's state as it is now, from a forked copy of this
         process (the guests go on at once); :meth:`checkpoint_end` collects the part."""
-        self.checkpoint_end_quietly()
-        self._writing = BackgroundWrite(
-            directory, [(shard_part(self.shard.shard_id), self.shard)], [self.shard.lock]
-        )
+        part = shard_part(self.shard.shard_id)
+        self._writer.begin(directory, [(part, self.shard)], [self.shard.lock])
 
     def checkpoint_end(self) -> list[PartInfo]:
-        writing, self._writing = self._writing, None
-        if writing is None:
-            raise RuntimeError("no checkpoint is being written")
-        return writing.result()
-
-    def checkpoint_end_quietly(self) -> None:
-        """Wait for an abandoned write, if any (its part is not used)."""
-        if self._writing is not None:
-            with contextlib.suppress(Exception):
-                self.checkpoint_end()
+        return self._writer.end()
 
     def restore(self, directory: str, parts: list[PartInfo]) -> None:
         """Roll this shard back to a checkpoint (its part checked first)."""

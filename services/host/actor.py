@@ -8,8 +8,6 @@ hosts are grouped into actors.
 
 from __future__ import annotations
 
-import contextlib
-
 from services.actor_support import was_restarted
 from services.host.core.config import HostConfig
 from services.host.core.host import Host, warm_up
@@ -22,7 +20,7 @@ from services.metrics import (
 )
 from services.protocol.messages import GuestRegistration
 from services.protocol.snapshot import (
-    BackgroundWrite,
+    CheckpointWriter,
     PartInfo,
     host_part,
     read_part,
@@ -54,7 +52,7 @@ class HostRunner:
             if cfg not in distinct:  # equal configs run the same kernels: warm each kind once
                 distinct.append(cfg)
                 warm_up(cfg)  # numba kernels load now, not in the first timed epoch
-        self._writing: BackgroundWrite | None = None  # a checkpoint being written
+        self._writer = CheckpointWriter()  # checkpoints written in the background
         self.endpoints = {
             h: EpochBarrier(experiment_id, h, Host(h, cfg)) for h, cfg in sorted(hosts.items())
         }
@@ -128,24 +126,14 @@ class HostRunner:
     def checkpoint_begin(self, directory: str) -> None:
         """Start writing each host's state as it is now, from a forked copy of this
         process (the hosts go on at once); :meth:`checkpoint_end` collects the parts."""
-        self.checkpoint_end_quietly()
-        self._writing = BackgroundWrite(
+        self._writer.begin(
             directory,
             [(host_part(h), ep) for h, ep in self.endpoints.items()],
             [ep.lock for ep in self.endpoints.values()],
         )
 
     def checkpoint_end(self) -> list[PartInfo]:
-        writing, self._writing = self._writing, None
-        if writing is None:
-            raise RuntimeError("no checkpoint is being written")
-        return writing.result()
-
-    def checkpoint_end_quietly(self) -> None:
-        """Wait for an abandoned write, if any (its parts are not used)."""
-        if self._writing is not None:
-            with contextlib.suppress(Exception):
-                self.checkpoint_end()
+        return self._writer.end()
 
     def restore(self, directory: str, parts: list[PartInfo]) -> None:
         """Roll every host of this actor back to a checkpoint (each part checked first)."""

@@ -225,6 +225,27 @@ class BackgroundWrite:
         return infos
 
 
+class CheckpointWriter:
+    """An actor's checkpoint in the background: :meth:`begin` forks a writer
+    (:class:`BackgroundWrite`), :meth:`end` collects its parts. One at a time: a begin
+    first waits for an abandoned write, whose parts are not used."""
+
+    def __init__(self) -> None:
+        self._writing: BackgroundWrite | None = None
+
+    def begin(self, directory: str, items: list[tuple[str, Any]], locks: list[Any]) -> None:
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                self.end()
+        self._writing = BackgroundWrite(directory, items, locks)
+
+    def end(self) -> list[PartInfo]:
+        writing, self._writing = self._writing, None
+        if writing is None:
+            raise RuntimeError("no checkpoint is being written")
+        return writing.result()
+
+
 def read_part(directory: str, info: PartInfo) -> Any:
     """The object in ``directory/info.name``, after its size and digest are checked."""
     _check_name(info.name)

@@ -11,6 +11,7 @@ import pytest
 from services.protocol.snapshot import (
     MAGIC,
     BackgroundWrite,
+    CheckpointWriter,
     PartInfo,
     SnapshotError,
     dumps,
@@ -99,3 +100,15 @@ def test_a_failed_background_write_is_an_error(tmp_path):
     writing = BackgroundWrite(str(tmp_path / "missing-dir"), [("x.snap", 1)], [])
     with pytest.raises(SnapshotError, match="failed"):
         writing.result()
+
+
+def test_a_checkpoint_writer_waits_for_an_abandoned_write_and_ends_once(tmp_path):
+    writer = CheckpointWriter()
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        writer.end()
+    writer.begin(str(tmp_path), [("a.snap", 1)], [])
+    writer.begin(str(tmp_path), [("b.snap", 2)], [])  # the first is abandoned, then reaped
+    (info,) = writer.end()
+    assert info.name == "b.snap" and read_part(str(tmp_path), info) == 2
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        writer.end()
