@@ -20,3 +20,17 @@ def was_restarted() -> bool:
             return bool(ray.get_runtime_context().was_current_actor_reconstructed)
         except Exception:  # noqa: BLE001 - not inside an actor
             return False
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not inside a Ray worker or driver
+        return None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from overcommit.v1 import guest_pb2
-from services.actor_support import was_restarted
+from services.actor_support import node_id, was_restarted
 from services.guest.core.guest import warm_up
 from services.metrics import MetricsEndpoint, MetricsOptions, SnapshotCollector, entity_rows
 from services.protocol.clients import GrpcHostLink
@@ -23,7 +23,6 @@ from services.protocol.snapshot import (
     PartInfo,
     read_part,
     shard_part,
-    write_part,
 )
 from services.transport.client import RetryPolicy
 from services.transport.errors import StatusError
@@ -120,10 +119,6 @@ class ShardRunner:
 
     # -- coordinated checkpoints and recovery
 
-    def checkpoint(self, directory: str) -> list[PartInfo]:
-        """Write this shard's state (at a sample boundary) as a part."""
-        return [write_part(directory, shard_part(self.shard.shard_id), self.shard)]
-
     def checkpoint_begin(self, directory: str) -> None:
         """Start writing this shard's state as it is now, from a forked copy of this
         process (the guests go on at once); :meth:`checkpoint_end` collects the part."""
@@ -151,7 +146,7 @@ class ShardRunner:
         """This actor's worker process id and whether Ray restarted it (fault tests)."""
         import os
 
-        return {"pid": os.getpid(), "restarted": was_restarted()}
+        return {"pid": os.getpid(), "restarted": was_restarted(), "node": node_id()}
 
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds spent simulating guests and in host syncs (metadata, not results)."""

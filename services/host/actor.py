@@ -8,7 +8,7 @@ hosts are grouped into actors.
 
 from __future__ import annotations
 
-from services.actor_support import was_restarted
+from services.actor_support import node_id, was_restarted
 from services.host.core.config import HostConfig
 from services.host.core.host import Host, warm_up
 from services.metrics import (
@@ -24,7 +24,6 @@ from services.protocol.snapshot import (
     PartInfo,
     host_part,
     read_part,
-    write_part,
 )
 from services.transport.faults import ReplyFaultInterceptor, ReplyFaults
 from services.transport.security import TokenStore
@@ -119,10 +118,6 @@ class HostRunner:
 
     # -- coordinated checkpoints and recovery
 
-    def checkpoint(self, directory: str) -> list[PartInfo]:
-        """Write each host's state (barrier and core, at a sample boundary) as a part."""
-        return [write_part(directory, host_part(h), ep) for h, ep in self.endpoints.items()]
-
     def checkpoint_begin(self, directory: str) -> None:
         """Start writing each host's state as it is now, from a forked copy of this
         process (the hosts go on at once); :meth:`checkpoint_end` collects the parts."""
@@ -147,7 +142,7 @@ class HostRunner:
         """This actor's worker process id and whether Ray restarted it (fault tests)."""
         import os
 
-        return {"pid": os.getpid(), "restarted": was_restarted()}
+        return {"pid": os.getpid(), "restarted": was_restarted(), "node": node_id()}
 
     def fault_counts(self) -> dict[str, int]:
         """Replies dropped and delayed by fault injection so far."""

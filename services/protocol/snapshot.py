@@ -39,32 +39,51 @@ _BUILTINS = frozenset(
     {"set", "frozenset", "dict", "list", "tuple", "int", "float", "complex", "bool", "bytes"}
     | {"bytearray", "str", "slice", "range", "object", "NoneType"}
 )
-_NUMPY_MODULES = frozenset(
+# exact (module, name) pairs outside this project a snapshot may name: numpy's array and
+# scalar reconstructors, dtypes and bit generators (as their pickles name them), plain
+# containers. Nothing else: no dotted names, no module of numpy as a whole.
+_ALLOWED = frozenset(
     {
-        "numpy",
-        "numpy.core.multiarray",
-        "numpy._core.multiarray",
-        "numpy.core.numeric",
-        "numpy._core.numeric",
-        "numpy.random._pickle",
-        "numpy.random.bit_generator",
-        "numpy.random._generator",
-        "numpy.random._pcg64",
-        "numpy.random._philox",
-        "numpy.random._mt19937",
-        "numpy.random._sfc64",
-        "numpy.dtypes",
+        (mod, name)
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
     }
-)
-_OTHER = frozenset(
-    {
-        ("collections", "defaultdict"),
-        ("collections", "OrderedDict"),
-        ("collections", "deque"),
-        ("copyreg", "_reconstructor"),
-        ("copyreg", "__newobj__"),
-        ("enum", "Enum"),
+    | {("numpy", name) for name in ("ndarray", "dtype")}
+    | {
+        ("numpy.dtypes", name)
+        for name in (
+            "Int8DType",
+            "Int16DType",
+            "Int32DType",
+            "Int64DType",
+            "UInt8DType",
+            "UInt16DType",
+            "UInt32DType",
+            "UInt64DType",
+            "Float32DType",
+            "Float64DType",
+            "BoolDType",
+            "ObjectDType",
+            "BytesDType",
+            "StrDType",
+        )
     }
+    | {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+    | {
+        ("numpy.random._pickle", name)
+        for name in (
+            "__generator_ctor",
+            "__bit_generator_ctor",
+            "__randomstate_ctor",
+        )
+    }
+    | {("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence")}
+    | {("numpy.random._generator", "Generator")}
+    | {("numpy.random._pcg64", "PCG64"), ("numpy.random._pcg64", "PCG64DXSM")}
+    | {("numpy.random._mt19937", "MT19937"), ("numpy.random._philox", "Philox")}
+    | {("numpy.random._sfc64", "SFC64"), ("numpy.random.bit_generator", "SeedSequence")}
+    | {("collections", "defaultdict"), ("collections", "OrderedDict"), ("collections", "deque")}
+    | {("copyreg", "_reconstructor"), ("copyreg", "__newobj__")}
 )
 
 
@@ -83,21 +102,19 @@ class PartInfo:
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            (module == "builtins" and name in _BUILTINS)
-            or module in _NUMPY_MODULES
-            or (module, name) in _OTHER
-            or module == "services"
-            or module.startswith("services.")
-        )
-        if not allowed:
+        if "." in name:  # a dotted name walks attributes: os.system is a few steps away
             raise SnapshotError(f"snapshot refers to {module}.{name}, which a snapshot never holds")
-        found = super().find_class(module, name)
-        if module.startswith("services") and not isinstance(found, type):
-            raise SnapshotError(f"snapshot refers to {module}.{name}, which is not a class")
-        if module == "builtins" and name == "NoneType":
-            return type(None)
-        return found
+        if module == "builtins" and name in _BUILTINS:
+            return type(None) if name == "NoneType" else super().find_class(module, name)
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module == "services" or module.startswith("services."):
+            found = super().find_class(module, name)
+            # a class defined there, not one a project module merely imported
+            if isinstance(found, type) and found.__module__ == module:
+                return found
+            raise SnapshotError(f"snapshot refers to {module}.{name}, which is not a class of it")
+        raise SnapshotError(f"snapshot refers to {module}.{name}, which a snapshot never holds")
 
 
 def host_part(host_id: int) -> str:
@@ -111,7 +128,7 @@ def shard_part(shard_id: int) -> str:
 
 
 def dumps(obj: Any) -> bytes:
-    """``obj`` as a snapshot: the header, then a zstd frame of its pickle."""
+    """``obj`` as a snapshot: the header, then an LZ4 frame of its pickle."""
     return MAGIC + lz4.frame.compress(pickle.dumps(obj, protocol=5))
 
 
@@ -152,9 +169,9 @@ def write_part(directory: str, name: str, obj: Any) -> PartInfo:
     The pickle streams through the compressor into the file (numpy arrays are never
     copied whole). ``name`` is a plain file name made by the caller from fixed words
     and integers."""
-    _check_name(name)
+    check_name(name)
     path = os.path.join(directory, name)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # two writers of one name never share a tmp file
     with open(tmp, "wb") as f:
         out = _HashingFile(f)
         out.write(MAGIC)
@@ -177,7 +194,7 @@ class BackgroundWrite:
 
     def __init__(self, directory: str, items: list[tuple[str, Any]], locks: list[Any]):
         for name, _ in items:
-            _check_name(name)
+            check_name(name)
         r, w = os.pipe()
         with contextlib.ExitStack() as held:
             for lock in locks:
@@ -187,9 +204,12 @@ class BackgroundWrite:
             code = 1
             try:
                 os.close(r)
-                infos = [vars(write_part(directory, n, obj)) for n, obj in items]
-                os.write(w, json.dumps(infos).encode())
-                code = 0
+                try:
+                    answer: Any = [vars(write_part(directory, n, obj)) for n, obj in items]
+                    code = 0
+                except BaseException as e:  # noqa: BLE001 - reported to the parent
+                    answer = {"error": f"{type(e).__name__}: {e}"}
+                os.write(w, json.dumps(answer).encode())
             finally:
                 os._exit(code)
         os.close(w)
@@ -217,9 +237,12 @@ class BackgroundWrite:
             except ChildProcessError:  # reaped already (a host process ignoring SIGCHLD)
                 status = 0
         try:  # the child writes its answer last, whole, or nothing
-            infos = [PartInfo(**d) for d in json.loads(b"".join(chunks))]
-        except (ValueError, TypeError) as e:
+            answer = json.loads(b"".join(chunks))
+        except ValueError as e:
             raise SnapshotError(f"checkpoint writer {self.pid} failed: {e}") from None
+        if isinstance(answer, dict):
+            raise SnapshotError(f"checkpoint writer {self.pid} failed: {answer.get('error')}")
+        infos = [PartInfo(**d) for d in answer]
         if status != 0 or not infos:
             raise SnapshotError(f"checkpoint writer {self.pid} failed (wait status {status})")
         return infos
@@ -248,7 +271,7 @@ class CheckpointWriter:
 
 def read_part(directory: str, info: PartInfo) -> Any:
     """The object in ``directory/info.name``, after its size and digest are checked."""
-    _check_name(info.name)
+    check_name(info.name)
     path = os.path.join(directory, info.name)
     try:
         with open(path, "rb") as f:
@@ -266,7 +289,7 @@ def read_part(directory: str, info: PartInfo) -> Any:
     return loads(blob)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     ok = (
         isinstance(name, str)
         and 0 < len(name) <= 64

@@ -28,12 +28,19 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.protocol.snapshot import PartInfo, SnapshotError, read_part, write_part
+from services.protocol.snapshot import (
+    PartInfo,
+    SnapshotError,
+    check_name,
+    read_part,
+    write_part,
+)
 from services.units import NS_PER_S
 
 from .spec import ExperimentSpec, SpecError, parse_spec, with_trace_root
@@ -160,10 +167,11 @@ class Checkpoints:
         wall0 = time.perf_counter()
         os.makedirs(self.root, exist_ok=True)
         times = {v: sim.now_ns for v, sim in running.items()}
-        tag = f"t{max(times.values(), default=0):020d}-{self.saved}-{os.getpid()}"
+        # a name never used before (a rollback reaches the same boundary again, and an
+        # abandoned checkpoint's writers may still be writing into theirs)
+        tag = f"t{max(times.values(), default=0):020d}-{uuid.uuid4().hex[:16]}"
         tag_dir = os.path.join(self.root, tag)
-        shutil.rmtree(tag_dir, ignore_errors=True)
-        os.makedirs(tag_dir)
+        os.makedirs(tag_dir)  # fails rather than reuse a directory
         started = {}
         for variant, sim in running.items():
             vdir = os.path.abspath(os.path.join(tag_dir, _check_variant(variant)))
@@ -172,7 +180,8 @@ class Checkpoints:
                 started[variant] = (vdir, sim, sim.checkpoint_begin(vdir))
             except Exception as e:
                 e.variant = variant  # type: ignore[attr-defined]  # which simulation failed
-                shutil.rmtree(tag_dir, ignore_errors=True)
+                self._pending = (tag, tag_dir, started, {}, {})
+                self.abandon()
                 raise
         linked = {}
         for variant, (src, src_parts, state) in (pending or {}).items():
@@ -340,7 +349,9 @@ def load(run_dir: str, spec: ExperimentSpec | None = None, dir_name: str | None 
     directory = os.path.join(run_dir, CHECKPOINT_DIR, tag)
     try:
         coord = read_part(directory, PartInfo(**m["coordinator"]))
-        parts = {_check_variant(v): [PartInfo(**p) for p in ps] for v, ps in m["parts"].items()}
+        parts = {
+            _check_variant(v): [_checked(PartInfo(**p)) for p in ps] for v, ps in m["parts"].items()
+        }
         times = {_check_variant(v): int(t) for v, t in m["time_ns"].items()}
         shards = int(m["shards"])
         if not 1 <= shards <= MAX_SHARDS:
@@ -355,17 +366,41 @@ def load(run_dir: str, spec: ExperimentSpec | None = None, dir_name: str | None 
                 _verify(os.path.join(directory, variant), p)
             except SnapshotError as e:
                 raise CheckpointError(f"{path}: {e}") from None
+    finished, running = _coordinator(path, coord, parts)
     return Loaded(
         spec=saved,
         run_dir=run_dir,
         directory=directory,
         shards=shards,
         time_ns=times,
-        finished={v: Finished(d["rows"], d["stats"]) for v, d in coord["finished"].items()},
-        running=dict(coord["running"]),
+        finished=finished,
+        running=running,
         parts=parts,
         traces=dict(m.get("traces") or {}),
     )
+
+
+def _coordinator(path: str, coord: Any, parts: dict[str, list[PartInfo]]):
+    """The coordinator part's finished and running variants, checked against the parts."""
+    try:
+        finished = {
+            _check_variant(v): Finished(list(d["rows"]), dict(d["stats"]))
+            for v, d in coord["finished"].items()
+        }
+        running = {_check_variant(v): dict(st) for v, st in coord["running"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path}: a malformed coordinator part ({e})") from None
+    if set(running) != set(parts) or any(len(ps) < 2 for ps in parts.values()):
+        raise CheckpointError(f"{path}: the parts do not cover the variants it holds")
+    return finished, running
+
+
+def _checked(info: PartInfo) -> PartInfo:
+    """A manifest's part entry, its name a plain file name (SnapshotError if not)."""
+    check_name(info.name)
+    if not isinstance(info.size, int) or not isinstance(info.sha256, str):
+        raise SnapshotError(f"part {info.name!r}: size and sha256 must be an integer and text")
+    return info
 
 
 def _verify(directory: str, info: PartInfo) -> None:

@@ -43,6 +43,8 @@ RECORD = "experiment.json"
 RECORD_FORMAT = "overcommit-serve-experiment/1"
 MAX_RECORD_BYTES = 1 << 22
 MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it builds
+MAX_SERVE_ENTRIES = 100_000  # records read at start (numbers beyond are never reused)
+MAX_RECOVERIES = 8  # actor losses one Advance or RunToEnd call survives
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
 
 
@@ -153,6 +155,12 @@ class ExperimentManager:
             if os.path.exists(checkpoint.manifest_path(self._exp_dir(exp))):
                 loaded = checkpoint.load(self._exp_dir(exp), exp.spec, _dir_name(exp.id))
             sim = self._sim(exp, shards=loaded.shards if loaded else None)
+            if loaded is not None and loaded.traces != trace_digests(sim.plan.guests):
+                sim.close()
+                exp.sim = None
+                raise failed_precondition(
+                    "experiment_id", experiment_id, "its trace files changed since its checkpoint"
+                )
             if loaded is not None:
                 last = loaded.restore_args(VARIANT_RUN)
                 sim.restore(*last)
@@ -234,7 +242,7 @@ class ExperimentManager:
         while True:
             with exp.cond:
                 rows = exp.rows()
-                while sent == len(rows) and exp.state == "created":
+                while sent >= len(rows) and exp.state == "created":  # (>=: after a rollback)
                     if self._closing.is_set() or (is_active is not None and not is_active()):
                         return
                     exp.cond.wait(timeout=STREAM_WAIT_S)
@@ -250,7 +258,7 @@ class ExperimentManager:
                         "metrics": {k: v for k, v in row.items() if k not in ROW_KEYS and v == v},  # noqa: PLR0124 - drops NaN, any type
                     }
             sent += len(batch)
-            if done and sent == len(exp.rows()):
+            if done and sent >= len(exp.rows()):
                 return
 
     # -- internals ------------------------------------------------------------------
@@ -282,6 +290,7 @@ class ExperimentManager:
         sim = self._sim(exp)
         every = exp.spec.checkpoint_interval
         limit = min(target_ns, exp.spec.duration)
+        losses = 0
         while sim.now_ns < limit:
             due = (sim.now_ns // every + 1) * every if every else None
             try:
@@ -289,7 +298,13 @@ class ExperimentManager:
                     return False
                 if due is not None and sim.now_ns >= due and not sim.finished:
                     self._checkpoints(exp).save({VARIANT_RUN: sim}, {})
-            except ActorLostError:
+            except ActorLostError as e:
+                losses += 1
+                if losses > MAX_RECOVERIES:
+                    raise failed_precondition(
+                        "experiment_id", exp.id, f"actors lost {losses} times in one call: {e}"
+                    ) from e
+                self._checkpoints(exp).abandon()
                 sim.recover(self._checkpoints(exp).last.get(VARIANT_RUN))
         return True
 
@@ -337,10 +352,10 @@ class ExperimentManager:
             entries = sorted(os.listdir(self.state_dir))
         except FileNotFoundError:
             return 0
-        for name in entries[: MAX_EXPERIMENTS * 4]:
+        for name in entries[:MAX_SERVE_ENTRIES]:
             try:
                 exp = self._read_record(name)
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 print(f"warning: serve state {name!r} skipped: {e}", file=sys.stderr)
                 continue
             number, exp = exp
@@ -357,6 +372,8 @@ class ExperimentManager:
         if len(raw) > MAX_RECORD_BYTES:
             raise ValueError(f"{path}: over {MAX_RECORD_BYTES} bytes")
         record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: not a JSON object")
         experiment_id = record.get("experiment_id")
         if (
             record.get("format") != RECORD_FORMAT

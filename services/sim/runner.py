@@ -179,6 +179,10 @@ def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, a
     return result
 
 
+def _now(sim: Simulation) -> int:
+    return sim.now_ns
+
+
 class _RunDriver:
     """The run and its baselines to the end: one after another, or (with live metrics
     or pacing) advanced together a sample interval at a time while paced (else
@@ -392,7 +396,8 @@ class _RunDriver:
 
     def _advance_together(self, progress: bool) -> None:
         spec, speed = self.spec, self.live.speed if self.live else None
-        run = self.sims[VARIANT_RUN]
+        # the run leads (a resumed checkpoint may hold only baselines still running)
+        run = self.sims.get(VARIANT_RUN) or next(iter(self.sims.values()))
         bar = None
         if progress:
             from .console import ProgressBar
@@ -401,11 +406,13 @@ class _RunDriver:
             bar = ProgressBar(f"{spec.name}: {label}", spec.duration)
         try:
             pace0 = time.monotonic() - run.now_ns / NS_PER_S / speed if speed else 0.0
-            while not run.finished:
+            while not all(sim.finished for sim in self.sims.values()):
                 if self.stop.is_set():
                     raise self._interrupted(run)
-                target = run.now_ns + spec.sample_interval * (1 if speed else CHUNKS_PER_CALL)
-                due = self._due(run.now_ns)
+                # every simulation to the same boundary (one rolled back catches up)
+                lead = min((s for s in self.sims.values() if not s.finished), key=_now)
+                target = lead.now_ns + spec.sample_interval * (1 if speed else CHUNKS_PER_CALL)
+                due = self._due(lead.now_ns)
                 if due is not None:
                     target = min(target, due)
                 for sim in self.sims.values():
@@ -414,7 +421,7 @@ class _RunDriver:
                     except ActorLostError as e:
                         self._recover(sim, e)
                 self._share_savings()
-                self._after_step(run, due)
+                self._after_step(lead, due)
                 if bar is not None:
                     bar.update(run.now_ns, run.epochs_run)
                 if speed:  # the wall clock only paces the loop; simulated time never reads it
@@ -457,8 +464,8 @@ class _RunDriver:
 
     def _share_savings(self) -> None:
         """The run's memory saved against each baseline at their common last sample."""
-        run = self.sims[VARIANT_RUN]
-        if run.metrics is None:
+        run = self.sims.get(VARIANT_RUN)
+        if run is None or run.metrics is None:
             return
         mine = run.metrics.cluster()
         for kind, sim in self.sims.items():

@@ -204,11 +204,6 @@ class Simulation:
         state["rows"] = list(self.rows)
         return state
 
-    def checkpoint(self, directory: str) -> tuple[dict[str, Any], list[PartInfo]]:
-        """Every host and shard writes its state to ``directory``; returns the
-        coordinator's state and the parts written (one coordinated checkpoint)."""
-        return self.coordinator_state(), self.session.checkpoint(directory)
-
     def checkpoint_begin(self, directory: str) -> dict[str, Any]:
         """Start a checkpoint of this boundary (the parts may still be being written
         when this returns); returns the coordinator's state. See :meth:`checkpoint_end`."""

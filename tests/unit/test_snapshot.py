@@ -65,6 +65,29 @@ def test_a_forged_part_with_a_matching_checksum_cannot_run_code(tmp_path):
         loads(MAGIC + lz4.frame.compress(pickle.dumps(write_part, protocol=5)))
 
 
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("numpy", "lib._npyio_impl.os.system"),  # a dotted name walks to os.system
+        ("numpy", "load"),  # a numpy function, not an array reconstructor
+        ("services.sim.checkpoint", "shutil"),  # a module a project module imported
+        ("services.guest.actor", "RetryPolicy"),  # a class it imported, defined elsewhere
+        ("builtins", "eval"),
+    ],
+)
+def test_only_exact_names_resolve(module, name):
+    """A hand-built pickle naming anything but the allowed classes is refused before
+    the name is even looked up further."""
+    payload = (
+        b"\x80\x05\x95\x00\x00\x00\x00\x00\x00\x00\x00"
+        + b"\x8c" + bytes([len(module)]) + module.encode()
+        + b"\x94\x8c" + bytes([len(name)]) + name.encode()
+        + b"\x94\x93\x94."
+    )  # fmt: skip
+    with pytest.raises(SnapshotError, match=r"never holds|not a class"):
+        loads(MAGIC + lz4.frame.compress(payload))
+
+
 def test_not_a_snapshot_and_garbage_are_refused():
     with pytest.raises(SnapshotError, match="header"):
         loads(b"not a snapshot")

@@ -181,10 +181,6 @@ class RaySession:
 
     # -- coordinated checkpoints and recovery
 
-    def checkpoint(self, directory: str) -> list[PartInfo]:
-        refs = [a.checkpoint.remote(directory) for a in self._actors()]
-        return [p for parts in self._get(refs) for p in parts]
-
     def checkpoint_begin(self, directory: str) -> None:
         """Every actor starts writing its state as it is now, from a forked copy of its
         process, and goes on at once (the writes overlap the next intervals)."""
@@ -267,10 +263,11 @@ class RaySession:
                 actor = self.host_actors[g]
             else:
                 actor = self.shard_actors[kill.index]
-            if kill.how == "process":  # its pid as last wired: the actor is busy in this call
-                pid = self.last_processes[self._actors().index(actor)]["pid"]
-                os.kill(int(pid), signal.SIGKILL)
-            else:
+            proc = self.last_processes[self._actors().index(actor)]  # the actor is busy now
+            here = self.ray.get_runtime_context().get_node_id()
+            if kill.how == "process" and proc.get("node") == here:
+                os.kill(int(proc["pid"]), signal.SIGKILL)
+            else:  # a pid means nothing on another node: Ray kills the actor there
                 self.ray.kill(actor, no_restart=False)
 
     def metrics_targets(self) -> list[tuple[str, dict[str, str]]]:
