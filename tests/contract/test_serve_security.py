@@ -321,10 +321,10 @@ def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
     try:
         with connect_experiments(server.address) as client:
             exp_id, _ = client.create(SPEC)
+            # two calls that stay open: sample streams of an experiment nobody advances
             busy = [
-                client.stub.Advance.future(
-                    experiment_pb2.AdvanceRequest(experiment_id=exp_id, duration_ns=3600 * 10**9),
-                    timeout=120,
+                client.stub.StreamSamples(
+                    experiment_pb2.StreamSamplesRequest(experiment_id=exp_id), timeout=120
                 )
                 for _ in range(2)
             ]
@@ -340,9 +340,9 @@ def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
 
             assert wait_until(third_call_refused), codes
             assert set(codes) <= {CODE.OK, CODE.RESOURCE_EXHAUSTED}
-            manager.begin_shutdown()  # the running advance stops at its next chunk
-            for f in busy:
-                f.exception(timeout=120)
+            for call in busy:  # once they end, calls are served again
+                call.cancel()
+            assert wait_until(lambda: not third_call_refused()), codes[-5:]
     finally:
         manager.begin_shutdown()
         server.stop(1.0)
