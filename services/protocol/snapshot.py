@@ -204,6 +204,7 @@ class BackgroundWrite:
             code = 1
             try:
                 os.close(r)
+                os.nice(19)  # the lowest priority: the simulation goes first, writing fills gaps
                 try:
                     answer: Any = [vars(write_part(directory, n, obj)) for n, obj in items]
                     code = 0

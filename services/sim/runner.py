@@ -240,7 +240,7 @@ class _RunDriver:
                 for v in todo:
                     self._start(v)
                 self._advance_together(progress)
-                self._finish_all()
+                self._finish_all(close=False)  # closed after the linger, below
                 self._linger()
             else:
                 for v in todo:
@@ -294,13 +294,16 @@ class _RunDriver:
         if self.resume is not None and variant in self.resume.running:
             sim.restore(*self.checkpoints.last[variant])
 
-    def _finish_all(self) -> None:
+    def _finish_all(self, close: bool = True) -> None:
+        """Record the simulations that reached their end; ``close`` them (not while
+        live metrics linger: their endpoints stay up until the run's end)."""
         if self.checkpoints is not None and self.checkpoints.pending:
             self._commit_or_recover()  # its writers finish before their actors close
         for variant, sim in list(self.sims.items()):
             if sim.finished and variant not in self.finished:
                 self.finished[variant] = checkpoint.Finished(sim.rows, sim.stats())
-                sim.close()
+                if close:
+                    sim.close()
 
     def _due(self, now_ns: int) -> int | None:
         every = self.spec.checkpoint_interval
@@ -339,9 +342,10 @@ class _RunDriver:
             self._lost(e)
 
     def _save_or_recover(self) -> None:
-        """At a checkpoint boundary: begin a checkpoint. Actors write it in the
-        background, and it is committed after the next session call (at once where the
-        parts are written synchronously, in process). If an actor turns out lost
+        """At a checkpoint boundary: commit the checkpoint begun at the last one and
+        begin this one. Actors write it in the background, at the lowest priority; it is
+        committed at the next boundary, or when the run ends or stops (at once where
+        the parts are written synchronously, in process). If an actor turns out lost
         (killed after its last call returned), roll back to the last committed one."""
         try:
             if self.checkpoints is not None and self.checkpoints.pending:
@@ -354,10 +358,9 @@ class _RunDriver:
             self._lost(e)
 
     def _after_step(self, sim: Simulation, due: int | None) -> None:
-        """After a step: commit a checkpoint begun before it; begin one if ``sim``
-        reached the checkpoint boundary ``due``."""
-        if self.checkpoints is not None and self.checkpoints.pending:
-            self._commit_or_recover()
+        """After a step: if ``sim`` reached the checkpoint boundary ``due``, commit the
+        checkpoint begun at the last one (its writers had a whole interval) and begin
+        this one."""
         if due is not None and sim.now_ns >= due and not sim.finished:
             self._save_or_recover()
 
@@ -380,9 +383,6 @@ class _RunDriver:
             while not sim.finished:
                 due = self._due(sim.now_ns)
                 target = self.spec.duration if due is None else due
-                if self.checkpoints is not None and self.checkpoints.pending:
-                    # one session call, then the begun checkpoint is committed
-                    target = min(target, sim.now_ns + CHUNKS_PER_CALL * self.spec.sample_interval)
                 try:
                     if not sim.advance_to(target, should_stop=self.stop.is_set):
                         raise self._interrupted(sim)
