@@ -130,7 +130,6 @@ class Checkpoints:
         self.traces = dict(traces)
         self.saved = 0  # checkpoints written by this process
         self.last_bytes = 0  # size of the last one (parts and coordinator)
-        self.last_time_ns: int | None = None
         self.wall_s = 0.0  # wall seconds spent writing (metadata)
         # variant -> what Simulation.restore needs to roll back to the last checkpoint
         self.last: dict[str, tuple[str, list[PartInfo], dict[str, Any]]] = {}
@@ -241,7 +240,6 @@ class Checkpoints:
         self.last = last
         self.saved += 1
         self.last_bytes = coord.size + sum(p["size"] for ps in parts.values() for p in ps)
-        self.last_time_ns = max(times.values(), default=0)
         self.wall_s += time.perf_counter() - wall0
         return path
 

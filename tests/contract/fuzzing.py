@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from tests.contract.conftest import EXPERIMENT, GUEST_PAGES
@@ -49,6 +50,17 @@ SCALARS = {
 STRINGS = st.one_of(
     st.just(EXPERIMENT), st.just(EXPERIMENT), st.sampled_from(["", "other", "x" * 300, "é\n"])
 )
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """The gRPC fuzz tests' Hypothesis settings: reproducible, no per-example deadline
+    (a call may wait for a real server), module-scoped servers allowed."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 def _value(field: FieldDescriptor, depth: int, experiment: str) -> st.SearchStrategy:

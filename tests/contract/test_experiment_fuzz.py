@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
@@ -22,7 +22,7 @@ from services.sim.experiment_manager import ExperimentManager
 from services.sim.experiment_service import start_experiment_server
 from services.transport.security import TokenStore, bearer_metadata
 from services.transport.server import ServerOptions
-from tests.contract.fuzzing import REFUSALS, message
+from tests.contract.fuzzing import REFUSALS, fuzz_settings, message
 
 ADMIN = "fuzz-admin"
 CALL_TIMEOUT_S = 0.5
@@ -159,12 +159,7 @@ def cases(draw, fuzzed: Fuzzed):
     return rpc, cls(**fields), credential
 
 
-FUZZ = settings(
-    max_examples=2500,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(2500)
 
 
 @FUZZ

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
@@ -22,7 +22,7 @@ from services.sim.core_configs import workload_from_params
 from services.sim.plan import make_plan
 from services.sim.spec import load_spec_text
 from services.transport.server import ServerOptions
-from tests.contract.fuzzing import FuzzTarget, hash_arrays, message
+from tests.contract.fuzzing import FuzzTarget, fuzz_settings, hash_arrays, message
 
 EXPERIMENT = "exp-g"
 SPEC = """
@@ -116,12 +116,7 @@ def fuzzed() -> Iterator[Fuzzed]:
     f.close()
 
 
-@settings(
-    max_examples=3000,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@fuzz_settings(3000)
 @given(case=requests())
 def test_guest_requests_never_crash_and_refusals_change_nothing(fuzzed, case):
     fuzzed.send(*case)

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overcommit.v1 import host_pb2
@@ -22,7 +22,7 @@ from services.host.servicer import start_host_server
 from services.protocol.clients import connect_host
 from services.transport.server import ServerOptions
 from tests.contract.conftest import EXPERIMENT, GUEST_PAGES, make_host, register
-from tests.contract.fuzzing import FuzzTarget, hash_arrays, message
+from tests.contract.fuzzing import FuzzTarget, fuzz_settings, hash_arrays, message
 
 CALL_TIMEOUT_S = 0.3
 REQUESTS = {
@@ -81,12 +81,7 @@ def fuzzed() -> Iterator[Fuzzed]:
     f.close()
 
 
-FUZZ = settings(
-    max_examples=1000,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(1000)
 
 
 @FUZZ
