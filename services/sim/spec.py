@@ -9,7 +9,6 @@ integers (bytes, simulated nanoseconds).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -62,6 +61,8 @@ from .spec_base import (
     _Model,
     _size,
 )
+from .spec_faults import FaultsSpec
+from .spec_overrides import apply_override, set_path
 from .spec_workloads import (
     _WORKLOAD_KINDS,
     MAX_SYNTHETIC_SAMPLES,
@@ -360,70 +361,6 @@ class SweepSpec(_Model):
     )
 
 
-MAX_FAULT_KILLS = 16
-MAX_REPLY_DELAY_NS = 10 * NS_PER_S
-
-
-class ActorKill(_Model):
-    actor: Literal["host", "shard"] = Field(
-        description="host: the actor holding host `index`; shard: guest shard `index`."
-    )
-    index: int = Field(ge=0, le=MAX_HOSTS, description="Host id (plan order) or shard index.")
-    at: int = Field(
-        gt=0,
-        description=(
-            "Simulated time: the actor is killed while the coordinator's call that simulates "
-            "this time is in flight (a sample interval, or up to ten of them)."
-        ),
-    )
-    how: Literal["actor", "process"] = Field(
-        "actor",
-        description="actor: ray.kill of the actor (Ray restarts it); process: SIGKILL of its "
-        "worker process.",
-    )
-
-    _durs = field_validator("at", mode="before")(_dur)
-
-
-class FaultsSpec(_Model):
-    """Faults injected into a run (chaos experiments). Kills, dropped and delayed replies
-    never change results (they are kept out of the run id); rejected reports do."""
-
-    kill: list[ActorKill] = Field(
-        default_factory=list,
-        max_length=MAX_FAULT_KILLS,
-        description="Actors killed mid-run; the run rolls back to its last checkpoint and "
-        "goes on (on --transport inprocess the loss is emulated: every host and shard is "
-        "rebuilt from the plan).",
-    )
-    drop_replies: float = Field(
-        0.0,
-        ge=0,
-        le=0.5,
-        description="Fraction of SyncEpoch replies the host drops after applying the call "
-        "(the client sees UNAVAILABLE and retries; the host answers a retry from its store).",
-    )
-    delay_replies: float = Field(
-        0.0, ge=0, le=0.5, description="Fraction of SyncEpoch replies delayed by reply_delay."
-    )
-    reply_delay: int = Field(
-        10_000_000,
-        ge=0,
-        le=MAX_REPLY_DELAY_NS,
-        description="Wall time a delayed reply waits (default 10 ms; at most 10 s).",
-    )
-    reject_reports: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Fraction of page-report calls whose ack is an error, as when the "
-        "report function fails (§4.7): the guest puts the batch back unreported and the "
-        "pass stops. Changes results, so it is part of the run id.",
-    )
-
-    _durs = field_validator("reply_delay", mode="before")(_dur)
-
-
 # spec fields that never change a result, kept out of the run id (ExperimentSpec.run_id)
 RESULT_NEUTRAL_FIELDS = ("checkpoint_interval",)
 
@@ -701,48 +638,6 @@ def load_spec(path: str, overrides: list[str] | None = None) -> ExperimentSpec:
     return with_trace_root(
         load_spec_text(text, overrides), Path(path).resolve().parent, absolute_ok=True
     )
-
-
-def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``a.b.0.c=value`` applied (value parsed as YAML)."""
-    if "=" not in override:
-        raise SpecError([("--set", f"expected path=value, got {override!r}")])
-    path, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(
-            [("--set", f"{path.strip()}: cannot parse {raw!r} as YAML: {problem}")]
-        ) from None
-    return set_path(data, path.strip(), value)
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(data)
-    keys = path.split(".")
-    node: Any = out
-    for i, k in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not k.isdigit() or int(k) >= len(node):
-                raise SpecError(
-                    [(path, f"no list index {k!r} at {'.'.join(keys[:i]) or '<spec>'}")]
-                )
-            if last:
-                node[int(k)] = value
-            else:
-                node = node[int(k)]
-        elif isinstance(node, dict):
-            if last:
-                node[k] = value
-            else:
-                if k not in node or node[k] is None:
-                    node[k] = {}
-                node = node[k]
-        else:
-            raise SpecError([(path, f"cannot set {k!r} inside a {type(node).__name__}")])
-    return out
 
 
 def with_overrides(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentSpec:
