@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from numba import njit
 
+from services.units import KERNEL_JIT
+
 from .pagestate import (
     ER_APPLIED,
     ER_DISCARD_2M,
@@ -58,7 +60,7 @@ from .pagestate import (
 )
 
 
-@njit(cache=True)
+@njit(**KERNEL_JIT)
 def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
     """Per-page discard of [lo, hi) inside one GK_PAGES granule.
 
@@ -86,7 +88,7 @@ def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
     return marked
 
 
-@njit(cache=True)
+@njit(**KERNEL_JIT)
 def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
     shift = p[P_GRAN_SHIFT]
     mask = (1 << shift) - 1
@@ -101,7 +103,7 @@ def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
             er[ER_RELEASED] += 1 << shift
 
 
-@njit(cache=True)
+@njit(**KERNEL_JIT)
 def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders, mode, er):
     """Apply one batch with REPORT_DONTNEED, REPORT_FREE or REPORT_ACK_ONLY (count only)."""
     base = offsets[slot]

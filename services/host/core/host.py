@@ -15,6 +15,7 @@ as it was and reports it in `TouchResult.refused_pages`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -89,7 +90,7 @@ from .pagestate import (
     swapped_runs_kernel,
 )
 from .reclaim import reclaim_kernel
-from .swap import swapout_cost_ns
+from .swap import log_runs_kernel, swapout_cost_ns
 from .validate import validate_ranges, validate_runs
 
 _REPORT_MODE = {
@@ -353,18 +354,19 @@ class Host:
         return idx[live]
 
     def _drain_log(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        idx = self._swapped_log_entries()
+        n = int(self._hs[H_LOG_N])
         self._hs[H_LOG_N] = 0
+        if n == 0:
+            return {}
+        slots, starts, npages = log_runs_kernel(
+            self._log, n, self._state, self._gran, self._shift, self._offsets
+        )
         out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if idx.size == 0:
-            return out
-        slots = np.searchsorted(self._offsets, idx, side="right") - 1
-        for slot in np.unique(slots):
-            local = idx[slots == slot] - self._offsets[slot]
-            breaks = np.flatnonzero(np.diff(local) != 1) + 1
-            starts = local[np.concatenate(([0], breaks))]
-            ends = local[np.concatenate((breaks - 1, [local.size - 1]))] + 1
-            out[self._by_slot[slot].guest_id] = (starts, ends - starts)
+        cuts = np.flatnonzero(slots[1:] != slots[:-1]) + 1
+        bounds = np.concatenate(([0], cuts, [slots.size]))
+        for lo, hi in pairwise(bounds):
+            if hi > lo:
+                out[self._by_slot[int(slots[lo])].guest_id] = (starts[lo:hi], npages[lo:hi])
         return out
 
     def _grow_log(self) -> None:

@@ -12,12 +12,17 @@ pricing helper turns page counts into simulated ns with costs.py.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
+
+from services.units import KERNEL_JIT
 
 from . import costs
 from .pagestate import (
     G_SWAPOUT_DISK,
     G_SWAPOUT_ZSWAP,
+    GK_MASK,
+    GK_PAGES,
     H_LOG_N,
     H_SWAP_USED_PAGES,
     H_ZSWAP_BYTES,
@@ -25,6 +30,7 @@ from .pagestate import (
     P_ZSWAP_CBYTES,
     P_ZSWAP_MAX_BYTES,
     P_ZSWAP_ON,
+    RES_MASK,
     RES_SWAPPED,
     page_set_res,
 )
@@ -34,7 +40,7 @@ SWAP_TO_ZSWAP = 1
 SWAP_TO_DISK = 2
 
 
-@njit(cache=True, inline="always")
+@njit(**KERNEL_JIT, inline="always")
 def swap_dest(hs, p):
     """Where the next swapped-out page goes: the compressed tier first, then the device."""
     if p[P_ZSWAP_ON] and hs[H_ZSWAP_BYTES] + p[P_ZSWAP_CBYTES] <= p[P_ZSWAP_MAX_BYTES]:
@@ -44,7 +50,7 @@ def swap_dest(hs, p):
     return SWAP_NONE
 
 
-@njit(cache=True, inline="always")
+@njit(**KERNEL_JIT, inline="always")
 def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
     """Swap out backed page i (GK_PAGES granule) to `dest` and log it for the guest."""
     page_set_res(state, gused, gstat, hs, p, slot, i, RES_SWAPPED, dest == SWAP_TO_ZSWAP)
@@ -57,6 +63,44 @@ def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
         raise IndexError("swap-out log full")
     log[n] = i
     hs[H_LOG_N] = n + 1
+
+
+@njit(cache=True)
+def log_runs_kernel(log, n, state, gran, shift, offsets):
+    """The swap-out log's first ``n`` entries (global page indices, in clock order, maybe
+    repeated) that are still swapped, as ascending runs that never cross a guest:
+    (slots, starts, npages), starts relative to the guest's first page. The clock
+    appends in ascending order but for its wrap-around, so a sort is rarely needed."""
+    idx = log[:n]
+    for k in range(1, n):
+        if idx[k] <= idx[k - 1]:
+            idx = np.sort(idx)
+            break
+    slots = np.empty(n, np.int64)
+    starts = np.empty(n, np.int64)
+    npages = np.empty(n, np.int64)
+    m = 0
+    slot = 0
+    prev = -2
+    for k in range(n):
+        i = idx[k]
+        if (
+            i == prev
+            or (gran[i >> shift] & GK_MASK) != GK_PAGES
+            or (state[i] & RES_MASK) != RES_SWAPPED
+        ):
+            continue
+        while offsets[slot + 1] <= i:
+            slot += 1
+        if m and i == prev + 1 and slots[m - 1] == slot:
+            npages[m - 1] += 1
+        else:
+            slots[m] = slot
+            starts[m] = i - offsets[slot]
+            npages[m] = 1
+            m += 1
+        prev = i
+    return slots[:m], starts[:m], npages[:m]
 
 
 def swapout_cost_ns(cm: costs.CostModel, disk_pages: int, zswap_pages: int) -> int:
