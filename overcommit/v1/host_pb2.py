@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from overcommit.v1 import common_pb2 as overcommit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18overcommit/v1/host.proto\x12\rovercommit.v1\x1a\x1aovercommit/v1/common.proto\"\x9e\x02\n\x14RegisterGuestRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08shard_id\x18\x03 \x01(\r\x12\x10\n\x08guest_id\x18\x04 \x01(\x04\x12\x12\n\x08nr_pages\x18\x05 \x01(\x04H\x00\x12\x14\n\nsize_bytes\x18\x06 \x01(\x04H\x00\x12\x30\n\x0c\x64iscard_mode\x18\x07 \x01(\x0e\x32\x1a.overcommit.v1.DiscardMode\x12\x17\n\x0fpage_size_bytes\x18\x08 \x01(\r\x12\x11\n\tguest_thp\x18\t \x01(\x08\x12\x17\n\x0freport_capacity\x18\n \x01(\r\x12\x11\n\tmax_order\x18\x0b \x01(\rB\x06\n\x04size\"`\n\x15RegisterGuestResponse\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08nr_pages\x18\x03 \x01(\x04\x12\x12\n\nnext_epoch\x18\x04 \x01(\x04\";\n\x0bReportBatch\x12\x0e\n\x06op_seq\x18\x01 \x01(\x04\x12\x0c\n\x04pfns\x18\x02 \x03(\x04\x12\x0e\n\x06orders\x18\x03 \x03(\r\"\xca\x01\n\rGuestEpochOps\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12+\n\x07reports\x18\x02 \x03(\x0b\x32\x1a.overcommit.v1.ReportBatch\x12\x31\n\x07touched\x18\x03 \x01(\x0b\x32 .overcommit.v1.SequencedPageRuns\x12/\n\x05\x66reed\x18\x04 \x01(\x0b\x32 .overcommit.v1.SequencedPageRuns\x12\x16\n\x0e\x65poch_seq_ends\x18\x05 \x03(\x04\"\xe5\x01\n\x10SyncEpochRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08shard_id\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x14\n\x0c\x65poch_end_ns\x18\x06 \x01(\x03\x12,\n\x06guests\x18\x07 \x03(\x0b\x32\x1c.overcommit.v1.GuestEpochOps\x12\x12\n\nnext_epoch\x18\x08 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\t \x01(\r\x12\x0e\n\x06sample\x18\n \x01(\x08\"u\n\tReportAck\x12\x0e\n\x06op_seq\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.overcommit.v1.ReportStatus\x12\x17\n\x0f\x64iscarded_pages\x18\x03 \x01(\x04\x12\x12\n\nlatency_ns\x18\x04 \x01(\x03\"\xfe\x02\n\x10GuestEpochResult\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12-\n\x0breport_acks\x18\x02 \x03(\x0b\x32\x18.overcommit.v1.ReportAck\x12,\n\x0bswapped_out\x18\x03 \x01(\x0b\x32\x17.overcommit.v1.PageRuns\x12<\n\x07lost_ns\x18\x04 \x03(\x0b\x32+.overcommit.v1.GuestEpochResult.LostNsEntry\x12H\n\rtouched_pages\x18\x05 \x03(\x0b\x32\x31.overcommit.v1.GuestEpochResult.TouchedPagesEntry\x12\x0f\n\x07stopped\x18\x06 \x01(\x08\x1a-\n\x0bLostNsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x33\n\x11TouchedPagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xeb\x01\n\x11SyncEpochResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x06guests\x18\x03 \x03(\x0b\x32\x1f.overcommit.v1.GuestEpochResult\x12M\n\x0fsample_counters\x18\x04 \x03(\x0b\x32\x34.overcommit.v1.SyncEpochResponse.SampleCountersEntry\x1a\x35\n\x13SampleCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"i\n\x13GetHostStateRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x19\n\x0csample_epoch\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_sample_epoch\"\xb4\x01\n\rGuestCounters\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x10\n\x08nr_pages\x18\x03 \x01(\x04\x12<\n\x08\x63ounters\x18\x04 \x03(\x0b\x32*.overcommit.v1.GuestCounters.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x88\x02\n\x14GetHostStateResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\r\x12\x12\n\nnext_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x65poch_end_ns\x18\x03 \x01(\x03\x12\x43\n\x08\x63ounters\x18\x04 \x03(\x0b\x32\x31.overcommit.v1.GetHostStateResponse.CountersEntry\x12,\n\x06guests\x18\x05 \x03(\x0b\x32\x1c.overcommit.v1.GuestCounters\x12\x11\n\tshard_ids\x18\x06 \x03(\r\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*x\n\x0b\x44iscardMode\x12\x1c\n\x18\x44ISCARD_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44ISCARD_MODE_DONTNEED\x10\x01\x12\x15\n\x11\x44ISCARD_MODE_FREE\x10\x02\x12\x19\n\x15\x44ISCARD_MODE_DISABLED\x10\x03*\\\n\x0cReportStatus\x12\x1d\n\x19REPORT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10REPORT_STATUS_OK\x10\x01\x12\x17\n\x13REPORT_STATUS_ERROR\x10\x02\x32\x92\x02\n\x0bHostService\x12Z\n\rRegisterGuest\x12#.overcommit.v1.RegisterGuestRequest\x1a$.overcommit.v1.RegisterGuestResponse\x12N\n\tSyncEpoch\x12\x1f.overcommit.v1.SyncEpochRequest\x1a .overcommit.v1.SyncEpochResponse\x12W\n\x0cGetHostState\x12\".overcommit.v1.GetHostStateRequest\x1a#.overcommit.v1.GetHostStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18overcommit/v1/host.proto\x12\rovercommit.v1\x1a\x1aovercommit/v1/common.proto\"\x9e\x02\n\x14RegisterGuestRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08shard_id\x18\x03 \x01(\r\x12\x10\n\x08guest_id\x18\x04 \x01(\x04\x12\x12\n\x08nr_pages\x18\x05 \x01(\x04H\x00\x12\x14\n\nsize_bytes\x18\x06 \x01(\x04H\x00\x12\x30\n\x0c\x64iscard_mode\x18\x07 \x01(\x0e\x32\x1a.overcommit.v1.DiscardMode\x12\x17\n\x0fpage_size_bytes\x18\x08 \x01(\r\x12\x11\n\tguest_thp\x18\t \x01(\x08\x12\x17\n\x0freport_capacity\x18\n \x01(\r\x12\x11\n\tmax_order\x18\x0b \x01(\rB\x06\n\x04size\"`\n\x15RegisterGuestResponse\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08nr_pages\x18\x03 \x01(\x04\x12\x12\n\nnext_epoch\x18\x04 \x01(\x04\";\n\x0bReportBatch\x12\x0e\n\x06op_seq\x18\x01 \x01(\x04\x12\x0c\n\x04pfns\x18\x02 \x03(\x04\x12\x0e\n\x06orders\x18\x03 \x03(\r\"\xca\x01\n\rGuestEpochOps\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12+\n\x07reports\x18\x02 \x03(\x0b\x32\x1a.overcommit.v1.ReportBatch\x12\x31\n\x07touched\x18\x03 \x01(\x0b\x32 .overcommit.v1.SequencedPageRuns\x12/\n\x05\x66reed\x18\x04 \x01(\x0b\x32 .overcommit.v1.SequencedPageRuns\x12\x16\n\x0e\x65poch_seq_ends\x18\x05 \x03(\x04\"\xe5\x01\n\x10SyncEpochRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x10\n\x08shard_id\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x14\n\x0c\x65poch_end_ns\x18\x06 \x01(\x03\x12,\n\x06guests\x18\x07 \x03(\x0b\x32\x1c.overcommit.v1.GuestEpochOps\x12\x12\n\nnext_epoch\x18\x08 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\t \x01(\r\x12\x0e\n\x06sample\x18\n \x01(\x08\"F\n\x11SyncEpochsRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.overcommit.v1.SyncEpochRequest\"I\n\x12SyncEpochsResponse\x12\x33\n\tresponses\x18\x01 \x03(\x0b\x32 .overcommit.v1.SyncEpochResponse\"u\n\tReportAck\x12\x0e\n\x06op_seq\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.overcommit.v1.ReportStatus\x12\x17\n\x0f\x64iscarded_pages\x18\x03 \x01(\x04\x12\x12\n\nlatency_ns\x18\x04 \x01(\x03\"\xfe\x02\n\x10GuestEpochResult\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12-\n\x0breport_acks\x18\x02 \x03(\x0b\x32\x18.overcommit.v1.ReportAck\x12,\n\x0bswapped_out\x18\x03 \x01(\x0b\x32\x17.overcommit.v1.PageRuns\x12<\n\x07lost_ns\x18\x04 \x03(\x0b\x32+.overcommit.v1.GuestEpochResult.LostNsEntry\x12H\n\rtouched_pages\x18\x05 \x03(\x0b\x32\x31.overcommit.v1.GuestEpochResult.TouchedPagesEntry\x12\x0f\n\x07stopped\x18\x06 \x01(\x08\x1a-\n\x0bLostNsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x33\n\x11TouchedPagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xeb\x01\n\x11SyncEpochResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x06guests\x18\x03 \x03(\x0b\x32\x1f.overcommit.v1.GuestEpochResult\x12M\n\x0fsample_counters\x18\x04 \x03(\x0b\x32\x34.overcommit.v1.SyncEpochResponse.SampleCountersEntry\x1a\x35\n\x13SampleCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"i\n\x13GetHostStateRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x19\n\x0csample_epoch\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_sample_epoch\"\xb4\x01\n\rGuestCounters\x12\x10\n\x08guest_id\x18\x01 \x01(\x04\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x10\n\x08nr_pages\x18\x03 \x01(\x04\x12<\n\x08\x63ounters\x18\x04 \x03(\x0b\x32*.overcommit.v1.GuestCounters.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x88\x02\n\x14GetHostStateResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\r\x12\x12\n\nnext_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x65poch_end_ns\x18\x03 \x01(\x03\x12\x43\n\x08\x63ounters\x18\x04 \x03(\x0b\x32\x31.overcommit.v1.GetHostStateResponse.CountersEntry\x12,\n\x06guests\x18\x05 \x03(\x0b\x32\x1c.overcommit.v1.GuestCounters\x12\x11\n\tshard_ids\x18\x06 \x03(\r\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*x\n\x0b\x44iscardMode\x12\x1c\n\x18\x44ISCARD_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44ISCARD_MODE_DONTNEED\x10\x01\x12\x15\n\x11\x44ISCARD_MODE_FREE\x10\x02\x12\x19\n\x15\x44ISCARD_MODE_DISABLED\x10\x03*\\\n\x0cReportStatus\x12\x1d\n\x19REPORT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10REPORT_STATUS_OK\x10\x01\x12\x17\n\x13REPORT_STATUS_ERROR\x10\x02\x32\xe5\x02\n\x0bHostService\x12Z\n\rRegisterGuest\x12#.overcommit.v1.RegisterGuestRequest\x1a$.overcommit.v1.RegisterGuestResponse\x12N\n\tSyncEpoch\x12\x1f.overcommit.v1.SyncEpochRequest\x1a .overcommit.v1.SyncEpochResponse\x12Q\n\nSyncEpochs\x12 .overcommit.v1.SyncEpochsRequest\x1a!.overcommit.v1.SyncEpochsResponse\x12W\n\x0cGetHostState\x12\".overcommit.v1.GetHostStateRequest\x1a#.overcommit.v1.GetHostStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUESTCOUNTERS_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._loaded_options = None
   _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_DISCARDMODE']._serialized_start=2255
-  _globals['_DISCARDMODE']._serialized_end=2375
-  _globals['_REPORTSTATUS']._serialized_start=2377
-  _globals['_REPORTSTATUS']._serialized_end=2469
+  _globals['_DISCARDMODE']._serialized_start=2402
+  _globals['_DISCARDMODE']._serialized_end=2522
+  _globals['_REPORTSTATUS']._serialized_start=2524
+  _globals['_REPORTSTATUS']._serialized_end=2616
   _globals['_REGISTERGUESTREQUEST']._serialized_start=72
   _globals['_REGISTERGUESTREQUEST']._serialized_end=358
   _globals['_REGISTERGUESTRESPONSE']._serialized_start=360
@@ -56,28 +56,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUESTEPOCHOPS']._serialized_end=722
   _globals['_SYNCEPOCHREQUEST']._serialized_start=725
   _globals['_SYNCEPOCHREQUEST']._serialized_end=954
-  _globals['_REPORTACK']._serialized_start=956
-  _globals['_REPORTACK']._serialized_end=1073
-  _globals['_GUESTEPOCHRESULT']._serialized_start=1076
-  _globals['_GUESTEPOCHRESULT']._serialized_end=1458
-  _globals['_GUESTEPOCHRESULT_LOSTNSENTRY']._serialized_start=1360
-  _globals['_GUESTEPOCHRESULT_LOSTNSENTRY']._serialized_end=1405
-  _globals['_GUESTEPOCHRESULT_TOUCHEDPAGESENTRY']._serialized_start=1407
-  _globals['_GUESTEPOCHRESULT_TOUCHEDPAGESENTRY']._serialized_end=1458
-  _globals['_SYNCEPOCHRESPONSE']._serialized_start=1461
-  _globals['_SYNCEPOCHRESPONSE']._serialized_end=1696
-  _globals['_SYNCEPOCHRESPONSE_SAMPLECOUNTERSENTRY']._serialized_start=1643
-  _globals['_SYNCEPOCHRESPONSE_SAMPLECOUNTERSENTRY']._serialized_end=1696
-  _globals['_GETHOSTSTATEREQUEST']._serialized_start=1698
-  _globals['_GETHOSTSTATEREQUEST']._serialized_end=1803
-  _globals['_GUESTCOUNTERS']._serialized_start=1806
-  _globals['_GUESTCOUNTERS']._serialized_end=1986
-  _globals['_GUESTCOUNTERS_COUNTERSENTRY']._serialized_start=1939
-  _globals['_GUESTCOUNTERS_COUNTERSENTRY']._serialized_end=1986
-  _globals['_GETHOSTSTATERESPONSE']._serialized_start=1989
-  _globals['_GETHOSTSTATERESPONSE']._serialized_end=2253
-  _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._serialized_start=1939
-  _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._serialized_end=1986
-  _globals['_HOSTSERVICE']._serialized_start=2472
-  _globals['_HOSTSERVICE']._serialized_end=2746
+  _globals['_SYNCEPOCHSREQUEST']._serialized_start=956
+  _globals['_SYNCEPOCHSREQUEST']._serialized_end=1026
+  _globals['_SYNCEPOCHSRESPONSE']._serialized_start=1028
+  _globals['_SYNCEPOCHSRESPONSE']._serialized_end=1101
+  _globals['_REPORTACK']._serialized_start=1103
+  _globals['_REPORTACK']._serialized_end=1220
+  _globals['_GUESTEPOCHRESULT']._serialized_start=1223
+  _globals['_GUESTEPOCHRESULT']._serialized_end=1605
+  _globals['_GUESTEPOCHRESULT_LOSTNSENTRY']._serialized_start=1507
+  _globals['_GUESTEPOCHRESULT_LOSTNSENTRY']._serialized_end=1552
+  _globals['_GUESTEPOCHRESULT_TOUCHEDPAGESENTRY']._serialized_start=1554
+  _globals['_GUESTEPOCHRESULT_TOUCHEDPAGESENTRY']._serialized_end=1605
+  _globals['_SYNCEPOCHRESPONSE']._serialized_start=1608
+  _globals['_SYNCEPOCHRESPONSE']._serialized_end=1843
+  _globals['_SYNCEPOCHRESPONSE_SAMPLECOUNTERSENTRY']._serialized_start=1790
+  _globals['_SYNCEPOCHRESPONSE_SAMPLECOUNTERSENTRY']._serialized_end=1843
+  _globals['_GETHOSTSTATEREQUEST']._serialized_start=1845
+  _globals['_GETHOSTSTATEREQUEST']._serialized_end=1950
+  _globals['_GUESTCOUNTERS']._serialized_start=1953
+  _globals['_GUESTCOUNTERS']._serialized_end=2133
+  _globals['_GUESTCOUNTERS_COUNTERSENTRY']._serialized_start=2086
+  _globals['_GUESTCOUNTERS_COUNTERSENTRY']._serialized_end=2133
+  _globals['_GETHOSTSTATERESPONSE']._serialized_start=2136
+  _globals['_GETHOSTSTATERESPONSE']._serialized_end=2400
+  _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._serialized_start=2086
+  _globals['_GETHOSTSTATERESPONSE_COUNTERSENTRY']._serialized_end=2133
+  _globals['_HOSTSERVICE']._serialized_start=2619
+  _globals['_HOSTSERVICE']._serialized_end=2976
 # @@protoc_insertion_point(module_scope)

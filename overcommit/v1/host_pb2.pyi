@@ -114,6 +114,18 @@ class SyncEpochRequest(_message.Message):
     sample: bool
     def __init__(self, experiment_id: _Optional[str] = ..., host_id: _Optional[int] = ..., shard_id: _Optional[int] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., epoch_end_ns: _Optional[int] = ..., guests: _Optional[_Iterable[_Union[GuestEpochOps, _Mapping]]] = ..., next_epoch: _Optional[int] = ..., epochs: _Optional[int] = ..., sample: _Optional[bool] = ...) -> None: ...
 
+class SyncEpochsRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SyncEpochRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SyncEpochRequest, _Mapping]]] = ...) -> None: ...
+
+class SyncEpochsResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[SyncEpochResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[SyncEpochResponse, _Mapping]]] = ...) -> None: ...
+
 class ReportAck(_message.Message):
     __slots__ = ("op_seq", "status", "discarded_pages", "latency_ns")
     OP_SEQ_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class HostServiceStub:
                 request_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochRequest.SerializeToString,
                 response_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochResponse.FromString,
                 _registered_method=True)
+        self.SyncEpochs = channel.unary_unary(
+                '/overcommit.v1.HostService/SyncEpochs',
+                request_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
+                response_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
+                _registered_method=True)
         self.GetHostState = channel.unary_unary(
                 '/overcommit.v1.HostService/GetHostState',
                 request_serializer=overcommit_dot_v1_dot_host__pb2.GetHostStateRequest.SerializeToString,
@@ -74,6 +79,18 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncEpochs(self, request, context):
+        """SyncEpoch for several hosts of one server in one call: one shard's messages
+        for the same epoch, at most one per host. Every message is checked as
+        SyncEpoch checks it before any is stored, so a refused call stores nothing
+        (unless another shard's message for one of these hosts came in between);
+        then the call waits until every host has applied its epoch. Idempotent as
+        SyncEpoch is, message by message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetHostState(self, request, context):
         """Reads the host's counters and per-guest counters. Changes nothing.
         """
@@ -93,6 +110,11 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.SyncEpoch,
                     request_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochRequest.FromString,
                     response_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochResponse.SerializeToString,
+            ),
+            'SyncEpochs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncEpochs,
+                    request_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.FromString,
+                    response_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.SerializeToString,
             ),
             'GetHostState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHostState,
@@ -155,6 +177,33 @@ class HostService:
             '/overcommit.v1.HostService/SyncEpoch',
             overcommit_dot_v1_dot_host__pb2.SyncEpochRequest.SerializeToString,
             overcommit_dot_v1_dot_host__pb2.SyncEpochResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncEpochs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overcommit.v1.HostService/SyncEpochs',
+            overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
+            overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
             options,
             channel_credentials,
             insecure,

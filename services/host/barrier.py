@@ -148,22 +148,9 @@ class EpochBarrier:
         else None: collect it later with :meth:`collect` or :meth:`wait`.
         """
         with self._cond:
-            self._check_broken()
-            stored = self._done.get(sub.shard_id)
-            if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
-                return stored.outcome
-            pending = self._pending.get(sub.shard_id)
-            if pending is not None and pending.epoch == sub.epoch:
-                if pending.sequence == sub.sequence:
-                    return None  # a retry while the epoch waits for other shards
-                raise failed_precondition(
-                    "sequence",
-                    sub.sequence,
-                    f"shard {sub.shard_id} already sent epoch {sub.epoch} "
-                    f"with sequence {pending.sequence}",
-                )
-            self._check_epoch(sub)
-            validate_submission(sub, self._guests)
+            known = self._check(sub)
+            if known is not None:
+                return known.outcome if isinstance(known, _StoredOutcome) else None
             self._pending[sub.shard_id] = sub
             self._apply_ready()
             self._cond.notify_all()  # waiters for an outcome, and for a stored submission
@@ -171,6 +158,33 @@ class EpochBarrier:
             if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
                 return stored.outcome
             return None
+
+    def check(self, sub: EpochSubmission) -> None:
+        """Refuse ``sub`` exactly as :meth:`submit` would, storing nothing (SyncEpochs
+        checks every host's message before it submits any)."""
+        with self._cond:
+            self._check(sub)
+
+    def _check(self, sub: EpochSubmission) -> _StoredOutcome | EpochSubmission | None:
+        """Refuse a bad ``sub``; for a retry, return what is known of it (its stored
+        outcome, or its submission waiting for other shards); None for a new one."""
+        self._check_broken()
+        stored = self._done.get(sub.shard_id)
+        if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
+            return stored
+        pending = self._pending.get(sub.shard_id)
+        if pending is not None and pending.epoch == sub.epoch:
+            if pending.sequence == sub.sequence:
+                return pending  # a retry while the epoch waits for other shards
+            raise failed_precondition(
+                "sequence",
+                sub.sequence,
+                f"shard {sub.shard_id} already sent epoch {sub.epoch} "
+                f"with sequence {pending.sequence}",
+            )
+        self._check_epoch(sub)
+        validate_submission(sub, self._guests)
+        return None
 
     def collect(self, shard_id: int, epoch: int, sequence: int) -> EpochOutcome | None:
         """The shard's outcome for ``epoch`` once applied, else None."""

@@ -14,17 +14,24 @@ runs the same); a refusal ends the call with the status of the same name.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
 from services.protocol.codec import decode_registration, decode_submission, encode_outcome
+from services.protocol.messages import EpochSubmission
+from services.transport.errors import StatusError, require
 from services.transport.security import check_experiment_binding
 from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
 from services.transport.status import translate_errors
 
+from .barrier import EpochBarrier
 from .directory import HostDirectory
 
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
+MAX_BATCH = 1024  # messages in one SyncEpochs call (each for a different host)
 
 
 def _timeout_s(context: grpc.ServicerContext, max_wait_s: float) -> float:
@@ -70,6 +77,57 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
         return encode_outcome(outcome)
 
     @translate_errors
+    def SyncEpochs(
+        self, request: host_pb2.SyncEpochsRequest, context: grpc.ServicerContext
+    ) -> host_pb2.SyncEpochsResponse:
+        messages = request.requests
+        require(
+            1 <= len(messages) <= MAX_BATCH,
+            "requests",
+            len(messages),
+            f"must hold 1 to {MAX_BATCH} messages",
+        )
+        first = messages[0]
+        check_experiment_binding(context, first.experiment_id)
+        plan: list[tuple[EpochBarrier, EpochSubmission]] = []
+        hosts: set[int] = set()
+        for i, message in enumerate(messages):
+            for name in ("experiment_id", "shard_id", "epoch", "sequence"):
+                require(
+                    getattr(message, name) == getattr(first, name),
+                    f"requests[{i}].{name}",
+                    getattr(message, name),
+                    f"every message of a call has the first one's {name}",
+                )
+            require(
+                message.host_id not in hosts,
+                f"requests[{i}].host_id",
+                message.host_id,
+                "a host appears twice in one call",
+            )
+            hosts.add(message.host_id)
+            with _element(i):
+                barrier = self.directory.get(message.experiment_id, message.host_id)
+                sub = decode_submission(message)
+                barrier.check(sub)
+            plan.append((barrier, sub))
+        outcomes = []
+        for i, (barrier, sub) in enumerate(plan):
+            with _element(i):
+                outcomes.append(barrier.submit(sub))
+        timeout_s = _timeout_s(context, self.max_wait_s)
+        response = host_pb2.SyncEpochsResponse()
+        for i, ((barrier, sub), stored) in enumerate(zip(plan, outcomes, strict=True)):
+            outcome = stored
+            if outcome is None:
+                with _element(i):
+                    outcome = barrier.wait(
+                        sub.shard_id, sub.epoch, sub.sequence, timeout_s, context.is_active
+                    )
+            response.responses.append(encode_outcome(outcome))
+        return response
+
+    @translate_errors
     def GetHostState(
         self, request: host_pb2.GetHostStateRequest, context: grpc.ServicerContext
     ) -> host_pb2.GetHostStateResponse:
@@ -92,6 +150,16 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
             g = response.guests.add(guest_id=guest_id, shard_id=shard_id, nr_pages=nr_pages)
             g.counters.update({k: int(v) for k, v in counters.items()})
         return response
+
+
+@contextmanager
+def _element(index: int) -> Iterator[None]:
+    """Name the message of a SyncEpochs call a refusal is about (``requests[i].field``)."""
+    try:
+        yield
+    except StatusError as err:
+        field = f"requests[{index}].{err.field}" if err.field else f"requests[{index}]"
+        raise StatusError(err.code(), field, err.value, err.reason) from err
 
 
 def host_service_binding(directory: HostDirectory) -> ServiceBinding:

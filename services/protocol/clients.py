@@ -151,6 +151,13 @@ class HostClient(ServiceClient):
     ) -> host_pb2.SyncEpochResponse:
         return self.caller.unary(self.stub.SyncEpoch, request, idempotent=True, timeout_s=timeout_s)
 
+    def sync_epochs(
+        self, request: host_pb2.SyncEpochsRequest, timeout_s: float | None = None
+    ) -> host_pb2.SyncEpochsResponse:
+        return self.caller.unary(
+            self.stub.SyncEpochs, request, idempotent=True, timeout_s=timeout_s
+        )
+
     def get_host_state(
         self, request: host_pb2.GetHostStateRequest, timeout_s: float | None = None
     ) -> host_pb2.GetHostStateResponse:
@@ -189,6 +196,8 @@ class GrpcHostLink:
         # wall seconds of each SyncEpoch call, from sending to the answer (metadata)
         self.sync_latency_s: array[float] = array("d")
         self._pending: dict[tuple[int, int, int, int], tuple[host_pb2.SyncEpochRequest, Any]] = {}
+        # answers that came with another host's, in one SyncEpochs call
+        self._answers: dict[tuple[int, int, int, int], host_pb2.SyncEpochResponse] = {}
 
     def client(self, host_id: int) -> HostClient:
         client = self._clients.get(host_id)
@@ -217,19 +226,24 @@ class GrpcHostLink:
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
         """Send the submission and wait for the answer.
 
-        A link that carries one shard (a Ray shard actor) makes a plain blocking call,
-        host after host, the cheapest gRPC call there is. When submissions of other
-        shards are pending too (one thread driving several shards), every pending one
-        goes out at once as a future first: the host applies an epoch only when all
-        its shards are in. UNAVAILABLE is retried (SyncEpoch is idempotent)."""
+        A link that carries one shard (a Ray shard actor) sends, in one blocking
+        SyncEpochs call, its messages of this epoch to every host of the same server
+        (a host actor serves several hosts); the answers of the others are kept for
+        their own ``collect``. When submissions of other shards are pending too (one
+        thread driving several shards), every pending one goes out at once as a
+        SyncEpoch future first: the host applies an epoch only when all its shards
+        are in. UNAVAILABLE is retried (both calls are idempotent)."""
         key = (host_id, sub.shard_id, sub.epoch, sub.sequence)
+        answered = self._answers.pop(key, None)
+        if answered is not None:
+            return decode_outcome(answered)
         if any(k[1] != sub.shard_id for k in self._pending):
             self._send_pending()
         request, future = self._pending.pop(key)
         client = self.client(host_id)
         t0 = time.perf_counter()
         if future is None:
-            response = client.sync_epoch(request, timeout_s=self.timeout_s)
+            response = self._call(client, host_id, key, request)
         else:
             try:
                 response = future.result()
@@ -240,6 +254,34 @@ class GrpcHostLink:
         if len(self.sync_latency_s) < MAX_LATENCY_SAMPLES:  # metadata (bench/load.py)
             self.sync_latency_s.append(time.perf_counter() - t0)
         return decode_outcome(response)
+
+    def _call(
+        self,
+        client: HostClient,
+        host_id: int,
+        key: tuple[int, int, int, int],
+        request: host_pb2.SyncEpochRequest,
+    ) -> host_pb2.SyncEpochResponse:
+        """One blocking call for ``request`` and every unsent message of the same shard,
+        epoch and sequence to a host of the same server."""
+        target = self.targets[host_id]
+        more = [
+            k
+            for k, (_, f) in self._pending.items()
+            if f is None and k[1:] == key[1:] and self.targets[k[0]] == target
+        ]
+        if not more:
+            return client.sync_epoch(request, timeout_s=self.timeout_s)
+        batch = host_pb2.SyncEpochsRequest(
+            requests=[request, *(self._pending.pop(k)[0] for k in more)]
+        )
+        responses = client.sync_epochs(batch, timeout_s=self.timeout_s).responses
+        if len(responses) != len(batch.requests):
+            raise ValueError(
+                f"SyncEpochs answered {len(responses)} of {len(batch.requests)} messages"
+            )
+        self._answers.update(zip(more, responses[1:], strict=True))
+        return responses[0]
 
     def _send_pending(self) -> None:
         for key, (request, future) in self._pending.items():

@@ -83,7 +83,12 @@ def test_reflection_lists_services_like_grpcurl() -> None:
         assert sorted(database.get_services()) == SERVICES
         pool = DescriptorPool(database)
         host = pool.FindServiceByName("overcommit.v1.HostService")
-        assert [m.name for m in host.methods] == ["RegisterGuest", "SyncEpoch", "GetHostState"]
+        assert [m.name for m in host.methods] == [
+            "RegisterGuest",
+            "SyncEpoch",
+            "SyncEpochs",
+            "GetHostState",
+        ]
         sync = host.methods_by_name["SyncEpoch"]
         assert sync.input_type.full_name == "overcommit.v1.SyncEpochRequest"
         batch = pool.FindMessageTypeByName("overcommit.v1.ReportBatch")
