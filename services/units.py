@@ -21,11 +21,3 @@ RNG_KIND_SHUFFLE = 1  # a guest's page shuffling (§5), by guest id
 RNG_KIND_WORKLOAD = 2  # a guest's workload, by guest id (and client workload index)
 RNG_KIND_START_JITTER = 3  # a guest's workload start jitter, by guest id
 RNG_KIND_REPORT_FAULT = 4  # which of a guest's report calls fail (faults.reject_reports)
-
-# Options of the numba kernels that take the cores' state arrays and allocate nothing.
-# Without numba's reference counting (``_nrt=False``) a call between two such kernels
-# passes its arrays as plain pointers; with it, every array argument is counted in and
-# out atomically, which cost ~170 ns per call on a 10-array kernel here (the host's
-# per-page reclaim round trips were dominated by it: bench/host_pool.py). A kernel
-# that allocates (np.empty, np.sort, slicing into a new array) must keep the default.
-KERNEL_JIT = {"cache": True, "_nrt": False}

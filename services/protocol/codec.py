@@ -19,6 +19,7 @@ from .messages import (
     DISCARD_DISABLED,
     DISCARD_DONTNEED,
     DISCARD_FREE,
+    EMPTY_I64,
     EMPTY_U64,
     EpochOutcome,
     EpochSubmission,
@@ -186,6 +187,11 @@ def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
     return response
 
 
+def _i64_or_empty(values) -> np.ndarray:
+    """A repeated integer field as int64; most answers carry none (shared, never written)."""
+    return np.fromiter(values, dtype=np.int64) if len(values) else EMPTY_I64
+
+
 def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
     """SyncEpochResponse -> plain outcome (for the guest shard that sent the epoch)."""
     guests = tuple(
@@ -197,8 +203,8 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
                 )
                 for a in g.report_acks
             ],
-            swapped_starts=np.fromiter(g.swapped_out.starts, dtype=np.int64),
-            swapped_npages=np.fromiter(g.swapped_out.npages, dtype=np.int64),
+            swapped_starts=_i64_or_empty(g.swapped_out.starts),
+            swapped_npages=_i64_or_empty(g.swapped_out.npages),
             lost_ns=dict(g.lost_ns),
             touched_pages=dict(g.touched_pages),
             stopped=g.stopped,

@@ -270,10 +270,7 @@ class BuddyAllocator:
         """Whether decay_pcp_high would change anything (the guest keeps its timer armed)."""
         if not self.config.is_modern:
             return False
-        p = self.pcs
-        return bool(
-            ((p[:, k.P_HIGH] > p[:, k.P_HIGH_MIN]) | (p[:, k.P_COUNT] > p[:, k.P_HIGH])).any()
-        )
+        return bool(k.k_pcp_decay_pending(self.pcs))
 
     def _check_cpu(self, cpu: int) -> None:
         if not 0 <= cpu < self.config.vcpus:

@@ -223,10 +223,15 @@ class HeldBlocks:
         return taken
 
     def slice_cyclic(self, start: int, n: int) -> np.ndarray:
+        """``n`` held blocks (at most all of them) from index ``start`` on, wrapping
+        around to the first after the last: two slices, no index array."""
         if self.count == 0 or n <= 0:
             return np.zeros(0, np.int64)
-        idx = (start + np.arange(min(n, self.count))) % self.count
-        return self.pfns[idx]
+        start %= self.count
+        end = start + min(n, self.count)
+        if end <= self.count:
+            return self.pfns[start:end].copy()
+        return np.concatenate((self.pfns[start : self.count], self.pfns[: end - self.count]))
 
 
 def fault_in(guest, held: HeldBlocks, stats: WorkStats, order: int, mt: int, n: int, cpu: int = 0):

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from numba import njit
 
-from services.units import KERNEL_JIT
-
 from .pagestate import (
     ER_APPLIED,
     ER_DISCARD_2M,
@@ -60,7 +58,7 @@ from .pagestate import (
 )
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
     """Per-page discard of [lo, hi) inside one GK_PAGES granule.
 
@@ -88,7 +86,7 @@ def _discard_pages(state, gused, gstat, hs, p, slot, lo, hi, lazy, er):
     return marked
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
     shift = p[P_GRAN_SHIFT]
     mask = (1 << shift) - 1
@@ -103,7 +101,7 @@ def _report_hugetlb(gran, gused, gstat, hs, p, slot, a, end, er):
             er[ER_RELEASED] += 1 << shift
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def report_kernel(state, gran, gused, gstat, hs, p, offsets, slot, pfns, orders, mode, er):
     """Apply one batch with REPORT_DONTNEED, REPORT_FREE or REPORT_ACK_ONLY (count only)."""
     base = offsets[slot]

@@ -30,8 +30,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from services.units import KERNEL_JIT
-
 from .pagestate import (
     EV_FAULT_4K,
     EV_FAULT_HUGE,
@@ -75,7 +73,7 @@ from .pagestate import (
 from .reclaim import reclaim_frames
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def _reported_pages(state, p, g):
     shift = p[P_GRAN_SHIFT]
     n = 0
@@ -101,7 +99,7 @@ FAILED_HUGE = 1  # reclaim could not free a granule of frames for this page
 FAILED_4K = 2  # reclaim could not free one frame for this page
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def _touch_span(state, gused, gstat, hs, p, ev, slot, i, hi):
     """Touch pages [i, hi) of one GK_PAGES granule while frames are free.
 
@@ -140,7 +138,7 @@ def _touch_span(state, gused, gstat, hs, p, ev, slot, i, hi):
     return i
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def _touch_runs(state, gran, gused, gstat, hs, p, ev, starts, npages, pos):
     """The loop over pages. It never calls reclaim itself (a call site in the loop costs
     ~50 ns per page even when not taken): it returns ST_NEED_FRAMES and its position.
@@ -241,7 +239,7 @@ def _touch_runs(state, gran, gused, gstat, hs, p, ev, starts, npages, pos):
     return ST_DONE
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def touch_kernel(state, gran, gused, gstat, hs, p, offsets, log, ev, starts, npages, pos):
     """Apply the runs from position `pos` on, reclaiming when frames run out.
 

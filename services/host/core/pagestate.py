@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from services.units import KERNEL_JIT, PAGE_SIZE
+from services.units import PAGE_SIZE
 
 # Page byte.
 RES_MASK = 0x3
@@ -126,7 +126,7 @@ ST_OOM = 1  # no frame can be found; the caller applies the OOM policy and resum
 ST_LOG_FULL = 2  # the swap-out log needs room; the caller grows it and resumes
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def page_set_res(state, gused, gstat, hs, p, slot, i, new_res, to_zswap):
     """Move page i (in a GK_PAGES granule) to residency `new_res`, fixing all totals.
 
@@ -171,7 +171,7 @@ def page_set_res(state, gused, gstat, hs, p, slot, i, new_res, to_zswap):
     state[i] = ns
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _kind_res(kind):
     if kind == GK_HUGE:
         return RES_BACKED
@@ -180,7 +180,7 @@ def _kind_res(kind):
     return RES_UNBACKED
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def granule_set(gran, gused, gstat, hs, p, slot, g, new_byte):
     """Whole-granule transition between GK_EMPTY, GK_HUGE and GK_HUGE_LAZY.
 
@@ -203,7 +203,7 @@ def granule_set(gran, gused, gstat, hs, p, slot, g, new_byte):
     gran[g] = new_byte
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def granule_materialize(state, gran, p, g):
     """GK_EMPTY -> GK_PAGES: write the page bytes (all unbacked)."""
     shift = p[P_GRAN_SHIFT]
@@ -212,7 +212,7 @@ def granule_materialize(state, gran, p, g):
     gran[g] = GK_PAGES
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def granule_split(state, gran, gstat, p, slot, g):
     """GK_HUGE / GK_HUGE_LAZY -> GK_PAGES (split_huge_pmd): every page keeps the residency."""
     shift = p[P_GRAN_SHIFT]
@@ -227,13 +227,13 @@ def granule_split(state, gran, gstat, p, slot, g):
     gstat[slot, G_THP_SPLITS] += 1
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def slot_of(offsets, i):
     """Guest slot that holds global page i."""
     return np.searchsorted(offsets, i, side="right") - 1
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def swapped_runs_kernel(state, gran, shift, lo, starts, npages, out_starts, out_npages):
     """The parts of a guest's runs (pfns relative to ``lo``) whose pages are swapped
     now, as runs in ``out_*``; returns how many. Swapped pages live only in

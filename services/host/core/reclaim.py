@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from numba import njit
 
-from services.units import KERNEL_JIT
-
 from .pagestate import (
     EV_RECLAIM_DISK,
     EV_RECLAIM_LAZY,
@@ -57,7 +55,7 @@ from .pagestate import (
 from .swap import SWAP_NONE, SWAP_TO_ZSWAP, swap_dest, swap_out_page
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def reclaim_lazy_one(state, gran, gused, gstat, hs, p, offsets, ev):
     """Drop the frame(s) of the next lazily freed page or huge granule. Needs H_LAZY_PAGES > 0."""
     total = state.size
@@ -90,7 +88,7 @@ def reclaim_lazy_one(state, gran, gused, gstat, hs, p, offsets, ev):
     raise AssertionError("reclaim_lazy_one: lazy page count is positive but none was found")
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def clock_swap_one(state, gran, gused, gstat, hs, p, offsets, log, ev, dest):
     """Advance the clock to the next unreferenced backed page and swap it out.
 
@@ -142,7 +140,7 @@ def clock_swap_one(state, gran, gused, gstat, hs, p, offsets, log, ev, dest):
     return False
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def reclaim_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, need_bytes):
     """Reclaim until `need_bytes` more fit under the limit. False when it cannot."""
     limit = p[P_LIMIT_BYTES]
@@ -160,7 +158,7 @@ def reclaim_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, need_byte
     return True
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def reclaim_kernel(state, gran, gused, gstat, hs, p, offsets, log, ev):
     """Host.reclaim(): bring the pool back under the limit (background reclaim)."""
     return reclaim_frames(state, gran, gused, gstat, hs, p, offsets, log, ev, 0)

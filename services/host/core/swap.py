@@ -15,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from services.units import KERNEL_JIT
-
 from . import costs
 from .pagestate import (
     G_SWAPOUT_DISK,
@@ -40,7 +38,7 @@ SWAP_TO_ZSWAP = 1
 SWAP_TO_DISK = 2
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def swap_dest(hs, p):
     """Where the next swapped-out page goes: the compressed tier first, then the device."""
     if p[P_ZSWAP_ON] and hs[H_ZSWAP_BYTES] + p[P_ZSWAP_CBYTES] <= p[P_ZSWAP_MAX_BYTES]:
@@ -50,7 +48,7 @@ def swap_dest(hs, p):
     return SWAP_NONE
 
 
-@njit(**KERNEL_JIT, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def swap_out_page(state, gused, gstat, hs, p, log, slot, i, dest):
     """Swap out backed page i (GK_PAGES granule) to `dest` and log it for the guest."""
     page_set_res(state, gused, gstat, hs, p, slot, i, RES_SWAPPED, dest == SWAP_TO_ZSWAP)

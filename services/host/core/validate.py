@@ -10,10 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from services.units import KERNEL_JIT
 
-
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def first_bad_range(pfns, orders, nr_pages, max_order):
     """(pfn, order): order in 0..max_order, pfn >= 0, aligned, inside the guest."""
     for k in range(pfns.size):
@@ -26,7 +24,7 @@ def first_bad_range(pfns, orders, nr_pages, max_order):
     return -1
 
 
-@njit(**KERNEL_JIT)
+@njit(cache=True, _nrt=False)
 def first_bad_run(starts, npages, nr_pages):
     """(start pfn, npages): start >= 0, npages > 0, inside the guest."""
     for k in range(starts.size):
