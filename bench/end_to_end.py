@@ -16,6 +16,7 @@ is the slowdown of checkpointing every 60 simulated seconds (target < 10 %) and 
 checkpoint's size.
 
     python bench/end_to_end.py --json [--only quickstart|pressure|scale] [--shards N] [--repeat N]
+        [--set KEY=VALUE ...] [--no-checkpoint-cost]
 """
 
 from __future__ import annotations
@@ -188,6 +189,18 @@ def main() -> int:
     ap.add_argument("--only", choices=("quickstart", "scale", "pressure"), default=None)
     ap.add_argument("--shards", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="quickstart runs; the median is reported")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every spec measured (as overcommit run --set)",
+    )
+    ap.add_argument(
+        "--no-checkpoint-cost",
+        action="store_true",
+        help="run the scale experiment once, not again without checkpoints",
+    )
     args = ap.parse_args()
     backend = RayBackend()
     out: dict = {}
@@ -196,7 +209,7 @@ def main() -> int:
             path = os.path.join(ROOT, "experiments/quickstart.yaml")
             # a short run: the median of several, as one run swings with this machine's load
             runs = sorted(
-                (measure(path, backend, args.shards) for _ in range(args.repeat)),
+                (measure(path, backend, args.shards, args.set) for _ in range(args.repeat)),
                 key=lambda r: r["wall_seconds"],
             )
             q = runs[len(runs) // 2]
@@ -211,30 +224,35 @@ def main() -> int:
             q["target_sim_seconds_per_wall_second"] = 50
             q["met"] = q["sim_seconds_per_wall_second"] >= 50
             # the same run over the in-process transport, same shard count, same process tree
-            local = measure(path, InProcessBackend(), q["shards"])
+            local = measure(path, InProcessBackend(), q["shards"], args.set)
             q["inprocess_wall_seconds"] = local["wall_seconds"]
             q["transport_overhead_ratio"] = round(q["wall_seconds"] / local["wall_seconds"], 3)
             q["transport_overhead_ratio_target"] = 1.25
             q["transport_overhead_ratio_met"] = q["transport_overhead_ratio"] <= 1.25
             out["quickstart"] = q
         if args.only in (None, "pressure"):  # issue 16's reference: hosts short of memory
-            p = measure(os.path.join(ROOT, "experiments/pressure.yaml"), backend, args.shards)
+            p = measure(
+                os.path.join(ROOT, "experiments/pressure.yaml"), backend, args.shards, args.set
+            )
             out["pressure"] = p
         if args.only in (None, "scale"):
-            s = measure(os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards)
+            s = measure(
+                os.path.join(ROOT, "experiments/scale.yaml"), backend, args.shards, args.set
+            )
             s["target_wall_seconds"] = 600
             s["target_peak_rss_bytes"] = 16 * GIB
             s["met"] = (
                 s["wall_seconds_with_setup_and_baselines"] < 600 and s["peak_rss_bytes"] < 16 * GIB
             )
-            # checkpoint cost (issue 17): the same run without checkpoints, in this sitting
-            s0 = measure(
-                os.path.join(ROOT, "experiments/scale.yaml"),
-                backend,
-                args.shards,
-                ["checkpoint_interval=0s"],
-            )
-            s["checkpoint_cost"] = checkpoint_cost(s, s0)
+            if not args.no_checkpoint_cost:
+                # checkpoint cost (issue 17): the same run without checkpoints, in this sitting
+                s0 = measure(
+                    os.path.join(ROOT, "experiments/scale.yaml"),
+                    backend,
+                    args.shards,
+                    [*args.set, "checkpoint_interval=0s"],
+                )
+                s["checkpoint_cost"] = checkpoint_cost(s, s0)
             out["scale"] = s
     finally:
         backend.close()

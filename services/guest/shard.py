@@ -276,6 +276,12 @@ class _Slot:
     client_blocks: dict[int, int] = field(
         default_factory=dict
     )  # pfn -> order, allocated by clients
+    # what the guest will do next, as of the last time it was asked (GuestShard._wake):
+    # its earliest event and the earliest stop of a workload; kept until the guest runs,
+    # hears from its host or a client reaches it
+    wake_ns: int | None = None
+    stop_ns: int | None = None
+    wake_known: bool = False
 
 
 class GuestShard:
@@ -344,18 +350,41 @@ class GuestShard:
     # -- time -------------------------------------------------------------------
     def next_event_ns(self) -> int | None:
         """The earliest simulated time at which any guest of this shard does something."""
-        events = []
-        for s in self.slots.values():
-            if s.stopped:
-                continue
-            for wl in (s.workload, *s.extra_workloads):
-                w = wl.next_event_ns(self.now_ns)
-                if w is not None:
-                    events.append(w)
-            g = s.guest.next_event_ns()
-            if g is not None:
-                events.append(g)
+        now = self.now_ns
+        events = [w for s in self.slots.values() if (w := self._next_event(s, now)) is not None]
         return min(events) if events else None
+
+    def _next_event(self, s: _Slot, t_ns: int) -> int | None:
+        """A guest's next event as seen at ``t_ns``: a workload past its stop acts now."""
+        wake, stop = self._wake(s, t_ns)
+        return t_ns if stop is not None and stop <= t_ns else wake
+
+    @staticmethod
+    def _wake(s: _Slot, t_ns: int) -> tuple[int | None, int | None]:
+        """(the guest's earliest event: a timer of the guest or a workload's next step,
+        the earliest stop of a workload or of a runner inside one), None for none.
+
+        Asked at ``t_ns`` and kept until the guest changes (it runs, hears from its host,
+        or a client reaches it), so an idle guest is asked once, not every epoch. Kept
+        answers stay right: a guest's timers depend only on its state, and a workload's
+        next event is either the time asked (it is active: it runs, and the answer goes)
+        or a fixed later time until the workload's stop, after which it acts at once.
+        """
+        if s.wake_known:
+            return s.wake_ns, s.stop_ns
+        wake = stop = None
+        if not s.stopped:
+            wake = s.guest.next_event_ns()
+            for wl in (s.workload, *s.extra_workloads):
+                w = wl.next_event_ns(t_ns)
+                if w is not None and (wake is None or w < wake):
+                    wake = w
+                for r in _unfinished_runners(wl):
+                    r_stop = getattr(r, "stop_ns", None)  # an idle workload has none
+                    if r_stop is not None and (stop is None or r_stop < stop):
+                        stop = r_stop
+        s.wake_ns, s.stop_ns, s.wake_known = wake, stop, True
+        return wake, stop
 
     def next_sync_index(self, t0_ns: int, k: int, count: int, epoch_ns: int) -> int:
         """After running step ``k`` of a chunk of ``count`` steps of ``epoch_ns`` each
@@ -422,22 +451,18 @@ class GuestShard:
             assert self.now_ns == t_end
         return out
 
-    @staticmethod
-    def _idle(s: _Slot, t0_ns: int, t1_ns: int) -> bool:
+    def _idle(self, s: _Slot, t0_ns: int, t1_ns: int) -> bool:
         """True when the guest has nothing to do in [t0, t1): no reporting pass, no
         workload step, nothing a client queued. Running it would change nothing."""
         if s.stopped:
             return True
-        g = s.guest.next_event_ns()
-        if g is not None and g < t1_ns:
+        wake, stop = self._wake(s, t0_ns)
+        if (wake is not None and wake < t1_ns) or (stop is not None and stop <= t0_ns):
             return False
-        for wl in (s.workload, *s.extra_workloads):
-            w = wl.next_event_ns(t0_ns)
-            if w is not None and w < t1_ns:
-                return False
         return not s.link.dirty
 
     def _run_guest(self, s: _Slot, t0_ns: int, t1_ns: int) -> None:
+        s.wake_known = False
         span = t1_ns - t0_ns
         stall = max(-span, min(s.stall_ns, span))  # < 0: time paid ahead and given back
         s.stall_ns -= stall
@@ -480,6 +505,7 @@ class GuestShard:
     def _apply_outcomes(self, outcomes: Sequence[GuestOutcome]) -> None:
         for r in outcomes:
             s = self.slots[r.guest_id]
+            s.wake_known = False
             s.report_errors += r.report_errors
             lost = 0
             for kind, ns in r.lost_ns.items():
@@ -590,6 +616,7 @@ class GuestShard:
         s = self.slots.get(guest_id)
         if s is None:
             raise KeyError(f"guest_id {guest_id} is not in shard {self.shard_id}")
+        s.wake_known = False  # a client may change what the guest does next
         return s
 
     def client_alloc(self, guest_id: int, order: int, mt: int, count: int) -> np.ndarray:
@@ -675,6 +702,17 @@ class GuestShard:
             make_workload(config, s.init.config.nr_pages, rng, start_ns=start, stop_ns=end)
         )
         return start, end
+
+
+def _unfinished_runners(runner) -> list:
+    """A workload and every runner running inside it (a script's steps, recursively),
+    those not finished: each acts at once when its stop comes."""
+    if getattr(runner, "finished", False):
+        return []
+    out = [runner]
+    for run in getattr(runner, "_running", ()):
+        out += _unfinished_runners(run.runner)
+    return out
 
 
 def merge_group_samples(
