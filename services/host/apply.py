@@ -7,6 +7,7 @@ transport, no threads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -69,14 +70,23 @@ def apply_guest_ops(host: Host, ops: GuestOps, outcomes: dict[int, GuestOutcome]
             _add_counts(outcome.touched_pages, result.prior_pages)
 
 
-def _groups_by_seq(op_seqs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+def _groups_by_seq(op_seqs: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
     """Indices of runs grouped by op_seq, groups in op_seq order, runs in listed order."""
-    if len(op_seqs) == 0:
+    n = len(op_seqs)
+    if n == 0:
         return []
+    first, last = int(op_seqs[0]), int(op_seqs[-1])
+    if first == last and (n == 1 or not (op_seqs != first).any()):
+        return [(first, slice(0, n))]  # one op (most guests, most epochs)
+    if (op_seqs[1:] >= op_seqs[:-1]).all():  # logged in op order (the simulator's guests)
+        cuts = np.flatnonzero(op_seqs[1:] != op_seqs[:-1]) + 1
+        bounds = [0, *cuts.tolist(), n]
+        return [(int(op_seqs[a]), slice(a, b)) for a, b in pairwise(bounds)]
     order = np.argsort(op_seqs, kind="stable")
     seqs = op_seqs[order]
     cuts = np.flatnonzero(seqs[1:] != seqs[:-1]) + 1
-    return [(int(seqs[group[0]]), group) for group in np.split(order, cuts)]
+    # a group's op_seq is that of its first run (group[0] indexes op_seqs, not seqs)
+    return [(int(op_seqs[group[0]]), group) for group in np.split(order, cuts)]
 
 
 def _add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:

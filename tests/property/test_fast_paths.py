@@ -1,0 +1,134 @@
+"""Differential tests of issue 16's fast paths against plain reference code.
+
+* the host's grouping of a guest's touched runs by op_seq (fast paths for one op and
+  for runs logged in op order) against a dictionary grouping;
+* the swap-out log turned into runs by a numba kernel against the numpy code it
+  replaced (np.unique, then per-guest runs);
+* the shard's kept next events (``GuestShard._wake``) against asking every guest and
+  workload afresh, epoch after epoch, on a real shard with scripted workloads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.guest.shard import GuestShard
+from services.host.apply import _groups_by_seq
+from services.host.core.pagestate import GK_MASK, GK_PAGES, RES_MASK, RES_SWAPPED
+from services.host.core.swap import log_runs_kernel
+from services.sim.plan import make_plan
+from services.sim.runner import run_experiment
+from services.sim.spec import load_spec
+from services.units import NS_PER_S
+from tests.golden.golden import SPECS
+
+
+def _reference_groups(op_seqs: np.ndarray) -> list[tuple[int, list[int]]]:
+    groups: dict[int, list[int]] = {}
+    for i, seq in enumerate(op_seqs.tolist()):
+        groups.setdefault(seq, []).append(i)
+    return sorted(groups.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 6), max_size=40),
+    st.booleans(),
+)
+def test_touch_groups_match_a_dictionary_grouping(seqs: list[int], ordered: bool) -> None:
+    op_seqs = np.array(sorted(seqs) if ordered else seqs, dtype=np.uint64)
+    got = [(seq, np.arange(len(op_seqs))[idx].tolist()) for seq, idx in _groups_by_seq(op_seqs)]
+    assert got == _reference_groups(op_seqs)
+
+
+def _reference_log_runs(log, n, state, gran, shift, offsets):
+    idx = np.unique(log[:n])
+    live = (state[idx] & RES_MASK == RES_SWAPPED) & (gran[idx >> shift] & GK_MASK == GK_PAGES)
+    idx = idx[live]
+    out = []
+    slots = np.searchsorted(offsets, idx, side="right") - 1
+    for slot in np.unique(slots):
+        local = idx[slots == slot] - offsets[slot]
+        breaks = np.flatnonzero(np.diff(local) != 1) + 1
+        starts = local[np.concatenate(([0], breaks))]
+        ends = local[np.concatenate((breaks - 1, [local.size - 1]))] + 1
+        out += [(int(slot), int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_swap_log_runs_match_the_numpy_reference(data) -> None:
+    shift = 3  # granules of 8 pages: small enough to mix page and huge granules
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))  # granules per guest
+    offsets = np.concatenate(([0], np.cumsum(sizes) << shift)).astype(np.int64)
+    total = int(offsets[-1])
+    state = np.array(data.draw(st.lists(st.integers(0, 31), min_size=total, max_size=total)), np.uint8)
+    gran = np.array(
+        data.draw(st.lists(st.integers(0, 3), min_size=total >> shift, max_size=total >> shift)),
+        np.uint8,
+    )
+    entries = data.draw(st.lists(st.integers(0, total - 1), max_size=3 * total))
+    if data.draw(st.booleans()):  # mostly ascending, as the clock appends
+        entries = sorted(entries)
+    log = np.array([*entries, 0, 0], np.int64)  # room past n, as the host's log has
+    n = len(entries)
+    slots, starts, npages = log_runs_kernel(log, n, state, gran, shift, offsets)
+    got = list(zip(slots.tolist(), starts.tolist(), npages.tolist(), strict=True))
+    assert got == _reference_log_runs(log, n, state, gran, shift, offsets)
+
+
+class _AskEveryTime:
+    """GuestShard._wake without the kept answer: every guest asked afresh each time."""
+
+    @staticmethod
+    def wake(s, t_ns):
+        s.wake_known = False
+        return _KEPT_WAKE(s, t_ns)
+
+
+_KEPT_WAKE = None
+
+
+@pytest.mark.parametrize("name", ["workloads", "determinism", "quickstart"])
+def test_kept_next_events_change_nothing(name: str, monkeypatch, tmp_path) -> None:
+    """Whole runs (the golden specs: traces, will-it-scale, scripts with stops and
+    overlays, kernel noise, page cache, memhog) with the kept answers and with every
+    guest asked afresh at every question give the same summary and time series."""
+    global _KEPT_WAKE
+    spec = load_spec(str(SPECS[name]))
+    kept = run_experiment(spec, out_dir=str(tmp_path / "kept"), transport="inprocess")
+    _KEPT_WAKE = GuestShard._wake
+    monkeypatch.setattr(GuestShard, "_wake", staticmethod(_AskEveryTime.wake))
+    fresh = run_experiment(spec, out_dir=str(tmp_path / "fresh"), transport="inprocess")
+    assert kept.summary == fresh.summary
+    pd.testing.assert_frame_equal(kept.timeseries, fresh.timeseries)
+
+
+@pytest.mark.parametrize("name", ["workloads", "quickstart"])
+def test_kept_next_events_agree_with_asking_afresh_after_every_epoch(name: str) -> None:
+    """A shard driven epoch by epoch (no host: the ops are dropped): after every epoch,
+    every guest's kept next event means what asking it afresh gives (a time at or
+    before now both mean "acts now")."""
+    spec = load_spec(str(SPECS[name]))
+    plan = make_plan(spec, "fast-paths", 1)
+    shard = GuestShard(0, plan.shard_inits[0], plan.seed)
+    epoch_ns, compared = spec.epoch, 0
+    for k in range(int(min(spec.duration, 8 * NS_PER_S) // epoch_ns)):
+        shard.run_span(k * epoch_ns, 1, epoch_ns)
+        now = shard.now_ns
+        for s in shard.slots.values():
+            kept = shard._next_event(s, now)
+            saved = (s.wake_ns, s.stop_ns, s.wake_known)
+            s.wake_known = False
+            fresh = shard._next_event(s, now)
+            s.wake_ns, s.stop_ns, s.wake_known = saved
+            assert (None if kept is None else max(kept, now)) == (
+                None if fresh is None else max(fresh, now)
+            ), (name, k, s.init.guest_id)
+            compared += 1
+    assert compared > 0
