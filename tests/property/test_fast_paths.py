@@ -67,7 +67,9 @@ def test_swap_log_runs_match_the_numpy_reference(data) -> None:
     sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))  # granules per guest
     offsets = np.concatenate(([0], np.cumsum(sizes) << shift)).astype(np.int64)
     total = int(offsets[-1])
-    state = np.array(data.draw(st.lists(st.integers(0, 31), min_size=total, max_size=total)), np.uint8)
+    state = np.array(
+        data.draw(st.lists(st.integers(0, 31), min_size=total, max_size=total)), np.uint8
+    )
     gran = np.array(
         data.draw(st.lists(st.integers(0, 3), min_size=total >> shift, max_size=total >> shift)),
         np.uint8,
@@ -82,28 +84,20 @@ def test_swap_log_runs_match_the_numpy_reference(data) -> None:
     assert got == _reference_log_runs(log, n, state, gran, shift, offsets)
 
 
-class _AskEveryTime:
-    """GuestShard._wake without the kept answer: every guest asked afresh each time."""
-
-    @staticmethod
-    def wake(s, t_ns):
-        s.wake_known = False
-        return _KEPT_WAKE(s, t_ns)
-
-
-_KEPT_WAKE = None
-
-
 @pytest.mark.parametrize("name", ["workloads", "determinism", "quickstart"])
 def test_kept_next_events_change_nothing(name: str, monkeypatch, tmp_path) -> None:
     """Whole runs (the golden specs: traces, will-it-scale, scripts with stops and
     overlays, kernel noise, page cache, memhog) with the kept answers and with every
     guest asked afresh at every question give the same summary and time series."""
-    global _KEPT_WAKE
     spec = load_spec(str(SPECS[name]))
     kept = run_experiment(spec, out_dir=str(tmp_path / "kept"), transport="inprocess")
-    _KEPT_WAKE = GuestShard._wake
-    monkeypatch.setattr(GuestShard, "_wake", staticmethod(_AskEveryTime.wake))
+    keeping = GuestShard._wake
+
+    def ask_afresh(s, t_ns):
+        s.wake_known = False
+        return keeping(s, t_ns)
+
+    monkeypatch.setattr(GuestShard, "_wake", staticmethod(ask_afresh))
     fresh = run_experiment(spec, out_dir=str(tmp_path / "fresh"), transport="inprocess")
     assert kept.summary == fresh.summary
     pd.testing.assert_frame_equal(kept.timeseries, fresh.timeseries)
