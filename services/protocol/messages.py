@@ -35,6 +35,7 @@ EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 # the gRPC method name of HostService.SyncEpoch (fault injection picks its replies)
 SYNC_EPOCH_METHOD = "/overcommit.v1.HostService/SyncEpoch"
+SYNC_EPOCHS_METHOD = "/overcommit.v1.HostService/SyncEpochs"  # several hosts in one call
 
 
 @dataclass(frozen=True)

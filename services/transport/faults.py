@@ -1,4 +1,4 @@
-"""Fault injection on a server: drop or delay a fraction of one method's replies.
+"""Fault injection on a server: drop or delay a fraction of some methods' replies.
 
 :class:`ReplyFaultInterceptor` runs the real handler first, so the call takes
 effect, and then, for a chosen fraction of calls, either aborts it with
@@ -26,9 +26,9 @@ DROPPED_DETAILS = "fault injection: reply dropped after the call was applied"
 
 @dataclass(frozen=True)
 class ReplyFaults:
-    """Which replies of ``method`` (a full gRPC method name) to drop or delay."""
+    """Which replies of ``methods`` (full gRPC method names) to drop or delay."""
 
-    method: str
+    methods: tuple[str, ...]
     drop: float = 0.0
     delay: float = 0.0
     delay_s: float = 0.0
@@ -48,7 +48,7 @@ class ReplyFaults:
 
 
 class ReplyFaultInterceptor(grpc.ServerInterceptor):
-    """Drops (UNAVAILABLE after applying) or delays a fraction of ``faults.method``'s replies."""
+    """Drops (UNAVAILABLE after applying) or delays a fraction of ``faults.methods``' replies."""
 
     def __init__(self, faults: ReplyFaults, sleep: Callable[[float], None] = time.sleep):
         self.faults = faults
@@ -69,7 +69,7 @@ class ReplyFaultInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if (
             handler is None
-            or handler_call_details.method != self.faults.method
+            or handler_call_details.method not in self.faults.methods
             or handler.unary_unary is None
         ):
             return handler

@@ -28,6 +28,7 @@ CALL_TIMEOUT_S = 0.3
 REQUESTS = {
     "RegisterGuest": host_pb2.RegisterGuestRequest,
     "SyncEpoch": host_pb2.SyncEpochRequest,
+    "SyncEpochs": host_pb2.SyncEpochsRequest,
     "GetHostState": host_pb2.GetHostStateRequest,
 }
 
@@ -87,6 +88,12 @@ FUZZ = fuzz_settings(1000)
 @FUZZ
 @given(case=requests(("SyncEpoch", "GetHostState")))
 def test_sync_and_state_requests_never_crash_and_refusals_change_nothing(fuzzed, case):
+    fuzzed.send(*case)
+
+
+@fuzz_settings(500)
+@given(case=requests(("SyncEpochs", "SyncEpoch")))
+def test_batched_syncs_never_crash_and_refusals_change_nothing(fuzzed, case):
     fuzzed.send(*case)
 
 
