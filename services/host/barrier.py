@@ -140,15 +140,17 @@ class EpochBarrier:
 
     # -- the epoch barrier
 
-    def submit(self, sub: EpochSubmission) -> EpochOutcome | None:
+    def submit(self, sub: EpochSubmission, *, checked: bool = False) -> EpochOutcome | None:
         """Validate and store one shard's epoch; apply every epoch that is complete.
 
         Returns the shard's outcome when its epoch is applied (at once when no
         other shard is due at that epoch, or for a retry of an applied epoch),
         else None: collect it later with :meth:`collect` or :meth:`wait`.
+        ``checked``: :meth:`check` accepted ``sub`` (its operations are not validated
+        twice).
         """
         with self._cond:
-            known = self._check(sub)
+            known = self._check(sub, validate=not checked)
             if known is not None:
                 return known.outcome if isinstance(known, _StoredOutcome) else None
             self._pending[sub.shard_id] = sub
@@ -165,9 +167,13 @@ class EpochBarrier:
         with self._cond:
             self._check(sub)
 
-    def _check(self, sub: EpochSubmission) -> _StoredOutcome | EpochSubmission | None:
+    def _check(
+        self, sub: EpochSubmission, *, validate: bool = True
+    ) -> _StoredOutcome | EpochSubmission | None:
         """Refuse a bad ``sub``; for a retry, return what is known of it (its stored
-        outcome, or its submission waiting for other shards); None for a new one."""
+        outcome, or its submission waiting for other shards); None for a new one.
+        ``validate=False``: its operations passed :meth:`check` already (they stay valid:
+        guests are only ever added), only its place in the epoch order is checked again."""
         self._check_broken()
         stored = self._done.get(sub.shard_id)
         if stored is not None and (stored.epoch, stored.sequence) == (sub.epoch, sub.sequence):
@@ -183,7 +189,8 @@ class EpochBarrier:
                 f"with sequence {pending.sequence}",
             )
         self._check_epoch(sub)
-        validate_submission(sub, self._guests)
+        if validate:
+            validate_submission(sub, self._guests)
         return None
 
     def collect(self, shard_id: int, epoch: int, sequence: int) -> EpochOutcome | None:

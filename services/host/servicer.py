@@ -114,7 +114,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
         outcomes = []
         for i, (barrier, sub) in enumerate(plan):
             with _element(i):
-                outcomes.append(barrier.submit(sub))
+                outcomes.append(barrier.submit(sub, checked=True))
         timeout_s = _timeout_s(context, self.max_wait_s)
         response = host_pb2.SyncEpochsResponse()
         for i, ((barrier, sub), stored) in enumerate(zip(plan, outcomes, strict=True)):

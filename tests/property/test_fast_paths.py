@@ -84,7 +84,7 @@ def test_swap_log_runs_match_the_numpy_reference(data) -> None:
     assert got == _reference_log_runs(log, n, state, gran, shift, offsets)
 
 
-@pytest.mark.parametrize("name", ["workloads", "determinism", "quickstart"])
+@pytest.mark.parametrize("name", ["workloads", "determinism"])
 def test_kept_next_events_change_nothing(name: str, monkeypatch, tmp_path) -> None:
     """Whole runs (the golden specs: traces, will-it-scale, scripts with stops and
     overlays, kernel noise, page cache, memhog) with the kept answers and with every
