@@ -216,11 +216,14 @@ def main() -> int:
             q["repeats_wall_seconds"] = [r["wall_seconds"] for r in runs]
             # the reporting-off baseline against the run (issue 16: within 1.5x), median
             ratios = sorted(
-                r["variant_wall_seconds"]["reporting_off"] / r["wall_seconds"] for r in runs
+                r["variant_wall_seconds"]["reporting_off"] / r["wall_seconds"]
+                for r in runs
+                if "reporting_off" in r["variant_wall_seconds"]  # --set may drop compare
             )
-            q["baseline_vs_run_ratio"] = round(ratios[len(ratios) // 2], 3)
-            q["baseline_vs_run_ratio_target"] = 1.5
-            q["baseline_vs_run_ratio_met"] = q["baseline_vs_run_ratio"] <= 1.5
+            if ratios:
+                q["baseline_vs_run_ratio"] = round(ratios[len(ratios) // 2], 3)
+                q["baseline_vs_run_ratio_target"] = 1.5
+                q["baseline_vs_run_ratio_met"] = q["baseline_vs_run_ratio"] <= 1.5
             q["target_sim_seconds_per_wall_second"] = 50
             q["met"] = q["sim_seconds_per_wall_second"] >= 50
             # the same run over the in-process transport, same shard count, same process

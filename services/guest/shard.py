@@ -365,13 +365,14 @@ class GuestShard:
         the earliest stop of a workload or of a runner inside one), None for none.
 
         Asked at ``t_ns`` and kept until the guest changes (it runs, hears from its host,
-        or a client reaches it), so an idle guest is asked once, not every epoch. Kept
-        answers stay right: a guest's timers depend only on its state, and a workload's
-        next event is either the time asked (it is active: it runs, and the answer goes)
-        or a fixed later time until the workload's stop, after which it acts at once.
+        or a client reaches it) or the kept event time comes, so an idle guest is asked
+        once, not every epoch. Kept answers stay right: a guest's timers depend only on
+        its state, and a workload's next event is a fixed later time until then (up to
+        the workload's stop, after which it acts at once). Once that time comes the guest
+        is asked again: a workload may then look further (a phase that starts idle).
         """
-        if s.wake_known:
-            return s.wake_ns, s.stop_ns
+        if s.wake_known and (s.wake_ns is None or s.wake_ns > t_ns):
+            return s.wake_ns, s.stop_ns  # not reached yet: asking again gives the same
         wake = stop = None
         if not s.stopped:
             wake = s.guest.next_event_ns()

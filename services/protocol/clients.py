@@ -221,7 +221,9 @@ class GrpcHostLink:
     def submit(self, host_id: int, sub: EpochSubmission) -> None:
         """Encode the submission; it is sent by :meth:`collect` (see there)."""
         request = encode_submission(self.experiment_id, host_id, sub)
-        self._pending[(host_id, sub.shard_id, sub.epoch, sub.sequence)] = (request, None)
+        key = (host_id, sub.shard_id, sub.epoch, sub.sequence)
+        self._answers.pop(key, None)  # an answer left by a call that failed is stale now
+        self._pending[key] = (request, None)
 
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
         """Send the submission and wait for the answer.
@@ -239,7 +241,7 @@ class GrpcHostLink:
             return decode_outcome(answered)
         if any(k[1] != sub.shard_id for k in self._pending):
             self._send_pending()
-        request, future = self._pending.pop(key)
+        request, future = self._pending[key]
         client = self.client(host_id)
         t0 = time.perf_counter()
         if future is None:
@@ -251,6 +253,7 @@ class GrpcHostLink:
                 if err.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 response = client.sync_epoch(request, timeout_s=self.timeout_s)
+        del self._pending[key]  # answered (a failed call leaves it to be sent again)
         if len(self.sync_latency_s) < MAX_LATENCY_SAMPLES:  # metadata (bench/load.py)
             self.sync_latency_s.append(time.perf_counter() - t0)
         return decode_outcome(response)
@@ -268,18 +271,18 @@ class GrpcHostLink:
         more = [
             k
             for k, (_, f) in self._pending.items()
-            if f is None and k[1:] == key[1:] and self.targets[k[0]] == target
+            if f is None and k != key and k[1:] == key[1:] and self.targets[k[0]] == target
         ]
         if not more:
             return client.sync_epoch(request, timeout_s=self.timeout_s)
-        batch = host_pb2.SyncEpochsRequest(
-            requests=[request, *(self._pending.pop(k)[0] for k in more)]
-        )
+        batch = host_pb2.SyncEpochsRequest(requests=[request, *(self._pending[k][0] for k in more)])
         responses = client.sync_epochs(batch, timeout_s=self.timeout_s).responses
         if len(responses) != len(batch.requests):
             raise ValueError(
                 f"SyncEpochs answered {len(responses)} of {len(batch.requests)} messages"
             )
+        for k in more:  # sent and answered (a failed call leaves them to be sent again)
+            del self._pending[k]
         self._answers.update(zip(more, responses[1:], strict=True))
         return responses[0]
 
@@ -311,3 +314,4 @@ class GrpcHostLink:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._answers.clear()

@@ -22,7 +22,7 @@ from services.host.core.pagestate import GK_MASK, GK_PAGES, RES_MASK, RES_SWAPPE
 from services.host.core.swap import log_runs_kernel
 from services.sim.plan import make_plan
 from services.sim.runner import run_experiment
-from services.sim.spec import load_spec
+from services.sim.spec import load_spec, load_spec_text
 from services.units import NS_PER_S
 from tests.golden.golden import SPECS
 
@@ -84,31 +84,91 @@ def test_swap_log_runs_match_the_numpy_reference(data) -> None:
     assert got == _reference_log_runs(log, n, state, gran, shift, offsets)
 
 
-@pytest.mark.parametrize("name", ["workloads", "determinism"])
+def _asked_every_time_next_event_ns(self) -> int | None:
+    """GuestShard.next_event_ns as it was before answers were kept: every guest and
+    workload asked at every question."""
+    events = []
+    for s in self.slots.values():
+        if s.stopped:
+            continue
+        for wl in (s.workload, *s.extra_workloads):
+            w = wl.next_event_ns(self.now_ns)
+            if w is not None:
+                events.append(w)
+        g = s.guest.next_event_ns()
+        if g is not None:
+            events.append(g)
+    return min(events) if events else None
+
+
+def _asked_every_time_idle(self, s, t0_ns: int, t1_ns: int) -> bool:
+    """GuestShard._idle as it was before answers were kept."""
+    if s.stopped:
+        return True
+    g = s.guest.next_event_ns()
+    if g is not None and g < t1_ns:
+        return False
+    for wl in (s.workload, *s.extra_workloads):
+        w = wl.next_event_ns(t0_ns)
+        if w is not None and w < t1_ns:
+            return False
+    return not s.link.dirty
+
+
+@pytest.mark.parametrize("name", ["workloads", "determinism", "edges"])
 def test_kept_next_events_change_nothing(name: str, monkeypatch, tmp_path) -> None:
     """Whole runs (the golden specs: traces, will-it-scale, scripts with stops and
-    overlays, kernel noise, page cache, memhog) with the kept answers and with every
-    guest asked afresh at every question give the same summary and time series."""
-    spec = load_spec(str(SPECS[name]))
+    overlays, kernel noise, page cache, memhog; and the edge cases below) give the same
+    summary and time series as the code that asked every guest at every question."""
+    spec = load_spec_text(EDGES) if name == "edges" else load_spec(str(SPECS[name]))
     kept = run_experiment(spec, out_dir=str(tmp_path / "kept"), transport="inprocess")
-    keeping = GuestShard._wake
-
-    def ask_afresh(s, t_ns):
-        s.wake_known = False
-        return keeping(s, t_ns)
-
-    monkeypatch.setattr(GuestShard, "_wake", staticmethod(ask_afresh))
-    fresh = run_experiment(spec, out_dir=str(tmp_path / "fresh"), transport="inprocess")
-    assert kept.summary == fresh.summary
-    pd.testing.assert_frame_equal(kept.timeseries, fresh.timeseries)
+    monkeypatch.setattr(GuestShard, "next_event_ns", _asked_every_time_next_event_ns)
+    monkeypatch.setattr(GuestShard, "_idle", _asked_every_time_idle)
+    asked = run_experiment(spec, out_dir=str(tmp_path / "asked"), transport="inprocess")
+    assert kept.summary == asked.summary
+    pd.testing.assert_frame_equal(kept.timeseries, asked.timeseries)
 
 
-@pytest.mark.parametrize("name", ["workloads", "quickstart"])
+# Workloads whose next event, asked when it comes, looks further: a memhog that starts
+# (staggered on epoch boundaries) with an idle phase, and one whose grow is done at once.
+EDGES = """
+name: edges
+seed: 3
+duration: 8s
+epoch: 50ms
+sample_interval: 1s
+hosts: [{name: h, count: 1, memory: 4GiB}]
+guest_groups:
+  - name: idle-first
+    count: 3
+    memory: 256MiB
+    workload:
+      kind: memhog
+      start_stagger: 1s
+      repeat: true
+      phases:
+        - {action: idle, duration: 1s}
+        - {action: grow, target: 0.2, rate: 256MiB, duration: 1s}
+        - {action: free, target: 0.0, duration: 500ms}
+  - name: done-at-once
+    count: 2
+    memory: 256MiB
+    workload:
+      kind: memhog
+      start_stagger: 500ms
+      phases:
+        - {action: grow, target: 0.0, rate: 256MiB, duration: 1s}
+        - {action: idle, duration: 2s}
+        - {action: touch, rate: 64MiB, duration: 1s}
+"""
+
+
+@pytest.mark.parametrize("name", ["workloads", "quickstart", "edges"])
 def test_kept_next_events_agree_with_asking_afresh_after_every_epoch(name: str) -> None:
     """A shard driven epoch by epoch (no host: the ops are dropped): after every epoch,
     every guest's kept next event means what asking it afresh gives (a time at or
     before now both mean "acts now")."""
-    spec = load_spec(str(SPECS[name]))
+    spec = load_spec_text(EDGES) if name == "edges" else load_spec(str(SPECS[name]))
     plan = make_plan(spec, "fast-paths", 1)
     shard = GuestShard(0, plan.shard_inits[0], plan.seed)
     epoch_ns, compared = spec.epoch, 0
