@@ -36,7 +36,7 @@ import numpy as np
 from services.guest.core.backing import HostCostPort, ReportCost, TouchCost
 from services.guest.core.config import GuestConfig
 from services.guest.core.guest import Guest
-from services.guest.core.reporting import PageReportingWorker, ReportOutcome
+from services.guest.core.reporting import PageReportingWorker
 from services.guest.core.trace_replay import TraceConfig
 from services.guest.core.willitscale import WillItScaleConfig
 from services.guest.core.workloads import (
@@ -49,20 +49,18 @@ from services.guest.core.workloads import (
 )
 from services.protocol.messages import (
     DISCARD_DONTNEED,
-    EMPTY_U64,
     GuestOps,
     GuestOutcome,
     GuestRegistration,
-    PageRunOps,
-    ReportOp,
 )
 from services.units import (
     LOST_KINDS,
     PAGE_SHIFT,
     PAGE_SIZE,
-    RNG_KIND_REPORT_FAULT,
     RNG_KIND_WORKLOAD,
 )
+
+from .oplog import OpLog
 
 
 @dataclass(frozen=True)
@@ -97,10 +95,8 @@ class GuestInit:
         )
 
 
-REPORT_REJECTED = 5  # EIO: the error a failed report call returns (fault injection)
 MAX_CLIENT_END_NS = 1 << 62  # a client workload ends before this simulated time
 MAX_CLIENT_WORKLOADS = 16  # client-started workloads per guest (finished ones count too)
-MAX_PENDING_RUNS = 1 << 20  # page runs a guest's log holds until the next sync
 # the reporting worker's states (§4.2) as sample columns reporting_<state>_guests ("off":
 # a guest whose reporting is disabled)
 REPORTING_STATES = {
@@ -108,127 +104,6 @@ REPORTING_STATES = {
     PageReportingWorker.REQUESTED: "requested",
     PageReportingWorker.ACTIVE: "active",
 }
-
-
-class OpLog:
-    """One guest's PageReporter port plus its log of host-visible operations.
-
-    The worker calls :meth:`report` when a report call completes (its latency,
-    priced by the guest's cost port, has elapsed): the batch is logged then, in
-    the epoch in which the call completes, and acknowledged with 0, as
-    virtio-balloon does once the buffer is queued (§6.4, §4.7). The host applies
-    it at that epoch's sync and can only refuse input that the guest model
-    cannot produce (its acks are checked and counted as ``report_errors``).
-    Every operation gets the next op sequence number; :meth:`take` hands the log
-    over as the protocol's :class:`GuestOps`.
-    """
-
-    def __init__(self, guest_id: int, reject_reports: float = 0.0, seed: int = 0):
-        self.guest_id = guest_id
-        self._seq = 0
-        if not 0.0 <= reject_reports <= 1.0:
-            raise ValueError(f"reject_reports={reject_reports}: a fraction in [0, 1]")
-        self.reject_reports = reject_reports
-        # which calls fail: a stream of this guest's own, so shards never matter
-        self._reject_rng = (
-            np.random.default_rng(np.random.SeedSequence([seed, RNG_KIND_REPORT_FAULT, guest_id]))
-            if reject_reports > 0
-            else None
-        )
-        self.rejected = 0  # report calls failed by fault injection
-        self._clear()
-        self._empty = GuestOps(guest_id)
-        self.dirty = False  # an op was logged in the current epoch
-
-    def _clear(self) -> None:
-        self._reports: list[ReportOp] = []
-        self._touched: _RunLog = _RunLog()
-        self._freed: _RunLog = _RunLog()
-        self._epoch_seq_ends: list[int] = []
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        self.dirty = True
-        return self._seq
-
-    def end_epoch(self) -> None:
-        """Mark where the current epoch's ops end (a sync may cover several epochs)."""
-        self._epoch_seq_ends.append(self._seq)
-        self.dirty = False
-
-    def report(self, now_ns: int, pfns: np.ndarray, orders: np.ndarray) -> ReportOutcome:
-        if self._reject_rng is not None and self._reject_rng.random() < self.reject_reports:
-            # the report function failed (fault injection): nothing reaches the host, and
-            # the worker puts the batch back unreported and ends its pass (§4.7)
-            self.rejected += 1
-            return ReportOutcome(error=REPORT_REJECTED)
-        self._reports.append(
-            ReportOp(
-                self._next_seq(), np.array(pfns, dtype=np.uint64), np.array(orders, dtype=np.uint32)
-            )
-        )
-        return ReportOutcome(error=0)
-
-    def record_touch(self, starts: np.ndarray, npages: np.ndarray) -> None:
-        if len(starts):
-            self._touched.add(self._next_seq(), starts, npages)
-
-    def record_free(self, starts: np.ndarray, npages: np.ndarray) -> None:
-        if len(starts):
-            self._freed.add(self._next_seq(), starts, npages)
-
-    def is_empty(self) -> bool:
-        return not (self._reports or self._touched.seqs or self._freed.seqs)
-
-    @property
-    def pending_runs(self) -> int:
-        """Page runs logged and not yet taken by a sync (bounds a client's batches)."""
-        return self._touched.nr_runs + self._freed.nr_runs
-
-    def take(self) -> GuestOps:
-        """The operations logged since the last take, and a fresh log. A guest that did
-        nothing gets one shared empty GuestOps (most guests, most spans: keep it cheap)."""
-        if self.is_empty():
-            self._epoch_seq_ends = []
-            return self._empty
-        ends = self._epoch_seq_ends
-        ops = GuestOps(
-            guest_id=self.guest_id,
-            reports=tuple(self._reports),
-            touched=self._touched.runs(),
-            freed=self._freed.runs(),
-            epoch_seq_ends=np.asarray(ends, np.uint64) if len(ends) > 1 else EMPTY_U64,
-        )
-        self._clear()
-        return ops
-
-
-class _RunLog:
-    """Page runs logged op by op, joined into one PageRunOps when taken."""
-
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self._starts: list[np.ndarray] = []
-        self._npages: list[np.ndarray] = []
-        self.nr_runs = 0
-
-    def add(self, seq: int, starts: np.ndarray, npages: np.ndarray) -> None:
-        self.nr_runs += len(starts)
-        self.seqs.append(seq)
-        self._starts.append(np.asarray(starts, np.int64))
-        self._npages.append(np.asarray(npages, np.int64))
-
-    def runs(self) -> PageRunOps:
-        if not self.seqs:
-            return PageRunOps()
-        op_seqs = np.repeat(
-            np.asarray(self.seqs, np.uint64), [len(s) for s in self._starts]
-        ).astype(np.uint64, copy=False)
-        return PageRunOps(
-            starts=np.concatenate(self._starts).astype(np.uint64),
-            npages=np.concatenate(self._npages).astype(np.uint64),
-            op_seqs=op_seqs,
-        )
 
 
 class _GuestDriver:

@@ -15,7 +15,8 @@ import numpy as np
 from services.transport.errors import resource_exhausted
 
 from .guest_service import AllocOp, ApplyOpsResult, FreeOp, GuestInfo, OpResult, TouchOp
-from .shard import MAX_PENDING_RUNS, GuestShard
+from .oplog import MAX_PENDING_RUNS
+from .shard import GuestShard
 
 MAX_BATCH_RUNS = 1 << 16  # page runs one ApplyOps may touch
 
