@@ -31,6 +31,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from proc_tree import pss_bytes, rss_bytes, tree_pids  # bench/, beside this script
+
 from services.sim.backends.inprocess import InProcessBackend
 from services.sim.backends.ray_cluster import RayBackend
 from services.sim.runner import run_experiment
@@ -38,53 +40,6 @@ from services.sim.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(pid))
-    return tree
-
-
-def tree_rss_bytes(root: int) -> int:
-    """RSS of ``root`` and all its descendants, from /proc."""
-    tree, total, stack = _children(), 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack += tree.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def tree_pss_bytes(root: int) -> int:
-    """PSS of ``root`` and all its descendants: shared pages split between the processes
-    that map them, so a checkpoint writer forked from an actor (which shares its pages
-    copy-on-write) adds only the pages it really has of its own."""
-    tree, total, stack = _children(), 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack += tree.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 class PeakRss:
@@ -102,11 +57,12 @@ class PeakRss:
     def _run(self, interval_s: float) -> None:
         pss_rss, ticks = 0, 0
         while not self._stop.is_set():
-            rss = tree_rss_bytes(os.getpid())
+            pids = tree_pids(os.getpid())
+            rss = rss_bytes(pids)
             self.peak = max(self.peak, rss)
             ticks += 1
             if ticks >= 10 or rss > 1.02 * pss_rss:
-                self.peak_pss = max(self.peak_pss, tree_pss_bytes(os.getpid()))
+                self.peak_pss = max(self.peak_pss, pss_bytes(pids))
                 pss_rss, ticks = rss, 0
             self._stop.wait(interval_s)
 
@@ -117,7 +73,7 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
+        self.peak = max(self.peak, rss_bytes(tree_pids(os.getpid())))
 
 
 def measure(

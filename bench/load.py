@@ -37,6 +37,7 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc
+from proc_tree import rss_bytes, tree_pids  # bench/, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "load-admin-token"
@@ -60,14 +61,6 @@ guest_groups:
 """
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def _name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -79,24 +72,6 @@ def _name(pid: int) -> str:
     if m:
         return m.group(1)
     return os.path.basename(parts[0].decode(errors="replace")) if parts and parts[0] else "?"
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack += children.get(pid, [])
-    return out
 
 
 class PeakByProcess:
@@ -112,8 +87,8 @@ class PeakByProcess:
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for pid in _tree(self.root):
-                rss = _rss(pid)
+            for pid in tree_pids(self.root):
+                rss = rss_bytes([pid])
                 total += rss
                 _, peak = self.peaks.get(pid, (None, 0))
                 if rss > peak:  # named now: a Ray worker takes its actor's name after start
@@ -221,7 +196,7 @@ def serve_load(seconds: float) -> dict:
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
-    rss_marks: list[tuple[float, int]] = [(0.0, _rss(proc.pid))]
+    rss_marks: list[tuple[float, int]] = [(0.0, rss_bytes([proc.pid]))]
     t_start = time.monotonic()
 
     def count(code: str) -> None:
@@ -264,7 +239,7 @@ def serve_load(seconds: float) -> dict:
         t.start()
     while any(t.is_alive() for t in threads):
         time.sleep(1.0)
-        rss_marks.append((time.monotonic() - t_start, _rss(proc.pid)))
+        rss_marks.append((time.monotonic() - t_start, rss_bytes([proc.pid])))
     _stop(proc)
     calls = {k: v for k, v in outcomes.items() if k != "samples_streamed"}
     errors = {k: v for k, v in calls.items() if k not in DOCUMENTED}
