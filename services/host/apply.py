@@ -75,9 +75,6 @@ def _groups_by_seq(op_seqs: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
     n = len(op_seqs)
     if n == 0:
         return []
-    first, last = int(op_seqs[0]), int(op_seqs[-1])
-    if first == last and (n == 1 or not (op_seqs != first).any()):
-        return [(first, slice(0, n))]  # one op (most guests, most epochs)
     if (op_seqs[1:] >= op_seqs[:-1]).all():  # logged in op order (the simulator's guests)
         cuts = np.flatnonzero(op_seqs[1:] != op_seqs[:-1]) + 1
         bounds = [0, *cuts.tolist(), n]
