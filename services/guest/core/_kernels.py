@@ -4,6 +4,8 @@ State is a handful of flat numpy arrays, passed to every kernel:
 
 * per page: ``lk`` int32 (nr_pages, 2) list links [next, prev] (NIL = -1), shared by
   the buddy free lists and the pcp lists; ``pg`` uint8 (nr_pages, 2) [order, flags].
+  Page pfn's state is in row ``_row(pfn)``, not row pfn: aligned pfns first (see
+  ``_row``). Links are meaningful only while their page is on a list.
   Flags: state in bits 0-2, Reported in bit 3, a scratch mark in bit 4, and in bits
   5-7 the migratetype of the list the block sits on (or its allocation type).
   Only heads carry a state; tail pages are ``ST_NONE``. Interleaving next/prev and
@@ -33,6 +35,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numpy.typing import ArrayLike
 
 NIL = -1
 NEXT = 0  # lk[:, NEXT]
@@ -166,45 +169,74 @@ def _prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+# ---------------------------------------------------------------- page rows
+
+ROW_SHIFT = 9  # pfns aligned to 2**ROW_SHIFT get the first rows of lk and pg
+ROW_MASK = (1 << ROW_SHIFT) - 1
+
+
+@njit(inline="always")
+def _row(a, pfn):
+    """The row of ``lk`` or ``pg`` (``a``, nr_pages rows) holding page pfn's state.
+
+    A free block of order >= ROW_SHIFT has its head on an aligned pfn; those rows are
+    kept together at the front, and every other pfn follows in pfn order. So a guest
+    whose free memory is in large blocks writes (and keeps resident) only the few
+    pages of lk and pg its large blocks and its used memory need: the arrays are
+    allocated zeroed and never filled, and an untouched page costs no RSS."""
+    q = pfn >> ROW_SHIFT
+    if (pfn & ROW_MASK) == 0:
+        return q
+    return ((a.shape[0] + ROW_MASK) >> ROW_SHIFT) + pfn - q - 1
+
+
+def page_rows(pfns: ArrayLike, nr_pages: int) -> np.ndarray:
+    """``_row`` for an array of pfns, in numpy (the Python side of the allocator)."""
+    pfns = np.asarray(pfns, dtype=np.int64)
+    q = pfns >> ROW_SHIFT
+    rest = ((nr_pages + ROW_MASK) >> ROW_SHIFT) + pfns - q - 1
+    return np.where((pfns & ROW_MASK) == 0, q, rest)
+
+
 # ---------------------------------------------------------------- list primitives
 
 
 @njit(inline="always")
 def _link_head(lk, lists, lid, pfn):
     h = lists[lid, HEAD]
-    lk[pfn, PREV] = NIL
-    lk[pfn, NEXT] = h
+    lk[_row(lk, pfn), PREV] = NIL
+    lk[_row(lk, pfn), NEXT] = h
     if h == NIL:
         lists[lid, TAIL] = pfn
     else:
-        lk[h, PREV] = pfn
+        lk[_row(lk, h), PREV] = pfn
     lists[lid, HEAD] = pfn
 
 
 @njit(inline="always")
 def _link_tail(lk, lists, lid, pfn):
     t = lists[lid, TAIL]
-    lk[pfn, NEXT] = NIL
-    lk[pfn, PREV] = t
+    lk[_row(lk, pfn), NEXT] = NIL
+    lk[_row(lk, pfn), PREV] = t
     if t == NIL:
         lists[lid, HEAD] = pfn
     else:
-        lk[t, NEXT] = pfn
+        lk[_row(lk, t), NEXT] = pfn
     lists[lid, TAIL] = pfn
 
 
 @njit(inline="always")
 def _unlink(lk, lists, lid, pfn):
-    p = lk[pfn, PREV]
-    n = lk[pfn, NEXT]
+    p = lk[_row(lk, pfn), PREV]
+    n = lk[_row(lk, pfn), NEXT]
     if p == NIL:
         lists[lid, HEAD] = n
     else:
-        lk[p, NEXT] = n
+        lk[_row(lk, p), NEXT] = n
     if n == NIL:
         lists[lid, TAIL] = p
     else:
-        lk[n, PREV] = p
+        lk[_row(lk, n), PREV] = p
 
 
 @njit(inline="always")
@@ -214,11 +246,11 @@ def _rotate_to_front(lk, lists, lid, pfn):
     if head == pfn:
         return
     tail = lists[lid, TAIL]
-    p = lk[pfn, PREV]
-    lk[p, NEXT] = NIL
-    lk[pfn, PREV] = NIL
-    lk[tail, NEXT] = head
-    lk[head, PREV] = tail
+    p = lk[_row(lk, pfn), PREV]
+    lk[_row(lk, p), NEXT] = NIL
+    lk[_row(lk, pfn), PREV] = NIL
+    lk[_row(lk, tail), NEXT] = head
+    lk[_row(lk, head), PREV] = tail
     lists[lid, HEAD] = pfn
     lists[lid, TAIL] = p
 
@@ -340,16 +372,16 @@ def _prefetch_merge_level(lk, pg, max_order, pfn, order, level):
     b = pfn ^ (np.int64(1) << order)
     if (pg[b, FLG] & ST_MASK) != ST_BUDDY or pg[b, ORD] != order:
         return
-    p = lk[b, PREV]
-    n = lk[b, NEXT]
+    p = lk[_row(lk, b), PREV]
+    n = lk[_row(lk, b), NEXT]
     if p != NIL:
-        _prefetch(lk, p)
+        _prefetch(lk, _row(lk, p))
     if n != NIL:
-        _prefetch(lk, n)
+        _prefetch(lk, _row(lk, n))
     if order + 1 < max_order:
         nb = min(pfn, b) ^ (np.int64(1) << (order + 1))
         _prefetch(pg, nb)
-        _prefetch(lk, nb)
+        _prefetch(lk, _row(lk, nb))
 
 
 @njit(inline="always")
@@ -363,11 +395,11 @@ def _prefetch_frees(lk, pg, max_order, blocks, j, n, order, mask):
         pfn = blocks[k & mask]
         o = order if order >= 0 else np.int64(pg[pfn, ORD])
         _prefetch(pg, pfn)
-        _prefetch(lk, pfn)
+        _prefetch(lk, _row(lk, pfn))
         if o < max_order:
             b = pfn ^ (np.int64(1) << o)
             _prefetch(pg, b)
-            _prefetch(lk, b)
+            _prefetch(lk, _row(lk, b))
     k = j + PREFETCH_STAGE1
     if 0 <= k < n:
         pfn = blocks[k & mask]
@@ -665,7 +697,7 @@ def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, pcp_idx
         if not pcp_order:
             _prefetch_frees(lk, pg, max_order, pfns, i, n, order, NO_MASK)
         elif i + PREFETCH_DISTANCE < n:
-            _prefetch(lk, pfns[i + PREFETCH_DISTANCE])
+            _prefetch(lk, _row(lk, pfns[i + PREFETCH_DISTANCE]))
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
         pfn = pfns[i]
         mt = np.int64(pbmt[pfn >> pb])
@@ -792,12 +824,12 @@ def _rmqueue_smallest(lk, pg, fl, nr_free, zone, g, z, order, mt):
     for o in range(order, nro):
         pfn = np.int64(fl[lid, HEAD])
         if pfn != NIL:
-            nx = lk[pfn, NEXT]  # unlink the head
+            nx = lk[_row(lk, pfn), NEXT]  # unlink the head
             fl[lid, HEAD] = nx
             if nx == NIL:
                 fl[lid, TAIL] = NIL
             else:
-                lk[nx, PREV] = NIL
+                lk[_row(lk, nx), PREV] = NIL
             nr_free[z, o] -= 1
             if pg[pfn, FLG] & PG_REPORTED:
                 g[G_REPORTED_PAGES] -= 1 << o
@@ -1299,7 +1331,7 @@ def _highatomic_pages(lk, fl, g, z):
         pfn = fl[_fl_id(nro, z, o, MT_HIGHATOMIC), HEAD]
         while pfn != NIL:
             pages += 1 << o
-            pfn = lk[pfn, NEXT]
+            pfn = lk[_row(lk, pfn), NEXT]
     return pages
 
 
@@ -1338,7 +1370,7 @@ def k_report_fill(
     pfn = np.int64(fl[lid, HEAD])
     while pfn != NIL:
         if pg[pfn, FLG] & PG_REPORTED:
-            pfn = np.int64(lk[pfn, NEXT])
+            pfn = np.int64(lk[_row(lk, pfn), NEXT])
             continue
         if budget < 0:
             _rotate_to_front(lk, fl, lid, pfn)
@@ -1354,7 +1386,7 @@ def k_report_fill(
                 return REPORT_ISOLATE_REFUSED, n
         if mt != MT_ISOLATE:
             zone[z, Z_FREE] -= 1 << order
-        following = np.int64(lk[pfn, NEXT])
+        following = np.int64(lk[_row(lk, pfn), NEXT])
         _del_free(lk, pg, fl, nr_free, g, z, pfn, order, lid)
         _set_head(pg, pfn, order, ST_ISOLATED, mt)
         if order >= pb - 1:

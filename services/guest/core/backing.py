@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
+from services.lazymem import lazy_copy, zeroed
 from services.units import NS_PER_S, PAGE_SIZE
 
 PAGE_BYTES = PAGE_SIZE
@@ -326,7 +327,7 @@ class BackingView:
         if nr_pages <= 0:
             raise ValueError(f"nr_pages must be > 0, got {nr_pages}")
         self.nr_pages = nr_pages
-        self.state = np.zeros(nr_pages, dtype=np.uint8)
+        self.state = zeroed(nr_pages, np.uint8)  # lazily resident (services.lazymem)
         self._counts = np.zeros(NR_BACKING_STATES, dtype=np.int64)  # kept in step with state
         self._counts[NEVER] = nr_pages
         self.gran_shift = gran_shift
@@ -385,6 +386,11 @@ class BackingView:
         """The host swapped these ranges out: BACKED pages become SWAPPED."""
         starts, npages = self._check_ranges(starts, npages)
         self._move(starts, npages, 1 << BACKED, SWAPPED)
+
+    def __setstate__(self, state: dict) -> None:
+        """A restored view keeps the footprint it had (services.lazymem)."""
+        self.__dict__.update(state)
+        self.state = lazy_copy(self.state)
 
     def counts(self) -> dict[str, int]:
         """Pages per state, by name (kept incrementally: O(1))."""

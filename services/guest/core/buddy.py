@@ -8,7 +8,9 @@ shuffle coin supply, and introspection. Every per-page loop runs in a kernel,
 once per batch.
 
 Per-page state is 10 bytes: int32 [next, prev] links and uint8 [order, flags]; plus
-one int8 migratetype per pageblock.
+one int8 migratetype per pageblock. Page pfn's state is in row ``k.page_rows(pfn)``
+(aligned pfns first), and the arrays are allocated zeroed, never filled: a guest
+keeps resident only the pages of them its large free blocks and used memory touch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from services.lazymem import lazy_copy, zeroed
 
 from . import _kernels as k
 from .config import GuestConfig
@@ -74,8 +78,10 @@ class BuddyAllocator:
         nz = len(ranges)
         nr_orders = c.max_order + 1
         self.pcp_orders = tuple(c.pcp_orders)
-        self.lk = np.full((nr_pages, 2), k.NIL, dtype=np.int32)  # [next, prev]
-        self.pg = np.zeros((nr_pages, 2), dtype=np.uint8)  # [order, flags]
+        # Lazily resident (services.lazymem): a page of either is taken when first
+        # written. Links are written when a page joins a list, never filled.
+        self.lk = zeroed((nr_pages, 2), np.int32)  # [next, prev]
+        self.pg = zeroed((nr_pages, 2), np.uint8)  # [order, flags]
         self.pbmt = np.full(nr_pages >> c.pageblock_order, MIGRATE_MOVABLE, dtype=np.int8)
         self.fl = np.full((nz * nr_orders * MIGRATE_TYPES, 2), k.NIL, dtype=np.int32)
         self.pcp_keys = c.pcp_list_keys
@@ -122,6 +128,12 @@ class BuddyAllocator:
         self.g[k.G_THP_ORDER] = -1 if thp is None or not c.pcp.enabled else thp
         self.g[k.G_FREE_HIGH_BATCH] = int(c.pcp.free_high_batch)
         self.coins = np.zeros(1, dtype=np.uint64)
+
+    def __setstate__(self, state: dict) -> None:
+        """A restored allocator keeps the footprint it had (services.lazymem)."""
+        self.__dict__.update(state)
+        self.lk = lazy_copy(self.lk)
+        self.pg = lazy_copy(self.pg)
 
     def per_page_nbytes(self) -> int:
         """Bytes of every array indexed by pfn (or pageblock): the per-page state."""
@@ -193,10 +205,11 @@ class BuddyAllocator:
         if arr.size == 0:
             lists[lid] = k.NIL
             return
-        self.lk[arr[:-1], k.NEXT] = arr[1:]
-        self.lk[arr[-1], k.NEXT] = k.NIL
-        self.lk[arr[1:], k.PREV] = arr[:-1]
-        self.lk[arr[0], k.PREV] = k.NIL
+        rows = k.page_rows(arr, self.config.nr_pages)
+        self.lk[rows[:-1], k.NEXT] = arr[1:]
+        self.lk[rows[-1], k.NEXT] = k.NIL
+        self.lk[rows[1:], k.PREV] = arr[:-1]
+        self.lk[rows[0], k.PREV] = k.NIL
         lists[lid] = arr[0], arr[-1]
         keep = self.pg[arr, k.FLG] & np.uint8(~k.MT_BITS & 0xFF)
         self.pg[arr, k.FLG] = keep | np.uint8((lid % MIGRATE_TYPES) << k.MT_SHIFT)
@@ -372,12 +385,16 @@ class BuddyAllocator:
     def _fl_id(self, zone: int, order: int, mt: int) -> int:
         return (zone * (self.config.max_order + 1) + order) * MIGRATE_TYPES + mt
 
+    def _row(self, pfn: int) -> int:
+        """The row of lk and pg holding page pfn (``k._row``)."""
+        return int(k.page_rows(pfn, self.config.nr_pages))
+
     def _walk(self, lists: np.ndarray, lid: int) -> list[int]:
         out = []
         pfn = int(lists[lid, 0])
         while pfn != k.NIL:
             out.append(pfn)
-            pfn = int(self.lk[pfn, k.NEXT])
+            pfn = int(self.lk[self._row(pfn), k.NEXT])
         return out
 
     def zone_range(self, zone: int) -> tuple[int, int]:

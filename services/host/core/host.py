@@ -19,6 +19,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from services.lazymem import lazy_copy
+
 from . import costs
 from .config import (
     DISCARD_DISABLED,
@@ -173,7 +175,8 @@ class Host:
         p[P_LOG_RESERVE] = 1 if config.hugetlb else self._gran_pages * per_frame + 8
         self._p = p
         self._hs = np.zeros(NH, np.int64)
-        self._state = np.zeros(0, np.uint8)
+        self._state = np.zeros(0, np.uint8)  # a view of _state_buf (_grow_state)
+        self._state_buf: np.ndarray | None = None
         self._gran = np.zeros(0, np.uint8)
         self._gused = np.zeros(0, np.uint32)
         self._gstat = np.zeros((0, NG), np.int64)
@@ -212,7 +215,7 @@ class Host:
                 )
         slot = len(self._by_slot)
         rec = _Guest(guest_id, slot, nr_pages, discard_mode)
-        self._state = np.concatenate([self._state, np.zeros(nr_pages, np.uint8)])
+        self._grow_state(nr_pages)
         ngran = nr_pages >> self._shift
         self._gran = np.concatenate([self._gran, np.full(ngran, GK_EMPTY, np.uint8)])
         self._gused = np.concatenate([self._gused, np.zeros(ngran, np.uint32)])
@@ -223,6 +226,29 @@ class Host:
         self._guests[guest_id] = rec
         self._by_slot.append(rec)
         self._debug_check()
+
+    def _grow_state(self, nr_pages: int) -> None:
+        """Room for nr_pages more page states. ``_state`` is a view of a lazily
+        resident buffer (services.lazymem) grown by doubling, so that adding a guest
+        neither copies every state before it nor makes its never-touched pages
+        resident."""
+        n = len(self._state)
+        buf = self._state_buf
+        if buf is None or len(buf) < n + nr_pages:
+            cap = max(n + nr_pages, 2 * (0 if buf is None else len(buf)))
+            buf = lazy_copy(self._state, cap)
+            self._state_buf = buf
+        self._state = buf[: n + nr_pages]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_state_buf"] = None  # _state holds every page state; the spare room is not
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._state = lazy_copy(self._state)  # restored with the footprint it had
+        self._state_buf = self._state
 
     def guest_ids(self) -> list[int]:
         return list(self._guests)
@@ -426,7 +452,8 @@ class Host:
         row[RES_UNBACKED] = rec.nr_pages
         row[G_ZSWAP] = 0
         lo, hi = int(self._offsets[slot]), int(self._offsets[slot + 1])
-        self._state[lo:hi] = 0
+        seg = self._state[lo:hi]
+        seg[seg != 0] = 0  # only the pages written: the rest stays unbacked here too
         self._gran[lo >> self._shift : hi >> self._shift] = GK_EMPTY
         self._gused[lo >> self._shift : hi >> self._shift] = 0
         rec.stopped = True

@@ -1,0 +1,83 @@
+"""services.lazymem: zeroed arrays take memory only where written (read from
+/proc/self/pagemap)."""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+
+import numpy as np
+import pytest
+
+from services.lazymem import lazy_copy, zeroed
+
+PAGE = mmap.PAGESIZE
+
+
+def rss_of(a: np.ndarray) -> int:
+    """Bytes of a's pages that are backed by memory of their own: present and mapped
+    exclusively (/proc/self/pagemap bits 63 and 56). A page only read maps the shared
+    zero page, which is not exclusive; no root needed (the PFN field is not read)."""
+    addr = a.__array_interface__["data"][0]
+    lo, hi = addr // PAGE, -(-(addr + a.nbytes) // PAGE)
+    with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        f.seek(lo * 8)
+        e = np.frombuffer(f.read((hi - lo) * 8), dtype=np.uint64)
+    mine = (e >> np.uint64(63)) & (e >> np.uint64(56)) & np.uint64(1)
+    return int(mine.sum()) * PAGE
+
+
+def test_zeroed_takes_a_page_when_written_not_when_read():
+    a = zeroed((1 << 20, 2), np.int32)  # 8 MiB: numpy's own zeros would be huge-page advised
+    assert a.shape == (1 << 20, 2) and a.dtype == np.int32 and a.flags.c_contiguous
+    assert int(a.sum()) == 0  # every page read
+    assert rss_of(a) == 0
+    a[12345, 1] = 7
+    a[1 << 19, 0] = -1
+    assert rss_of(a) == 2 * PAGE
+    assert a[12345, 1] == 7 and a[1 << 19, 0] == -1 and int(np.count_nonzero(a)) == 2
+
+
+def test_small_arrays_are_plain_zeros():
+    a = zeroed(100, np.uint8)
+    assert a.shape == (100,) and not a.any()
+
+
+@pytest.mark.parametrize("extra", [0, 5000])
+def test_lazy_copy_writes_only_the_pages_that_hold_data(extra):
+    src = np.zeros(1 << 22, np.uint8)
+    src[[3, PAGE * 100 + 9, len(src) - 1]] = [1, 2, 3]
+    out = lazy_copy(src, len(src) + extra)
+    assert len(out) == len(src) + extra
+    assert np.array_equal(out[: len(src)], src) and not out[len(src) :].any()
+    assert rss_of(out) == 3 * PAGE
+
+
+def test_lazy_copy_of_a_2d_array_with_a_partial_last_page():
+    rng = np.random.default_rng(3)
+    src = np.zeros((70_001, 2), np.int32)  # not a whole number of pages
+    idx = rng.choice(len(src), 50, replace=False)
+    src[idx] = rng.integers(1, 1 << 30, (50, 2), dtype=np.int32)
+    src[-1] = [5, 6]
+    out = lazy_copy(src)
+    assert np.array_equal(out, src) and out.dtype == src.dtype
+
+
+def test_lazy_copy_refuses_to_shrink():
+    with pytest.raises(ValueError, match="length 3 is shorter"):
+        lazy_copy(np.zeros(10, np.uint8), 3)
+
+
+def test_a_pickled_allocator_comes_back_lazily_resident():
+    from services.guest.core.buddy import BuddyAllocator
+    from services.guest.core.config import GuestConfig
+
+    a = BuddyAllocator(GuestConfig(nr_pages=1 << 20))
+    a.alloc(0, 1, 1000)
+    before = rss_of(a.lk)
+    assert 0 < before < a.lk.nbytes // 8  # only the rows of the split blocks
+    b = pickle.loads(pickle.dumps(a))
+    assert np.array_equal(b.lk, a.lk) and np.array_equal(b.pg, a.pg)
+    assert rss_of(b.lk) <= before
+    assert b.free_list(0, 10, 1) == a.free_list(0, 10, 1) != []
+    assert b.pcp_lists(0) == a.pcp_lists(0)
