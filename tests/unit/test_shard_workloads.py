@@ -115,7 +115,7 @@ def test_swapped_out_runs_update_the_guest_mirror():
     wl = memhog(("grow", 100_000_000, 0.25, None))
     shard = shard_of(wl)
     run(shard, 100_000_000)
-    held = np.sort(shard.slots[0].workload.held.pfns[: shard.slots[0].workload.held.count])
+    held = np.sort(shard.slots[0].workload.held.all())
     res = GuestOutcome(0, swapped_starts=held[:1], swapped_npages=np.array([1]))
     shard.apply_outcomes([res])
     assert shard.slots[0].guest.backing.counts()["swapped"] == 1

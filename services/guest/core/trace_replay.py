@@ -96,7 +96,7 @@ class TraceReplay:
         self.rng = rng
         self.order = 9 if config.thp else 0
         self.block_pages = 1 << self.order
-        self.held = HeldBlocks()
+        self.held = HeldBlocks(self.block_pages)
         self.stats = WorkStats()
         self._target_blocks = np.minimum(config.target_pages, nr_pages) // self.block_pages
         self._pacer = Pacer(self.block_pages)

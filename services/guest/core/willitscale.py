@@ -138,7 +138,7 @@ class _Task:
     index: int
     cpu: int
     held0: HeldBlocks = field(default_factory=HeldBlocks)  # order-0 blocks of the region
-    held9: HeldBlocks = field(default_factory=HeldBlocks)  # THP blocks of the region
+    held9: HeldBlocks = field(default_factory=lambda: HeldBlocks(1 << THP_ORDER))  # THP blocks
     cache: HeldBlocks = field(default_factory=HeldBlocks)  # page_fault2: page-cache pages
     next_page: int = 0  # the next page of the region to fault (0..region_pages)
     fallback_left: int = 0  # page_fault1 THP: order-0 faults left in a fallen-back chunk
@@ -353,12 +353,13 @@ class WillItScale:
         """munmap: the region's blocks freed in address order on the task's vCPU."""
         small, huge = task.held0.count, task.held9.count
         if small:
-            guest.free(task.held0.pfns[:small].copy(), 0, task.cpu)
+            guest.free(task.held0.all(), 0, task.cpu)
         if huge:
-            guest.free(task.held9.pfns[:huge].copy(), THP_ORDER, task.cpu)
+            guest.free(task.held9.all(), THP_ORDER, task.cpu)
         self.stats.pages_freed += small + (huge << THP_ORDER)
         cost = (small + huge * THP_UNMAP_PAGES) * self.config.unmap_ns
-        task.held0.count = task.held9.count = 0
+        task.held0.clear()
+        task.held9.clear()
         task.next_page = task.fallback_left = 0
         task.iterations += 1
         self.lost_ns["guest_unmap"] += cost
@@ -369,7 +370,7 @@ class WillItScale:
         for task in self.tasks:
             for held, order in ((task.held0, 0), (task.held9, THP_ORDER), (task.cache, 0)):
                 if held.count:
-                    guest.free(held.pfns[: held.count].copy(), order, task.cpu)
+                    guest.free(held.all(), order, task.cpu)
                     self.stats.pages_freed += held.count << order
-                    held.count = 0
+                    held.clear()
         self.finished = True

@@ -193,20 +193,69 @@ class Pacer:
 
 
 class HeldBlocks:
-    """The blocks a workload holds: a growable int64 array (no Python object per page)."""
+    """The blocks a workload holds, in the order it got them, as runs.
 
-    def __init__(self) -> None:
-        self.pfns = np.zeros(1024, np.int64)
-        self.count = 0
+    A run is blocks whose pfns step by ``step`` (a block's pages, for blocks of one
+    order): a memhog faulting in memory gets consecutive blocks from the split of a
+    larger one, so its whole region is a few runs. Two growable int64 arrays (run
+    starts and lengths); no Python object per page, and no cost per held page.
+    """
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+        self._start = np.zeros(16, np.int64)
+        self._len = np.zeros(16, np.int64)
+        self._runs = 0
+        self.count = 0  # blocks held
+
+    @property
+    def nbytes(self) -> int:
+        return self._start.nbytes + self._len.nbytes
 
     def add(self, pfns: np.ndarray) -> None:
-        need = self.count + len(pfns)
-        if need > len(self.pfns):
-            grown = np.zeros(max(need, 2 * len(self.pfns)), np.int64)
-            grown[: self.count] = self.pfns[: self.count]
-            self.pfns = grown
-        self.pfns[self.count : need] = pfns
-        self.count = need
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if len(pfns) == 0:
+            return
+        cut = np.flatnonzero(np.diff(pfns) != self.step) + 1
+        starts = pfns[np.concatenate(([0], cut))]
+        lens = np.diff(np.concatenate(([0], cut, [len(pfns)])))
+        r = self._runs
+        if r and self._start[r - 1] + self._len[r - 1] * self.step == starts[0]:
+            self._len[r - 1] += lens[0]  # goes on from the newest run
+            starts, lens = starts[1:], lens[1:]
+        need = r + len(starts)
+        if need > len(self._start):
+            size = max(need, 2 * len(self._start))
+            self._start = np.concatenate((self._start[:r], np.zeros(size - r, np.int64)))
+            self._len = np.concatenate((self._len[:r], np.zeros(size - r, np.int64)))
+        self._start[r:need] = starts
+        self._len[r:need] = lens
+        self._runs = need
+        self.count += len(pfns)
+
+    def _blocks(self, first: int, n: int) -> np.ndarray:
+        """Blocks first .. first + n - 1, in the order they were added."""
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        lens = self._len[: self._runs]
+        ends = np.cumsum(lens)
+        a = int(np.searchsorted(ends, first, side="right"))
+        b = int(np.searchsorted(ends, first + n - 1, side="right"))
+        starts = self._start[a : b + 1].copy()
+        counts = lens[a : b + 1].copy()
+        skip = first - (int(ends[a]) - int(lens[a]))
+        starts[0] += skip * self.step
+        counts[0] -= skip
+        counts[-1] -= int(ends[b]) - (first + n)
+        offsets = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(starts, counts) + offsets * self.step
+
+    def all(self) -> np.ndarray:
+        """Every held block, oldest first."""
+        return self._blocks(0, self.count)
+
+    def clear(self) -> None:
+        self._runs = self.count = 0
 
     def take_last(self, n: int) -> np.ndarray:
         """Remove the ``n`` most recently added blocks, newest first.
@@ -218,20 +267,31 @@ class HeldBlocks:
         pageblock pinned by a few survivors and nothing would ever merge).
         """
         n = min(n, self.count)
-        taken = self.pfns[self.count - n : self.count][::-1].copy()
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        taken = self._blocks(self.count - n, n)[::-1].copy()
         self.count -= n
+        ends = np.cumsum(self._len[: self._runs])
+        r = int(np.searchsorted(ends, self.count, side="left"))  # the run now holding the last
+        if self.count == 0:
+            self._runs = 0
+        else:
+            self._len[r] -= int(ends[r]) - self.count
+            self._runs = r + 1
         return taken
 
     def slice_cyclic(self, start: int, n: int) -> np.ndarray:
         """``n`` held blocks (at most all of them) from index ``start`` on, wrapping
-        around to the first after the last: two slices, no index array."""
+        around to the first after the last."""
         if self.count == 0 or n <= 0:
             return np.zeros(0, np.int64)
         start %= self.count
         end = start + min(n, self.count)
         if end <= self.count:
-            return self.pfns[start:end].copy()
-        return np.concatenate((self.pfns[start : self.count], self.pfns[: end - self.count]))
+            return self._blocks(start, end - start)
+        return np.concatenate(
+            (self._blocks(start, self.count - start), self._blocks(0, end - self.count))
+        )
 
 
 def fault_in(guest, held: HeldBlocks, stats: WorkStats, order: int, mt: int, n: int, cpu: int = 0):
@@ -277,7 +337,7 @@ class Memhog:
         self.rng = rng
         self.order = 9 if config.thp else 0
         self.block_pages = 1 << self.order
-        self.held = HeldBlocks()
+        self.held = HeldBlocks(self.block_pages)
         self.stats = WorkStats()
         self._pacer = Pacer(self.block_pages)
         self._touch_cursor = 0
