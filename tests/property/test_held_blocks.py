@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.guest.core.workloads import HeldBlocks
+from services.guest.core.workloads import HeldBlocks, pfns_to_runs
 
 STEPS = st.sampled_from([1, 8, 512])
 
@@ -17,7 +17,7 @@ def batches(draw, step):
     """pfns as a workload gets them: runs of consecutive blocks, some broken."""
     out = []
     for _ in range(draw(st.integers(1, 4))):
-        start = draw(st.integers(0, 64)) * step
+        start = draw(st.integers(0, 400)) * step
         n = draw(st.integers(1, 12))
         out.extend(range(start, start + n * step, step))
     if draw(st.booleans()):
@@ -29,10 +29,13 @@ def batches(draw, step):
 def programs(draw):
     step = draw(STEPS)
     ops = []
+    used: set[int] = set()  # a block is held once at most (never freed here: simpler)
     for _ in range(draw(st.integers(1, 25))):
         kind = draw(st.sampled_from(["add", "add", "take", "slice", "all", "clear"]))
         if kind == "add":
-            ops.append(("add", draw(batches(step))))
+            batch = [int(p) for p in dict.fromkeys(draw(batches(step)).tolist()) if p not in used]
+            used.update(batch)
+            ops.append(("add", np.asarray(batch, np.int64)))
         elif kind in ("take", "slice"):
             ops.append((kind, draw(st.integers(-3, 200)), draw(st.integers(-2, 60))))
         else:
@@ -61,6 +64,10 @@ def test_runs_match_a_list_of_pfns(program):
                 s = start % len(ref)
                 want = [ref[(s + i) % len(ref)] for i in range(min(n, len(ref)))]
             assert held.slice_cyclic(start, n).tolist() == want
+            starts, npages, blocks = held.page_runs_cyclic(start, n)
+            runs = pfns_to_runs(np.asarray(want, np.int64), step)
+            assert blocks == len(want)
+            assert starts.tolist() == runs[0].tolist() and npages.tolist() == runs[1].tolist()
         elif op[0] == "all":
             assert held.all().tolist() == ref
         else:

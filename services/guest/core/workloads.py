@@ -197,58 +197,94 @@ class HeldBlocks:
 
     A run is blocks whose pfns step by ``step`` (a block's pages, for blocks of one
     order): a memhog faulting in memory gets consecutive blocks from the split of a
-    larger one, so its whole region is a few runs. Two growable int64 arrays (run
-    starts and lengths); no Python object per page, and no cost per held page.
+    larger one, so its whole region is a few runs. Two growable int64 arrays: each
+    run's first pfn, and the count of blocks up to its end (so finding the run of
+    the i-th block is a binary search). No Python object per page, and no cost per
+    held page.
     """
 
     def __init__(self, step: int = 1) -> None:
         self.step = step
         self._start = np.zeros(16, np.int64)
-        self._len = np.zeros(16, np.int64)
+        self._end = np.zeros(16, np.int64)  # blocks in runs 0..i
         self._runs = 0
         self.count = 0  # blocks held
 
     @property
     def nbytes(self) -> int:
-        return self._start.nbytes + self._len.nbytes
+        return self._start.nbytes + self._end.nbytes
 
     def add(self, pfns: np.ndarray) -> None:
         pfns = np.asarray(pfns, dtype=np.int64)
         if len(pfns) == 0:
             return
         cut = np.flatnonzero(np.diff(pfns) != self.step) + 1
-        starts = pfns[np.concatenate(([0], cut))]
-        lens = np.diff(np.concatenate(([0], cut, [len(pfns)])))
+        heads = np.concatenate(([0], cut))  # where each run of the batch starts in it
+        tails = np.concatenate((cut, [len(pfns)]))  # and where it ends
         r = self._runs
-        if r and self._start[r - 1] + self._len[r - 1] * self.step == starts[0]:
-            self._len[r - 1] += lens[0]  # goes on from the newest run
-            starts, lens = starts[1:], lens[1:]
-        need = r + len(starts)
+        if r:
+            last_len = int(self._end[r - 1]) - (int(self._end[r - 2]) if r > 1 else 0)
+            if int(self._start[r - 1]) + last_len * self.step == int(pfns[0]):
+                self._end[r - 1] += int(tails[0])  # goes on from the newest run
+                heads, tails = heads[1:], tails[1:]
+        need = r + len(heads)
         if need > len(self._start):
             size = max(need, 2 * len(self._start))
             self._start = np.concatenate((self._start[:r], np.zeros(size - r, np.int64)))
-            self._len = np.concatenate((self._len[:r], np.zeros(size - r, np.int64)))
-        self._start[r:need] = starts
-        self._len[r:need] = lens
+            self._end = np.concatenate((self._end[:r], np.zeros(size - r, np.int64)))
+        self._start[r:need] = pfns[heads]
+        self._end[r:need] = self.count + tails
         self._runs = need
         self.count += len(pfns)
+
+    def _runs_of(self, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Blocks first .. first + n - 1 (n >= 1) as runs: (first pfns, block counts)."""
+        ends = self._end[: self._runs]
+        a = int(np.searchsorted(ends, first, side="right"))
+        b = int(np.searchsorted(ends, first + n - 1, side="right"))
+        starts = self._start[a : b + 1].copy()
+        lo = np.concatenate(([int(ends[a - 1]) if a else 0], ends[a:b]))
+        counts = ends[a : b + 1] - lo
+        skip = first - int(lo[0])
+        starts[0] += skip * self.step
+        counts[0] -= skip
+        counts[-1] -= int(ends[b]) - (first + n)
+        return starts, counts
 
     def _blocks(self, first: int, n: int) -> np.ndarray:
         """Blocks first .. first + n - 1, in the order they were added."""
         if n <= 0:
             return np.zeros(0, np.int64)
-        lens = self._len[: self._runs]
-        ends = np.cumsum(lens)
-        a = int(np.searchsorted(ends, first, side="right"))
-        b = int(np.searchsorted(ends, first + n - 1, side="right"))
-        starts = self._start[a : b + 1].copy()
-        counts = lens[a : b + 1].copy()
-        skip = first - (int(ends[a]) - int(lens[a]))
-        starts[0] += skip * self.step
-        counts[0] -= skip
-        counts[-1] -= int(ends[b]) - (first + n)
+        starts, counts = self._runs_of(first, n)
+        if len(starts) == 1:
+            return int(starts[0]) + np.arange(n, dtype=np.int64) * self.step
         offsets = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(starts, counts) + offsets * self.step
+
+    def page_runs_cyclic(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The pages of ``slice_cyclic(start, n)`` as sorted (start, npages) runs, as
+        ``pfns_to_runs(slice_cyclic(start, n), step)`` gives them, without a pfn per
+        block; and how many blocks that is."""
+        if self.count == 0 or n <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+        start %= self.count
+        m = min(n, self.count)
+        end = start + m
+        if end <= self.count:
+            starts, counts = self._runs_of(start, m)
+        else:
+            s1, c1 = self._runs_of(start, self.count - start)
+            s2, c2 = self._runs_of(0, end - self.count)
+            starts, counts = np.concatenate((s1, s2)), np.concatenate((c1, c2))
+        npages = counts * self.step
+        if len(starts) > 1:
+            order = np.argsort(starts, kind="stable")
+            starts, npages = starts[order], npages[order]
+            joined = starts[1:] == starts[:-1] + npages[:-1]
+            if joined.any():
+                heads = np.flatnonzero(np.concatenate(([True], ~joined)))
+                starts, npages = starts[heads], np.add.reduceat(npages, heads)
+        return starts, npages, m
 
     def all(self) -> np.ndarray:
         """Every held block, oldest first."""
@@ -271,12 +307,11 @@ class HeldBlocks:
             return np.zeros(0, np.int64)
         taken = self._blocks(self.count - n, n)[::-1].copy()
         self.count -= n
-        ends = np.cumsum(self._len[: self._runs])
-        r = int(np.searchsorted(ends, self.count, side="left"))  # the run now holding the last
         if self.count == 0:
             self._runs = 0
         else:
-            self._len[r] -= int(ends[r]) - self.count
+            r = int(np.searchsorted(self._end[: self._runs], self.count, side="left"))
+            self._end[r] = self.count  # the run now holding the last block
             self._runs = r + 1
         return taken
 
@@ -453,11 +488,11 @@ class Memhog:
         unmap_newest(guest, self.held, self.stats, self.order, n)
 
     def _retouch(self, guest, n: int) -> None:
-        pfns = self.held.slice_cyclic(self._touch_cursor, n)
-        if len(pfns):
-            self._touch_cursor = (self._touch_cursor + len(pfns)) % max(1, self.held.count)
-            guest.touch(*pfns_to_runs(pfns, self.block_pages))
-            self.stats.pages_touched += len(pfns) * self.block_pages
+        starts, npages, blocks = self.held.page_runs_cyclic(self._touch_cursor, n)
+        if blocks:
+            self._touch_cursor = (self._touch_cursor + blocks) % max(1, self.held.count)
+            guest.touch(starts, npages)
+            self.stats.pages_touched += blocks * self.block_pages
 
 
 class Idle:
