@@ -207,8 +207,12 @@ class Guest:
 
     def next_event_ns(self) -> int | None:
         """The earliest event of any timer (None: nothing scheduled)."""
-        events = [t for t in (timer.next_event_ns() for timer in self._timers) if t is not None]
-        return min(events) if events else None
+        best = None
+        for timer in self._timers:  # a loop: asked for every guest that runs, every epoch
+            t = timer.next_event_ns()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def state(self) -> dict:
         """A snapshot for metrics and results."""

@@ -120,6 +120,19 @@ def _runs_kernel(p, each, out_starts, out_npages):
     return m + 1
 
 
+@njit(cache=True, nogil=True)
+def _run_heads(p, step, heads):
+    """Indices in ``p`` where a run of blocks ``step`` apart starts (in the order given);
+    returns how many."""
+    heads[0] = 0
+    m = 1
+    for i in range(1, p.shape[0]):
+        if p[i] != p[i - 1] + step:
+            heads[m] = i
+            m += 1
+    return m
+
+
 def pfns_to_runs(pfns: np.ndarray, npages_each: int) -> tuple[np.ndarray, np.ndarray]:
     """Compress blocks of ``npages_each`` pages at ``pfns`` into sorted (start, npages) runs."""
     if len(pfns) == 0:
@@ -218,15 +231,22 @@ class HeldBlocks:
         pfns = np.asarray(pfns, dtype=np.int64)
         if len(pfns) == 0:
             return
-        cut = np.flatnonzero(np.diff(pfns) != self.step) + 1
-        heads = np.concatenate(([0], cut))  # where each run of the batch starts in it
-        tails = np.concatenate((cut, [len(pfns)]))  # and where it ends
+        heads = np.empty(len(pfns), np.int64)
+        heads = heads[: _run_heads(pfns, self.step, heads)]  # where each run starts in pfns
         r = self._runs
         if r:
             last_len = int(self._end[r - 1]) - (int(self._end[r - 2]) if r > 1 else 0)
             if int(self._start[r - 1]) + last_len * self.step == int(pfns[0]):
-                self._end[r - 1] += int(tails[0])  # goes on from the newest run
-                heads, tails = heads[1:], tails[1:]
+                # goes on from the newest run
+                if len(heads) == 1:  # all of it: the usual case
+                    self._end[r - 1] += len(pfns)
+                    self.count += len(pfns)
+                    return
+                self._end[r - 1] += int(heads[1])
+                heads = heads[1:]
+        tails = np.empty(len(heads), np.int64)  # where each run ends in pfns
+        tails[:-1] = heads[1:]
+        tails[-1] = len(pfns)
         need = r + len(heads)
         if need > len(self._start):
             size = max(need, 2 * len(self._start))
@@ -241,6 +261,10 @@ class HeldBlocks:
         """Blocks first .. first + n - 1 (n >= 1) as runs: (first pfns, block counts)."""
         ends = self._end[: self._runs]
         a = int(np.searchsorted(ends, first, side="right"))
+        lo_a = int(ends[a - 1]) if a else 0
+        if first + n <= int(ends[a]):  # in one run: the usual case
+            start = int(self._start[a]) + (first - lo_a) * self.step
+            return np.array([start], np.int64), np.array([n], np.int64)
         b = int(np.searchsorted(ends, first + n - 1, side="right"))
         starts = self._start[a : b + 1].copy()
         lo = np.concatenate(([int(ends[a - 1]) if a else 0], ends[a:b]))
