@@ -4,8 +4,9 @@ State is a handful of flat numpy arrays, passed to every kernel:
 
 * per page: ``lk`` int32 (nr_pages, 2) list links [next, prev] (NIL = -1), shared by
   the buddy free lists and the pcp lists; ``pg`` uint8 (nr_pages, 2) [order, flags].
-  Page pfn's state is in row ``_row(pfn)``, not row pfn: aligned pfns first (see
-  ``_row``). Links are meaningful only while their page is on a list.
+  Page pfn's links are in row ``_row(pfn)`` of ``lk``, not row pfn: aligned pfns first
+  (see ``_row``); they are meaningful only while the page is on a list. ``pg`` is
+  indexed by pfn.
   Flags: state in bits 0-2, Reported in bit 3, a scratch mark in bit 4, and in bits
   5-7 the migratetype of the list the block sits on (or its allocation type).
   Only heads carry a state; tail pages are ``ST_NONE``. Interleaving next/prev and
@@ -177,13 +178,15 @@ ROW_MASK = (1 << ROW_SHIFT) - 1
 
 @njit(inline="always")
 def _row(a, pfn):
-    """The row of ``lk`` or ``pg`` (``a``, nr_pages rows) holding page pfn's state.
+    """The row of ``lk`` (``a``, nr_pages rows) holding page pfn's links.
 
     A free block of order >= ROW_SHIFT has its head on an aligned pfn; those rows are
     kept together at the front, and every other pfn follows in pfn order. So a guest
     whose free memory is in large blocks writes (and keeps resident) only the few
-    pages of lk and pg its large blocks and its used memory need: the arrays are
-    allocated zeroed and never filled, and an untouched page costs no RSS."""
+    pages of links its large blocks and its used memory need: ``lk`` is allocated
+    zeroed (services.lazymem) and never filled, and a page never written costs no RSS.
+    (``pg`` keeps rows by pfn: the same order for it cost the allocator more time than
+    its 2 bytes per page were worth.)"""
     q = pfn >> ROW_SHIFT
     if (pfn & ROW_MASK) == 0:
         return q

@@ -8,9 +8,9 @@ shuffle coin supply, and introspection. Every per-page loop runs in a kernel,
 once per batch.
 
 Per-page state is 10 bytes: int32 [next, prev] links and uint8 [order, flags]; plus
-one int8 migratetype per pageblock. Page pfn's state is in row ``k.page_rows(pfn)``
-(aligned pfns first), and the arrays are allocated zeroed, never filled: a guest
-keeps resident only the pages of them its large free blocks and used memory touch.
+one int8 migratetype per pageblock. Page pfn's links are in row ``k.page_rows(pfn)``
+of ``lk`` (aligned pfns first); both arrays are allocated zeroed (services.lazymem),
+never filled: a guest keeps resident only the pages of them it writes.
 """
 
 from __future__ import annotations
@@ -386,7 +386,7 @@ class BuddyAllocator:
         return (zone * (self.config.max_order + 1) + order) * MIGRATE_TYPES + mt
 
     def _row(self, pfn: int) -> int:
-        """The row of lk and pg holding page pfn (``k._row``)."""
+        """The row of lk holding page pfn's links (``k._row``)."""
         return int(k.page_rows(pfn, self.config.nr_pages))
 
     def _walk(self, lists: np.ndarray, lid: int) -> list[int]:
