@@ -81,3 +81,24 @@ def test_a_pickled_allocator_comes_back_lazily_resident():
     assert rss_of(b.lk) <= before
     assert b.free_list(0, 10, 1) == a.free_list(0, 10, 1) != []
     assert b.pcp_lists(0) == a.pcp_lists(0)
+
+
+def test_host_page_states_grow_lazily_and_keep_every_guest_s_state():
+    from services.host.core.config import HostConfig
+    from services.host.core.host import Host
+
+    host = Host(0, HostConfig(memory_bytes=64 << 30, thp=False))
+    pages = 1 << 18  # 1 GiB guests
+    host.add_guest(1, pages)
+    host.apply_touch(1, np.array([1000, 200_000]), np.array([3, 5]))
+    before = host.residency(1).copy()
+    for gid in (2, 3, 4, 5):  # grows its buffer (doubling) twice
+        host.add_guest(gid, pages)
+    host.apply_touch(4, np.array([7]), np.array([1]))
+    assert np.array_equal(host.residency(1), before) and before.any()
+    assert int((host.residency(4) != host.residency(2)).sum()) == 1
+    assert len(host._state) == 5 * pages
+    assert rss_of(host._state) <= 4 * PAGE  # only the pages that hold a touched state
+    back = pickle.loads(pickle.dumps(host))
+    assert np.array_equal(back.residency(1), before)
+    assert rss_of(back._state) <= 4 * PAGE
