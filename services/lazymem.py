@@ -33,9 +33,12 @@ def zeroed(shape: int | tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if nbytes < _MIN_BYTES:
         return np.zeros(shape, dt)
-    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        mm.madvise(mmap.MADV_NOHUGEPAGE)
+    try:
+        mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            mm.madvise(mmap.MADV_NOHUGEPAGE)
+    except OSError:  # out of mappings (vm.max_map_count): correct, only not lazy
+        return np.zeros(shape, dt)
     return np.frombuffer(mm, dtype=dt).reshape(shape)
 
 

@@ -89,3 +89,19 @@ def test_a_memhog_region_is_a_few_runs():
         0,
         1,
     ]
+
+
+def test_freed_blocks_got_back_continue_the_shortened_run():
+    """A memhog frees its newest blocks and faults the same pfns in again: they go on
+    from the run take_last shortened, in one run, for every step."""
+    for step in (1, 512):
+        held = HeldBlocks(step)
+        held.add(np.arange(0, 100 * step, step, dtype=np.int64))
+        held.add(np.arange(1000 * step, 1010 * step, step, dtype=np.int64))
+        freed = held.take_last(30)  # the second run and 20 blocks of the first
+        assert held.count == 80 and held.nbytes == 2 * 16 * 8
+        held.add(freed[::-1][:25])  # 20 continue run one, then 5 start a new run
+        ref = [*range(0, 100 * step, step), *range(1000 * step, 1005 * step, step)]
+        assert held.all().tolist() == ref and held._runs == 2
+        assert held.take_last(6).tolist() == ref[-6:][::-1]
+        assert held._runs == 1 and held.all().tolist() == ref[:-6]

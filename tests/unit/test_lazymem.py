@@ -38,9 +38,14 @@ def test_zeroed_takes_a_page_when_written_not_when_read():
     assert a[12345, 1] == 7 and a[1 << 19, 0] == -1 and int(np.count_nonzero(a)) == 2
 
 
-def test_small_arrays_are_plain_zeros():
-    a = zeroed(100, np.uint8)
-    assert a.shape == (100,) and not a.any()
+def test_small_arrays_are_plain_zeros_and_large_ones_own_mappings():
+    small, large = zeroed(100, np.uint8), zeroed(1 << 16, np.uint8)
+    assert small.shape == (100,) and not small.any() and small.base is None
+    owner = large
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    owner = owner.obj if isinstance(owner, memoryview) else owner  # numpy keeps a view of it
+    assert isinstance(owner, mmap.mmap) and len(owner) == 1 << 16
 
 
 @pytest.mark.parametrize("extra", [0, 5000])
@@ -92,7 +97,7 @@ def test_host_page_states_grow_lazily_and_keep_every_guest_s_state():
     host.add_guest(1, pages)
     host.apply_touch(1, np.array([1000, 200_000]), np.array([3, 5]))
     before = host.residency(1).copy()
-    for gid in (2, 3, 4, 5):  # grows its buffer (doubling) twice
+    for gid in (2, 3, 4, 5):  # grows its buffer (doubling) for guests 2, 3 and 5
         host.add_guest(gid, pages)
     host.apply_touch(4, np.array([7]), np.array([1]))
     assert np.array_equal(host.residency(1), before) and before.any()
@@ -102,3 +107,18 @@ def test_host_page_states_grow_lazily_and_keep_every_guest_s_state():
     back = pickle.loads(pickle.dumps(host))
     assert np.array_equal(back.residency(1), before)
     assert rss_of(back._state) <= 4 * PAGE
+
+
+def test_out_of_mappings_falls_back_to_plain_zeros(monkeypatch):
+    """When the process has no mapping left (vm.max_map_count: exhausting it for real
+    would starve the test process), the array is still a correct zero array."""
+    import services.lazymem as lm
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(lm.mmap, "mmap", refuse)
+    a = lm.zeroed((1 << 16, 2), np.int32)
+    assert a.shape == (1 << 16, 2) and a.dtype == np.int32 and not a.any()
+    a[5, 1] = 3
+    assert int(a.sum()) == 3

@@ -135,3 +135,10 @@ def test_a_checkpoint_writer_waits_for_an_abandoned_write_and_ends_once(tmp_path
     assert info.name == "b.snap" and read_part(str(tmp_path), info) == 2
     with pytest.raises(RuntimeError, match="no checkpoint"):
         writer.end()
+
+
+def test_a_snapshot_of_an_older_format_is_refused_by_name():
+    old = b"OCSIM-SNAPSHOT-3\n" + lz4.frame.compress(pickle.dumps({"a": 1}, protocol=5))
+    with pytest.raises(SnapshotError, match=r"another format \('OCSIM-SNAPSHOT-3'\)"):
+        loads(old)
+    assert loads(dumps({"a": 1})) == {"a": 1}

@@ -172,7 +172,7 @@ def _prefetch(typingctx, arr, idx):
 
 # ---------------------------------------------------------------- page rows
 
-ROW_SHIFT = 9  # pfns aligned to 2**ROW_SHIFT get the first rows of lk and pg
+ROW_SHIFT = 9  # pfns aligned to 2**ROW_SHIFT get the first rows of lk
 ROW_MASK = (1 << ROW_SHIFT) - 1
 
 

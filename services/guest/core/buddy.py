@@ -9,8 +9,10 @@ once per batch.
 
 Per-page state is 10 bytes: int32 [next, prev] links and uint8 [order, flags]; plus
 one int8 migratetype per pageblock. Page pfn's links are in row ``k.page_rows(pfn)``
-of ``lk`` (aligned pfns first); both arrays are allocated zeroed (services.lazymem),
-never filled: a guest keeps resident only the pages of them it writes.
+of ``lk`` (aligned pfns first). Both arrays are allocated zeroed (services.lazymem) and
+never filled, so only the pages of them that are written become resident: for ``lk``,
+the links of pages that have been on a list; ``pg`` is written at every max-order head
+at boot, so all of it is resident.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class BuddyAllocator:
         nr_orders = c.max_order + 1
         self.pcp_orders = tuple(c.pcp_orders)
         # Lazily resident (services.lazymem): a page of either is taken when first
-        # written. Links are written when a page joins a list, never filled.
+        # written. Links are written when a page joins a list, never filled; pg is
+        # written at every max-order head at boot (every 2 KiB), so all of it is taken.
         self.lk = zeroed((nr_pages, 2), np.int32)  # [next, prev]
         self.pg = zeroed((nr_pages, 2), np.uint8)  # [order, flags]
         self.pbmt = np.full(nr_pages >> c.pageblock_order, MIGRATE_MOVABLE, dtype=np.int8)
@@ -386,8 +389,11 @@ class BuddyAllocator:
         return (zone * (self.config.max_order + 1) + order) * MIGRATE_TYPES + mt
 
     def _row(self, pfn: int) -> int:
-        """The row of lk holding page pfn's links (``k._row``)."""
-        return int(k.page_rows(pfn, self.config.nr_pages))
+        """The row of lk holding page pfn's links (``k._row``, in int arithmetic)."""
+        q = pfn >> k.ROW_SHIFT
+        if pfn & k.ROW_MASK == 0:
+            return q
+        return ((self.config.nr_pages + k.ROW_MASK) >> k.ROW_SHIFT) + pfn - q - 1
 
     def _walk(self, lists: np.ndarray, lid: int) -> list[int]:
         out = []
