@@ -213,3 +213,13 @@ def test_two_zone_guest_matches_reference(profile):
     assert [ref.pageblock_mt(p) for p in pbs] == [fast.pageblock_mt(p) for p in pbs]
     assert ref.notify_count == fast.notify_count
     assert ref.reported_pages() == fast.reported_pages()
+
+
+@pytest.mark.parametrize("nr_pages", [1, 511, 512, 1000, 4099])
+def test_link_rows_are_a_permutation_and_the_scalar_and_array_forms_agree(nr_pages):
+    pfns = np.arange(nr_pages, dtype=np.int64)
+    rows = k.page_rows(pfns, nr_pages)
+    assert sorted(rows.tolist()) == list(range(nr_pages))  # one row per pfn, none left over
+    assert rows.tolist() == [k.page_row(int(p), nr_pages) for p in pfns]
+    aligned = pfns[pfns % (1 << k.ROW_SHIFT) == 0]
+    assert rows[aligned].tolist() == list(range(len(aligned)))  # aligned pfns first

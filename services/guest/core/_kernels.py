@@ -36,7 +36,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-from numpy.typing import ArrayLike
 
 NIL = -1
 NEXT = 0  # lk[:, NEXT]
@@ -193,8 +192,16 @@ def _row(a, pfn):
     return ((a.shape[0] + ROW_MASK) >> ROW_SHIFT) + pfn - q - 1
 
 
-def page_rows(pfns: ArrayLike, nr_pages: int) -> np.ndarray:
-    """``_row`` for an array of pfns, in numpy (the Python side of the allocator)."""
+def page_row(pfn: int, nr_pages: int) -> int:
+    """``_row`` for one pfn, in int arithmetic (the allocator's list walks in Python)."""
+    q = pfn >> ROW_SHIFT
+    if pfn & ROW_MASK == 0:
+        return q
+    return ((nr_pages + ROW_MASK) >> ROW_SHIFT) + pfn - q - 1
+
+
+def page_rows(pfns: np.ndarray, nr_pages: int) -> np.ndarray:
+    """``_row`` for an array of pfns, in numpy (the allocator's list rebuilds in Python)."""
     pfns = np.asarray(pfns, dtype=np.int64)
     q = pfns >> ROW_SHIFT
     rest = ((nr_pages + ROW_MASK) >> ROW_SHIFT) + pfns - q - 1

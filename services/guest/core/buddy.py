@@ -388,19 +388,12 @@ class BuddyAllocator:
     def _fl_id(self, zone: int, order: int, mt: int) -> int:
         return (zone * (self.config.max_order + 1) + order) * MIGRATE_TYPES + mt
 
-    def _row(self, pfn: int) -> int:
-        """The row of lk holding page pfn's links (``k._row``, in int arithmetic)."""
-        q = pfn >> k.ROW_SHIFT
-        if pfn & k.ROW_MASK == 0:
-            return q
-        return ((self.config.nr_pages + k.ROW_MASK) >> k.ROW_SHIFT) + pfn - q - 1
-
     def _walk(self, lists: np.ndarray, lid: int) -> list[int]:
         out = []
         pfn = int(lists[lid, 0])
         while pfn != k.NIL:
             out.append(pfn)
-            pfn = int(self.lk[self._row(pfn), k.NEXT])
+            pfn = int(self.lk[k.page_row(pfn, self.config.nr_pages), k.NEXT])
         return out
 
     def zone_range(self, zone: int) -> tuple[int, int]:

@@ -267,23 +267,38 @@ class HeldBlocks:
             return np.array([start], np.int64), np.array([n], np.int64)
         b = int(np.searchsorted(ends, first + n - 1, side="right"))
         starts = self._start[a : b + 1].copy()
-        lo = np.concatenate(([int(ends[a - 1]) if a else 0], ends[a:b]))
-        counts = ends[a : b + 1] - lo
-        skip = first - int(lo[0])
+        counts = ends[a : b + 1] - np.concatenate(([lo_a], ends[a:b]))
+        skip = first - lo_a
         starts[0] += skip * self.step
         counts[0] -= skip
         counts[-1] -= int(ends[b]) - (first + n)
         return starts, counts
 
-    def _blocks(self, first: int, n: int) -> np.ndarray:
-        """Blocks first .. first + n - 1, in the order they were added."""
-        if n <= 0:
-            return np.zeros(0, np.int64)
-        starts, counts = self._runs_of(first, n)
+    def _cyclic_runs_of(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """``n`` held blocks (at most all of them, count > 0, n >= 1) from index
+        ``start`` on, wrapping around to the first after the last, as runs; and how
+        many blocks that is."""
+        start %= self.count
+        m = min(n, self.count)
+        end = start + m
+        if end <= self.count:
+            return (*self._runs_of(start, m), m)
+        s1, c1 = self._runs_of(start, self.count - start)
+        s2, c2 = self._runs_of(0, end - self.count)
+        return np.concatenate((s1, s2)), np.concatenate((c1, c2)), m
+
+    def _expand(self, starts: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+        """The pfn of every block of the runs (``n`` blocks in all), in run order."""
         if len(starts) == 1:
             return int(starts[0]) + np.arange(n, dtype=np.int64) * self.step
         offsets = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(starts, counts) + offsets * self.step
+
+    def _blocks(self, first: int, n: int) -> np.ndarray:
+        """Blocks first .. first + n - 1, in the order they were added."""
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        return self._expand(*self._runs_of(first, n), n)
 
     def page_runs_cyclic(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The pages of ``slice_cyclic(start, n)`` as sorted (start, npages) runs, as
@@ -291,15 +306,7 @@ class HeldBlocks:
         block; and how many blocks that is."""
         if self.count == 0 or n <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-        start %= self.count
-        m = min(n, self.count)
-        end = start + m
-        if end <= self.count:
-            starts, counts = self._runs_of(start, m)
-        else:
-            s1, c1 = self._runs_of(start, self.count - start)
-            s2, c2 = self._runs_of(0, end - self.count)
-            starts, counts = np.concatenate((s1, s2)), np.concatenate((c1, c2))
+        starts, counts, m = self._cyclic_runs_of(start, n)
         npages = counts * self.step
         if len(starts) > 1:
             order = np.argsort(starts, kind="stable")
@@ -344,13 +351,7 @@ class HeldBlocks:
         around to the first after the last."""
         if self.count == 0 or n <= 0:
             return np.zeros(0, np.int64)
-        start %= self.count
-        end = start + min(n, self.count)
-        if end <= self.count:
-            return self._blocks(start, end - start)
-        return np.concatenate(
-            (self._blocks(start, self.count - start), self._blocks(0, end - self.count))
-        )
+        return self._expand(*self._cyclic_runs_of(start, n))
 
 
 def fault_in(guest, held: HeldBlocks, stats: WorkStats, order: int, mt: int, n: int, cpu: int = 0):
