@@ -13,11 +13,17 @@ then.
 :func:`lazy_copy` copies an array into such memory, skipping the pages that are
 all zero: an array restored from a checkpoint keeps the footprint it had.
 
+:func:`release_pages` gives pages of such an array back (``MADV_DONTNEED``): they
+read as zeros again and cost nothing until written. For rows whose contents no
+longer matter (an allocator's links of pages that left every list).
+
 Imports numpy only, so every layer may use it (a core model included).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 
 import numpy as np
@@ -65,3 +71,79 @@ def lazy_copy(src: np.ndarray, length: int | None = None) -> np.ndarray:
     flat_out[:whole].reshape(-1, page)[written] = chunks[written]
     flat_out[whole:] = flat_src[whole:]
     return out
+
+
+def _mapping(a: np.ndarray) -> mmap.mmap | None:
+    """The anonymous mapping :func:`zeroed` made for ``a`` (or a view of it), if any."""
+    owner = a.base
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    return owner if isinstance(owner, mmap.mmap) else None
+
+
+def _load_mincore():
+    """libc's mincore(2), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.mincore
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MINCORE = _load_mincore()
+
+
+def resident_pages(a: np.ndarray) -> np.ndarray | None:
+    """One byte per page of a :func:`zeroed` array's memory, nonzero where the page is
+    resident (mincore(2)); None for any other array, or where mincore is missing.
+    A page only read may count as resident (it maps the shared zero page)."""
+    if _MINCORE is None or _mapping(a) is None:
+        return None
+    page = mmap.PAGESIZE
+    addr = a.__array_interface__["data"][0]
+    if addr % page:
+        return None
+    out = np.zeros(-(-a.nbytes // page), dtype=np.uint8)
+    if _MINCORE(addr, a.nbytes, out.ctypes.data) != 0:
+        return None
+    return out & 1
+
+
+def release_pages(a: np.ndarray, first: np.ndarray, end: np.ndarray) -> int:
+    """Zero the pages [first[i], end[i]) of ``a``'s memory (pages of ``mmap.PAGESIZE``
+    bytes counted from its first byte) and give them back: a :func:`zeroed` array
+    returns them to the kernel (they read as zeros and cost nothing until written);
+    any other array is written with zeros. Returns the bytes zeroed.
+
+    ``a`` must be C-contiguous and start on a page boundary (as :func:`zeroed` memory
+    does) when it is mapped; the last page may be partial."""
+    if not a.flags.c_contiguous:
+        raise ValueError("release_pages: the array must be C-contiguous")
+    page = mmap.PAGESIZE
+    first = np.asarray(first, dtype=np.int64)
+    end = np.minimum(np.asarray(end, dtype=np.int64), -(-a.nbytes // page))
+    if len(first) and (int(first.min()) < 0 or bool((end < first).any())):
+        raise ValueError("release_pages: page ranges must be ascending and start at >= 0")
+    mm = _mapping(a)
+    flat = a.reshape(-1).view(np.uint8)
+    offset = 0
+    if mm is not None:
+        offset = a.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
+        if offset % page:
+            mm = None  # not page-aligned in its mapping: write zeros instead
+    done = 0
+    for lo, hi in zip(first.tolist(), end.tolist(), strict=True):
+        nbytes = min(hi * page, a.nbytes) - lo * page
+        if nbytes <= 0:
+            continue
+        if mm is not None:
+            mm.madvise(mmap.MADV_DONTNEED, offset + lo * page, nbytes)
+        else:
+            flat[lo * page : lo * page + nbytes] = 0
+        done += nbytes
+    return done

@@ -148,14 +148,17 @@ def apply(g: Guest, held: dict[int, list[int]], op: tuple) -> object:  # noqa: P
     errors=st.lists(st.sampled_from([0, 0, 0, 0, 5]), max_size=12),
     latency_ms=st.sampled_from([0, 0, 30, 2500]),
     ops=st.lists(op_strategy, min_size=10, max_size=60),
+    release_at=st.sampled_from([None, None, 1, 64]),
 )
 def test_fast_path_matches_reference(
-    shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops
+    shape, profile, shuffle, small_pcp, seed, errors, latency_ms, ops, release_at
 ):
     cfg = config_for(shape, profile, shuffle, small_pcp)
     recs = [RecordingReporter(errors=list(errors), latency_ns=latency_ms * MS_NS) for _ in range(2)]
     ref = Guest(0, cfg, seed, recs[0], fast=False, cost_port=recs[0])  # calls take latency_ns
     fast = Guest(0, cfg, seed, recs[1], fast=True, cost_port=recs[1])
+    if release_at is not None:  # links given back after every (or every 64th) page allocated
+        fast.allocator.link_release_at = release_at
     helds: list[dict[int, list[int]]] = [{}, {}]
     assert observe(fast, recs[1]) == observe(ref, recs[0]), "after boot"
     for step, op in enumerate(ops):

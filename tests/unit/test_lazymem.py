@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from services.lazymem import lazy_copy, zeroed
+from services.lazymem import lazy_copy, release_pages, resident_pages, zeroed
 
 PAGE = mmap.PAGESIZE
 
@@ -122,3 +122,57 @@ def test_out_of_mappings_falls_back_to_plain_zeros(monkeypatch):
     assert a.shape == (1 << 16, 2) and a.dtype == np.int32 and not a.any()
     a[5, 1] = 3
     assert int(a.sum()) == 3
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_released_pages_read_as_zeros_and_cost_nothing(mapped):
+    """A mapped array gives the pages back (pagemap shows them gone); a plain one is
+    written with zeros. Either way only the named pages change."""
+    shape = (50_001, 2)  # 400 KB: not a whole number of pages
+    a = zeroed(shape, np.int32) if mapped else np.zeros(shape, np.int32)
+    rows_per_page = PAGE // 8
+    a[:] = 7
+    assert rss_of(a) == -(-a.nbytes // PAGE) * PAGE or not mapped
+    pages = -(-a.nbytes // PAGE)
+    done = release_pages(a, np.array([2, 10, pages - 1]), np.array([5, 11, pages + 3]))
+    assert done == 4 * PAGE + (a.nbytes - (pages - 1) * PAGE)
+    resident = resident_pages(a)  # before reading: a page read maps the zero page
+    flat_pages = [a[p * rows_per_page : (p + 1) * rows_per_page] for p in range(pages)]
+    zero = {p for p in range(pages) if not flat_pages[p].any()}
+    assert zero == {2, 3, 4, 10, pages - 1}
+    assert all((flat_pages[p] == 7).all() for p in set(range(pages)) - zero)
+    if mapped:
+        assert rss_of(a) == (pages - 5) * PAGE
+        assert resident is not None and set(np.flatnonzero(resident == 0)) == zero
+    else:
+        assert resident is None
+
+
+def test_release_pages_refuses_backward_ranges():
+    a = zeroed(1 << 16, np.uint8)
+    with pytest.raises(ValueError, match="ascending"):
+        release_pages(a, np.array([3]), np.array([2]))
+
+
+def test_a_guest_holding_most_of_its_memory_keeps_few_pages_of_links():
+    """The allocator gives back the pages of its links no listed page uses once its
+    free memory has fallen far enough; what it does afterwards is what it did before
+    (the differential test holds the sweep to the reference allocator too)."""
+    from services.guest.core.buddy import BuddyAllocator
+    from services.guest.core.config import GuestConfig
+
+    cfg = GuestConfig(nr_pages=1 << 20)
+    kept, swept = BuddyAllocator(cfg), BuddyAllocator(cfg)
+    kept.link_release_at = 1 << 62  # never
+    held = [[a.alloc(0, 1, 4096) for _ in range(200)] for a in (kept, swept)]
+    assert np.array_equal(np.concatenate(held[0]), np.concatenate(held[1]))
+    assert swept.link_releases >= 8 and kept.link_releases == 0
+    assert rss_of(kept.lk) > 6 << 20  # the links of ~800k pages allocated
+    assert rss_of(swept.lk) < 1 << 20
+    for a, blocks in zip((kept, swept), held, strict=True):
+        for b in blocks[::2]:
+            a.free(b, 0)
+    assert kept.free_list(0, 0, 1) == swept.free_list(0, 0, 1) != []
+    assert kept.pcp_lists(0) == swept.pcp_lists(0)
+    assert np.array_equal(kept.alloc(0, 1, 50_000), swept.alloc(0, 1, 50_000))
+    assert np.array_equal(kept.pg, swept.pg)

@@ -208,6 +208,39 @@ def page_rows(pfns: np.ndarray, nr_pages: int) -> np.ndarray:
     return np.where((pfns & ROW_MASK) == 0, q, rest)
 
 
+@njit(inline="always")
+def _row_pfn(a, row):
+    """The pfn whose links are in row ``row`` of ``lk`` (``a``): ``_row``'s inverse."""
+    aligned = (a.shape[0] + ROW_MASK) >> ROW_SHIFT
+    if row < aligned:
+        return row << ROW_SHIFT
+    i = row - aligned
+    return i + i // ROW_MASK + 1
+
+
+@njit(_nrt=False)
+def k_listed_link_pages(lk, pg, rows_shift, resident, live):
+    """For every page p of ``lk``'s memory (``1 << rows_shift`` rows each) with
+    ``resident[p]`` set, set ``live[p]`` if it holds the links of a page on a list: a
+    buddy or pcp head, or a block isolated for a report (it goes back on a list).
+    Links are read only while their page is on a list, so the other pages of ``lk``
+    hold nothing that is read again. Returns the number of live pages."""
+    n = 0
+    nrows = lk.shape[0]
+    for p in range(resident.shape[0]):
+        if resident[p] == 0:
+            continue
+        r0 = p << rows_shift
+        r1 = min(nrows, r0 + (1 << rows_shift))
+        for r in range(r0, r1):
+            st = pg[_row_pfn(lk, r), FLG] & ST_MASK
+            if st == ST_BUDDY or st == ST_PCP or st == ST_ISOLATED:
+                live[p] = 1
+                n += 1
+                break
+    return n
+
+
 # ---------------------------------------------------------------- list primitives
 
 

@@ -17,11 +17,12 @@ at boot, so all of it is resident.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 
 import numpy as np
 
-from services.lazymem import lazy_copy, zeroed
+from services.lazymem import lazy_copy, release_pages, resident_pages, zeroed
 
 from . import _kernels as k
 from .config import GuestConfig
@@ -38,6 +39,11 @@ from .watermarks import guest_pcp_sizes, guest_watermarks, zone_ranges
 SHUFFLE_RETRY = 10  # SHUFFLE_RETRY in mm/shuffle.c: draws per position before giving up
 COIN_WORD_BITS = 64  # shuffle_pick_tail consumes one bit of a 64-bit random word per decision
 SCRATCH_BLOCKS = 1024  # pcp blocks taken before their buddy free (a ring in _bulk_free)
+# Once the guest's free memory has fallen this share of its pages (2**-N) below its
+# highest point since the last time, the pages of lk that hold no listed page's
+# links are given back (release_unlisted_links): a guest that holds most of its
+# memory keeps few pages of links, not the links of every page it ever allocated.
+LINK_RELEASE_SHIFT = 4
 assert SCRATCH_BLOCKS & (SCRATCH_BLOCKS - 1) == 0 and SCRATCH_BLOCKS > k.TAKE_AHEAD
 
 REPORT_LIST_END = k.REPORT_LIST_END
@@ -131,12 +137,38 @@ class BuddyAllocator:
         self.g[k.G_THP_ORDER] = -1 if thp is None or not c.pcp.enabled else thp
         self.g[k.G_FREE_HIGH_BATCH] = int(c.pcp.free_high_batch)
         self.coins = np.zeros(1, dtype=np.uint64)
+        # pages allocated, net of frees, since free memory was last at its highest
+        # (or links were last released), and the figure that releases them
+        self.alloc_drawdown = 0
+        self.link_release_at = max(1, nr_pages >> LINK_RELEASE_SHIFT)
+        self.link_releases = 0  # sweeps done (metadata: no result depends on it)
 
     def __setstate__(self, state: dict) -> None:
         """A restored allocator keeps the footprint it had (services.lazymem)."""
         self.__dict__.update(state)
         self.lk = lazy_copy(self.lk)
         self.pg = lazy_copy(self.pg)
+        if "alloc_drawdown" not in state:  # a checkpoint from before link releases
+            self.alloc_drawdown, self.link_releases = 0, 0
+            self.link_release_at = max(1, self.config.nr_pages >> LINK_RELEASE_SHIFT)
+
+    def release_unlisted_links(self) -> int:
+        """Give back every page of ``lk`` that holds no listed page's links (their rows
+        read as zeros afterwards; a page's links are written when it joins a list and
+        read only while it is on one, so nothing changes but the memory taken).
+        Returns the bytes released."""
+        rows_shift = (mmap.PAGESIZE // self.lk[0].nbytes).bit_length() - 1
+        nr_lk_pages = -(-self.lk.nbytes // mmap.PAGESIZE)
+        live = np.zeros(nr_lk_pages, dtype=np.uint8)
+        resident = resident_pages(self.lk)  # only those can hold anything to give back
+        if resident is None:
+            resident = np.ones(nr_lk_pages, dtype=np.uint8)
+        k.k_listed_link_pages(self.lk, self.pg, rows_shift, resident, live)
+        edges = np.flatnonzero(np.diff(np.concatenate(([1], live, [1])).astype(np.int8)))
+        first, end = edges[0::2], edges[1::2]  # runs of pages with no listed page's links
+        self.alloc_drawdown = 0
+        self.link_releases += 1
+        return release_pages(self.lk, first, end)
 
     def per_page_nbytes(self) -> int:
         """Bytes of every array indexed by pfn (or pageblock): the per-page state."""
@@ -230,6 +262,9 @@ class BuddyAllocator:
         out = np.empty(count, dtype=np.int64)
         self._ensure_coins_with_pcp(0)  # a failed block drains the pcp lists
         n = k.k_alloc(*self._pcp_kernel_args(), self.pcp_idx, order, mt, count, cpu, out)
+        self.alloc_drawdown += n << order
+        if self.alloc_drawdown >= self.link_release_at:
+            self.release_unlisted_links()
         return out[:n]
 
     def free(self, pfns: np.ndarray | Sequence[int], order: int, cpu: int = 0) -> None:
@@ -244,6 +279,7 @@ class BuddyAllocator:
             raise ValueError(f"free: pfn {int(arr[bad])} order {order}: {_CHECK_REASONS[code]}")
         self._ensure_coins_with_pcp(2 * arr.size)
         k.k_free(*self._pcp_kernel_args(), self.pcp_idx, arr, order, cpu)
+        self.alloc_drawdown = max(0, self.alloc_drawdown - (arr.size << order))
 
     def _pcp_kernel_args(self) -> tuple:
         """The state arrays every pcp-touching kernel takes first, in its order."""
