@@ -166,7 +166,7 @@ def test_a_guest_holding_most_of_its_memory_keeps_few_pages_of_links():
     kept.link_release_at = 1 << 62  # never
     held = [[a.alloc(0, 1, 4096) for _ in range(200)] for a in (kept, swept)]
     assert np.array_equal(np.concatenate(held[0]), np.concatenate(held[1]))
-    assert swept.link_releases >= 8 and kept.link_releases == 0
+    assert swept.link_releases >= 5 and kept.link_releases == 0
     assert rss_of(kept.lk) > 6 << 20  # the links of ~800k pages allocated
     assert rss_of(swept.lk) < 1 << 20
     for a, blocks in zip((kept, swept), held, strict=True):

@@ -43,7 +43,7 @@ SCRATCH_BLOCKS = 1024  # pcp blocks taken before their buddy free (a ring in _bu
 # highest point since the last time, the pages of lk that hold no listed page's
 # links are given back (release_unlisted_links): a guest that holds most of its
 # memory keeps few pages of links, not the links of every page it ever allocated.
-LINK_RELEASE_SHIFT = 4
+LINK_RELEASE_SHIFT = 3
 assert SCRATCH_BLOCKS & (SCRATCH_BLOCKS - 1) == 0 and SCRATCH_BLOCKS > k.TAKE_AHEAD
 
 REPORT_LIST_END = k.REPORT_LIST_END
