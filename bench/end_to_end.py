@@ -15,7 +15,11 @@ Targets: quickstart >= 50x real time; scale < 600 s and < 16 GiB; overhead
 is the slowdown of checkpointing every 60 simulated seconds (target < 10 %) and one
 checkpoint's size.
 
-    python bench/end_to_end.py --json [--only quickstart|pressure|scale] [--shards N] [--repeat N]
+The busy measurement (``--only busy``) runs the scale spec at 200 guests on 20 hosts
+twice, idle as it is and busy (its memhog grows to 80 % and keeps it), and prints
+the peak memory per guest of each and their ratio (target: busy <= 1.1x idle).
+
+    python bench/end_to_end.py --json [--only quickstart|pressure|scale|busy] [--shards N] [--repeat N]
         [--set KEY=VALUE ...] [--no-checkpoint-cost]
 """
 
@@ -162,10 +166,40 @@ def measure_scale(args: argparse.Namespace, backend: RayBackend) -> dict:
     return s
 
 
+# busy against idle guests (issue 16): the scale spec at 200 guests on 20 hosts, idle as
+# it is (bursts to 10 %), busy = the memhog grows to 80 % at once and keeps it
+BUSY_SCALE = ["guest_groups.0.count=200", "hosts.0.count=20", "checkpoint_interval=0s"]
+BUSY_HOLD = [
+    "guest_groups.0.workload.phases.0.target=0.8",
+    "guest_groups.0.workload.phases.0.rate=4GiB",
+    "guest_groups.0.workload.phases.2.target=0.8",
+]
+BUSY_TARGET = 1.10  # busy guests at most 10 % above idle ones, per guest all-in
+
+
+def measure_busy(args: argparse.Namespace, backend: RayBackend) -> dict:
+    """Peak memory per guest, all-in, of busy guests (holding 80 %) against idle ones."""
+    path = os.path.join(ROOT, "experiments/scale.yaml")
+    idle = measure(path, backend, args.shards, [*BUSY_SCALE, *args.set])
+    busy = measure(path, backend, args.shards, [*BUSY_SCALE, *BUSY_HOLD, *args.set])
+    out = {"overrides": BUSY_SCALE, "busy_overrides": BUSY_HOLD, "target_ratio": BUSY_TARGET}
+    for name, r in (("idle", idle), ("busy", busy)):
+        for key in ("wall_seconds", "peak_rss_mib_per_guest", "peak_pss_mib_per_guest"):
+            out[f"{name}_{key}"] = r[key]
+    out["busy_vs_idle_rss_ratio"] = round(
+        busy["peak_rss_mib_per_guest"] / idle["peak_rss_mib_per_guest"], 3
+    )
+    out["busy_vs_idle_pss_ratio"] = round(
+        busy["peak_pss_mib_per_guest"] / idle["peak_pss_mib_per_guest"], 3
+    )
+    out["met"] = out["busy_vs_idle_rss_ratio"] <= BUSY_TARGET
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
-    ap.add_argument("--only", choices=("quickstart", "scale", "pressure"), default=None)
+    ap.add_argument("--only", choices=("quickstart", "scale", "pressure", "busy"), default=None)
     ap.add_argument("--shards", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="quickstart runs; the median is reported")
     ap.add_argument(
@@ -226,10 +260,12 @@ def main() -> int:
             out["pressure"] = p
         if args.only in (None, "scale"):
             out["scale"] = measure_scale(args, backend)
+        if args.only in (None, "busy"):
+            out["busy"] = measure_busy(args, backend)
     finally:
         backend.close()
     for v in out.values():
-        if v.get("coordinator_transport_overhead_fraction") is not None:
+        if isinstance(v, dict) and v.get("coordinator_transport_overhead_fraction") is not None:
             v["overhead_target"] = 0.25
             v["overhead_met"] = v["coordinator_transport_overhead_fraction"] < 0.25
     print(json.dumps(out, indent=2, sort_keys=True))
