@@ -86,7 +86,7 @@ def _mapping(a: np.ndarray) -> mmap.mmap | None:
 def _load_mincore():
     """libc's mincore(2), or None where there is none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
         fn = libc.mincore
     except (OSError, AttributeError):
         return None
@@ -101,8 +101,9 @@ _MINCORE = _load_mincore()
 def resident_pages(a: np.ndarray) -> np.ndarray | None:
     """One byte per page of a :func:`zeroed` array's memory, nonzero where the page is
     resident (mincore(2)); None for any other array, or where mincore is missing.
-    A page only read may count as resident (it maps the shared zero page)."""
-    if _MINCORE is None or _mapping(a) is None:
+    A page only read may count as resident (it maps the shared zero page); a page
+    swapped out counts as not resident, though it holds data."""
+    if _MINCORE is None or not a.flags.c_contiguous or _mapping(a) is None:
         return None
     page = mmap.PAGESIZE
     addr = a.__array_interface__["data"][0]
@@ -116,12 +117,12 @@ def resident_pages(a: np.ndarray) -> np.ndarray | None:
 
 def release_pages(a: np.ndarray, first: np.ndarray, end: np.ndarray) -> int:
     """Zero the pages [first[i], end[i]) of ``a``'s memory (pages of ``mmap.PAGESIZE``
-    bytes counted from its first byte) and give them back: a :func:`zeroed` array
-    returns them to the kernel (they read as zeros and cost nothing until written);
-    any other array is written with zeros. Returns the bytes zeroed.
-
-    ``a`` must be C-contiguous and start on a page boundary (as :func:`zeroed` memory
-    does) when it is mapped; the last page may be partial."""
+    bytes counted from its first byte, the last one ending with ``a``) and give back
+    what can be: the whole pages of a :func:`zeroed` array go back to the kernel
+    (``MADV_DONTNEED``: they read as zeros and cost nothing until written). Elsewhere
+    (a partial last page, an array that is not such a mapping) only pages that hold a
+    nonzero byte are written with zeros, so memory never written stays untouched.
+    Returns the bytes that read as zeros afterwards."""
     if not a.flags.c_contiguous:
         raise ValueError("release_pages: the array must be C-contiguous")
     page = mmap.PAGESIZE
@@ -136,14 +137,17 @@ def release_pages(a: np.ndarray, first: np.ndarray, end: np.ndarray) -> int:
         offset = a.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
         if offset % page:
             mm = None  # not page-aligned in its mapping: write zeros instead
+    whole_pages = a.nbytes // page  # pages that end inside the array
     done = 0
     for lo, hi in zip(first.tolist(), end.tolist(), strict=True):
-        nbytes = min(hi * page, a.nbytes) - lo * page
-        if nbytes <= 0:
+        if hi <= lo:
             continue
-        if mm is not None:
-            mm.madvise(mmap.MADV_DONTNEED, offset + lo * page, nbytes)
-        else:
-            flat[lo * page : lo * page + nbytes] = 0
-        done += nbytes
+        advised = min(hi, whole_pages) if mm is not None else lo
+        if advised > lo:
+            mm.madvise(mmap.MADV_DONTNEED, offset + lo * page, (advised - lo) * page)
+        for p in range(advised, hi):  # the rest: zero only what is not zero already
+            chunk = flat[p * page : min((p + 1) * page, a.nbytes)]
+            if chunk.any():
+                chunk[:] = 0
+        done += min(hi * page, a.nbytes) - lo * page
     return done

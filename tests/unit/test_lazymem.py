@@ -126,14 +126,14 @@ def test_out_of_mappings_falls_back_to_plain_zeros(monkeypatch):
 
 @pytest.mark.parametrize("mapped", [True, False])
 def test_released_pages_read_as_zeros_and_cost_nothing(mapped):
-    """A mapped array gives the pages back (pagemap shows them gone); a plain one is
-    written with zeros. Either way only the named pages change."""
+    """A mapped array gives its whole pages back (pagemap shows them gone); a partial
+    last page, and a plain array, are written with zeros. Only the named pages change."""
     shape = (50_001, 2)  # 400 KB: not a whole number of pages
     a = zeroed(shape, np.int32) if mapped else np.zeros(shape, np.int32)
     rows_per_page = PAGE // 8
     a[:] = 7
-    assert rss_of(a) == -(-a.nbytes // PAGE) * PAGE or not mapped
     pages = -(-a.nbytes // PAGE)
+    assert a.nbytes % PAGE and (rss_of(a) == pages * PAGE or not mapped)
     done = release_pages(a, np.array([2, 10, pages - 1]), np.array([5, 11, pages + 3]))
     assert done == 4 * PAGE + (a.nbytes - (pages - 1) * PAGE)
     resident = resident_pages(a)  # before reading: a page read maps the zero page
@@ -141,11 +141,48 @@ def test_released_pages_read_as_zeros_and_cost_nothing(mapped):
     zero = {p for p in range(pages) if not flat_pages[p].any()}
     assert zero == {2, 3, 4, 10, pages - 1}
     assert all((flat_pages[p] == 7).all() for p in set(range(pages)) - zero)
-    if mapped:
-        assert rss_of(a) == (pages - 5) * PAGE
-        assert resident is not None and set(np.flatnonzero(resident == 0)) == zero
+    if mapped:  # the partial last page is written, not given back (it is not all a's)
+        assert rss_of(a) == (pages - 4) * PAGE
+        assert resident is not None and set(np.flatnonzero(resident == 0)) == {2, 3, 4, 10}
     else:
         assert resident is None
+
+
+def test_releasing_pages_never_written_leaves_them_unwritten():
+    """Where pages cannot be given back they are zeroed only if they hold data: a
+    release must not make never-written memory resident."""
+    a = zeroed(1 << 21, np.uint8)[: (1 << 21) - 100]  # a view: its last page is partial
+    a[5 * PAGE] = 1
+    b = np.zeros(1 << 21, np.uint8)
+    b[5 * PAGE] = 1
+    before = rss_of(b)
+    for x in (a, b):
+        release_pages(x, np.array([0]), np.array([1 << 21]))
+        assert not x.any()
+    assert rss_of(a) == 0 and rss_of(b) <= before
+
+
+def test_a_swapped_out_page_of_links_is_never_given_back(monkeypatch):
+    """mincore says "not resident" of a page swapped out as of one never written: the
+    sweep leaves such pages alone, so links swapped out survive it."""
+    from services.guest.core import buddy
+    from services.guest.core.config import GuestConfig
+
+    a = buddy.BuddyAllocator(GuestConfig(nr_pages=1 << 18))
+    a.link_release_at = 1 << 62
+    held = a.alloc(0, 1, 150_000)
+    a.free(held[::3], 0)
+    lk, lists, pcp = a.lk.copy(), a.free_list(0, 0, 1), a.pcp_lists(0)
+    assert lists and any(pcp)
+    monkeypatch.setattr(
+        buddy, "resident_pages", lambda arr: np.zeros(-(-arr.nbytes // PAGE), np.uint8)
+    )
+    a.release_unlisted_links()
+    assert np.array_equal(a.lk, lk)
+    monkeypatch.undo()
+    a.release_unlisted_links()  # with mincore: the dead pages go
+    assert not np.array_equal(a.lk, lk)
+    assert a.free_list(0, 0, 1) == lists and a.pcp_lists(0) == pcp
 
 
 def test_release_pages_refuses_backward_ranges():

@@ -218,17 +218,21 @@ def _row_pfn(a, row):
     return i + i // ROW_MASK + 1
 
 
-@njit(_nrt=False)
+@njit(cache=True, _nrt=False)
 def k_listed_link_pages(lk, pg, rows_shift, resident, live):
-    """For every page p of ``lk``'s memory (``1 << rows_shift`` rows each) with
-    ``resident[p]`` set, set ``live[p]`` if it holds the links of a page on a list: a
-    buddy or pcp head, or a block isolated for a report (it goes back on a list).
-    Links are read only while their page is on a list, so the other pages of ``lk``
-    hold nothing that is read again. Returns the number of live pages."""
+    """Set ``live[p]`` for every page p of ``lk``'s memory (``1 << rows_shift`` rows
+    each) that may hold the links of a page on a list: a buddy or pcp head, or a block
+    isolated for a report (it goes back on a list). Links are read only while their
+    page is on a list, so the other pages of ``lk`` hold nothing that is read again.
+    Pages with ``resident[p]`` clear are not scanned and count as live: mincore says
+    the same of a page never written and of one swapped out, which may hold links.
+    Returns the number of live pages."""
     n = 0
     nrows = lk.shape[0]
     for p in range(resident.shape[0]):
         if resident[p] == 0:
+            live[p] = 1
+            n += 1
             continue
         r0 = p << rows_shift
         r1 = min(nrows, r0 + (1 << rows_shift))

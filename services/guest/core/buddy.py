@@ -160,7 +160,7 @@ class BuddyAllocator:
         rows_shift = (mmap.PAGESIZE // self.lk[0].nbytes).bit_length() - 1
         nr_lk_pages = -(-self.lk.nbytes // mmap.PAGESIZE)
         live = np.zeros(nr_lk_pages, dtype=np.uint8)
-        resident = resident_pages(self.lk)  # only those can hold anything to give back
+        resident = resident_pages(self.lk)  # the others are not scanned (and not given back)
         if resident is None:
             resident = np.ones(nr_lk_pages, dtype=np.uint8)
         k.k_listed_link_pages(self.lk, self.pg, rows_shift, resident, live)
