@@ -265,7 +265,7 @@ def main() -> int:
     finally:
         backend.close()
     for v in out.values():
-        if isinstance(v, dict) and v.get("coordinator_transport_overhead_fraction") is not None:
+        if v.get("coordinator_transport_overhead_fraction") is not None:
             v["overhead_target"] = 0.25
             v["overhead_met"] = v["coordinator_transport_overhead_fraction"] < 0.25
     print(json.dumps(out, indent=2, sort_keys=True))

@@ -11,7 +11,8 @@ Per-page state is 10 bytes: int32 [next, prev] links and uint8 [order, flags]; p
 one int8 migratetype per pageblock. Page pfn's links are in row ``k.page_rows(pfn)``
 of ``lk`` (aligned pfns first). Both arrays are allocated zeroed (services.lazymem) and
 never filled, so only the pages of them that are written become resident: for ``lk``,
-the links of pages that have been on a list; ``pg`` is written at every max-order head
+the links of pages that have been on a list (given back once none of a page's rows is
+listed: ``release_unlisted_links``); ``pg`` is written at every max-order head
 at boot, so all of it is resident.
 """
 
