@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="check a spec; print every error with its field path (--explain: the fields)",
     )
-    p.add_argument("spec", nargs="?", help="the spec file (not needed with --explain)")
+    p.add_argument(
+        "spec",
+        nargs="*",
+        help="the spec file(s) (not needed with --explain); with several, each is checked "
+        "and the exit status is 2 if any is refused",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     p.add_argument(
         "--explain",
@@ -177,16 +182,31 @@ def cmd_validate(args) -> int:
         except ValueError as e:
             raise SpecError([("--explain", str(e).removeprefix("--explain: "))]) from None
         return 0
-    if args.spec is None:
+    if not args.spec:
         raise SpecError([("spec", "give a spec file (or --explain to list the fields)")])
-    spec = load_spec(args.spec, args.overrides)
+    if len(args.spec) == 1:
+        _validate_one(args.spec[0], args.overrides)
+        return 0
+    refused = 0
+    for path in args.spec:  # each file's errors under its name; one process for all
+        try:
+            _validate_one(path, args.overrides)
+        except SpecError as e:
+            refused += 1
+            print(f"{path}: refused", file=sys.stderr)
+            for field, msg in e.errors:
+                print(f"error: {field}: {msg}", file=sys.stderr)
+    return 2 if refused else 0
+
+
+def _validate_one(path: str, overrides: list[str]) -> None:
+    spec = load_spec(path, overrides)
     from .plan import make_plan
 
     plan = make_plan(spec, "validate", 1)
     hosts, guests = plan.hosts, plan.guests
-    print(f"{args.spec}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
+    print(f"{path}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
     _print_warnings(spec, plan)
-    return 0
 
 
 def _print_warnings(spec, plan=None) -> None:

@@ -4,6 +4,9 @@ sends one, checks the refusal codes, the state digest and that the server still 
 
 from __future__ import annotations
 
+import functools
+from typing import ClassVar
+
 import grpc
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -90,9 +93,12 @@ def _field(field: FieldDescriptor, depth: int, experiment: str) -> st.SearchStra
     )
 
 
+@functools.cache
 def message(descriptor, depth: int = 0, experiment: str = EXPERIMENT) -> st.SearchStrategy:
     """A dict of a random subset of the message's fields, each hostile (a Struct field is
-    left to the caller: it takes JSON, not fields)."""
+    left to the caller: it takes JSON, not fields). Built once per message type: a
+    strategy built afresh for every example made Hypothesis spend most of a fuzz test's
+    time computing the new strategy's properties, not sending requests."""
     fields = {
         f.name: _field(f, depth, experiment)
         for f in descriptor.fields
@@ -114,6 +120,9 @@ class FuzzTarget:
 
     stub: object
     timeout_s: float = 5.0
+    # shorter deadlines for calls that only read: a read that waits (a sample not yet
+    # taken) ends in DEADLINE_EXCEEDED, and may do so early, since it changes nothing
+    read_timeouts: ClassVar[dict[str, float]] = {}
 
     def __init__(self) -> None:
         self.calls = self.refused = 0
@@ -128,7 +137,7 @@ class FuzzTarget:
         before = self.digest()
         self.calls += 1
         try:
-            getattr(self.stub, rpc)(request, timeout=self.timeout_s)
+            getattr(self.stub, rpc)(request, timeout=self.read_timeouts.get(rpc, self.timeout_s))
         except grpc.RpcError as err:
             assert err.code() in REFUSALS, (rpc, err.code(), err.details(), request)
             assert self.digest() == before, (rpc, "a refused request changed the state", request)

@@ -54,11 +54,26 @@ def test_validate_lists_every_error_with_its_path_and_exits_2(tmp_path):
 
 
 def test_validate_accepts_the_shipped_specs():
-    for name in sorted(os.listdir(os.path.join(ROOT, "experiments"))):
-        if name.endswith(".yaml"):
-            r = overcommit("validate", os.path.join("experiments", name))
-            assert r.returncode == 0, r.stderr
-            assert "ok" in r.stdout
+    names = sorted(n for n in os.listdir(os.path.join(ROOT, "experiments")) if n.endswith(".yaml"))
+    assert len(names) >= 5
+    r = overcommit("validate", *(os.path.join("experiments", n) for n in names))
+    assert r.returncode == 0, r.stderr
+    ok = [line.split(":")[0] for line in r.stdout.splitlines() if ": ok (" in line]
+    assert ok == [os.path.join("experiments", n) for n in names]
+
+
+def test_validate_checks_every_spec_given_and_names_each_refused_one(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("duration: 12s", "duration: -1s"))
+    good = tmp_path / "good.yaml"
+    good.write_text(TINY)
+    r = overcommit("validate", str(bad), str(good), str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2
+    assert f"{good}: ok (" in r.stdout
+    err = r.stderr.splitlines()
+    assert f"{bad}: refused" in err and f"{tmp_path / 'missing.yaml'}: refused" in err
+    assert any(line.startswith("error: duration:") for line in err)
+    assert "Traceback" not in r.stderr
 
 
 def test_missing_spec_is_one_line_error(tmp_path):
