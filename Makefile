@@ -35,10 +35,14 @@ run: $(STAMP) $(CACHE_STAMP)
 # Tests that start a Ray cluster run in a pytest process of their own: Ray starts its
 # daemons with a Python preexec_fn after fork(), which can deadlock in a process that
 # already runs other tests' gRPC threads (the raylet then never starts).
+# The tests that start no Ray run on TEST_WORKERS processes (pytest-xdist), each test
+# file in one of them (--dist loadfile: module fixtures and file order kept); the Ray
+# tests run after them, alone, since their cluster takes the machine's cores.
+TEST_WORKERS ?= $(shell $(PY) -c "import os; print(min(4, os.cpu_count() or 1))")
 test: $(STAMP) $(CACHE_STAMP)
 	@bash scripts/ensure_prometheus.sh
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(BIN)/python -m tests.fuzz.atheris_grpc -runs=$(FUZZ_RUNS) -seed=1 -rss_limit_mb=4096 -artifact_prefix=/tmp/overcommit-fuzz-
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray $(PYTEST_ARGS)
 
