@@ -470,10 +470,10 @@ def _free_pages_bulk(lk, pg, pbmt, fl, nr_free, zone, g, coins, blocks, n, cache
     the one cached in the block's flags (cached_mt) or the pageblock's."""
     pb = g[G_PB_ORDER]
     max_order = g[G_MAX_ORDER]
-    for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
+    for j in range(-PREFETCH_STAGE0, n):  # j < 0: fill the pipeline (one inlined site)
         _prefetch_frees(lk, pg, max_order, blocks, j, n, -1, NO_MASK)
-    for j in range(n):
-        _prefetch_frees(lk, pg, max_order, blocks, j, n, -1, NO_MASK)
+        if j < 0:
+            continue
         pfn = blocks[j]
         order = np.int64(pg[pfn, ORD])
         mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
@@ -569,21 +569,20 @@ def _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc,
         count -= size
         scratch[taken & mask] = pfn
         taken += 1
-    for j in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
-        _prefetch_frees(lk, pg, max_order, scratch, j, taken, -1, mask)
-    j = 0
+    j = -PREFETCH_STAGE0  # j < 0: fill the pipeline (one inlined site of each helper)
     while j < taken:
-        if count > 0:
+        if j >= 0 and count > 0:
             li = _next_pcp_list(pcs, zc, li, nl)
             pfn, size = _take_tail(lk, pg, pcp, pcs, g, zc, li)
             count -= size
             scratch[taken & mask] = pfn
             taken += 1
         _prefetch_frees(lk, pg, max_order, scratch, j, taken, -1, mask)
-        pfn = scratch[j & mask]
-        order = np.int64(pg[pfn, ORD])
-        mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
-        _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
+        if j >= 0:
+            pfn = scratch[j & mask]
+            order = np.int64(pg[pfn, ORD])
+            mt = _list_mt(pg, pfn) if cached_mt else np.int64(pbmt[pfn >> pb])
+            _free_one(lk, pg, pbmt, fl, nr_free, zone, g, coins, pfn, order, mt, False, True)
         j += 1
 
 
@@ -591,7 +590,10 @@ def _bulk_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc,
 def _bulk_free_57(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, zc, count):
     """5.7 free_pcppages_bulk: the cursor starts before list 0 every call and moves first
     (MOVABLE is visited first); batch_free grows per list visited, empty ones included,
-    and shrinks per page; at batch_free == 3 the only non-empty list gives up the rest."""
+    and shrinks per page; at batch_free == 3 the only non-empty list gives up the rest.
+    Taken blocks are buddy-freed whenever scratch is full and at the end, from one call
+    site of the inlined free (each site is compiled in full); the buddy frees never touch
+    a pcp list, so when they run does not change what is taken."""
     count = min(count, pcs[zc, P_COUNT])
     li = 0
     batch_free = 0
@@ -611,16 +613,15 @@ def _bulk_free_57(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, 
             pfn, _ = _take_tail(lk, pg, pcp, pcs, g, zc, li)
             scratch[taken] = pfn
             taken += 1
-            if taken == cap:
+            count -= 1
+            if taken == cap or count == 0:
                 _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
                 taken = 0
-            count -= 1
             if count == 0:
                 break
             batch_free -= 1
             if batch_free == 0 or not (pcs[zc, P_MASK] >> li) & 1:
                 break
-    _flush(lk, pg, pbmt, fl, nr_free, zone, g, coins, scratch, taken)
 
 
 @njit(_nrt=False)
@@ -737,12 +738,12 @@ def k_free(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch, pcp_idx
     ncpu = g[G_NCPU]
     n = pfns.shape[0]
     max_order = g[G_MAX_ORDER]
-    if not pcp_order:
-        for i in range(-PREFETCH_STAGE0, 0):  # fill the pipeline
-            _prefetch_frees(lk, pg, max_order, pfns, i, n, order, NO_MASK)
-    for i in range(n):
+    # i < 0: fill the buddy frees' pipeline (one inlined site of it)
+    for i in range(0 if pcp_order else -PREFETCH_STAGE0, n):
         if not pcp_order:
             _prefetch_frees(lk, pg, max_order, pfns, i, n, order, NO_MASK)
+            if i < 0:
+                continue
         elif i + PREFETCH_DISTANCE < n:
             _prefetch(lk, _row(lk, pfns[i + PREFETCH_DISTANCE]))
             _prefetch(pg, pfns[i + PREFETCH_DISTANCE])
@@ -1207,16 +1208,16 @@ def _alloc_one(
 
 @njit(inline="always")
 def _alloc_walks(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu):
-    """With two zones the walk is first done under ALLOC_NOFRAGMENT, then without (§3.3)."""
-    two_walks = g[G_NR_ZONES] > 1
-    pfn = _alloc_one(
-        lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, two_walks
-    )
-    if pfn == NIL and two_walks:
+    """With two zones the walk is first done under ALLOC_NOFRAGMENT, then without (§3.3).
+    (One call site of the inlined walk, in a loop: each site is compiled in full.)"""
+    nofrag = g[G_NR_ZONES] > 1
+    while True:
         pfn = _alloc_one(
-            lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, False
+            lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu, nofrag
         )
-    return pfn
+        if pfn != NIL or not nofrag:
+            return pfn
+        nofrag = False
 
 
 @njit(inline="always")
@@ -1324,22 +1325,24 @@ def k_alloc(
             )
             if n >= count:
                 break
-        if pfn == GO_GENERIC:
+        # the walks, and after a failure (theirs or the direct path's) one drain of every
+        # pcp list and the walks once more; one call site of the inlined walks, since
+        # each site is compiled in full
+        retried = False
+        while pfn == GO_GENERIC or (pfn == NIL and not retried):
+            if pfn == NIL:
+                retried = True
+                pcp_pages = 0
+                for i in range(pcs.shape[0]):
+                    pcp_pages += pcs[i, P_COUNT]
+                if pcp_pages == 0:
+                    break
+                _drain_all(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch)
             pfn = _alloc_walks(
                 lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu
             )
         if pfn == NIL:
-            pcp_pages = 0
-            for i in range(pcs.shape[0]):
-                pcp_pages += pcs[i, P_COUNT]
-            if pcp_pages == 0:
-                break
-            _drain_all(lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, coins, scratch)
-            pfn = _alloc_walks(
-                lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, pcp_idx, order, mt, pcp_ok, cpu
-            )
-            if pfn == NIL:
-                break
+            break
         _set_head(pg, pfn, order, ST_ALLOC, mt)
         out[n] = pfn
         n += 1
