@@ -329,6 +329,11 @@ def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
                 for _ in range(2)
             ]
             codes = []
+            # both are in once the server streams them (a bound, not a timing claim)
+            assert wait_until(lambda: manager.active_streams == 2), (
+                manager.active_streams,
+                [(c.code(), c.details()) for c in busy if c.done()],
+            )
 
             def third_call_refused() -> bool:  # once both slow calls are in, a third is refused
                 try:
@@ -338,7 +343,10 @@ def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
                     codes.append(e.code())
                 return codes[-1] == CODE.RESOURCE_EXHAUSTED
 
-            assert wait_until(third_call_refused), codes
+            assert wait_until(third_call_refused), (
+                codes[-3:],
+                [(c.code(), c.details()) for c in busy if c.done()],  # slow calls that ended
+            )
             assert set(codes) <= {CODE.OK, CODE.RESOURCE_EXHAUSTED}
             for call in busy:  # once they end, calls are served again
                 call.cancel()
