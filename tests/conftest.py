@@ -12,11 +12,7 @@ def numba_kernels_loaded() -> None:
     never waits for a kernel to compile inside that deadline: with the tests spread over
     processes (make test), whichever test a process runs first would otherwise pay for
     minutes of compiling, and whether that test has a deadline would be chance."""
-    from services.guest.core.config import PROFILES, GuestConfig
-    from services.guest.core.guest import warm_up as guest_warm_up
-    from services.host.core.config import HostConfig, SwapConfig
-    from services.host.core.host import warm_up as host_warm_up
+    from services.guest.core.constants import PROFILES
+    from services.sim.warm import warm_up_kernels
 
-    host_warm_up(HostConfig(memory_bytes=1 << 30, swap=SwapConfig(capacity_bytes=1 << 30)))
-    for profile in PROFILES:
-        guest_warm_up(GuestConfig(nr_pages=1 << 16, profile=profile))
+    warm_up_kernels(PROFILES)

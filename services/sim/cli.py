@@ -194,8 +194,7 @@ def cmd_validate(args) -> int:
         except SpecError as e:
             refused += 1
             print(f"{path}: refused", file=sys.stderr)
-            for field, msg in e.errors:
-                print(f"error: {field}: {msg}", file=sys.stderr)
+            _print_spec_errors(e)
     return 2 if refused else 0
 
 
@@ -207,6 +206,11 @@ def _validate_one(path: str, overrides: list[str]) -> None:
     hosts, guests = plan.hosts, plan.guests
     print(f"{path}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
     _print_warnings(spec, plan)
+
+
+def _print_spec_errors(e: SpecError) -> None:
+    for path, msg in e.errors:
+        print(f"error: {path}: {msg}", file=sys.stderr)
 
 
 def _print_warnings(spec, plan=None) -> None:
@@ -409,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         if args.debug:
             raise
-        for path, msg in e.errors:
-            print(f"error: {path}: {msg}", file=sys.stderr)
+        _print_spec_errors(e)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -548,13 +548,9 @@ def serve(settings: ServeSettings) -> int:
         out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir, metrics=st.metrics
     )
     if st.transport == "inprocess":  # compile the kernels now, not in a client's first call
-        from services.guest.core.config import GuestConfig
-        from services.guest.core.guest import warm_up as guest_warm_up
-        from services.host.core.config import HostConfig, SwapConfig
-        from services.host.core.host import warm_up as host_warm_up
+        from .warm import warm_up_kernels
 
-        host_warm_up(HostConfig(memory_bytes=1 << 30, swap=SwapConfig(capacity_bytes=1 << 30)))
-        guest_warm_up(GuestConfig(nr_pages=1 << 16))
+        warm_up_kernels()
     server = start_experiment_server(manager, options, tokens=tokens)
     print(
         f"ExperimentService on {server.address}"
