@@ -4,8 +4,9 @@
   for runs logged in op order) against a dictionary grouping;
 * the swap-out log turned into runs by a numba kernel against the numpy code it
   replaced (np.unique, then per-guest runs);
-* the shard's kept next events (``GuestShard._wake``) against asking every guest and
-  workload afresh, epoch after epoch, on a real shard with scripted workloads.
+* the shard's kept next events (``GuestShard._wake``) and its next active step (which
+  stops at the first guest that acts in it) against asking every guest and workload
+  afresh, epoch after epoch, on a real shard with scripted workloads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.guest.shard import GuestShard
-from services.host.apply import _groups_by_seq
+from services.host.apply import SMALL_GROUPING, _groups_by_seq
 from services.host.core.pagestate import GK_MASK, GK_PAGES, RES_MASK, RES_SWAPPED
 from services.host.core.swap import log_runs_kernel
 from services.sim.plan import make_plan
@@ -36,7 +37,8 @@ def _reference_groups(op_seqs: np.ndarray) -> list[tuple[int, list[int]]]:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.integers(1, 6), max_size=40),
+    # up to SMALL_GROUPING runs are grouped in plain Python, more with numpy
+    st.lists(st.integers(1, 6), max_size=2 * SMALL_GROUPING),
     st.booleans(),
 )
 def test_touch_groups_match_a_dictionary_grouping(seqs: list[int], ordered: bool) -> None:
@@ -101,6 +103,17 @@ def _asked_every_time_next_event_ns(self) -> int | None:
     return min(events) if events else None
 
 
+def _asked_every_time_next_active(self, t0_ns: int, j: int, steps: int, step_ns: int) -> int:
+    """GuestShard._next_active as it was before it stopped at the first guest that acts
+    in the next step: the earliest event of every guest."""
+    if j + 1 >= steps:
+        return steps
+    nxt = self.next_event_ns()
+    if nxt is None:
+        return steps
+    return min(steps, max(j + 1, (nxt - t0_ns) // step_ns))
+
+
 def _asked_every_time_idle(self, s, t0_ns: int, t1_ns: int) -> bool:
     """GuestShard._idle as it was before answers were kept."""
     if s.stopped:
@@ -124,6 +137,7 @@ def test_kept_next_events_change_nothing(name: str, monkeypatch, tmp_path) -> No
     it), so only the asking run is made and held to those files."""
     monkeypatch.setattr(GuestShard, "next_event_ns", _asked_every_time_next_event_ns)
     monkeypatch.setattr(GuestShard, "_idle", _asked_every_time_idle)
+    monkeypatch.setattr(GuestShard, "_next_active", _asked_every_time_next_active)
     if name in SPECS:
         assert golden_outputs(name, str(tmp_path / "asked")) == expected(name)
         return
@@ -191,4 +205,12 @@ def test_kept_next_events_agree_with_asking_afresh_after_every_epoch(name: str) 
                 None if fresh is None else max(fresh, now)
             ), (name, k, s.init.guest_id)
             compared += 1
+        # the next step in which a guest acts, for steps of 1 and of 4 epochs just run
+        for step_ns in (epoch_ns, 4 * epoch_ns):
+            for s in shard.slots.values():  # as asked afresh, and then as kept
+                s.wake_known = False
+            fresh_step = _asked_every_time_next_active(shard, now - step_ns, 0, 20, step_ns)
+            for s in shard.slots.values():
+                s.wake_known = False
+            assert shard._next_active(now - step_ns, 0, 20, step_ns) == fresh_step, (name, k)
     assert compared > 0

@@ -17,7 +17,17 @@ from services.host.core.config import (
     HostConfig,
     SwapConfig,
 )
+from services.host.core.counters import price_touch
 from services.host.core.host import Host
+from services.host.core.pagestate import (
+    EV_FAULT_4K,
+    EV_FAULT_HUGE,
+    EV_RECLAIM_DISK,
+    EV_RECLAIM_ZSWAP,
+    EV_SWAPIN_DISK,
+    EV_SWAPIN_ZSWAP,
+    NEV,
+)
 from services.sim.plan import report_cost, touch_cost
 
 NR = 4096  # 16 MiB guest: 8 granules of 2 MiB
@@ -106,3 +116,47 @@ def test_a_reported_block_that_was_swapped_is_priced_as_a_fault(mode, thp):
     port.discard_view(view, pfns, orders)
     price = port.price_touch(view.touch([swapped], [512]))
     assert price == host.apply_touch(1, np.array([swapped]), np.array([512])).total_lost_ns
+
+
+def _priced_in_full(cm, ev: list[int], gran_pages: int) -> dict[str, int]:
+    """price_touch without its shortcut for batches that faulted, swapped and reclaimed
+    nothing: every cost function asked."""
+    from services.host.core import costs
+    from services.host.core.swap import swapin_cost_ns, swapout_cost_ns
+
+    huge = ev[EV_FAULT_HUGE]
+    if gran_pages == costs.HUGE_1G_BYTES // costs.PAGE_SIZE:
+        zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge)
+    else:
+        zero = costs.zero_ns(cm, ev[EV_FAULT_4K], huge)
+    swapin, decompress = swapin_cost_ns(cm, ev[EV_SWAPIN_DISK], ev[EV_SWAPIN_ZSWAP])
+    return {
+        "fault": costs.host_fault_ns(cm, ev[EV_FAULT_4K], huge),
+        "zero": zero,
+        "swapin": swapin,
+        "decompress": decompress,
+        "reclaim": swapout_cost_ns(cm, ev[EV_RECLAIM_DISK], ev[EV_RECLAIM_ZSWAP]),
+    }
+
+
+PRICED = (
+    EV_FAULT_4K,
+    EV_FAULT_HUGE,
+    EV_SWAPIN_DISK,
+    EV_SWAPIN_ZSWAP,
+    EV_RECLAIM_DISK,
+    EV_RECLAIM_ZSWAP,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 3) | st.integers(0, 1 << 20), min_size=NEV, max_size=NEV),
+    priced=st.sets(st.sampled_from(PRICED)),
+    gran_pages=st.sampled_from([1, 512, 1 << 18]),
+)
+def test_touch_price_equals_every_cost_function(counts, priced, gran_pages) -> None:
+    """The shortcut for batches of resident pages gives what the cost functions give."""
+    ev = [c if (k in priced or k not in PRICED) else 0 for k, c in enumerate(counts)]
+    cm = HostConfig(memory_bytes=1 << 30).costs
+    assert price_touch(cm, ev, gran_pages) == _priced_in_full(cm, ev, gran_pages)

@@ -68,9 +68,22 @@ def new_guest_counters() -> dict[str, int]:
     return dict.fromkeys(GUEST_EVENT_COUNTERS, 0)
 
 
+_NOTHING_LOST = {"fault": 0, "zero": 0, "swapin": 0, "decompress": 0, "reclaim": 0}
+_LOST_COUNTER = {kind: f"lost_{kind}_ns" for kind in LOST_KINDS}  # add_touch, once per call
+
+
 def price_touch(cm: costs.CostModel, ev: list[int], gran_pages: int) -> dict[str, int]:
     """Simulated time a guest lost to one batch of touches, per kind in LOST_KINDS."""
     huge = ev[EV_FAULT_HUGE]
+    if not (
+        huge
+        or ev[EV_FAULT_4K]
+        or ev[EV_SWAPIN_DISK]
+        or ev[EV_SWAPIN_ZSWAP]
+        or ev[EV_RECLAIM_DISK]
+        or ev[EV_RECLAIM_ZSWAP]
+    ):  # touches of resident pages only (most batches): every cost below is 0 at 0
+        return dict(_NOTHING_LOST)
     if gran_pages == costs.HUGE_1G_BYTES // PAGE_SIZE:
         zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge)
     else:
@@ -103,7 +116,7 @@ def add_touch(
     c["zeroed_bytes"] += zeroed
     c["direct_reclaim_pages"] += ev[EV_RECLAIM_DISK] + ev[EV_RECLAIM_ZSWAP] + ev[EV_RECLAIM_LAZY]
     for kind, ns in lost.items():
-        c[f"lost_{kind}_ns"] += ns
+        c[_LOST_COUNTER[kind]] += ns
 
 
 def guest_view(gstat_row, counters: dict[str, int], nr_pages: int, stopped: bool) -> dict[str, int]:
