@@ -17,7 +17,7 @@ from services.host.core.config import (
     HostConfig,
     SwapConfig,
 )
-from services.host.core.counters import price_touch
+from services.host.core.counters import price_touch, price_touch_in_full
 from services.host.core.host import Host
 from services.host.core.pagestate import (
     EV_FAULT_4K,
@@ -118,27 +118,6 @@ def test_a_reported_block_that_was_swapped_is_priced_as_a_fault(mode, thp):
     assert price == host.apply_touch(1, np.array([swapped]), np.array([512])).total_lost_ns
 
 
-def _priced_in_full(cm, ev: list[int], gran_pages: int) -> dict[str, int]:
-    """price_touch without its shortcut for batches that faulted, swapped and reclaimed
-    nothing: every cost function asked."""
-    from services.host.core import costs
-    from services.host.core.swap import swapin_cost_ns, swapout_cost_ns
-
-    huge = ev[EV_FAULT_HUGE]
-    if gran_pages == costs.HUGE_1G_BYTES // costs.PAGE_SIZE:
-        zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge)
-    else:
-        zero = costs.zero_ns(cm, ev[EV_FAULT_4K], huge)
-    swapin, decompress = swapin_cost_ns(cm, ev[EV_SWAPIN_DISK], ev[EV_SWAPIN_ZSWAP])
-    return {
-        "fault": costs.host_fault_ns(cm, ev[EV_FAULT_4K], huge),
-        "zero": zero,
-        "swapin": swapin,
-        "decompress": decompress,
-        "reclaim": swapout_cost_ns(cm, ev[EV_RECLAIM_DISK], ev[EV_RECLAIM_ZSWAP]),
-    }
-
-
 PRICED = (
     EV_FAULT_4K,
     EV_FAULT_HUGE,
@@ -159,4 +138,4 @@ def test_touch_price_equals_every_cost_function(counts, priced, gran_pages) -> N
     """The shortcut for batches of resident pages gives what the cost functions give."""
     ev = [c if (k in priced or k not in PRICED) else 0 for k, c in enumerate(counts)]
     cm = HostConfig(memory_bytes=1 << 30).costs
-    assert price_touch(cm, ev, gran_pages) == _priced_in_full(cm, ev, gran_pages)
+    assert price_touch(cm, ev, gran_pages) == price_touch_in_full(cm, ev, gran_pages)

@@ -82,8 +82,14 @@ def price_touch(cm: costs.CostModel, ev: list[int], gran_pages: int) -> dict[str
         or ev[EV_SWAPIN_ZSWAP]
         or ev[EV_RECLAIM_DISK]
         or ev[EV_RECLAIM_ZSWAP]
-    ):  # touches of resident pages only (most batches): every cost below is 0 at 0
+    ):  # touches of resident pages only (most batches): every cost is 0 at 0
         return dict(_NOTHING_LOST)
+    return price_touch_in_full(cm, ev, gran_pages)
+
+
+def price_touch_in_full(cm: costs.CostModel, ev: list[int], gran_pages: int) -> dict[str, int]:
+    """``price_touch`` with every cost function asked (its shortcut's reference)."""
+    huge = ev[EV_FAULT_HUGE]
     if gran_pages == costs.HUGE_1G_BYTES // PAGE_SIZE:
         zero = costs.zero_ns(cm, ev[EV_FAULT_4K], 0, huge)
     else:
