@@ -223,11 +223,22 @@ class GuestShard:
         return self._host_ids
 
     # -- time -------------------------------------------------------------------
-    def next_event_ns(self) -> int | None:
-        """The earliest simulated time at which any guest of this shard does something."""
+    def next_event_ns(self, settle_before: int | None = None) -> int | None:
+        """The earliest simulated time at which any guest of this shard does something.
+        With ``settle_before``, the first event found before that time is returned at
+        once: enough for a caller that only asks whether a guest acts that soon (the
+        guests not asked are asked again when they next run or are checked)."""
         now = self.now_ns
-        events = [w for s in self.slots.values() if (w := self._next_event(s, now)) is not None]
-        return min(events) if events else None
+        earliest = None
+        for s in self.slots.values():
+            w = self._next_event(s, now)
+            if w is None:
+                continue
+            if settle_before is not None and w < settle_before:
+                return w
+            if earliest is None or w < earliest:
+                earliest = w
+        return earliest
 
     def _next_event(self, s: _Slot, t_ns: int) -> int | None:
         """A guest's next event as seen at ``t_ns``: a workload past its stop acts now."""
@@ -280,14 +291,9 @@ class GuestShard:
             return steps
         # Under pressure (steps of one epoch) nearly every guest acts in the next step:
         # the first found settles it, without asking the others (they are asked at this
-        # same time when the step runs, by _idle). An event before `soon` gives j + 1
-        # below as well.
-        soon, now = t0_ns + (j + 2) * step_ns, self.now_ns
-        for s in self.slots.values():
-            w = self._next_event(s, now)
-            if w is not None and w < soon:
-                return j + 1
-        nxt = self.next_event_ns()
+        # same time when the step runs, by _idle). Any event before the end of step
+        # j + 1 gives j + 1 below.
+        nxt = self.next_event_ns(settle_before=t0_ns + (j + 2) * step_ns)
         if nxt is None:
             return steps
         return min(steps, max(j + 1, (nxt - t0_ns) // step_ns))
