@@ -1215,20 +1215,49 @@ def _pcp_refill_direct(
 GO_GENERIC = -2  # _alloc_direct: the next block takes the generic path
 
 
+@njit(inline="always")
+def _pcp_pop_run(lk, pg, pcp, pcs, zc, li, lid, order, mt, count, out, n):
+    """rmqueue_pcplist's pops in a row from the non-empty pcp list lid, into out, until
+    the list is empty or out holds count blocks; returns the new n. The caller checks
+    the zone gate once for all of them: pages on a pcp list are not in NR_FREE_PAGES,
+    so each pop would see the same gate (and its free factor halving is the caller's,
+    once for all the pops). Only the list's new head needs its PREV link cleared."""
+    pfn = np.int64(pcp[lid, HEAD])
+    n0 = n
+    while n < count and pfn != NIL:
+        _set_head(pg, pfn, order, ST_ALLOC, mt)
+        out[n] = pfn
+        n += 1
+        pfn = np.int64(lk[_row(lk, pfn), NEXT])
+    pcp[lid, HEAD] = pfn
+    if pfn == NIL:
+        pcp[lid, TAIL] = NIL
+        pcs[zc, P_MASK] &= ~(np.int64(1) << li)
+    else:
+        lk[_row(lk, pfn), PREV] = NIL
+    pcs[zc, P_COUNT] -= (n - n0) << order
+    return n
+
+
 @njit(_nrt=False)
 def _alloc_direct(
     lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, li, lid, order, mt, count, out, n
 ):
     """k_alloc's single-zone fast path, in a function of its own so that its loop stays
-    small: while the vCPU's pcp list is empty and the zone passes its gate, refill the
-    list straight into out. Returns (n, pfn): pfn is a block the step-by-step refill
-    popped (the caller records it), NIL when a refill found nothing (the caller's slow
-    path), or GO_GENERIC when the list is not empty or the gate fails (the caller
-    takes that block by the generic walk, whose gate gives the same answer)."""
+    small: while the zone passes its gate, pop the vCPU's pcp list, and refill it
+    straight into out when it is empty. Returns (n, pfn): pfn is a block the
+    step-by-step refill popped (the caller records it), NIL when a refill found nothing
+    (the caller's slow path), or GO_GENERIC when the gate fails (the caller takes that
+    block by the generic walk, whose gate gives the same answer) or out is full."""
     profile = g[G_PROFILE]
     while n < count:
-        if pcp[lid, HEAD] != NIL or not _zone_gate(zone, profile, 0, order):
+        if not _zone_gate(zone, profile, 0, order):
             return n, np.int64(GO_GENERIC)
+        if pcp[lid, HEAD] != NIL:
+            n0 = n
+            n = _pcp_pop_run(lk, pg, pcp, pcs, zc, li, lid, order, mt, count, out, n)
+            _pcp_pop_factor(pcs, profile, zc, n - n0)
+            continue
         _pcp_pop_factor(pcs, profile, zc, 1)
         want = _nr_pcp_alloc(pcs, zone, profile, 0, zc, order)
         if count - n < want:
