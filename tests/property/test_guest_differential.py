@@ -171,8 +171,8 @@ def test_fast_path_matches_reference(
 
 # memhog's cycle (workloads.fault_in / unmap_newest): grow in chunks, give back the
 # newest blocks, grow again. The frees fill the pcp lists and grow their free counts, so
-# the next chunks pop runs of blocks from a populated list: k_alloc's pop run, which the
-# random ops above rarely reach (a run of 2+ pops with free_count >= 2 in 0 of 300
+# the next chunks pop runs of blocks from a populated list: k_alloc's pop run (the
+# highest zone's list, with one zone or two), which the random ops above rarely reach (a run of 2+ pops with free_count >= 2 in 0 of 300
 # examples, measured).
 grow_shrink_ops = st.lists(
     st.tuples(
@@ -187,7 +187,7 @@ grow_shrink_ops = st.lists(
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    shape=st.sampled_from([0, 1, 2, 3, 4, 7]),  # one zone each: k_alloc's direct path
+    shape=st.integers(0, 7),  # one zone (the direct path) or two (the walk), 1-3 vCPUs
     profile=st.sampled_from(["5.7", "6.1", "modern"]),
     small_pcp=st.booleans(),
     seed=st.integers(0, 2**32 - 1),

@@ -1220,8 +1220,9 @@ def _pcp_pop_run(lk, pg, pcp, pcs, zc, li, lid, order, mt, count, out, n):
     """rmqueue_pcplist's pops in a row from the non-empty pcp list lid, into out, until
     the list is empty or out holds count blocks; returns the new n. The caller checks
     the zone gate once for all of them: pages on a pcp list are not in NR_FREE_PAGES,
-    so each pop would see the same gate (and its free factor halving is the caller's,
-    once for all the pops). Only the list's new head needs its PREV link cleared."""
+    so each pop would see the same gate, and the walk (zones from the highest down)
+    stops at this list each time (its free factor halving is the caller's, once for
+    all the pops). Only the list's new head needs its PREV link cleared."""
     pfn = np.int64(pcp[lid, HEAD])
     n0 = n
     while n < count and pfn != NIL:
@@ -1244,20 +1245,16 @@ def _alloc_direct(
     lk, pg, pbmt, fl, pcp, pcs, nr_free, zone, g, zc, li, lid, order, mt, count, out, n
 ):
     """k_alloc's single-zone fast path, in a function of its own so that its loop stays
-    small: while the zone passes its gate, pop the vCPU's pcp list, and refill it
-    straight into out when it is empty. Returns (n, pfn): pfn is a block the
-    step-by-step refill popped (the caller records it), NIL when a refill found nothing
-    (the caller's slow path), or GO_GENERIC when the gate fails (the caller takes that
-    block by the generic walk, whose gate gives the same answer) or out is full."""
+    small: while the vCPU's pcp list is empty and the zone passes its gate, refill the
+    list straight into out. Returns (n, pfn): pfn is a block the step-by-step refill
+    popped (the caller records it), NIL when a refill found nothing (the caller's slow
+    path), or GO_GENERIC when the list is not empty (the caller pops it) or the gate
+    fails (the caller takes that block by the generic walk, whose gate gives the same
+    answer)."""
     profile = g[G_PROFILE]
     while n < count:
-        if not _zone_gate(zone, profile, 0, order):
+        if pcp[lid, HEAD] != NIL or not _zone_gate(zone, profile, 0, order):
             return n, np.int64(GO_GENERIC)
-        if pcp[lid, HEAD] != NIL:
-            n0 = n
-            n = _pcp_pop_run(lk, pg, pcp, pcs, zc, li, lid, order, mt, count, out, n)
-            _pcp_pop_factor(pcs, profile, zc, n - n0)
-            continue
         _pcp_pop_factor(pcs, profile, zc, 1)
         want = _nr_pcp_alloc(pcs, zone, profile, 0, zc, order)
         if count - n < want:
@@ -1301,8 +1298,19 @@ def k_alloc(
     li = _pindex(g, pcp_idx, order, mt) if pcp_ok else np.int64(0)
     zc = np.int64(cpu)  # zone 0 of this vCPU (single zone)
     lid = zc * g[G_NR_PCP_LISTS] + li
+    # the walk's first stop: the highest zone's pcp list of this vCPU
+    top = g[G_NR_ZONES] - 1
+    tzc = top * g[G_NCPU] + cpu
+    tlid = tzc * g[G_NR_PCP_LISTS] + li
     n = 0
     while n < count:
+        if pcp_ok and pcp[tlid, HEAD] != NIL and _zone_gate(zone, g[G_PROFILE], top, order):
+            # what the walk would do block after block: pop that list (a failed gate
+            # is asked again by the walk, with the same answer)
+            n0 = n
+            n = _pcp_pop_run(lk, pg, pcp, pcs, tzc, li, tlid, order, mt, count, out, n)
+            _pcp_pop_factor(pcs, g[G_PROFILE], tzc, n - n0)
+            continue
         pfn = np.int64(GO_GENERIC)
         if direct:
             n, pfn = _alloc_direct(
