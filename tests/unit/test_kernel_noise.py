@@ -7,6 +7,7 @@ from services.guest.core.config import GuestConfig
 from services.guest.core.constants import MIGRATE_MOVABLE
 from services.guest.core.kernel_noise import KernelNoiseConfig
 from services.guest.shard import GuestInit, GuestShard
+from tests.guest_helpers import run_in_lockstep
 
 MIB = 1 << 20
 NR_PAGES = (256 * MIB) >> 12
@@ -63,11 +64,19 @@ def test_noise_fragments_pageblocks_so_fewer_big_blocks_are_free():
     assert free_big_blocks(noisy.guest) < free_big_blocks(quiet.guest) - 512
 
 
+def shard(config, fast):
+    init = GuestInit(0, "g", 0, GuestConfig(nr_pages=NR_PAGES), config)
+    return GuestShard(0, [init], seed=8, fast=fast)
+
+
 def test_fast_and_reference_agree():
+    """Every epoch's ops and pcp state, the whole allocator every 100 ms."""
     cfg = KernelNoiseConfig(rate_per_s=3000, mean_lifetime_ns=100_000_000, lifetime="lognormal")
-    a = run(cfg, 300_000_000, 20_000_000, fast=True)
-    b = run(cfg, 300_000_000, 20_000_000, fast=False)
-    assert a.workload.held_pages == b.workload.held_pages
+    fast, ref = shard(cfg, fast=True), shard(cfg, fast=False)
+    seen = run_in_lockstep(fast, ref, 300_000_000, 20_000_000, full_every_ns=100_000_000)
+    assert seen["snapshots"] == 3
+    a, b = fast.slots[0], ref.slots[0]
+    assert a.workload.held_pages == b.workload.held_pages > 0
     assert a.guest.allocator.free_pages_total() == b.guest.allocator.free_pages_total()
 
 

@@ -7,6 +7,7 @@ import pytest
 from services.guest.core.config import GuestConfig, ReportingConfig
 from services.guest.core.pagecache import PageCacheConfig, PageCacheLRU
 from services.guest.shard import GuestInit, GuestShard
+from tests.guest_helpers import run_in_lockstep
 
 MIB = 1 << 20
 NR_PAGES = (256 * MIB) >> 12
@@ -116,8 +117,10 @@ def test_an_allocation_short_of_memory_reclaims_cache_directly():
 def test_fast_and_reference_allocators_agree():
     """Through kswapd's first cycles (the reference allocator is slow: a short run)."""
     cfg = PageCacheConfig(file_bytes=300 * MIB, read_bytes_per_s=1 << 30)
-    a = run(shard(cfg, fast=True), 260_000_000)
-    b = run(shard(cfg, fast=False), 260_000_000)
+    fast, ref = shard(cfg, fast=True), shard(cfg, fast=False)
+    seen = run_in_lockstep(fast, ref, 260_000_000, EPOCH, full_every_ns=130_000_000)
+    assert seen["snapshots"] == 2  # and every epoch's ops and pcp state
+    a, b = fast.slots[0], ref.slots[0]
     assert a.guest.page_cache.kswapd_wakeups >= 1
     for x, y in ((a, b),):
         assert x.workload.misses == y.workload.misses and x.workload.hits == y.workload.hits

@@ -7,7 +7,7 @@ from services.guest.core.config import GuestConfig
 from services.guest.core.workloads import MemhogConfig, PhaseConfig, pfns_to_runs
 from services.guest.shard import GuestInit, GuestShard
 from services.protocol.messages import GuestOutcome
-from tests.guest_helpers import snapshot
+from tests.guest_helpers import run_in_lockstep
 
 MIB = 1 << 20
 NR_PAGES = (256 * MIB) >> 12  # the §4.3 gate needs > low + 64 MiB free
@@ -157,19 +157,6 @@ def test_a_one_epoch_span_carries_no_epoch_marks():
     assert len(log.touched) and len(log.epoch_seq_ends) == 0
 
 
-def op_view(ops):
-    """One guest log, as comparable lists: reports, touched and freed runs with op_seqs."""
-    return [
-        (
-            op.guest_id,
-            [(r.op_seq, r.pfns.tolist(), r.orders.tolist()) for r in op.reports],
-            [x.tolist() for x in (op.touched.starts, op.touched.npages, op.touched.op_seqs)],
-            [x.tolist() for x in (op.freed.starts, op.freed.npages, op.freed.op_seqs)],
-        )
-        for op in ops
-    ]
-
-
 def test_memhog_on_the_fast_allocator_matches_the_reference():
     """memhog's cycle through the shard, fast allocator against the reference: its frees
     of the newest blocks fill the pcp lists that the next grow pops (k_alloc's pop run);
@@ -183,21 +170,8 @@ def test_memhog_on_the_fast_allocator_matches_the_reference():
         repeat=True,
     )
     fast, ref = shard_of(wl, fast=True), shard_of(wl, fast=False)
-    t, checks, reports = 0, 0, 0
-    while t < 2_800_000_000:
-        got = [s.run_epoch(t, t + EPOCH) for s in (fast, ref)]
-        assert op_view(got[0][0]) == op_view(got[1][0]), f"epoch at {t} ns: ops differ"
-        reports += sum(len(op.reports) for op in got[0][0])
-        t += EPOCH
-        a, b = (s.slots[0].guest.allocator for s in (fast, ref))
-        # the pcp lists and their counters every epoch: a counter that a pop run got
-        # wrong heals within a few epochs, before the next free could show it in the ops
-        for z in range(a.nr_zones):
-            assert a.pcp_state(z) == b.pcp_state(z), f"at {t} ns: pcp counters differ"
-            assert a.pcp_lists(z) == b.pcp_lists(z), f"at {t} ns: pcp lists differ"
-        if t % 700_000_000 == 0:  # the end of each cycle's phases: everything
-            assert snapshot(a) == snapshot(b), f"at {t} ns: allocator state differs"
-            checks += 1
+    seen = run_in_lockstep(fast, ref, 2_800_000_000, EPOCH, full_every_ns=700_000_000)
+    assert seen["snapshots"] == 4 and seen["reports"] > 0
     held = fast.slots[0].workload.held.count
-    assert held == ref.slots[0].workload.held.count and checks == 4 and reports > 0
+    assert held == ref.slots[0].workload.held.count
     assert fast.slots[0].workload.stats.pages_freed > NR_PAGES  # cycles really ran
