@@ -73,11 +73,13 @@ EXHAUSTION_SLACK_PAGES = 4096  # room for a modern refill (batch << 5 = 2016 pag
 
 
 def alloc_free_ns(
-    cls, nr_pages: int, order: int, rep: int
+    cls, nr_pages: int, order: int, rep: int, pcp: bool = True
 ) -> tuple[float, float, int, float, float]:
-    """(alloc ns, free ns, blocks, alloc CPU ns, free CPU ns) per block, one fresh guest.
+    """(alloc ns, free ns, blocks, alloc CPU ns, free CPU ns) per block, one fresh guest
+    (pcp False: the pcp lists disabled, every free a buddy free with merging).
     Wall clock is the headline; process CPU time excludes preemption by other jobs."""
-    a = cls(GuestConfig(nr_pages=nr_pages, zones="single"), None)
+    config = GuestConfig(nr_pages=nr_pages, zones="single", pcp=PcpConfig(enabled=pcp))
+    a = cls(config, None)
     # Stop short of the min watermark: the measure is the allocator's steady path, not the
     # slow path's drain-and-retry at exhaustion (a different amount of work per version).
     count = (nr_pages - a.watermarks(0)[0] - EXHAUSTION_SLACK_PAGES) >> order
@@ -171,18 +173,9 @@ def cycle_ns(nr_pages: int, cycles: int = 3) -> dict:
 
 def pcp_off_free_ns(nr_pages: int, repeats: int) -> float:
     """Best order-0 free ns per page with the pcp lists disabled (buddy frees only)."""
-    best = float("inf")
-    for rep in range(repeats):
-        a = BuddyAllocator(
-            GuestConfig(nr_pages=nr_pages, zones="single", pcp=PcpConfig(enabled=False))
-        )
-        count = nr_pages - a.watermarks(0)[0] - EXHAUSTION_SLACK_PAGES
-        blocks = a.alloc(0, MIGRATE_MOVABLE, count)
-        shuffled = np.random.default_rng([SEED, rep]).permutation(blocks)
-        t0 = time.perf_counter_ns()
-        a.free(shuffled, 0)
-        best = min(best, (time.perf_counter_ns() - t0) / len(shuffled))
-    return best
+    return min(
+        alloc_free_ns(BuddyAllocator, nr_pages, 0, rep, pcp=False)[1] for rep in range(repeats)
+    )
 
 
 def bytes_per_page(nr_pages: int) -> float:

@@ -172,8 +172,8 @@ def test_fast_path_matches_reference(
 # memhog's cycle (workloads.fault_in / unmap_newest): grow in chunks, give back the
 # newest blocks, grow again. The frees fill the pcp lists and grow their free counts, so
 # the next chunks pop runs of blocks from a populated list: k_alloc's pop run (the
-# highest zone's list, with one zone or two), which the random ops above rarely reach (a run of 2+ pops with free_count >= 2 in 0 of 300
-# examples, measured).
+# highest zone's list, with one zone or two), which the random ops above rarely reach
+# (a run of 2+ pops with free_count >= 2 in 0 of 300 examples, measured).
 grow_shrink_ops = st.lists(
     st.tuples(
         st.sampled_from(["grow", "shrink"]),

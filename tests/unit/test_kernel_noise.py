@@ -13,10 +13,13 @@ MIB = 1 << 20
 NR_PAGES = (256 * MIB) >> 12
 
 
+def shard(config, fast):
+    init = GuestInit(0, "g", 0, GuestConfig(nr_pages=NR_PAGES), config)
+    return GuestShard(0, [init], seed=8, fast=fast)
+
+
 def run(config, t_end, epoch, fast=True):
-    sh = GuestShard(
-        0, [GuestInit(0, "g", 0, GuestConfig(nr_pages=NR_PAGES), config)], seed=8, fast=fast
-    )
+    sh = shard(config, fast)
     t = 0
     while t < t_end:
         sh.run_epoch(t, t + epoch)
@@ -62,11 +65,6 @@ def test_noise_fragments_pageblocks_so_fewer_big_blocks_are_free():
         g.free(pfns, 0)
         g.drain_pcp()
     assert free_big_blocks(noisy.guest) < free_big_blocks(quiet.guest) - 512
-
-
-def shard(config, fast):
-    init = GuestInit(0, "g", 0, GuestConfig(nr_pages=NR_PAGES), config)
-    return GuestShard(0, [init], seed=8, fast=fast)
 
 
 def test_fast_and_reference_agree():
