@@ -129,10 +129,17 @@ def encode_submission(
     return request
 
 
+_NO_RUNS = PageRunOps()  # frozen, over shared empty arrays
+
+
 def _runs_from_pb(runs: common_pb2.SequencedPageRuns) -> PageRunOps:
-    if not runs.starts and not runs.npages and not runs.op_seqs:
-        return PageRunOps()
-    return PageRunOps(_u64(runs.starts), _u64(runs.npages), _u64(runs.op_seqs))
+    """The three parallel arrays from one list of their values (one conversion, not
+    three; views of it), whatever their lengths (validation compares them)."""
+    a, b, c = len(runs.starts), len(runs.npages), len(runs.op_seqs)
+    if not (a or b or c):
+        return _NO_RUNS
+    values = np.array([*runs.starts, *runs.npages, *runs.op_seqs], dtype=np.uint64)
+    return PageRunOps(values[:a], values[a : a + b], values[a + b :])
 
 
 def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
@@ -143,9 +150,11 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
             reports=tuple(
                 ReportOp(r.op_seq, _u64(r.pfns), np.fromiter(r.orders, dtype=np.uint32))
                 for r in g.reports
-            ),
-            touched=_runs_from_pb(g.touched),
-            freed=_runs_from_pb(g.freed),
+            )
+            if g.reports
+            else (),
+            touched=_runs_from_pb(g.touched) if g.HasField("touched") else _NO_RUNS,
+            freed=_runs_from_pb(g.freed) if g.HasField("freed") else _NO_RUNS,
             epoch_seq_ends=_u64(g.epoch_seq_ends) if g.epoch_seq_ends else EMPTY_U64,
         )
         for g in request.guests
@@ -202,11 +211,17 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
                     a.op_seq, a.status == host_pb2.REPORT_STATUS_OK, a.discarded_pages, a.latency_ns
                 )
                 for a in g.report_acks
-            ],
-            swapped_starts=_i64_or_empty(g.swapped_out.starts),
-            swapped_npages=_i64_or_empty(g.swapped_out.npages),
-            lost_ns=dict(g.lost_ns),
-            touched_pages=dict(g.touched_pages),
+            ]
+            if g.report_acks
+            else [],
+            swapped_starts=_i64_or_empty(g.swapped_out.starts)
+            if g.HasField("swapped_out")
+            else EMPTY_I64,
+            swapped_npages=_i64_or_empty(g.swapped_out.npages)
+            if g.HasField("swapped_out")
+            else EMPTY_I64,
+            lost_ns={k: g.lost_ns[k] for k in g.lost_ns},
+            touched_pages={k: g.touched_pages[k] for k in g.touched_pages},
             stopped=g.stopped,
         )
         for g in response.guests
