@@ -72,6 +72,55 @@ def apply_guest_ops(host: Host, ops: GuestOps, outcomes: dict[int, GuestOutcome]
             _add_counts(outcome.touched_pages, result.prior_pages)
 
 
+def apply_epoch_ops(host: Host, all_ops: list[GuestOps], outcomes: dict[int, GuestOutcome]) -> None:
+    """``apply_guest_ops`` for each guest of one epoch, in the order given (guest-id
+    order), the same in effect: guests in a row that only touched pages go to the host
+    in one ``Host.apply_touch_batch`` call; a guest with reports (or runs out of op
+    order) takes ``apply_guest_ops``."""
+    batch: list[tuple[GuestOps, list[tuple[int, np.ndarray | slice]]]] = []
+    for ops in all_ops:
+        groups = _groups_by_seq(ops.touched.op_seqs)
+        if not ops.reports and all(isinstance(idx, slice) for _, idx in groups):
+            if groups and not host.is_stopped(ops.guest_id):
+                batch.append((ops, groups))
+            continue
+        _apply_touch_batch(host, batch, outcomes)
+        batch = []
+        apply_guest_ops(host, ops, outcomes)
+    _apply_touch_batch(host, batch, outcomes)
+
+
+def _apply_touch_batch(
+    host: Host,
+    batch: list[tuple[GuestOps, list[tuple[int, np.ndarray | slice]]]],
+    outcomes: dict[int, GuestOutcome],
+) -> None:
+    """Guests whose touch runs are logged in op order (each operation a slice of them)."""
+    if not batch:
+        return
+    starts, npages, run_bounds, group_bounds = [], [], [0], [0]
+    for ops, groups in batch:
+        lo = groups[0][1].start  # type: ignore[union-attr]
+        hi = groups[-1][1].stop  # type: ignore[union-attr]
+        starts.append(ops.touched.starts[lo:hi])
+        npages.append(ops.touched.npages[lo:hi])
+        base = run_bounds[-1] - lo
+        run_bounds += [base + idx.stop for _, idx in groups]  # type: ignore[union-attr]
+        group_bounds.append(len(run_bounds) - 1)
+    results = host.apply_touch_batch(
+        [ops.guest_id for ops, _ in batch],
+        np.concatenate(starts).astype(np.int64),
+        np.concatenate(npages).astype(np.int64),
+        np.array(run_bounds, dtype=np.int64),
+        np.array(group_bounds, dtype=np.int64),
+    )
+    for (ops, _), result in zip(batch, results, strict=True):
+        if result is not None:
+            outcome = outcomes[ops.guest_id]
+            _add_counts(outcome.lost_ns, result[0])
+            _add_counts(outcome.touched_pages, result[1])
+
+
 def _groups_by_seq(op_seqs: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
     """Indices of runs grouped by op_seq, groups in op_seq order, runs in listed order."""
     n = len(op_seqs)

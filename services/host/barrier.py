@@ -43,7 +43,7 @@ from services.transport.errors import (
     require,
 )
 
-from .apply import apply_guest_ops, has_news, merge_outcomes, record_swapped
+from .apply import apply_epoch_ops, has_news, merge_outcomes, record_swapped
 
 WAIT_SLICE_S = 0.5  # re-check a cancelled call this often while waiting
 MAX_KEPT_SAMPLES = 64  # counters kept per host for sample_at (GetHostState.sample_epoch)
@@ -412,9 +412,8 @@ class EpochBarrier:
             epochs = subs[0].epochs
             split = [ops.by_epoch(epochs) for ops in all_ops]
             for i in range(epochs):  # one epoch at a time, reclaim after each
-                for per_epoch in split:
-                    if per_epoch[i] is not None:
-                        apply_guest_ops(self.host, per_epoch[i], outcomes)
+                ops_i = [per_epoch[i] for per_epoch in split if per_epoch[i] is not None]
+                apply_epoch_ops(self.host, ops_i, outcomes)
                 record_swapped(outcomes, self.host.reclaim())
             for gid, outcome in outcomes.items():
                 outcome.stopped = bool(self.host.is_stopped(gid))

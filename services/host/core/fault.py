@@ -91,7 +91,9 @@ POS_NEED = 3  # bytes of frames the inner loop is waiting for (ST_NEED_FRAMES)
 POS_FAILED = 4  # FAILED_*: the reclaim asked for at the resume position failed
 POS_SLOT = 5  # guest slot
 POS_BASE = 6  # global index of the guest's pfn 0
-NPOS = 7
+POS_GUEST = 7  # touch_batch_kernel: the guest (index in the batch) to resume at
+POS_GROUP = 8  # touch_batch_kernel: the group (one operation's runs) to resume at
+NPOS = 9
 
 ST_NEED_FRAMES = 3  # inner loop -> driver: reclaim pos[POS_NEED] bytes, then resume
 FAILED_NONE = 0
@@ -259,6 +261,45 @@ def touch_kernel(state, gran, gused, gstat, hs, p, offsets, log, ev, starts, npa
             pos[POS_FAILED] = FAILED_NONE
         else:
             pos[POS_FAILED] = FAILED_HUGE if need > PAGE_SIZE else FAILED_4K
+
+
+@njit(cache=True, _nrt=False)
+def touch_batch_kernel(
+    state, gran, gused, gstat, hs, p, offsets, log, ev2d, starts, npages, run_bounds,
+    slots, group_bounds, skip, pos,
+):  # fmt: skip
+    """``touch_kernel`` for the touch operations of several guests of one epoch, in
+    order: guest j (slot slots[j]) owns groups [group_bounds[j], group_bounds[j + 1]),
+    group g is runs [run_bounds[g], run_bounds[g + 1]) and counts into ev2d[g], exactly
+    as a call of its own would (the per-call state starts afresh at each group). A
+    guest with skip[j] set is passed over. Returns as touch_kernel; pos[POS_GUEST] and
+    pos[POS_GROUP] are where to resume (the rest of pos as touch_kernel's for that
+    group). One call per epoch instead of one per operation: the Python around a call
+    cost more than most operations' pages."""
+    for j in range(pos[POS_GUEST], slots.size):
+        if skip[j]:
+            continue
+        pos[POS_SLOT] = slots[j]
+        pos[POS_BASE] = offsets[slots[j]]
+        for g in range(max(pos[POS_GROUP], group_bounds[j]), group_bounds[j + 1]):
+            lo, hi = run_bounds[g], run_bounds[g + 1]
+            status = touch_kernel(
+                state, gran, gused, gstat, hs, p, offsets, log, ev2d[g],
+                starts[lo:hi], npages[lo:hi], pos,
+            )  # fmt: skip
+            if status != ST_DONE:
+                pos[POS_GUEST], pos[POS_GROUP] = j, g
+                return status
+            reset_touch_pos(pos)
+    pos[POS_GUEST] = slots.size
+    return ST_DONE
+
+
+@njit(cache=True, _nrt=False)
+def reset_touch_pos(pos):
+    """The per-call part of a touch position back to a fresh call's."""
+    pos[POS_RUN], pos[POS_OFF], pos[POS_EXHAUSTED] = 0, 0, 0
+    pos[POS_NEED], pos[POS_FAILED] = 0, FAILED_NONE
 
 
 def new_touch_pos(slot: int, offsets: np.ndarray) -> np.ndarray:

@@ -38,7 +38,14 @@ from .counters import (
     sum_guest_views,
 )
 from .discard import report_kernel
-from .fault import new_touch_pos, touch_kernel
+from .fault import (
+    POS_GROUP,
+    POS_GUEST,
+    new_touch_pos,
+    reset_touch_pos,
+    touch_batch_kernel,
+    touch_kernel,
+)
 from .pagestate import (
     EV_FAULT_4K,
     EV_FAULT_HUGE,
@@ -344,6 +351,104 @@ class Host:
             oom_events=oom,
             stopped_guests=stopped,
         )
+
+    def apply_touch_batch(
+        self,
+        guest_ids: list[int],
+        starts: np.ndarray,
+        npages: np.ndarray,
+        run_bounds: np.ndarray,
+        group_bounds: np.ndarray,
+    ) -> list[tuple[dict[str, int], dict[str, int]] | None]:
+        """``apply_touch`` of every touch operation of several guests, one after another,
+        in one kernel call: guest ``guest_ids[j]`` owns the operations (groups of runs)
+        [group_bounds[j], group_bounds[j + 1]); operation g is runs [run_bounds[g],
+        run_bounds[g + 1]) of ``starts``/``npages`` (int64). Host state, counters and
+        prices come out as with one ``apply_touch`` per operation (each priced on its
+        own). A guest the OOM policy stops is not touched again, as the caller skips a
+        stopped guest's operations. Returns per guest the lost time per kind and the
+        touched pages per prior residency, summed over its operations; None for a
+        guest stopped before its first operation."""
+        recs = [self._live(gid) for gid in guest_ids]
+        run_bounds = np.asarray(run_bounds, dtype=np.int64)
+        group_bounds = np.asarray(group_bounds, dtype=np.int64)
+        ngroups = run_bounds.size - 1
+        if (
+            ngroups < 0
+            or group_bounds.size != len(recs) + 1
+            or run_bounds[0] != 0
+            or run_bounds[-1] != starts.size
+            or group_bounds[0] != 0
+            or group_bounds[-1] != ngroups
+            or (np.diff(run_bounds) < 0).any()
+            or (np.diff(group_bounds) < 0).any()
+            or starts.dtype != np.int64
+            or npages.dtype != np.int64
+            or starts.size != npages.size
+        ):
+            raise ValueError("touch batch: bounds or run arrays do not fit each other")
+        runs_per_guest = np.diff(run_bounds[group_bounds])
+        limit = np.repeat(np.array([r.nr_pages for r in recs], np.int64), runs_per_guest)
+        if ((starts < 0) | (npages <= 0) | (starts + npages > limit)).any():
+            for j, rec in enumerate(recs):  # name the first bad run, as apply_touch does
+                lo, hi = run_bounds[group_bounds[j]], run_bounds[group_bounds[j + 1]]
+                self._validate_runs(rec, starts[lo:hi], npages[lo:hi])
+        ev2d = np.zeros((ngroups, NEV), np.int64)
+        slots = np.array([r.slot for r in recs], np.int64)
+        skip = np.zeros(len(recs), np.int64)
+        oom_stops = [0] * ngroups
+        pos = new_touch_pos(0, self._offsets)
+        while True:
+            status = touch_batch_kernel(
+                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+                self._offsets, self._log, ev2d, starts, npages, run_bounds, slots,
+                group_bounds, skip, pos,
+            )  # fmt: skip
+            if status == ST_DONE:
+                break
+            if status == ST_LOG_FULL:
+                self._grow_log()
+                continue
+            j, g = int(pos[POS_GUEST]), int(pos[POS_GROUP])
+            oom_stops[g] += 1  # ST_OOM under the stop_largest policy
+            victim = self._oom_victim(recs[j])
+            self._stop_guest(victim)
+            if victim is recs[j]:  # its later operations are skipped
+                skip[j] = 1
+                reset_touch_pos(pos)
+                pos[POS_GUEST], pos[POS_GROUP] = j + 1, group_bounds[j + 1]
+                continue
+            for k in range(j + 1, len(recs)):
+                if recs[k] is victim:  # stopped before its turn: none of it is applied
+                    skip[k] = 2
+        rows = ev2d.tolist()
+        out: list[tuple[dict[str, int], dict[str, int]] | None] = []
+        for j, rec in enumerate(recs):
+            g0, g1 = int(group_bounds[j]), int(group_bounds[j + 1])
+            if skip[j] == 2 or g0 == g1:
+                out.append(None)
+                continue
+            out.append(self._account_touches(rec, rows[g0:g1], sum(oom_stops[g0:g1])))
+        self._debug_check()
+        return out
+
+    def _account_touches(
+        self, rec: _Guest, rows: list[list[int]], oom_stops: int
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """``_account_touch`` of one guest's operations at once: every counter is a sum over
+        them, so their event rows are summed first; only the price is taken per operation
+        (its rounding is per call)."""
+        ev = rows[0] if len(rows) == 1 else [sum(col) for col in zip(*rows, strict=True)]
+        lost = price_touch(self.config.costs, rows[0], self._gran_pages)
+        for row in rows[1:]:
+            for kind, ns in price_touch(self.config.costs, row, self._gran_pages).items():
+                lost[kind] += ns
+        prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
+        zeroed = (ev[EV_FAULT_4K] + ev[EV_FAULT_HUGE] * self._gran_pages) * PAGE_SIZE
+        oom = ev[EV_OOM] + oom_stops
+        self._host["oom_events"] += oom
+        add_touch(rec.counters, ev, lost, zeroed, oom)
+        return lost, prior
 
     # ------------------------------------------------------------------- reclaim
 
