@@ -309,24 +309,21 @@ class Host:
         ev = np.zeros(NEV, np.int64)
         pos = new_touch_pos(rec.slot, self._offsets)
         stopped: list[int] = []
-        oom_stops = 0
-        while True:
-            status = touch_kernel(
-                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
-                self._offsets, self._log, ev, starts, npages, pos,
-            )  # fmt: skip
-            if status == ST_DONE:
-                break
-            if status == ST_LOG_FULL:
-                self._grow_log()
-                continue
-            oom_stops += 1  # ST_OOM under the stop_largest policy
+
+        def stop_one() -> bool:  # ST_OOM under the stop_largest policy
             victim = self._oom_victim(rec)
             self._stop_guest(victim)
             stopped.append(victim.guest_id)
-            if victim is rec:
-                break
-        result = self._account_touch(rec, ev, oom_stops, tuple(stopped))
+            return victim is rec  # then the rest of the call is not applied
+
+        def call() -> int:
+            return touch_kernel(
+                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+                self._offsets, self._log, ev, starts, npages, pos,
+            )  # fmt: skip
+
+        self._touch_until_done(call, stop_one)
+        result = self._account_touch(rec, ev, len(stopped), tuple(stopped))
         self._debug_check()
         return result
 
@@ -398,29 +395,29 @@ class Host:
         skip = np.zeros(len(recs), np.int64)
         oom_stops = [0] * ngroups
         pos = new_touch_pos(0, self._offsets)
-        while True:
-            status = touch_batch_kernel(
-                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
-                self._offsets, self._log, ev2d, starts, npages, run_bounds, slots,
-                group_bounds, skip, pos,
-            )  # fmt: skip
-            if status == ST_DONE:
-                break
-            if status == ST_LOG_FULL:
-                self._grow_log()
-                continue
+
+        def stop_one() -> bool:  # ST_OOM under the stop_largest policy
             j, g = int(pos[POS_GUEST]), int(pos[POS_GROUP])
-            oom_stops[g] += 1  # ST_OOM under the stop_largest policy
+            oom_stops[g] += 1
             victim = self._oom_victim(recs[j])
             self._stop_guest(victim)
             if victim is recs[j]:  # its later operations are skipped
                 skip[j] = 1
                 reset_touch_pos(pos)
                 pos[POS_GUEST], pos[POS_GROUP] = j + 1, group_bounds[j + 1]
-                continue
             for k in range(j + 1, len(recs)):
                 if recs[k] is victim:  # stopped before its turn: none of it is applied
                     skip[k] = 2
+            return False  # the other guests go on
+
+        def call() -> int:
+            return touch_batch_kernel(
+                self._state, self._gran, self._gused, self._gstat, self._hs, self._p,
+                self._offsets, self._log, ev2d, starts, npages, run_bounds, slots,
+                group_bounds, skip, pos,
+            )  # fmt: skip
+
+        self._touch_until_done(call, stop_one)
         rows = ev2d.tolist()
         out: list[tuple[dict[str, int], dict[str, int]] | None] = []
         for j, rec in enumerate(recs):
@@ -431,6 +428,19 @@ class Host:
             out.append(self._account_touches(rec, rows[g0:g1], sum(oom_stops[g0:g1])))
         self._debug_check()
         return out
+
+    def _touch_until_done(self, call, stop_one) -> None:
+        """Run a touch kernel ``call`` (it resumes from its position vector) until it is
+        done: grow the swap-out log when it asks, and when it finds no frame (ST_OOM)
+        let ``stop_one`` apply the OOM policy; ``stop_one`` returns True to end here."""
+        while True:
+            status = call()
+            if status == ST_DONE:
+                return
+            if status == ST_LOG_FULL:
+                self._grow_log()
+            elif stop_one():
+                return
 
     def _account_touches(
         self, rec: _Guest, rows: list[list[int]], oom_stops: int
