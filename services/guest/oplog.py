@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.guest.core.reporting import ReportOutcome
-from services.protocol.messages import EMPTY_U64, GuestOps, PageRunOps, ReportOp
+from services.protocol.messages import EMPTY_RUNS, EMPTY_U64, GuestOps, PageRunOps, ReportOp
 from services.units import RNG_KIND_REPORT_FAULT
 
 REPORT_REJECTED = 5  # EIO: the error a failed report call returns (fault injection)
@@ -53,6 +53,13 @@ class OpLog:
         self._touched: _RunLog = _RunLog()
         self._freed: _RunLog = _RunLog()
         self._epoch_seq_ends: list[int] = []
+
+    def _restart(self) -> None:
+        """``_clear`` keeping the run logs (emptied): a take per guest per sync."""
+        self._reports = []
+        self._touched.clear()
+        self._freed.clear()
+        self._epoch_seq_ends = []
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -107,7 +114,7 @@ class OpLog:
             freed=self._freed.runs(),
             epoch_seq_ends=np.asarray(ends, np.uint64) if len(ends) > 1 else EMPTY_U64,
         )
-        self._clear()
+        self._restart()
         return ops
 
 
@@ -115,6 +122,9 @@ class _RunLog:
     """Page runs logged op by op, joined into one PageRunOps when taken."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.seqs: list[int] = []
         self._starts: list[np.ndarray] = []
         self._npages: list[np.ndarray] = []
@@ -128,7 +138,14 @@ class _RunLog:
 
     def runs(self) -> PageRunOps:
         if not self.seqs:
-            return PageRunOps()
+            return EMPTY_RUNS
+        if len(self.seqs) == 1:  # one operation in the sync (most guests, most syncs)
+            starts = self._starts[0]
+            return PageRunOps(
+                starts=starts.astype(np.uint64),
+                npages=self._npages[0].astype(np.uint64),
+                op_seqs=np.full(len(starts), self.seqs[0], np.uint64),
+            )
         op_seqs = np.repeat(
             np.asarray(self.seqs, np.uint64), [len(s) for s in self._starts]
         ).astype(np.uint64, copy=False)

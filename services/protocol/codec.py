@@ -20,6 +20,7 @@ from .messages import (
     DISCARD_DONTNEED,
     DISCARD_FREE,
     EMPTY_I64,
+    EMPTY_RUNS,
     EMPTY_U64,
     EpochOutcome,
     EpochSubmission,
@@ -129,15 +130,12 @@ def encode_submission(
     return request
 
 
-_NO_RUNS = PageRunOps()  # frozen, over shared empty arrays
-
-
 def _runs_from_pb(runs: common_pb2.SequencedPageRuns) -> PageRunOps:
     """The three parallel arrays from one list of their values (one conversion, not
     three; views of it), whatever their lengths (validation compares them)."""
     a, b, c = len(runs.starts), len(runs.npages), len(runs.op_seqs)
     if not (a or b or c):
-        return _NO_RUNS
+        return EMPTY_RUNS
     values = np.array([*runs.starts, *runs.npages, *runs.op_seqs], dtype=np.uint64)
     return PageRunOps(values[:a], values[a : a + b], values[a + b :])
 
@@ -153,8 +151,8 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
             )
             if g.reports
             else (),
-            touched=_runs_from_pb(g.touched) if g.HasField("touched") else _NO_RUNS,
-            freed=_runs_from_pb(g.freed) if g.HasField("freed") else _NO_RUNS,
+            touched=_runs_from_pb(g.touched) if g.HasField("touched") else EMPTY_RUNS,
+            freed=_runs_from_pb(g.freed) if g.HasField("freed") else EMPTY_RUNS,
             epoch_seq_ends=_u64(g.epoch_seq_ends) if g.epoch_seq_ends else EMPTY_U64,
         )
         for g in request.guests

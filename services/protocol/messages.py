@@ -78,6 +78,9 @@ class PageRunOps:
         return len(self.op_seqs)
 
 
+EMPTY_RUNS = PageRunOps()  # no runs: frozen, over the shared empty arrays
+
+
 @dataclass(frozen=True)
 class GuestOps:
     """Everything one guest did on the host in the epochs one sync covers."""
@@ -126,7 +129,7 @@ def _runs_by_epoch(runs: PageRunOps, ends: np.ndarray) -> list[PageRunOps]:
         out.append(
             PageRunOps(runs.starts[lo:hi], runs.npages[lo:hi], runs.op_seqs[lo:hi])
             if hi > lo
-            else PageRunOps()
+            else EMPTY_RUNS
         )
         lo = hi
     return out
