@@ -332,11 +332,7 @@ class Host:
     ) -> TouchResult:
         ev: list[int] = events.tolist()
         lost = price_touch(self.config.costs, ev, self._gran_pages)
-        prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
-        zeroed = (ev[EV_FAULT_4K] + ev[EV_FAULT_HUGE] * self._gran_pages) * PAGE_SIZE
-        oom = ev[EV_OOM] + oom_stops
-        self._host["oom_events"] += oom
-        add_touch(rec.counters, ev, lost, zeroed, oom)
+        prior, zeroed, oom = self._count_touch(rec, ev, lost, oom_stops)
         return TouchResult(
             lost_ns=lost,
             prior_pages=prior,
@@ -405,9 +401,10 @@ class Host:
                 skip[j] = 1
                 reset_touch_pos(pos)
                 pos[POS_GUEST], pos[POS_GROUP] = j + 1, group_bounds[j + 1]
-            for k in range(j + 1, len(recs)):
-                if recs[k] is victim:  # stopped before its turn: none of it is applied
-                    skip[k] = 2
+            else:
+                for k in range(j + 1, len(recs)):
+                    if recs[k] is victim:  # stopped before its turn: none of it is applied
+                        skip[k] = 2
             return False  # the other guests go on
 
         def call() -> int:
@@ -453,12 +450,21 @@ class Host:
         for row in rows[1:]:
             for kind, ns in price_touch(self.config.costs, row, self._gran_pages).items():
                 lost[kind] += ns
+        prior, _, _ = self._count_touch(rec, ev, lost, oom_stops)
+        return lost, prior
+
+    def _count_touch(
+        self, rec: _Guest, ev: list[int], lost: dict[str, int], oom_stops: int
+    ) -> tuple[dict[str, int], int, int]:
+        """Add priced touch events (one call's, or several calls' summed) to the guest's
+        counters and the host's; returns (pages per prior residency, bytes zero-filled,
+        OOM events)."""
         prior = {name: ev[EV_PRIOR_UNBACKED + k] for k, name in enumerate(RES_NAMES)}
         zeroed = (ev[EV_FAULT_4K] + ev[EV_FAULT_HUGE] * self._gran_pages) * PAGE_SIZE
         oom = ev[EV_OOM] + oom_stops
         self._host["oom_events"] += oom
         add_touch(rec.counters, ev, lost, zeroed, oom)
-        return lost, prior
+        return prior, zeroed, oom
 
     # ------------------------------------------------------------------- reclaim
 
