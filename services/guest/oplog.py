@@ -44,18 +44,15 @@ class OpLog:
             else None
         )
         self.rejected = 0  # report calls failed by fault injection
-        self._clear()
+        self._reports: list[ReportOp] = []
+        self._touched = _RunLog()
+        self._freed = _RunLog()
+        self._epoch_seq_ends: list[int] = []
         self._empty = GuestOps(guest_id)
         self.dirty = False  # an op was logged in the current epoch
 
     def _clear(self) -> None:
-        self._reports: list[ReportOp] = []
-        self._touched: _RunLog = _RunLog()
-        self._freed: _RunLog = _RunLog()
-        self._epoch_seq_ends: list[int] = []
-
-    def _restart(self) -> None:
-        """``_clear`` keeping the run logs (emptied): a take per guest per sync."""
+        """An empty log; the run logs are emptied, not rebuilt (a take per guest per sync)."""
         self._reports = []
         self._touched.clear()
         self._freed.clear()
@@ -114,7 +111,7 @@ class OpLog:
             freed=self._freed.runs(),
             epoch_seq_ends=np.asarray(ends, np.uint64) if len(ends) > 1 else EMPTY_U64,
         )
-        self._restart()
+        self._clear()
         return ops
 
 
