@@ -26,24 +26,9 @@ from services.host.core.config import (
     SwapConfig,
 )
 from services.host.core.host import Host
-from services.host.core.pagestate import H_LOG_N
 from services.protocol.messages import GuestOps, GuestOutcome, PageRunOps, ReportOp
+from tests.host_helpers import host_state
 from tests.property.test_host_state_machine import GRAN, host_configs
-
-
-def host_state(host: Host) -> dict:
-    """Everything a later call could see: page and granule state, pools, the swap log,
-    the counters."""
-    return {
-        "state": host._state.tolist(),
-        "gran": host._gran.tolist(),
-        "gused": host._gused.tolist(),
-        "gstat": host._gstat.tolist(),
-        "hs": host._hs.tolist(),
-        "log": host._log[: host._hs[H_LOG_N]].tolist(),
-        "host": host.host_counters(),
-        "guests": {gid: host.guest_counters(gid) for gid in host._guests},
-    }
 
 
 def outcome_view(o: GuestOutcome) -> tuple:

@@ -8,6 +8,7 @@ import pytest
 from services.host.core.config import HostConfig, SwapConfig, ZswapConfig
 from services.host.core.costs import CostModel
 from services.host.core.host import Host
+from tests.host_helpers import host_state
 
 MIB = 1 << 20
 
@@ -21,24 +22,6 @@ def busy_host() -> Host:
     host.apply_report(1, np.array([0, 520]), np.array([9, 3]))
     host.apply_touch(2, np.array([0]), np.array([1500]))
     return host
-
-
-def snapshot(host: Host):
-    arrays = {
-        name: getattr(host, name).copy()
-        for name in ("_state", "_gran", "_gused", "_gstat", "_hs", "_offsets")
-    }
-    guests = {gid: host.guest_counters(gid) for gid in host.guest_ids()}
-    return arrays, guests, host.host_counters()
-
-
-def assert_same(a, b):
-    arrays_a, guests_a, host_a = a
-    arrays_b, guests_b, host_b = b
-    for name in arrays_a:
-        assert np.array_equal(arrays_a[name], arrays_b[name]), name
-    assert guests_a == guests_b
-    assert host_a == host_b
 
 
 I64 = np.int64
@@ -61,10 +44,10 @@ BAD_REPORTS = [
 @pytest.mark.parametrize(("gid", "pfns", "orders", "match"), BAD_REPORTS)
 def test_bad_report_leaves_state_unchanged(gid, pfns, orders, match):
     host = busy_host()
-    before = snapshot(host)
+    before = host_state(host)
     with pytest.raises(ValueError, match=match):
         host.apply_report(gid, np.array(pfns), np.array(orders))
-    assert_same(before, snapshot(host))
+    assert host_state(host) == before
 
 
 BAD_TOUCHES = [
@@ -81,10 +64,10 @@ BAD_TOUCHES = [
 @pytest.mark.parametrize(("gid", "starts", "npages", "match"), BAD_TOUCHES)
 def test_bad_touch_leaves_state_unchanged(gid, starts, npages, match):
     host = busy_host()
-    before = snapshot(host)
+    before = host_state(host)
     with pytest.raises(ValueError, match=match):
         host.apply_touch(gid, np.array(starts), np.array(npages))
-    assert_same(before, snapshot(host))
+    assert host_state(host) == before
 
 
 @pytest.mark.parametrize(
@@ -100,21 +83,21 @@ def test_bad_touch_leaves_state_unchanged(gid, starts, npages, match):
 )
 def test_bad_add_guest_leaves_state_unchanged(args, match):
     host = busy_host()
-    before = snapshot(host)
+    before = host_state(host)
     with pytest.raises(ValueError, match=match):
         host.add_guest(*args)
-    assert_same(before, snapshot(host))
+    assert host_state(host) == before
 
 
 def test_add_guest_over_the_overcommit_limit_is_refused():
     host = Host(0, HostConfig(memory_bytes=8 * MIB, max_overcommit_ratio=1.5))
     host.add_guest(1, 2048)  # 1.0
-    before = snapshot(host)
+    before = host_state(host)
     with pytest.raises(
         ValueError, match=r"overcommit ratio to 1\.750, over max_overcommit_ratio 1\.5"
     ):
         host.add_guest(2, 1536)
-    assert_same(before, snapshot(host))
+    assert host_state(host) == before
     host.add_guest(2, 1024)  # exactly 1.5 fits
     assert host.host_counters()["guest_pages"] == 3072
 
@@ -126,12 +109,12 @@ def test_stopped_guest_calls_are_rejected_without_change():
     host.apply_touch(1, np.array([0]), np.array([2048]))
     host.apply_touch(2, np.array([0]), np.array([1]))
     assert host.is_stopped(1)
-    before = snapshot(host)
+    before = host_state(host)
     with pytest.raises(ValueError, match="guest_id 1 was stopped"):
         host.apply_touch(1, np.array([0]), np.array([1]))
     with pytest.raises(ValueError, match="guest_id 1 was stopped"):
         host.apply_report(1, np.array([0]), np.array([9]))
-    assert_same(before, snapshot(host))
+    assert host_state(host) == before
 
 
 @pytest.mark.parametrize(
