@@ -7,8 +7,9 @@ Two measurements, printed as one JSON object with ``--json``:
    shard is a client thread with its own channel. Every shard's message per
    epoch carries 8 guests, each with 3 report batches of 32 order-9 ranges and
    16 touched runs. Reported: host epochs/s, SyncEpoch calls/s, report ranges
-   applied/s, message size, and the round trip of an empty SyncEpoch (the
-   transport's floor; the rest of an epoch is the host core's work).
+   applied/s, message size, and the round trip of an empty SyncEpoch, unary and
+   on a SyncStream (the transport's floor; the rest of an epoch is the host
+   core's work).
 2. ``transport_overhead_ratio``: the same small multi-guest simulation (three
    guest shards with real guest cores and workloads, two hosts with the real
    host core) run for the same epochs with the in-process transport and with
@@ -48,6 +49,7 @@ from services.host.servicer import start_host_server
 from services.protocol.clients import connect_host
 from services.protocol.codec import encode_submission
 from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp
+from services.transport.client import RequestStream
 from services.transport.server import ServerOptions
 
 EXPERIMENT = "bench"
@@ -180,6 +182,9 @@ def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
         assert len(set(done)) == 1, done
         epochs = done[0] - warmup
         floor = _empty_sync_latency_s(clients[0], done[0]) if nr_shards == 1 else None
+        stream_floor = (
+            _empty_stream_latency_s(clients[0], done[0] + 300) if nr_shards == 1 else None
+        )
         ranges = epochs * nr_shards * GUESTS_PER_SHARD * REPORTS_PER_GUEST * RANGES_PER_REPORT
         for client in clients:
             client.close()
@@ -190,6 +195,9 @@ def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
             "message_bytes": messages[0].ByteSize(),
             "epochs": epochs,
             "empty_sync_p50_ms": None if floor is None else round(floor * 1e3, 3),
+            "empty_sync_stream_p50_ms": None
+            if stream_floor is None
+            else round(stream_floor * 1e3, 3),
         }
     finally:
         parent.send("stop")
@@ -206,6 +214,26 @@ def _empty_sync_latency_s(client, first_epoch: int, calls: int = 300) -> float:
         t0 = time.perf_counter()
         client.sync_epoch(message)
         latencies.append(time.perf_counter() - t0)
+    return float(np.median(latencies))
+
+
+def _empty_stream_latency_s(client, first_epoch: int, calls: int = 300) -> float:
+    """The same floor over a SyncStream (what a shard that syncs every epoch uses)."""
+    request = host_pb2.SyncEpochsRequest(
+        requests=[host_pb2.SyncEpochRequest(experiment_id=EXPERIMENT, host_id=0, shard_id=0)]
+    )
+    message = request.requests[0]
+    stream = RequestStream(client.stub.SyncStream, metadata=client.caller.metadata, timeout_s=60)
+    latencies = []
+    try:
+        for e in range(first_epoch, first_epoch + calls):
+            message.epoch = message.sequence = e
+            message.epoch_end_ns = (e + 1) * EPOCH_NS
+            t0 = time.perf_counter()
+            stream.call(request)
+            latencies.append(time.perf_counter() - t0)
+    finally:
+        stream.close()
     return float(np.median(latencies))
 
 
@@ -367,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "ranges_per_s": {"1_shard": one["ranges_per_s"], "8_shards": eight["ranges_per_s"]},
         "message_bytes_per_shard": one["message_bytes"],
         "empty_sync_p50_ms": one["empty_sync_p50_ms"],
+        "empty_sync_stream_p50_ms": one["empty_sync_stream_p50_ms"],
         "guests_per_shard": GUESTS_PER_SHARD,
         "report_batches_per_guest": REPORTS_PER_GUEST,
         "ranges_per_batch": RANGES_PER_REPORT,

@@ -50,6 +50,11 @@ class HostServiceStub:
                 request_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
                 response_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
                 _registered_method=True)
+        self.SyncStream = channel.stream_stream(
+                '/overcommit.v1.HostService/SyncStream',
+                request_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
+                response_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
+                _registered_method=True)
         self.GetHostState = channel.unary_unary(
                 '/overcommit.v1.HostService/GetHostState',
                 request_serializer=overcommit_dot_v1_dot_host__pb2.GetHostStateRequest.SerializeToString,
@@ -91,6 +96,19 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncStream(self, request_iterator, context):
+        """SyncEpochs over one long-lived stream, for a shard that syncs every epoch:
+        each request is answered, in order, by one response, as a SyncEpochs call
+        with it would be; the next request may be sent once the answer is in. A
+        refused request ends the stream with the refusal's status. A server that
+        has as many streams open as it allows refuses a new one with
+        RESOURCE_EXHAUSTED (use SyncEpochs then). Idempotent message by message:
+        after a broken stream, send the unanswered request again on a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetHostState(self, request, context):
         """Reads the host's counters and per-guest counters. Changes nothing.
         """
@@ -113,6 +131,11 @@ def add_HostServiceServicer_to_server(servicer, server):
             ),
             'SyncEpochs': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncEpochs,
+                    request_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.FromString,
+                    response_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.SerializeToString,
+            ),
+            'SyncStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SyncStream,
                     request_deserializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.FromString,
                     response_serializer=overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.SerializeToString,
             ),
@@ -202,6 +225,33 @@ class HostService:
             request,
             target,
             '/overcommit.v1.HostService/SyncEpochs',
+            overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
+            overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/overcommit.v1.HostService/SyncStream',
             overcommit_dot_v1_dot_host__pb2.SyncEpochsRequest.SerializeToString,
             overcommit_dot_v1_dot_host__pb2.SyncEpochsResponse.FromString,
             options,

@@ -14,17 +14,25 @@ runs the same); a refusal ends the call with the status of the same name.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
 from services.protocol.codec import decode_registration, decode_submission, encode_outcome
-from services.protocol.messages import EpochSubmission
-from services.transport.errors import StatusError, require
+from services.protocol.messages import STREAMS_FIELD, EpochSubmission
+from services.transport.errors import StatusError, require, resource_exhausted
 from services.transport.security import check_experiment_binding
-from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
+from services.transport.server import (
+    DEFAULT_MAX_WORKERS,
+    GrpcServer,
+    ServerOptions,
+    ServiceBinding,
+    build_server,
+)
 from services.transport.status import translate_errors
 
 from .barrier import EpochBarrier
@@ -32,6 +40,9 @@ from .directory import HostDirectory
 
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
 MAX_BATCH = 1024  # messages in one SyncEpochs call (each for a different host)
+# SyncStream streams open at once: each holds a worker thread (DEFAULT_MAX_WORKERS = 32)
+# while open, so at most half of them; the rest serve unary calls.
+MAX_STREAMS = DEFAULT_MAX_WORKERS // 2
 
 
 def _timeout_s(context: grpc.ServicerContext, max_wait_s: float) -> float:
@@ -42,9 +53,23 @@ def _timeout_s(context: grpc.ServicerContext, max_wait_s: float) -> float:
 class HostServicer(host_pb2_grpc.HostServiceServicer):
     """HostService for the barriers in ``directory``."""
 
-    def __init__(self, directory: HostDirectory, *, max_wait_s: float = MAX_WAIT_S):
+    def __init__(
+        self,
+        directory: HostDirectory,
+        *,
+        max_wait_s: float = MAX_WAIT_S,
+        max_streams: int = MAX_STREAMS,
+    ):
         self.directory = directory
         self.max_wait_s = max_wait_s
+        self.max_streams = max_streams
+        self._streams = 0  # SyncStream streams open
+        self._lock = threading.Lock()
+
+    @property
+    def open_streams(self) -> int:
+        """SyncStream streams open now."""
+        return self._streams
 
     @translate_errors
     def RegisterGuest(
@@ -80,6 +105,39 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     def SyncEpochs(
         self, request: host_pb2.SyncEpochsRequest, context: grpc.ServicerContext
     ) -> host_pb2.SyncEpochsResponse:
+        return self._sync_epochs(request, context, True)
+
+    @translate_errors
+    def SyncStream(
+        self, request_iterator: Iterator[host_pb2.SyncEpochsRequest], context: grpc.ServicerContext
+    ) -> Iterator[host_pb2.SyncEpochsResponse]:
+        """SyncEpochs, request by request, over one stream. A stream holds a worker
+        thread while it is open, so at most ``max_streams`` are open at once; one more is
+        refused with RESOURCE_EXHAUSTED (field ``streams``) and its client falls back to
+        SyncEpochs calls."""
+        with self._lock:
+            room = self._streams < self.max_streams
+            if room:
+                self._streams += 1
+        if not room:
+            raise resource_exhausted(
+                STREAMS_FIELD,
+                self.max_streams,
+                "as many SyncStream streams are open as this server allows; use SyncEpochs",
+            )
+        try:
+            for request in _until_cancelled(request_iterator):
+                # a one-message request is refused as SyncEpoch would refuse it
+                yield self._sync_epochs(request, context, len(request.requests) > 1)
+        finally:
+            with self._lock:
+                self._streams -= 1
+
+    def _sync_epochs(
+        self, request: host_pb2.SyncEpochsRequest, context: grpc.ServicerContext, named: bool
+    ) -> host_pb2.SyncEpochsResponse:
+        """SyncEpochs; a refusal names its message's fields ``requests[i].field`` when
+        ``named``, else as SyncEpoch does (``field``)."""
         messages = request.requests
         require(
             1 <= len(messages) <= MAX_BATCH,
@@ -106,21 +164,21 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
                 "a host appears twice in one call",
             )
             hosts.add(message.host_id)
-            with _element(i):
+            with _element(i, named):
                 barrier = self.directory.get(message.experiment_id, message.host_id)
                 sub = decode_submission(message)
                 barrier.check(sub)
             plan.append((barrier, sub))
         outcomes = []
         for i, (barrier, sub) in enumerate(plan):
-            with _element(i):
+            with _element(i, named):
                 outcomes.append(barrier.submit(sub, checked=True))
         timeout_s = _timeout_s(context, self.max_wait_s)
         response = host_pb2.SyncEpochsResponse()
         for i, ((barrier, sub), stored) in enumerate(zip(plan, outcomes, strict=True)):
             outcome = stored
             if outcome is None:
-                with _element(i):
+                with _element(i, named):
                     outcome = barrier.wait(
                         sub.shard_id, sub.epoch, sub.sequence, timeout_s, context.is_active
                     )
@@ -152,12 +210,24 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
         return response
 
 
+def _until_cancelled(requests: Iterator[host_pb2.SyncEpochsRequest]) -> Iterator[Any]:
+    """The stream's requests until the client half-closes it or goes away (a cancelled
+    stream has nobody left to answer)."""
+    try:
+        yield from requests
+    except grpc.RpcError:
+        return
+
+
 @contextmanager
-def _element(index: int) -> Iterator[None]:
-    """Name the message of a SyncEpochs call a refusal is about (``requests[i].field``)."""
+def _element(index: int, named: bool = True) -> Iterator[None]:
+    """Name the message of a SyncEpochs call a refusal is about (``requests[i].field``;
+    unless not ``named``)."""
     try:
         yield
     except StatusError as err:
+        if not named:
+            raise
         field = f"requests[{index}].{err.field}" if err.field else f"requests[{index}]"
         raise StatusError(err.code(), field, err.value, err.reason) from err
 

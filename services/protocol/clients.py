@@ -25,12 +25,13 @@ from typing import Any, Protocol
 import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
-from services.transport.client import RetryPolicy, ServiceClient
+from services.transport.client import RequestStream, RetryPolicy, ServiceClient
 from services.transport.errors import resource_exhausted
 from services.transport.security import ClientTls
+from services.transport.status import status_field
 
 from .codec import decode_outcome, encode_registration, encode_submission
-from .messages import EpochOutcome, EpochSubmission, GuestRegistration
+from .messages import STREAMS_FIELD, EpochOutcome, EpochSubmission, GuestRegistration
 
 MAX_LATENCY_SAMPLES = 1 << 20  # SyncEpoch latencies a link keeps (8 MiB)
 SYNC_TIMEOUT_S = 120.0  # one sync may wait this long for the slowest shard of a host
@@ -185,6 +186,7 @@ class GrpcHostLink:
         tls: ClientTls | None = None,
         timeout_s: float = SYNC_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        streaming: bool = True,
     ):
         self.experiment_id = experiment_id
         self.targets = dict(targets)
@@ -192,7 +194,11 @@ class GrpcHostLink:
         self.tls = tls
         self.timeout_s = timeout_s
         self.retry = retry
+        self.streaming = streaming
         self._clients: dict[int, HostClient] = {}
+        self._streams: dict[str, RequestStream] = {}  # per server (target)
+        self._unary_only: set[str] = set()  # servers that refused a stream
+        self.stream_retries = 0  # broken streams whose message was sent again
         # wall seconds of each SyncEpoch call, from sending to the answer (metadata)
         self.sync_latency_s: array[float] = array("d")
         self._pending: dict[tuple[int, int, int, int], tuple[host_pb2.SyncEpochRequest, Any]] = {}
@@ -273,10 +279,14 @@ class GrpcHostLink:
             for k, (_, f) in self._pending.items()
             if f is None and k != key and k[1:] == key[1:] and self.targets[k[0]] == target
         ]
-        if not more:
-            return client.sync_epoch(request, timeout_s=self.timeout_s)
         batch = host_pb2.SyncEpochsRequest(requests=[request, *(self._pending[k][0] for k in more)])
-        responses = client.sync_epochs(batch, timeout_s=self.timeout_s).responses
+        responses = None
+        if self.streaming and target not in self._unary_only:
+            responses = self._on_stream(target, client, batch)
+        if responses is None:
+            if not more:
+                return client.sync_epoch(request, timeout_s=self.timeout_s)
+            responses = client.sync_epochs(batch, timeout_s=self.timeout_s).responses
         if len(responses) != len(batch.requests):
             raise ValueError(
                 f"SyncEpochs answered {len(responses)} of {len(batch.requests)} messages"
@@ -285,6 +295,42 @@ class GrpcHostLink:
             del self._pending[k]
         self._answers.update(zip(more, responses[1:], strict=True))
         return responses[0]
+
+    def _on_stream(self, target: str, client: HostClient, batch: host_pb2.SyncEpochsRequest) -> Any:
+        """The answers to ``batch`` over the server's SyncStream, opened on first use; or
+        None when the server refuses a stream (no room, or no SyncStream): this link then
+        uses unary calls with that server. A broken stream (UNAVAILABLE) is replaced and
+        the batch sent again, as unary calls are retried (every message is idempotent)."""
+        retry = client.caller.retry
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            stream = self._streams.get(target)
+            fresh = stream is None
+            if stream is None:
+                stream = self._streams[target] = RequestStream(
+                    client.stub.SyncStream,
+                    metadata=client.caller.metadata,
+                    timeout_s=self.timeout_s,
+                )
+            try:
+                return stream.call(batch).responses
+            except grpc.RpcError as err:
+                stream.close()
+                del self._streams[target]
+                if fresh and _stream_refused(err):
+                    self._unary_only.add(target)
+                    return None
+                pause = retry.backoff_s(attempt)
+                if (
+                    err.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= retry.max_attempts
+                    or time.monotonic() + pause >= deadline
+                ):
+                    raise
+                self.stream_retries += 1
+                time.sleep(pause)
 
     def _send_pending(self) -> None:
         for key, (request, future) in self._pending.items():
@@ -311,7 +357,19 @@ class GrpcHostLink:
         return dict(response.counters)
 
     def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
         for client in self._clients.values():
             client.close()
         self._clients.clear()
         self._answers.clear()
+
+
+def _stream_refused(err: grpc.RpcError) -> bool:
+    """The server has no SyncStream, or no room for one more stream."""
+    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return status_field(err) == STREAMS_FIELD

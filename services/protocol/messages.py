@@ -36,6 +36,9 @@ EMPTY_I64 = np.zeros(0, dtype=np.int64)
 # the gRPC method name of HostService.SyncEpoch (fault injection picks its replies)
 SYNC_EPOCH_METHOD = "/overcommit.v1.HostService/SyncEpoch"
 SYNC_EPOCHS_METHOD = "/overcommit.v1.HostService/SyncEpochs"  # several hosts in one call
+SYNC_STREAM_METHOD = "/overcommit.v1.HostService/SyncStream"  # SyncEpochs calls on one stream
+# the field a server names when it refuses one SyncStream stream too many
+STREAMS_FIELD = "streams"
 
 
 @dataclass(frozen=True)

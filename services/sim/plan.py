@@ -17,7 +17,12 @@ from services.guest.core.backing import ReportCost, TouchCost
 from services.guest.shard import GuestInit
 from services.host.core.config import DISCARD_DISABLED, DISCARD_FREE, HostConfig
 from services.host.core.costs import HUGE_1G_BYTES, discard_ns, report_ns
-from services.protocol.messages import SYNC_EPOCH_METHOD, SYNC_EPOCHS_METHOD, GuestRegistration
+from services.protocol.messages import (
+    SYNC_EPOCH_METHOD,
+    SYNC_EPOCHS_METHOD,
+    SYNC_STREAM_METHOD,
+    GuestRegistration,
+)
 from services.transport.faults import ReplyFaults
 from services.units import NS_PER_S, RNG_KIND_START_JITTER
 
@@ -157,7 +162,7 @@ def make_plan(spec: ExperimentSpec, experiment_id: str, nr_shards: int) -> SimPl
                 f"faults.kill.{i}.index ({k.index}): the run has shards 0..{len(inits) - 1}"
             )
     reply_faults = ReplyFaults(
-        methods=(SYNC_EPOCH_METHOD, SYNC_EPOCHS_METHOD),
+        methods=(SYNC_EPOCH_METHOD, SYNC_EPOCHS_METHOD, SYNC_STREAM_METHOD),
         drop=faults.drop_replies,
         delay=faults.delay_replies,
         delay_s=faults.reply_delay / NS_PER_S,

@@ -10,6 +10,8 @@ CreateExperiment, StartWorkload) are never retried here.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,6 +119,106 @@ class RpcCaller:
     ) -> Iterator[Any]:
         """A server-streaming call (not retried: a stream may have been half read)."""
         return method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+
+
+class StreamDeadlineExceeded(grpc.RpcError):
+    """An answer on a :class:`RequestStream` took longer than its timeout; the stream was
+    cancelled."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"no answer on the stream within {timeout_s} s")
+        self._details = f"no answer on the stream within {timeout_s} s (stream cancelled)"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._details
+
+
+class StreamEnded(grpc.RpcError):
+    """The server ended a :class:`RequestStream` with OK before answering: the request
+    may not have been seen, so it counts as UNAVAILABLE (retry on a new stream)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the server ended the stream before answering"
+
+
+_END = object()  # closes a RequestStream's request iterator
+
+
+class RequestStream:
+    """Request/answer pairs over one bidirectional stream: :meth:`call` sends one request
+    and waits for its one answer (a round trip costs about half a unary call's).
+
+    A stream has no deadline of its own, so each answer gets ``timeout_s``: a watchdog
+    thread cancels the stream when an answer is later than that, and :meth:`call` raises
+    :class:`StreamDeadlineExceeded`. After any error the stream is finished; open a new
+    one to go on (not retried here)."""
+
+    def __init__(
+        self,
+        method: Callable[..., Any],
+        *,
+        metadata: tuple[tuple[str, str], ...] | None,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s={timeout_s}: must be > 0")
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._answers = method(iter(self._requests.get, _END), metadata=metadata)
+        self._deadline: float | None = None  # of the answer awaited
+        self._timed_out = False
+        self._lock = threading.Lock()  # the watchdog's check against an answer's arrival
+        self._closed = threading.Event()
+        self.broken = False
+        self._watchdog = threading.Thread(target=self._watch, name="stream-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def call(self, request: Any) -> Any:
+        """Send ``request``; return its answer. Raises ``grpc.RpcError`` (the stream's
+        status, :class:`StreamDeadlineExceeded` or :class:`StreamEnded`)."""
+        if self.broken or self._closed.is_set():
+            raise StreamEnded()
+        self._deadline = self._clock() + self.timeout_s
+        self._requests.put(request)
+        try:
+            return next(self._answers)
+        except StopIteration:
+            self.broken = True
+            raise StreamEnded() from None
+        except grpc.RpcError:
+            self.broken = True
+            if self._timed_out:
+                raise StreamDeadlineExceeded(self.timeout_s) from None
+            raise
+        finally:
+            with self._lock:
+                self._deadline = None
+
+    def _watch(self) -> None:
+        check_s = min(1.0, self.timeout_s / 4)
+        while not self._closed.wait(check_s):
+            with self._lock:
+                late = self._deadline is not None and self._clock() > self._deadline
+                if late:
+                    self._timed_out = True
+            if late:
+                self._answers.cancel()
+                return
+
+    def close(self) -> None:
+        """End the stream (the server's handler returns) and stop the watchdog."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._requests.put(_END)
+            self._answers.cancel()
 
 
 class ServiceClient:

@@ -67,29 +67,45 @@ class ReplyFaultInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or handler_call_details.method not in self.faults.methods
-            or handler.unary_unary is None
-        ):
+        if handler is None or handler_call_details.method not in self.faults.methods:
             return handler
-        inner = handler.unary_unary
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        def faulty(request: Any, context: grpc.ServicerContext) -> Any:
-            reply = inner(request, context)
-            drop, delay = self._draw()
-            if drop:
-                with self._lock:
-                    self.dropped += 1
-                context.abort(grpc.StatusCode.UNAVAILABLE, DROPPED_DETAILS)
-            if delay:
-                with self._lock:
-                    self.delayed += 1
-                self._sleep(self.faults.delay_s)
-            return reply
+            def faulty(request: Any, context: grpc.ServicerContext) -> Any:
+                reply = inner(request, context)
+                self._fault(context)
+                return reply
 
-        return grpc.unary_unary_rpc_method_handler(
-            faulty,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                faulty,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:  # each reply of the stream, as a unary one
+            inner_stream = handler.stream_stream
+
+            def faulty_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+                for reply in inner_stream(requests, context):
+                    self._fault(context)
+                    yield reply
+
+            return grpc.stream_stream_rpc_method_handler(
+                faulty_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _fault(self, context: grpc.ServicerContext) -> None:
+        """After a reply was made: drop it (end the call with UNAVAILABLE), delay it, or
+        neither."""
+        drop, delay = self._draw()
+        if drop:
+            with self._lock:
+                self.dropped += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, DROPPED_DETAILS)
+        if delay:
+            with self._lock:
+                self.delayed += 1
+            self._sleep(self.faults.delay_s)

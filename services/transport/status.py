@@ -115,3 +115,17 @@ def translate_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             abort(context, err)
 
     return unary_wrapper
+
+
+def status_field(error: grpc.RpcError) -> str | None:
+    """The request field a failed call's rich status names (its BadRequest violation, or
+    its ErrorInfo's ``field``), if the server attached one."""
+    status = rich_status_of(error)
+    for detail in status.details if status is not None else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad) and bad.field_violations:
+            return str(bad.field_violations[0].field)
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and "field" in info.metadata:
+            return str(info.metadata["field"])
+    return None

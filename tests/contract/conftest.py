@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,3 +152,14 @@ def running_host() -> Iterator[RunningHost]:
 @pytest.fixture(scope="session")
 def pki() -> Pki:
     return make_test_pki()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes (a bound, not a timing claim)."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.01)
+    return True

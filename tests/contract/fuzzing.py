@@ -123,6 +123,8 @@ class FuzzTarget:
     # shorter deadlines for calls that only read: a read that waits (a sample not yet
     # taken) ends in DEADLINE_EXCEEDED, and may do so early, since it changes nothing
     read_timeouts: ClassVar[dict[str, float]] = {}
+    # bidirectional-streaming methods: the request is sent as a stream of one
+    streams: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self.calls = self.refused = 0
@@ -137,7 +139,11 @@ class FuzzTarget:
         before = self.digest()
         self.calls += 1
         try:
-            getattr(self.stub, rpc)(request, timeout=self.read_timeouts.get(rpc, self.timeout_s))
+            timeout = self.read_timeouts.get(rpc, self.timeout_s)
+            if rpc in self.streams:
+                list(getattr(self.stub, rpc)(iter([request]), timeout=timeout))
+            else:
+                getattr(self.stub, rpc)(request, timeout=timeout)
         except grpc.RpcError as err:
             assert err.code() in REFUSALS, (rpc, err.code(), err.details(), request)
             assert self.digest() == before, (rpc, "a refused request changed the state", request)

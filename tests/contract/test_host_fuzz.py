@@ -33,6 +33,7 @@ REQUESTS = {
     "RegisterGuest": host_pb2.RegisterGuestRequest,
     "SyncEpoch": host_pb2.SyncEpochRequest,
     "SyncEpochs": host_pb2.SyncEpochsRequest,
+    "SyncStream": host_pb2.SyncEpochsRequest,
     "GetHostState": host_pb2.GetHostStateRequest,
 }
 
@@ -52,6 +53,7 @@ class Fuzzed(FuzzTarget):
 
     timeout_s = CALL_TIMEOUT_S
     read_timeouts: ClassVar[dict[str, float]] = {"GetHostState": READ_TIMEOUT_S}
+    streams: ClassVar[frozenset[str]] = frozenset({"SyncStream"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,7 +99,7 @@ def test_sync_and_state_requests_never_crash_and_refusals_change_nothing(fuzzed,
 
 
 @fuzz_settings(500)
-@given(case=requests(("SyncEpochs", "SyncEpoch")))
+@given(case=requests(("SyncEpochs", "SyncEpoch", "SyncStream")))
 def test_batched_syncs_never_crash_and_refusals_change_nothing(fuzzed, case):
     fuzzed.send(*case)
 

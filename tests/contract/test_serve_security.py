@@ -7,8 +7,7 @@ backend) and a real guest shard. Waits poll the server's own state with a deadli
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -27,6 +26,7 @@ from services.sim.experiment_service import connect_experiments, start_experimen
 from services.sim.plan import make_plan
 from services.sim.spec import load_spec_text
 from services.transport.server import GrpcServer, ServerOptions
+from tests.contract.conftest import wait_until
 
 CODE = grpc.StatusCode
 SPEC = """
@@ -47,17 +47,6 @@ guest_groups:
         - {action: touch, rate: 64MiB, duration: 2s}
         - {action: free, target: 0.0, duration: 1s}
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout_s`` passes (a bound, not a timing claim)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.01)
-    return True
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ def test_reflection_lists_services_like_grpcurl() -> None:
             "RegisterGuest",
             "SyncEpoch",
             "SyncEpochs",
+            "SyncStream",
             "GetHostState",
         ]
         sync = host.methods_by_name["SyncEpoch"]
