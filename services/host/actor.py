@@ -31,7 +31,7 @@ from services.transport.server import ServerOptions
 
 from .barrier import EpochBarrier
 from .directory import HostDirectory
-from .servicer import start_host_server
+from .servicer import host_server_workers, start_host_server
 
 
 class HostRunner:
@@ -44,7 +44,10 @@ class HostRunner:
         token: str | None = None,
         metrics: MetricsOptions | None = None,
         faults: ReplyFaults | None = None,
+        shards: int = 1,
     ):
+        """``shards``: how many guest shards sync with these hosts (the server's worker
+        threads are sized for them, see :func:`host_server_workers`)."""
         self.experiment_id = experiment_id
         distinct: list[HostConfig] = []
         for cfg in hosts.values():
@@ -61,7 +64,10 @@ class HostRunner:
         self.server = start_host_server(
             self.directory,
             ServerOptions(
-                port=0, tokens=tokens, interceptors=(self.faults,) if self.faults else ()
+                port=0,
+                tokens=tokens,
+                interceptors=(self.faults,) if self.faults else (),
+                max_workers=host_server_workers(shards),
             ),
         )
         self.server.start()

@@ -40,9 +40,19 @@ from .directory import HostDirectory
 
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
 MAX_BATCH = 1024  # messages in one SyncEpochs call (each for a different host)
-# SyncStream streams open at once: each holds a worker thread (DEFAULT_MAX_WORKERS = 32)
-# while open, so at most half of them; the rest serve unary calls.
+# SyncStream streams open at once: each holds a worker thread while open, so at most half
+# of a server's workers (16 of the default 32); the rest serve unary calls.
 MAX_STREAMS = DEFAULT_MAX_WORKERS // 2
+
+
+def host_server_workers(shards: int) -> int:
+    """Worker threads for a host server that ``shards`` shards sync with: each shard holds
+    one while its stream is open (or its unary sync waits for the other shards), and as
+    many again are left for samples, registrations and shards that fall back to unary
+    calls."""
+    if shards < 0:
+        raise ValueError(f"shards={shards}: must be >= 0")
+    return max(DEFAULT_MAX_WORKERS, 2 * shards + 8)
 
 
 def _timeout_s(context: grpc.ServicerContext, max_wait_s: float) -> float:
@@ -232,12 +242,14 @@ def _element(index: int, named: bool = True) -> Iterator[None]:
         raise StatusError(err.code(), field, err.value, err.reason) from err
 
 
-def host_service_binding(directory: HostDirectory) -> ServiceBinding:
+def host_service_binding(
+    directory: HostDirectory, max_streams: int = MAX_STREAMS
+) -> ServiceBinding:
     """What :func:`services.transport.server.build_server` needs to serve HostService."""
     return ServiceBinding(
         host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
         host_pb2_grpc.add_HostServiceServicer_to_server,
-        HostServicer(directory),
+        HostServicer(directory, max_streams=max_streams),
     )
 
 
@@ -246,7 +258,8 @@ def start_host_server(
     options: ServerOptions | None = None,
     extra_services: tuple[ServiceBinding, ...] = (),
 ) -> GrpcServer:
-    """Build a server for ``directory`` (bound, not started; use ``with`` or ``start()``)."""
-    return build_server(
-        options or ServerOptions(), [host_service_binding(directory), *extra_services]
-    )
+    """Build a server for ``directory`` (bound, not started; use ``with`` or ``start()``).
+    It lets in SyncStream streams up to half its workers."""
+    options = options or ServerOptions()
+    binding = host_service_binding(directory, max_streams=options.max_workers // 2)
+    return build_server(options, [binding, *extra_services])

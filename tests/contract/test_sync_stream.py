@@ -12,6 +12,7 @@ are checked as for every call; and a client built from reflection alone can use 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
@@ -24,7 +25,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from overcommit.v1 import host_pb2, host_pb2_grpc
 from services.host.barrier import EpochBarrier
 from services.host.directory import HostDirectory
-from services.host.servicer import HostServicer, host_service_binding
+from services.host.servicer import (
+    HostServicer,
+    host_server_workers,
+    host_service_binding,
+    start_host_server,
+)
 from services.protocol.clients import GrpcHostLink, connect_host
 from services.protocol.messages import (
     STREAMS_FIELD,
@@ -33,6 +39,9 @@ from services.protocol.messages import (
     GuestOps,
     PageRunOps,
 )
+from services.sim.backends.ray_cluster import shards_syncing_with
+from services.sim.plan import make_plan
+from services.sim.spec import load_spec_text
 from services.transport.client import RequestStream, RetryPolicy, StreamDeadlineExceeded
 from services.transport.faults import ReplyFaultInterceptor, ReplyFaults
 from services.transport.security import TokenStore, bearer_metadata
@@ -336,3 +345,60 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
     finally:
         h.admin.close()
         h.server.stop()
+
+
+def test_a_host_server_sized_for_its_shards_gives_every_shard_a_stream() -> None:
+    """40 shards (more than the default server's 32 workers) sync with one host server
+    sized by host_server_workers: every shard gets a stream, none waits for a worker,
+    and every epoch is applied."""
+    shards, epochs = 40, 4
+    barrier = EpochBarrier(EXPERIMENT, 0, make_host(0))
+    server = start_host_server(
+        HostDirectory([barrier]), ServerOptions(max_workers=host_server_workers(shards))
+    )
+    server.start()
+    admin = connect_host(server.address, timeout_s=30.0)
+    for s in range(shards):
+        register(admin, s, shard_id=s, host_id=0)
+    links = [GrpcHostLink(EXPERIMENT, {0: server.address}, timeout_s=30.0) for _ in range(shards)]
+
+    def shard(s: int) -> int:
+        for e in range(epochs):
+            sub = EpochSubmission(s, e, e, (e + 1) * EPOCH_NS, (guest_ops(s, seed=e),))
+            link = links[s]
+            link.submit(0, sub)
+            link.collect(0, sub)
+        return s
+
+    try:
+        with ThreadPoolExecutor(shards) as pool:
+            assert sorted(pool.map(shard, range(shards))) == list(range(shards))
+        assert all(list(link._streams) == [server.address] for link in links)
+        assert not any(link._unary_only for link in links)
+        state = admin.get_host_state(
+            host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0)
+        )
+        assert state.next_epoch == epochs
+    finally:
+        for link in links:
+            link.close()
+        admin.close()
+        server.stop()
+
+
+def test_the_ray_backend_counts_the_shards_of_each_host_group() -> None:
+    spec = load_spec_text(
+        """
+name: count
+duration: 1s
+hosts: [{name: h, count: 4, memory: 2GiB}]
+guest_groups: [{name: g, count: 6, memory: 256MiB}]
+placement: {policy: spread}
+"""
+    )
+    plan = make_plan(spec, "exp-count", 3)
+    on = [{init.host_id for init in inits} for inits in plan.shard_inits]
+    for group in ([0], [1, 2], [3], [0, 1, 2, 3], []):
+        want = sum(bool(hosts & set(group)) for hosts in on)
+        assert shards_syncing_with(plan, group) == want
+    assert shards_syncing_with(plan, [0, 1, 2, 3]) == 3

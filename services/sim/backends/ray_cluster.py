@@ -88,6 +88,7 @@ class RaySession:
                 token,
                 metrics,
                 plan.reply_faults,
+                shards_syncing_with(plan, g),
             )
             for g in groups
         ]
@@ -353,6 +354,12 @@ class RaySession:
                 ray.get([a.close.remote() for a in actors], timeout=30)
             for a in actors:
                 ray.kill(a)
+
+
+def shards_syncing_with(plan: SimPlan, host_ids: Sequence[int]) -> int:
+    """How many shards have a guest on one of ``host_ids`` (they sync with its server)."""
+    hosts = set(host_ids)
+    return sum(any(init.host_id in hosts for init in inits) for inits in plan.shard_inits)
 
 
 def _first_line(e: BaseException) -> str:
