@@ -314,8 +314,8 @@ class GrpcHostLink:
                     metadata=client.caller.metadata,
                     timeout_s=self.timeout_s,
                 )
-            try:
-                return stream.call(batch).responses
+            try:  # every attempt within the sync's one deadline, as unary retries are
+                answer = stream.call(batch, max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as err:
                 stream.close()
                 del self._streams[target]
@@ -331,6 +331,9 @@ class GrpcHostLink:
                     raise
                 self.stream_retries += 1
                 time.sleep(pause)
+            else:
+                _check_answers(batch, answer.responses)
+                return answer.responses
 
     def _send_pending(self) -> None:
         for key, (request, future) in self._pending.items():
@@ -364,6 +367,15 @@ class GrpcHostLink:
             client.close()
         self._clients.clear()
         self._answers.clear()
+
+
+def _check_answers(batch: host_pb2.SyncEpochsRequest, responses: Any) -> None:
+    """The answers are to these requests (one each, for their epoch and sequence):
+    anything else is a broken protocol, never results to apply."""
+    got = [(a.epoch, a.sequence) for a in responses]
+    sent = [(r.epoch, r.sequence) for r in batch.requests]
+    if got != sent:
+        raise ValueError(f"SyncStream answered (epoch, sequence) {got} to requests for {sent}")
 
 
 def _stream_refused(err: grpc.RpcError) -> bool:

@@ -150,14 +150,40 @@ class StreamEnded(grpc.RpcError):
 _END = object()  # closes a RequestStream's request iterator
 
 
+class _Watch:
+    """What a :class:`RequestStream`'s watchdog thread shares with it (not the stream
+    itself, so a stream nobody holds is collected, and closed, as usual)."""
+
+    def __init__(self, call: Any, check_s: float, clock: Callable[[], float]):
+        self.call = call
+        self.check_s = check_s
+        self.clock = clock
+        self.lock = threading.Lock()  # a deadline's check against an answer's arrival
+        self.deadline: float | None = None  # of the answer awaited
+        self.timed_out = False
+        self.closed = threading.Event()
+
+    def run(self) -> None:
+        while not self.closed.wait(self.check_s):
+            with self.lock:
+                late = self.deadline is not None and self.clock() > self.deadline
+                if late:
+                    self.timed_out = True
+            if late:
+                self.call.cancel()
+                return
+
+
 class RequestStream:
     """Request/answer pairs over one bidirectional stream: :meth:`call` sends one request
-    and waits for its one answer (a round trip costs about half a unary call's).
+    and waits for its one answer (here a round trip costs about 70 % of a unary call's).
 
-    A stream has no deadline of its own, so each answer gets ``timeout_s``: a watchdog
-    thread cancels the stream when an answer is later than that, and :meth:`call` raises
-    :class:`StreamDeadlineExceeded`. After any error the stream is finished; open a new
-    one to go on (not retried here)."""
+    A stream has no deadline of its own, so each answer gets a timeout: a watchdog thread
+    cancels the stream when an answer is later than that (checked every
+    ``min(1 s, timeout_s / 4)``), and :meth:`call` raises
+    :class:`StreamDeadlineExceeded`. After any error, or any interruption of a call, the
+    stream is finished (``broken``): open a new one to go on (not retried here), so an
+    answer can never be taken for the next request's."""
 
     def __init__(
         self,
@@ -170,55 +196,54 @@ class RequestStream:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s}: must be > 0")
         self.timeout_s = timeout_s
-        self._clock = clock
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._answers = method(iter(self._requests.get, _END), metadata=metadata)
-        self._deadline: float | None = None  # of the answer awaited
-        self._timed_out = False
-        self._lock = threading.Lock()  # the watchdog's check against an answer's arrival
-        self._closed = threading.Event()
+        self._watch = _Watch(self._answers, min(1.0, timeout_s / 4), clock)
         self.broken = False
-        self._watchdog = threading.Thread(target=self._watch, name="stream-watchdog", daemon=True)
-        self._watchdog.start()
+        threading.Thread(target=self._watch.run, name="stream-watchdog", daemon=True).start()
 
-    def call(self, request: Any) -> Any:
-        """Send ``request``; return its answer. Raises ``grpc.RpcError`` (the stream's
-        status, :class:`StreamDeadlineExceeded` or :class:`StreamEnded`)."""
-        if self.broken or self._closed.is_set():
+    def call(self, request: Any, timeout_s: float | None = None) -> Any:
+        """Send ``request``; return its answer, awaited at most ``timeout_s`` (default: the
+        stream's). Raises ``grpc.RpcError`` (the stream's status,
+        :class:`StreamDeadlineExceeded` or :class:`StreamEnded`)."""
+        watch = self._watch
+        if self.broken or watch.closed.is_set():
             raise StreamEnded()
-        self._deadline = self._clock() + self.timeout_s
+        timeout_s = timeout_s or self.timeout_s
+        with watch.lock:
+            watch.deadline = watch.clock() + timeout_s
         self._requests.put(request)
         try:
-            return next(self._answers)
+            answer = next(self._answers)
         except StopIteration:
             self.broken = True
             raise StreamEnded() from None
         except grpc.RpcError:
             self.broken = True
-            if self._timed_out:
-                raise StreamDeadlineExceeded(self.timeout_s) from None
+            if watch.timed_out:
+                raise StreamDeadlineExceeded(timeout_s) from None
+            raise
+        except BaseException:  # interrupted: this request's answer may still come
+            self.broken = True
+            self._answers.cancel()
             raise
         finally:
-            with self._lock:
-                self._deadline = None
-
-    def _watch(self) -> None:
-        check_s = min(1.0, self.timeout_s / 4)
-        while not self._closed.wait(check_s):
-            with self._lock:
-                late = self._deadline is not None and self._clock() > self._deadline
-                if late:
-                    self._timed_out = True
-            if late:
-                self._answers.cancel()
-                return
+            with watch.lock:
+                watch.deadline = None
+                if watch.timed_out:  # cancelled as the answer came: no later call may use it
+                    self.broken = True
+        return answer
 
     def close(self) -> None:
         """End the stream (the server's handler returns) and stop the watchdog."""
-        if not self._closed.is_set():
-            self._closed.set()
+        if not self._watch.closed.is_set():
+            self._watch.closed.set()
             self._requests.put(_END)
             self._answers.cancel()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_watch"):  # not when the call could not be made
+            self.close()
 
 
 class ServiceClient:

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import ClassVar
 
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,9 +22,10 @@ from services.host.barrier import EpochBarrier
 from services.host.directory import HostDirectory
 from services.host.servicer import start_host_server
 from services.protocol.clients import connect_host
+from services.transport.client import RequestStream
 from services.transport.server import ServerOptions
 from tests.contract.conftest import EXPERIMENT, GUEST_PAGES, make_host, register
-from tests.contract.fuzzing import FuzzTarget, fuzz_settings, hash_arrays, message
+from tests.contract.fuzzing import REFUSALS, FuzzTarget, fuzz_settings, hash_arrays, message
 
 CALL_TIMEOUT_S = 0.3
 # GetHostState for a sample epoch not yet reached waits for it: most of the fuzz's time
@@ -71,6 +73,25 @@ class Fuzzed(FuzzTarget):
         h.update(repr(sorted(self.endpoint.state().items(), key=str)).encode())
         return h.hexdigest()
 
+    def send_stream(self, requests: list[host_pb2.SyncEpochsRequest]) -> None:
+        """Several requests on one SyncStream, one at a time: each accepted one may change
+        the host; a refused one ends the stream and changes nothing."""
+        stream = RequestStream(self.stub.SyncStream, metadata=None, timeout_s=CALL_TIMEOUT_S)
+        try:
+            for request in requests:
+                before = self.digest()
+                self.calls += 1
+                try:
+                    stream.call(request)
+                except grpc.RpcError as err:
+                    assert err.code() in REFUSALS, (err.code(), err.details(), request)
+                    assert self.digest() == before, ("a refused request changed the state", request)
+                    self.refused += 1
+                    break
+        finally:
+            stream.close()
+        self.alive()
+
     def alive(self) -> None:
         state = self.stub.GetHostState(
             host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=0), timeout=10
@@ -102,6 +123,12 @@ def test_sync_and_state_requests_never_crash_and_refusals_change_nothing(fuzzed,
 @given(case=requests(("SyncEpochs", "SyncEpoch", "SyncStream")))
 def test_batched_syncs_never_crash_and_refusals_change_nothing(fuzzed, case):
     fuzzed.send(*case)
+
+
+@fuzz_settings(200)
+@given(batch=st.lists(message(host_pb2.SyncEpochsRequest.DESCRIPTOR), min_size=1, max_size=3))
+def test_several_requests_on_one_stream_never_crash_and_refusals_change_nothing(fuzzed, batch):
+    fuzzed.send_stream([host_pb2.SyncEpochsRequest(**fields) for fields in batch])
 
 
 @FUZZ

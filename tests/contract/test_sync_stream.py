@@ -11,9 +11,13 @@ are checked as for every call; and a client built from reflection alone can use 
 
 from __future__ import annotations
 
+import gc
+import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -40,8 +44,6 @@ from services.protocol.messages import (
     PageRunOps,
 )
 from services.sim.backends.ray_cluster import shards_syncing_with
-from services.sim.plan import make_plan
-from services.sim.spec import load_spec_text
 from services.transport.client import RequestStream, RetryPolicy, StreamDeadlineExceeded
 from services.transport.faults import ReplyFaultInterceptor, ReplyFaults
 from services.transport.security import TokenStore, bearer_metadata
@@ -179,7 +181,8 @@ def test_a_refused_request_ends_the_stream_names_its_field_and_stores_nothing(
         assert streamed.value.details() == called.value.details()
         assert streamed.value.details().startswith("guests[0].touched")
         assert hosts.digest() == before
-        assert not link._streams  # the refusal ended it
+        assert not link._streams  # the refusal ended it, and the server's handler returned
+        assert wait_until(lambda: hosts.servicer.open_streams == 0)
         # several hosts in one request: the refused one is named as SyncEpochs names it
         for h, sub in _submissions(2).items():
             wrong = replace(bad, guests=(replace(bad.guests[0], guest_id=2),))  # host 1's guest
@@ -253,6 +256,7 @@ def test_an_answer_that_does_not_come_ends_the_stream_with_deadline_exceeded() -
         assert isinstance(err.value, StreamDeadlineExceeded)
         assert err.value.code() == CODE.DEADLINE_EXCEEDED
         assert not link._streams
+        assert wait_until(lambda: two.servicer.open_streams == 0)
     finally:
         link.close()
         two.close()
@@ -274,8 +278,9 @@ def test_a_stream_without_a_valid_token_is_unauthenticated(hosts: Hosts, token) 
 
 
 def test_a_client_built_from_reflection_alone_syncs_over_the_stream() -> None:
-    """No generated code on the client: the request and response types come from the
-    server's reflection service; the answers equal the generated client's."""
+    """The client's types, serializers and call come from the server's reflection
+    service alone (the request contents are the test helpers' bytes, parsed into the
+    reflected type); the answers equal the generated client's."""
     h = Hosts()
     reference = Hosts()
     channel = grpc.insecure_channel(h.server.address)
@@ -322,13 +327,15 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
     h = Hosts(ADMIN_ONLY)
     stub = host_pb2_grpc.HostServiceStub(h.admin.channel)
     metadata = bearer_metadata("admin", None)
+    held: list[RequestStream] = []
     try:
-        held = [
+        held += [
             RequestStream(stub.SyncStream, metadata=metadata, timeout_s=600)
             for _ in range(h.servicer.max_streams)
         ]
         assert wait_until(lambda: h.servicer.open_streams == h.servicer.max_streams)
         one_more = RequestStream(stub.SyncStream, metadata=metadata, timeout_s=600)
+        held.append(one_more)
         with pytest.raises(grpc.RpcError) as err:
             one_more.call(host_pb2.SyncEpochsRequest())
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
@@ -339,10 +346,9 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
         stopped = h.server.stop_async(1.0)
         assert stopped.wait(30), "the server did not stop while streams were open"
         assert wait_until(lambda: h.servicer.open_streams == 0)
+    finally:
         for stream in held:
             stream.close()
-        one_more.close()
-    finally:
         h.admin.close()
         h.server.stop()
 
@@ -387,18 +393,68 @@ def test_a_host_server_sized_for_its_shards_gives_every_shard_a_stream() -> None
 
 
 def test_the_ray_backend_counts_the_shards_of_each_host_group() -> None:
-    spec = load_spec_text(
-        """
-name: count
-duration: 1s
-hosts: [{name: h, count: 4, memory: 2GiB}]
-guest_groups: [{name: g, count: 6, memory: 256MiB}]
-placement: {policy: spread}
-"""
+    """Shard 0 has guests on hosts 0 and 1, shard 1 on host 1, shard 2 on host 3."""
+    shard_hosts = [[0, 1, 1], [1], [3, 3]]
+    plan = SimpleNamespace(
+        shard_inits=[[SimpleNamespace(host_id=h) for h in hosts] for hosts in shard_hosts]
     )
-    plan = make_plan(spec, "exp-count", 3)
-    on = [{init.host_id for init in inits} for inits in plan.shard_inits]
-    for group in ([0], [1, 2], [3], [0, 1, 2, 3], []):
-        want = sum(bool(hosts & set(group)) for hosts in on)
-        assert shards_syncing_with(plan, group) == want
-    assert shards_syncing_with(plan, [0, 1, 2, 3]) == 3
+    counts = {(0,): 1, (1, 2): 2, (2,): 0, (3,): 1, (0, 1, 2, 3): 3, (): 0}
+    for group, want in counts.items():
+        assert shards_syncing_with(plan, group) == want, group
+
+
+class SignalledError(Exception):
+    pass
+
+
+def test_a_call_interrupted_while_it_waits_never_hands_its_answer_to_the_next() -> None:
+    """Shard 0's sync of epoch 0 waits for shard 1 and is interrupted (a signal raises in
+    the waiting thread). Its answer may still come on that stream, so the stream is done
+    for: the next collect opens a new one, and every answer is to its own request."""
+    two = Hosts(ADMIN_ONLY, shards=2)
+    link = two.link(retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.0))
+    other = two.link(streaming=False)
+
+    def interrupt(signum, frame):
+        raise SignalledError
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    subs = [_submissions(e) for e in range(2)]
+    mine = [replace(s[0], guests=(s[0].guests[0],)) for s in subs]  # guest 0: shard 0's
+    theirs = [  # guest 1: shard 1's
+        replace(s[0], shard_id=1, guests=(s[0].guests[1],)) for s in subs
+    ]
+    try:
+        link.submit(0, mine[0])
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(SignalledError):
+            link.collect(0, mine[0])  # cannot be answered before shard 1 sends
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        broken = link._streams[two.server.address]
+        assert broken.broken
+        other.sync(0, theirs[0])
+        assert link.collect(0, mine[0]).epoch == 0  # sent again on a new stream
+        assert link._streams[two.server.address] is not broken
+        with ThreadPoolExecutor(1) as pool:
+            theirs_1 = pool.submit(other.sync, 0, theirs[1])
+            assert link.sync(0, mine[1]).epoch == 1
+            assert theirs_1.result().epoch == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        link.close()
+        other.close()
+        two.close()
+
+
+def test_a_stream_nobody_holds_is_closed_and_the_server_lets_its_slot_go(hosts: Hosts) -> None:
+    stub = host_pb2_grpc.HostServiceStub(hosts.admin.channel)
+    stream = RequestStream(stub.SyncStream, metadata=bearer_metadata("admin", None), timeout_s=60)
+    assert wait_until(lambda: hosts.servicer.open_streams == 1)
+    watchdogs = sum(t.name == "stream-watchdog" for t in threading.enumerate())
+    del stream
+    gc.collect()
+    assert wait_until(lambda: hosts.servicer.open_streams == 0)
+    assert wait_until(
+        lambda: sum(t.name == "stream-watchdog" for t in threading.enumerate()) == watchdogs - 1
+    )
