@@ -207,14 +207,7 @@ def measure_throughput(nr_shards: int, seconds: float) -> dict[str, float]:
 def _empty_sync_latency_s(client, first_epoch: int, calls: int = 300) -> float:
     """Median round trip of a SyncEpoch that carries no guest ops: the transport floor."""
     message = host_pb2.SyncEpochRequest(experiment_id=EXPERIMENT, host_id=0, shard_id=0)
-    latencies = []
-    for e in range(first_epoch, first_epoch + calls):
-        message.epoch = message.sequence = e
-        message.epoch_end_ns = (e + 1) * EPOCH_NS
-        t0 = time.perf_counter()
-        client.sync_epoch(message)
-        latencies.append(time.perf_counter() - t0)
-    return float(np.median(latencies))
+    return _median_round_trip(lambda: client.sync_epoch(message), message, first_epoch, calls)
 
 
 def _empty_stream_latency_s(client, first_epoch: int, calls: int = 300) -> float:
@@ -222,18 +215,24 @@ def _empty_stream_latency_s(client, first_epoch: int, calls: int = 300) -> float
     request = host_pb2.SyncEpochsRequest(
         requests=[host_pb2.SyncEpochRequest(experiment_id=EXPERIMENT, host_id=0, shard_id=0)]
     )
-    message = request.requests[0]
     stream = RequestStream(client.stub.SyncStream, metadata=client.caller.metadata, timeout_s=60)
-    latencies = []
     try:
-        for e in range(first_epoch, first_epoch + calls):
-            message.epoch = message.sequence = e
-            message.epoch_end_ns = (e + 1) * EPOCH_NS
-            t0 = time.perf_counter()
-            stream.call(request)
-            latencies.append(time.perf_counter() - t0)
+        return _median_round_trip(
+            lambda: stream.call(request), request.requests[0], first_epoch, calls
+        )
     finally:
         stream.close()
+
+
+def _median_round_trip(send, message, first_epoch: int, calls: int) -> float:
+    """Median seconds of ``send()`` with ``message`` set to epochs first_epoch, ..."""
+    latencies = []
+    for e in range(first_epoch, first_epoch + calls):
+        message.epoch = message.sequence = e
+        message.epoch_end_ns = (e + 1) * EPOCH_NS
+        t0 = time.perf_counter()
+        send()
+        latencies.append(time.perf_counter() - t0)
     return float(np.median(latencies))
 
 

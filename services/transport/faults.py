@@ -77,11 +77,7 @@ class ReplyFaultInterceptor(grpc.ServerInterceptor):
                 self._fault(context)
                 return reply
 
-            return grpc.unary_unary_rpc_method_handler(
-                faulty,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _like(handler, grpc.unary_unary_rpc_method_handler, faulty)
         if handler.stream_stream is not None:  # each reply of the stream, as a unary one
             inner_stream = handler.stream_stream
 
@@ -90,11 +86,7 @@ class ReplyFaultInterceptor(grpc.ServerInterceptor):
                     self._fault(context)
                     yield reply
 
-            return grpc.stream_stream_rpc_method_handler(
-                faulty_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _like(handler, grpc.stream_stream_rpc_method_handler, faulty_stream)
         return handler
 
     def _fault(self, context: grpc.ServicerContext) -> None:
@@ -109,3 +101,13 @@ class ReplyFaultInterceptor(grpc.ServerInterceptor):
             with self._lock:
                 self.delayed += 1
             self._sleep(self.faults.delay_s)
+
+
+def _like(handler: Any, factory: Callable[..., Any], behaviour: Callable[..., Any]) -> Any:
+    """A method handler made by ``factory`` around ``behaviour``, with ``handler``'s
+    (de)serializers."""
+    return factory(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
