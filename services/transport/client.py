@@ -10,6 +10,7 @@ CreateExperiment, StartWorkload) are never retried here.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -243,7 +244,8 @@ class RequestStream:
 
     def __del__(self) -> None:
         if hasattr(self, "_watch"):  # not when the call could not be made
-            self.close()
+            with contextlib.suppress(Exception):  # e.g. gRPC already gone at interpreter exit
+                self.close()
 
 
 class ServiceClient:
