@@ -332,7 +332,12 @@ class GrpcHostLink:
                 self.stream_retries += 1
                 time.sleep(pause)
             else:
-                _check_answers(batch, answer.responses)
+                try:
+                    _check_answers(batch, answer.responses)
+                except ValueError:
+                    stream.close()  # a stream that answers out of turn is not used again
+                    del self._streams[target]
+                    raise
                 return answer.responses
 
     def _send_pending(self) -> None:

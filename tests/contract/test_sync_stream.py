@@ -458,3 +458,32 @@ def test_a_stream_nobody_holds_is_closed_and_the_server_lets_its_slot_go(hosts: 
     assert wait_until(
         lambda: sum(t.name == "stream-watchdog" for t in threading.enumerate()) == watchdogs - 1
     )
+
+
+class _OutOfTurn(host_pb2_grpc.HostServiceServicer):
+    """A faulty server: its SyncStream answers every request with the next epoch's."""
+
+    def SyncStream(self, request_iterator, context):  # noqa: N802 (the RPC's name)
+        for request in request_iterator:
+            yield host_pb2.SyncEpochsResponse(
+                responses=[
+                    host_pb2.SyncEpochResponse(epoch=r.epoch + 1, sequence=r.sequence)
+                    for r in request.requests
+                ]
+            )
+
+
+def test_an_answer_to_another_request_is_refused_and_its_stream_dropped() -> None:
+    binding = ServiceBinding(
+        "overcommit.v1.HostService", host_pb2_grpc.add_HostServiceServicer_to_server, _OutOfTurn()
+    )
+    server = build_server(ServerOptions(), [binding])
+    server.start()
+    link = GrpcHostLink(EXPERIMENT, {0: server.address}, timeout_s=10.0)
+    try:
+        with pytest.raises(ValueError, match=r"answered \(epoch, sequence\) \[\(1, 0\)\]"):
+            link.sync(0, _submissions(0)[0])
+        assert not link._streams
+    finally:
+        link.close()
+        server.stop()
