@@ -1,7 +1,8 @@
 """How a guest shard reaches its hosts: the :class:`HostLink` port and its two implementations.
 
 * :class:`GrpcHostLink`: HostService over real gRPC (one :class:`HostClient` per
-  host), encoding and decoding through :mod:`services.protocol.codec`.
+  host, one SyncStream per server), encoding and decoding through
+  :mod:`services.protocol.codec`.
 * :class:`InProcessHostLink`: no sockets and no protobuf; plain messages go
   straight to the hosts' epoch barriers, found through a :class:`HostDirectoryPort`
   it is given (this package never imports the host).
@@ -234,8 +235,9 @@ class GrpcHostLink:
     def collect(self, host_id: int, sub: EpochSubmission) -> EpochOutcome:
         """Send the submission and wait for the answer.
 
-        A link that carries one shard (a Ray shard actor) sends, in one blocking
-        SyncEpochs call, its messages of this epoch to every host of the same server
+        A link that carries one shard (a Ray shard actor) sends, as one SyncEpochs
+        request on its stream to that server (or one blocking call, if the server
+        refuses streams), its messages of this epoch to every host of the same server
         (a host actor serves several hosts); the answers of the others are kept for
         their own ``collect``. When submissions of other shards are pending too (one
         thread driving several shards), every pending one goes out at once as a
