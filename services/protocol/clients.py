@@ -303,7 +303,6 @@ class GrpcHostLink:
         None when the server refuses a stream (no room, or no SyncStream): this link then
         uses unary calls with that server. A broken stream (UNAVAILABLE) is replaced and
         the batch sent again, as unary calls are retried (every message is idempotent)."""
-        retry = client.caller.retry
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
@@ -318,29 +317,25 @@ class GrpcHostLink:
                 )
             try:  # every attempt within the sync's one deadline, as unary retries are
                 answer = stream.call(batch, max(deadline - time.monotonic(), 0.001))
+                _check_answers(batch, answer.responses)
             except grpc.RpcError as err:
-                stream.close()
-                del self._streams[target]
+                self._drop_stream(target)
                 if fresh and _stream_refused(err):
                     self._unary_only.add(target)
                     return None
-                pause = retry.backoff_s(attempt)
-                if (
-                    err.code() != grpc.StatusCode.UNAVAILABLE
-                    or attempt >= retry.max_attempts
-                    or time.monotonic() + pause >= deadline
-                ):
+                pause = client.caller.retry.retry_pause(err, attempt, deadline - time.monotonic())
+                if pause is None:
                     raise
                 self.stream_retries += 1
                 time.sleep(pause)
+            except ValueError:  # a stream that answers out of turn is not used again
+                self._drop_stream(target)
+                raise
             else:
-                try:
-                    _check_answers(batch, answer.responses)
-                except ValueError:
-                    stream.close()  # a stream that answers out of turn is not used again
-                    del self._streams[target]
-                    raise
                 return answer.responses
+
+    def _drop_stream(self, target: str) -> None:
+        self._streams.pop(target).close()
 
     def _send_pending(self) -> None:
         for key, (request, future) in self._pending.items():

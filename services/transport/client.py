@@ -45,6 +45,19 @@ class RetryPolicy:
         """Pause after failed attempt number ``attempt`` (1-based)."""
         return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
 
+    def retry_pause(self, err: grpc.RpcError, attempt: int, time_left_s: float) -> float | None:
+        """The pause before trying again after ``err`` ended attempt ``attempt`` (1-based),
+        or None when it is not tried again: only UNAVAILABLE is, within ``max_attempts``
+        and when the pause ends before the call's deadline (``time_left_s`` away)."""
+        pause = self.backoff_s(attempt)
+        if (
+            err.code() != grpc.StatusCode.UNAVAILABLE
+            or attempt >= self.max_attempts
+            or pause >= time_left_s
+        ):
+            return None
+        return pause
+
 
 @dataclass(frozen=True)
 class ChannelOptions:
@@ -101,19 +114,22 @@ class RpcCaller:
     ) -> Any:
         """One unary call; raises ``grpc.RpcError`` with the final status."""
         deadline = self._clock() + (timeout_s or self.timeout_s)
-        attempts = self.retry.max_attempts if idempotent else 1
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             remaining = deadline - self._clock()
             try:
                 return method(request, timeout=max(remaining, 0.001), metadata=self.metadata)
             except grpc.RpcError as err:
-                pause = self.retry.backoff_s(attempt)
-                retryable = err.code() == grpc.StatusCode.UNAVAILABLE and attempt < attempts
-                if not retryable or self._clock() + pause >= deadline:
+                pause = (
+                    self.retry.retry_pause(err, attempt, deadline - self._clock())
+                    if idempotent
+                    else None
+                )
+                if pause is None:
                     raise
                 self.retries += 1
                 self._sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def stream(
         self, method: Callable[..., Any], request: Any, *, timeout_s: float | None = None
@@ -127,8 +143,8 @@ class StreamDeadlineExceeded(grpc.RpcError):
     cancelled."""
 
     def __init__(self, timeout_s: float):
-        super().__init__(f"no answer on the stream within {timeout_s} s")
         self._details = f"no answer on the stream within {timeout_s} s (stream cancelled)"
+        super().__init__(self._details)
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.DEADLINE_EXCEEDED
