@@ -15,11 +15,11 @@ from services.host.barrier import EpochBarrier
 from services.host.core.config import HostConfig, SwapConfig
 from services.host.core.host import Host
 from services.host.directory import HostDirectory
-from services.host.servicer import start_host_server
+from services.host.servicer import HostServicer, host_service_binding, start_host_server
 from services.protocol.clients import HostClient, connect_host
 from services.protocol.codec import encode_submission
 from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp
-from services.transport.server import GrpcServer, ServerOptions
+from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
 from tests.contract.certs import Pki, make_test_pki
 
 EXPERIMENT = "exp-contract"
@@ -163,3 +163,49 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
             return False
         pause.wait(0.01)
     return True
+
+
+class HostCluster:
+    """``hosts`` hosts behind one real server (``options``; SyncStream streams up to
+    ``max_streams``, by default half its workers as start_host_server allows), each with
+    ``guests_per_host`` guests registered, guest g for shard g % ``shards``; ``client``
+    speaks to it (with ``token``)."""
+
+    def __init__(
+        self,
+        hosts: int,
+        guests_per_host: int = 2,
+        shards: int = 1,
+        options: ServerOptions | None = None,
+        max_streams: int | None = None,
+        token: str | None = None,
+    ):
+        self.hosts = hosts
+        options = options or ServerOptions()
+        self.barriers = [EpochBarrier(EXPERIMENT, h, make_host(h)) for h in range(hosts)]
+        directory = HostDirectory(self.barriers)
+        streams = options.max_workers // 2 if max_streams is None else max_streams
+        self.servicer = HostServicer(directory, max_streams=streams)
+        binding = host_service_binding(directory)
+        self.server = build_server(
+            options, [ServiceBinding(binding.name, binding.add, self.servicer)]
+        )
+        self.server.start()
+        self.client = connect_host(self.server.address, token=token, timeout_s=10.0)
+        for h in range(hosts):
+            for k in range(guests_per_host):
+                gid = h * guests_per_host + k
+                register(self.client, gid, shard_id=gid % shards, host_id=h)
+
+    def state(self, host_id: int) -> host_pb2.GetHostStateResponse:
+        return self.client.get_host_state(
+            host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=host_id)
+        )
+
+    def digest(self) -> list[bytes]:
+        """Every host's state, serialized (equal digests: equal hosts)."""
+        return [self.state(h).SerializeToString(deterministic=True) for h in range(self.hosts)]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()

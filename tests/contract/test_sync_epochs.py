@@ -13,19 +13,15 @@ import grpc
 import pytest
 
 from overcommit.v1 import host_pb2
-from services.host.barrier import EpochBarrier
-from services.host.directory import HostDirectory
-from services.host.servicer import MAX_BATCH, start_host_server
-from services.protocol.clients import GrpcHostLink, connect_host
+from services.host.servicer import MAX_BATCH
+from services.protocol.clients import GrpcHostLink
 from services.protocol.codec import decode_outcome
 from services.protocol.messages import EpochSubmission
-from services.transport.server import ServerOptions
 from tests.contract.conftest import (
     EPOCH_NS,
     EXPERIMENT,
+    HostCluster,
     guest_ops,
-    make_host,
-    register,
     sync_request,
 )
 
@@ -34,33 +30,15 @@ GUESTS_PER_HOST = 2
 EPOCHS = 12
 
 
-class Cluster:
+def _cluster(shards: int = 1) -> HostCluster:
     """``HOSTS`` hosts behind one server, guests registered for shard 0 (and, with
     ``shards=2``, for shard 1), and a client."""
-
-    def __init__(self, shards: int = 1):
-        self.barriers = [EpochBarrier(EXPERIMENT, h, make_host(h)) for h in range(HOSTS)]
-        self.server = start_host_server(HostDirectory(self.barriers), ServerOptions())
-        self.server.start()
-        self.client = connect_host(self.server.address, timeout_s=10.0)
-        for h in range(HOSTS):
-            for k in range(GUESTS_PER_HOST):
-                gid = h * GUESTS_PER_HOST + k
-                register(self.client, gid, shard_id=gid % shards, host_id=h)
-
-    def state(self, host_id: int) -> host_pb2.GetHostStateResponse:
-        return self.client.get_host_state(
-            host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=host_id)
-        )
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.stop()
+    return HostCluster(HOSTS, GUESTS_PER_HOST, shards)
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster() -> Iterator[HostCluster]:
+    c = _cluster()
     try:
         yield c
     finally:
@@ -74,12 +52,8 @@ def _request(host_id: int, epoch: int, seed: int = 7) -> host_pb2.SyncEpochReque
     return sync_request(0, epoch, guests, host_id=host_id)
 
 
-def _digest(c: Cluster) -> list[bytes]:
-    return [c.state(h).SerializeToString(deterministic=True) for h in range(HOSTS)]
-
-
 def test_one_call_for_every_host_gives_what_one_call_per_host_gives() -> None:
-    batched, single = Cluster(), Cluster()
+    batched, single = _cluster(), _cluster()
     try:
         for epoch in range(EPOCHS):
             requests = [_request(h, epoch) for h in range(HOSTS)]
@@ -88,7 +62,7 @@ def test_one_call_for_every_host_gives_what_one_call_per_host_gives() -> None:
             assert [r.SerializeToString(deterministic=True) for r in got.responses] == [
                 w.SerializeToString(deterministic=True) for w in want
             ]
-        assert _digest(batched) == _digest(single)
+        assert batched.digest() == single.digest()
         # the hosts did work: touches were applied and reports discarded pages
         counters = batched.state(0).counters
         assert counters["touched_pages"] > 0 and counters["discarded_pages"] > 0
@@ -100,7 +74,7 @@ def test_one_call_for_every_host_gives_what_one_call_per_host_gives() -> None:
 def test_the_link_batches_per_server_and_matches_the_in_order_calls() -> None:
     """GrpcHostLink with one shard sends one SyncEpochs per server per epoch; its
     outcomes equal SyncEpoch's, host by host."""
-    batched, single = Cluster(), Cluster()
+    batched, single = _cluster(), _cluster()
     link = GrpcHostLink(EXPERIMENT, {h: batched.server.address for h in range(HOSTS)})
     try:
         for epoch in range(EPOCHS):
@@ -116,7 +90,7 @@ def test_the_link_batches_per_server_and_matches_the_in_order_calls() -> None:
                 want = decode_outcome(single.client.sync_epoch(_request(h, epoch)))
                 assert got == want
         assert len(link.sync_latency_s) == EPOCHS  # one call per epoch, not one per host
-        assert _digest(batched) == _digest(single)
+        assert batched.digest() == single.digest()
     finally:
         link.close()
         batched.close()
@@ -124,27 +98,27 @@ def test_the_link_batches_per_server_and_matches_the_in_order_calls() -> None:
 
 
 def test_a_retried_batch_returns_the_stored_answers_and_applies_nothing_twice(
-    cluster: Cluster,
+    cluster: HostCluster,
 ) -> None:
     requests = [_request(h, 0) for h in range(HOSTS)]
     first = cluster.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=requests))
-    before = _digest(cluster)
+    before = cluster.digest()
     again = cluster.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=requests))
     assert again == first
-    assert _digest(cluster) == before
+    assert cluster.digest() == before
 
 
-def _refused(cluster: Cluster, requests) -> grpc.RpcError:
-    before = _digest(cluster)
+def _refused(cluster: HostCluster, requests) -> grpc.RpcError:
+    before = cluster.digest()
     with pytest.raises(grpc.RpcError) as info:
         cluster.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=requests))
-    assert _digest(cluster) == before
+    assert cluster.digest() == before
     for barrier in cluster.barriers:  # nothing stored on any host
         assert barrier.pending_shards() == []
     return info.value
 
 
-def test_a_bad_message_refuses_the_whole_batch_and_names_it(cluster: Cluster) -> None:
+def test_a_bad_message_refuses_the_whole_batch_and_names_it(cluster: HostCluster) -> None:
     requests = [_request(h, 0) for h in range(HOSTS)]
     bad = requests[2]
     bad.guests[0].touched.starts[0] = 1 << 40  # beyond the guest
@@ -155,7 +129,7 @@ def test_a_bad_message_refuses_the_whole_batch_and_names_it(cluster: Cluster) ->
     cluster.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=requests[:2]))
 
 
-def test_a_stale_epoch_in_one_message_refuses_the_batch(cluster: Cluster) -> None:
+def test_a_stale_epoch_in_one_message_refuses_the_batch(cluster: HostCluster) -> None:
     cluster.client.sync_epochs(
         host_pb2.SyncEpochsRequest(requests=[_request(h, 0) for h in range(HOSTS)])
     )
@@ -185,7 +159,7 @@ def test_a_stale_epoch_in_one_message_refuses_the_batch(cluster: Cluster) -> Non
     ],
 )
 def test_malformed_batches_are_refused_naming_the_field(
-    cluster: Cluster, mutate, code: str, field: str
+    cluster: HostCluster, mutate, code: str, field: str
 ) -> None:
     requests = [_request(h, 0) for h in range(HOSTS)]
     mutate(requests)
@@ -194,7 +168,7 @@ def test_malformed_batches_are_refused_naming_the_field(
     assert err.details().startswith(field)
 
 
-def test_too_many_messages_are_refused_before_any_is_read(cluster: Cluster) -> None:
+def test_too_many_messages_are_refused_before_any_is_read(cluster: HostCluster) -> None:
     requests = [sync_request(0, 0, [], host_id=h) for h in range(MAX_BATCH + 1)]
     err = _refused(cluster, requests)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -206,7 +180,7 @@ def test_a_batch_waits_for_the_other_shard_of_each_host() -> None:
     result does not depend on which came first."""
     results = []
     for first in (0, 1):
-        c = Cluster(shards=2)
+        c = _cluster(shards=2)
         try:
             batches = {
                 s: [
@@ -228,7 +202,7 @@ def test_a_batch_waits_for_the_other_shard_of_each_host() -> None:
             other = c.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=batches[1 - first]))
             mine = future.result()
             answers = {first: mine, 1 - first: other}
-            results.append((answers[0], answers[1], _digest(c)))
+            results.append((answers[0], answers[1], c.digest()))
         finally:
             c.close()
     assert results[0] == results[1]

@@ -30,9 +30,7 @@ from overcommit.v1 import host_pb2, host_pb2_grpc
 from services.host.barrier import EpochBarrier
 from services.host.directory import HostDirectory
 from services.host.servicer import (
-    HostServicer,
     host_server_workers,
-    host_service_binding,
     start_host_server,
 )
 from services.protocol.clients import GrpcHostLink, connect_host
@@ -53,6 +51,7 @@ from tests.contract.conftest import (
     EPOCH_NS,
     EXPERIMENT,
     GUEST_PAGES,
+    HostCluster,
     guest_ops,
     make_host,
     register,
@@ -67,30 +66,17 @@ EPOCHS = 10
 CODE = grpc.StatusCode
 
 
-class Hosts:
-    """``HOSTS`` hosts behind one server (``options``, ``servicer``), guests registered
-    for shard 0 (and shard 1 with ``shards=2``)."""
+class Hosts(HostCluster):
+    """``HOSTS`` hosts behind one server (``options``, ``max_streams``), guests
+    registered for shard 0 (and shard 1 with ``shards=2``), the admin token's client."""
 
     def __init__(
         self,
         options: ServerOptions | None = None,
-        servicer_args: dict | None = None,
+        max_streams: int | None = None,
         shards: int = 1,
     ):
-        self.barriers = [EpochBarrier(EXPERIMENT, h, make_host(h)) for h in range(HOSTS)]
-        directory = HostDirectory(self.barriers)
-        self.servicer = HostServicer(directory, **(servicer_args or {}))
-        binding = host_service_binding(directory)
-        self.server = build_server(
-            options or ServerOptions(),
-            [ServiceBinding(binding.name, binding.add, self.servicer)],
-        )
-        self.server.start()
-        self.admin = connect_host(self.server.address, token="admin", timeout_s=10.0)
-        for h in range(HOSTS):
-            for k in range(GUESTS_PER_HOST):
-                gid = h * GUESTS_PER_HOST + k
-                register(self.admin, gid, shard_id=gid % shards, host_id=h)
+        super().__init__(HOSTS, GUESTS_PER_HOST, shards, options, max_streams, token="admin")
 
     def link(self, **kwargs) -> GrpcHostLink:
         return GrpcHostLink(
@@ -100,18 +86,6 @@ class Hosts:
             timeout_s=kwargs.pop("timeout_s", 10.0),
             **kwargs,
         )
-
-    def digest(self) -> list[bytes]:
-        return [
-            self.admin.get_host_state(
-                host_pb2.GetHostStateRequest(experiment_id=EXPERIMENT, host_id=h)
-            ).SerializeToString(deterministic=True)
-            for h in range(HOSTS)
-        ]
-
-    def close(self) -> None:
-        self.admin.close()
-        self.server.stop()
 
 
 ADMIN_ONLY = ServerOptions(tokens=TokenStore(admin_token="admin"))
@@ -197,7 +171,7 @@ def test_a_refused_request_ends_the_stream_names_its_field_and_stores_nothing(
 
 
 def test_a_server_without_room_refuses_the_stream_and_the_link_uses_unary_calls() -> None:
-    full = Hosts(ADMIN_ONLY, servicer_args={"max_streams": 0})
+    full = Hosts(ADMIN_ONLY, max_streams=0)
     free = Hosts(ADMIN_ONLY)
     a, b = full.link(), free.link()
     try:
@@ -310,7 +284,7 @@ def test_a_client_built_from_reflection_alone_syncs_over_the_stream() -> None:
                 iter([request_cls.FromString(r.SerializeToString()) for r in requests]), timeout=10
             )
         )
-        want = [reference.admin.sync_epochs(r) for r in requests]
+        want = [reference.client.sync_epochs(r) for r in requests]
         assert [a.SerializeToString(deterministic=True) for a in answers] == [
             w.SerializeToString(deterministic=True) for w in want
         ]
@@ -325,7 +299,7 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
     let in, so unary calls still get through while they sit idle, and stopping the
     server ends them."""
     h = Hosts(ADMIN_ONLY)
-    stub = host_pb2_grpc.HostServiceStub(h.admin.channel)
+    stub = host_pb2_grpc.HostServiceStub(h.client.channel)
     metadata = bearer_metadata("admin", None)
     held: list[RequestStream] = []
     try:
@@ -341,7 +315,7 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
         # unary calls are served meanwhile, syncs included
         request = sync_request(0, 0, [guest_ops(0, seed=1)], host_id=0)
-        assert h.admin.sync_epochs(host_pb2.SyncEpochsRequest(requests=[request])).responses
+        assert h.client.sync_epochs(host_pb2.SyncEpochsRequest(requests=[request])).responses
         assert len(h.digest()) == HOSTS
         stopped = h.server.stop_async(1.0)
         assert stopped.wait(30), "the server did not stop while streams were open"
@@ -349,7 +323,7 @@ def test_abandoned_streams_leave_the_server_room_and_a_stop_ends_them() -> None:
     finally:
         for stream in held:
             stream.close()
-        h.admin.close()
+        h.client.close()
         h.server.stop()
 
 
@@ -448,7 +422,7 @@ def test_a_call_interrupted_while_it_waits_never_hands_its_answer_to_the_next() 
 
 
 def test_a_stream_nobody_holds_is_closed_and_the_server_lets_its_slot_go(hosts: Hosts) -> None:
-    stub = host_pb2_grpc.HostServiceStub(hosts.admin.channel)
+    stub = host_pb2_grpc.HostServiceStub(hosts.client.channel)
     stream = RequestStream(stub.SyncStream, metadata=bearer_metadata("admin", None), timeout_s=60)
     assert wait_until(lambda: hosts.servicer.open_streams == 1)
     watchdogs = sum(t.name == "stream-watchdog" for t in threading.enumerate())
