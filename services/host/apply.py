@@ -156,8 +156,12 @@ def _sorted_groups(seqs: list[int]) -> list[tuple[int, np.ndarray | slice]] | No
 
 
 def _add_counts(total: dict[str, int], more: Mapping[str, int]) -> None:
+    """Add ``more`` into ``total``, kind by kind. Kinds with nothing (0) are left out:
+    an answer carries only what happened (a guest adds what it gets; a proto3 map
+    gives 0 for a kind it lacks), and most of a busy host's answers are mostly 0s."""
     for key, value in more.items():
-        total[key] = total.get(key, 0) + int(value)
+        if value:
+            total[key] = total.get(key, 0) + int(value)
 
 
 def record_swapped(

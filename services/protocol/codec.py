@@ -10,6 +10,7 @@ gRPC and in-process paths refuse the same input with the same error.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,6 +40,8 @@ DISCARD_TO_PB = {
     DISCARD_DISABLED: host_pb2.DISCARD_MODE_DISABLED,
 }
 DISCARD_FROM_PB = {pb: mode for mode, pb in DISCARD_TO_PB.items()}
+
+_T = TypeVar("_T")
 
 
 def _u64(values: Iterable[int]) -> np.ndarray:
@@ -114,48 +117,94 @@ def encode_submission(
         epochs=sub.epochs if sub.epochs > 1 else 0,
         sample=sub.sample,
     )
-    for ops in sub.guests:
-        g = request.guests.add(guest_id=ops.guest_id)
-        if len(ops.epoch_seq_ends):
-            g.epoch_seq_ends.extend(np.asarray(ops.epoch_seq_ends).tolist())
+    add = request.guests.add
+    for ops in sub.guests:  # per guest: only what it has (the shared empties are skipped)
+        g = add(guest_id=ops.guest_id)
+        ends = ops.epoch_seq_ends
+        if ends is not EMPTY_U64 and len(ends):
+            g.epoch_seq_ends.extend(ends.tolist())
         for report in ops.reports:
             batch = g.reports.add(op_seq=report.op_seq)
-            batch.pfns.extend(np.asarray(report.pfns).tolist())
-            batch.orders.extend(np.asarray(report.orders).tolist())
-        for target, runs in ((g.touched, ops.touched), (g.freed, ops.freed)):
-            if len(runs.starts) or len(runs.op_seqs):
-                target.starts.extend(np.asarray(runs.starts).tolist())
-                target.npages.extend(np.asarray(runs.npages).tolist())
-                target.op_seqs.extend(np.asarray(runs.op_seqs).tolist())
+            batch.pfns.extend(report.pfns.tolist())
+            batch.orders.extend(report.orders.tolist())
+        runs = ops.touched
+        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.op_seqs)):
+            _put_runs(g.touched, runs)
+        runs = ops.freed
+        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.op_seqs)):
+            _put_runs(g.freed, runs)
     return request
 
 
-def _runs_from_pb(runs: common_pb2.SequencedPageRuns) -> PageRunOps:
-    """The three parallel arrays from one list of their values (one conversion, not
-    three; views of it), whatever their lengths (validation compares them)."""
-    a, b, c = len(runs.starts), len(runs.npages), len(runs.op_seqs)
-    if not (a or b or c):
-        return EMPTY_RUNS
-    values = np.array([*runs.starts, *runs.npages, *runs.op_seqs], dtype=np.uint64)
-    return PageRunOps(values[:a], values[a : a + b], values[a + b :])
+def _put_runs(target: common_pb2.SequencedPageRuns, runs: PageRunOps) -> None:
+    target.starts.extend(runs.starts.tolist())
+    target.npages.extend(runs.npages.tolist())
+    target.op_seqs.extend(runs.op_seqs.tolist())
+
+
+def _assemble(cls: type[_T], fields: dict[str, object]) -> _T:
+    """An instance of the dataclass ``cls`` holding ``fields`` (every field of it), built
+    without calling its ``__init__``. The decoders build a few per guest of every
+    message, where a frozen dataclass's ``__init__`` cost more than the decoding."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+# GuestEpochOps field numbers (protos/overcommit/v1/host.proto), for ListFields
+_OPS_GUEST_ID, _OPS_REPORTS, _OPS_TOUCHED, _OPS_FREED, _OPS_ENDS = 1, 2, 3, 4, 5
 
 
 def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
-    """SyncEpochRequest -> plain submission (numpy arrays); validation comes after."""
+    """SyncEpochRequest -> plain submission (numpy arrays); validation comes after.
+
+    Every guest's run arrays and epoch ends are gathered into one list and converted
+    once; each guest gets views of that array (lengths as sent: validation compares
+    them). A sub-message set but empty decodes as one not set."""
+    values: list[int] = []
+    # per guest: guest_id, reports, then (offset, a, b, c) of touched and of freed and
+    # (offset, n) of the epoch ends, or None for what the guest did not send
+    layout: list[tuple] = []
+    for g in request.guests:
+        guest_id, touched, freed, ends = 0, None, None, None
+        reports: tuple[ReportOp, ...] = ()
+        for fd, value in g.ListFields():  # only the fields that are set
+            number = fd.number
+            if number in (_OPS_TOUCHED, _OPS_FREED):
+                starts, npages, seqs = value.starts[:], value.npages[:], value.op_seqs[:]
+                at = (len(values), len(starts), len(npages), len(seqs))
+                values += starts
+                values += npages
+                values += seqs
+                if number == _OPS_TOUCHED:
+                    touched = at
+                else:
+                    freed = at
+            elif number == _OPS_GUEST_ID:
+                guest_id = value
+            elif number == _OPS_ENDS:
+                ends = (len(values), len(value))
+                values += value[:]
+            elif number == _OPS_REPORTS:
+                reports = tuple(
+                    ReportOp(r.op_seq, _u64(r.pfns), np.fromiter(r.orders, dtype=np.uint32))
+                    for r in value
+                )
+        layout.append((guest_id, reports, touched, freed, ends))
+    arr = np.array(values, dtype=np.uint64) if values else EMPTY_U64
+    arr.flags.writeable = False  # shared by every guest's views
     guests = tuple(
-        GuestOps(
-            guest_id=g.guest_id,
-            reports=tuple(
-                ReportOp(r.op_seq, _u64(r.pfns), np.fromiter(r.orders, dtype=np.uint32))
-                for r in g.reports
-            )
-            if g.reports
-            else (),
-            touched=_runs_from_pb(g.touched) if g.HasField("touched") else EMPTY_RUNS,
-            freed=_runs_from_pb(g.freed) if g.HasField("freed") else EMPTY_RUNS,
-            epoch_seq_ends=_u64(g.epoch_seq_ends) if g.epoch_seq_ends else EMPTY_U64,
+        _assemble(
+            GuestOps,
+            {
+                "guest_id": guest_id,
+                "reports": reports,
+                "touched": _runs_view(arr, touched),
+                "freed": _runs_view(arr, freed),
+                "epoch_seq_ends": arr[ends[0] : ends[0] + ends[1]] if ends else EMPTY_U64,
+            },
         )
-        for g in request.guests
+        for guest_id, reports, touched, freed, ends in layout
     )
     return EpochSubmission(
         request.shard_id,
@@ -169,14 +218,32 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
     )
 
 
+def _runs_view(arr: np.ndarray, at: tuple[int, int, int, int] | None) -> PageRunOps:
+    """The three parallel arrays of one guest's runs: views of ``arr`` (lengths as sent)."""
+    if at is None:
+        return EMPTY_RUNS
+    o, a, b, c = at
+    if not (a or b or c):
+        return EMPTY_RUNS
+    return _assemble(
+        PageRunOps,
+        {
+            "starts": arr[o : o + a],
+            "npages": arr[o + a : o + a + b],
+            "op_seqs": arr[o + a + b : o + a + b + c],
+        },
+    )
+
+
 # ------------------------------------------------------------------ outcomes
 
 
 def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
     """Plain outcome -> SyncEpochResponse."""
     response = host_pb2.SyncEpochResponse(epoch=outcome.epoch, sequence=outcome.sequence)
+    add = response.guests.add
     for g in outcome.guests:
-        result = response.guests.add(guest_id=g.guest_id, stopped=g.stopped)
+        result = add(guest_id=g.guest_id, stopped=g.stopped)
         for ack in g.acks:
             result.report_acks.add(
                 op_seq=ack.op_seq,
@@ -187,8 +254,15 @@ def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
         if len(g.swapped_starts):
             result.swapped_out.starts.extend(g.swapped_starts.tolist())
             result.swapped_out.npages.extend(g.swapped_npages.tolist())
-        result.lost_ns.update(g.lost_ns)
-        result.touched_pages.update(g.touched_pages)
+        # item by item: a map's update() goes through collections.abc, several times slower
+        if g.lost_ns:
+            target = result.lost_ns
+            for kind, ns in g.lost_ns.items():
+                target[kind] = ns
+        if g.touched_pages:
+            target = result.touched_pages
+            for kind, pages in g.touched_pages.items():
+                target[kind] = pages
     if outcome.sample is not None:
         response.sample_counters.update(outcome.sample)
     return response
@@ -199,34 +273,52 @@ def _i64_or_empty(values) -> np.ndarray:
     return np.fromiter(values, dtype=np.int64) if len(values) else EMPTY_I64
 
 
+# GuestEpochResult field numbers (protos/overcommit/v1/host.proto), for ListFields
+_RES_GUEST_ID, _RES_ACKS, _RES_SWAPPED, _RES_LOST, _RES_TOUCHED, _RES_STOPPED = 1, 2, 3, 4, 5, 6
+
+
 def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
-    """SyncEpochResponse -> plain outcome (for the guest shard that sent the epoch)."""
-    guests = tuple(
-        GuestOutcome(
-            guest_id=g.guest_id,
-            acks=[
-                ReportAck(
-                    a.op_seq, a.status == host_pb2.REPORT_STATUS_OK, a.discarded_pages, a.latency_ns
-                )
-                for a in g.report_acks
-            ]
-            if g.report_acks
-            else [],
-            swapped_starts=_i64_or_empty(g.swapped_out.starts)
-            if g.HasField("swapped_out")
-            else EMPTY_I64,
-            swapped_npages=_i64_or_empty(g.swapped_out.npages)
-            if g.HasField("swapped_out")
-            else EMPTY_I64,
-            lost_ns={k: g.lost_ns[k] for k in g.lost_ns},
-            touched_pages={k: g.touched_pages[k] for k in g.touched_pages},
-            stopped=g.stopped,
-        )
-        for g in response.guests
-    )
+    """SyncEpochResponse -> plain outcome (for the guest shard that sent the epoch).
+    Per guest only the fields that are set are read (most answers carry no acks,
+    swap-outs or costs)."""
+    guests = []
+    for g in response.guests:
+        fields: dict[str, object] = {
+            "guest_id": 0,
+            "acks": [],
+            "swapped_starts": EMPTY_I64,
+            "swapped_npages": EMPTY_I64,
+            "lost_ns": {},
+            "touched_pages": {},
+            "stopped": False,
+        }
+        for fd, value in g.ListFields():  # only the fields that are set
+            number = fd.number
+            if number == _RES_LOST:
+                fields["lost_ns"] = {k: value[k] for k in value}
+            elif number == _RES_TOUCHED:
+                fields["touched_pages"] = {k: value[k] for k in value}
+            elif number == _RES_GUEST_ID:
+                fields["guest_id"] = value
+            elif number == _RES_SWAPPED:
+                fields["swapped_starts"] = _i64_or_empty(value.starts)
+                fields["swapped_npages"] = _i64_or_empty(value.npages)
+            elif number == _RES_ACKS:
+                fields["acks"] = [
+                    ReportAck(
+                        a.op_seq,
+                        a.status == host_pb2.REPORT_STATUS_OK,
+                        a.discarded_pages,
+                        a.latency_ns,
+                    )
+                    for a in value
+                ]
+            elif number == _RES_STOPPED:
+                fields["stopped"] = value
+        guests.append(_assemble(GuestOutcome, fields))
     return EpochOutcome(
         response.epoch,
         response.sequence,
-        guests,
+        tuple(guests),
         dict(response.sample_counters) if response.sample_counters else None,
     )

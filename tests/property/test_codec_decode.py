@@ -1,10 +1,12 @@
-"""The codec's decoders against plain field-by-field decoding of the same messages.
+"""The codec against plain field-by-field encoding and decoding of the same values.
 
-``decode_submission`` converts a guest's three run arrays in one go and skips
-sub-messages that are not set; ``decode_outcome`` skips empty acks and swap-outs.
+``decode_submission`` converts every guest's run arrays in one go (views of one
+array) and reads only the fields that are set; ``decode_outcome`` likewise.
 Any protobuf message a client may send, lengths that differ and sub-messages set
 but empty included, must decode to the same plain values as converting every
-field on its own (the reference below).
+field on its own (the references below). The encoders skip what a guest did not
+do (the shared empties, empty maps) and must build the same message as writing
+every field.
 """
 
 from __future__ import annotations
@@ -14,7 +16,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overcommit.v1 import host_pb2
-from services.protocol.codec import decode_outcome, decode_submission
+from services.protocol.codec import (
+    decode_outcome,
+    decode_submission,
+    encode_outcome,
+    encode_submission,
+)
+from services.protocol.messages import (
+    EMPTY_I64,
+    EMPTY_RUNS,
+    EMPTY_U64,
+    EpochOutcome,
+    EpochSubmission,
+    GuestOps,
+    GuestOutcome,
+    PageRunOps,
+    ReportAck,
+    ReportOp,
+)
 
 U64 = st.integers(0, 2**64 - 1)
 SMALL = st.lists(st.integers(0, 2**20), max_size=4)
@@ -168,3 +187,169 @@ def test_decode_outcome_as_field_by_field(response):
     ]
     assert same(view, want)
     assert got.sample == (dict(wire.sample_counters) if wire.sample_counters else None)
+
+
+# ------------------------------------------------------------------ encoders
+
+U64_ARRAYS = st.lists(st.integers(0, 2**64 - 1), max_size=4).map(
+    lambda v: np.array(v, dtype=np.uint64)
+)
+
+
+@st.composite
+def plain_runs(draw):
+    """A guest's runs as a shard builds them: the shared empty, an empty of its own, or
+    three arrays (of any lengths: validation on the host compares them)."""
+    how = draw(st.sampled_from(["shared", "own_empty", "arrays"]))
+    if how == "shared":
+        return EMPTY_RUNS
+    if how == "own_empty":
+        return PageRunOps(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    return PageRunOps(draw(U64_ARRAYS), draw(U64_ARRAYS), draw(U64_ARRAYS))
+
+
+@st.composite
+def submissions(draw):
+    guests = []
+    for gid in draw(st.lists(st.integers(0, 2**32), max_size=4)):
+        reports = tuple(
+            ReportOp(
+                draw(st.integers(0, 99)),
+                draw(U64_ARRAYS),
+                np.array(draw(st.lists(st.integers(0, 12), max_size=4)), dtype=np.uint32),
+            )
+            for _ in range(draw(st.integers(0, 2)))
+        )
+        ends = draw(st.sampled_from(["shared", "own_empty", "array"]))
+        guests.append(
+            GuestOps(
+                gid,
+                reports,
+                draw(plain_runs()),
+                draw(plain_runs()),
+                EMPTY_U64
+                if ends == "shared"
+                else np.zeros(0, np.uint64)
+                if ends == "own_empty"
+                else draw(U64_ARRAYS),
+            )
+        )
+    return EpochSubmission(
+        shard_id=draw(st.integers(0, 9)),
+        epoch=draw(st.integers(0, 2**40)),
+        sequence=draw(st.integers(0, 9)),
+        epoch_end_ns=draw(st.integers(0, 2**62)),
+        guests=tuple(guests),
+        next_epoch=draw(st.integers(0, 2**40)),
+        epochs=draw(st.integers(1, 4)),
+        sample=draw(st.booleans()),
+    )
+
+
+def submission_pb_ref(sub):
+    """encode_submission written field by field, every guest and array as it is."""
+    r = host_pb2.SyncEpochRequest(
+        experiment_id="e",
+        host_id=3,
+        shard_id=sub.shard_id,
+        epoch=sub.epoch,
+        sequence=sub.sequence,
+        epoch_end_ns=sub.epoch_end_ns,
+        next_epoch=sub.next_epoch,
+        epochs=sub.epochs if sub.epochs > 1 else 0,
+        sample=sub.sample,
+    )
+    for ops in sub.guests:
+        g = r.guests.add(guest_id=ops.guest_id)
+        g.epoch_seq_ends.extend(int(v) for v in ops.epoch_seq_ends)
+        for rep in ops.reports:
+            b = g.reports.add(op_seq=rep.op_seq)
+            b.pfns.extend(int(v) for v in rep.pfns)
+            b.orders.extend(int(v) for v in rep.orders)
+        for target, runs in ((g.touched, ops.touched), (g.freed, ops.freed)):
+            if len(runs.starts) or len(runs.op_seqs):  # set only with starts or op_seqs
+                target.starts.extend(int(v) for v in runs.starts)
+                target.npages.extend(int(v) for v in runs.npages)
+                target.op_seqs.extend(int(v) for v in runs.op_seqs)
+    return r
+
+
+@settings(max_examples=300, deadline=None)
+@given(sub=submissions())
+def test_encode_submission_as_field_by_field(sub):
+    got = encode_submission("e", 3, sub)
+    assert got == submission_pb_ref(sub)
+    assert got.SerializeToString() == submission_pb_ref(sub).SerializeToString()
+    # and back: the plain values the host decodes are the ones sent
+    wire = host_pb2.SyncEpochRequest.FromString(got.SerializeToString())
+    assert same(submission_view(decode_submission(wire)), submission_ref(wire))
+
+
+@st.composite
+def outcomes(draw):
+    guests = []
+    for gid in draw(st.lists(st.integers(0, 2**32), max_size=4)):
+        swapped = draw(st.lists(st.tuples(st.integers(0, 2**40), st.integers(1, 512)), max_size=3))
+        guests.append(
+            GuestOutcome(
+                gid,
+                acks=[
+                    ReportAck(draw(st.integers(0, 99)), draw(st.booleans()), 7, 9)
+                    for _ in range(draw(st.integers(0, 2)))
+                ],
+                swapped_starts=np.array([s for s, _ in swapped], dtype=np.int64)
+                if swapped
+                else EMPTY_I64,
+                swapped_npages=np.array([n for _, n in swapped], dtype=np.int64)
+                if swapped
+                else EMPTY_I64,
+                # zeros included: an encoder sends what it is given
+                lost_ns=draw(
+                    st.dictionaries(
+                        st.sampled_from(["fault", "zero", "swapin"]), st.integers(0, 2**40)
+                    )
+                ),
+                touched_pages=draw(
+                    st.dictionaries(st.sampled_from(["backed", "swapped"]), st.integers(0, 2**30))
+                ),
+                stopped=draw(st.booleans()),
+            )
+        )
+    # a host that keeps a sample always has counters (an empty map reads as no sample)
+    sample = draw(
+        st.none() | st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 99), min_size=1)
+    )
+    return EpochOutcome(draw(st.integers(0, 99)), draw(st.integers(0, 9)), tuple(guests), sample)
+
+
+def outcome_pb_ref(outcome):
+    r = host_pb2.SyncEpochResponse(epoch=outcome.epoch, sequence=outcome.sequence)
+    for g in outcome.guests:
+        res = r.guests.add(guest_id=g.guest_id, stopped=g.stopped)
+        for a in g.acks:
+            res.report_acks.add(
+                op_seq=a.op_seq,
+                status=host_pb2.REPORT_STATUS_OK if a.ok else host_pb2.REPORT_STATUS_ERROR,
+                discarded_pages=a.discarded_pages,
+                latency_ns=a.latency_ns,
+            )
+        if len(g.swapped_starts):
+            res.swapped_out.starts.extend(int(v) for v in g.swapped_starts)
+            res.swapped_out.npages.extend(int(v) for v in g.swapped_npages)
+        for k, v in g.lost_ns.items():
+            res.lost_ns[k] = v
+        for k, v in g.touched_pages.items():
+            res.touched_pages[k] = v
+    if outcome.sample is not None:
+        for k, v in outcome.sample.items():
+            r.sample_counters[k] = v
+    return r
+
+
+@settings(max_examples=300, deadline=None)
+@given(outcome=outcomes())
+def test_encode_outcome_as_field_by_field_and_back(outcome):
+    got = encode_outcome(outcome)
+    assert got == outcome_pb_ref(outcome)
+    back = decode_outcome(host_pb2.SyncEpochResponse.FromString(got.SerializeToString()))
+    assert back == outcome
