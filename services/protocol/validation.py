@@ -15,7 +15,15 @@ import numpy as np
 from services.transport.errors import invalid_argument, not_found, permission_denied, require
 from services.units import PAGE_SIZE
 
-from .messages import DISCARD_MODES, EpochSubmission, GuestOps, GuestRegistration, PageRunOps
+from .messages import (
+    DISCARD_MODES,
+    EMPTY_RUNS,
+    EMPTY_U64,
+    EpochSubmission,
+    GuestOps,
+    GuestRegistration,
+    PageRunOps,
+)
 
 MAX_REPORT_CAPACITY = 1 << 16  # ranges per report a host accepts at most (the kernel's is 32)
 MAX_ORDER_LIMIT = 20  # orders a registration may declare (x86-64 uses up to 10)
@@ -302,14 +310,15 @@ def _shape_ok(sub: EpochSubmission) -> bool:
         and sub.epochs >= 1
     ):
         return False
-    for ops in sub.guests:
-        if not (_unsigned(ops.guest_id) and _unsigned_array(ops.epoch_seq_ends)):
+    for ops in sub.guests:  # the shared empties (most guests' ends, freed runs) are fine
+        ends = ops.epoch_seq_ends
+        if not (_unsigned(ops.guest_id) and (ends is EMPTY_U64 or _unsigned_array(ends))):
             return False
         for r in ops.reports:
             if not (_unsigned(r.op_seq) and _unsigned_array(r.pfns) and _unsigned_array(r.orders)):
                 return False
         for runs in (ops.touched, ops.freed):
-            if not (
+            if runs is not EMPTY_RUNS and not (
                 _unsigned_array(runs.starts)
                 and _unsigned_array(runs.npages)
                 and _unsigned_array(runs.op_seqs)
