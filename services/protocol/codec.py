@@ -122,11 +122,11 @@ def encode_submission(
         g = add(guest_id=ops.guest_id)
         ends = ops.epoch_seq_ends
         if ends is not EMPTY_U64 and len(ends):
-            g.epoch_seq_ends.extend(ends.tolist())
+            g.epoch_seq_ends.extend(_ints(ends))
         for report in ops.reports:
             batch = g.reports.add(op_seq=report.op_seq)
-            batch.pfns.extend(report.pfns.tolist())
-            batch.orders.extend(report.orders.tolist())
+            batch.pfns.extend(_ints(report.pfns))
+            batch.orders.extend(_ints(report.orders))
         runs = ops.touched
         if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.op_seqs)):
             _put_runs(g.touched, runs)
@@ -137,9 +137,17 @@ def encode_submission(
 
 
 def _put_runs(target: common_pb2.SequencedPageRuns, runs: PageRunOps) -> None:
-    target.starts.extend(runs.starts.tolist())
-    target.npages.extend(runs.npages.tolist())
-    target.op_seqs.extend(runs.op_seqs.tolist())
+    target.starts.extend(_ints(runs.starts))
+    target.npages.extend(_ints(runs.npages))
+    target.op_seqs.extend(_ints(runs.op_seqs))
+
+
+def _ints(values) -> list[int]:
+    """An array's values as Python ints: a numpy array as it is (a shard's), anything
+    else (a list a client built) through ``np.asarray``."""
+    if type(values) is np.ndarray:
+        return values.tolist()
+    return np.asarray(values).tolist()
 
 
 def _assemble(cls: type[_T], fields: dict[str, object]) -> _T:
@@ -191,8 +199,11 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
                     for r in value
                 )
         layout.append((guest_id, reports, touched, freed, ends))
-    arr = np.array(values, dtype=np.uint64) if values else EMPTY_U64
-    arr.flags.writeable = False  # shared by every guest's views
+    if values:
+        arr = np.array(values, dtype=np.uint64)
+        arr.flags.writeable = False  # shared by every guest's views
+    else:
+        arr = EMPTY_U64  # nothing to view (and the shared empty is left as it is)
     guests = tuple(
         _assemble(
             GuestOps,

@@ -194,6 +194,14 @@ def test_decode_outcome_as_field_by_field(response):
 U64_ARRAYS = st.lists(st.integers(0, 2**64 - 1), max_size=4).map(
     lambda v: np.array(v, dtype=np.uint64)
 )
+# what else the shape check lets through: signed arrays and plain lists of
+# non-negative integers (a client's own values; an empty list reads as floats and is
+# refused); the encoder must send them alike
+INT_VALUES = st.one_of(
+    U64_ARRAYS,
+    st.lists(st.integers(0, 2**63 - 1), max_size=4).map(lambda v: np.array(v, dtype=np.int64)),
+    st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=4),
+)
 
 
 @st.composite
@@ -205,7 +213,7 @@ def plain_runs(draw):
         return EMPTY_RUNS
     if how == "own_empty":
         return PageRunOps(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-    return PageRunOps(draw(U64_ARRAYS), draw(U64_ARRAYS), draw(U64_ARRAYS))
+    return PageRunOps(draw(INT_VALUES), draw(INT_VALUES), draw(INT_VALUES))
 
 
 @st.composite
@@ -215,8 +223,16 @@ def submissions(draw):
         reports = tuple(
             ReportOp(
                 draw(st.integers(0, 99)),
-                draw(U64_ARRAYS),
-                np.array(draw(st.lists(st.integers(0, 12), max_size=4)), dtype=np.uint32),
+                draw(INT_VALUES),
+                draw(
+                    st.lists(st.integers(0, 12), max_size=4).flatmap(
+                        lambda v: st.sampled_from(
+                            [v, np.array(v, dtype=np.uint32)]
+                            if v
+                            else [np.array(v, dtype=np.uint32)]
+                        )
+                    )
+                ),
             )
             for _ in range(draw(st.integers(0, 2)))
         )
@@ -231,7 +247,7 @@ def submissions(draw):
                 if ends == "shared"
                 else np.zeros(0, np.uint64)
                 if ends == "own_empty"
-                else draw(U64_ARRAYS),
+                else draw(INT_VALUES),
             )
         )
     return EpochSubmission(
@@ -353,3 +369,22 @@ def test_encode_outcome_as_field_by_field_and_back(outcome):
     assert got == outcome_pb_ref(outcome)
     back = decode_outcome(host_pb2.SyncEpochResponse.FromString(got.SerializeToString()))
     assert back == outcome
+
+
+def test_decoding_leaves_the_shared_empties_as_they_were():
+    """A message with no arrays decodes to the shared empties, which stay as they were
+    made, writable (only a message's own array is read-only). Every decode in this
+    process before this test went through the same code, so a decoder that froze them
+    shows here whatever the test order."""
+    before = (True, True)  # np.zeros: writable
+    request = host_pb2.SyncEpochRequest(experiment_id="e", host_id=1)
+    request.guests.add(guest_id=1)
+    sub = decode_submission(host_pb2.SyncEpochRequest.FromString(request.SerializeToString()))
+    assert sub.guests[0].touched is EMPTY_RUNS and sub.guests[0].epoch_seq_ends is EMPTY_U64
+    assert (EMPTY_U64.flags.writeable, EMPTY_RUNS.starts.flags.writeable) == before
+    # a message with arrays: its guests' views cannot write into each other's values
+    request.guests[0].touched.starts.extend([1, 2])
+    request.guests[0].touched.npages.extend([1, 1])
+    request.guests[0].touched.op_seqs.extend([0, 0])
+    runs = decode_submission(request).guests[0].touched
+    assert not runs.starts.flags.writeable and runs.starts.tolist() == [1, 2]
