@@ -167,18 +167,14 @@ def _registrations(messages):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the JSON on one line")
     parser.add_argument("--guests", type=int, default=150)
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=20, help="simulated seconds of the run")
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
     out = run(args.guests, args.hosts, args.seconds, args.repeats)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key:28s} {value}")
+    print(json.dumps(out, indent=None if args.json else 2))
     return 0
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overcommit.v1 import host_pb2
+from overcommit.v1 import common_pb2, host_pb2
 from services.protocol.codec import (
     decode_outcome,
     decode_submission,
@@ -339,27 +339,39 @@ def outcomes(draw):
 
 
 def outcome_pb_ref(outcome):
-    r = host_pb2.SyncEpochResponse(epoch=outcome.epoch, sequence=outcome.sequence)
-    for g in outcome.guests:
-        res = r.guests.add(guest_id=g.guest_id, stopped=g.stopped)
-        for a in g.acks:
-            res.report_acks.add(
-                op_seq=a.op_seq,
-                status=host_pb2.REPORT_STATUS_OK if a.ok else host_pb2.REPORT_STATUS_ERROR,
-                discarded_pages=a.discarded_pages,
-                latency_ns=a.latency_ns,
+    """encode_outcome written with the messages' constructors, every field given."""
+    status = {True: host_pb2.REPORT_STATUS_OK, False: host_pb2.REPORT_STATUS_ERROR}
+    results = [
+        host_pb2.GuestEpochResult(
+            guest_id=g.guest_id,
+            report_acks=[
+                host_pb2.ReportAck(
+                    op_seq=a.op_seq,
+                    status=status[a.ok],
+                    discarded_pages=a.discarded_pages,
+                    latency_ns=a.latency_ns,
+                )
+                for a in g.acks
+            ],
+            # an empty PageRuns sets nothing (the encoder leaves the field unset)
+            swapped_out=common_pb2.PageRuns(
+                starts=[int(v) for v in g.swapped_starts],
+                npages=[int(v) for v in g.swapped_npages],
             )
-        if len(g.swapped_starts):
-            res.swapped_out.starts.extend(int(v) for v in g.swapped_starts)
-            res.swapped_out.npages.extend(int(v) for v in g.swapped_npages)
-        for k, v in g.lost_ns.items():
-            res.lost_ns[k] = v
-        for k, v in g.touched_pages.items():
-            res.touched_pages[k] = v
-    if outcome.sample is not None:
-        for k, v in outcome.sample.items():
-            r.sample_counters[k] = v
-    return r
+            if len(g.swapped_starts)
+            else None,
+            lost_ns=dict(g.lost_ns),
+            touched_pages=dict(g.touched_pages),
+            stopped=g.stopped,
+        )
+        for g in outcome.guests
+    ]
+    return host_pb2.SyncEpochResponse(
+        epoch=outcome.epoch,
+        sequence=outcome.sequence,
+        guests=results,
+        sample_counters=outcome.sample or {},
+    )
 
 
 @settings(max_examples=300, deadline=None)
