@@ -72,6 +72,7 @@ lint: $(STAMP)
 bench: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/python bench/guest_allocator.py --json
 	$(BIN)/python bench/host_pool.py --json
+	$(BIN)/python bench/codec.py --json
 	@if [ -f bench/grpc_sync.py ]; then $(BIN)/python bench/grpc_sync.py --json; fi
 	@if [ -f bench/end_to_end.py ]; then $(BIN)/python bench/end_to_end.py --json; fi
 	$(BIN)/python bench/load.py --json
