@@ -2,8 +2,9 @@
 
 Every sync pays the codec on both ends: the shard encodes its submission and
 decodes the answer, the host decodes the submission, validates it and encodes
-the answer. Under pressure (one sync per epoch to every host) that was about a
-fifth of the run's critical path (issue 16).
+the answer. Under pressure (one sync per epoch to every host a shard's guests act
+on) the codec and validation were about 9 % of a shard's profile samples and 12 %
+of a host actor's (issue 16).
 
 The messages are real: a scaled-down ``experiments/pressure.yaml`` (the guests
 and hosts of ``--guests``/``--hosts``, the same 15 guests per host, 1 shard) runs
