@@ -127,11 +127,12 @@ def encode_submission(
             batch = g.reports.add(op_seq=report.op_seq)
             batch.pfns.extend(_ints(report.pfns))
             batch.orders.extend(_ints(report.orders))
+        # runs are sent if any of their arrays has values (the host compares lengths)
         runs = ops.touched
-        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.op_seqs)):
+        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.npages) or len(runs.op_seqs)):
             _put_runs(g.touched, runs)
         runs = ops.freed
-        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.op_seqs)):
+        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.npages) or len(runs.op_seqs)):
             _put_runs(g.freed, runs)
     return request
 

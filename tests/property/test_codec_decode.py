@@ -283,7 +283,7 @@ def submission_pb_ref(sub):
             b.pfns.extend(int(v) for v in rep.pfns)
             b.orders.extend(int(v) for v in rep.orders)
         for target, runs in ((g.touched, ops.touched), (g.freed, ops.freed)):
-            if len(runs.starts) or len(runs.op_seqs):  # set only with starts or op_seqs
+            if len(runs.starts) or len(runs.npages) or len(runs.op_seqs):  # any values
                 target.starts.extend(int(v) for v in runs.starts)
                 target.npages.extend(int(v) for v in runs.npages)
                 target.op_seqs.extend(int(v) for v in runs.op_seqs)

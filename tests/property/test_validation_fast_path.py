@@ -128,6 +128,14 @@ REG = {gid: GuestRegistration(gid, SHARD, 64, "dontneed") for gid in (10, 11)}
 @example(  # a start past the end whose npages would wrap
     case=(EpochSubmission(SHARD, 5, 0, 1, (touch_only(11, [70], [1]),), 6, 1), REG)
 )
+@example(  # freed runs with npages only (the fast path once took them for no runs)
+    case=(
+        EpochSubmission(
+            SHARD, 5, 0, 1, (GuestOps(11, freed=PageRunOps(arr([]), arr([1]), arr([]))),), 6, 1
+        ),
+        REG,
+    )
+)
 def test_fast_path_answers_as_the_full_check(case):
     sub, guests = case
     want = outcome(validate_submission_in_full, sub, guests)
