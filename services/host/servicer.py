@@ -40,9 +40,15 @@ from .directory import HostDirectory
 
 MAX_WAIT_S = 600.0  # a SyncEpoch without a deadline waits at most this long for other shards
 MAX_BATCH = 1024  # messages in one SyncEpochs call (each for a different host)
-# SyncStream streams open at once: each holds a worker thread while open, so at most half
-# of a server's workers (16 of the default 32); the rest serve unary calls.
-MAX_STREAMS = DEFAULT_MAX_WORKERS // 2
+
+
+def streams_allowed(workers: int) -> int:
+    """SyncStream streams a server of ``workers`` worker threads lets in at once: each
+    holds a worker while open, so at most half; the rest serve unary calls."""
+    return workers // 2
+
+
+MAX_STREAMS = streams_allowed(DEFAULT_MAX_WORKERS)  # a servicer built without options: 16
 
 
 def host_server_workers(shards: int) -> int:
@@ -261,5 +267,5 @@ def start_host_server(
     """Build a server for ``directory`` (bound, not started; use ``with`` or ``start()``).
     It lets in SyncStream streams up to half its workers."""
     options = options or ServerOptions()
-    binding = host_service_binding(directory, max_streams=options.max_workers // 2)
+    binding = host_service_binding(directory, max_streams=streams_allowed(options.max_workers))
     return build_server(options, [binding, *extra_services])

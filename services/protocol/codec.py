@@ -10,7 +10,7 @@ gRPC and in-process paths refuse the same input with the same error.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -127,13 +127,10 @@ def encode_submission(
             batch = g.reports.add(op_seq=report.op_seq)
             batch.pfns.extend(_ints(report.pfns))
             batch.orders.extend(_ints(report.orders))
-        # runs are sent if any of their arrays has values (the host compares lengths)
-        runs = ops.touched
-        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.npages) or len(runs.op_seqs)):
-            _put_runs(g.touched, runs)
-        runs = ops.freed
-        if runs is not EMPTY_RUNS and (len(runs.starts) or len(runs.npages) or len(runs.op_seqs)):
-            _put_runs(g.freed, runs)
+        if ops.touched.has_values():  # the host compares the lengths
+            _put_runs(g.touched, ops.touched)
+        if ops.freed.has_values():
+            _put_runs(g.freed, ops.freed)
     return request
 
 
@@ -266,23 +263,30 @@ def encode_outcome(outcome: EpochOutcome) -> host_pb2.SyncEpochResponse:
         if len(g.swapped_starts):
             result.swapped_out.starts.extend(g.swapped_starts.tolist())
             result.swapped_out.npages.extend(g.swapped_npages.tolist())
-        # item by item: a map's update() goes through collections.abc, several times slower
         if g.lost_ns:
-            target = result.lost_ns
-            for kind, ns in g.lost_ns.items():
-                target[kind] = ns
+            _put_map(result.lost_ns, g.lost_ns)
         if g.touched_pages:
-            target = result.touched_pages
-            for kind, pages in g.touched_pages.items():
-                target[kind] = pages
+            _put_map(result.touched_pages, g.touched_pages)
     if outcome.sample is not None:
-        response.sample_counters.update(outcome.sample)
+        _put_map(response.sample_counters, outcome.sample)
     return response
+
+
+def _put_map(target: Any, values: dict[str, int]) -> None:
+    """Set a protobuf map's entries item by item: its update() goes through
+    collections.abc, several times slower."""
+    for key, value in values.items():
+        target[key] = value
 
 
 def _i64_or_empty(values) -> np.ndarray:
     """A repeated integer field as int64; most answers carry none (shared, never written)."""
     return np.fromiter(values, dtype=np.int64) if len(values) else EMPTY_I64
+
+
+def _map_dict(entries: Any) -> dict[str, int]:
+    """A protobuf map as a dict, key by key (faster than dict() over its ABC views)."""
+    return {key: entries[key] for key in entries}
 
 
 # GuestEpochResult field numbers (protos/overcommit/v1/host.proto), for ListFields
@@ -307,9 +311,9 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
         for fd, value in g.ListFields():  # only the fields that are set
             number = fd.number
             if number == _RES_LOST:
-                fields["lost_ns"] = {k: value[k] for k in value}
+                fields["lost_ns"] = _map_dict(value)
             elif number == _RES_TOUCHED:
-                fields["touched_pages"] = {k: value[k] for k in value}
+                fields["touched_pages"] = _map_dict(value)
             elif number == _RES_GUEST_ID:
                 fields["guest_id"] = value
             elif number == _RES_SWAPPED:
@@ -332,5 +336,5 @@ def decode_outcome(response: host_pb2.SyncEpochResponse) -> EpochOutcome:
         response.epoch,
         response.sequence,
         tuple(guests),
-        dict(response.sample_counters) if response.sample_counters else None,
+        _map_dict(response.sample_counters) if response.sample_counters else None,
     )

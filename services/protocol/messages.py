@@ -80,6 +80,13 @@ class PageRunOps:
     def __len__(self) -> int:
         return len(self.op_seqs)
 
+    def has_values(self) -> bool:
+        """Whether any of the three arrays holds a value (lengths that differ included:
+        such runs are sent, and refused by validation, never taken for no runs)."""
+        return self is not EMPTY_RUNS and bool(
+            len(self.starts) or len(self.npages) or len(self.op_seqs)
+        )
+
 
 EMPTY_RUNS = PageRunOps()  # no runs: frozen, over the shared empty arrays
 

@@ -244,14 +244,7 @@ def _submission_valid(sub: EpochSubmission, guests: Mapping[int, GuestRegistrati
         seen.add(ops.guest_id)
         runs = ops.touched
         n = len(runs.starts)
-        freed = ops.freed
-        if (
-            ops.reports
-            or len(freed.op_seqs)
-            or len(freed.starts)
-            or len(freed.npages)
-            or sub.epochs != 1
-        ):
+        if ops.reports or ops.freed.has_values() or sub.epochs != 1:
             try:
                 _validate_guest_ops("", ops, reg)
                 _validate_epoch_seq_ends("", ops, sub.epochs)

@@ -15,11 +15,11 @@ from services.host.barrier import EpochBarrier
 from services.host.core.config import HostConfig, SwapConfig
 from services.host.core.host import Host
 from services.host.directory import HostDirectory
-from services.host.servicer import HostServicer, host_service_binding, start_host_server
+from services.host.servicer import host_service_binding, start_host_server, streams_allowed
 from services.protocol.clients import HostClient, connect_host
 from services.protocol.codec import encode_submission
 from services.protocol.messages import EpochSubmission, GuestOps, PageRunOps, ReportOp
-from services.transport.server import GrpcServer, ServerOptions, ServiceBinding, build_server
+from services.transport.server import GrpcServer, ServerOptions, build_server
 from tests.contract.certs import Pki, make_test_pki
 
 EXPERIMENT = "exp-contract"
@@ -184,12 +184,11 @@ class HostCluster:
         options = options or ServerOptions()
         self.barriers = [EpochBarrier(EXPERIMENT, h, make_host(h)) for h in range(hosts)]
         directory = HostDirectory(self.barriers)
-        streams = options.max_workers // 2 if max_streams is None else max_streams
-        self.servicer = HostServicer(directory, max_streams=streams)
-        binding = host_service_binding(directory)
-        self.server = build_server(
-            options, [ServiceBinding(binding.name, binding.add, self.servicer)]
-        )
+        if max_streams is None:
+            max_streams = streams_allowed(options.max_workers)
+        binding = host_service_binding(directory, max_streams=max_streams)
+        self.servicer = binding.servicer
+        self.server = build_server(options, [binding])
         self.server.start()
         self.client = connect_host(self.server.address, token=token, timeout_s=10.0)
         for h in range(hosts):
