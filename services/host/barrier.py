@@ -130,6 +130,11 @@ class EpochBarrier:
                 self._expect[reg.shard_id] = self._applied_epoch + 1
             return self._next_epoch
 
+    def guest_count(self) -> int:
+        """Guests registered with this host, every shard's (the most one message may name)."""
+        with self._cond:
+            return len(self._guests)
+
     def registration(self, guest_id: int) -> GuestRegistration:
         """The registration a guest was accepted with (normalised: ``nr_pages`` set)."""
         with self._cond:

@@ -106,7 +106,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     ) -> host_pb2.SyncEpochResponse:
         check_experiment_binding(context, request.experiment_id)
         barrier = self.directory.get(request.experiment_id, request.host_id)
-        outcome = barrier.submit(decode_submission(request))
+        outcome = barrier.submit(decode_submission(request, barrier.guest_count()))
         if outcome is None:
             outcome = barrier.wait(
                 request.shard_id,
@@ -182,7 +182,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
             hosts.add(message.host_id)
             with _element(i, named):
                 barrier = self.directory.get(message.experiment_id, message.host_id)
-                sub = decode_submission(message)
+                sub = decode_submission(message, barrier.guest_count())
                 barrier.check(sub)
             plan.append((barrier, sub))
         outcomes = []

@@ -32,7 +32,12 @@ from .messages import (
     ReportAck,
     ReportOp,
 )
-from .validation import check_submission_shape, validate_registration
+from .validation import (
+    check_guest_count,
+    check_report_count,
+    check_submission_shape,
+    validate_registration,
+)
 
 DISCARD_TO_PB = {
     DISCARD_DONTNEED: host_pb2.DISCARD_MODE_DONTNEED,
@@ -161,41 +166,72 @@ def _assemble(cls: type[_T], fields: dict[str, object]) -> _T:
 _OPS_GUEST_ID, _OPS_REPORTS, _OPS_TOUCHED, _OPS_FREED, _OPS_ENDS = 1, 2, 3, 4, 5
 
 
-def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
+# A guest's runs with more values than this in all (or epoch ends, or a report's
+# ranges, with more in one field) are converted on their own, straight from protobuf's
+# storage (np.array over the field: no Python int per value); shorter ones are gathered
+# and converted once per message, which is cheaper for the few values most fields hold.
+BULK_VALUES = 256
+# Once this many values are gathered as Python ints (about 36 bytes each) in a
+# message, its later fields are converted on their own (so at most GATHER_MAX +
+# BULK_VALUES are). With the guest count (at most the host's registered guests) this
+# bounds what decoding a message can take: its arrays, 8 bytes per value, and little
+# more.
+GATHER_MAX = 1 << 16
+
+
+def _own_u64(field: Any) -> np.ndarray:
+    """A repeated uint64 field as its own read-only array, copied in bulk."""
+    arr = np.array(field, dtype=np.uint64)
+    arr.flags.writeable = False
+    return arr
+
+
+def decode_submission(
+    request: host_pb2.SyncEpochRequest, max_guests: int | None = None
+) -> EpochSubmission:
     """SyncEpochRequest -> plain submission (numpy arrays); validation comes after.
 
-    Every guest's run arrays and epoch ends are gathered into one list and converted
-    once; each guest gets views of that array (lengths as sent: validation compares
-    them). A sub-message set but empty decodes as one not set."""
+    Every guest's short run arrays and epoch ends are gathered into one list and
+    converted once; each guest gets views of that array (lengths as sent: validation
+    compares them). Long fields (``BULK_VALUES``), and every field once ``GATHER_MAX``
+    values are gathered, are converted on their own. A sub-message set but empty
+    decodes as one not set.
+
+    Before anything is built, a message with more guests than ``max_guests`` (the
+    host's registered guests; None: not checked) is refused, and so is one whose report
+    batches pass ``MAX_REPORTS_PER_MESSAGE``, with the errors validation gives: a
+    message of tiny entries would otherwise decode to a hundred times its size."""
+    if max_guests is not None:
+        check_guest_count(len(request.guests), max_guests)
     values: list[int] = []
-    # per guest: guest_id, reports, then (offset, a, b, c) of touched and of freed and
-    # (offset, n) of the epoch ends, or None for what the guest did not send
+    nreports = 0
+    # per guest: guest_id, reports, then where its touched runs, freed runs and epoch
+    # ends are (see _gather_runs, _gather_ends), or None for what the guest did not send
     layout: list[tuple] = []
-    for g in request.guests:
-        guest_id, touched, freed, ends = 0, None, None, None
+    for gi, g in enumerate(request.guests):
+        guest_id, touched, freed, ends = g.guest_id, None, None, None
         reports: tuple[ReportOp, ...] = ()
         for fd, value in g.ListFields():  # only the fields that are set
             number = fd.number
             if number in (_OPS_TOUCHED, _OPS_FREED):
-                starts, npages, seqs = value.starts[:], value.npages[:], value.op_seqs[:]
-                at = (len(values), len(starts), len(npages), len(seqs))
-                values += starts
-                values += npages
-                values += seqs
+                a, b, c = value.starts, value.npages, value.op_seqs
+                at: Any = (len(values), len(a), len(b), len(c))
+                if at[1] + at[2] + at[3] > BULK_VALUES or at[0] > GATHER_MAX:
+                    at = _own_runs(a, b, c)
+                else:  # inline: this is the common case, taken per guest per message
+                    values += a[:]
+                    values += b[:]
+                    values += c[:]
                 if number == _OPS_TOUCHED:
                     touched = at
                 else:
                     freed = at
-            elif number == _OPS_GUEST_ID:
-                guest_id = value
             elif number == _OPS_ENDS:
-                ends = (len(values), len(value))
-                values += value[:]
+                ends = _gather_ends(value, values)
             elif number == _OPS_REPORTS:
-                reports = tuple(
-                    ReportOp(r.op_seq, _u64(r.pfns), np.fromiter(r.orders, dtype=np.uint32))
-                    for r in value
-                )
+                nreports += len(value)
+                check_report_count(gi, nreports)
+                reports = tuple(_decode_report(r) for r in value)
         layout.append((guest_id, reports, touched, freed, ends))
     if values:
         arr = np.array(values, dtype=np.uint64)
@@ -210,7 +246,7 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
                 "reports": reports,
                 "touched": _runs_view(arr, touched),
                 "freed": _runs_view(arr, freed),
-                "epoch_seq_ends": arr[ends[0] : ends[0] + ends[1]] if ends else EMPTY_U64,
+                "epoch_seq_ends": _ends_view(arr, ends),
             },
         )
         for guest_id, reports, touched, freed, ends in layout
@@ -227,10 +263,38 @@ def decode_submission(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
     )
 
 
-def _runs_view(arr: np.ndarray, at: tuple[int, int, int, int] | None) -> PageRunOps:
-    """The three parallel arrays of one guest's runs: views of ``arr`` (lengths as sent)."""
+def _own_runs(starts: Any, npages: Any, op_seqs: Any) -> PageRunOps:
+    """Runs whose three fields are converted on their own (long, or past GATHER_MAX)."""
+    return _assemble(
+        PageRunOps,
+        {"starts": _own_u64(starts), "npages": _own_u64(npages), "op_seqs": _own_u64(op_seqs)},
+    )
+
+
+def _gather_ends(value: Any, values: list[int]) -> np.ndarray | tuple[int, int]:
+    """A guest's epoch ends: (offset, n) in ``values``, or their own array (as above)."""
+    if len(value) > BULK_VALUES or len(values) > GATHER_MAX:
+        return _own_u64(value)
+    at = (len(values), len(value))
+    values += value[:]
+    return at
+
+
+def _decode_report(r: Any) -> ReportOp:
+    if len(r.pfns) <= BULK_VALUES and len(r.orders) <= BULK_VALUES:
+        return ReportOp(r.op_seq, _u64(r.pfns), np.fromiter(r.orders, dtype=np.uint32))
+    return ReportOp(
+        r.op_seq, np.array(r.pfns, dtype=np.uint64), np.array(r.orders, dtype=np.uint32)
+    )
+
+
+def _runs_view(arr: np.ndarray, at: Any) -> PageRunOps:
+    """The three parallel arrays of one guest's runs: views of ``arr`` (lengths as sent),
+    or the runs converted on their own."""
     if at is None:
         return EMPTY_RUNS
+    if isinstance(at, PageRunOps):
+        return at if at.has_values() else EMPTY_RUNS
     o, a, b, c = at
     if not (a or b or c):
         return EMPTY_RUNS
@@ -242,6 +306,16 @@ def _runs_view(arr: np.ndarray, at: tuple[int, int, int, int] | None) -> PageRun
             "op_seqs": arr[o + a + b : o + a + b + c],
         },
     )
+
+
+def _ends_view(arr: np.ndarray, ends: Any) -> np.ndarray:
+    """One guest's epoch ends: a view of ``arr``, the array converted on its own, or the
+    shared empty."""
+    if ends is None:
+        return EMPTY_U64
+    if isinstance(ends, np.ndarray):
+        return ends
+    return arr[ends[0] : ends[0] + ends[1]]
 
 
 # ------------------------------------------------------------------ outcomes

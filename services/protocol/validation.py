@@ -27,6 +27,11 @@ from .messages import (
 
 MAX_REPORT_CAPACITY = 1 << 16  # ranges per report a host accepts at most (the kernel's is 32)
 MAX_ORDER_LIMIT = 20  # orders a registration may declare (x86-64 uses up to 10)
+# Report batches one message may carry over all its guests. A guest's reporting pass
+# makes a few dozen batches at most (its budget, §4.3), so this is far above any
+# simulation's message; it bounds what decoding a message may build (a batch takes
+# about 0.6 KB decoded and a few bytes on the wire).
+MAX_REPORTS_PER_MESSAGE = 1 << 17
 
 
 def check_same_length(field_a: str, a: np.ndarray, field_b: str, b: np.ndarray) -> None:
@@ -215,6 +220,28 @@ def check_submission_shape(sub: EpochSubmission) -> None:
                 _require_unsigned_array(f"{path}.{name}.{part}", getattr(runs, part))
 
 
+def check_guest_count(nr_guests: int, registered: int) -> None:
+    """A message names each guest at most once, and only guests registered with the
+    host: one with more guests than the host has registered is refused first (the
+    gRPC path checks it before decoding the message)."""
+    require(
+        nr_guests <= registered,
+        "guests",
+        nr_guests,
+        f"message carries more guests than the {registered} registered with this host",
+    )
+
+
+def check_report_count(guest_index: int, total: int) -> None:
+    """``total``: the report batches of a message's guests up to guest ``guest_index``."""
+    require(
+        total <= MAX_REPORTS_PER_MESSAGE,
+        f"guests[{guest_index}].reports",
+        total,
+        f"message carries more than {MAX_REPORTS_PER_MESSAGE} report batches",
+    )
+
+
 def validate_submission(sub: EpochSubmission, guests: Mapping[int, GuestRegistration]) -> None:
     """Everything about one shard's message that can be checked before applying it,
     given the host's registered ``guests`` (the barrier checks the epochs)."""
@@ -230,8 +257,9 @@ def _submission_valid(sub: EpochSubmission, guests: Mapping[int, GuestRegistrati
     was a third of a host actor's time under pressure); a guest with reports, freed
     runs or several epochs is checked as in full. False at any doubt: the full check
     then names the first bad field, as it always did."""
-    if not _shape_ok(sub):
+    if not _shape_ok(sub) or len(sub.guests) > len(guests):
         return False
+    nreports = 0
     starts: list[np.ndarray] = []
     npages: list[np.ndarray] = []
     limits: list[int] = []
@@ -245,7 +273,9 @@ def _submission_valid(sub: EpochSubmission, guests: Mapping[int, GuestRegistrati
         runs = ops.touched
         n = len(runs.starts)
         if ops.reports or ops.freed.has_values() or sub.epochs != 1:
+            nreports += len(ops.reports)
             try:
+                check_report_count(0, nreports)
                 _validate_guest_ops("", ops, reg)
                 _validate_epoch_seq_ends("", ops, sub.epochs)
             except Exception:  # noqa: BLE001 - the full check raises it (or an earlier one)
@@ -271,6 +301,12 @@ def validate_submission_in_full(
     """``validate_submission`` guest by guest, field by field: the first bad field found
     is the one named (the reference of its fast path)."""
     check_submission_shape(sub)
+    check_guest_count(len(sub.guests), len(guests))
+    nreports = 0
+    for gi, ops in enumerate(sub.guests):
+        if ops.reports:
+            nreports += len(ops.reports)
+            check_report_count(gi, nreports)
     seen: set[int] = set()
     for gi, ops in enumerate(sub.guests):
         path = f"guests[{gi}]"

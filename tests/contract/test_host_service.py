@@ -28,6 +28,7 @@ from services.protocol.messages import (
     PageRunOps,
     ReportOp,
 )
+from services.protocol.validation import MAX_REPORTS_PER_MESSAGE
 from services.transport.client import RetryPolicy
 from services.transport.errors import StatusError
 from services.transport.server import ServerOptions
@@ -606,6 +607,36 @@ def test_both_links_refuse_an_oversized_message_alike() -> None:
         local.sync(0, sub)
     assert grpc_err.value.code().name == local_err.value.code().name == "RESOURCE_EXHAUSTED"
     assert barrier.state()["next_epoch"] == 0
+
+
+def _crowded_messages() -> list[tuple[GuestOps, ...]]:
+    """Messages refused for their counts alone: more guests than the host has
+    registered (one guest named three times), and one report batch too many."""
+    batch = ReportOp(1, u64([0]), np.array([0], np.uint32))
+    return [
+        (GuestOps(1), GuestOps(1), GuestOps(1)),
+        (GuestOps(1, reports=(batch,) * (MAX_REPORTS_PER_MESSAGE + 1)),),
+    ]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["guests", "reports"])
+def test_both_links_refuse_a_crowded_message_alike(running_host: RunningHost, which) -> None:
+    register(running_host.client, guest_id=1)
+    remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=30)
+    local = InProcessHostLink(EXPERIMENT, running_host.directory)
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, _crowded_messages()[which])
+    with pytest.raises(grpc.RpcError) as grpc_err:
+        remote.sync(0, sub)
+    with pytest.raises(StatusError) as local_err:
+        local.sync(0, sub)
+    remote.close()
+    assert (local_err.value.code().name, local_err.value.details()) == (
+        grpc_err.value.code().name,
+        grpc_err.value.details(),
+    )
+    expected = ("guests=3: ", f"guests[0].reports={MAX_REPORTS_PER_MESSAGE + 1}: ")[which]
+    assert local_err.value.details().startswith(expected)
+    assert state_of(running_host.client).next_epoch == 0
 
 
 def test_the_in_process_link_names_the_missing_shard_at_once() -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from overcommit.v1 import common_pb2, host_pb2
 from services.protocol.codec import (
+    BULK_VALUES,
     decode_outcome,
     decode_submission,
     encode_outcome,
@@ -89,15 +90,26 @@ def same(a, b):
 
 
 @st.composite
+def long_values(draw):
+    """A list about BULK_VALUES long (either side of it): a few drawn values repeated."""
+    n = BULK_VALUES + draw(st.integers(-2, 2))
+    pattern = draw(st.lists(U64, min_size=1, max_size=3))
+    return (pattern * n)[:n]
+
+
+@st.composite
 def run_fields(draw, runs):
     """Fill a SequencedPageRuns: absent, set but empty, or with lists of any lengths."""
-    how = draw(st.sampled_from(["absent", "empty", "lists"]))
+    how = draw(st.sampled_from(["absent", "empty", "lists", "long"]))
     if how == "empty":
         runs.SetInParent()
     elif how == "lists":
         runs.starts.extend(draw(st.lists(U64, max_size=4)))
         runs.npages.extend(draw(SMALL))
         runs.op_seqs.extend(draw(SMALL))
+    elif how == "long":  # around BULK_VALUES: converted on its own past it
+        for field in (runs.starts, runs.npages, runs.op_seqs):
+            field.extend(draw(long_values()))
 
 
 @st.composite
@@ -118,7 +130,7 @@ def requests(draw):
             b.orders.extend(draw(st.lists(st.integers(0, 12), max_size=4)))
         draw(run_fields(g.touched))
         draw(run_fields(g.freed))
-        g.epoch_seq_ends.extend(draw(SMALL))
+        g.epoch_seq_ends.extend(draw(st.one_of(SMALL, long_values())))
     return r
 
 
