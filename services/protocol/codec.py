@@ -206,7 +206,8 @@ def decode_submission(
     values: list[int] = []
     nreports = 0
     # per guest: guest_id, reports, then where its touched runs, freed runs and epoch
-    # ends are (see _gather_runs, _gather_ends), or None for what the guest did not send
+    # ends are ((offset, lengths) in values, or converted on their own: _own_runs,
+    # _gather_ends), or None for what the guest did not send
     layout: list[tuple] = []
     for gi, g in enumerate(request.guests):
         guest_id, touched, freed, ends = g.guest_id, None, None, None
