@@ -29,7 +29,7 @@ MAX_REPORT_CAPACITY = 1 << 16  # ranges per report a host accepts at most (the k
 MAX_ORDER_LIMIT = 20  # orders a registration may declare (x86-64 uses up to 10)
 # Report batches one message may carry over all its guests. A guest's reporting pass
 # makes about one batch per 16 x capacity free blocks of each list it visits (its
-# budget, §4.4): a few dozen for a 4 GiB guest, about 2,000 for a 256 GiB one. This
+# budget, §4.4): a few for a 4 GiB guest, a few hundred for a 256 GiB one. This
 # is far above what a host's guests send in one sync; it bounds what decoding a
 # message may build (a batch takes about 0.6 KB decoded and a few bytes on the wire).
 MAX_REPORTS_PER_MESSAGE = 1 << 17
