@@ -132,10 +132,20 @@ class EpochBarrier:
 
     def guest_count(self) -> int:
         """Guests registered with this host, every shard's (the most one message may name).
-        Read without the lock, which an epoch being applied holds: guests are only ever
-        added, and a message checked against a count read a moment early is checked
-        again in full, under the lock, before it is applied."""
+        Read without the lock, which an epoch being applied holds: a shard syncs only
+        after its registrations returned, so the count a message of its guests is
+        checked against is never below what it may name."""
         return len(self._guests)
+
+    def check_header(self, header: EpochSubmission) -> bool:
+        """Refuse a message for what its header shows (``header``: its scalar fields, no
+        guests), exactly as :meth:`submit` would and in the same order: a broken
+        barrier, then its shard and epoch. The gRPC path asks this before it decodes
+        the guests, so every message is refused alike on both paths. True for a new
+        message (its guests are then decoded against :meth:`guest_count`), False for a
+        retry of one already stored."""
+        with self._cond:
+            return self._check(header, validate=False) is None
 
     def registration(self, guest_id: int) -> GuestRegistration:
         """The registration a guest was accepted with (normalised: ``nr_pages`` set)."""

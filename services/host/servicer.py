@@ -22,7 +22,12 @@ from typing import Any
 import grpc
 
 from overcommit.v1 import host_pb2, host_pb2_grpc
-from services.protocol.codec import decode_registration, decode_submission, encode_outcome
+from services.protocol.codec import (
+    decode_header,
+    decode_registration,
+    decode_submission,
+    encode_outcome,
+)
 from services.protocol.messages import STREAMS_FIELD, EpochSubmission
 from services.transport.errors import StatusError, require, resource_exhausted
 from services.transport.security import check_experiment_binding
@@ -106,7 +111,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     ) -> host_pb2.SyncEpochResponse:
         check_experiment_binding(context, request.experiment_id)
         barrier = self.directory.get(request.experiment_id, request.host_id)
-        outcome = barrier.submit(decode_submission(request, barrier.guest_count()))
+        outcome = barrier.submit(_decode_checked(barrier, request))
         if outcome is None:
             outcome = barrier.wait(
                 request.shard_id,
@@ -182,7 +187,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
             hosts.add(message.host_id)
             with _element(i, named):
                 barrier = self.directory.get(message.experiment_id, message.host_id)
-                sub = decode_submission(message, barrier.guest_count())
+                sub = _decode_checked(barrier, message)
                 barrier.check(sub)
             plan.append((barrier, sub))
         outcomes = []
@@ -224,6 +229,14 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
             g = response.guests.add(guest_id=guest_id, shard_id=shard_id, nr_pages=nr_pages)
             g.counters.update({k: int(v) for k, v in counters.items()})
         return response
+
+
+def _decode_checked(barrier: EpochBarrier, message: host_pb2.SyncEpochRequest) -> EpochSubmission:
+    """Decode a message's guests once its header passed the barrier's checks, refusing
+    more guests than the host has registered before any is built (a retry of a stored
+    message is decoded as it is: it was accepted once)."""
+    new = barrier.check_header(decode_header(message))
+    return decode_submission(message, barrier.guest_count() if new else None)
 
 
 def _until_cancelled(requests: Iterator[host_pb2.SyncEpochsRequest]) -> Iterator[Any]:

@@ -3,8 +3,10 @@
 The only module that knows how an epoch looks on the wire
 (``protos/overcommit/v1/host.proto``): the client encodes a submission and
 decodes the answer, the servicer decodes the submission and encodes the answer.
-Decoding checks nothing that :mod:`services.protocol.validation` checks, so the
-gRPC and in-process paths refuse the same input with the same error.
+Decoding refuses only what validation refuses first too (a message with more guests
+than the host has registered, or too many report batches, before building them), with
+validation's own errors, so the gRPC and in-process paths refuse the same input with
+the same error.
 """
 
 from __future__ import annotations
@@ -184,6 +186,21 @@ def _own_u64(field: Any) -> np.ndarray:
     arr = np.array(field, dtype=np.uint64)
     arr.flags.writeable = False
     return arr
+
+
+def decode_header(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
+    """A SyncEpochRequest's scalar fields as a submission with no guests (what the host
+    checks before decoding the guests)."""
+    return EpochSubmission(
+        request.shard_id,
+        request.epoch,
+        request.sequence,
+        request.epoch_end_ns,
+        (),
+        request.next_epoch,
+        request.epochs or 1,
+        request.sample,
+    )
 
 
 def decode_submission(

@@ -229,7 +229,7 @@ def check_guest_count(nr_guests: int, registered: int) -> None:
         nr_guests <= registered,
         "guests",
         nr_guests,
-        f"message carries more guests than the {registered} registered with this host",
+        f"more than the {registered} guests registered with this host (each may appear once)",
     )
 
 

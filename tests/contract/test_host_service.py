@@ -8,6 +8,7 @@ and the in-process transport giving the same answers as gRPC.
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -545,14 +546,16 @@ BAD_PLAIN_OPS = [
 ]
 
 
-def _refusal_on_both_links(running_host: RunningHost, guests: tuple[GuestOps, ...]) -> StatusError:
-    """Send one message of ``guests`` (guest 1 registered) over gRPC and in process: both
-    must refuse it with the same status and details, and change nothing. Returns the
-    in-process refusal."""
+def _refusal_on_both_links(
+    running_host: RunningHost, guests: tuple[GuestOps, ...], shard: int = 0, epoch: int = 0
+) -> StatusError:
+    """Send one message of ``guests`` from ``shard`` for ``epoch`` (guest 1 registered by
+    shard 0) over gRPC and in process: both must refuse it with the same status and
+    details, and change nothing. Returns the in-process refusal."""
     register(running_host.client, guest_id=1)
     remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=30)
     local = InProcessHostLink(EXPERIMENT, running_host.directory)
-    sub = EpochSubmission(0, 0, 0, EPOCH_NS, guests)
+    sub = EpochSubmission(shard, epoch, epoch, (epoch + 1) * EPOCH_NS, guests)
     with pytest.raises(grpc.RpcError) as grpc_err:
         remote.sync(0, sub)
     with pytest.raises(StatusError) as local_err:
@@ -627,11 +630,46 @@ def _crowded_messages() -> list[tuple[GuestOps, ...]]:
     ]
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["guests", "reports"])
-def test_both_links_refuse_a_crowded_message_alike(running_host: RunningHost, which) -> None:
-    refusal = _refusal_on_both_links(running_host, _crowded_messages()[which])
-    expected = ("guests=3: ", f"guests[0].reports={MAX_REPORTS_PER_MESSAGE + 1}: ")[which]
+@pytest.mark.parametrize(
+    ("which", "shard", "epoch", "expected"),
+    [
+        (0, 0, 0, "guests=3: "),
+        (1, 0, 0, f"guests[0].reports={MAX_REPORTS_PER_MESSAGE + 1}: "),
+        (0, 5, 0, "shard_id=5: "),  # the header is checked first, on both links
+        (0, 0, 3, "epoch=3: future"),
+        (1, 0, 3, "epoch=3: future"),
+    ],
+    ids=["guests", "reports", "unknown-shard", "future-epoch", "future-epoch-reports"],
+)
+def test_both_links_refuse_a_crowded_message_alike(
+    running_host: RunningHost, which, shard, epoch, expected
+) -> None:
+    refusal = _refusal_on_both_links(running_host, _crowded_messages()[which], shard, epoch)
     assert refusal.details().startswith(expected)
+
+
+def test_the_host_server_refuses_extra_guests_before_decoding_them(
+    running_host: RunningHost,
+) -> None:
+    """A message naming 50,000 guests on a host with one: refused before any of them is
+    decoded (decoding them takes about 1 KB each on the server, in this process)."""
+    register(running_host.client, guest_id=1)
+    remote = GrpcHostLink(EXPERIMENT, {0: running_host.server.address}, timeout_s=60)
+    guests = tuple(
+        GuestOps(1, touched=PageRunOps(u64([0]), u64([1]), u64([1]))) for _ in range(50_000)
+    )
+    sub = EpochSubmission(0, 0, 0, EPOCH_NS, guests)
+    tracemalloc.start()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            remote.sync(0, sub)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        remote.close()
+    assert err.value.details().startswith("guests=50000: ")
+    assert peak < 24 << 20, peak  # decoded, the guests alone would take about 50 MB
+    assert state_of(running_host.client).next_epoch == 0
 
 
 def test_the_in_process_link_names_the_missing_shard_at_once() -> None:

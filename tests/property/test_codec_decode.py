@@ -97,6 +97,10 @@ def long_values(draw):
     return (pattern * n)[:n]
 
 
+def _u32(values):
+    return [v & 0xFFFF_FFFF for v in values]
+
+
 @st.composite
 def run_fields(draw, runs):
     """Fill a SequencedPageRuns: absent, set but empty, or with lists of any lengths."""
@@ -126,8 +130,9 @@ def requests(draw):
         g = r.guests.add(guest_id=draw(st.integers(0, 9)))
         for _ in range(draw(st.integers(0, 2))):
             b = g.reports.add(op_seq=draw(st.integers(0, 9)))
-            b.pfns.extend(draw(SMALL))
-            b.orders.extend(draw(st.lists(st.integers(0, 12), max_size=4)))
+            b.pfns.extend(draw(st.one_of(SMALL, long_values())))
+            orders = st.lists(st.integers(0, 2**32 - 1), max_size=4)
+            b.orders.extend(draw(st.one_of(orders, long_values().map(_u32))))
         draw(run_fields(g.touched))
         draw(run_fields(g.freed))
         g.epoch_seq_ends.extend(draw(st.one_of(SMALL, long_values())))
