@@ -191,12 +191,19 @@ def _own_u64(field: Any) -> np.ndarray:
 def decode_header(request: host_pb2.SyncEpochRequest) -> EpochSubmission:
     """A SyncEpochRequest's scalar fields as a submission with no guests (what the host
     checks before decoding the guests)."""
+    return _submission(request, ())
+
+
+def _submission(
+    request: host_pb2.SyncEpochRequest, guests: tuple[GuestOps, ...]
+) -> EpochSubmission:
+    """The submission of ``request``'s scalar fields and ``guests``."""
     return EpochSubmission(
         request.shard_id,
         request.epoch,
         request.sequence,
         request.epoch_end_ns,
-        (),
+        guests,
         request.next_epoch,
         request.epochs or 1,
         request.sample,
@@ -269,16 +276,7 @@ def decode_submission(
         )
         for guest_id, reports, touched, freed, ends in layout
     )
-    return EpochSubmission(
-        request.shard_id,
-        request.epoch,
-        request.sequence,
-        request.epoch_end_ns,
-        guests,
-        request.next_epoch,
-        request.epochs or 1,
-        request.sample,
-    )
+    return _submission(request, guests)
 
 
 def _own_runs(starts: Any, npages: Any, op_seqs: Any) -> PageRunOps:
