@@ -3,7 +3,9 @@
 ``make test`` installs Debian's package when the tools are missing
 (scripts/ensure_prometheus.sh); where they still are not on PATH the tests fail
 with that message, never skip. A server is started with a temporary config and
-data directory, polled over its HTTP API with a deadline, and stopped by PID.
+data directory, waited for until it logs that it is ready (its output is read by a
+thread that copies it to ``prometheus.log``), queried over its HTTP API, and stopped by
+PID.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 
 READY_DEADLINE_S = 60.0
+READY_LINE = b"Server is ready to receive web requests."  # logged once /-/ready answers 200
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
 
 
@@ -68,25 +72,36 @@ class Prometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-admin-api",
             ],
-            stdout=self.log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._ready = threading.Event()  # set by the ready line, or when the output ends
+        self._saw_ready = False
+        self._copier = threading.Thread(target=self._copy_output, daemon=True)
+        self._copier.start()
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
 
+    def _copy_output(self) -> None:
+        """Copy the server's output to prometheus.log line by line, watching for READY_LINE."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.write(line)
+            self.log.flush()
+            if READY_LINE in line:
+                self._saw_ready = True
+                self._ready.set()
+        self._ready.set()  # the server exited: _wait_ready reports it
+
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.tail()}")
-            try:
-                with _OPENER.open(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)  # polling a server's readiness, not timing the code under test
-        raise TimeoutError(f"prometheus not ready in {READY_DEADLINE_S} s: {self.tail()}")
+        """Wait for the ready line (no polling), then check /-/ready once."""
+        if not self._ready.wait(READY_DEADLINE_S):
+            raise TimeoutError(f"prometheus not ready in {READY_DEADLINE_S} s: {self.tail()}")
+        if not self._saw_ready:  # the output ended first: the server exited
+            raise RuntimeError(f"prometheus exited ({self.proc.wait(timeout=30)}): {self.tail()}")
+        with _OPENER.open(f"{self.url}/-/ready", timeout=10) as r:
+            if r.status != 200:
+                raise RuntimeError(f"prometheus logged ready, /-/ready says {r.status}")
 
     def tail(self) -> str:
         self.log.flush()
@@ -127,6 +142,7 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self._copier.join(timeout=30)  # the pipe closes with the server
         self.log.close()
 
 

@@ -42,23 +42,34 @@ class Run:
             env=env,
         )
         self.lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()  # a line arrived, or the output ended
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
     def wait_line(self, prefix: str, deadline_s: float) -> str:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            for line in list(self.lines):
-                if line.startswith(prefix):
-                    return line
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.2)
+        """The first output line starting with ``prefix``, waited for (woken by each new
+        line) until the output ends or ``deadline_s`` passes."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in self.lines if line.startswith(prefix)][:1]
+            return bool(found) or self._eof
+
+        with self._changed:
+            self._changed.wait_for(seen, timeout=deadline_s)
+        if found:
+            return found[0]
         raise AssertionError(f"no line {prefix!r}; output:\n{''.join(self.lines)[-4000:]}")
 
 
