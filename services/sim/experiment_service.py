@@ -24,6 +24,7 @@ experiment may use it.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +38,13 @@ from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
 from services.transport.client import (
     ServiceClient,
 )
-from services.transport.errors import permission_denied, require, require_id, resource_exhausted
+from services.transport.errors import (
+    invalid_argument,
+    permission_denied,
+    require,
+    require_id,
+    resource_exhausted,
+)
 from services.transport.security import (
     TokenStore,
     check_experiment_binding,
@@ -56,6 +63,26 @@ TOKEN_BYTES = 24  # random bytes per experiment token (urlsafe base64 text)
 # Sample streams may wait for a long time; at most this many are served at once, so they
 # never hold every server worker (health checks and unary calls keep the rest).
 MAX_STREAMS = 8
+
+
+def _struct_spec(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A spec given as a Struct, as a dict. A NaN or infinite number is refused with its
+    field path (json_format would refuse it naming only Value.number_value)."""
+
+    def check(value: struct_pb2.Value, path: str) -> None:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            raise invalid_argument(f"spec_struct.{path}", value.number_value, "not a finite number")
+        if kind == "struct_value":
+            for key, v in value.struct_value.fields.items():
+                check(v, f"{path}.{key}")
+        elif kind == "list_value":
+            for i, v in enumerate(value.list_value.values):
+                check(v, f"{path}.{i}")
+
+    for key, v in struct.fields.items():
+        check(v, key)
+    return json_format.MessageToDict(struct)
 
 
 @dataclass(frozen=True)
@@ -159,7 +186,7 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
             require(bool(request.spec_yaml.strip()), "spec_yaml", "", "must not be empty")
             spec: str | dict[str, Any] = request.spec_yaml
         else:
-            spec = json_format.MessageToDict(request.spec_struct)
+            spec = _struct_spec(request.spec_struct)
         experiment_id = self.manager.create(spec)
         token = ""
         if self.tokens is not None:

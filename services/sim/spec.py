@@ -57,6 +57,7 @@ from .spec_base import (
     MIN_EPOCH_NS,
     NAME_PATTERN,
     SpecError,
+    SpecLoader,
     _dur,
     _Model,
     _size,
@@ -602,25 +603,12 @@ def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
         raise SpecError([(_error_path(x), x["msg"]) for x in e.errors()]) from None
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """YAML without aliases: a spec never needs them, and nested aliases can make a small
-    text expand into a huge structure once validated ("billion laughs")."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a spec", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
 def load_spec_text(text: str, overrides: list[str] | None = None) -> ExperimentSpec:
     """Parse YAML text, apply ``path=value`` overrides, validate."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError([("<spec>", f"{len(text)} characters, over the bound of {MAX_SPEC_BYTES}")])
     try:
-        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError([("<yaml>", str(e).replace("\n", " "))]) from None
     if isinstance(data, dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from services.guest.core.constants import MAX_ORDER
@@ -29,6 +30,7 @@ MAX_NAME_LENGTH = 64
 # costs about 12 bytes of state per 4 KiB page): they stop a typo or a hostile spec from
 # making `validate` or planning allocate gigabytes. docs/security.md lists them.
 MAX_SPEC_BYTES = 1 << 20  # YAML text of one spec
+MAX_SPEC_DEPTH = 32  # nesting of a spec's YAML (the specs in experiments/ nest under 10)
 MAX_GROUPS = 1_000  # host groups, and guest groups
 MAX_HOSTS = 10_000  # hosts in one spec (sum of the host groups' counts)
 MAX_GUESTS = 100_000  # guests in one spec (sum of the guest groups' counts)
@@ -51,6 +53,50 @@ class SpecError(ValueError):
     def __init__(self, errors: list[tuple[str, str]]):
         self.errors = errors
         super().__init__("; ".join(f"{p}: {m}" for p, m in errors))
+
+
+class SpecLoader(yaml.SafeLoader):
+    """YAML without aliases, nested at most MAX_SPEC_DEPTH deep, and without a key given
+    twice in one mapping. A spec never needs aliases, and nested aliases can make a small
+    text expand into a huge structure once validated ("billion laughs"); the composer
+    recurses once per level, so a deep text would end in a RecursionError instead of an
+    error naming the spec; and a key given twice would silently keep the last value."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a spec", event.start_mark
+            )
+        if self._depth >= MAX_SPEC_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_SPEC_DEPTH} levels (a spec needs under 10)",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key_node.value!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Model(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .spec_base import SpecError
+from .spec_base import SpecError, SpecLoader
 
 
 def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
@@ -16,13 +16,18 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
         raise SpecError([("--set", f"expected path=value, got {override!r}")])
     path, raw = override.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=SpecLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(
-            [("--set", f"{path.strip()}: cannot parse {raw!r} as YAML: {problem}")]
+            [("--set", f"{path.strip()}: cannot parse {_shown(raw)} as YAML: {problem}")]
         ) from None
     return set_path(data, path.strip(), value)
+
+
+def _shown(raw: str, limit: int = 80) -> str:
+    """``raw`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(raw) if len(raw) <= limit else f"{raw[:limit]!r}... ({len(raw)} characters)"
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

@@ -92,6 +92,16 @@ def test_create_from_a_typed_spec_and_cancel(served, manager: MemoryExperiments)
             "spec.duration_ns is required",
         ),
         (lambda c: c.create("   "), CODE.INVALID_ARGUMENT, "spec_yaml=''"),
+        (
+            lambda c: c.create({"name": "x", "guest_groups": [{"count": float("nan")}]}),
+            CODE.INVALID_ARGUMENT,
+            "spec_struct.guest_groups.0.count=nan: not a finite number",
+        ),
+        (
+            lambda c: c.create({"name": "x", "duration_ns": float("-inf")}),
+            CODE.INVALID_ARGUMENT,
+            "spec_struct.duration_ns=-inf: not a finite number",
+        ),
         (lambda c: c.advance("exp-1", 0), CODE.INVALID_ARGUMENT, "duration_ns=0"),
         (lambda c: c.advance("exp-9", 1), CODE.NOT_FOUND, "experiment_id 'exp-9' does not exist"),
         (lambda c: c.summary(""), CODE.INVALID_ARGUMENT, "experiment_id=''"),

@@ -5,6 +5,7 @@ import pytest
 
 from services.sim import spec as spec_module
 from services.sim.spec import SpecError, load_spec_text
+from services.sim.spec_base import MAX_SPEC_DEPTH
 
 BASE = """
 name: ok
@@ -86,6 +87,34 @@ def test_yaml_aliases_and_oversized_texts_are_refused():
     assert "over the bound of 1048576" in errors(huge)[0][1]
 
 
+@pytest.mark.parametrize("opener", ["[", "{a: "])
+def test_deeply_nested_yaml_is_refused_naming_the_bound_not_the_stack(opener):
+    """Hundreds of levels used to end in a RecursionError (UNKNOWN over gRPC)."""
+    closer = "]" if opener == "[" else "}"
+    for depth in (MAX_SPEC_DEPTH, 400, 5000):
+        text = BASE + "x: " + opener * depth + "1" + closer * depth + "\n"
+        errs = errors(text)
+        assert errs[0][0] == "<yaml>", errs
+        assert f"nested deeper than {MAX_SPEC_DEPTH} levels" in errs[0][1], errs
+    # one level less than the bound is composed, and refused by validation (an unknown field)
+    depth = MAX_SPEC_DEPTH - 2  # the top mapping and the field's value
+    errs = errors(BASE + "x: " + opener * depth + "1" + closer * depth + "\n")
+    assert errs[0][0] == "x", errs
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (BASE + "name: second\n", "name"),
+        (BASE.replace("count: 2,", "count: 2, count: 3,"), "count"),
+        (BASE + "seed: 1\nseed: 1\n", "seed"),
+    ],
+)
+def test_a_key_given_twice_is_refused(text, key):
+    errs = errors(text)
+    assert errs[0][0] == "<yaml>" and f"found the key {key!r} twice" in errs[0][1], errs
+
+
 def test_a_time_series_too_long_to_hold_is_refused():
     errs = errors(BASE.replace("duration: 10s", "duration: 720h\nsample_interval: 1s"))
     assert errs[0][0] == "<spec>" or "sample_interval" in errs[0][1], errs
@@ -132,3 +161,19 @@ def test_sizes_and_durations_are_finite_and_bounded(value):
     )
     errs = errors(text)
     assert any(path.endswith("start") for path, _ in errs), errs
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("[" * 3000 + "]" * 3000, "nested deeper than"),
+        ("[&a 1, *a]", "aliases (*name) are not allowed"),
+        ("{a: 1, a: 2}", "found the key 'a' twice"),
+    ],
+)
+def test_set_values_are_read_as_specs_are(value, needle):
+    """--set values go through the spec's own YAML loader, with a long value cut short."""
+    with pytest.raises(SpecError) as e:
+        load_spec_text(BASE, [f"seed={value}"])
+    assert e.value.errors[0][0] == "--set" and needle in e.value.errors[0][1], e.value.errors
+    assert len(e.value.errors[0][1]) < 300
