@@ -148,7 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to bind (anything but loopback needs --allow-remote, --token and TLS)",
     )
     p.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
-    p.add_argument("--token", default=None, help="bearer token clients must present")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token clients must present (visible to local users in the process "
+        "list: prefer --token-file or OVERCOMMIT_TOKEN)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the bearer token (one line); OVERCOMMIT_TOKEN in the "
+        "environment is used when neither option is given",
+    )
     p.add_argument("--tls-cert", default=None, help="server certificate chain (PEM)")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", default=None, help="CA for client certificates (mutual TLS)")
@@ -361,6 +372,37 @@ def cmd_report(args) -> int:
     return 0
 
 
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+def _serve_token(args) -> str | None:
+    """The admin token: --token, --token-file (its first line) or OVERCOMMIT_TOKEN, in that
+    order; None for none. A token given but empty or blank is refused, never read as none."""
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("serve: give --token or --token-file, not both")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, "rb") as f:
+                raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"--token-file {args.token_file}: cannot read: {e.strerror}") from None
+        if len(raw) > MAX_TOKEN_FILE_BYTES:
+            raise ValueError(f"--token-file {args.token_file}: over {MAX_TOKEN_FILE_BYTES} bytes")
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        token, where = (lines[0] if lines else ""), f"--token-file {args.token_file}"
+    elif args.token is not None:
+        token, where = args.token, "--token"
+    elif "OVERCOMMIT_TOKEN" in os.environ:
+        token, where = os.environ["OVERCOMMIT_TOKEN"], "OVERCOMMIT_TOKEN"
+    else:
+        return None
+    if not token.strip() or token != token.strip():
+        raise ValueError(
+            f"{where}: the token must not be empty or blank, nor start or end with whitespace"
+        )
+    return token
+
+
 def cmd_serve(args) -> int:
     from pathlib import Path
 
@@ -370,6 +412,7 @@ def cmd_serve(args) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("serve: --tls-cert and --tls-key go together")
+    token = _serve_token(args)
     tls = None
     if args.tls_cert and args.tls_key:
         client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
@@ -380,7 +423,7 @@ def cmd_serve(args) -> int:
             port=args.port,
             bind=args.bind,
             allow_remote=args.allow_remote,
-            token=args.token,
+            token=token,
             tls=tls,
             out_dir=args.out,
             transport=args.transport,

@@ -45,6 +45,13 @@ class TokenStore:
     """
 
     def __init__(self, admin_token: str | None = None, tokens: Mapping[str, str] | None = None):
+        if admin_token is not None and (
+            not admin_token.strip() or admin_token != admin_token.strip()
+        ):
+            raise ValueError(
+                "token: must not be empty or blank, nor start or end with whitespace "
+                f"(got {len(admin_token)} characters)"
+            )
         self._admin_token = admin_token
         self._tokens = dict(tokens or {})
         self._lock = threading.Lock()
@@ -55,6 +62,10 @@ class TokenStore:
             raise ValueError(f"token for experiment {experiment_id!r} must not be empty")
         with self._lock:
             self._tokens[experiment_id] = token
+
+    def admin_token_length(self) -> int:
+        """Characters in the admin token (0: none); servers beyond loopback ask for a long one."""
+        return len(self._admin_token or "")
 
     def remove(self, experiment_id: str) -> None:
         """Stop accepting the experiment's token."""
@@ -175,6 +186,23 @@ def check_experiment_binding(context: grpc.ServicerContext | None, experiment_id
         )
 
 
+MAX_PEM_BYTES = 1 << 20  # a certificate chain or key file
+
+
+def read_pem(path: Path, field: str) -> bytes:
+    """The bytes of a PEM file, checked to hold a PEM block (``field`` names the option)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_PEM_BYTES:
+            raise ValueError(f"{field}={str(path)!r}: {size} bytes, over {MAX_PEM_BYTES}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{field}={str(path)!r}: cannot read: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{field}={str(path)!r}: not a PEM file (no '-----BEGIN' line)")
+    return data
+
+
 @dataclass(frozen=True)
 class ServerTls:
     """Server certificate (PEM) and key; with ``client_ca_pem``, mutual TLS is required."""
@@ -185,8 +213,12 @@ class ServerTls:
 
     @classmethod
     def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
+        """Read the PEM files; one that is not PEM is refused naming it (gRPC itself would
+        only fail to bind the port)."""
         return cls(
-            cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None
+            read_pem(cert, "tls_cert"),
+            read_pem(key, "tls_key"),
+            read_pem(client_ca, "tls_client_ca") if client_ca else None,
         )
 
     def credentials(self) -> grpc.ServerCredentials:

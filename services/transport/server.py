@@ -32,6 +32,8 @@ from services.transport.security import BearerTokenInterceptor, ServerTls, Token
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+MIN_REMOTE_TOKEN_CHARS = 16  # an admin token served beyond loopback
+_TLS_HINT = " (with TLS: are the certificate chain and the private key a matching pair?)"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # far above one epoch's message (~100 KiB)
 # Every shard's SyncEpoch holds a worker thread until its epoch is applied, so a
 # host needs more workers than shards.
@@ -89,6 +91,12 @@ class ServerOptions:
                 raise ValueError(
                     f"host={self.host!r}: serving beyond loopback needs both TLS and a bearer "
                     "token (a token alone would cross the network in clear text)"
+                )
+            if 0 < self.tokens.admin_token_length() < MIN_REMOTE_TOKEN_CHARS:
+                raise ValueError(
+                    f"host={self.host!r}: a bearer token served beyond loopback must have at "
+                    f"least {MIN_REMOTE_TOKEN_CHARS} characters "
+                    f"(got {self.tokens.admin_token_length()})"
                 )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: must be in 0..65535")
@@ -191,9 +199,9 @@ def build_server(options: ServerOptions, services: Sequence[ServiceBinding]) -> 
         else:
             port = server.add_secure_port(address, options.tls.credentials())
     except RuntimeError as exc:
-        raise OSError(f"cannot bind {address}: {exc}") from exc
+        raise OSError(f"cannot bind {address}: {exc}{_TLS_HINT if options.tls else ''}") from exc
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        raise OSError(f"cannot bind {address}{_TLS_HINT if options.tls else ''}")
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     return GrpcServer(server, port, options.host, health_servicer, names, options.grace_s)

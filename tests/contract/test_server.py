@@ -19,7 +19,7 @@ from services.host.servicer import host_service_binding
 from services.sim.experiment_service import experiment_service_binding
 from services.transport.client import RetryPolicy
 from services.transport.security import ServerTls, TokenStore
-from services.transport.server import ServerOptions, build_server
+from services.transport.server import MIN_REMOTE_TOKEN_CHARS, ServerOptions, build_server
 from tests.contract.doubles import MemoryExperiments, MemoryShard
 
 SERVICES = [
@@ -56,12 +56,35 @@ def test_binding_beyond_loopback_needs_allow_remote(host: str) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1"])
 def test_serving_beyond_loopback_needs_a_token_and_tls(host: str, pki) -> None:
     tls = ServerTls(pki.server.cert, pki.server.key)
-    tokens = TokenStore(admin_token="t")
+    tokens = TokenStore(admin_token="t" * MIN_REMOTE_TOKEN_CHARS)
     for missing in ({"tls": tls}, {"tokens": tokens}, {}):
         with pytest.raises(ValueError, match="needs both TLS and a bearer token"):
             ServerOptions(host=host, allow_remote=True, **missing)
     options = ServerOptions(host=host, allow_remote=True, tls=tls, tokens=tokens)
     assert options.tls is tls and options.tokens is tokens
+    short = TokenStore(admin_token="t" * (MIN_REMOTE_TOKEN_CHARS - 1))
+    with pytest.raises(ValueError, match=f"must have at least {MIN_REMOTE_TOKEN_CHARS} char"):
+        ServerOptions(host=host, allow_remote=True, tls=tls, tokens=short)
+    ServerOptions(tls=tls, tokens=short)  # on loopback a short token is the user's choice
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n", " lead", "trail "])
+def test_a_blank_or_padded_admin_token_is_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="must not be empty or blank"):
+        TokenStore(admin_token=token)
+
+
+def test_tls_files_that_are_not_pem_are_refused_naming_the_option(pki, tmp_path) -> None:
+    cert, key, text = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "hostname"
+    cert.write_bytes(pki.server.cert)
+    key.write_bytes(pki.server.key)
+    text.write_text("myhost\n")
+    assert ServerTls.from_files(cert, key).cert_chain_pem == pki.server.cert
+    for args, field in (((text, key), "tls_cert"), ((cert, text), "tls_key")):
+        with pytest.raises(ValueError, match=f"{field}=.*not a PEM file"):
+            ServerTls.from_files(*args)
+    with pytest.raises(ValueError, match=r"tls_client_ca=.*cannot read"):
+        ServerTls.from_files(cert, key, tmp_path / "missing.pem")
 
 
 def test_health_reports_serving_for_every_service() -> None:
