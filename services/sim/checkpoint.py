@@ -22,10 +22,10 @@ foreign checkpoint is refused with :class:`CheckpointError`, never loaded.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -47,6 +47,8 @@ from .spec import ExperimentSpec, SpecError, parse_spec, with_trace_root
 
 FORMAT = "overcommit-checkpoint/1"
 CHECKPOINT_DIR = "checkpoint"
+# one checkpoint's directory: t<time ns, 20 digits>-<16 hex digits> (Checkpoints.begin)
+_TAG = re.compile(r"^t\d{20}-[0-9a-f]{16}$")
 MANIFEST = "manifest.json"
 COORDINATOR_PART = "coordinator.snap"
 MAX_SHARDS = 4096
@@ -134,6 +136,7 @@ class Checkpoints:
         # variant -> what Simulation.restore needs to roll back to the last checkpoint
         self.last: dict[str, tuple[str, list[PartInfo], dict[str, Any]]] = {}
         self._pending: tuple | None = None  # a begun checkpoint (begin, then commit)
+        self._check_root()  # refused before anything runs
 
     @property
     def pending(self) -> bool:
@@ -164,6 +167,7 @@ class Checkpoints:
         if self._pending is not None:
             raise RuntimeError("a checkpoint is already being written: commit or abandon it")
         wall0 = time.perf_counter()
+        self._check_root()
         os.makedirs(self.root, exist_ok=True)
         times = {v: sim.now_ns for v, sim in running.items()}
         # a name never used before (a rollback reaches the same boundary again, and an
@@ -192,6 +196,18 @@ class Checkpoints:
             linked[variant] = (vdir, list(src_parts), state)
         self._pending = (tag, tag_dir, started, linked, dict(finished))
         self.wall_s += time.perf_counter() - wall0
+
+    def _check_root(self) -> None:
+        """The checkpoint directory must be a plain directory of the run (or not exist
+        yet): the older checkpoints in it are deleted, so a link to elsewhere would make
+        a run delete files it never wrote."""
+        if os.path.islink(self.root) or (
+            os.path.lexists(self.root) and not os.path.isdir(self.root)
+        ):
+            raise CheckpointError(
+                f"{self.root}: not a directory of this run (a link or a file); "
+                "move it away to checkpoint this run"
+            )
 
     def abandon(self) -> None:
         """Drop a begun checkpoint (an actor was lost: its writers' parts are not used)."""
@@ -273,13 +289,11 @@ class Checkpoints:
         os.replace(tmp, path)
         _fsync_dir(self.root)
         for entry in os.listdir(self.root):  # the older checkpoints' parts, now unreferenced
-            if entry not in (tag, MANIFEST):
-                target = os.path.join(self.root, entry)
-                if os.path.isdir(target):
-                    shutil.rmtree(target, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.remove(target)
+            if entry == tag or not _TAG.match(entry):  # only what a checkpoint writes
+                continue
+            target = os.path.join(self.root, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
         return path
 
 

@@ -32,6 +32,7 @@ from .result_rows import (
     exported_columns,
     metric_samples,
 )
+from .run_files import replace_file
 
 MAX_START = 4102444800.0  # 2100-01-01: a start beyond it is a mistake, not a run
 
@@ -170,9 +171,12 @@ def export_openmetrics(run_dir: str, out: str | None = None, start: float | None
     }
     fams.add(f"{METRIC_PREFIX}_build_info", info, np.array([start]), np.array([1.0]))
     path = Path(out) if out else root / "metrics.om"
-    with open(path, "w", encoding="utf-8") as f:
-        fams.write(f)
-    return str(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            fams.write(f)
+
+    return replace_file(str(path), write)
 
 
 def iter_samples(path: str) -> Iterator[tuple[str, str, float, float]]:

@@ -16,9 +16,14 @@ from services.units import LOST_KINDS, PAGE_SIZE
 
 from .quantities import format_bytes
 from .result_rows import VARIANT_RUN
-from .run_files import load_run
+from .run_files import load_run, replace_file, write_text_file
 
 GIB = float(1 << 30)
+
+
+def _save_png(fig: Any, path: str) -> None:
+    """Save a figure as PNG through :func:`replace_file` (never through a link)."""
+    replace_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
 
 
 def _pyplot() -> Any:
@@ -85,7 +90,7 @@ def plot_backed(ts: pd.DataFrame, path: str) -> None:
         _plain(ax)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig, path)
     plt.close(fig)
 
 
@@ -124,7 +129,7 @@ def plot_free_by_order(ts: pd.DataFrame, path: str) -> None:
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("order")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig, path)
     plt.close(fig)
 
 
@@ -149,7 +154,7 @@ def plot_reported(ts: pd.DataFrame, path: str) -> None:
     ax.set_title(f"free page reporting ({label(VARIANT_RUN, ts)})")
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig, path)
     plt.close(fig)
 
 
@@ -173,7 +178,7 @@ def plot_swap(ts: pd.DataFrame, path: str) -> None:
     _plain(ax)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig, path)
     plt.close(fig)
 
 
@@ -199,7 +204,7 @@ def plot_slowdown(ts: pd.DataFrame, path: str) -> None:
     _plain(ax2)
     ax2.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_png(fig, path)
     plt.close(fig)
 
 
@@ -389,9 +394,7 @@ tr.cost td,tr.cost th{{color:#8a2a0a}}.value{{font-weight:bold}}</style></head><
 <code>timeseries.parquet</code> (docs/results.md).</p>
 </body></html>"""
     path = os.path.join(run_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
-    return path
+    return write_text_file(path, page)
 
 
 def _grid_of(df: pd.DataFrame) -> list[str]:
@@ -438,7 +441,7 @@ def plot_sweep(df: pd.DataFrame, sweep_dir: str) -> list[str]:
         fig.suptitle(f"against {p}", fontsize="small")
         fig.tight_layout()
         path = os.path.join(sweep_dir, f"sweep_{p.replace('.', '_')}.png")
-        fig.savefig(path, dpi=90)
+        _save_png(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -468,6 +471,4 @@ its 95 % confidence interval (Student t).</p>
 <p>Every run's figures: <a href="results.parquet">results.parquet</a> (one row per run, with its run_dir).</p>
 </body></html>"""
     path = os.path.join(sweep_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
-    return path
+    return write_text_file(path, page)

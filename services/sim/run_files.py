@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,38 @@ def results_dir(out_dir: str, *components: str) -> str:
     if os.path.commonpath([base, path]) != base:
         raise ValueError(f"name {'/'.join(components)!r}: leaves the results folder {out_dir!r}")
     return os.path.join(out_dir, *components)
+
+
+def replace_file(path: str, write: Callable[[str], object]) -> str:
+    """Write ``path`` as a new file: ``write(tmp)`` fills a fresh file beside it, which
+    then replaces ``path`` in one rename. A reader never sees half a file, a failed write
+    (a full disk) leaves the old file as it was, and a symbolic link at ``path`` is
+    replaced, never written through (a run directory's files may have been tampered
+    with). The new file gets the mode any new file gets (0666 less the umask)."""
+    tmp = os.path.join(
+        os.path.dirname(path) or ".",
+        f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp",
+    )
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o666)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_text_file(path: str, text: str) -> str:
+    """``replace_file`` of UTF-8 text."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return replace_file(path, write)
 
 
 @dataclass
@@ -87,16 +121,22 @@ def write_run(
     ts: pd.DataFrame,
     metadata: dict[str, Any],
 ) -> None:
+    """The run's files, each replaced whole (:func:`replace_file`); ``summary.json`` last,
+    so a directory with one is a finished run."""
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "spec.resolved.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(spec_dict, f, sort_keys=True)
-    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(run_dir, "metadata.json"), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-        f.write("\n")
-    ts.to_parquet(os.path.join(run_dir, "timeseries.parquet"), index=False)
+    write_text_file(
+        os.path.join(run_dir, "spec.resolved.yaml"), yaml.safe_dump(spec_dict, sort_keys=True)
+    )
+    replace_file(
+        os.path.join(run_dir, "timeseries.parquet"), lambda tmp: ts.to_parquet(tmp, index=False)
+    )
+    write_text_file(
+        os.path.join(run_dir, "metadata.json"),
+        json.dumps(metadata, indent=2, sort_keys=True) + "\n",
+    )
+    write_text_file(
+        os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def load_run(run_dir: str) -> RunResult:

@@ -28,7 +28,7 @@ from . import checkpoint
 from .backends import ActorLostError, Backend, backend_for
 from .live_metrics import MAX_SPEED, LiveMetrics, MetricsHub, saved_bytes
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
-from .run_files import RunResult, results_dir, write_run
+from .run_files import RunResult, replace_file, results_dir, write_run
 from .simulation import CHUNKS_PER_CALL, Simulation
 from .spec import ExperimentSpec, baseline_spec
 from .trace_groups import trace_digests
@@ -368,7 +368,8 @@ class _RunDriver:
         path = self._save()
         rows = [r for done in self.finished.values() for r in done.rows]
         rows += [r for s in self.sims.values() if not s.closed for r in s.rows]
-        timeseries_frame(rows).to_parquet(os.path.join(self.run_dir, PARTIAL_TIMESERIES))
+        frame = timeseries_frame(rows)
+        replace_file(os.path.join(self.run_dir, PARTIAL_TIMESERIES), frame.to_parquet)
         return RunInterrupted(self.run_dir, sim.now_ns, path)
 
     def _advance_alone(self, sim: Simulation, progress: bool) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .backends import Backend, backend_for
-from .run_files import results_dir
+from .run_files import replace_file, results_dir
 from .runner import run_experiment
 from .spec import ExperimentSpec, SpecError, with_overrides
 
@@ -97,7 +97,7 @@ def run_sweep(
         bar.close()
     df = pd.DataFrame(rows)
     path = os.path.join(sweep_dir, "results.parquet")
-    df.to_parquet(path, index=False)
+    replace_file(path, lambda tmp: df.to_parquet(tmp, index=False))
     df.attrs["results_path"] = path
     df.attrs["grid"] = sorted(spec.sweep.grid) if spec.sweep else []
     return df

@@ -173,7 +173,7 @@ def test_a_damaged_checkpoint_is_refused_and_left_as_it_is(tmp_path, monkeypatch
 
 def test_a_foreign_checkpoint_is_refused(tmp_path, monkeypatch):
     stopped = interrupted_run(tmp_path / "a", monkeypatch, 1)
-    other = spec_with("checkpoint_interval: 2s", "seed: 12")  # another run id
+    other = load_spec_text(SPEC.replace("seed: 11", "seed: 12") + "checkpoint_interval: 2s\n")
     with pytest.raises(checkpoint.CheckpointError, match="another spec"):
         checkpoint.load(stopped.run_dir, other)
     # the same checkpoint copied into another run's directory
