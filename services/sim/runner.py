@@ -159,6 +159,13 @@ def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, a
         if resume.spec.spec_sha256() != spec.spec_sha256():
             raise checkpoint.CheckpointError("the spec given is not the checkpoint's")
         run_dir = resume.run_dir
+    elif os.path.lexists(checkpoint.manifest_path(run_dir)):
+        # a stopped run of this spec: starting again would replace its checkpoint
+        raise checkpoint.CheckpointError(
+            f"{run_dir} holds the checkpoint of a stopped run of this spec: continue it with "
+            f"`overcommit run --resume {run_dir}`, or remove "
+            f"{os.path.join(run_dir, checkpoint.CHECKPOINT_DIR)} to start again"
+        )
     with backend_for(backend, transport, address) as used:
         driver = _RunDriver(spec, used, shards, live, run_dir, resume, stop)
         plan, run_rows, base_rows, all_stats = driver.run(progress)

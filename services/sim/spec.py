@@ -49,6 +49,7 @@ from .spec_base import (
     MAX_HOST_MEMORY_BYTES,
     MAX_HOSTS,
     MAX_NAME_LENGTH,
+    MAX_OVERCOMMIT_RATIO,
     MAX_SEED,
     MAX_SPEC_BYTES,
     MAX_SWEEP_RUNS,
@@ -347,7 +348,10 @@ class PlacementSpec(_Model):
         "first_fit", description="first_fit fills hosts in order; spread balances committed memory."
     )
     max_overcommit_ratio: float = Field(
-        2.0, gt=0, description="Largest guest memory / host memory allowed on one host."
+        2.0,
+        gt=0,
+        le=MAX_OVERCOMMIT_RATIO,
+        description="Largest guest memory / host memory allowed on one host.",
     )
 
 
@@ -360,6 +364,21 @@ class SweepSpec(_Model):
         max_length=MAX_SWEEP_RUNS,
         description="Seeds to run each grid point with (default: the spec's seed).",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        for path, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{path}: needs at least one value")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"seeds: {repeated} given more than once (a repeated seed is the same run, "
+                "and would narrow the confidence intervals for nothing)"
+            )
+        if self.seeds and "seed" in self.grid:
+            raise ValueError("grid.seed and seeds both set the seed: use one of them")
+        return self
 
 
 # spec fields that never change a result, kept out of the run id (ExperimentSpec.run_id)
@@ -457,6 +476,11 @@ class ExperimentSpec(_Model):
             raise ValueError("epoch must be > 0")
         if self.duration <= 0:
             raise ValueError("duration must be > 0")
+        if self.duration < self.epoch:
+            raise ValueError(
+                f"duration ({self.duration} ns) is shorter than one epoch ({self.epoch} ns); "
+                "a duration without a unit is in nanoseconds (write 120s)"
+            )
         if self.sample_interval < self.epoch or self.sample_interval % self.epoch:
             raise ValueError(
                 f"sample_interval ({self.sample_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
@@ -623,6 +647,10 @@ def load_spec(path: str, overrides: list[str] | None = None) -> ExperimentSpec:
             text = f.read()
     except OSError as e:
         raise SpecError([("<file>", f"cannot read {path}: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            [("<file>", f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at {e.start})")]
+        ) from None
     return with_trace_root(
         load_spec_text(text, overrides), Path(path).resolve().parent, absolute_ok=True
     )

@@ -32,6 +32,7 @@ MAX_NAME_LENGTH = 64
 MAX_SPEC_BYTES = 1 << 20  # YAML text of one spec
 MAX_SPEC_DEPTH = 32  # nesting of a spec's YAML (the specs in experiments/ nest under 10)
 MAX_GROUPS = 1_000  # host groups, and guest groups
+MAX_OVERCOMMIT_RATIO = 1_000.0  # placement.max_overcommit_ratio (a finite bound)
 MAX_HOSTS = 10_000  # hosts in one spec (sum of the host groups' counts)
 MAX_GUESTS = 100_000  # guests in one spec (sum of the guest groups' counts)
 MAX_HOST_MEMORY_BYTES = 64 << 40  # one host's memory, reserve and swap: 64 TiB each

@@ -361,6 +361,8 @@ def load_google2019(
         table = pj.read_json(path)
     except pa.ArrowException as e:
         raise TraceError(path, f"not JSON lines: {str(e).splitlines()[0]}") from None
+    except (OSError, EOFError) as e:  # a .gz that is not gzip, or a truncated one
+        raise TraceError(path, f"cannot be read: {str(e).splitlines()[0]}") from None
     usage_col = f"{statistic}_usage"
     for col in ("start_time", "collection_id", "instance_index", usage_col, "assigned_memory"):
         if col not in table.column_names:

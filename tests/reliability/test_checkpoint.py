@@ -223,3 +223,15 @@ def test_run_id_leaves_out_what_never_changes_results():
     assert neutral.run_id() == base.run_id()
     assert neutral.spec_sha256() != base.spec_sha256()
     assert spec_with("faults: {reject_reports: 0.1}").run_id() != base.run_id()
+
+
+def test_running_a_stopped_runs_spec_again_keeps_its_checkpoint(tmp_path, monkeypatch):
+    """A second `run` of the spec (not --resume) used to start over and replace the stopped
+    run's checkpoint with one at 0 s; now it is refused and the checkpoint stays."""
+    stopped = interrupted_run(tmp_path, monkeypatch, 2)
+    before = dir_digest(stopped.run_dir)
+    with pytest.raises(checkpoint.CheckpointError, match="overcommit run --resume"):
+        run_experiment(
+            spec_with("checkpoint_interval: 2s"), out_dir=str(tmp_path), transport="inprocess"
+        )
+    assert dir_digest(stopped.run_dir) == before

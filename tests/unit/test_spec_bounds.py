@@ -75,7 +75,8 @@ def test_totals_over_groups_are_bounded_before_placement():
 def test_too_many_epochs_or_sweep_runs_are_refused():
     errs = errors(BASE.replace("duration: 10s", "duration: 720h\nepoch: 1ms"))
     assert "epochs, over the bound of 100000000" in errs[0][1]
-    grid = "sweep: {grid: {seed: [" + ", ".join(str(i) for i in range(200)) + "]}, seeds: ["
+    grid = "sweep: {grid: {guest_groups.0.count: ["
+    grid += ", ".join(str(i) for i in range(1, 201)) + "]}, seeds: ["
     grid += ", ".join(str(i) for i in range(100)) + "]}\n"
     assert "more than 10000 runs" in errors(BASE + grid)[0][1]
 
@@ -177,3 +178,29 @@ def test_set_values_are_read_as_specs_are(value, needle):
         load_spec_text(BASE, [f"seed={value}"])
     assert e.value.errors[0][0] == "--set" and needle in e.value.errors[0][1], e.value.errors
     assert len(e.value.errors[0][1]) < 300
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "needle"),
+    [
+        ("placement.max_overcommit_ratio=.inf", "placement.max_overcommit_ratio", "1000"),
+        ("placement.max_overcommit_ratio=1e308", "placement.max_overcommit_ratio", "1000"),
+        ("duration=120", "<spec>", "a duration without a unit is in nanoseconds"),
+        ("sweep={grid: {guest_groups.0.count: []}}", "sweep", "grid.guest_groups.0.count: needs"),
+        ("sweep={seeds: [1, 2, 1]}", "sweep", "seeds: [1] given more than once"),
+        ("sweep={grid: {seed: [1, 2]}, seeds: [3]}", "sweep", "grid.seed and seeds both"),
+    ],
+)
+def test_values_that_used_to_crash_or_mislead_later_are_refused(override, field, needle):
+    with pytest.raises(SpecError) as e:
+        load_spec_text(BASE, [override])
+    assert e.value.errors[0][0] == field and needle in e.value.errors[0][1], e.value.errors
+
+
+def test_a_spec_file_that_is_not_utf8_is_named(tmp_path):
+    from services.sim.spec import load_spec
+
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe")
+    with pytest.raises(SpecError, match=r"bin\.yaml: not UTF-8 text \(byte 0xff at 8\)"):
+        load_spec(str(path))

@@ -451,3 +451,21 @@ def test_whitespace_and_cr_only_lines_and_google_blank_lines_keep_line_numbers(t
     text = "\n".join(lines[:2]) + "\n\n \n" + "\n".join(lines[2:]) + "\n"
     with pytest.raises(TraceError, match=r"g\.json:6:"):
         load_google2019(write(tmp_path / "g.json", text), GIB)
+
+
+def test_a_google2019_gz_that_is_not_gzip_or_is_cut_short_names_the_file(tmp_path):
+    import gzip
+
+    text = google_line(0, 1, 0, 0.1, 0.1, 0.5) + "\n"
+    plain = write(tmp_path / "fake.json.gz", text)  # plain text under a .gz name
+    with pytest.raises(TraceError, match=r"fake\.json\.gz: cannot be read"):
+        load_google2019(plain, GIB)
+    lines = "".join(google_line(i * 300_000_000, 1, 0, 0.1, 0.1, 0.5) + "\n" for i in range(200))
+    whole = gzip.compress(lines.encode())
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TraceError, match=r"cut\.json\.gz: "):
+        load_google2019(cut, GIB)
+    good = tmp_path / "good.json.gz"
+    good.write_bytes(whole)
+    assert len(load_google2019(good, GIB)) == 1
