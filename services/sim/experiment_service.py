@@ -76,25 +76,36 @@ class ExperimentManagerApi(Protocol):
         ...
 
     def advance(
-        self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
+        self,
+        experiment_id: str,
+        duration_ns: int,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ) -> ExperimentStatus:
         """Run whole epochs covering ``duration_ns`` of simulated time; stop early (at a
-        sample boundary, resumable) once ``should_stop()`` is true."""
+        sample boundary, resumable) once ``should_stop()`` is true. ``wait_s`` (the call's
+        remaining time; None: no deadline): wait no longer than this for another call on
+        the same experiment (DEADLINE_EXCEEDED, nothing changed); too many calls on one
+        experiment at once: RESOURCE_EXHAUSTED."""
         ...
 
     def run_to_end(
-        self, experiment_id: str, should_stop: Callable[[], bool] | None = None
+        self,
+        experiment_id: str,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ) -> ExperimentStatus:
         """Run to the end of the spec's duration (no-op when finished); ``should_stop``
-        as for :meth:`advance`."""
+        and ``wait_s`` as for :meth:`advance`."""
         ...
 
     def cancel(self, experiment_id: str) -> ExperimentStatus:
-        """Stop the experiment; idempotent."""
+        """Stop the experiment; idempotent. Never waits for a call running on it."""
         ...
 
-    def summary(self, experiment_id: str) -> Mapping[str, Any]:
-        """The summary (JSON-serialisable: what summary.json holds)."""
+    def summary(self, experiment_id: str, wait_s: float | None = None) -> Mapping[str, Any]:
+        """The summary (JSON-serialisable: what summary.json holds); ``wait_s`` as for
+        :meth:`advance`."""
         ...
 
     def stream_samples(
@@ -111,9 +122,9 @@ class ExperimentManagerApi(Protocol):
         name, state, now_ns."""
         ...
 
-    def resume(self, experiment_id: str) -> ExperimentStatus:
+    def resume(self, experiment_id: str, wait_s: float | None = None) -> ExperimentStatus:
         """Continue an interrupted experiment from its last checkpoint (FAILED_PRECONDITION
-        unless it is interrupted)."""
+        unless it is interrupted); ``wait_s`` as for :meth:`advance`."""
         ...
 
 
@@ -173,7 +184,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     ) -> experiment_pb2.AdvanceResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
-        status = self.manager.advance(experiment_id, request.duration_ns, _call_over(context))
+        status = self.manager.advance(
+            experiment_id, request.duration_ns, _call_over(context), wait_s=_remaining_s(context)
+        )
         return _status(experiment_pb2.AdvanceResponse, status)
 
     @translate_errors
@@ -181,7 +194,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.RunToEndRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.RunToEndResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        status = self.manager.run_to_end(experiment_id, _call_over(context))
+        status = self.manager.run_to_end(
+            experiment_id, _call_over(context), wait_s=_remaining_s(context)
+        )
         return _status(experiment_pb2.RunToEndResponse, status)
 
     @translate_errors
@@ -199,7 +214,8 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.GetSummaryRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.GetSummaryResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        text = json.dumps(self.manager.summary(experiment_id), sort_keys=True, default=_jsonable)
+        summary_of = self.manager.summary(experiment_id, wait_s=_remaining_s(context))
+        text = json.dumps(summary_of, sort_keys=True, default=_jsonable)
         summary = struct_pb2.Struct()
         summary.update(json.loads(text))
         return experiment_pb2.GetSummaryResponse(summary_json=text, summary=summary)
@@ -254,7 +270,7 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
                 "resuming needs the server's admin token (tokens do not survive a restart)",
             )
         experiment_id = self._experiment(request.experiment_id, context)
-        status = self.manager.resume(experiment_id)
+        status = self.manager.resume(experiment_id, wait_s=_remaining_s(context))
         token = ""
         if self.tokens is not None:
             token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -277,6 +293,12 @@ def _call_over(context: grpc.ServicerContext | None) -> Callable[[], bool] | Non
         return not context.is_active() or (remaining is not None and remaining <= 0)
 
     return over
+
+
+def _remaining_s(context: grpc.ServicerContext | None) -> float | None:
+    """The call's remaining time in seconds (None: no deadline): how long it may wait for
+    another call running on the same experiment."""
+    return context.time_remaining() if context is not None else None
 
 
 def _jsonable(value: Any) -> Any:
