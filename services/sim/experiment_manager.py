@@ -118,7 +118,11 @@ class ExperimentManager:
         self._ids = itertools.count(self._load_interrupted() + 1)
 
     # -- ExperimentManagerApi ---------------------------------------------------------
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(
+        self, spec: str | Mapping[str, Any], call_over: Callable[[], bool] | None = None
+    ) -> str:
+        """A new experiment from a spec; its id. Not created (DEADLINE_EXCEEDED) if
+        ``call_over()`` is true when it would be registered: nobody would learn its id."""
         parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
         parsed = with_trace_root(parsed, self.trace_dir, absolute_ok=False)
         if any(g.is_trace for g in parsed.guest_groups):
@@ -132,6 +136,13 @@ class ExperimentManager:
                     len(self._experiments),
                     f"this server holds at most {MAX_EXPERIMENTS} experiments that have not "
                     "ended (finish or cancel one)",
+                )
+            if call_over is not None and call_over():
+                raise deadline_exceeded(
+                    "CreateExperiment",
+                    parsed.name,
+                    "the call's deadline passed (or its client went away) before the "
+                    "experiment was registered; nothing was created",
                 )
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
             exp = _Experiment(experiment_id, parsed)

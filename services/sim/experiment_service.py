@@ -70,9 +70,13 @@ class ExperimentStatus:
 class ExperimentManagerApi(Protocol):
     """What the experiment manager offers ExperimentService (``services/sim/experiment_manager.py``)."""
 
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(
+        self, spec: str | Mapping[str, Any], call_over: Callable[[], bool] | None = None
+    ) -> str:
         """Create an experiment from YAML text or an already parsed mapping; return its id.
-        Nothing runs yet. Bad spec: ValueError (message names the field)."""
+        Nothing runs yet. Bad spec: ValueError (message names the field). ``call_over()``
+        true just before it would be registered (the call's deadline passed, its client
+        went away): DEADLINE_EXCEEDED and nothing is created."""
         ...
 
     def advance(
@@ -171,12 +175,25 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
             spec: str | dict[str, Any] = request.spec_yaml
         else:
             spec = json_format.MessageToDict(request.spec_struct)
-        experiment_id = self.manager.create(spec)
+        experiment_id = self.manager.create(spec, _call_over(context))
         token = ""
         if self.tokens is not None:
             token = secrets.token_urlsafe(TOKEN_BYTES)
             self.tokens.set(experiment_id, token)
+            self._drop_forgotten_tokens()
         return experiment_pb2.CreateExperimentResponse(experiment_id=experiment_id, token=token)
+
+    def _drop_forgotten_tokens(self) -> None:
+        """Remove the tokens of experiments the manager no longer holds (it forgets the
+        oldest ended one when a new one needs room, in create). The store is read first:
+        a token is set only after its experiment is registered, so a token read here
+        whose experiment is not listed belongs to one that was forgotten."""
+        if self.tokens is None:
+            return
+        with_tokens = self.tokens.experiment_ids()
+        held = {e["experiment_id"] for e in self.manager.list_experiments()}
+        for experiment_id in with_tokens - held:
+            self.tokens.remove(experiment_id)
 
     @translate_errors
     def Advance(

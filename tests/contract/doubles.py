@@ -131,7 +131,7 @@ class MemoryExperiments:
             raise KeyError(f"experiment_id {experiment_id!r} does not exist")
         return self.specs[experiment_id]
 
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(self, spec: str | Mapping[str, Any], call_over=None) -> str:
         parsed = yaml.safe_load(spec) if isinstance(spec, str) else dict(spec)
         if not isinstance(parsed, dict) or "duration_ns" not in parsed:
             raise ValueError("spec.duration_ns is required")
