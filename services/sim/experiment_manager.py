@@ -70,11 +70,17 @@ class _Experiment:
         self.wall0 = time.time()
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.resumed_ns: int | None = None  # an interrupted one: its last checkpoint's time
+        # once it has ended, its simulation is let go (_release); what clients still read:
+        self.ended_ns: int | None = None
+        self.ended_rows: list[dict[str, Any]] = []  # its samples (a few rows per interval)
+        self.ended_summary: Mapping[str, Any] | None = None  # a cancelled one's summary
 
     @property
     def now_ns(self) -> int:
         if self.sim is not None:
             return self.sim.now_ns
+        if self.ended_ns is not None:
+            return self.ended_ns
         return self.resumed_ns or 0
 
     @property
@@ -86,7 +92,7 @@ class _Experiment:
         return self.state
 
     def rows(self) -> list[dict[str, Any]]:
-        return self.sim.rows if self.sim else []
+        return self.sim.rows if self.sim else self.ended_rows
 
 
 class ExperimentManager:
@@ -263,16 +269,24 @@ class ExperimentManager:
         exp = self._get(experiment_id)
         if exp.result is not None:  # finished: no need to wait for anyone
             return exp.result.summary
+        if exp.ended_summary is not None:  # cancelled
+            return exp.ended_summary
         with self._hold(exp, wait_s):
             if exp.result is not None:
                 return exp.result.summary
-            rows = exp.rows()
-            if not rows:
-                return {"name": exp.spec.name, "state": exp.shown_state, "now_seconds": 0.0}
-            summary = summarize(exp.spec, exp.sim.plan, timeseries_frame(list(rows)), [])
-            summary["state"] = exp.shown_state
-            summary["now_seconds"] = exp.now_ns / NS_PER_S
-            return summary
+            if exp.ended_summary is not None:
+                return exp.ended_summary
+            return self._summary_so_far(exp)
+
+    def _summary_so_far(self, exp: _Experiment) -> dict[str, Any]:
+        """The summary of the samples so far (with the lock held)."""
+        rows = exp.rows()
+        if not rows or exp.sim is None:
+            return {"name": exp.spec.name, "state": exp.shown_state, "now_seconds": 0.0}
+        summary = summarize(exp.spec, exp.sim.plan, timeseries_frame(list(rows)), [])
+        summary["state"] = exp.shown_state
+        summary["now_seconds"] = exp.now_ns / NS_PER_S
+        return summary
 
     def stream_samples(
         self, experiment_id: str, is_active: Callable[[], bool] | None = None
@@ -538,10 +552,21 @@ class ExperimentManager:
     def _cancel_now(self, exp: _Experiment) -> None:
         if exp.state in ("created", "interrupted"):
             exp.state = "cancelled"
-            if exp.sim:
-                exp.sim.close()
+            if exp.sim is not None:
+                exp.ended_summary = self._summary_so_far(exp)
+                self._release(exp)
             self._persist(exp)
         self._notify(exp)
+
+    def _release(self, exp: _Experiment) -> None:
+        """Let go of an ended experiment's simulation (its shards and hosts: most of the
+        memory it used) and keep what clients still read: its time and samples."""
+        sim = exp.sim
+        if sim is None:
+            return
+        sim.close()
+        exp.ended_ns, exp.ended_rows = sim.now_ns, sim.rows
+        exp.sim = exp.router = exp.checkpoints = None
 
     def _finish(self, exp: _Experiment) -> None:
         sim = exp.sim
@@ -562,6 +587,7 @@ class ExperimentManager:
             exp.wall0,
         )
         exp.state = "finished"
+        self._release(exp)
         self._persist(exp)
         self._notify(exp)
 

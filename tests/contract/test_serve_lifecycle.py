@@ -7,19 +7,21 @@ server's graceful stop, which returns once every call in flight has ended.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from overcommit.v1 import experiment_pb2
+from overcommit.v1 import experiment_pb2, guest_pb2, guest_pb2_grpc
 from services.sim import experiment_manager
 from services.sim.backends.inprocess import InProcessBackend
 from services.sim.experiment_manager import ExperimentManager
 from services.sim.experiment_service import connect_experiments, start_experiment_server
-from services.transport.security import TokenStore
+from services.transport.security import TokenStore, bearer_metadata
 from services.transport.server import GrpcServer, ServerOptions
 
 CODE = grpc.StatusCode
@@ -117,3 +119,43 @@ def test_a_create_whose_deadline_passed_creates_nothing(tmp_path) -> None:
         assert not os.path.exists(os.path.join(tmp_path, experiment_manager.SERVE_DIR))
     finally:
         manager.close()
+
+
+def _advanced_and_guests_listed(server, manager, client, exp_id: str):
+    """Start the experiment through both services; weak references to its simulation
+    and its session (the shards and hosts: most of what it holds)."""
+    client.advance(exp_id, 2 * 10**9, timeout_s=120)
+    with grpc.insecure_channel(server.address) as channel:
+        guests = guest_pb2_grpc.GuestServiceStub(channel).ListGuests(
+            guest_pb2.ListGuestsRequest(experiment_id=exp_id),
+            metadata=bearer_metadata(ADMIN),
+            timeout=30,
+        )
+    assert len(guests.guests) == 2
+    sim = manager._get(exp_id).sim
+    assert sim is not None and manager._get(exp_id).router is not None
+    return weakref.ref(sim), weakref.ref(sim.session)
+
+
+def test_an_ended_experiment_lets_go_of_its_simulation(served) -> None:
+    server, manager, _ = served
+    with connect_experiments(server.address, token=ADMIN, timeout_s=120) as admin:
+        cancelled, _ = admin.create(SPEC)
+        finished, _ = admin.create(SPEC)
+        refs = _advanced_and_guests_listed(server, manager, admin, cancelled)
+        refs += _advanced_and_guests_listed(server, manager, admin, finished)
+        before = admin.summary(cancelled)
+        assert admin.cancel(cancelled).state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+        assert admin.run_to_end(finished).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        gc.collect()
+        assert [r() for r in refs] == [None] * 4, "an ended experiment kept its simulation"
+        # what clients still read is kept: the listing, the summary, the samples
+        listed = {e.experiment_id: e.now_ns for e in admin.list_experiments()}
+        assert listed == {cancelled: 2 * 10**9, finished: 4 * 10**9}
+        after = admin.summary(cancelled)
+        assert after["state"] == "cancelled" and after["now_seconds"] == 2.0
+        assert {k: v for k, v in after.items() if k != "state"} == {
+            k: v for k, v in before.items() if k != "state"
+        }
+        assert {s.sim_time_ns for s in admin.stream_samples(cancelled)} == {0, 10**9, 2 * 10**9}
+        assert admin.summary(finished)["run_id"]
