@@ -583,7 +583,8 @@ class ExperimentManager:
             base_rows,
             {VARIANT_RUN: run_stats, **stats},
             self.backend.name,
-            results_dir(self.out_dir, spec.name, spec.run_id()),
+            # its own directory: two experiments of one spec differ by what clients did
+            results_dir(self.out_dir, spec.name, _dir_name(exp.id)),
             exp.wall0,
         )
         exp.state = "finished"

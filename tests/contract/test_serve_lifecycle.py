@@ -8,6 +8,7 @@ server's graceful stop, which returns once every call in flight has ended.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import threading
 import weakref
@@ -159,3 +160,18 @@ def test_an_ended_experiment_lets_go_of_its_simulation(served) -> None:
         }
         assert {s.sim_time_ns for s in admin.stream_samples(cancelled)} == {0, 10**9, 2 * 10**9}
         assert admin.summary(finished)["run_id"]
+
+
+def test_two_experiments_of_one_spec_write_their_own_results(served, tmp_path) -> None:
+    server, _, _ = served
+    with connect_experiments(server.address, token=ADMIN, timeout_s=120) as admin:
+        first, _ = admin.create(SPEC)
+        second, _ = admin.create(SPEC)
+        assert admin.run_to_end(first).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        written = (tmp_path / "life" / first / "summary.json").read_text()
+        assert admin.run_to_end(second).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        assert (tmp_path / "life" / first / "summary.json").read_text() == written
+        for experiment_id in (first, second):
+            on_disk = json.loads((tmp_path / "life" / experiment_id / "summary.json").read_text())
+            assert on_disk == admin.summary(experiment_id)
+        assert sorted(p.name for p in (tmp_path / "life").iterdir()) == sorted([first, second])
