@@ -220,11 +220,13 @@ class ExperimentManager:
         call on the experiment no longer than that (DEADLINE_EXCEEDED, nothing changed)."""
         if duration_ns <= 0:
             raise ValueError(f"duration_ns must be > 0, got {duration_ns}")
+        deadline_s = _deadline(wait_s)
         exp = self._get(experiment_id)
         with self._hold(exp, wait_s):
             self._check_running(exp)
             sim = self._sim(exp)
-            self._advance_to(exp, sim.now_ns + duration_ns, self._stopper(exp, should_stop))
+            stop = self._stopper(exp, should_stop)
+            self._advance_to(exp, sim.now_ns + duration_ns, stop, deadline_s)
             return self._settle(exp)
 
     def run_to_end(
@@ -234,6 +236,7 @@ class ExperimentManager:
         wait_s: float | None = None,
     ):
         """Run to the end; ``should_stop`` and ``wait_s`` as for :meth:`advance`."""
+        deadline_s = _deadline(wait_s)
         exp = self._get(experiment_id)
         with self._hold(exp, wait_s):
             if exp.state == "finished":
@@ -242,7 +245,7 @@ class ExperimentManager:
             sim = self._sim(exp)
             stop = self._stopper(exp, should_stop)
             while not sim.finished and self._advance_to(
-                exp, sim.now_ns + exp.spec.sample_interval, stop
+                exp, sim.now_ns + exp.spec.sample_interval, stop, deadline_s
             ):
                 self._notify(exp)
             return self._settle(exp)
@@ -386,7 +389,13 @@ class ExperimentManager:
             )
         return exp.sim
 
-    def _advance_to(self, exp: _Experiment, target_ns: int, stop: Callable[[], bool]) -> bool:
+    def _advance_to(
+        self,
+        exp: _Experiment,
+        target_ns: int,
+        stop: Callable[[], bool],
+        deadline_s: float | None = None,
+    ) -> bool:
         """advance_to with a coordinated checkpoint every ``checkpoint_interval`` and, if
         an actor is lost, a rollback to the last one. False if stopped early."""
         sim = self._sim(exp)
@@ -396,7 +405,7 @@ class ExperimentManager:
         while sim.now_ns < limit:
             due = (sim.now_ns // every + 1) * every if every else None
             try:
-                if not sim.advance_to(limit if due is None else min(limit, due), stop):
+                if not sim.advance_to(limit if due is None else min(limit, due), stop, deadline_s):
                     return False
                 if due is not None and sim.now_ns >= due and not sim.finished:
                     self._checkpoints(exp).save({VARIANT_RUN: sim}, {})
@@ -619,6 +628,11 @@ class ExperimentManager:
         self.backend.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _deadline(wait_s: float | None) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` value (None: it has none)."""
+    return None if wait_s is None else time.monotonic() + wait_s
 
 
 def _dir_name(experiment_id: str) -> str:
