@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.transport.errors import failed_precondition, resource_exhausted
+from services.transport.errors import deadline_exceeded, failed_precondition, resource_exhausted
 from services.transport.security import ServerTls
 from services.units import NS_PER_S
 
@@ -46,6 +47,12 @@ MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it build
 MAX_SERVE_ENTRIES = 100_000  # records read at start (numbers beyond are never reused)
 MAX_RECOVERIES = 8  # actor losses one Advance or RunToEnd call survives
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
+# Calls running on one experiment or waiting for it at once (its lock: Advance, RunToEnd,
+# GetSummary of a running one, ResumeExperiment, GuestService's first call); more are
+# refused at once with RESOURCE_EXHAUSTED. Each waiting call holds a server worker, so one
+# experiment's token never takes more than this many of the 32 (health, other experiments
+# and Cancel keep the rest).
+MAX_CALLS_PER_EXPERIMENT = 4
 
 
 class _Experiment:
@@ -56,21 +63,36 @@ class _Experiment:
         self.router = None  # GuestService's view of the shards, made on first use
         self.state = "created"
         self.result = None
-        self.lock = threading.Lock()  # held while the experiment runs
+        self.lock = threading.Lock()  # held while the experiment runs (taken by _hold only)
+        self.calls = 0  # calls holding or waiting for the lock (the manager's lock guards it)
         self.cond = threading.Condition()
         self.cancel_requested = threading.Event()  # read between chunks by a running advance
         self.wall0 = time.time()
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.resumed_ns: int | None = None  # an interrupted one: its last checkpoint's time
+        # once it has ended, its simulation is let go (_release); what clients still read:
+        self.ended_ns: int | None = None
+        self.ended_rows: list[dict[str, Any]] = []  # its samples (a few rows per interval)
+        self.ended_summary: Mapping[str, Any] | None = None  # a cancelled one's summary
 
     @property
     def now_ns(self) -> int:
         if self.sim is not None:
             return self.sim.now_ns
+        if self.ended_ns is not None:
+            return self.ended_ns
         return self.resumed_ns or 0
 
+    @property
+    def shown_state(self) -> str:
+        """The state clients see: ``cancelled`` from the moment Cancel is asked (the call
+        running on it stops at its next chunk boundary and cleans up then)."""
+        if self.cancel_requested.is_set() and self.state in ("created", "interrupted"):
+            return "cancelled"
+        return self.state
+
     def rows(self) -> list[dict[str, Any]]:
-        return self.sim.rows if self.sim else []
+        return self.sim.rows if self.sim else self.ended_rows
 
 
 class ExperimentManager:
@@ -102,7 +124,11 @@ class ExperimentManager:
         self._ids = itertools.count(self._load_interrupted() + 1)
 
     # -- ExperimentManagerApi ---------------------------------------------------------
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(
+        self, spec: str | Mapping[str, Any], call_over: Callable[[], bool] | None = None
+    ) -> str:
+        """A new experiment from a spec; its id. Not created (DEADLINE_EXCEEDED) if
+        ``call_over()`` is true when it would be registered: nobody would learn its id."""
         parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
         parsed = with_trace_root(parsed, self.trace_dir, absolute_ok=False)
         if any(g.is_trace for g in parsed.guest_groups):
@@ -117,6 +143,13 @@ class ExperimentManager:
                     f"this server holds at most {MAX_EXPERIMENTS} experiments that have not "
                     "ended (finish or cancel one)",
                 )
+            if call_over is not None and call_over():
+                raise deadline_exceeded(
+                    "CreateExperiment",
+                    parsed.name,
+                    "the call's deadline passed (or its client went away) before the "
+                    "experiment was registered; nothing was created",
+                )
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
             exp = _Experiment(experiment_id, parsed)
             self._experiments[experiment_id] = exp
@@ -127,7 +160,7 @@ class ExperimentManager:
         """Forget the oldest finished or cancelled experiment (its results are in runs/),
         so a long-lived server keeps taking new ones. Called with the lock held."""
         for experiment_id, exp in self._experiments.items():
-            if exp.state in ("finished", "cancelled") and not exp.lock.locked():
+            if exp.state in ("finished", "cancelled") and exp.calls == 0:
                 del self._experiments[experiment_id]
                 return
 
@@ -137,19 +170,22 @@ class ExperimentManager:
         with self._lock:
             experiments = list(self._experiments.values())
         return [
-            {"experiment_id": e.id, "name": e.spec.name, "state": e.state, "now_ns": e.now_ns}
+            {"experiment_id": e.id, "name": e.spec.name, "state": e.shown_state, "now_ns": e.now_ns}
             for e in experiments
             if only is None or e.id == only
         ]
 
-    def resume(self, experiment_id: str):
+    def resume(self, experiment_id: str, wait_s: float | None = None):
         """Continue an experiment interrupted by a server stop from its last checkpoint
-        (from the start if it had none); it is ``created`` again."""
+        (from the start if it had none); it is ``created`` again. ``wait_s``: how long
+        the call may wait for another call on the experiment (None: no limit)."""
         exp = self._get(experiment_id)
-        with exp.lock:
-            if exp.state != "interrupted":
+        with self._hold(exp, wait_s):
+            if exp.shown_state != "interrupted":
                 raise failed_precondition(
-                    "experiment_id", experiment_id, f"experiment is {exp.state}, not interrupted"
+                    "experiment_id",
+                    experiment_id,
+                    f"experiment is {exp.shown_state}, not interrupted",
                 )
             loaded = None
             if os.path.exists(checkpoint.manifest_path(self._exp_dir(exp))):
@@ -171,55 +207,89 @@ class ExperimentManager:
             return self._status(exp)
 
     def advance(
-        self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
+        self,
+        experiment_id: str,
+        duration_ns: int,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ):
         """Run ``duration_ns`` more of simulated time. Between chunks of sample intervals
         it stops early, consistent and resumable, when ``should_stop()`` says the call
-        is over (client gone, deadline passed), on Cancel, or when the server stops."""
+        is over (client gone, deadline passed), on Cancel, or when the server stops.
+        ``wait_s``: the call's remaining time (None: no deadline); it waits for another
+        call on the experiment no longer than that (DEADLINE_EXCEEDED, nothing changed)."""
         if duration_ns <= 0:
             raise ValueError(f"duration_ns must be > 0, got {duration_ns}")
+        deadline_s = _deadline(wait_s)
         exp = self._get(experiment_id)
-        with exp.lock:
+        with self._hold(exp, wait_s):
             self._check_running(exp)
             sim = self._sim(exp)
-            self._advance_to(exp, sim.now_ns + duration_ns, self._stopper(exp, should_stop))
+            stop = self._stopper(exp, should_stop)
+            self._advance_to(exp, sim.now_ns + duration_ns, stop, deadline_s)
             return self._settle(exp)
 
-    def run_to_end(self, experiment_id: str, should_stop: Callable[[], bool] | None = None):
+    def run_to_end(
+        self,
+        experiment_id: str,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
+    ):
+        """Run to the end; ``should_stop`` and ``wait_s`` as for :meth:`advance`."""
+        deadline_s = _deadline(wait_s)
         exp = self._get(experiment_id)
-        with exp.lock:
+        with self._hold(exp, wait_s):
             if exp.state == "finished":
                 return self._status(exp)
             self._check_running(exp)
             sim = self._sim(exp)
             stop = self._stopper(exp, should_stop)
             while not sim.finished and self._advance_to(
-                exp, sim.now_ns + exp.spec.sample_interval, stop
+                exp, sim.now_ns + exp.spec.sample_interval, stop, deadline_s
             ):
                 self._notify(exp)
             return self._settle(exp)
 
     def cancel(self, experiment_id: str):
-        """Stop the experiment; a running Advance stops at its next chunk boundary."""
+        """Stop the experiment, without waiting for a call running on it: that call sees
+        the request at its next chunk boundary, and whichever call holds the experiment
+        cleans up as it lets go of it (:meth:`_hold`). A run that already reached its end
+        and is writing its results finishes."""
         exp = self._get(experiment_id)
-        exp.cancel_requested.set()  # before the lock: the running advance sees it and returns
-        self._notify(exp)
-        with exp.lock:
-            self._cancel_now(exp)
+        if exp.state in ("finished", "cancelled"):
             return self._status(exp)
+        exp.cancel_requested.set()  # first: a holder that lets go after this cleans up
+        self._notify(exp)
+        if exp.lock.acquire(blocking=False):
+            try:
+                self._cancel_now(exp)
+            finally:
+                exp.lock.release()
+        return self._status(exp)
 
-    def summary(self, experiment_id: str) -> Mapping[str, Any]:
+    def summary(self, experiment_id: str, wait_s: float | None = None) -> Mapping[str, Any]:
+        """The summary so far; ``wait_s`` as for :meth:`advance`."""
         exp = self._get(experiment_id)
-        with exp.lock:
+        if exp.result is not None:  # finished: no need to wait for anyone
+            return exp.result.summary
+        if exp.ended_summary is not None:  # cancelled
+            return exp.ended_summary
+        with self._hold(exp, wait_s):
             if exp.result is not None:
                 return exp.result.summary
-            rows = exp.rows()
-            if not rows:
-                return {"name": exp.spec.name, "state": exp.state, "now_seconds": 0.0}
-            summary = summarize(exp.spec, exp.sim.plan, timeseries_frame(list(rows)), [])
-            summary["state"] = exp.state
-            summary["now_seconds"] = exp.now_ns / NS_PER_S
-            return summary
+            if exp.ended_summary is not None:
+                return exp.ended_summary
+            return self._summary_so_far(exp)
+
+    def _summary_so_far(self, exp: _Experiment) -> dict[str, Any]:
+        """The summary of the samples so far (with the lock held)."""
+        rows = exp.rows()
+        if not rows or exp.sim is None:
+            return {"name": exp.spec.name, "state": exp.shown_state, "now_seconds": 0.0}
+        summary = summarize(exp.spec, exp.sim.plan, timeseries_frame(list(rows)), [])
+        summary["state"] = exp.shown_state
+        summary["now_seconds"] = exp.now_ns / NS_PER_S
+        return summary
 
     def stream_samples(
         self, experiment_id: str, is_active: Callable[[], bool] | None = None
@@ -270,8 +340,43 @@ class ExperimentManager:
         return exp
 
     def _check_running(self, exp: _Experiment) -> None:
-        if exp.state != "created":
-            raise failed_precondition("experiment_id", exp.id, f"experiment is {exp.state}")
+        if exp.shown_state != "created":
+            raise failed_precondition("experiment_id", exp.id, f"experiment is {exp.shown_state}")
+
+    @contextmanager
+    def _hold(self, exp: _Experiment, wait_s: float | None) -> Iterator[None]:
+        """Hold the experiment's lock: at most MAX_CALLS_PER_EXPERIMENT calls run on it
+        or wait for it at once (more: RESOURCE_EXHAUSTED at once), each waiting no longer
+        than ``wait_s`` (then DEADLINE_EXCEEDED; nothing changed). A Cancel asked while
+        the lock was held is carried out before it is let go."""
+        with self._lock:
+            if exp.calls >= MAX_CALLS_PER_EXPERIMENT:
+                raise resource_exhausted(
+                    "experiment_id",
+                    exp.id,
+                    f"{exp.calls} calls already run on this experiment or wait for it "
+                    f"(at most {MAX_CALLS_PER_EXPERIMENT}); try again when they end",
+                )
+            exp.calls += 1
+        try:
+            if not exp.lock.acquire(timeout=-1 if wait_s is None else max(0.0, wait_s)):
+                raise deadline_exceeded(
+                    "experiment_id",
+                    exp.id,
+                    f"another call ran on the experiment for the whole {wait_s:.3g} s the "
+                    "call had left; nothing was done",
+                )
+            try:
+                yield
+            finally:
+                try:
+                    if exp.cancel_requested.is_set():
+                        self._cancel_now(exp)
+                finally:
+                    exp.lock.release()
+        finally:
+            with self._lock:
+                exp.calls -= 1
 
     def _sim(self, exp: _Experiment, shards: int | None = None) -> Simulation:
         if exp.sim is None:
@@ -284,7 +389,13 @@ class ExperimentManager:
             )
         return exp.sim
 
-    def _advance_to(self, exp: _Experiment, target_ns: int, stop: Callable[[], bool]) -> bool:
+    def _advance_to(
+        self,
+        exp: _Experiment,
+        target_ns: int,
+        stop: Callable[[], bool],
+        deadline_s: float | None = None,
+    ) -> bool:
         """advance_to with a coordinated checkpoint every ``checkpoint_interval`` and, if
         an actor is lost, a rollback to the last one. False if stopped early."""
         sim = self._sim(exp)
@@ -294,7 +405,7 @@ class ExperimentManager:
         while sim.now_ns < limit:
             due = (sim.now_ns // every + 1) * every if every else None
             try:
-                if not sim.advance_to(limit if due is None else min(limit, due), stop):
+                if not sim.advance_to(limit if due is None else min(limit, due), stop, deadline_s):
                     return False
                 if due is not None and sim.now_ns >= due and not sim.finished:
                     self._checkpoints(exp).save({VARIANT_RUN: sim}, {})
@@ -415,7 +526,7 @@ class ExperimentManager:
         if exp.router is None:
             sim = exp.sim
             if sim is None:
-                with exp.lock:  # only to start it; a running Advance made it already
+                with self._hold(exp, None):  # only to start it; a running Advance made it
                     self._check_running(exp)
                     sim = self._sim(exp)
             exp.router = GuestRouter(sim.session, sim.plan)
@@ -450,10 +561,21 @@ class ExperimentManager:
     def _cancel_now(self, exp: _Experiment) -> None:
         if exp.state in ("created", "interrupted"):
             exp.state = "cancelled"
-            if exp.sim:
-                exp.sim.close()
+            if exp.sim is not None:
+                exp.ended_summary = self._summary_so_far(exp)
+                self._release(exp)
             self._persist(exp)
         self._notify(exp)
+
+    def _release(self, exp: _Experiment) -> None:
+        """Let go of an ended experiment's simulation (its shards and hosts: most of the
+        memory it used) and keep what clients still read: its time and samples."""
+        sim = exp.sim
+        if sim is None:
+            return
+        sim.close()
+        exp.ended_ns, exp.ended_rows = sim.now_ns, sim.rows
+        exp.sim = exp.router = exp.checkpoints = None
 
     def _finish(self, exp: _Experiment) -> None:
         sim = exp.sim
@@ -470,17 +592,19 @@ class ExperimentManager:
             base_rows,
             {VARIANT_RUN: run_stats, **stats},
             self.backend.name,
-            results_dir(self.out_dir, spec.name, spec.run_id()),
+            # its own directory: two experiments of one spec differ by what clients did
+            results_dir(self.out_dir, spec.name, _dir_name(exp.id)),
             exp.wall0,
         )
         exp.state = "finished"
+        self._release(exp)
         self._persist(exp)
         self._notify(exp)
 
     def _status(self, exp: _Experiment):
         from .experiment_service import ExperimentStatus
 
-        return ExperimentStatus(now_ns=exp.now_ns, state=exp.state)
+        return ExperimentStatus(now_ns=exp.now_ns, state=exp.shown_state)
 
     def begin_shutdown(self) -> None:
         """Stop waiting streams and running advances (at their next chunk boundary)."""
@@ -504,6 +628,11 @@ class ExperimentManager:
         self.backend.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _deadline(wait_s: float | None) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` value (None: it has none)."""
+    return None if wait_s is None else time.monotonic() + wait_s
 
 
 def _dir_name(experiment_id: str) -> str:

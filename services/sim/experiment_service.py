@@ -97,31 +97,46 @@ class ExperimentStatus:
 class ExperimentManagerApi(Protocol):
     """What the experiment manager offers ExperimentService (``services/sim/experiment_manager.py``)."""
 
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(
+        self, spec: str | Mapping[str, Any], call_over: Callable[[], bool] | None = None
+    ) -> str:
         """Create an experiment from YAML text or an already parsed mapping; return its id.
-        Nothing runs yet. Bad spec: ValueError (message names the field)."""
+        Nothing runs yet. Bad spec: ValueError (message names the field). ``call_over()``
+        true just before it would be registered (the call's deadline passed, its client
+        went away): DEADLINE_EXCEEDED and nothing is created."""
         ...
 
     def advance(
-        self, experiment_id: str, duration_ns: int, should_stop: Callable[[], bool] | None = None
+        self,
+        experiment_id: str,
+        duration_ns: int,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ) -> ExperimentStatus:
         """Run whole epochs covering ``duration_ns`` of simulated time; stop early (at a
-        sample boundary, resumable) once ``should_stop()`` is true."""
+        sample boundary, resumable) once ``should_stop()`` is true. ``wait_s`` (the call's
+        remaining time; None: no deadline): wait no longer than this for another call on
+        the same experiment (DEADLINE_EXCEEDED, nothing changed); too many calls on one
+        experiment at once: RESOURCE_EXHAUSTED."""
         ...
 
     def run_to_end(
-        self, experiment_id: str, should_stop: Callable[[], bool] | None = None
+        self,
+        experiment_id: str,
+        should_stop: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ) -> ExperimentStatus:
         """Run to the end of the spec's duration (no-op when finished); ``should_stop``
-        as for :meth:`advance`."""
+        and ``wait_s`` as for :meth:`advance`."""
         ...
 
     def cancel(self, experiment_id: str) -> ExperimentStatus:
-        """Stop the experiment; idempotent."""
+        """Stop the experiment; idempotent. Never waits for a call running on it."""
         ...
 
-    def summary(self, experiment_id: str) -> Mapping[str, Any]:
-        """The summary (JSON-serialisable: what summary.json holds)."""
+    def summary(self, experiment_id: str, wait_s: float | None = None) -> Mapping[str, Any]:
+        """The summary (JSON-serialisable: what summary.json holds); ``wait_s`` as for
+        :meth:`advance`."""
         ...
 
     def stream_samples(
@@ -138,9 +153,9 @@ class ExperimentManagerApi(Protocol):
         name, state, now_ns."""
         ...
 
-    def resume(self, experiment_id: str) -> ExperimentStatus:
+    def resume(self, experiment_id: str, wait_s: float | None = None) -> ExperimentStatus:
         """Continue an interrupted experiment from its last checkpoint (FAILED_PRECONDITION
-        unless it is interrupted)."""
+        unless it is interrupted); ``wait_s`` as for :meth:`advance`."""
         ...
 
 
@@ -187,12 +202,25 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
             spec: str | dict[str, Any] = request.spec_yaml
         else:
             spec = _struct_spec(request.spec_struct)
-        experiment_id = self.manager.create(spec)
+        experiment_id = self.manager.create(spec, _call_over(context))
         token = ""
         if self.tokens is not None:
             token = secrets.token_urlsafe(TOKEN_BYTES)
             self.tokens.set(experiment_id, token)
+            self._drop_forgotten_tokens()
         return experiment_pb2.CreateExperimentResponse(experiment_id=experiment_id, token=token)
+
+    def _drop_forgotten_tokens(self) -> None:
+        """Remove the tokens of experiments the manager no longer holds (it forgets the
+        oldest ended one when a new one needs room, in create). The store is read first:
+        a token is set only after its experiment is registered, so a token read here
+        whose experiment is not listed belongs to one that was forgotten."""
+        if self.tokens is None:
+            return
+        with_tokens = self.tokens.experiment_ids()
+        held = {e["experiment_id"] for e in self.manager.list_experiments()}
+        for experiment_id in with_tokens - held:
+            self.tokens.remove(experiment_id)
 
     @translate_errors
     def Advance(
@@ -200,7 +228,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     ) -> experiment_pb2.AdvanceResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
-        status = self.manager.advance(experiment_id, request.duration_ns, _call_over(context))
+        status = self.manager.advance(
+            experiment_id, request.duration_ns, _call_over(context), wait_s=_remaining_s(context)
+        )
         return _status(experiment_pb2.AdvanceResponse, status)
 
     @translate_errors
@@ -208,7 +238,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.RunToEndRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.RunToEndResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        status = self.manager.run_to_end(experiment_id, _call_over(context))
+        status = self.manager.run_to_end(
+            experiment_id, _call_over(context), wait_s=_remaining_s(context)
+        )
         return _status(experiment_pb2.RunToEndResponse, status)
 
     @translate_errors
@@ -226,7 +258,8 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.GetSummaryRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.GetSummaryResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        text = json.dumps(self.manager.summary(experiment_id), sort_keys=True, default=_jsonable)
+        summary_of = self.manager.summary(experiment_id, wait_s=_remaining_s(context))
+        text = json.dumps(summary_of, sort_keys=True, default=_jsonable)
         summary = struct_pb2.Struct()
         summary.update(json.loads(text))
         return experiment_pb2.GetSummaryResponse(summary_json=text, summary=summary)
@@ -281,7 +314,7 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
                 "resuming needs the server's admin token (tokens do not survive a restart)",
             )
         experiment_id = self._experiment(request.experiment_id, context)
-        status = self.manager.resume(experiment_id)
+        status = self.manager.resume(experiment_id, wait_s=_remaining_s(context))
         token = ""
         if self.tokens is not None:
             token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -304,6 +337,12 @@ def _call_over(context: grpc.ServicerContext | None) -> Callable[[], bool] | Non
         return not context.is_active() or (remaining is not None and remaining <= 0)
 
     return over
+
+
+def _remaining_s(context: grpc.ServicerContext | None) -> float | None:
+    """The call's remaining time in seconds (None: no deadline): how long it may wait for
+    another call running on the same experiment."""
+    return context.time_remaining() if context is not None else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -46,12 +46,25 @@ class CallSize:
 
     def __init__(self) -> None:
         self.chunks = CHUNKS_PER_CALL
+        self.interval_s: float | None = None  # wall seconds per interval in the last call
 
-    def took(self, wall_s: float) -> None:
+    def took(self, wall_s: float, intervals: int = 1) -> None:
+        self.interval_s = wall_s / max(1, intervals)
         if wall_s < QUICK_CALL_S:
             self.chunks = min(MAX_CHUNKS_PER_CALL, 2 * self.chunks)
         elif wall_s > SLOW_CALL_S:
             self.chunks = max(1, self.chunks // 2)
+
+    def within(self, remaining_s: float | None) -> int:
+        """Intervals for the next call when ``remaining_s`` of wall time is left before a
+        deadline (None: no deadline): no more than the last call's pace fits in it, and
+        one while the pace is unknown, so a call ends within about one interval's wall
+        time of its deadline."""
+        if remaining_s is None:
+            return self.chunks
+        if self.interval_s is None or self.interval_s <= 0:
+            return 1
+        return max(1, min(self.chunks, int(remaining_s / self.interval_s)))
 
 
 class Simulation:
@@ -135,22 +148,31 @@ class Simulation:
         for group, sums in sorted(groups.items()):
             self.rows.append(group_row(t_ns, self.variant, self.run_id, group, sums))
 
-    def _chunks(self, limit_ns: int) -> list[tuple[int, int]]:
-        """The next sample intervals up to ``limit_ns``: (start ns, epochs) each."""
+    def _chunks(self, limit_ns: int, most: int) -> list[tuple[int, int]]:
+        """The next sample intervals up to ``limit_ns`` (at most ``most``): (start ns,
+        epochs) each."""
         spec = self.spec
         chunks, t = [], self.now_ns
-        while t < limit_ns and len(chunks) < self.call_size.chunks:
+        while t < limit_ns and len(chunks) < most:
             t_next = min(t + spec.sample_interval, spec.duration)
             chunks.append((t, max(1, -(-(t_next - t) // spec.epoch))))
             t = t_next
         return chunks
 
-    def advance_to(self, target_ns: int, should_stop: Callable[[], bool] | None = None) -> bool:
+    def advance_to(
+        self,
+        target_ns: int,
+        should_stop: Callable[[], bool] | None = None,
+        deadline_s: float | None = None,
+    ) -> bool:
         """Run to ``target_ns`` rounded up to a sample boundary (capped at the end).
 
         ``should_stop`` is asked before every call to the session (a cancelled call, a
         passed deadline, a server shutting down): when it says so, the loop stops at
         that sample boundary, consistent and resumable. Returns False if it stopped early.
+        ``deadline_s`` (a ``time.monotonic()`` value; the caller's deadline) sizes the
+        calls so the one running when it passes ends about one interval later
+        (:meth:`CallSize.within`); the results are the same whatever the sizes.
         """
         spec = self.spec
         wall0 = time.perf_counter()
@@ -163,13 +185,14 @@ class Simulation:
             if self._skip_until > self.now_ns:  # a stretch where no guest acts, in steps
                 self._skip_step(min(self._skip_until, limit))
             else:
-                chunks = self._chunks(limit)
+                remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
+                chunks = self._chunks(limit, self.call_size.within(remaining_s))
                 call0 = time.perf_counter()
                 results = self.session.run_chunks(
                     self.epoch, chunks, self._pressure, self._last_hosts
                 )
                 call_s = time.perf_counter() - call0
-                self.call_size.took(call_s)
+                self.call_size.took(call_s, len(chunks))
                 if self.metrics is not None:
                     self.metrics.observe_call(call_s, sum(c for _, c in chunks))
                 for i, (t0, count) in enumerate(chunks):

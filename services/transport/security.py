@@ -72,6 +72,11 @@ class TokenStore:
         with self._lock:
             self._tokens.pop(experiment_id, None)
 
+    def experiment_ids(self) -> frozenset[str]:
+        """The experiments that have a token now."""
+        with self._lock:
+            return frozenset(self._tokens)
+
     def accepts(self, experiment_id: str | None, token: str | None) -> bool:
         """Whether ``token`` opens calls about ``experiment_id`` (None: no experiment)."""
         if not token:

@@ -131,7 +131,7 @@ class MemoryExperiments:
             raise KeyError(f"experiment_id {experiment_id!r} does not exist")
         return self.specs[experiment_id]
 
-    def create(self, spec: str | Mapping[str, Any]) -> str:
+    def create(self, spec: str | Mapping[str, Any], call_over=None) -> str:
         parsed = yaml.safe_load(spec) if isinstance(spec, str) else dict(spec)
         if not isinstance(parsed, dict) or "duration_ns" not in parsed:
             raise ValueError("spec.duration_ns is required")
@@ -141,7 +141,9 @@ class MemoryExperiments:
         self.state[experiment_id] = "created"
         return experiment_id
 
-    def advance(self, experiment_id: str, duration_ns: int, should_stop=None) -> ExperimentStatus:
+    def advance(
+        self, experiment_id: str, duration_ns: int, should_stop=None, wait_s=None
+    ) -> ExperimentStatus:
         spec = self._get(experiment_id)
         if self.state[experiment_id] == "cancelled":
             raise failed_precondition("experiment_id", experiment_id, "experiment was cancelled")
@@ -151,7 +153,7 @@ class MemoryExperiments:
             self.state[experiment_id] = "finished"
         return ExperimentStatus(self.now_ns[experiment_id], self.state[experiment_id])
 
-    def run_to_end(self, experiment_id: str, should_stop=None) -> ExperimentStatus:
+    def run_to_end(self, experiment_id: str, should_stop=None, wait_s=None) -> ExperimentStatus:
         return self.advance(experiment_id, int(self._get(experiment_id)["duration_ns"]))
 
     def cancel(self, experiment_id: str) -> ExperimentStatus:
@@ -160,7 +162,7 @@ class MemoryExperiments:
             self.state[experiment_id] = "cancelled"
         return ExperimentStatus(self.now_ns[experiment_id], self.state[experiment_id])
 
-    def summary(self, experiment_id: str) -> Mapping[str, Any]:
+    def summary(self, experiment_id: str, wait_s=None) -> Mapping[str, Any]:
         spec = self._get(experiment_id)
         return {
             "experiment_id": experiment_id,
@@ -181,7 +183,7 @@ class MemoryExperiments:
             if only is None or e == only
         ]
 
-    def resume(self, experiment_id: str) -> ExperimentStatus:
+    def resume(self, experiment_id: str, wait_s=None) -> ExperimentStatus:
         self._get(experiment_id)
         if self.state[experiment_id] != "interrupted":
             raise failed_precondition("experiment_id", experiment_id, "not interrupted")

@@ -1,0 +1,139 @@
+"""One experiment kept busy by its own client never takes the whole server.
+
+Real gRPC servers on 127.0.0.1 port 0 over the real ExperimentManager (in-process
+backend). Calls that wait for a busy experiment are bounded in number and by their
+deadline, and Cancel never waits for the call running on the experiment. Waits poll
+the manager's own counters with a deadline (no sleeps).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from overcommit.v1 import experiment_pb2
+from services.sim import experiment_manager
+from services.sim.backends.inprocess import InProcessBackend
+from services.sim.experiment_manager import ExperimentManager
+from services.sim.experiment_service import connect_experiments, start_experiment_server
+from services.transport.server import GrpcServer, ServerOptions
+from tests.contract.conftest import wait_until
+from tests.contract.test_serve_security import SPEC
+
+CODE = grpc.StatusCode
+LIMIT = experiment_manager.MAX_CALLS_PER_EXPERIMENT
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[tuple[GrpcServer, ExperimentManager]]:
+    """8 workers: fewer than the calls a client throws at one experiment below."""
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    server = start_experiment_server(manager, ServerOptions(port=0, max_workers=8))
+    server.start()
+    try:
+        yield server, manager
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()
+
+
+def _health(server: GrpcServer) -> int:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:
+    """An hour-long Advance running on ``exp_id`` (until Cancel); returns (thread, result)."""
+    result: dict[str, object] = {}
+
+    def advance() -> None:
+        try:
+            result["response"] = client.advance(exp_id, 3600 * 10**9, timeout_s=600)
+        except grpc.RpcError as e:
+            result["error"] = e
+
+    worker = threading.Thread(target=advance)
+    worker.start()
+    exp = manager._get(exp_id)
+    assert wait_until(lambda: exp.sim is not None and exp.sim.now_ns > 0)  # it holds the lock
+    return worker, result
+
+
+def test_calls_on_one_busy_experiment_are_bounded_and_cancel_does_not_wait(served) -> None:
+    server, manager = served
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+        other_id, _ = client.create(SPEC)
+        exp = manager._get(exp_id)
+        worker, result = _start_long_advance(client, manager, exp_id)
+        request = experiment_pb2.GetSummaryRequest(experiment_id=exp_id)
+        waiting = [client.stub.GetSummary.future(request, timeout=120) for _ in range(LIMIT - 1)]
+        assert wait_until(lambda: exp.calls == LIMIT), exp.calls  # the advance and the waiters
+        with pytest.raises(grpc.RpcError) as err:  # one more is refused at once
+            client.stub.GetSummary(request, timeout=10)
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert err.value.details().startswith(f"experiment_id={exp_id!r}"), err.value.details()
+        # the rest of the server is served: health, the listing, another experiment
+        assert _health(server) == health_pb2.HealthCheckResponse.SERVING
+        assert len(client.list_experiments()) == 2
+        assert client.summary(other_id)["state"] == "created"
+        # Cancel answers while the advance still holds the experiment
+        assert client.cancel(exp_id).state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+        worker.join(60)
+        assert not worker.is_alive(), "the advance went on after Cancel"
+        assert "response" in result, result
+        for call in waiting:  # the waiters were served once the experiment was free
+            assert call.result(timeout=60).summary_json
+        assert exp.state == "cancelled" and exp.calls == 0
+        assert client.list_experiments()[0].state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+
+
+def test_a_call_waits_for_a_busy_experiment_no_longer_than_its_deadline(served) -> None:
+    server, manager = served
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+        exp = manager._get(exp_id)
+        worker, _ = _start_long_advance(client, manager, exp_id)
+        for call in (
+            lambda: client.stub.GetSummary(
+                experiment_pb2.GetSummaryRequest(experiment_id=exp_id), timeout=0.5
+            ),
+            lambda: client.stub.Advance(
+                experiment_pb2.AdvanceRequest(experiment_id=exp_id, duration_ns=10**9),
+                timeout=0.5,
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == CODE.DEADLINE_EXCEEDED
+            # the server gave up waiting too: its worker is free again, long before the
+            # advance ends
+            assert wait_until(lambda: exp.calls == 1, timeout_s=10), exp.calls
+        assert worker.is_alive() and exp.state == "created"
+        client.cancel(exp_id)
+        worker.join(60)
+        assert not worker.is_alive()
+
+
+def test_cancel_answers_while_a_call_holds_the_experiment(served) -> None:
+    """Cancel sets a flag and returns; whoever holds the experiment cleans up as it lets go
+    (here the test holds it, as a call in the middle of a long chunk would)."""
+    server, manager = served
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+        client.advance(exp_id, 10**9, timeout_s=120)
+        exp = manager._get(exp_id)
+        with manager._hold(exp, None):
+            assert client.cancel(exp_id).state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+            assert client.list_experiments()[0].state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+            assert exp.state == "created" and exp.sim is not None  # not cleaned up yet
+        assert exp.state == "cancelled"  # done as the holder let go
+        with pytest.raises(grpc.RpcError) as err:
+            client.advance(exp_id, 10**9)
+        assert err.value.code() == CODE.FAILED_PRECONDITION

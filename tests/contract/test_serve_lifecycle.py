@@ -1,0 +1,177 @@
+"""An experiment's life on `overcommit serve`: what is kept, freed and written when.
+
+Real gRPC servers on 127.0.0.1 port 0 over the real ExperimentManager (in-process
+backend). Where a server's work must be over before checking, the test waits for the
+server's graceful stop, which returns once every call in flight has ended.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from overcommit.v1 import experiment_pb2, guest_pb2, guest_pb2_grpc
+from services.sim import experiment_manager
+from services.sim.backends.inprocess import InProcessBackend
+from services.sim.experiment_manager import ExperimentManager
+from services.sim.experiment_service import connect_experiments, start_experiment_server
+from services.transport.security import TokenStore, bearer_metadata
+from services.transport.server import GrpcServer, ServerOptions
+
+CODE = grpc.StatusCode
+ADMIN = "admin-secret"
+SPEC = """
+name: life
+seed: 5
+duration: 4s
+sample_interval: 1s
+hosts: [{name: h, memory: 512MiB}]
+guest_groups:
+  - name: g
+    count: 2
+    memory: 128MiB
+    workload:
+      kind: memhog
+      phases:
+        - {action: grow, target: 0.5, rate: 128MiB, duration: 1s}
+        - {action: idle, duration: 3s}
+"""
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[tuple[GrpcServer, ExperimentManager, TokenStore]]:
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    tokens = TokenStore(admin_token=ADMIN)
+    server = start_experiment_server(manager, ServerOptions(port=0), tokens=tokens)
+    server.start()
+    try:
+        yield server, manager, tokens
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()
+
+
+def test_a_forgotten_experiments_token_no_longer_opens_anything(served) -> None:
+    server, _, tokens = served
+    with connect_experiments(server.address, token=ADMIN, timeout_s=30) as admin:
+        first, token = admin.create(SPEC)
+        admin.cancel(first)
+        for _ in range(experiment_manager.MAX_EXPERIMENTS):  # the last one forgets `first`
+            admin.create(SPEC)
+        assert first not in {e.experiment_id for e in admin.list_experiments()}
+    assert first not in tokens.experiment_ids()
+    with connect_experiments(server.address, token=token, experiment_id=first) as old:
+        with pytest.raises(grpc.RpcError) as err:
+            old.list_experiments()
+        assert err.value.code() == CODE.UNAUTHENTICATED
+
+
+class CreateGate(grpc.ServerInterceptor):
+    """Holds every CreateExperiment call at the door of its handler until ``release``
+    is set: the call then runs with whatever deadline it has left."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.endswith("/CreateExperiment"):
+            return handler
+
+        def gated(request, context):
+            self.entered.set()
+            self.release.wait(60)
+            return handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            gated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def test_a_create_whose_deadline_passed_creates_nothing(tmp_path) -> None:
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    gate = CreateGate()
+    server = start_experiment_server(manager, ServerOptions(port=0, interceptors=(gate,)))
+    server.start()
+    try:
+        with connect_experiments(server.address) as client:
+            request = experiment_pb2.CreateExperimentRequest(spec_yaml=SPEC)
+            with pytest.raises(grpc.RpcError) as err:
+                client.stub.CreateExperiment(request, timeout=0.5)
+            assert err.value.code() == CODE.DEADLINE_EXCEEDED
+            assert gate.entered.is_set()  # the server had the call: its handler runs late
+            gate.release.set()
+    finally:
+        gate.release.set()
+        server.stop(30)  # returns once the server's handler of that call has ended
+    try:
+        assert manager.list_experiments() == []
+        assert not os.path.exists(os.path.join(tmp_path, experiment_manager.SERVE_DIR))
+    finally:
+        manager.close()
+
+
+def _advanced_and_guests_listed(server, manager, client, exp_id: str):
+    """Start the experiment through both services; weak references to its simulation
+    and its session (the shards and hosts: most of what it holds)."""
+    client.advance(exp_id, 2 * 10**9, timeout_s=120)
+    with grpc.insecure_channel(server.address) as channel:
+        guests = guest_pb2_grpc.GuestServiceStub(channel).ListGuests(
+            guest_pb2.ListGuestsRequest(experiment_id=exp_id),
+            metadata=bearer_metadata(ADMIN),
+            timeout=30,
+        )
+    assert len(guests.guests) == 2
+    sim = manager._get(exp_id).sim
+    assert sim is not None and manager._get(exp_id).router is not None
+    return weakref.ref(sim), weakref.ref(sim.session)
+
+
+def test_an_ended_experiment_lets_go_of_its_simulation(served) -> None:
+    server, manager, _ = served
+    with connect_experiments(server.address, token=ADMIN, timeout_s=120) as admin:
+        cancelled, _ = admin.create(SPEC)
+        finished, _ = admin.create(SPEC)
+        refs = _advanced_and_guests_listed(server, manager, admin, cancelled)
+        refs += _advanced_and_guests_listed(server, manager, admin, finished)
+        before = admin.summary(cancelled)
+        assert admin.cancel(cancelled).state == experiment_pb2.EXPERIMENT_STATE_CANCELLED
+        assert admin.run_to_end(finished).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        gc.collect()
+        assert [r() for r in refs] == [None] * 4, "an ended experiment kept its simulation"
+        # what clients still read is kept: the listing, the summary, the samples
+        listed = {e.experiment_id: e.now_ns for e in admin.list_experiments()}
+        assert listed == {cancelled: 2 * 10**9, finished: 4 * 10**9}
+        after = admin.summary(cancelled)
+        assert after["state"] == "cancelled" and after["now_seconds"] == 2.0
+        assert {k: v for k, v in after.items() if k != "state"} == {
+            k: v for k, v in before.items() if k != "state"
+        }
+        assert {s.sim_time_ns for s in admin.stream_samples(cancelled)} == {0, 10**9, 2 * 10**9}
+        assert admin.summary(finished)["run_id"]
+
+
+def test_two_experiments_of_one_spec_write_their_own_results(served, tmp_path) -> None:
+    server, _, _ = served
+    with connect_experiments(server.address, token=ADMIN, timeout_s=120) as admin:
+        first, _ = admin.create(SPEC)
+        second, _ = admin.create(SPEC)
+        assert admin.run_to_end(first).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        written = (tmp_path / "life" / first / "summary.json").read_text()
+        assert admin.run_to_end(second).state == experiment_pb2.EXPERIMENT_STATE_FINISHED
+        assert (tmp_path / "life" / first / "summary.json").read_text() == written
+        for experiment_id in (first, second):
+            on_disk = json.loads((tmp_path / "life" / experiment_id / "summary.json").read_text())
+            assert on_disk == admin.summary(experiment_id)
+        assert sorted(p.name for p in (tmp_path / "life").iterdir()) == sorted([first, second])
