@@ -66,13 +66,20 @@ def _rate(df: pd.DataFrame) -> pd.DataFrame:
     return df.diff().div(dt, axis=0).fillna(0.0)
 
 
+MAX_HOST_LINES = 4  # hosts drawn one by one in host memory plots; more are summed
+
+
 def plot_backed(ts: pd.DataFrame, path: str) -> None:
     plt = _pyplot()
     part = ts[ts["kind"] == "host"]
     runs = _runs(ts)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
-        for entity, df in part[part["variant"] == run].groupby("entity"):
+        mine = part[part["variant"] == run]
+        if mine["entity"].nunique() > MAX_HOST_LINES:  # one line each would bury the data
+            summed = mine.groupby("time_s").sum(numeric_only=True, min_count=1).reset_index()
+            mine = summed.assign(entity=f"{part['entity'].nunique()} hosts, summed:")
+        for entity, df in mine.groupby("entity", sort=False):
             ax.plot(df["time_s"], df["backed_bytes"] / GIB, label=f"{entity} backed")
             if "capacity_bytes" in df:
                 ax.plot(
@@ -258,7 +265,8 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
         progress = -cmp["slowdown"]
         out += [
             (
-                f"memory saved vs {name}, mean / peak",
+                f"memory saved vs {name}: mean / peak need (peak demand with {name} "
+                "minus peak backed with reporting)",
                 f"{format_bytes(cmp['memory_saved_mean_bytes'])} / {format_bytes(cmp['memory_saved_peak_bytes'])}",
             ),
             (f"swap-out avoided vs {name}", format_bytes(cmp["swap_out_avoided_bytes"])),
@@ -299,7 +307,7 @@ def headline(summary: dict, ts: pd.DataFrame) -> list[tuple[str, str, str]]:
         rows += [
             (
                 "bought",
-                f"memory saved vs {off}: mean / p95 / peak",
+                f"memory saved vs {off} at each sample: mean / p95 / largest",
                 " / ".join(
                     format_bytes(v) for v in (saved.mean(), saved.quantile(0.95), saved.max())
                 ),
@@ -368,10 +376,12 @@ def write_report(run_dir: str) -> str:
     for fname, _, fn in PLOTS:
         fn(ts, os.path.join(run_dir, fname))
     rows = summary_table_html(result.summary)
-    figs = "".join(
-        f"<h2>{html.escape(title)}</h2><img src='{fname}' alt='{html.escape(title)}'>"
+    paired = bool(result.summary.get("baselines"))
+    titles = [
+        (fname, html.escape(title if paired else title.replace(", reporting on and off", "")))
         for fname, title, _ in PLOTS
-    )
+    ]
+    figs = "".join(f"<h2>{t}</h2><img src='{fname}' alt='{t}'>" for fname, t in titles)
     head = headline(result.summary, ts)
     sections = {"bought": "What reporting bought", "cost": "What it cost", "net": "Net effect"}
     block = "".join(
@@ -380,6 +390,12 @@ def write_report(run_dir: str) -> str:
         for sec, measure, value in head
     )
     s = result.summary
+    headline_html = (
+        f'<h2>Headline</h2><table id="headline">{block}</table>'
+        if block
+        else "<p>No paired baseline (the spec's <code>compare</code>), so no headline of "
+        "what reporting bought: the table below is this run alone.</p>"
+    )
     name = html.escape(s.get("name", os.path.basename(os.path.dirname(run_dir))))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>overcommit-sim: {name}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}th{{text-align:left;padding-right:2em}}
@@ -388,8 +404,8 @@ tr.cost td,tr.cost th{{color:#8a2a0a}}.value{{font-weight:bold}}</style></head><
 <h1>overcommit-sim report: {name}</h1>
 <p>run {html.escape(str(s.get("run_id", "")))}, seed {html.escape(str(s.get("seed", "")))},
 {s.get("duration_seconds", 0):.0f} s simulated</p>
-<h2>Headline</h2><table id="headline">{block}</table>
-<h2>Reporting on and off, side by side</h2><table id="summary">{rows}</table>{figs}
+{headline_html}
+<h2>{"Reporting on and off, side by side" if paired else "Summary"}</h2><table id="summary">{rows}</table>{figs}
 <p>All figures: <a href="summary.json">summary.json</a>; the time series:
 <code>timeseries.parquet</code> (docs/results.md).</p>
 </body></html>"""
