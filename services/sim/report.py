@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
+import tempfile
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -372,9 +375,28 @@ def summary_table_html(summary: dict) -> str:
 def write_report(run_dir: str) -> str:
     """Write the PNGs and report.html into ``run_dir``; return the report's path."""
     result = load_run(run_dir)
+    staging = tempfile.mkdtemp(prefix=".report-", dir=run_dir)
+    try:
+        page = _report_page(run_dir, result, staging)
+        for fname, _, _ in PLOTS:  # all made: now replace the old ones
+            os.replace(os.path.join(staging, fname), os.path.join(run_dir, fname))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise ValueError(
+            f"{run_dir}: summary.json and timeseries.parquet are not those of a run "
+            f"({type(e).__name__}: {e}); nothing was written"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return write_text_file(os.path.join(run_dir, "report.html"), page)
+
+
+def _report_page(run_dir: str, result: Any, staging: str) -> str:
+    """The PNGs (into ``staging``) and the page's HTML of a run read back."""
     ts = result.timeseries
-    for fname, _, fn in PLOTS:
-        fn(ts, os.path.join(run_dir, fname))
+    with warnings.catch_warnings():  # an empty plot's legend warns; the page says enough
+        warnings.simplefilter("ignore", UserWarning)
+        for fname, _, fn in PLOTS:
+            fn(ts, os.path.join(staging, fname))
     rows = summary_table_html(result.summary)
     paired = bool(result.summary.get("baselines"))
     titles = [
@@ -409,8 +431,7 @@ tr.cost td,tr.cost th{{color:#8a2a0a}}.value{{font-weight:bold}}</style></head><
 <p>All figures: <a href="summary.json">summary.json</a>; the time series:
 <code>timeseries.parquet</code> (docs/results.md).</p>
 </body></html>"""
-    path = os.path.join(run_dir, "report.html")
-    return write_text_file(path, page)
+    return page
 
 
 def _grid_of(df: pd.DataFrame) -> list[str]:

@@ -139,13 +139,26 @@ def write_run(
     )
 
 
+def _read_json_object(path: str) -> dict[str, Any]:
+    """A JSON object from a run's file; anything else is refused naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a run's JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a run's JSON (a {type(data).__name__}, not an object)")
+    return data
+
+
 def load_run(run_dir: str) -> RunResult:
-    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
+    """A run's files read back; a file that is not what a run writes is named."""
+    summary = _read_json_object(os.path.join(run_dir, "summary.json"))
     meta_path = os.path.join(run_dir, "metadata.json")
-    metadata = {}
-    if os.path.exists(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    ts = pd.read_parquet(os.path.join(run_dir, "timeseries.parquet"))
+    metadata = _read_json_object(meta_path) if os.path.exists(meta_path) else {}
+    ts_path = os.path.join(run_dir, "timeseries.parquet")
+    try:
+        ts = pd.read_parquet(ts_path)
+    except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+        raise ValueError(f"{ts_path}: not a run's time series ({str(e).splitlines()[0]})") from None
     return RunResult(summary, ts, run_dir, metadata)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from services.sim import report
 from services.sim.runner import run_experiment
@@ -65,3 +67,29 @@ def test_a_run_without_a_baseline_says_so_instead_of_an_empty_headline(tmp_path)
     result = run_experiment(paired, out_dir=str(tmp_path), transport="inprocess")
     page = Path(report.write_report(result.run_dir)).read_text(encoding="utf-8")
     assert "<h2>Headline</h2>" in page and "Reporting on and off, side by side" in page
+
+
+def test_a_tampered_run_is_refused_naming_the_file_and_nothing_is_written(tmp_path):
+    result = run_experiment(
+        load_spec_text(SPEC % (1, 2) + "compare: [reporting_off]\n"),
+        out_dir=str(tmp_path),
+        transport="inprocess",
+    )
+    run = Path(result.run_dir)
+    summary = run / "summary.json"
+    good = summary.read_text(encoding="utf-8")
+    for text, needle in (
+        (good[: len(good) // 2], "summary.json: not a run's JSON"),
+        ("[]", "summary.json: not a run's JSON (a list"),
+        ("null", "summary.json: not a run's JSON (a NoneType"),
+        ("{}", "are not those of a run (KeyError"),
+    ):
+        summary.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            report.write_report(str(run))
+        assert not list(run.glob("*.png")) and not (run / "report.html").exists(), text
+        assert not list(run.glob(".report-*")), text
+    summary.write_text(good, encoding="utf-8")
+    (run / "timeseries.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"timeseries\.parquet: not a run's time series"):
+        report.write_report(str(run))
