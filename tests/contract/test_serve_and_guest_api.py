@@ -249,3 +249,61 @@ def test_a_free_costs_what_it_frees_not_what_the_client_holds():
         assert [r.pfns[0] for r in freed[0::2]] == held[::-1][:2048]
         assert [r.pfns[0] for r in freed[1::2]] == held[:2048]
         assert shard.slots[0].client_blocks.by_order() == {0: held[2048:-2048]}
+
+
+REPLY_GUEST_SPEC = """
+name: reply
+duration: 10s
+hosts: [{name: h, memory: 8GiB}]
+guest_groups:
+  - {name: g, count: 1, memory: 5GiB, workload: {kind: idle}}
+"""
+
+
+def test_the_largest_reply_fits_in_a_grpc_message():
+    """A batch's reply carries at most MAX_BATCH_BLOCKS pfns: at 10 bytes each (the
+    longest varint), with the most ops and the longest other fields, it fits in
+    gRPC's 16 MiB."""
+    from overcommit.v1 import guest_pb2
+    from services.guest.guest_service import MAX_BATCH_BLOCKS, MAX_OPS
+    from services.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+
+    reply = guest_pb2.ApplyOpsResponse(now_ns=-1)
+    per_op, rest = divmod(MAX_BATCH_BLOCKS, MAX_OPS)
+    for i in range(MAX_OPS):
+        reply.results.add(pfns=[2**64 - 1] * (per_op + (i < rest)), lost_ns=-1)
+    assert sum(len(r.pfns) for r in reply.results) == MAX_BATCH_BLOCKS
+    assert reply.ByteSize() <= DEFAULT_MAX_MESSAGE_BYTES
+
+
+def test_a_batch_whose_reply_could_be_too_large_is_refused_before_it_runs():
+    """Hostile-client finding: an alloc whose reply passed gRPC's 16 MiB allocated its
+    5.2M blocks, then the reply was refused (RESOURCE_EXHAUSTED) and the client never
+    learnt its pfns. Now a batch whose allocs and frees add up to more than
+    MAX_BATCH_BLOCKS blocks is refused first (INVALID_ARGUMENT naming the op and the
+    limit, nothing changed), and the largest allowed one is answered."""
+    from services.guest.guest_service import MAX_BATCH_BLOCKS
+
+    spec = load_spec_text(REPLY_GUEST_SPEC)
+    shard = GuestShard(0, make_plan(spec, "exp-g", 1).shard_inits[0], spec.seed)
+    server = start_guest_server(ShardApi(shard), ServerOptions(port=0), experiment_id="exp-g")
+    half = MAX_BATCH_BLOCKS // 2
+    none = np.zeros(0, np.int64)
+    with server, connect_guest(server.address, experiment_id="exp-g", timeout_s=60) as client:
+        before = client.guest_state(0).SerializeToString(deterministic=True)
+        for batch, field in (
+            ([AllocOp(0, 1, MAX_BATCH_BLOCKS + 1)], "ops[0].alloc.count"),
+            ([AllocOp(0, 1, half), AllocOp(0, 1, half + 1)], "ops[1].alloc.count"),
+            ([AllocOp(0, 1, half), FreeOp(0, none, count=half + 1)], "ops[1].free.count"),
+            ([AllocOp(0, 1, half), FreeOp(0, np.arange(half + 1))], "ops[1].free.pfns"),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                client.apply_ops(0, batch)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith(field), e.value.details()
+            assert str(MAX_BATCH_BLOCKS) in e.value.details()
+            assert client.guest_state(0).SerializeToString(deterministic=True) == before
+        assert shard.slots[0].client_blocks.by_order() == {}
+        done = client.apply_ops(0, [AllocOp(0, 1, half), AllocOp(0, 1, half)])
+        assert sum(len(r.pfns) for r in done.results) == MAX_BATCH_BLOCKS
+        assert shard.slots[0].client_blocks.count(0) == MAX_BATCH_BLOCKS
