@@ -307,3 +307,28 @@ def test_a_batch_whose_reply_could_be_too_large_is_refused_before_it_runs():
         done = client.apply_ops(0, [AllocOp(0, 1, half), AllocOp(0, 1, half)])
         assert sum(len(r.pfns) for r in done.results) == MAX_BATCH_BLOCKS
         assert shard.slots[0].client_blocks.count(0) == MAX_BATCH_BLOCKS
+
+
+@pytest.mark.parametrize(
+    "workload,params,details",
+    [
+        ("trace", {}, "workload='trace': a trace workload is started from a spec's trace group"),
+        ("rm -rf /", {}, "workload='rm -rf /': unknown workload kind (one of idle, "),
+        ("x" * 5000, {}, "workload='" + "x" * 64 + "'... (5000 characters): unknown workload"),
+        ("memhog", {"phases": "x"}, "params.phases: "),
+        ("script", {"steps": [{"workload": {"kind": "idle"}}]}, "params.steps[0]: Value error"),
+    ],
+    ids=["trace", "unknown kind", "long kind", "bad param", "nested param"],
+)
+def test_start_workload_errors_name_the_field(guest_server, workload, params, details):
+    """Hostile-client finding: a trace kind was refused without naming a field, and an
+    unknown kind as "params.: Input tag 'rm -rf /' found ..." (an empty path, the value
+    unquoted and uncut). Now the field is named, the value quoted and cut short."""
+    server, shard = guest_server
+    with connect_guest(server.address, experiment_id="exp-g") as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.start_workload(0, workload, params, 10**9)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(details), e.value.details()
+        assert len(e.value.details()) < 300
+    assert shard.slots[0].extra_workloads == []
