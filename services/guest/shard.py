@@ -60,6 +60,7 @@ from services.units import (
     RNG_KIND_WORKLOAD,
 )
 
+from .client_blocks import ClientBlocks
 from .oplog import OpLog
 
 
@@ -140,6 +141,7 @@ class _Slot:
     link: OpLog
     driver: _GuestDriver
     workload: object
+    client_blocks: ClientBlocks  # blocks allocated by GuestService clients
     stall_ns: int = 0
     lost_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     report_ns_charged: int = 0  # the worker's report time already in lost_ns["report"]
@@ -148,9 +150,6 @@ class _Slot:
     report_errors: int = 0
     stopped: bool = False  # the host stopped the guest (its OOM policy)
     extra_workloads: list = field(default_factory=list)  # started by GuestService clients
-    client_blocks: dict[int, int] = field(
-        default_factory=dict
-    )  # pfn -> order, allocated by clients
     # what the guest will do next, as of the last time it was asked (GuestShard._wake):
     # its earliest event and the earliest stop of a workload; kept until the guest runs,
     # hears from its host or a client reaches it
@@ -189,7 +188,12 @@ class GuestShard:
             )
             workload = make_workload(init.workload, init.config.nr_pages, rng)
             self.slots[init.guest_id] = _Slot(
-                init, guest, link, _GuestDriver(guest, link), workload
+                init,
+                guest,
+                link,
+                _GuestDriver(guest, link),
+                workload,
+                ClientBlocks(init.config.nr_pages, init.config.max_order),
             )
         self._host_ids = sorted({s.init.host_id for s in self.slots.values()})
 
@@ -205,6 +209,11 @@ class GuestShard:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.lock = threading.RLock()
+        for s in self.slots.values():
+            if isinstance(s.client_blocks, dict):  # a checkpoint from before ClientBlocks
+                s.client_blocks = ClientBlocks.from_pfn_orders(
+                    s.client_blocks, s.init.config.nr_pages, s.init.config.max_order
+                )
 
     def restore(self, saved: GuestShard) -> None:
         """Become ``saved`` (a checkpoint of this shard) in place, so the GuestService
@@ -476,7 +485,7 @@ class GuestShard:
                         g["benchmark_tasks"] += 0 if leaf.finished else len(leaf.tasks)
                         for kind, ns in leaf.lost_ns.items():
                             g[f"lost_{kind}_ns_total"] += ns
-            g["held_bytes"] += sum(PAGE_SIZE << o for o in s.client_blocks.values())
+            g["held_bytes"] += s.client_blocks.held_pages() * PAGE_SIZE
             pc = s.guest.page_cache
             if pc.used:  # groups with page cache only (results of other runs unchanged)
                 g["page_cache_bytes"] += pc.pages * PAGE_SIZE
@@ -516,50 +525,53 @@ class GuestShard:
         pfns = s.driver.alloc(order, mt, count)
         if len(pfns):
             s.driver.touch(*pfns_to_runs(pfns, 1 << order))
-            for p in pfns.tolist():
-                s.client_blocks[p] = order
+            s.client_blocks.add(order, pfns)
         return pfns
 
     def check_client_free(
-        self,
-        guest_id: int,
-        order: int,
-        pfns: np.ndarray,
-        count: int,
-        claimed: set[int] | None = None,
+        self, guest_id: int, order: int, pfns: np.ndarray, count: int
     ) -> np.ndarray:
-        """The blocks a client free would release; ValueError (no change) if any is not the
-        client's. ``claimed``: blocks earlier frees of the same batch release (they count
-        as gone; the returned ones are added to it)."""
-        s = self.slot(guest_id)
-        claimed = set() if claimed is None else claimed
+        """The blocks a client free would release (``pfns``, or the ``count`` of ``order``
+        it allocated most recently, newest first), claimed: later frees of the batch see
+        them gone. ValueError (nothing claimed) if any is not the client's. The batch
+        ends with :meth:`end_client_batch`, applied or not."""
+        blocks = self.slot(guest_id).client_blocks
         if len(pfns) == 0:
-            mine = [p for p, o in s.client_blocks.items() if o == order and p not in claimed]
-            if len(mine) < count:
+            out = blocks.claim_newest(order, count)
+            if out is None:
                 raise ValueError(
-                    f"free.count={count}: the client holds only {len(mine)} blocks of order {order}"
-                    + (" not freed earlier in this batch" if claimed else "")
+                    f"free.count={count}: the client holds only "
+                    f"{blocks.count(order) - blocks.claimed(order)} blocks of order {order}"
+                    + (" not freed earlier in this batch" if blocks.claiming else "")
                 )
-            out = np.array(mine[len(mine) - count :][::-1], np.int64)
-        else:
-            for p in pfns.tolist():
-                if p in claimed:
-                    raise ValueError(f"free: pfn={p} is freed by an earlier op of this batch")
-                if s.client_blocks.get(p) != order:
-                    raise ValueError(
-                        f"free: pfn={p} order={order} is not a block this client allocated at that order"
-                    )
-            if len(set(pfns.tolist())) != len(pfns):
-                raise ValueError("free.pfns: duplicate pfns")
-            out = pfns
-        claimed.update(out.tolist())
-        return out
+            return out
+        held = blocks.held_orders(pfns)
+        bad = np.flatnonzero(held != order)
+        if bad.size:
+            i = int(bad[0])
+            if held[i] == -2:
+                raise ValueError(
+                    f"free: pfn={int(pfns[i])} is freed by an earlier op of this batch"
+                )
+            raise ValueError(
+                f"free: pfn={int(pfns[i])} order={order} is not a block this client "
+                "allocated at that order"
+            )
+        if len(np.unique(pfns)) != len(pfns):
+            raise ValueError("free.pfns: duplicate pfns")
+        blocks.claim_pfns(order, pfns)
+        return pfns
 
     def client_free(self, guest_id: int, order: int, pfns: np.ndarray) -> None:
         s = self.slot(guest_id)
         s.driver.free(pfns, order)
-        for p in pfns.tolist():
-            del s.client_blocks[p]
+        s.client_blocks.release(order, pfns)
+
+    def end_client_batch(self, guest_id: int) -> None:
+        """A client batch is over: blocks its frees claimed and did not free are held again."""
+        s = self.slots.get(guest_id)
+        if s is not None:  # an unknown guest was refused before anything was claimed
+            s.client_blocks.end_batch()
 
     def check_touch(self, guest_id: int, starts: np.ndarray, npages: np.ndarray) -> None:
         nr = self.slot(guest_id).init.config.nr_pages

@@ -50,27 +50,32 @@ class ShardApi:
     def apply_ops(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
         shard = self.shard
         with shard.lock:
-            frees = self._check(guest_id, ops)  # everything, before changing anything
-            results = []
-            for i, op in enumerate(ops):
-                if isinstance(op, AllocOp):
-                    results.append(
-                        OpResult(
-                            pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count)
-                        )
-                    )
-                elif isinstance(op, FreeOp):
-                    shard.client_free(guest_id, op.order, frees[i])
-                    results.append(OpResult(pfns=frees[i]))
-                else:
-                    shard.client_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
-                    results.append(OpResult())
-            return ApplyOpsResult(results, shard.now_ns)
+            try:
+                return self._apply(guest_id, ops)
+            finally:  # blocks the batch's frees claimed and did not free are held again
+                shard.end_client_batch(guest_id)
+
+    def _apply(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> ApplyOpsResult:
+        shard = self.shard
+        frees = self._check(guest_id, ops)  # everything, before changing anything
+        results = []
+        for i, op in enumerate(ops):
+            if isinstance(op, AllocOp):
+                results.append(
+                    OpResult(pfns=shard.client_alloc(guest_id, op.order, op.migratetype, op.count))
+                )
+            elif isinstance(op, FreeOp):
+                shard.client_free(guest_id, op.order, frees[i])
+                results.append(OpResult(pfns=frees[i]))
+            else:
+                shard.client_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
+                results.append(OpResult())
+        return ApplyOpsResult(results, shard.now_ns)
 
     def _check(self, guest_id: int, ops: Sequence[AllocOp | FreeOp | TouchOp]) -> dict:
         """Validate a batch as a whole (ValueError or RESOURCE_EXHAUSTED naming the op);
         returns each free's blocks by op index. A free counts the blocks earlier frees of
-        the batch release as gone."""
+        the batch release as gone (they are claimed until the batch ends)."""
         shard = self.shard
         slot = shard.slot(guest_id)
         max_order = slot.init.config.max_order
@@ -84,7 +89,6 @@ class ShardApi:
                 "the next sync per guest: advance the experiment to apply them",
             )
         frees = {}
-        claimed: set[int] = set()
         asked = 0  # pages the batch's allocations ask for
         for i, op in enumerate(ops):
             kind = type(op).__name__[: -len("Op")].lower()
@@ -102,7 +106,7 @@ class ShardApi:
                         )
                 elif isinstance(op, FreeOp):
                     pfns = np.asarray(op.pfns, np.int64)
-                    frees[i] = shard.check_client_free(guest_id, op.order, pfns, op.count, claimed)
+                    frees[i] = shard.check_client_free(guest_id, op.order, pfns, op.count)
                 else:
                     shard.check_touch(guest_id, np.asarray(op.starts), np.asarray(op.npages))
             except ValueError as e:

@@ -173,17 +173,48 @@ def host_config(group: HostGroup, max_overcommit_ratio: float) -> HostConfig:
     )
 
 
+MAX_SHOWN_CHARS = 64  # of a client's string quoted back in an error
+
+
 def workload_from_params(kind: str, params: dict) -> MemhogConfig | IdleConfig | WillItScaleConfig:
-    """A GuestService StartWorkload request's workload, validated like a spec's."""
+    """A GuestService StartWorkload request's workload, validated like a spec's. Errors
+    name the field: ``workload`` (the kind, quoted and cut short) or ``params.<path>``."""
     from pydantic import TypeAdapter, ValidationError
 
     from .spec import Workload
 
+    kinds = workload_kinds()
+    if kind not in kinds:
+        raise ValueError(
+            f"workload={_shown(kind)}: unknown workload kind (one of "
+            f"{', '.join(k for k in kinds if k != 'trace')})"
+        )
+    if kind == "trace":
+        raise ValueError(
+            "workload='trace': a trace workload is started from a spec's trace group, "
+            "not by StartWorkload"
+        )
     try:
         w = TypeAdapter(Workload).validate_python({**params, "kind": kind})
     except ValidationError as e:
         err = e.errors()[0]
-        raise ValueError(
-            f"params.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}"
-        ) from None
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
+        raise ValueError(f"params{path}: {err['msg']}") from None
     return _core_workload(w)
+
+
+def workload_kinds() -> list[str]:
+    """Every workload kind a spec may name (the discriminator of ``Workload``)."""
+    from typing import get_args
+
+    from .spec import Workload
+
+    models = get_args(get_args(Workload)[0])
+    return sorted(k for m in models for k in get_args(m.model_fields["kind"].annotation))
+
+
+def _shown(text: str) -> str:
+    """A client's string as an error quotes it: repr'd, at most MAX_SHOWN_CHARS of it."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"

@@ -10,7 +10,6 @@ import hashlib
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -97,11 +96,12 @@ class Fuzzed(FuzzTarget):
             h.update(str(guest_id).encode())
             hash_arrays(h, s.guest.allocator)
             hash_arrays(h, s.guest.backing)
-            # in insertion order, as arrays: a refused request must not touch the dict at
-            # all, and a repr of its sorted items cost more than the rest of the digest
+            # every order's blocks in the order they were allocated, as arrays: a refused
+            # request must not change which blocks a later free by count releases
             blocks = s.client_blocks
-            h.update(np.fromiter(blocks.keys(), np.int64, len(blocks)).tobytes())
-            h.update(np.fromiter(blocks.values(), np.int64, len(blocks)).tobytes())
+            for order in range(s.init.config.max_order + 1):
+                h.update(repr((order, blocks.count(order))).encode())
+                h.update(blocks.blocks(order).tobytes())
             h.update(repr((len(s.extra_workloads), s.link.pending_runs, s.stopped)).encode())
         return h.hexdigest()
 

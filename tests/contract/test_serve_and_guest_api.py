@@ -176,7 +176,7 @@ def test_hostile_batches_are_refused_whole(guest_server):
     server, shard = guest_server
     with connect_guest(server.address, experiment_id="exp-g") as client:
         pfns = list(client.apply_ops(0, [AllocOp(order=0, migratetype=1, count=4)]).results[0].pfns)
-        held = dict(shard.slots[0].client_blocks)
+        held = shard.slots[0].client_blocks.by_order()
         for batch in (
             [FreeOp(order=0, pfns=np.array([pfns[0]])), FreeOp(order=0, pfns=np.array([pfns[0]]))],
             [
@@ -188,7 +188,7 @@ def test_hostile_batches_are_refused_whole(guest_server):
                 client.apply_ops(0, batch)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert e.value.details().startswith("ops[1].")
-            assert shard.slots[0].client_blocks == held  # nothing was freed
+            assert shard.slots[0].client_blocks.by_order() == held  # nothing was freed
         # two count frees that together fit are fine, and take different blocks
         done = client.apply_ops(
             0,
@@ -216,3 +216,119 @@ def test_hostile_batches_are_refused_whole(guest_server):
         shard.start_workload(0, IdleConfig(), 1_000_000)
     with pytest.raises(ValueError, match="client workloads"):
         shard.start_workload(0, IdleConfig(), 1_000_000)
+
+
+BIG_GUEST_SPEC = """
+name: held
+duration: 10s
+hosts: [{name: h, memory: 2GiB}]
+guest_groups:
+  - {name: g, count: 1, memory: 1GiB, workload: {kind: idle}}
+"""
+
+
+def test_a_free_costs_what_it_frees_not_what_the_client_holds():
+    """Hostile-client finding: with ~250k order-0 blocks held, every free by count
+    listed all of them (46.7 s for one batch of 4,096, the guest locked throughout).
+    Now a batch of 4,096 frees (by count and by pfn) answers within a 5 s deadline (it
+    takes about 0.1 s), and frees by count release the newest blocks, newest first."""
+    spec = load_spec_text(BIG_GUEST_SPEC)
+    shard = GuestShard(0, make_plan(spec, "exp-g", 1).shard_inits[0], spec.seed)
+    server = start_guest_server(ShardApi(shard), ServerOptions(port=0), experiment_id="exp-g")
+    with server, connect_guest(server.address, experiment_id="exp-g", timeout_s=5) as client:
+        done = client.apply_ops(0, [AllocOp(order=0, migratetype=1, count=62_000)] * 4)
+        held = [p for r in done.results for p in r.pfns]
+        assert len(held) == 248_000
+        frees = []
+        for i in range(2048):  # by count and by pfn in turn, from the oldest for pfns
+            frees += [
+                FreeOp(order=0, pfns=np.zeros(0, np.int64), count=1),
+                FreeOp(order=0, pfns=np.array([held[i]])),
+            ]
+        freed = client.apply_ops(0, frees).results  # refused past its deadline before
+        assert [r.pfns[0] for r in freed[0::2]] == held[::-1][:2048]
+        assert [r.pfns[0] for r in freed[1::2]] == held[:2048]
+        assert shard.slots[0].client_blocks.by_order() == {0: held[2048:-2048]}
+
+
+REPLY_GUEST_SPEC = """
+name: reply
+duration: 10s
+hosts: [{name: h, memory: 8GiB}]
+guest_groups:
+  - {name: g, count: 1, memory: 5GiB, workload: {kind: idle}}
+"""
+
+
+def test_the_largest_reply_fits_in_a_grpc_message():
+    """A batch's reply carries at most MAX_BATCH_BLOCKS pfns: at 10 bytes each (the
+    longest varint), with the most ops and the longest other fields, it fits in
+    gRPC's 16 MiB."""
+    from overcommit.v1 import guest_pb2
+    from services.guest.guest_service import MAX_BATCH_BLOCKS, MAX_OPS
+    from services.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+
+    reply = guest_pb2.ApplyOpsResponse(now_ns=-1)
+    per_op, rest = divmod(MAX_BATCH_BLOCKS, MAX_OPS)
+    for i in range(MAX_OPS):
+        reply.results.add(pfns=[2**64 - 1] * (per_op + (i < rest)), lost_ns=-1)
+    assert sum(len(r.pfns) for r in reply.results) == MAX_BATCH_BLOCKS
+    assert reply.ByteSize() <= DEFAULT_MAX_MESSAGE_BYTES
+
+
+def test_a_batch_whose_reply_could_be_too_large_is_refused_before_it_runs():
+    """Hostile-client finding: an alloc whose reply passed gRPC's 16 MiB allocated its
+    5.2M blocks, then the reply was refused (RESOURCE_EXHAUSTED) and the client never
+    learnt its pfns. Now a batch whose allocs and frees add up to more than
+    MAX_BATCH_BLOCKS blocks is refused first (INVALID_ARGUMENT naming the op and the
+    limit, nothing changed), and the largest allowed one is answered."""
+    from services.guest.guest_service import MAX_BATCH_BLOCKS
+
+    spec = load_spec_text(REPLY_GUEST_SPEC)
+    shard = GuestShard(0, make_plan(spec, "exp-g", 1).shard_inits[0], spec.seed)
+    server = start_guest_server(ShardApi(shard), ServerOptions(port=0), experiment_id="exp-g")
+    half = MAX_BATCH_BLOCKS // 2
+    none = np.zeros(0, np.int64)
+    with server, connect_guest(server.address, experiment_id="exp-g", timeout_s=60) as client:
+        before = client.guest_state(0).SerializeToString(deterministic=True)
+        for batch, field in (
+            ([AllocOp(0, 1, MAX_BATCH_BLOCKS + 1)], "ops[0].alloc.count"),
+            ([AllocOp(0, 1, half), AllocOp(0, 1, half + 1)], "ops[1].alloc.count"),
+            ([AllocOp(0, 1, half), FreeOp(0, none, count=half + 1)], "ops[1].free.count"),
+            ([AllocOp(0, 1, half), FreeOp(0, np.arange(half + 1))], "ops[1].free.pfns"),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                client.apply_ops(0, batch)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith(field), e.value.details()
+            assert str(MAX_BATCH_BLOCKS) in e.value.details()
+            assert client.guest_state(0).SerializeToString(deterministic=True) == before
+        assert shard.slots[0].client_blocks.by_order() == {}
+        done = client.apply_ops(0, [AllocOp(0, 1, half), AllocOp(0, 1, half)])
+        assert sum(len(r.pfns) for r in done.results) == MAX_BATCH_BLOCKS
+        assert shard.slots[0].client_blocks.count(0) == MAX_BATCH_BLOCKS
+
+
+@pytest.mark.parametrize(
+    "workload,params,details",
+    [
+        ("trace", {}, "workload='trace': a trace workload is started from a spec's trace group"),
+        ("rm -rf /", {}, "workload='rm -rf /': unknown workload kind (one of idle, "),
+        ("x" * 5000, {}, "workload='" + "x" * 64 + "'... (5000 characters): unknown workload"),
+        ("memhog", {"phases": "x"}, "params.phases: "),
+        ("script", {"steps": [{"workload": {"kind": "idle"}}]}, "params.steps[0]: Value error"),
+    ],
+    ids=["trace", "unknown kind", "long kind", "bad param", "nested param"],
+)
+def test_start_workload_errors_name_the_field(guest_server, workload, params, details):
+    """Hostile-client finding: a trace kind was refused without naming a field, and an
+    unknown kind as "params.: Input tag 'rm -rf /' found ..." (an empty path, the value
+    unquoted and uncut). Now the field is named, the value quoted and cut short."""
+    server, shard = guest_server
+    with connect_guest(server.address, experiment_id="exp-g") as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.start_workload(0, workload, params, 10**9)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(details), e.value.details()
+        assert len(e.value.details()) < 300
+    assert shard.slots[0].extra_workloads == []
