@@ -68,7 +68,9 @@ def test_the_report_headline_matches_the_summary(result):
     }
     s = result.summary
     cmp = s["comparison"]["reporting_off"]
-    mean, p95, peak = rows["memory saved vs reporting off at each sample: mean / p95 / largest"].split(" / ")
+    mean, p95, peak = rows[
+        "memory saved vs reporting off at each sample: mean / p95 / largest"
+    ].split(" / ")
     assert mean == format_bytes(cmp["memory_saved_mean_bytes"])
     # p95 and peak of the saving over time, computed here from the two variants' frames
     off, on = result.hosts("reporting_off"), result.hosts()
