@@ -26,9 +26,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="PATH=VALUE",
         help="override a spec field, e.g. --set guest_groups.0.reporting.order=10",
     )
-    p.add_argument("--out", default="runs", help="results root (default: runs/)")
+    p.add_argument("--out", default=None, type=_dir_arg, help="results root (default: runs/)")
     p.add_argument(
-        "--shards", type=int, default=None, help="guest shard actors (default: available CPUs)"
+        "--shards",
+        type=_positive_int,
+        default=None,
+        help="guest shard actors (default: available CPUs)",
     )
     p.add_argument(
         "--address",
@@ -79,6 +82,28 @@ def _add_metrics(p: argparse.ArgumentParser, serve: bool = False) -> None:
         metavar="K",
         help="also export each host's K guests with the most backed memory (label guest; default 0)",
     )
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _dir_arg(text: str) -> str:
+    """An argparse type: a directory path, not empty (an empty one meant the current one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (use . for this directory)")
+    return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None, help="server certificate chain (PEM)")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", default=None, help="CA for client certificates (mutual TLS)")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", default="runs", type=_dir_arg)
     p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc")
     _add_metrics(p, serve=True)
 
@@ -215,7 +240,10 @@ def _validate_one(path: str, overrides: list[str]) -> None:
 
     plan = make_plan(spec, "validate", 1)
     hosts, guests = plan.hosts, plan.guests
-    print(f"{path}: ok ({len(hosts)} hosts, {len(guests)} guests, run_id {spec.run_id()})")
+    print(
+        f"{path}: ok ({_count(len(hosts), 'host')}, {_count(len(guests), 'guest')}, "
+        f"run_id {spec.run_id()})"
+    )
     _print_warnings(spec, plan)
 
 
@@ -236,6 +264,7 @@ def cmd_run(args) -> int:
     from .runner import LiveRun, RunInterrupted, run_experiment
 
     resume = None
+    out_given, args.out = args.out, args.out or "runs"
     if args.resume is not None:
         from . import checkpoint
 
@@ -248,6 +277,12 @@ def cmd_run(args) -> int:
             print(
                 f"warning: --shards {args.shards}: the checkpoint has {resume.shards} shards; "
                 "resuming with those",
+                file=sys.stderr,
+            )
+        if out_given is not None:
+            print(
+                f"warning: --out {out_given}: a resumed run writes to its own directory, "
+                f"{args.resume}",
                 file=sys.stderr,
             )
         print(f"resuming {args.resume}: {checkpoint.describe(resume)}", flush=True)
@@ -340,7 +375,7 @@ def cmd_sweep(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     df = run_sweep(
         spec,
-        out_dir=args.out,
+        out_dir=args.out or "runs",
         shards=args.shards,
         address=args.address,
         transport=args.transport,

@@ -10,6 +10,7 @@ integers (bytes, simulated nanoseconds).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -627,12 +628,19 @@ def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
         raise SpecError([(_error_path(x), x["msg"]) for x in e.errors()]) from None
 
 
-def load_spec_text(text: str, overrides: list[str] | None = None) -> ExperimentSpec:
-    """Parse YAML text, apply ``path=value`` overrides, validate."""
+def load_spec_text(
+    text: str, overrides: list[str] | None = None, source: str | None = None
+) -> ExperimentSpec:
+    """Parse YAML text, apply ``path=value`` overrides, validate (``source``: the file
+    the text came from, named in YAML errors)."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError([("<spec>", f"{len(text)} characters, over the bound of {MAX_SPEC_BYTES}")])
+    stream: Any = text
+    if source is not None:  # PyYAML names a file-like stream's marks by its name
+        stream = io.StringIO(text)
+        stream.name = source
     try:
-        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
+        data = yaml.load(stream, Loader=SpecLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError([("<yaml>", str(e).replace("\n", " "))]) from None
     if isinstance(data, dict):
@@ -652,7 +660,7 @@ def load_spec(path: str, overrides: list[str] | None = None) -> ExperimentSpec:
             [("<file>", f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at {e.start})")]
         ) from None
     return with_trace_root(
-        load_spec_text(text, overrides), Path(path).resolve().parent, absolute_ok=True
+        load_spec_text(text, overrides, source=path), Path(path).resolve().parent, absolute_ok=True
     )
 
 

@@ -218,13 +218,16 @@ def test_hostile_batches_are_refused_whole(guest_server):
         shard.start_workload(0, IdleConfig(), 1_000_000)
 
 
-BIG_GUEST_SPEC = """
-name: held
-duration: 10s
-hosts: [{name: h, memory: 2GiB}]
-guest_groups:
-  - {name: g, count: 1, memory: 1GiB, workload: {kind: idle}}
-"""
+def one_idle_guest(name: str, host_memory: str, guest_memory: str) -> str:
+    """A spec of one idle guest on one host, for clients to drive."""
+    return (
+        f"name: {name}\nduration: 10s\nhosts: [{{name: h, memory: {host_memory}}}]\n"
+        f"guest_groups:\n  - {{name: g, count: 1, memory: {guest_memory}, "
+        "workload: {kind: idle}}\n"
+    )
+
+
+BIG_GUEST_SPEC = one_idle_guest("held", "2GiB", "1GiB")
 
 
 def test_a_free_costs_what_it_frees_not_what_the_client_holds():
@@ -251,13 +254,7 @@ def test_a_free_costs_what_it_frees_not_what_the_client_holds():
         assert shard.slots[0].client_blocks.by_order() == {0: held[2048:-2048]}
 
 
-REPLY_GUEST_SPEC = """
-name: reply
-duration: 10s
-hosts: [{name: h, memory: 8GiB}]
-guest_groups:
-  - {name: g, count: 1, memory: 5GiB, workload: {kind: idle}}
-"""
+REPLY_GUEST_SPEC = one_idle_guest("reply", "8GiB", "5GiB")
 
 
 def test_the_largest_reply_fits_in_a_grpc_message():

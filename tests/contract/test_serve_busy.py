@@ -9,43 +9,23 @@ the manager's own counters with a deadline (no sleeps).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from overcommit.v1 import experiment_pb2
 from services.sim import experiment_manager
-from services.sim.backends.inprocess import InProcessBackend
 from services.sim.experiment_manager import ExperimentManager
-from services.sim.experiment_service import connect_experiments, start_experiment_server
-from services.transport.server import GrpcServer, ServerOptions
+from services.sim.experiment_service import connect_experiments
 from tests.contract.conftest import wait_until
-from tests.contract.test_serve_security import SPEC
+from tests.contract.test_serve_security import SPEC, _health
+from tests.contract.test_serve_security import served as _small_server
 
 CODE = grpc.StatusCode
 LIMIT = experiment_manager.MAX_CALLS_PER_EXPERIMENT
-
-
-@pytest.fixture
-def served(tmp_path) -> Iterator[tuple[GrpcServer, ExperimentManager]]:
-    """8 workers: fewer than the calls a client throws at one experiment below."""
-    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
-    server = start_experiment_server(manager, ServerOptions(port=0, max_workers=8))
-    server.start()
-    try:
-        yield server, manager
-    finally:
-        manager.begin_shutdown()
-        server.stop(1.0)
-        manager.close()
-
-
-def _health(server: GrpcServer) -> int:
-    with grpc.insecure_channel(server.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+# the same small server (8 workers: fewer than the calls a client throws at one experiment)
+served = _small_server
 
 
 def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:

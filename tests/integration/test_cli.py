@@ -203,3 +203,24 @@ def test_serve_refuses_to_bind_beyond_loopback_without_token_and_tls(tmp_path):
         str(tmp_path),
     )
     assert r.returncode == 1 and "needs both TLS and a bearer token" in r.stderr
+
+
+def test_small_command_line_mistakes_are_refused_or_said(tmp_path):
+    """--shards 0 was taken as the default, --out '' wrote into the current directory, and
+    a YAML error named '<unicode string>' instead of the file."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    for args, needle in (
+        (("--shards", "0"), "argument --shards: 0: must be at least 1"),
+        (("--shards", "two"), "argument --shards: 'two' is not a whole number"),
+        (("--out", ""), "argument --out: must not be empty"),
+    ):
+        r = overcommit("run", str(spec), "--transport", "inprocess", *args, cwd=tmp_path)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # nothing written
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nduration: [1\n")
+    r = overcommit("validate", str(broken))
+    assert r.returncode == 2 and f'in "{broken}", line 2' in r.stderr, r.stderr
+    r = overcommit("validate", str(spec))
+    assert r.returncode == 0 and "(1 host, 2 guests," in r.stdout, r.stdout
