@@ -8,41 +8,21 @@ the manager's own counters with a deadline (no sleeps).
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
 from overcommit.v1 import experiment_pb2
 from services.sim import experiment_manager
-from services.sim.experiment_manager import ExperimentManager
 from services.sim.experiment_service import connect_experiments
 from tests.contract.conftest import wait_until
-from tests.contract.test_serve_security import SPEC, _health
+from tests.contract.test_serve_security import SPEC, _health, _start_long_advance
 from tests.contract.test_serve_security import served as _small_server
 
 CODE = grpc.StatusCode
 LIMIT = experiment_manager.MAX_CALLS_PER_EXPERIMENT
 # the same small server (8 workers: fewer than the calls a client throws at one experiment)
 served = _small_server
-
-
-def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:
-    """An hour-long Advance running on ``exp_id`` (until Cancel); returns (thread, result)."""
-    result: dict[str, object] = {}
-
-    def advance() -> None:
-        try:
-            result["response"] = client.advance(exp_id, 3600 * 10**9, timeout_s=600)
-        except grpc.RpcError as e:
-            result["error"] = e
-
-    worker = threading.Thread(target=advance)
-    worker.start()
-    exp = manager._get(exp_id)
-    assert wait_until(lambda: exp.sim is not None and exp.sim.now_ns > 0)  # it holds the lock
-    return worker, result
 
 
 def test_calls_on_one_busy_experiment_are_bounded_and_cancel_does_not_wait(served) -> None:

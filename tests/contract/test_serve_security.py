@@ -127,22 +127,28 @@ def test_an_advance_stops_at_the_clients_deadline_and_can_be_resumed(served) -> 
         assert r.now_ns >= int(stopped_at * 10**9) + 2 * 10**9  # resumed where it stopped
 
 
+def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:
+    """An hour-long Advance running on ``exp_id`` (until Cancel); returns (thread, result)."""
+    result: dict[str, object] = {}
+
+    def advance() -> None:
+        try:
+            result["response"] = client.advance(exp_id, 3600 * 10**9, timeout_s=600)
+        except grpc.RpcError as e:
+            result["error"] = e
+
+    worker = threading.Thread(target=advance)
+    worker.start()
+    exp = manager._get(exp_id)
+    assert wait_until(lambda: exp.sim is not None and exp.sim.now_ns > 0)  # it holds the lock
+    return worker, result
+
+
 def test_cancel_stops_a_running_advance(served) -> None:
     server, manager = served
     with connect_experiments(server.address) as client:
         exp_id, _ = client.create(SPEC)
-        result: dict[str, object] = {}
-
-        def advance() -> None:
-            try:
-                result["response"] = client.advance(exp_id, 3600 * 10**9, timeout_s=600)
-            except grpc.RpcError as e:
-                result["error"] = e
-
-        worker = threading.Thread(target=advance)
-        worker.start()
-        exp = manager._get(exp_id)
-        assert wait_until(lambda: exp.sim is not None and exp.sim.now_ns > 0)
+        worker, result = _start_long_advance(client, manager, exp_id)
         cancelled = client.cancel(exp_id)
         assert cancelled.state == 3  # EXPERIMENT_STATE_CANCELLED
         worker.join(60)
