@@ -443,7 +443,7 @@ def cmd_serve(args) -> int:
 
     from services.transport.security import ServerTls
 
-    from .experiment_manager import ServeSettings, serve
+    from .serve_process import ServeSettings, serve
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("serve: --tls-cert and --tls-key go together")
