@@ -39,6 +39,7 @@ from services.transport.client import (
     ServiceClient,
 )
 from services.transport.errors import (
+    deadline_exceeded,
     invalid_argument,
     permission_denied,
     require,
@@ -228,9 +229,11 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     ) -> experiment_pb2.AdvanceResponse:
         experiment_id = self._experiment(request.experiment_id, context)
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
+        over = _call_over(context)
         status = self.manager.advance(
-            experiment_id, request.duration_ns, _call_over(context), wait_s=_remaining_s(context)
+            experiment_id, request.duration_ns, over, wait_s=_remaining_s(context)
         )
+        _fail_if_over(over, experiment_id, status)
         return _status(experiment_pb2.AdvanceResponse, status)
 
     @translate_errors
@@ -238,9 +241,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
         self, request: experiment_pb2.RunToEndRequest, context: grpc.ServicerContext | None
     ) -> experiment_pb2.RunToEndResponse:
         experiment_id = self._experiment(request.experiment_id, context)
-        status = self.manager.run_to_end(
-            experiment_id, _call_over(context), wait_s=_remaining_s(context)
-        )
+        over = _call_over(context)
+        status = self.manager.run_to_end(experiment_id, over, wait_s=_remaining_s(context))
+        _fail_if_over(over, experiment_id, status)
         return _status(experiment_pb2.RunToEndResponse, status)
 
     @translate_errors
@@ -337,6 +340,21 @@ def _call_over(context: grpc.ServicerContext | None) -> Callable[[], bool] | Non
         return not context.is_active() or (remaining is not None and remaining <= 0)
 
     return over
+
+
+def _fail_if_over(
+    over: Callable[[], bool] | None, experiment_id: str, status: ExperimentStatus
+) -> None:
+    """DEADLINE_EXCEEDED for a run that stopped because its call was over. Answering
+    with a status instead would race the client's own deadline timer: on a loaded
+    machine the answer can arrive first and read as a finished call."""
+    if over is not None and status.state not in ("finished", "cancelled") and over():
+        raise deadline_exceeded(
+            "experiment_id",
+            experiment_id,
+            f"the call's deadline passed (or its client went away); the experiment "
+            f"stopped at {status.now_ns} ns, consistent, and can be advanced again",
+        )
 
 
 def _remaining_s(context: grpc.ServicerContext | None) -> float | None:

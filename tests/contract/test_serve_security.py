@@ -22,7 +22,11 @@ from services.sim import experiment_manager
 from services.sim.backends.inprocess import InProcessBackend
 from services.sim.core_configs import workload_from_params
 from services.sim.experiment_manager import ExperimentManager
-from services.sim.experiment_service import connect_experiments, start_experiment_server
+from services.sim.experiment_service import (
+    ExperimentServicer,
+    connect_experiments,
+    start_experiment_server,
+)
 from services.sim.plan import make_plan
 from services.sim.spec import load_spec_text
 from services.transport.server import GrpcServer, ServerOptions
@@ -125,6 +129,56 @@ def test_an_advance_stops_at_the_clients_deadline_and_can_be_resumed(served) -> 
         assert manager.summary(exp_id)["state"] == "created"
         r = client.advance(exp_id, 2 * 10**9, timeout_s=120)
         assert r.now_ns >= int(stopped_at * 10**9) + 2 * 10**9  # resumed where it stopped
+
+
+class _LateContext:
+    """A call context whose deadline passes once the first chunk has run, as when the
+    server's clock gets there a little before the client's timer fires (a loaded machine):
+    only the servicer's own answer decides what the client reads then."""
+
+    def __init__(self, manager: ExperimentManager, exp_id: str) -> None:
+        self.exp = manager._get(exp_id)
+        self.aborted: tuple | None = None
+
+    def is_active(self) -> bool:
+        return True
+
+    def time_remaining(self) -> float:
+        return 0.0 if self.exp.sim is not None and self.exp.sim.now_ns > 0 else 3600.0
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    def abort(self, code, details):
+        self.aborted = (code, details)
+        raise RuntimeError(details)
+
+
+@pytest.mark.parametrize("method", ["Advance", "RunToEnd"])
+def test_a_run_stopped_by_its_deadline_answers_deadline_exceeded(tmp_path, method) -> None:
+    """The servicer itself ends a run its deadline stopped with DEADLINE_EXCEEDED; an
+    answer with the time reached would race the client's timer and could read as done."""
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    try:
+        servicer = ExperimentServicer(manager)
+        exp_id = manager.create(SPEC)
+        context = _LateContext(manager, exp_id)
+        request = (
+            experiment_pb2.AdvanceRequest(experiment_id=exp_id, duration_ns=3600 * 10**9)
+            if method == "Advance"
+            else experiment_pb2.RunToEndRequest(experiment_id=exp_id)
+        )
+        with pytest.raises(RuntimeError):
+            getattr(servicer, method)(request, context)
+        assert context.aborted is not None and context.aborted[0] == CODE.DEADLINE_EXCEEDED
+        assert "experiment_id" in context.aborted[1]
+        assert 0 < _now_s(manager, exp_id) < 3600
+        assert manager.summary(exp_id)["state"] == "created"
+    finally:
+        manager.close()
 
 
 def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:
