@@ -83,7 +83,19 @@ def _struct_spec(struct: struct_pb2.Struct) -> dict[str, Any]:
 
     for key, v in struct.fields.items():
         check(v, key)
-    return json_format.MessageToDict(struct)
+    return _whole_numbers(json_format.MessageToDict(struct))
+
+
+def _whole_numbers(value: Any) -> Any:
+    """A Struct carries every number as a double: one with no fraction becomes an int, so
+    that ``count: 4`` means what it does in YAML (the spec's fields are strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

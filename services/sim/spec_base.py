@@ -6,6 +6,7 @@ The bounds are upper limits on what a spec may ask for (docs/security.md lists t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -100,8 +101,20 @@ class SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads 2e6 and 1.5e6 (no dot, or no exponent sign) as strings; a spec means
+# numbers by them, as YAML 1.2 and JSON do.
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: a count given as "4" or true is refused naming its field, not coerced (a
+    size or a duration is a string with its unit, read by its own validator)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _size(v: Any, info) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from services.guest.core.constants import MAX_ORDER
 
@@ -112,6 +112,15 @@ MAX_SYNTHETIC_SAMPLES = 10**7  # synthetic trace samples over all guests of a gr
 MAX_RATE = 1 << 40  # bytes per simulated second of any workload rate (1 TiB/s)
 
 
+def _order_key(v: Any) -> Any:
+    """An order given as a mapping key: an integer, or its digits as a string (a JSON or
+    Struct spec has string keys only)."""
+    return int(v) if isinstance(v, str) and v.isascii() and v.isdigit() else v
+
+
+OrderKey = Annotated[int, BeforeValidator(_order_key)]
+
+
 class KernelNoiseWorkload(_Model):
     kind: Literal["kernel_noise"] = "kernel_noise"
     rate: float = Field(
@@ -147,7 +156,7 @@ class KernelNoiseWorkload(_Model):
         allow_inf_nan=False,
         description="Share that is UNMOVABLE; the rest is RECLAIMABLE.",
     )
-    orders: dict[int, float] = Field(
+    orders: dict[OrderKey, float] = Field(
         default_factory=lambda: {0: 0.9, 1: 0.05, 2: 0.03, 3: 0.02},
         max_length=11,
         description="Order -> weight of the allocation sizes (orders 0..10).",

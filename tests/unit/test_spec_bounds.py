@@ -204,3 +204,34 @@ def test_a_spec_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes(b"name: x\n\xff\xfe")
     with pytest.raises(SpecError, match=r"bin\.yaml: not UTF-8 text \(byte 0xff at 8\)"):
         load_spec(str(path))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ("count: '4'", "guest_groups.0.count"),
+        ("count: true", "guest_groups.0.count"),
+        ("count: 4.5", "guest_groups.0.count"),
+        ("reporting: {order: true}", "guest_groups.0.reporting.order"),
+        ("reporting: {enabled: 'yes'}", "guest_groups.0.reporting.enabled"),
+        ("reporting: {enabled: 1}", "guest_groups.0.reporting.enabled"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_not_coerced(change, field) -> None:
+    """A count given as a string or a boolean, or a switch given as a number, is refused
+    naming its field (pydantic's lax mode would have read "4" as 4 and true as 1)."""
+    text = (
+        "name: t\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\n"
+        f"guest_groups: [{{name: g, memory: 64MiB, {change}}}]\n"
+    )
+    assert field in [path for path, _ in errors(text)]
+
+
+def test_numbers_yaml_1_1_reads_as_strings_are_numbers() -> None:
+    """2e6 and 1.5e6 (no dot, or no exponent sign) are numbers in a spec, as in YAML 1.2."""
+    spec = load_spec_text(
+        "name: t\nduration: 1s\nhosts: [{name: h, memory: 1GiB}]\n"
+        "guest_groups: [{name: g, count: 1, memory: 64MiB,"
+        " workload: {kind: kernel_noise, rate: 2e5}}]\n"
+    )
+    assert spec.guest_groups[0].workload.rate == 200_000.0
