@@ -259,6 +259,17 @@ def _print_warnings(spec, plan=None) -> None:
         print(f"warning: {field}: {message}", file=sys.stderr)
 
 
+def _print_plan_warnings(spec, warnings) -> None:
+    """The run's warnings that needed its plan (trace files read, their notes), which the
+    ones printed before the run could not include."""
+    from .spec_checks import spec_warnings
+
+    before = {f"{field}: {message}" for field, message in spec_warnings(spec)}
+    for line in warnings:
+        if line not in before:
+            print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     from .console import print_summary
     from .runner import LiveRun, RunInterrupted, run_experiment
@@ -298,6 +309,7 @@ def cmd_run(args) -> int:
             metrics = LiveMetrics(
                 targets_path=args.metrics_targets
                 or os.path.join(args.out, "targets", f"{spec.name}-{os.getpid()}.json"),
+                make_folder=args.metrics_targets is None,
                 port=args.metrics_port,
                 linger_s=args.metrics_linger,
                 top_guests=args.metrics_top_guests,
@@ -320,6 +332,7 @@ def cmd_run(args) -> int:
         print(f"\n{e}", file=sys.stderr)
         return 130
     print_summary(result)
+    _print_plan_warnings(spec, result.metadata.get("warnings", ()))
     print(f"results: {result.run_dir}")
     if args.report:
         from .report import write_report
@@ -466,6 +479,7 @@ def cmd_serve(args) -> int:
             metrics=LiveMetrics(
                 targets_path=args.metrics_targets
                 or os.path.join(args.out, "targets", "serve.json"),
+                make_folder=args.metrics_targets is None,
                 port=args.metrics_port,
                 linger_s=0.0,
                 top_guests=args.metrics_top_guests,

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LINGER_S = 30.0
 MAX_LINGER_S = 24 * 3600.0
+MAX_TARGETS_FILE_BYTES = 1 << 20  # an earlier targets file this run may replace
 MAX_SPEED = 1e6  # simulated seconds per wall second
 
 
@@ -59,12 +61,15 @@ MAX_SPEED = 1e6  # simulated seconds per wall second
 class LiveMetrics:
     """What ``--metrics`` asked for. ``targets_path``: the file_sd file; ``port``: the
     coordinator's endpoint (0: a free port); ``linger_s``: how long a finished run
-    keeps its endpoints up; ``top_guests``: per-guest series per host actor (0: none)."""
+    keeps its endpoints up; ``top_guests``: per-guest series per host actor (0: none);
+    ``make_folder``: create the targets file's folder (the default path under OUT; a
+    path the user named must be in a folder that exists)."""
 
     targets_path: str
     port: int = 0
     linger_s: float = DEFAULT_LINGER_S
     top_guests: int = 0
+    make_folder: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.linger_s <= MAX_LINGER_S:
@@ -170,7 +175,9 @@ class MetricsHub:
         self.experiment_label: str | None = None
         self.targets_path = Path(options.targets_path)
         try:
-            self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+            if options.make_folder:
+                self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+            check_targets_path(self.targets_path)
         except OSError as e:
             raise OSError(f"metrics targets {options.targets_path}: {e.strerror or e}") from None
         self._lock = threading.Lock()
@@ -243,7 +250,8 @@ class MetricsHub:
             for addr, labels in entries:
                 groups.append({"targets": [addr], "labels": dict(labels)})
         data = json.dumps(groups, indent=1, sort_keys=True) + "\n"
-        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.options.make_folder:
+            self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.targets_path.parent, prefix=".targets-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o644)
@@ -259,6 +267,34 @@ class MetricsHub:
         with contextlib.suppress(OSError):
             self.targets_path.unlink()
         self.endpoint.close()
+
+
+def check_targets_path(path: Path) -> None:
+    """The targets file is replaced while the run lasts and removed at its end, so the
+    path must name a folder that exists and either nothing or an earlier targets file (a
+    JSON list of ``{"targets": [...]}`` groups, as a run that was killed leaves): never a
+    link, a folder or some other file. OSError naming what is wrong."""
+    if not path.parent.is_dir():
+        raise OSError(f"its folder {path.parent} does not exist")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("exists and is not a regular file (a link or a folder is never replaced)")
+    try:
+        if st.st_size > MAX_TARGETS_FILE_BYTES:
+            raise ValueError("too large")
+        groups = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(groups, list) or not all(
+            isinstance(g, dict) and isinstance(g.get("targets"), list) for g in groups
+        ):
+            raise ValueError("not a list of target groups")
+    except (ValueError, UnicodeDecodeError):
+        raise OSError(
+            "exists and is not a file_sd targets file; it would be replaced and then "
+            "removed (name a new file)"
+        ) from None
 
 
 def epochs_at(t_ns: int, epoch_ns: int) -> int:

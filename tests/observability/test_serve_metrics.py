@@ -63,11 +63,35 @@ def test_serve_exports_each_experiment_while_it_lives(tmp_path):
         (["--metrics", "--metrics-top-guests", "5000"], "top_guests=5000"),
         (["--metrics", "--metrics-port", "70000"], "metrics port=70000"),
         (["--metrics", "--metrics-targets", "/proc/none/t.json"], "metrics targets /proc/none"),
+        (["--metrics", "--metrics-targets", "{elsewhere}/new/t.json"], "does not exist"),
+        (["--metrics", "--metrics-targets", "{elsewhere}/notes.txt"], "not a file_sd"),
+        (["--metrics", "--metrics-targets", "{elsewhere}/link.json"], "not a regular file"),
+        (["--metrics", "--metrics-targets", "{elsewhere}"], "not a regular file"),
     ],
 )
-def test_bad_metrics_flags_are_refused_before_anything_runs(tmp_path, capsys, flags, message):
+def test_bad_metrics_flags_are_refused_before_anything_runs(
+    tmp_path, tmp_path_factory, capsys, flags, message
+):
+    """Bad flags are refused before anything runs; a named targets file is never made in
+    a folder that does not exist, and an existing file that is not one is left alone."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "notes.txt").write_text("keep me\n")
+    (elsewhere / "link.json").symlink_to(elsewhere / "notes.txt")
+    flags = [f.replace("{elsewhere}", str(elsewhere)) for f in flags]
     argv = ["run", str(SPEC), "--transport", "inprocess", "--out", str(tmp_path), "--no-progress"]
     assert main(argv + flags) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no run directory, no targets file
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["link.json", "notes.txt"]
+    assert (elsewhere / "notes.txt").read_text() == "keep me\n"
+
+
+def test_a_targets_file_a_killed_run_left_is_replaced_and_removed(tmp_path) -> None:
+    """An earlier targets file (what a run killed with SIGKILL leaves) may be named again."""
+    targets = tmp_path / "t.json"
+    targets.write_text('[{"labels": {"role": "coordinator"}, "targets": ["127.0.0.1:1"]}]\n')
+    argv = ["run", str(SPEC), "--transport", "inprocess", "--out", str(tmp_path / "o")]
+    flags = ["--no-progress", "--metrics", "--metrics-linger", "0"]
+    assert main(argv + flags + ["--metrics-targets", str(targets)]) == 0
+    assert not targets.exists()
