@@ -54,6 +54,7 @@ def _check_traces(spec: ExperimentSpec, plan, out: list[tuple[str, str]]) -> Non
             peak = int((w.target_pages + w.cache_pages).max())
             if peak > _reach(init.config):
                 over.setdefault(init.group, []).append(w.name)
+    _trace_warnings(spec, plan, out)
     for group, traces in over.items():
         out.append(
             (
@@ -61,6 +62,27 @@ def _check_traces(spec: ExperimentSpec, plan, out: list[tuple[str, str]]) -> Non
                 f"{len(traces)} trace(s) (first: {traces[0]}) ask for memory plus page cache "
                 "above what the guest can allocate above its min watermarks: kswapd reclaims "
                 "the cache and the replay reads it back, so the cache does not follow the trace",
+            )
+        )
+
+
+def _trace_warnings(spec: ExperimentSpec, plan, out: list[tuple[str, str]]) -> None:
+    """What the trace readers changed or left out of the files (samples dropped), once
+    per group and warning, with the number of traces it applies to."""
+    names = [g.name for g in spec.guest_groups]
+    seen: dict[tuple[str, str], list[str]] = {}
+    for guest in plan.guests:
+        if guest.trace is None or guest.trace.source.startswith("synthetic:"):
+            continue
+        for note in dict.fromkeys(guest.trace.warnings):
+            traces = seen.setdefault((guest.group.name, note), [])
+            if guest.trace.name not in traces:
+                traces.append(guest.trace.name)
+    for (group, note), traces in seen.items():
+        out.append(
+            (
+                f"guest_groups.{names.index(group)}.workload.path",
+                f"{len(traces)} trace(s) (first: {traces[0]}): {note}",
             )
         )
 

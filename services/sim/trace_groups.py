@@ -31,12 +31,14 @@ from .spec import (
 )
 from .spec_workloads import TraceWorkload
 from .traces import (
+    MAX_TOTAL_TRACE_BYTES,
     TraceError,
     UsageTrace,
     load_alibaba2018,
     load_bitbrains,
     load_google2019,
     synthetic,
+    trace_file_bytes,
     trace_files,
 )
 
@@ -63,8 +65,30 @@ def resolve_trace_path(value: str, root: Path | None, absolute_ok: bool, field: 
     return (root / p).resolve()
 
 
+class _ReadBudget:
+    """What is left of MAX_TOTAL_TRACE_BYTES for one spec's trace files."""
+
+    def __init__(self) -> None:
+        self.left = MAX_TOTAL_TRACE_BYTES
+
+    def take(self, files: list[Path], field: str) -> None:
+        size = trace_file_bytes(files)
+        if size > self.left:
+            raise SpecError(
+                [
+                    (
+                        field,
+                        f"{len(files)} trace file(s) of {size} bytes; the spec's trace files "
+                        f"may hold {MAX_TOTAL_TRACE_BYTES} bytes in all (4 GiB), and "
+                        f"{self.left} are left",
+                    )
+                ]
+            )
+        self.left -= size
+
+
 def _load(
-    w: TraceWorkload, spec: ExperimentSpec, field: str, limit: int | None
+    w: TraceWorkload, spec: ExperimentSpec, field: str, limit: int | None, budget: _ReadBudget
 ) -> list[UsageTrace]:
     root, ok = spec.trace_root, spec.trace_absolute_ok
     if w.format == "synthetic":
@@ -78,15 +102,19 @@ def _load(
             for f in files:
                 if not f.resolve().is_relative_to(top):
                     raise SpecError([(f"{field}.path", f"{f.name} leaves the trace directory")])
+        budget.take(files, f"{field}.path")
         return [load_bitbrains(f) for f in files]
     assert w.machine_memory is not None  # required for normalised formats
     if w.format == "google2019":
+        budget.take([path], f"{field}.path")
         return load_google2019(
             path, w.machine_memory, w.statistic, page_cache=w.page_cache == "trace"
         )[:limit]
     meta = None
     if w.meta_path is not None:
         meta = resolve_trace_path(w.meta_path, root, ok, f"{field}.meta_path")
+        budget.take([meta], f"{field}.meta_path")
+    budget.take([path], f"{field}.path")
     traces, _dropped = load_alibaba2018(path, w.machine_memory, meta, w.table, w.columns)
     return traces[:limit]
 
@@ -105,6 +133,7 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
     """Every trace group's traces (index of the group -> traces, one per guest).
     Raises SpecError naming the group's field for a bad path, file or total."""
     out: dict[int, list[UsageTrace]] = {}
+    budget = _ReadBudget()
     total_guests = 0
     total_bytes = 0
     for gi, group in enumerate(spec.guest_groups):
@@ -131,7 +160,7 @@ def group_traces(spec: ExperimentSpec) -> dict[int, list[UsageTrace]]:
             ]
         else:
             try:
-                traces = _load(w, spec, field, group.count)
+                traces = _load(w, spec, field, group.count, budget)
             except TraceError as e:
                 raise SpecError([_trace_error(spec, w, field, e)]) from None
             if w.page_cache == "trace" and any(t.cache_bytes is None for t in traces):

@@ -24,6 +24,8 @@ Parsing uses pandas' C parser and pyarrow, never a Python loop per line.
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +94,7 @@ ALIBABA_CONTAINER_META_COLUMNS = (
 
 MAX_TRACE_FILES = 100_000  # files one directory may hold (a spec bounds guests separately)
 MAX_TRACE_FILE_BYTES = 1 << 30  # one trace file
+MAX_TOTAL_TRACE_BYTES = 4 << 30  # every trace file one spec reads, summed before any is read
 
 
 class TraceError(ValueError):
@@ -117,7 +120,9 @@ class UsageTrace:
     usage_bytes: np.ndarray  # int64 memory in use at each sample, 0..memory_bytes
     memory_bytes: int  # the memory the VM was given
     start_unix_s: float | None = None  # the first sample's absolute time, when known
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # how the file was read
+    # what reading changed or left out of the file (samples dropped): a run warns of these
+    warnings: tuple[str, ...] = field(default=())
     # page cache at each sample beside usage_bytes, when the format has it (google2019's
     # page_cache_memory); usage + cache never exceeds memory_bytes
     cache_bytes: np.ndarray | None = None
@@ -341,6 +346,19 @@ def _check_fractions(path: Path, df, usage_col: str, line_of) -> None:
             raise TraceError(path, f"normalised memory {value:g} above 1", line_of(row), name)
 
 
+def _gunzipped(path: Path) -> io.BytesIO:
+    """A .gz trace decompressed in memory, refused once it passes MAX_TRACE_FILE_BYTES (a
+    small file can expand a thousandfold); OSError or EOFError if it is not gzip."""
+    out = io.BytesIO()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if out.tell() + len(chunk) > MAX_TRACE_FILE_BYTES:
+                raise TraceError(path, f"more than {MAX_TRACE_FILE_BYTES} bytes once decompressed")
+            out.write(chunk)
+    out.seek(0)
+    return out
+
+
 def load_google2019(
     path: str | Path, machine_bytes: int, statistic: str = "average", page_cache: bool = False
 ) -> list[UsageTrace]:
@@ -358,7 +376,7 @@ def load_google2019(
     path = Path(path)
     _check_file(path)
     try:
-        table = pj.read_json(path)
+        table = pj.read_json(_gunzipped(path) if path.suffix == ".gz" else path)
     except pa.ArrowException as e:
         raise TraceError(path, f"not JSON lines: {str(e).splitlines()[0]}") from None
     except (OSError, EOFError) as e:  # a .gz that is not gzip, or a truncated one
@@ -543,9 +561,11 @@ def load_alibaba2018(
                 usage_bytes=usage,
                 memory_bytes=memory,
                 start_unix_s=float(times[0]),
-                notes=(f"mem_util_percent outside 0..100 dropped: {dropped} samples in the file",)
-                if dropped
-                else (),
+                warnings=(
+                    (f"mem_util_percent outside 0..100 dropped: {dropped} samples in the file",)
+                    if dropped
+                    else ()
+                ),
             )
         )
     if not traces:
@@ -632,6 +652,16 @@ def trace_files(path: str | Path, pattern: str = "*.csv") -> list[Path]:
     return files
 
 
+def trace_file_bytes(files: list[Path]) -> int:
+    """The bytes of ``files`` on disk (each checked as :func:`trace_files` and the loaders
+    do), summed before any is read so that a spec's total can be bounded first."""
+    total = 0
+    for f in files:
+        _check_file(f)
+        total += f.stat().st_size
+    return total
+
+
 def load_bitbrains_dir(path: str | Path, limit: int | None = None) -> list[UsageTrace]:
     """Every VM of a GWA-T-12 directory, in file-name order (at most ``limit``)."""
     files = trace_files(path)
@@ -650,6 +680,7 @@ __all__ = [
     "load_bitbrains_dir",
     "load_google2019",
     "synthetic",
+    "trace_file_bytes",
     "trace_files",
     "write_bitbrains",
 ]

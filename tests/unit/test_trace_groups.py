@@ -230,3 +230,84 @@ def test_trace_cache_above_what_the_guest_can_allocate_is_warned(tmp_path):
     )
     ((field, message),) = spec_warnings(spec, plan)
     assert field == "guest_groups.0.workload.page_cache" and "vm00" in message
+
+
+def test_the_trace_files_of_a_spec_are_bounded_in_all_before_any_is_read(tmp_path, monkeypatch):
+    """Many files each under the one-file bound are refused by their sum, naming the field,
+    before any is parsed (the bound is lowered to the fleet's size to keep the test small)."""
+    from services.sim import trace_groups
+
+    d = fleet_dir(tmp_path)
+    total = sum(f.stat().st_size for f in d.iterdir())
+    spec = load_spec(str(spec_file(tmp_path)))
+    monkeypatch.setattr(trace_groups, "MAX_TOTAL_TRACE_BYTES", total)
+    assert len(group_traces(spec)[0]) == 3  # exactly the bound: read
+    monkeypatch.setattr(trace_groups, "MAX_TOTAL_TRACE_BYTES", total - 1)
+    (d / "vm01.csv").write_text("garbage that a read would trip on\n" * 2000)
+    with pytest.raises(SpecError) as e:
+        group_traces(spec)
+    assert "guest_groups.0.workload.path" in str(e.value) and "in all" in str(e.value)
+
+
+def test_a_gzip_trace_that_expands_past_the_file_bound_is_refused(tmp_path, monkeypatch):
+    """A small .gz can expand a thousandfold: decompression stops at the one-file bound."""
+    import gzip
+    import json
+
+    from services.sim import traces
+
+    row = {
+        "start_time": 0, "collection_id": 1, "instance_index": 0,
+        "average_usage": {"memory": 0.1}, "maximum_usage": {"memory": 0.1},
+        "assigned_memory": 0.5,
+    }  # fmt: skip
+    text = "".join(  # 100 VMs of 20 samples, 5 minutes apart
+        json.dumps({**row, "collection_id": c, "start_time": i * 300_000_000}) + "\n"
+        for c in range(1, 101)
+        for i in range(20)
+    )
+    with gzip.open(tmp_path / "u.json.gz", "wt") as f:
+        f.write(text)
+    assert (tmp_path / "u.json.gz").stat().st_size < len(text) // 20
+    spec_text = SPEC.format(path="u.json.gz", extra="").replace(
+        "format: bitbrains", "format: google2019, machine_memory: 4GiB"
+    )
+    (tmp_path / "g.yaml").write_text(spec_text)
+    spec = load_spec(str(tmp_path / "g.yaml"))
+    assert len(group_traces(spec)[0]) == 100  # under the bound: read as before
+    monkeypatch.setattr(traces, "MAX_TRACE_FILE_BYTES", len(text) - 1)
+    with pytest.raises(SpecError, match=r"workload\.path.*decompressed"):
+        group_traces(spec)
+
+
+def test_samples_a_trace_reader_dropped_are_warned_once_per_group(tmp_path, capsys):
+    """Alibaba samples outside 0..100 % are dropped as the format's notes say; the run
+    says so once for the group (both containers come from one file), after the run."""
+    from services.sim.cli import main
+    from services.sim.spec_checks import spec_warnings
+
+    (tmp_path / "u.csv").write_text(
+        "c_1,m_1,0,10,50,1,2,3,4,5,6\nc_1,m_1,300,10,101,1,2,3,4,5,6\n"
+        "c_1,m_1,600,10,25,1,2,3,4,5,6\nc_2,m_1,0,10,20,1,2,3,4,5,6\n"
+        "c_2,m_1,300,10,-1,1,2,3,4,5,6\nc_2,m_1,600,10,40,1,2,3,4,5,6\n"
+    )
+    (tmp_path / "m.csv").write_text(
+        "c_1,m_1,0,app,started,400,400,1.0\nc_2,m_1,0,app,started,400,400,2.0\n"
+    )
+    text = SPEC.format(path="u.csv", extra="").replace(
+        "format: bitbrains",
+        "format: alibaba2018, machine_memory: 16GiB, meta_path: m.csv",
+    )
+    (tmp_path / "a.yaml").write_text(text)
+    spec = load_spec(str(tmp_path / "a.yaml"))
+    warned = [w for w in spec_warnings(spec, make_plan(spec, "x", 1)) if "dropped" in w[1]]
+    assert warned == [
+        (
+            "guest_groups.0.workload.path",
+            "2 trace(s) (first: c_1): mem_util_percent outside 0..100 dropped: 2 samples "
+            "in the file",
+        )
+    ]
+    argv = ["run", str(tmp_path / "a.yaml"), "--transport", "inprocess", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--set", "duration=1s"]) == 0
+    assert capsys.readouterr().err.count("dropped: 2 samples") == 1
