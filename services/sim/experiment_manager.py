@@ -28,7 +28,7 @@ from . import checkpoint
 from .backends import ActorLostError, make_backend
 from .live_metrics import LiveMetrics, MetricsHub
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
-from .run_files import results_dir
+from .run_files import results_dir, write_text_file
 from .runner import finish_run, run_baselines
 from .simulation import Simulation
 from .spec import load_spec_text, parse_spec, with_trace_root
@@ -43,6 +43,9 @@ RECORD_FORMAT = "overcommit-serve-experiment/1"
 MAX_RECORD_BYTES = 1 << 22
 MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it builds
 MAX_SERVE_ENTRIES = 100_000  # records read at start (numbers beyond are never reused)
+# OUT/serve/.last-number: the highest experiment number given so far, so that numbers
+# are never reused once the records of ended experiments are removed
+LAST_NUMBER_FILE = ".last-number"
 MAX_RECOVERIES = 8  # actor losses one Advance or RunToEnd call survives
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
 # Calls running on one experiment or waiting for it at once (its lock: Advance, RunToEnd,
@@ -119,7 +122,8 @@ class ExperimentManager:
         self.active_streams = 0  # sample streams being served now (read by tests and health)
         # every experiment's record and checkpoints: OUT/serve/<experiment id>/
         self.state_dir = os.path.join(out_dir, SERVE_DIR)
-        self._ids = itertools.count(self._load_interrupted() + 1)
+        self._last_number = self._load_interrupted()
+        self._ids = itertools.count(self._last_number + 1)
 
     # -- ExperimentManagerApi ---------------------------------------------------------
     def create(
@@ -148,7 +152,8 @@ class ExperimentManager:
                     "the call's deadline passed (or its client went away) before the "
                     "experiment was registered; nothing was created",
                 )
-            experiment_id = f"{parsed.name}-{parsed.run_id()}-{next(self._ids)}"
+            self._last_number = next(self._ids)
+            experiment_id = f"{parsed.name}-{parsed.run_id()}-{self._last_number}"
             exp = _Experiment(experiment_id, parsed)
             self._experiments[experiment_id] = exp
         self._persist(exp)
@@ -160,7 +165,17 @@ class ExperimentManager:
         for experiment_id, exp in self._experiments.items():
             if exp.state in ("finished", "cancelled") and exp.calls == 0:
                 del self._experiments[experiment_id]
+                self._forget_state(_dir_name(experiment_id))
                 return
+
+    def _forget_state(self, name: str) -> None:
+        """Remove an ended experiment's OUT/serve/<name>/ (its record; its checkpoints
+        went when it ended), once the highest number given is kept: nothing is left to
+        list or resume, and a long-lived server's state stays as small as its table."""
+        _write_last_number(self.state_dir, self._last_number)
+        path = os.path.join(self.state_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
     def list_experiments(self, only: str | None = None) -> list[dict[str, Any]]:
         """Every experiment (``only``: that one), in creation order: id, name, state and
@@ -456,11 +471,12 @@ class ExperimentManager:
         """Experiments a previous server left running become ``interrupted`` (resumable);
         returns the highest experiment number seen, so new ids never collide. A record
         that cannot be read is skipped with a warning, never trusted."""
-        highest = 0
+        highest = _read_last_number(self.state_dir)
         try:
-            entries = sorted(os.listdir(self.state_dir))
+            entries = sorted(e for e in os.listdir(self.state_dir) if not e.startswith("."))
         except FileNotFoundError:
-            return 0
+            return highest
+        ended = []
         for name in entries[:MAX_SERVE_ENTRIES]:
             try:
                 exp = self._read_record(name)
@@ -469,8 +485,13 @@ class ExperimentManager:
                 continue
             number, exp = exp
             highest = max(highest, number)
-            if exp is not None and len(self._experiments) < MAX_EXPERIMENTS:
+            if exp is None:
+                ended.append(name)
+            elif len(self._experiments) < MAX_EXPERIMENTS:
                 self._experiments[exp.id] = exp
+        self._last_number = highest
+        for name in ended:  # records an earlier server kept of ended experiments
+            self._forget_state(name)
         return highest
 
     def _read_record(self, name: str) -> tuple[int, _Experiment | None]:
@@ -631,6 +652,22 @@ class ExperimentManager:
 def _deadline(wait_s: float | None) -> float | None:
     """The call's deadline as a ``time.monotonic()`` value (None: it has none)."""
     return None if wait_s is None else time.monotonic() + wait_s
+
+
+def _read_last_number(state_dir: str) -> int:
+    """The highest experiment number a server on this OUT gave (0: none, or unreadable:
+    the records still give the numbers they hold)."""
+    try:
+        with open(os.path.join(state_dir, LAST_NUMBER_FILE), "rb") as f:
+            text = f.read(32).decode("ascii").strip()
+        return int(text) if text.isdigit() and len(text) < 20 else 0
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
+def _write_last_number(state_dir: str, number: int) -> None:
+    os.makedirs(state_dir, exist_ok=True)
+    write_text_file(os.path.join(state_dir, LAST_NUMBER_FILE), f"{number}\n")
 
 
 def _dir_name(experiment_id: str) -> str:

@@ -175,3 +175,31 @@ def test_two_experiments_of_one_spec_write_their_own_results(served, tmp_path) -
             on_disk = json.loads((tmp_path / "life" / experiment_id / "summary.json").read_text())
             assert on_disk == admin.summary(experiment_id)
         assert sorted(p.name for p in (tmp_path / "life").iterdir()) == sorted([first, second])
+
+
+def test_a_forgotten_experiments_state_is_removed_and_its_number_never_reused(tmp_path) -> None:
+    """OUT/serve/ keeps no more than the experiments the server can list: a forgotten
+    experiment's record goes, and so do ended ones an earlier server left; a server
+    started again on the same OUT still never gives a number twice."""
+    state = tmp_path / experiment_manager.SERVE_DIR
+    manager = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    try:
+        first = manager.create(SPEC)
+        manager.cancel(first)
+        ids = [manager.create(SPEC) for _ in range(experiment_manager.MAX_EXPERIMENTS)]
+        assert first not in {e["experiment_id"] for e in manager.list_experiments()}
+        names = sorted(p.name for p in state.iterdir() if not p.name.startswith("."))
+        assert len(names) == experiment_manager.MAX_EXPERIMENTS and first not in names
+        for i in ids[:3]:
+            manager.cancel(i)  # ended, still listed: their records stay for now
+    finally:
+        manager.close()
+    again = ExperimentManager(out_dir=str(tmp_path), backend=InProcessBackend())
+    try:
+        left = sorted(p.name for p in state.iterdir() if not p.name.startswith("."))
+        assert left == sorted(ids[3:])  # the ended ones went at start
+        fresh = again.create(SPEC)
+        numbers = [int(i.rsplit("-", 1)[1]) for i in [first, *ids]]
+        assert int(fresh.rsplit("-", 1)[1]) == max(numbers) + 1
+    finally:
+        again.close()
