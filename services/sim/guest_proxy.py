@@ -15,13 +15,15 @@ reaches the host with the next sync, as for any GuestService client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.guest_service import GuestServicer
 from services.guest.shard_api import ShardApi
-from services.transport.errors import StatusError, not_found, require
+from services.transport.errors import StatusError, not_found, require, resource_exhausted
 from services.transport.security import check_experiment_binding
 from services.transport.server import ServiceBinding
 from services.transport.status import Status, translate_errors
@@ -72,10 +74,19 @@ class _Local:
         return getattr(self.servicer, rpc)(forwarded, None)
 
 
+# GuestService calls on one experiment's guests that may run or wait for a shard at
+# once (a shard takes them between epochs, so each may wait up to one simulation step);
+# one more is refused at once, so one experiment's guests cannot tie up the server's
+# workers (ExperimentService calls have their own bound, MAX_CALLS_PER_EXPERIMENT)
+MAX_GUEST_CALLS_PER_EXPERIMENT = 4
+
+
 class GuestRouter:
     """An experiment's shards, by guest id."""
 
     def __init__(self, session, plan):
+        self._lock = threading.Lock()
+        self.calls = 0  # running or waiting now (read by tests)
         if hasattr(session, "shard_actors"):  # Ray
             self.shards: list[Any] = [_RayShard(session.ray, a) for a in session.shard_actors]
         else:
@@ -83,6 +94,25 @@ class GuestRouter:
         self.by_guest = {
             init.guest_id: i for i, inits in enumerate(plan.shard_inits) for init in inits
         }
+
+    @contextmanager
+    def slot(self, experiment_id: str) -> Iterator[None]:
+        """One of the experiment's MAX_GUEST_CALLS_PER_EXPERIMENT call slots, or
+        RESOURCE_EXHAUSTED at once."""
+        with self._lock:
+            if self.calls >= MAX_GUEST_CALLS_PER_EXPERIMENT:
+                raise resource_exhausted(
+                    "experiment_id",
+                    experiment_id,
+                    f"{MAX_GUEST_CALLS_PER_EXPERIMENT} GuestService calls already run on "
+                    "this experiment's guests or wait for their shard; try again when they end",
+                )
+            self.calls += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.calls -= 1
 
     def shard_of(self, guest_id: int):
         i = self.by_guest.get(guest_id)
@@ -111,14 +141,17 @@ class ServeGuestServicer(guest_pb2_grpc.GuestServiceServicer):
     def ListGuests(self, request, context):
         router = self._router(request.experiment_id, context)
         response = guest_pb2.ListGuestsResponse()
-        for shard in router.shards:
-            response.guests.extend(self._call(shard, "ListGuests", request, context).guests)
+        with router.slot(request.experiment_id):
+            for shard in router.shards:
+                response.guests.extend(self._call(shard, "ListGuests", request, context).guests)
         response.guests.sort(key=lambda g: g.guest_id)
         return response
 
     def _one(self, rpc: str, request, context):
-        shard = self._router(request.experiment_id, context).shard_of(request.guest_id)
-        return self._call(shard, rpc, request, context)
+        router = self._router(request.experiment_id, context)
+        shard = router.shard_of(request.guest_id)
+        with router.slot(request.experiment_id):
+            return self._call(shard, rpc, request, context)
 
     @translate_errors
     def ApplyOps(self, request, context):

@@ -97,3 +97,38 @@ def test_cancel_answers_while_a_call_holds_the_experiment(served) -> None:
         with pytest.raises(grpc.RpcError) as err:
             client.advance(exp_id, 10**9)
         assert err.value.code() == CODE.FAILED_PRECONDITION
+
+
+def test_guest_calls_waiting_for_a_busy_shard_are_bounded(served) -> None:
+    """GuestService calls on one experiment's guests wait for their shard between epochs;
+    at most MAX_GUEST_CALLS_PER_EXPERIMENT do at once, and one more is refused at once,
+    so one experiment's guests cannot take the server's workers. The shard is kept busy
+    by holding its own lock, as an epoch does."""
+    from overcommit.v1 import guest_pb2
+    from services.guest.guest_service import connect_guest
+    from services.sim.guest_proxy import MAX_GUEST_CALLS_PER_EXPERIMENT as GUEST_LIMIT
+
+    server, manager = served
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+    router = manager.guest_router(exp_id)
+    shards = manager._get(exp_id).sim.session.driver.shards
+    request = guest_pb2.GetGuestStateRequest(experiment_id=exp_id, guest_id=0)
+    with connect_guest(server.address, experiment_id=exp_id, timeout_s=10) as guests:
+        for shard in shards:
+            shard.lock.acquire()
+        try:
+            waiting = [
+                guests.stub.GetGuestState.future(request, timeout=120) for _ in range(GUEST_LIMIT)
+            ]
+            assert wait_until(lambda: router.calls == GUEST_LIMIT), router.calls
+            with pytest.raises(grpc.RpcError) as err:
+                guests.stub.GetGuestState(request, timeout=10)
+            assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+            assert err.value.details().startswith(f"experiment_id={exp_id!r}")
+            assert _health(server) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for shard in shards:
+                shard.lock.release()
+        assert all(call.result(timeout=60).guest_id == 0 for call in waiting)
+        assert router.calls == 0
