@@ -435,7 +435,7 @@ class _RunDriver:
                 if speed:  # the wall clock only paces the loop; simulated time never reads it
                     ahead = pace0 + run.now_ns / NS_PER_S / speed - time.monotonic()
                     if ahead > 0:
-                        time.sleep(ahead)
+                        self.stop.wait(ahead)  # a stop ends the wait at once
         finally:
             if bar is not None:
                 bar.close()

@@ -32,9 +32,11 @@ def reference(tmp_path_factory):
     return run_experiment(load_spec(str(SPEC)), out_dir=str(out), transport="inprocess")
 
 
-def start_paced_run(out: Path) -> tuple[subprocess.Popen, Path]:
-    """A paced run (4 simulated s per wall s, a checkpoint every simulated second);
-    returns the process once its first checkpoint is on disk."""
+def start_paced_run(
+    out: Path, speed: str = "4", every: str = "1s"
+) -> tuple[subprocess.Popen, Path]:
+    """A paced run (``speed`` simulated s per wall s, a checkpoint ``every`` simulated
+    interval); returns the process once its first checkpoint is on disk."""
     proc = subprocess.Popen(
         cli(
             "run",
@@ -45,9 +47,9 @@ def start_paced_run(out: Path) -> tuple[subprocess.Popen, Path]:
             str(out),
             "--no-progress",
             "--speed",
-            "4",
+            speed,
             "--set",
-            "checkpoint_interval=1s",
+            f"checkpoint_interval={every}",
         ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -93,6 +95,18 @@ def test_ctrl_c_stops_at_a_boundary_keeps_the_checkpoint_and_resumes(tmp_path, r
     assert len(partial) > 0 and partial["time_s"].max() < 12
     metadata = resume_and_compare(run_dir, reference)
     assert metadata["checkpoints"]["resumed_from_ns"]["run"] > 0
+
+
+def test_ctrl_c_stops_a_slowly_paced_run_without_waiting_for_its_next_sample(tmp_path):
+    """At 1 simulated s per 1,000 wall s the run waits about 500 s after each sample
+    (and its checkpoint); Ctrl-C ends that wait at once (it used to sleep it out)."""
+    proc, _ = start_paced_run(tmp_path, speed="0.001", every="500ms")
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        proc.kill()  # never left running when the wait is not cut short
+    assert proc.returncode == 130, err
 
 
 def test_a_driver_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path, reference):
