@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a spec's sweep grid x seeds into one results.parquet")
     p.add_argument("spec")
     _add_common(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a sweep stopped part way: finished runs are read back from their "
+        "directories, stopped ones resume from their checkpoints",
+    )
 
     p = sub.add_parser(
         "validate",
@@ -383,17 +390,37 @@ def cmd_export_openmetrics(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .report import plot_sweep
+    from .runner import RunInterrupted
     from .sweep import run_sweep
 
     spec = load_spec(args.spec, args.overrides)
-    df = run_sweep(
-        spec,
-        out_dir=args.out or "runs",
-        shards=args.shards,
-        address=args.address,
-        transport=args.transport,
-        progress=not args.no_progress,
-    )
+    try:
+        with _stop_on_signals() as stop:
+            df = run_sweep(
+                spec,
+                out_dir=args.out or "runs",
+                shards=args.shards,
+                address=args.address,
+                transport=args.transport,
+                progress=not args.no_progress,
+                resume=args.resume,
+                stop=stop,
+            )
+    except RunInterrupted as e:
+        print(
+            f"\nsweep stopped; the run at simulated {e.now_ns / 1e9:g} s checkpointed in "
+            f"{e.run_dir}; continue the sweep with: "
+            + shlex.join(
+                ["overcommit", "sweep", args.spec]
+                + [a for o in args.overrides for a in ("--set", o)]
+                + (["--out", args.out] if args.out else [])
+                + ["--resume"]
+            ),
+            file=sys.stderr,
+        )
+        return 130
+    if df.attrs.get("reused"):
+        print(f"{df.attrs['reused']} finished run(s) read back, not run again")
     path = df.attrs["results_path"]
     plot_sweep(df, os.path.dirname(path))
     from .console import print_table

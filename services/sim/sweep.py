@@ -3,6 +3,11 @@
 Each grid point and seed is an ordinary run (its own run directory, with its
 paired baselines); the sweep returns one table with a row per run and writes it
 as ``results.parquet``. Plots of it are the report's (:func:`services.sim.report.plot_sweep`).
+
+A sweep stopped part way (Ctrl-C, SIGTERM: each running run stops at its next sample
+boundary and checkpoints) continues with ``resume``: runs that finished are read back
+from their directories (when the spec written there is the point's), stopped ones
+resume from their checkpoints, and the rest run.
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 from typing import Any
 
 import pandas as pd
+import yaml
 
+from . import checkpoint
 from .backends import Backend, backend_for
 from .run_files import replace_file, results_dir
 from .runner import run_experiment
@@ -25,8 +33,9 @@ def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
     """Every combination of the grid's values, then of the seeds, in a stable order."""
     if spec.sweep is None:
         raise SpecError([("sweep", "the spec has no sweep section")])
-    keys = sorted(spec.sweep.grid)
-    seeds = spec.sweep.seeds or [spec.seed]
+    keys = sorted(k for k in spec.sweep.grid if k != "seed")
+    # a grid over the seed is a list of seeds (the spec refuses both at once)
+    seeds = spec.sweep.seeds or spec.sweep.grid.get("seed") or [spec.seed]
     points = []
     for values in itertools.product(*(spec.sweep.grid[k] for k in keys)):
         for seed in seeds:
@@ -43,7 +52,7 @@ def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> None:
             out[key] = v
 
 
-def run_sweep(
+def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
     spec: ExperimentSpec,
     out_dir: str = "runs",
     shards: int | None = None,
@@ -51,34 +60,65 @@ def run_sweep(
     transport: str = "grpc",
     progress: bool = False,
     backend: Backend | None = None,
+    *,
+    resume: bool = False,
+    stop: threading.Event | None = None,
 ) -> pd.DataFrame:
     """Run every grid point x seed; return one row per run (also written to the
-    sweep's ``results.parquet``, whose path is ``df.attrs["results_path"]``).
+    sweep's ``results.parquet``, whose path is ``df.attrs["results_path"]``;
+    ``df.attrs["reused"]``: how many finished runs were read back).
 
     Columns: one per grid parameter (named by its spec path), ``seed``, ``run_id``,
     ``run_dir``, then the headline metrics, ``cluster.*`` and ``comparison.*``.
+    ``resume``: read back finished runs, resume stopped ones (see the module
+    docstring); without it, a sweep with a stopped run is refused before anything
+    runs. ``stop``: when set, every running run stops at its next sample boundary
+    and checkpoints (:class:`services.sim.runner.RunInterrupted` is raised).
     """
     points = grid_points(spec)
     specs = [
         with_overrides(spec, {**p, "sweep": None}) for p in points
     ]  # validate all before running
+    dirs = [results_dir(out_dir, s.name, s.run_id()) for s in specs]
+    stopped = [d for d in dirs if os.path.lexists(checkpoint.manifest_path(d))]
+    if stopped and not resume:
+        raise checkpoint.CheckpointError(
+            f"{len(stopped)} run(s) of this sweep were stopped part way (the first: "
+            f"{stopped[0]}); continue the sweep with --resume, or remove their "
+            f"{checkpoint.CHECKPOINT_DIR}/ directories to start them again"
+        )
+    reused = 0
     rows = []
     bar = _SweepBar(len(points)) if progress else None
     with backend_for(backend, transport, address) as used:
         per_run, at_once = _parallelism(used, shards, len(points))
 
         def one(i: int) -> dict[str, Any]:
+            nonlocal reused
             point, s = points[i], specs[i]
             if bar is not None:
                 bar.start(i, point)
-            result = run_experiment(
-                s, out_dir=out_dir, shards=per_run, progress=False, backend=used
-            )
+            summary = finished_summary(dirs[i], s) if resume else None
+            run_dir = dirs[i]
+            if summary is not None:
+                reused += 1
+            else:
+                loaded = checkpoint.load(dirs[i], s) if dirs[i] in stopped else None
+                result = run_experiment(
+                    s,
+                    out_dir=out_dir,
+                    shards=per_run,
+                    progress=False,
+                    backend=used,
+                    resume=loaded,
+                    stop=stop,
+                )
+                summary, run_dir = result.summary, result.run_dir
             if bar is not None:
                 bar.done()
-            row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": result.run_dir}
-            _flatten("cluster.", result.summary["cluster"], row)
-            _flatten("comparison.", result.summary.get("comparison", {}), row)
+            row: dict[str, Any] = {**point, "run_id": s.run_id(), "run_dir": run_dir}
+            _flatten("cluster.", summary["cluster"], row)
+            _flatten("comparison.", summary.get("comparison", {}), row)
             return row
 
         if at_once == 1:
@@ -96,11 +136,39 @@ def run_sweep(
     if bar is not None:
         bar.close()
     df = pd.DataFrame(rows)
+    grid = sorted(k for k in spec.sweep.grid if k != "seed") if spec.sweep else []
+    lead = [*grid, "seed", "run_id", "run_dir"]
+    # the same columns in the same order whether a run was made or read back
+    df = df[lead + sorted(c for c in df.columns if c not in lead)]
     path = os.path.join(sweep_dir, "results.parquet")
     replace_file(path, lambda tmp: df.to_parquet(tmp, index=False))
     df.attrs["results_path"] = path
-    df.attrs["grid"] = sorted(spec.sweep.grid) if spec.sweep else []
+    df.attrs["grid"] = grid
+    df.attrs["reused"] = reused
     return df
+
+
+def finished_summary(run_dir: str, spec: ExperimentSpec) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``spec`` in ``run_dir``; None when the
+    directory holds no finished run, a stopped one (its checkpoint), a run of another
+    spec, or files that cannot be read (the run is then made again)."""
+    if os.path.lexists(checkpoint.manifest_path(run_dir)):
+        return None
+    try:
+        with open(os.path.join(run_dir, "spec.resolved.yaml"), encoding="utf-8") as f:
+            written = yaml.safe_load(f)
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    same = _canonical(written) == _canonical(spec.resolved_dict())
+    if not same or not isinstance(summary, dict) or not isinstance(summary.get("cluster"), dict):
+        return None
+    return summary
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _parallelism(backend: Backend, shards: int | None, points: int) -> tuple[int | None, int]:

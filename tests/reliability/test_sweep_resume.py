@@ -1,0 +1,120 @@
+"""A sweep stopped part way continues with ``resume``: finished runs are read back, the
+stopped one resumes from its checkpoint, and the table is that of an uninterrupted sweep.
+In-process runs, one at a time (the order the stop lands in is then fixed)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from services.sim import checkpoint
+from services.sim.run_files import results_dir
+from services.sim.runner import RunInterrupted
+from services.sim.spec import load_spec_text, with_overrides
+from services.sim.sweep import grid_points, run_sweep
+
+SPEC = """
+name: sweepy
+seed: 3
+duration: 6s
+checkpoint_interval: 1s
+hosts: [{name: h, memory: 512MiB, reserve: 32MiB, swap: {capacity: 1GiB}}]
+guest_groups:
+  - name: g
+    count: 2
+    memory: 256MiB
+    workload:
+      kind: memhog
+      phases:
+        - {action: grow, target: 0.8, rate: 512MiB, duration: 2s}
+        - {action: touch, rate: 64MiB, duration: 2s}
+        - {action: free, target: 0.05, duration: 1s}
+        - {action: idle, duration: 1s}
+sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}}
+"""
+
+
+class StopInSecondRun(threading.Event):
+    """Ctrl-C as it would land during the sweep's second run: set once the first run's
+    summary is written and the second run has asked three times."""
+
+    def __init__(self, first_summary: str) -> None:
+        super().__init__()
+        self.first_summary = first_summary
+        self.asked_after = 0
+
+    def is_set(self) -> bool:
+        if not super().is_set() and os.path.exists(self.first_summary):
+            self.asked_after += 1
+            if self.asked_after >= 3:
+                self.set()
+        return super().is_set()
+
+
+def _dirs(spec, out) -> list[str]:
+    specs = [with_overrides(spec, {**p, "sweep": None}) for p in grid_points(spec)]
+    return [results_dir(str(out), s.name, s.run_id()) for s in specs]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=["run_dir"]).sort_values("run_id").reset_index(drop=True)
+
+
+def test_a_stopped_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path) -> None:
+    spec = load_spec_text(SPEC)
+    reference = run_sweep(spec, out_dir=str(tmp_path / "ref"), transport="inprocess")
+    out = tmp_path / "out"
+    first, second = _dirs(spec, out)
+    stop = StopInSecondRun(os.path.join(first, "summary.json"))
+    with pytest.raises(RunInterrupted) as stopped:
+        run_sweep(spec, out_dir=str(out), transport="inprocess", stop=stop)
+    assert stopped.value.run_dir == second and 0 < stopped.value.now_ns < spec.duration
+    manifest = checkpoint.manifest_path(second)
+    before = Path(manifest).read_bytes()
+
+    with pytest.raises(checkpoint.CheckpointError, match="--resume"):  # refused, nothing run
+        run_sweep(spec, out_dir=str(out), transport="inprocess")
+    assert Path(manifest).read_bytes() == before
+
+    resumed = run_sweep(spec, out_dir=str(out), transport="inprocess", resume=True)
+    assert resumed.attrs["reused"] == 1  # the first run was read back, not run again
+    pd.testing.assert_frame_equal(_table(resumed), _table(reference))
+    assert not os.path.exists(manifest)
+
+    again = run_sweep(spec, out_dir=str(out), transport="inprocess", resume=True)
+    assert again.attrs["reused"] == 2
+    pd.testing.assert_frame_equal(_table(again), _table(reference))
+
+
+def test_a_run_directory_holding_another_spec_is_run_again(tmp_path) -> None:
+    spec = load_spec_text(SPEC)
+    run_sweep(spec, out_dir=str(tmp_path), transport="inprocess")
+    first, _ = _dirs(spec, tmp_path)
+    path = os.path.join(first, "spec.resolved.yaml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace("seed: 3", "seed: 4"))
+    df = run_sweep(spec, out_dir=str(tmp_path), transport="inprocess", resume=True)
+    assert df.attrs["reused"] == 1
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == text  # made again: the spec written is the point's
+
+
+def test_a_grid_over_the_seed_runs_each_seed() -> None:
+    """grid: {seed: [...]} is a list of seeds (it used to run the spec's own seed each
+    time: one run counted twice)."""
+    spec = load_spec_text(
+        SPEC.replace(
+            "sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}}",
+            "sweep: {grid: {seed: [1, 2], guest_groups.0.reporting.order: [9, 10]}}",
+        )
+    )
+    points = grid_points(spec)
+    assert sorted((p["guest_groups.0.reporting.order"], p["seed"]) for p in points) == [
+        (9, 1), (9, 2), (10, 1), (10, 2)
+    ]  # fmt: skip
