@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.transport.decode_guard import DecodeGuard
 from services.transport.security import BearerTokenInterceptor, ServerTls, TokenStore
 
 LOOPBACK = "127.0.0.1"
@@ -165,7 +166,7 @@ class GrpcServer:
 
 def build_server(options: ServerOptions, services: Sequence[ServiceBinding]) -> GrpcServer:
     """Create the server, add the services, health and reflection, and bind the port."""
-    interceptors = list(options.interceptors)
+    interceptors = [*options.interceptors, DecodeGuard()]  # innermost: wraps the handler
     if options.tokens is not None:
         interceptors.insert(0, BearerTokenInterceptor(options.tokens))
     server = grpc.server(

@@ -298,13 +298,16 @@ def test_a_touch_beyond_the_guest_names_its_real_size(guest_server) -> None:
     assert f"guest's {nr_pages} pages" in err.value.details()
 
 
-def test_garbage_bytes_are_refused_by_grpc_itself(guest_server) -> None:
+def test_garbage_bytes_are_refused_as_the_callers_error(guest_server) -> None:
+    """Bytes that are no ApplyOpsRequest: INVALID_ARGUMENT naming the request (gRPC
+    itself answers INTERNAL, "Exception deserializing request!")."""
     server, _ = guest_server
     with grpc.insecure_channel(server.address) as channel:
         call = channel.unary_unary("/overcommit.v1.GuestService/ApplyOps")
         with pytest.raises(grpc.RpcError) as err:
             call(b"\xff\xff\xff\xff garbage", timeout=10)
-    assert err.value.code() == CODE.INTERNAL  # documented in docs/security.md
+    assert err.value.code() == CODE.INVALID_ARGUMENT
+    assert err.value.details().startswith("request=")
 
 
 TRACE_SPEC = """
@@ -404,3 +407,52 @@ def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path) -> None:
         manager.begin_shutdown()
         server.stop(1.0)
         manager.close()
+
+
+def _nested_struct_request(depth: int) -> bytes:
+    """A CreateExperimentRequest whose spec_struct nests ``depth`` levels, as bytes (the
+    Python message could not even hold it: protobuf refuses to parse it back)."""
+    from google.protobuf import struct_pb2
+    from google.protobuf.internal import encoder
+
+    def varint(n: int) -> bytes:
+        return encoder._VarintBytes(n)
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    leaf = struct_pb2.Struct()
+    leaf.fields["leaf"].number_value = 1
+    body = leaf.SerializeToString()
+    entry_key = struct_pb2.Struct.DESCRIPTOR.fields_by_name["fields"].number
+    value_struct = struct_pb2.Value.DESCRIPTOR.fields_by_name["struct_value"].number
+    for _ in range(depth):  # Struct{fields: {"a": Value{struct_value: body}}}
+        entry = field(1, b"a") + field(2, field(value_struct, body))
+        body = field(entry_key, entry)
+    number = experiment_pb2.CreateExperimentRequest.DESCRIPTOR.fields_by_name["spec_struct"].number
+    return field(number, body)
+
+
+@pytest.mark.parametrize("depth", [60, 200])
+def test_a_request_protobuf_cannot_parse_is_the_callers_error(served, depth) -> None:
+    """A Struct spec nested past protobuf's recursion limit used to get INTERNAL
+    ("Exception deserializing request!"); it is refused as INVALID_ARGUMENT naming
+    the request, and the server goes on serving. So are bytes that are no message."""
+    server, manager = served
+    with connect_experiments(server.address) as client:
+        for method, data in (
+            ("CreateExperiment", _nested_struct_request(depth)),
+            ("GetSummary", b"\xff" * depth),
+        ):
+            raw = client.channel.unary_unary(
+                f"/overcommit.v1.ExperimentService/{method}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                raw(data, timeout=30)
+            assert err.value.code() == CODE.INVALID_ARGUMENT, (method, err.value.details())
+            assert err.value.details().startswith("request"), err.value.details()
+        assert manager.list_experiments() == []
+        assert _health(server) == health_pb2.HealthCheckResponse.SERVING
+        client.create(SPEC)  # and the next request is served
