@@ -197,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", default=None, help="CA for client certificates (mutual TLS)")
     p.add_argument("--out", default="runs", type=_dir_arg)
     p.add_argument("--transport", choices=("grpc", "inprocess"), default="grpc")
+    p.add_argument(
+        "--memory-budget",
+        type=_memory_budget_arg,
+        default=None,
+        metavar="SIZE",
+        help="memory the simulations of experiments that have not ended may need in all, "
+        "estimated from their specs; a create over it is refused (default: half of this "
+        "machine's memory; e.g. 16GiB)",
+    )
     _add_metrics(p, serve=True)
 
     p = sub.add_parser(
@@ -264,6 +273,18 @@ def _print_warnings(spec, plan=None) -> None:
 
     for field, message in spec_warnings(spec, plan):
         print(f"warning: {field}: {message}", file=sys.stderr)
+
+
+def _memory_budget_arg(value: str) -> int:
+    from .quantities import parse_size_bytes
+
+    try:
+        size = parse_size_bytes(value, "memory_budget")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"memory_budget={value!r}: must be > 0")
+    return size
 
 
 def _print_plan_warnings(spec, warnings) -> None:
@@ -503,6 +524,7 @@ def cmd_serve(args) -> int:
             out_dir=args.out,
             transport=args.transport,
             trace_dir=args.trace_dir,
+            memory_budget=args.memory_budget,
             metrics=LiveMetrics(
                 targets_path=args.metrics_targets
                 or os.path.join(args.out, "targets", "serve.json"),

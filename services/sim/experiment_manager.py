@@ -28,8 +28,15 @@ from . import checkpoint
 from .backends import ActorLostError, make_backend
 from .live_metrics import LiveMetrics, MetricsHub
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
-from .run_files import results_dir, write_text_file
+from .run_files import results_dir
 from .runner import finish_run, run_baselines
+from .serve_state import (
+    check_fits,
+    default_memory_budget,
+    footprint_bytes,
+    read_last_number,
+    write_last_number,
+)
 from .simulation import Simulation
 from .spec import load_spec_text, parse_spec, with_trace_root
 from .trace_groups import group_traces, trace_digests
@@ -43,9 +50,6 @@ RECORD_FORMAT = "overcommit-serve-experiment/1"
 MAX_RECORD_BYTES = 1 << 22
 MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it builds
 MAX_SERVE_ENTRIES = 100_000  # records read at start (numbers beyond are never reused)
-# OUT/serve/.last-number: the highest experiment number given so far, so that numbers
-# are never reused once the records of ended experiments are removed
-LAST_NUMBER_FILE = ".last-number"
 MAX_RECOVERIES = 8  # actor losses one Advance or RunToEnd call survives
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
 # Calls running on one experiment or waiting for it at once (its lock: Advance, RunToEnd,
@@ -71,6 +75,7 @@ class _Experiment:
         self.wall0 = time.time()
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.resumed_ns: int | None = None  # an interrupted one: its last checkpoint's time
+        self.footprint = footprint_bytes(spec)  # its share of the memory budget
         # once it has ended, its simulation is let go (_release); what clients still read:
         self.ended_ns: int | None = None
         self.ended_rows: list[dict[str, Any]] = []  # its samples (a few rows per interval)
@@ -99,7 +104,7 @@ class _Experiment:
 class ExperimentManager:
     """Experiments by id; each runs on the shared backend (Ray, or in-process)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the server's options, all optional
         self,
         out_dir: str = "runs",
         transport: str = "grpc",
@@ -108,8 +113,12 @@ class ExperimentManager:
         backend=None,
         trace_dir: str | None = None,
         metrics: LiveMetrics | None = None,
+        *,
+        memory_budget: int | None = None,
     ):
         self.out_dir = out_dir
+        # bytes the simulations of experiments that have not ended may need in all
+        self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
         # live metrics: the coordinator's endpoint and every experiment's actors (file_sd)
         self.metrics = MetricsHub(metrics) if metrics is not None else None
         # where clients' trace paths resolve (relative only, never outside); None: refused
@@ -133,8 +142,10 @@ class ExperimentManager:
         ``call_over()`` is true when it would be registered: nobody would learn its id."""
         parsed = load_spec_text(spec) if isinstance(spec, str) else parse_spec(dict(spec))
         parsed = with_trace_root(parsed, self.trace_dir, absolute_ok=False)
+        traces = None
         if any(g.is_trace for g in parsed.guest_groups):
-            group_traces(parsed)  # paths and files checked now: a bad one is the caller's error
+            traces = group_traces(parsed)  # checked now: a bad file is the caller's error
+        footprint = footprint_bytes(parsed, traces)
         with self._lock:
             if len(self._experiments) >= MAX_EXPERIMENTS:
                 self._evict_ended()
@@ -145,6 +156,7 @@ class ExperimentManager:
                     f"this server holds at most {MAX_EXPERIMENTS} experiments that have not "
                     "ended (finish or cancel one)",
                 )
+            self._check_budget(footprint)
             if call_over is not None and call_over():
                 raise deadline_exceeded(
                     "CreateExperiment",
@@ -155,9 +167,23 @@ class ExperimentManager:
             self._last_number = next(self._ids)
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{self._last_number}"
             exp = _Experiment(experiment_id, parsed)
+            exp.footprint = footprint
             self._experiments[experiment_id] = exp
         self._persist(exp)
         return experiment_id
+
+    def memory_in_use(self) -> int:
+        """The memory budget the experiments that have not ended take (estimated)."""
+        return sum(
+            e.footprint
+            for e in self._experiments.values()
+            if e.state not in ("finished", "cancelled")
+        )
+
+    def _check_budget(self, footprint: int) -> None:
+        """RESOURCE_EXHAUSTED unless ``footprint`` fits in what is left of the memory
+        budget. Called with the lock held."""
+        check_fits(footprint, self.memory_budget - self.memory_in_use(), self.memory_budget)
 
     def _evict_ended(self) -> None:
         """Forget the oldest finished or cancelled experiment (its results are in runs/),
@@ -172,7 +198,7 @@ class ExperimentManager:
         """Remove an ended experiment's OUT/serve/<name>/ (its record; its checkpoints
         went when it ended), once the highest number given is kept: nothing is left to
         list or resume, and a long-lived server's state stays as small as its table."""
-        _write_last_number(self.state_dir, self._last_number)
+        write_last_number(self.state_dir, self._last_number)
         path = os.path.join(self.state_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -471,7 +497,7 @@ class ExperimentManager:
         """Experiments a previous server left running become ``interrupted`` (resumable);
         returns the highest experiment number seen, so new ids never collide. A record
         that cannot be read is skipped with a warning, never trusted."""
-        highest = _read_last_number(self.state_dir)
+        highest = read_last_number(self.state_dir)
         try:
             entries = sorted(e for e in os.listdir(self.state_dir) if not e.startswith("."))
         except FileNotFoundError:
@@ -652,22 +678,6 @@ class ExperimentManager:
 def _deadline(wait_s: float | None) -> float | None:
     """The call's deadline as a ``time.monotonic()`` value (None: it has none)."""
     return None if wait_s is None else time.monotonic() + wait_s
-
-
-def _read_last_number(state_dir: str) -> int:
-    """The highest experiment number a server on this OUT gave (0: none, or unreadable:
-    the records still give the numbers they hold)."""
-    try:
-        with open(os.path.join(state_dir, LAST_NUMBER_FILE), "rb") as f:
-            text = f.read(32).decode("ascii").strip()
-        return int(text) if text.isdigit() and len(text) < 20 else 0
-    except (OSError, UnicodeDecodeError):
-        return 0
-
-
-def _write_last_number(state_dir: str, number: int) -> None:
-    os.makedirs(state_dir, exist_ok=True)
-    write_text_file(os.path.join(state_dir, LAST_NUMBER_FILE), f"{number}\n")
 
 
 def _dir_name(experiment_id: str) -> str:

@@ -25,6 +25,7 @@ class ServeSettings:
     transport: str = "grpc"
     trace_dir: str | None = None
     metrics: LiveMetrics | None = None
+    memory_budget: int | None = None  # bytes (None: half of this machine's memory)
 
 
 def serve(settings: ServeSettings) -> int:
@@ -43,7 +44,11 @@ def serve(settings: ServeSettings) -> int:
         host=st.bind, port=st.port, allow_remote=st.allow_remote, tls=st.tls, tokens=tokens
     )
     manager = ExperimentManager(
-        out_dir=st.out_dir, transport=st.transport, trace_dir=st.trace_dir, metrics=st.metrics
+        out_dir=st.out_dir,
+        transport=st.transport,
+        trace_dir=st.trace_dir,
+        metrics=st.metrics,
+        memory_budget=st.memory_budget,
     )
     if st.transport == "inprocess":  # compile the kernels now, not in a client's first call
         from .warm import warm_up_kernels
@@ -53,7 +58,8 @@ def serve(settings: ServeSettings) -> int:
     print(
         f"ExperimentService on {server.address}"
         + (" (bearer token required)" if st.token else "")
-        + (" (TLS)" if st.tls else ""),
+        + (" (TLS)" if st.tls else "")
+        + f"; memory budget {manager.memory_budget / 2**30:.1f} GiB",
         flush=True,
     )
     if manager.metrics is not None:

@@ -203,3 +203,40 @@ def test_a_forgotten_experiments_state_is_removed_and_its_number_never_reused(tm
         assert int(fresh.rsplit("-", 1)[1]) == max(numbers) + 1
     finally:
         again.close()
+
+
+def test_experiments_past_the_memory_budget_are_refused_until_one_ends(tmp_path) -> None:
+    """The server's memory budget bounds what its experiments' simulations may need in
+    all: a create past it gets RESOURCE_EXHAUSTED naming guest_groups and changes
+    nothing; once an experiment is cancelled its share is free again."""
+    from services.sim.serve_state import footprint_bytes
+    from services.sim.spec import load_spec_text
+    from services.transport.errors import StatusError
+
+    one = footprint_bytes(load_spec_text(SPEC))
+    assert one > 2 * 128 * 2**20 // 4096 * 8  # pages are counted, not a constant
+    manager = ExperimentManager(
+        out_dir=str(tmp_path), backend=InProcessBackend(), memory_budget=2 * one
+    )
+    tokens = TokenStore(admin_token=ADMIN)
+    server = start_experiment_server(manager, ServerOptions(port=0), tokens=tokens)
+    server.start()
+    try:
+        with connect_experiments(server.address, token=ADMIN, timeout_s=30) as admin:
+            first, _ = admin.create(SPEC)
+            admin.create(SPEC)
+            with pytest.raises(grpc.RpcError) as err:
+                admin.create(SPEC)
+            assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+            assert err.value.details().startswith("guest_groups="), err.value.details()
+            assert "budget" in err.value.details()
+            assert len(admin.list_experiments()) == 2
+            admin.cancel(first)
+            admin.create(SPEC)  # the cancelled one's share is free again
+            assert manager.memory_in_use() == 2 * one
+        with pytest.raises(StatusError):  # and in process, the same check
+            manager.create(SPEC)
+    finally:
+        manager.begin_shutdown()
+        server.stop(1.0)
+        manager.close()
