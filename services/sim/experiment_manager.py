@@ -194,11 +194,13 @@ class ExperimentManager:
                 self._forget_state(_dir_name(experiment_id))
                 return
 
-    def _forget_state(self, name: str) -> None:
+    def _forget_state(self, name: str, keep_number: bool = True) -> None:
         """Remove an ended experiment's OUT/serve/<name>/ (its record; its checkpoints
-        went when it ended), once the highest number given is kept: nothing is left to
-        list or resume, and a long-lived server's state stays as small as its table."""
-        write_last_number(self.state_dir, self._last_number)
+        went when it ended), once the highest number given is kept (``keep_number``:
+        written now; else the caller has): nothing is left to list or resume, and a
+        long-lived server's state stays as small as its table."""
+        if keep_number:
+            write_last_number(self.state_dir, self._last_number)
         path = os.path.join(self.state_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -516,8 +518,10 @@ class ExperimentManager:
             elif len(self._experiments) < MAX_EXPERIMENTS:
                 self._experiments[exp.id] = exp
         self._last_number = highest
-        for name in ended:  # records an earlier server kept of ended experiments
-            self._forget_state(name)
+        if ended:  # records an earlier server kept of ended experiments
+            write_last_number(self.state_dir, highest)
+            for name in ended:
+                self._forget_state(name, keep_number=False)
         return highest
 
     def _read_record(self, name: str) -> tuple[int, _Experiment | None]:

@@ -87,21 +87,20 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
             f"{stopped[0]}); continue the sweep with --resume, or remove their "
             f"{checkpoint.CHECKPOINT_DIR}/ directories to start them again"
         )
-    reused = 0
+    reused = [False] * len(points)  # per point: read back, not run (set by its thread)
     rows = []
     bar = _SweepBar(len(points)) if progress else None
     with backend_for(backend, transport, address) as used:
         per_run, at_once = _parallelism(used, shards, len(points))
 
         def one(i: int) -> dict[str, Any]:
-            nonlocal reused
             point, s = points[i], specs[i]
             if bar is not None:
                 bar.start(i, point)
             summary = finished_summary(dirs[i], s) if resume else None
             run_dir = dirs[i]
             if summary is not None:
-                reused += 1
+                reused[i] = True
             else:
                 loaded = checkpoint.load(dirs[i], s) if dirs[i] in stopped else None
                 result = run_experiment(
@@ -144,7 +143,7 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
     replace_file(path, lambda tmp: df.to_parquet(tmp, index=False))
     df.attrs["results_path"] = path
     df.attrs["grid"] = grid
-    df.attrs["reused"] = reused
+    df.attrs["reused"] = sum(reused)
     return df
 
 
