@@ -10,6 +10,7 @@ also serves GuestService for its guests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from services.transport.server import ServerOptions
 from .epoch_driver import ChunkResults, EpochDriver, SyncDecision
 from .guest_service import GuestServicer, start_guest_server
 from .shard import GuestInit, GuestShard
-from .shard_api import ShardApi
+from .shard_api import ShardApi, shard_within
 
 # SyncEpoch is idempotent: retried on UNAVAILABLE (a dropped reply, a host restarting)
 # while its deadline allows, so even a high injected drop rate never fails a call
@@ -183,10 +184,15 @@ class ShardRunner:
             self.guest_server.start()
         return self.guest_server.address
 
-    def guest_rpc(self, rpc: str, request: bytes) -> tuple[str, bytes | str]:
+    def guest_rpc(
+        self, rpc: str, request: bytes, wait_s: float | None = None
+    ) -> tuple[str, bytes | str]:
         """One GuestService call by Ray (``overcommit serve`` forwards its clients' calls
         this way: it reaches shards on every node without opening a socket). Returns
-        ("OK", the serialized response) or (status code name, details)."""
+        ("OK", the serialized response) or (status code name, details). ``wait_s``: the
+        call's time left when it was sent (None: no deadline); a call that could not
+        get the shard within it does nothing (DEADLINE_EXCEEDED)."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         cls = _GUEST_REQUESTS.get(rpc)
         if cls is None:
             return ("INVALID_ARGUMENT", f"rpc={rpc!r}: not a GuestService method")
@@ -195,7 +201,8 @@ class ShardRunner:
         if self._servicer is None:
             self._servicer = GuestServicer(ShardApi(self.shard, self.workload_factory))
         try:
-            response = getattr(self._servicer, rpc)(message, None)
+            with shard_within(self.shard, deadline):
+                response = getattr(self._servicer, rpc)(message, None)
         except StatusError as e:
             return (e.code().name, e.details())
         return ("OK", response.SerializeToString())

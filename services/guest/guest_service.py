@@ -19,6 +19,8 @@ Start a server::
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -275,8 +277,21 @@ def encode_ops(ops: Sequence[GuestOp]) -> list[guest_pb2.GuestOp]:
     return out
 
 
-def struct_to_params(params: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct -> dict; whole numbers come back as int (Struct stores doubles)."""
+def struct_to_params(params: struct_pb2.Struct, field: str = "params") -> dict[str, Any]:
+    """Struct -> dict; whole numbers come back as int (Struct stores doubles). A NaN or
+    infinite number is refused naming its path under ``field`` (protobuf's own refusal
+    names only Value.number_value)."""
+
+    def check(value: struct_pb2.Value, path: str) -> None:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            raise invalid_argument(path, value.number_value, "not a finite number")
+        if kind == "struct_value":
+            for key, v in value.struct_value.fields.items():
+                check(v, f"{path}.{key}")
+        elif kind == "list_value":
+            for i, v in enumerate(value.list_value.values):
+                check(v, f"{path}.{i}")
 
     def fix(value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
@@ -287,6 +302,8 @@ def struct_to_params(params: struct_pb2.Struct) -> dict[str, Any]:
             return [fix(v) for v in value]
         return value
 
+    for key, v in params.fields.items():
+        check(v, f"{field}.{key}")
     return fix(json_format.MessageToDict(params))
 
 
@@ -351,7 +368,9 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
         self, request: guest_pb2.ApplyOpsRequest, context: grpc.ServicerContext | None
     ) -> guest_pb2.ApplyOpsResponse:
         self._check_experiment(request.experiment_id, context)
-        result = self.shard.apply_ops(request.guest_id, decode_ops(request))
+        ops = decode_ops(request)
+        with _within(self.shard, context):
+            result = self.shard.apply_ops(request.guest_id, ops)
         response = guest_pb2.ApplyOpsResponse(now_ns=result.now_ns)
         for r in result.results:
             response.results.add(pfns=np.asarray(r.pfns).tolist(), lost_ns=int(r.lost_ns))
@@ -364,12 +383,11 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
         self._check_experiment(request.experiment_id, context)
         require(bool(request.workload), "workload", request.workload, "must not be empty")
         require(request.duration_ns > 0, "duration_ns", request.duration_ns, "must be > 0")
-        start_ns, end_ns = self.shard.start_workload(
-            request.guest_id,
-            request.workload,
-            struct_to_params(request.params),
-            request.duration_ns,
-        )
+        params = struct_to_params(request.params)
+        with _within(self.shard, context):
+            start_ns, end_ns = self.shard.start_workload(
+                request.guest_id, request.workload, params, request.duration_ns
+            )
         return guest_pb2.StartWorkloadResponse(start_ns=start_ns, end_ns=end_ns)
 
     @translate_errors
@@ -378,6 +396,15 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
     ) -> guest_pb2.GetGuestStateResponse:
         self._check_experiment(request.experiment_id, context)
         return encode_state(self.shard.guest_state(request.guest_id))
+
+
+def _within(shard: Any, context: grpc.ServicerContext | None):
+    """The shard held for a call that changes a guest, if it can be had within the
+    call's time left (``shard.within``; an API without it is not waited on)."""
+    within = getattr(shard, "within", None)
+    if within is None or context is None:
+        return contextlib.nullcontext()
+    return within(context.time_remaining())
 
 
 def guest_service_binding(shard: GuestShardApi, experiment_id: str = "") -> ServiceBinding:

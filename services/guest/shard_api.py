@@ -7,18 +7,40 @@ simulated time; what they do reaches the host with the next sync.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from services.transport.errors import resource_exhausted
+from services.transport.errors import deadline_exceeded, resource_exhausted
 
 from .guest_service import AllocOp, ApplyOpsResult, FreeOp, GuestInfo, OpResult, TouchOp
 from .oplog import MAX_PENDING_RUNS
 from .shard import GuestShard
 
 MAX_BATCH_RUNS = 1 << 16  # page runs one ApplyOps may touch
+
+
+@contextmanager
+def shard_within(shard: GuestShard, deadline: float | None) -> Iterator[None]:
+    """Hold the shard (it takes calls between epochs) if it can be had before
+    ``deadline`` (a ``time.monotonic()`` value; None: wait as long as it takes);
+    otherwise DEADLINE_EXCEEDED and nothing is done: a call whose client has given up
+    must not allocate blocks whose pfns nobody will read."""
+    wait = -1.0 if deadline is None else deadline - time.monotonic()
+    if (deadline is not None and wait <= 0) or not shard.lock.acquire(timeout=wait):
+        raise deadline_exceeded(
+            "deadline",
+            None,
+            "the call's deadline passed while it waited for the guest's shard (busy with "
+            "an epoch); nothing was done",
+        )
+    try:
+        yield
+    finally:
+        shard.lock.release()
 
 
 class ShardApi:
@@ -29,6 +51,11 @@ class ShardApi:
     arrive with it (``lost_ns`` here is always 0). A client may free only blocks
     it allocated itself, so it can never free a workload's memory twice.
     """
+
+    def within(self, wait_s: float | None):
+        """The shard held if it can be had within ``wait_s`` (None: no deadline); see
+        :func:`shard_within`. GuestService's calls that change a guest take it first."""
+        return shard_within(self.shard, None if wait_s is None else time.monotonic() + wait_s)
 
     def __init__(
         self, shard: GuestShard, workload_factory: Callable[[str, dict], Any] | None = None

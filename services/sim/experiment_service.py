@@ -24,7 +24,6 @@ experiment may use it.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -32,15 +31,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from overcommit.v1 import experiment_pb2, experiment_pb2_grpc
+from services.guest.guest_service import struct_to_params
 from services.transport.client import (
     ServiceClient,
 )
 from services.transport.errors import (
     deadline_exceeded,
-    invalid_argument,
     permission_denied,
     require,
     require_id,
@@ -67,35 +66,10 @@ MAX_STREAMS = 8
 
 
 def _struct_spec(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A spec given as a Struct, as a dict. A NaN or infinite number is refused with its
-    field path (json_format would refuse it naming only Value.number_value)."""
-
-    def check(value: struct_pb2.Value, path: str) -> None:
-        kind = value.WhichOneof("kind")
-        if kind == "number_value" and not math.isfinite(value.number_value):
-            raise invalid_argument(f"spec_struct.{path}", value.number_value, "not a finite number")
-        if kind == "struct_value":
-            for key, v in value.struct_value.fields.items():
-                check(v, f"{path}.{key}")
-        elif kind == "list_value":
-            for i, v in enumerate(value.list_value.values):
-                check(v, f"{path}.{i}")
-
-    for key, v in struct.fields.items():
-        check(v, key)
-    return _whole_numbers(json_format.MessageToDict(struct))
-
-
-def _whole_numbers(value: Any) -> Any:
-    """A Struct carries every number as a double: one with no fraction becomes an int, so
-    that ``count: 4`` means what it does in YAML (the spec's fields are strict)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
+    """A spec given as a Struct, as a dict: a NaN or infinite number is refused with its
+    field path, and whole numbers become ints, so that ``count: 4`` means what it does
+    in YAML (a Struct carries only doubles; the spec's fields are strict)."""
+    return struct_to_params(struct, "spec_struct")
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ reaches the host with the next sync, as for any GuestService client.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from overcommit.v1 import guest_pb2, guest_pb2_grpc
 from services.guest.guest_service import GuestServicer
-from services.guest.shard_api import ShardApi
+from services.guest.shard_api import ShardApi, shard_within
 from services.transport.errors import StatusError, not_found, require, resource_exhausted
 from services.transport.security import check_experiment_binding
 from services.transport.server import ServiceBinding
@@ -38,10 +39,11 @@ class _RayShard:
         self.ray = ray
         self.actor = actor
 
-    def call(self, rpc: str, request):
+    def call(self, rpc: str, request, wait_s: float | None = None):
         try:
             status, payload = self.ray.get(
-                self.actor.guest_rpc.remote(rpc, request.SerializeToString()), timeout=120
+                self.actor.guest_rpc.remote(rpc, request.SerializeToString(), wait_s),
+                timeout=120,
             )
         except self.ray.exceptions.RayError as e:  # the actor is gone (ended or cancelled)
             raise StatusError(
@@ -65,13 +67,16 @@ class _Local:
     """An in-process shard: its GuestServicer, called directly."""
 
     def __init__(self, shard):
+        self.shard = shard
         self.servicer = GuestServicer(ShardApi(shard, workload_from_params))
 
-    def call(self, rpc: str, request):
+    def call(self, rpc: str, request, wait_s: float | None = None):
         forwarded = type(request)()
         forwarded.CopyFrom(request)
         forwarded.experiment_id = ""  # the shard's only experiment
-        return getattr(self.servicer, rpc)(forwarded, None)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        with shard_within(self.shard, deadline):
+            return getattr(self.servicer, rpc)(forwarded, None)
 
 
 # GuestService calls on one experiment's guests that may run or wait for a shard at
@@ -134,8 +139,9 @@ class ServeGuestServicer(guest_pb2_grpc.GuestServiceServicer):
 
     @staticmethod
     def _call(shard, rpc: str, request, context):
-        """Forward; the shard's error status goes back to the caller as it is."""
-        return shard.call(rpc, request)
+        """Forward, with the call's time left (a call that cannot get the shard within
+        it does nothing); the shard's error status goes back to the caller as it is."""
+        return shard.call(rpc, request, context.time_remaining() if context else None)
 
     @translate_errors
     def ListGuests(self, request, context):

@@ -136,6 +136,11 @@ def test_start_workload_passes_typed_parameters(client: GuestClient, shard: Memo
             CODE.INVALID_ARGUMENT,
             "workload 'fork_bomb'",
         ),
+        (
+            lambda c: c.start_workload(1, "memhog", {"phases": [{"target": float("nan")}]}, 1),
+            CODE.INVALID_ARGUMENT,
+            "params.phases.0.target=nan",
+        ),
     ],
 )
 def test_bad_requests_are_refused_and_change_nothing(

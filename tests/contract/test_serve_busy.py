@@ -132,3 +132,39 @@ def test_guest_calls_waiting_for_a_busy_shard_are_bounded(served) -> None:
                 shard.lock.release()
         assert all(call.result(timeout=60).guest_id == 0 for call in waiting)
         assert router.calls == 0
+
+
+def test_a_guest_call_that_cannot_get_its_shard_before_its_deadline_does_nothing(
+    served,
+) -> None:
+    """An alloc that waited for a busy shard past its deadline must not allocate: its
+    client, gone, would never learn the blocks' pfns."""
+    from overcommit.v1 import guest_pb2
+    from services.guest.guest_service import AllocOp, connect_guest, encode_ops
+
+    server, manager = served
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+    router = manager.guest_router(exp_id)
+    shards = manager._get(exp_id).sim.session.driver.shards
+    state = guest_pb2.GetGuestStateRequest(experiment_id=exp_id, guest_id=0)
+    alloc = guest_pb2.ApplyOpsRequest(
+        experiment_id=exp_id, guest_id=0, ops=encode_ops([AllocOp(0, 1, 8)])
+    )
+    with connect_guest(server.address, experiment_id=exp_id, timeout_s=10) as guests:
+        before = guests.stub.GetGuestState(state, timeout=30)
+        for shard in shards:
+            shard.lock.acquire()
+        try:
+            late = guests.stub.ApplyOps.future(alloc, timeout=0.5)
+            with pytest.raises(grpc.RpcError) as err:
+                late.result(timeout=60)
+            assert err.value.code() == CODE.DEADLINE_EXCEEDED
+            assert wait_until(lambda: router.calls == 0)  # the server let go of the call
+        finally:
+            for shard in shards:
+                shard.lock.release()
+        after = guests.stub.GetGuestState(state, timeout=30)
+        assert list(after.free_areas) == list(before.free_areas), "the late alloc ran"
+        done = guests.stub.ApplyOps(alloc, timeout=30)  # in time: it runs
+        assert len(done.results[0].pfns) == 8
