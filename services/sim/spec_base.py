@@ -101,13 +101,37 @@ class SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.1 reads 2e6 and 1.5e6 (no dot, or no exponent sign) as strings; a spec means
-# numbers by them, as YAML 1.2 and JSON do.
+# Numbers as YAML 1.2 (and JSON) read them, not YAML 1.1: 2e6 and 1.5e6 are numbers
+# (1.1: strings), 010 is ten (1.1: octal eight), 1:00 is a string (1.1: sixty), and
+# only 0x / 0o prefixes change the base. A count must mean what it looks like.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    _INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
+)
+SpecLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
+
+
+def _yaml12_int(loader: SpecLoader, node: Any) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    if text.startswith(("0x", "0o")):
+        return int(text[2:], 16 if text[1] == "x" else 8)
+    return int(text, 10)
+
+
+SpecLoader.add_constructor(_INT, _yaml12_int)
 
 
 class _Model(BaseModel):

@@ -235,3 +235,14 @@ def test_numbers_yaml_1_1_reads_as_strings_are_numbers() -> None:
         " workload: {kind: kernel_noise, rate: 2e5}}]\n"
     )
     assert spec.guest_groups[0].workload.rate == 200_000.0
+
+
+@pytest.mark.parametrize(("written", "count"), [("010", 10), ("0x10", 16), ("1_000", 1000)])
+def test_integers_read_as_yaml_1_2_reads_them(written, count) -> None:
+    """YAML 1.1 read count: 010 as eight (octal) and 1:00 as sixty (base 60)."""
+    spec = load_spec_text(BASE.replace("count: 2", f"count: {written}"))
+    assert spec.guest_groups[0].count == count
+
+
+def test_a_base_60_number_is_refused_as_a_count() -> None:
+    assert "guest_groups.0.count" in [p for p, _ in errors(BASE.replace("count: 2", "count: 1:00"))]
