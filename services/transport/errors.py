@@ -27,14 +27,37 @@ class Status(enum.Enum):
     UNAUTHENTICATED = 16
 
 
+# a refused value is echoed in the status at most this long (its repr), and a reason at
+# most MAX_REASON_CHARS: a status travels in HTTP/2 trailers, and a 20,000-character id
+# echoed whole made gRPC drop the status for RESOURCE_EXHAUSTED "Stream removed"
+MAX_VALUE_CHARS = 200
+MAX_REASON_CHARS = 2000
+
+
+def _bounded_value(value: object) -> object:
+    text = repr(value)
+    if len(text) <= MAX_VALUE_CHARS:
+        return value
+    return _Elided(f"{text[:MAX_VALUE_CHARS]}... ({len(text)} characters)")
+
+
+class _Elided(str):
+    """A value too long to echo: its repr's beginning, shown as it is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class StatusError(Exception):
     """A request refused with a status; ``details()`` names field and value."""
 
     def __init__(self, code: Status, field: str, value: object, reason: str):
         self._code = code
-        self.field = field
-        self.value = value
-        self.reason = reason
+        self.field = field[:MAX_VALUE_CHARS]
+        self.value = _bounded_value(value)
+        self.reason = (
+            reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "..."
+        )
         super().__init__(self.details())
 
     def code(self) -> Status:
