@@ -8,7 +8,6 @@ when they finish (with their paired baselines).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -27,14 +26,18 @@ from services.units import NS_PER_S
 from . import checkpoint
 from .backends import ActorLostError, make_backend
 from .live_metrics import LiveMetrics, MetricsHub
+from .placement import place
 from .result_rows import ROW_KEYS, VARIANT_RUN, summarize, timeseries_frame
 from .run_files import results_dir
 from .runner import finish_run, run_baselines
 from .serve_state import (
+    MAX_NUMBER_DIGITS,
     check_fits,
     default_memory_budget,
+    dir_name,
     footprint_bytes,
     read_last_number,
+    recorded_footprint,
     write_last_number,
 )
 from .simulation import Simulation
@@ -48,7 +51,6 @@ SERVE_DIR = "serve"  # OUT/serve/<experiment id>/: its record and checkpoints
 RECORD = "experiment.json"
 RECORD_FORMAT = "overcommit-serve-experiment/1"
 MAX_RECORD_BYTES = 1 << 22
-MAX_DIR_NAME = 64  # services.sim.run_files: the longest path component it builds
 MAX_SERVE_ENTRIES = 100_000  # records read at start (numbers beyond are never reused)
 MAX_RECOVERIES = 8  # actor losses one Advance or RunToEnd call survives
 STREAM_WAIT_S = 0.25  # a waiting stream re-checks its client and the server this often
@@ -145,6 +147,7 @@ class ExperimentManager:
         traces = None
         if any(g.is_trace for g in parsed.guest_groups):
             traces = group_traces(parsed)  # checked now: a bad file is the caller's error
+        place(parsed, traces)  # guests that fit on no host: the caller's error, now
         footprint = footprint_bytes(parsed, traces)
         with self._lock:
             if len(self._experiments) >= MAX_EXPERIMENTS:
@@ -156,7 +159,7 @@ class ExperimentManager:
                     f"this server holds at most {MAX_EXPERIMENTS} experiments that have not "
                     "ended (finish or cancel one)",
                 )
-            self._check_budget(footprint)
+            self._check_budget(footprint.running)
             if call_over is not None and call_over():
                 raise deadline_exceeded(
                     "CreateExperiment",
@@ -173,26 +176,31 @@ class ExperimentManager:
         return experiment_id
 
     def memory_in_use(self) -> int:
-        """The memory budget the experiments that have not ended take (estimated)."""
+        """The memory budget the experiments take (estimated): all of it for those that
+        have not ended, their samples for those that have and are still held."""
         return sum(
-            e.footprint
+            e.footprint.rows if e.state in ("finished", "cancelled") else e.footprint.running
             for e in self._experiments.values()
-            if e.state not in ("finished", "cancelled")
         )
 
     def _check_budget(self, footprint: int) -> None:
         """RESOURCE_EXHAUSTED unless ``footprint`` fits in what is left of the memory
-        budget. Called with the lock held."""
+        budget, once ended experiments are forgotten (oldest first) to make room.
+        Called with the lock held."""
+        while footprint > self.memory_budget - self.memory_in_use() and self._evict_ended():
+            pass
         check_fits(footprint, self.memory_budget - self.memory_in_use(), self.memory_budget)
 
-    def _evict_ended(self) -> None:
+    def _evict_ended(self) -> bool:
         """Forget the oldest finished or cancelled experiment (its results are in runs/),
-        so a long-lived server keeps taking new ones. Called with the lock held."""
+        so a long-lived server keeps taking new ones; False if none can be. Called with
+        the lock held."""
         for experiment_id, exp in self._experiments.items():
             if exp.state in ("finished", "cancelled") and exp.calls == 0:
                 del self._experiments[experiment_id]
-                self._forget_state(_dir_name(experiment_id))
-                return
+                self._forget_state(dir_name(experiment_id))
+                return True
+        return False
 
     def _forget_state(self, name: str, keep_number: bool = True) -> None:
         """Remove an ended experiment's OUT/serve/<name>/ (its record; its checkpoints
@@ -230,7 +238,7 @@ class ExperimentManager:
                 )
             loaded = None
             if os.path.exists(checkpoint.manifest_path(self._exp_dir(exp))):
-                loaded = checkpoint.load(self._exp_dir(exp), exp.spec, _dir_name(exp.id))
+                loaded = checkpoint.load(self._exp_dir(exp), exp.spec, dir_name(exp.id))
             sim = self._sim(exp, shards=loaded.shards if loaded else None)
             if loaded is not None and loaded.traces != trace_digests(sim.plan.guests):
                 sim.close()
@@ -461,7 +469,7 @@ class ExperimentManager:
         return True
 
     def _exp_dir(self, exp: _Experiment) -> str:
-        return results_dir(self.state_dir, _dir_name(exp.id))
+        return results_dir(self.state_dir, dir_name(exp.id))
 
     def _checkpoints(self, exp: _Experiment) -> checkpoint.Checkpoints:
         if exp.checkpoints is None:
@@ -483,6 +491,9 @@ class ExperimentManager:
             "format": RECORD_FORMAT,
             "experiment_id": exp.id,
             "state": exp.state,
+            # its share of the memory budget as estimated at create (trace groups by
+            # their traces): a restarted server charges it again
+            "footprint": [exp.footprint.sim, exp.footprint.rows],
             "spec": exp.spec.resolved_dict(),
             "created_unix": exp.wall0,
         }
@@ -538,17 +549,18 @@ class ExperimentManager:
         if (
             record.get("format") != RECORD_FORMAT
             or not isinstance(experiment_id, str)
-            or _dir_name(experiment_id) != name
+            or dir_name(experiment_id) != name
         ):
             raise ValueError(f"{path}: not the record of the experiment of that directory")
         tail = experiment_id.rsplit("-", 1)[-1]
-        number = int(tail) if tail.isdigit() and len(tail) < 12 else 0
+        number = int(tail) if tail.isdigit() and len(tail) <= MAX_NUMBER_DIGITS else 0
         if record["state"] != "created":
             return number, None  # finished or cancelled: its results are in runs/
         spec = with_trace_root(parse_spec(record["spec"]), self.trace_dir, absolute_ok=False)
         exp = _Experiment(experiment_id, spec)
         exp.state = "interrupted"
         exp.wall0 = float(record.get("created_unix", time.time()))
+        exp.footprint = recorded_footprint(record.get("footprint"), exp.footprint)
         try:
             manifest = checkpoint.read_manifest(results_dir(self.state_dir, name))
             exp.resumed_ns = int(manifest["time_ns"][VARIANT_RUN])
@@ -642,7 +654,7 @@ class ExperimentManager:
             {VARIANT_RUN: run_stats, **stats},
             self.backend.name,
             # its own directory: two experiments of one spec differ by what clients did
-            results_dir(self.out_dir, spec.name, _dir_name(exp.id)),
+            results_dir(self.out_dir, spec.name, dir_name(exp.id)),
             exp.wall0,
         )
         exp.state = "finished"
@@ -682,14 +694,6 @@ class ExperimentManager:
 def _deadline(wait_s: float | None) -> float | None:
     """The call's deadline as a ``time.monotonic()`` value (None: it has none)."""
     return None if wait_s is None else time.monotonic() + wait_s
-
-
-def _dir_name(experiment_id: str) -> str:
-    """The experiment's directory under OUT/serve: its id when that is a safe name,
-    else a digest of it (an id can be longer than a path component may be)."""
-    if len(experiment_id) <= MAX_DIR_NAME and not experiment_id.startswith("."):
-        return experiment_id
-    return "experiment-" + hashlib.sha256(experiment_id.encode()).hexdigest()[:32]
 
 
 __all__ = ["ExperimentManager"]

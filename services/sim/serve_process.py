@@ -4,11 +4,12 @@ ExperimentService over an :class:`ExperimentManager` until SIGINT or SIGTERM
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from services.transport.security import ServerTls
 
-from .experiment_manager import ExperimentManager
+from .experiment_manager import SERVE_DIR, ExperimentManager
 from .live_metrics import LiveMetrics
 
 
@@ -37,8 +38,10 @@ def serve(settings: ServeSettings) -> int:
     from services.transport.server import ServerOptions, serve_until_terminated
 
     from .experiment_service import start_experiment_server
+    from .serve_state import lock_state_dir, size_text
 
     st = settings
+    lock_state_dir(os.path.join(st.out_dir, SERVE_DIR))  # held until this process ends
     tokens = TokenStore(admin_token=st.token) if st.token else None
     options = ServerOptions(
         host=st.bind, port=st.port, allow_remote=st.allow_remote, tls=st.tls, tokens=tokens
@@ -59,7 +62,7 @@ def serve(settings: ServeSettings) -> int:
         f"ExperimentService on {server.address}"
         + (" (bearer token required)" if st.token else "")
         + (" (TLS)" if st.tls else "")
-        + f"; memory budget {manager.memory_budget / 2**30:.1f} GiB",
+        + f"; memory budget {size_text(manager.memory_budget)}",
         flush=True,
     )
     if manager.metrics is not None:

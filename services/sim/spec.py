@@ -386,6 +386,11 @@ class SweepSpec(_Model):
 RESULT_NEUTRAL_FIELDS = ("checkpoint_interval",)
 
 
+# experiment names whose results directory, OUT/<name>/, is the server's own
+# (services.sim.experiment_manager.SERVE_DIR)
+RESERVED_NAMES = ("serve",)
+
+
 class ExperimentSpec(_Model):
     # Where relative trace paths resolve (not a field: the spec file's directory, or serve's
     # --trace-dir; None: trace workloads with a path are refused). See with_trace_root.
@@ -465,6 +470,16 @@ class ExperimentSpec(_Model):
     _durs = field_validator(
         "duration", "epoch", "sample_interval", "checkpoint_interval", mode="before"
     )(_dur)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_NAMES:
+            raise ValueError(
+                f"{v!r} is reserved: OUT/{v}/ holds overcommit serve's state, which a "
+                "server prunes (choose another name)"
+            )
+        return v
 
     @field_validator("sync_interval", mode="before")
     @classmethod

@@ -107,3 +107,18 @@ def test_the_bearer_scheme_name_is_case_insensitive(serve):
                 timeout=60,
             )
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_second_serve_on_the_same_out_is_refused(serve, tmp_path):
+    """Two servers on one --out would give the same experiment ids and overwrite each
+    other's records: the second is refused before it binds or writes anything."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    second = subprocess.run(
+        [sys.executable, "-m", "services.sim.cli", "serve", "--port", "0", "--token", TOKEN,
+         "--transport", "inprocess", "--out", str(tmp_path / "runs"), "--metrics-port", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "another overcommit serve uses" in second.stderr
+    with connect_experiments(serve, token=TOKEN) as admin:  # the first is untouched
+        assert admin.list_experiments() == []

@@ -213,7 +213,7 @@ def test_experiments_past_the_memory_budget_are_refused_until_one_ends(tmp_path)
     from services.sim.spec import load_spec_text
     from services.transport.errors import StatusError
 
-    one = footprint_bytes(load_spec_text(SPEC))
+    one = footprint_bytes(load_spec_text(SPEC)).running
     assert one > 2 * 128 * 2**20 // 4096 * 8  # pages are counted, not a constant
     manager = ExperimentManager(
         out_dir=str(tmp_path), backend=InProcessBackend(), memory_budget=2 * one
@@ -240,3 +240,47 @@ def test_experiments_past_the_memory_budget_are_refused_until_one_ends(tmp_path)
         manager.begin_shutdown()
         server.stop(1.0)
         manager.close()
+
+
+def test_hosts_and_samples_count_against_the_budget_and_a_restart_keeps_the_estimate(
+    tmp_path,
+) -> None:
+    """Hosts and the samples an experiment keeps are charged too (10,000 hosts with one
+    small guest used to be estimated at 74 KiB); an ended experiment still holding its
+    samples is charged for them; and a restarted server charges an interrupted trace
+    experiment what its traces gave at create, not what its spec alone says."""
+    from services.sim.serve_state import BYTES_PER_HOST, footprint_bytes
+    from services.sim.spec import load_spec_text
+    from services.sim.traces import synthetic, write_bitbrains
+
+    small = load_spec_text(SPEC)
+    many = load_spec_text(SPEC.replace("hosts: [{name: h, memory: 512MiB}]",
+                                       "hosts: [{name: h, count: 10000, memory: 512MiB}]"))  # fmt: skip
+    grown = footprint_bytes(many)
+    assert grown.sim - footprint_bytes(small).sim == 9999 * BYTES_PER_HOST
+    assert grown.rows > 9999 * 5 * 1000  # 5 samples of each host, about 1 KB a row
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for i in range(4):
+        t = synthetic("step", 1, i, memory_bytes=256 * 2**20, duration_s=1200)
+        write_bitbrains(t, traces / f"vm{i}.csv")
+    spec = (
+        "name: fleet\nduration: 4s\nhosts: [{name: h, memory: 4GiB}]\n"
+        "guest_groups: [{name: vms, workload: {kind: trace, format: bitbrains, path: .,"
+        " time_scale: 300}}]\n"
+    )
+    out = tmp_path / "out"
+    manager = ExperimentManager(out_dir=str(out), backend=InProcessBackend(), trace_dir=str(traces))
+    try:
+        exp_id = manager.create(spec)
+        at_create = manager._get(exp_id).footprint
+        assert at_create.sim > 4 * 256 * 2**20 // 4096 * 10  # the 4 traces' guests
+    finally:
+        manager.close()
+    again = ExperimentManager(out_dir=str(out), backend=InProcessBackend(), trace_dir=str(traces))
+    try:
+        assert again._get(exp_id).footprint == at_create
+        assert again.memory_in_use() == at_create.running
+    finally:
+        again.close()

@@ -181,6 +181,19 @@ def test_a_run_stopped_by_its_deadline_answers_deadline_exceeded(tmp_path, metho
         manager.close()
 
 
+def test_create_refuses_guests_that_fit_on_no_host(served) -> None:
+    """As `overcommit validate` does: accepted, such an experiment failed every call and
+    held a slot and its budget until cancelled."""
+    server, manager = served
+    spec = SPEC.replace("count: 2\n    memory: 256MiB", "count: 100\n    memory: 128MiB")
+    spec = spec.replace("memory: 512MiB, swap", "memory: 1GiB, swap")
+    with connect_experiments(server.address) as client, pytest.raises(grpc.RpcError) as err:
+        client.create(spec)
+    assert err.value.code() == CODE.INVALID_ARGUMENT
+    assert "fits on no host" in err.value.details(), err.value.details()
+    assert manager.list_experiments() == []
+
+
 def _start_long_advance(client, manager: ExperimentManager, exp_id: str) -> tuple:
     """An hour-long Advance running on ``exp_id`` (until Cancel); returns (thread, result)."""
     result: dict[str, object] = {}
@@ -215,7 +228,7 @@ def test_cancel_stops_a_running_advance(served) -> None:
         assert err.value.code() == CODE.FAILED_PRECONDITION
 
 
-@pytest.mark.parametrize("name", ["../../../x", "a/b", "x" * 300, "café", ".", ""])
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "x" * 300, "café", ".", "", "serve"])
 def test_create_refuses_a_path_like_name(served, tmp_path, name) -> None:
     server, _ = served
     with connect_experiments(server.address) as client, pytest.raises(grpc.RpcError) as err:
