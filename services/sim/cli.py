@@ -256,9 +256,14 @@ def _validate_one(path: str, overrides: list[str]) -> None:
 
     plan = make_plan(spec, "validate", 1)
     hosts, guests = plan.hosts, plan.guests
+    points = ""
+    if spec.sweep is not None:  # every grid point as the sweep would make it
+        from .sweep import point_specs
+
+        points = f", {_count(len(point_specs(spec)), 'sweep run')}"
     print(
         f"{path}: ok ({_count(len(hosts), 'host')}, {_count(len(guests), 'guest')}, "
-        f"run_id {spec.run_id()})"
+        f"run_id {spec.run_id()}{points})"
     )
     _print_warnings(spec, plan)
 

@@ -371,6 +371,13 @@ class SweepSpec(_Model):
         for path, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid.{path}: needs at least one value")
+            seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+            twice = sorted({values[i] for i, v in enumerate(seen) if seen.count(v) > 1}, key=str)
+            if twice:
+                raise ValueError(
+                    f"grid.{path}: {twice} given more than once (a repeated value is the "
+                    "same run, and would narrow the confidence intervals for nothing)"
+                )
         repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
         if repeated:
             raise ValueError(

@@ -43,6 +43,25 @@ def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
     return points
 
 
+def point_specs(
+    spec: ExperimentSpec, points: list[dict[str, Any]] | None = None
+) -> list[ExperimentSpec]:
+    """The spec of every grid point (``grid_points`` unless given); SpecError listing
+    every point's errors, each under the point's values (``overcommit validate`` runs
+    this too, so a value the sweep would refuse is refused there)."""
+    errors: list[tuple[str, str]] = []
+    specs = []
+    for point in points if points is not None else grid_points(spec):
+        try:
+            specs.append(with_overrides(spec, {**point, "sweep": None}))
+        except SpecError as e:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            errors += [(f"sweep point {where}: {path}", msg) for path, msg in e.errors]
+    if errors:
+        raise SpecError(errors)
+    return specs
+
+
 def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> None:
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -76,9 +95,7 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
     and checkpoints (:class:`services.sim.runner.RunInterrupted` is raised).
     """
     points = grid_points(spec)
-    specs = [
-        with_overrides(spec, {**p, "sweep": None}) for p in points
-    ]  # validate all before running
+    specs = point_specs(spec, points)  # every point checked before anything runs
     dirs = [results_dir(out_dir, s.name, s.run_id()) for s in specs]
     stopped = [d for d in dirs if os.path.lexists(checkpoint.manifest_path(d))]
     if stopped and not resume:
@@ -251,8 +268,9 @@ def sweep_table(df: pd.DataFrame, grid: list[str]) -> tuple[list[str], list[list
         f"{h} ({u})" for _, h, _, u in metrics
     ]
     rows = []
-    keys = grid or ["seed"]
-    for key, part in df.groupby(keys, sort=True):  # a list of keys: key is a tuple
+    # no grid parameter: one point, every seed in it
+    parts = df.groupby(grid, sort=True) if grid else [((), df)]
+    for key, part in parts:  # a list of keys: key is a tuple
         n = len(part)
         row = [*(str(v) for v in key[: len(grid)]), str(n)]
         for col, _, scale, _ in metrics:

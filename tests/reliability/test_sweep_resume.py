@@ -118,3 +118,38 @@ def test_a_grid_over_the_seed_runs_each_seed() -> None:
     assert sorted((p["guest_groups.0.reporting.order"], p["seed"]) for p in points) == [
         (9, 1), (9, 2), (10, 1), (10, 2)
     ]  # fmt: skip
+
+
+def test_a_sweep_of_seeds_alone_is_one_point_with_its_interval() -> None:
+    from services.sim.sweep import sweep_table
+
+    df = pd.DataFrame({"seed": [1, 2, 3], "cluster.backed_bytes.mean": [1.0e9, 1.2e9, 1.1e9]})
+    _, rows = sweep_table(df, [])
+    assert len(rows) == 1 and rows[0][0] == "3" and "±" in rows[0][1], rows
+
+
+@pytest.mark.parametrize("grid", ["{seed: [1, 1]}", "{guest_groups.0.reporting.order: [8, 8]}"])
+def test_a_grid_value_given_twice_is_refused(grid) -> None:
+    from services.sim.spec import SpecError
+
+    with pytest.raises(SpecError, match="given more than once"):
+        load_spec_text(
+            SPEC.replace(
+                "sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}}",
+                f"sweep: {{grid: {grid}}}",
+            )
+        )
+
+
+def test_validate_refuses_a_grid_value_the_sweep_would_refuse(tmp_path, capsys) -> None:
+    from services.sim.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("order: [9, 10]", "order: [8, 12]"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "error: sweep point guest_groups.0.reporting.order=12, seed=3: " in err
+    good = tmp_path / "good.yaml"
+    good.write_text(SPEC)
+    assert main(["validate", str(good)]) == 0
+    assert "2 sweep runs" in capsys.readouterr().out
