@@ -13,6 +13,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .live_metrics import DEFAULT_LINGER_S, LiveMetrics
 from .spec import SpecError, load_spec
@@ -338,6 +339,13 @@ def cmd_run(args) -> int:
     live = None
     if args.metrics or args.speed is not None:
         metrics = None
+        if args.metrics and args.metrics_targets is not None:  # refused before anything runs
+            from .live_metrics import check_targets_path
+
+            try:
+                check_targets_path(Path(args.metrics_targets))
+            except OSError as e:
+                raise OSError(f"metrics targets {args.metrics_targets}: {e}") from None
         if args.metrics:
             metrics = LiveMetrics(
                 targets_path=args.metrics_targets

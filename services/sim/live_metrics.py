@@ -271,9 +271,10 @@ class MetricsHub:
 
 def check_targets_path(path: Path) -> None:
     """The targets file is replaced while the run lasts and removed at its end, so the
-    path must name a folder that exists and either nothing or an earlier targets file (a
-    JSON list of ``{"targets": [...]}`` groups, as a run that was killed leaves): never a
-    link, a folder or some other file. OSError naming what is wrong."""
+    path must name a folder that exists and either nothing or a targets file an earlier
+    run wrote (a JSON list of ``{"targets": [...]}`` groups, the coordinator's first, as
+    a run that was killed leaves): never a link, a folder, a file_sd file of the user's
+    or some other file. OSError naming what is wrong."""
     if not path.parent.is_dir():
         raise OSError(f"its folder {path.parent} does not exist")
     try:
@@ -290,10 +291,12 @@ def check_targets_path(path: Path) -> None:
             isinstance(g, dict) and isinstance(g.get("targets"), list) for g in groups
         ):
             raise ValueError("not a list of target groups")
+        if not groups or groups[0].get("labels") != {"role": "coordinator"}:
+            raise ValueError("not one an overcommit run wrote")
     except (ValueError, UnicodeDecodeError):
         raise OSError(
-            "exists and is not a file_sd targets file; it would be replaced and then "
-            "removed (name a new file)"
+            "exists and is not a targets file an overcommit run wrote (its first group is "
+            "the coordinator's); it would be replaced and then removed (name a new file)"
         ) from None
 
 

@@ -9,11 +9,12 @@ in both are defined in :mod:`services.sim.result_rows`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,55 @@ def replace_file(path: str, write: Callable[[str], object]) -> str:
             os.remove(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def held(path: str, what: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if need be, never through a link)
+    for the ``with`` block: RuntimeError naming ``what`` if another process holds it.
+    Two runs of one spec into one OUT, or two sweeps, would write each other's
+    checkpoints and results (and take a live run's checkpoint for a stopped one).
+    Folders made for the lock alone are removed again if nothing else was written in
+    them (a spec refused before it ran leaves no results folder)."""
+    import fcntl
+
+    made = _missing_dirs(os.path.dirname(path) or ".")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeError(
+                f"{what} is being written by another overcommit process (it holds {path}); "
+                "wait for it to end, or give this one another --out"
+            ) from None
+        yield
+    finally:
+        if made and os.listdir(made[0]) == [os.path.basename(path)]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                for d in made:  # deepest first; stops at the first that is not empty
+                    os.rmdir(d)
+        os.close(fd)
+
+
+def _missing_dirs(directory: str) -> list[str]:
+    """The folders of ``directory`` that do not exist yet, deepest first."""
+    missing = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return missing
+
+
+def lock_path(directory: str) -> str:
+    """The lock file of a run or sweep directory: beside it, hidden."""
+    parent, name = os.path.split(os.path.normpath(directory))
+    return os.path.join(parent, f".{name}.lock")
 
 
 def write_text_file(path: str, text: str) -> str:

@@ -28,7 +28,7 @@ from . import checkpoint
 from .backends import ActorLostError, Backend, backend_for
 from .live_metrics import MAX_SPEED, LiveMetrics, MetricsHub, saved_bytes
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
-from .run_files import RunResult, replace_file, results_dir, write_run
+from .run_files import RunResult, held, lock_path, replace_file, results_dir, write_run
 from .simulation import CHUNKS_PER_CALL, Simulation
 from .spec import ExperimentSpec, baseline_spec
 from .trace_groups import trace_digests
@@ -159,7 +159,26 @@ def run_experiment(  # noqa: PLR0913, PLR0917 - the one entry point's options, a
         if resume.spec.spec_sha256() != spec.spec_sha256():
             raise checkpoint.CheckpointError("the spec given is not the checkpoint's")
         run_dir = resume.run_dir
-    elif os.path.lexists(checkpoint.manifest_path(run_dir)):
+    with held(lock_path(run_dir), run_dir):
+        return _run_locked(spec, run_dir, wall0, shards, address, transport, progress,
+                           backend, live, resume, stop)  # fmt: skip
+
+
+def _run_locked(  # noqa: PLR0913, PLR0917 - run_experiment's options, passed on
+    spec: ExperimentSpec,
+    run_dir: str,
+    wall0: float,
+    shards: int | None,
+    address: str | None,
+    transport: str,
+    progress: bool,
+    backend: Backend | None,
+    live: LiveRun | None,
+    resume: checkpoint.Loaded | None,
+    stop: threading.Event | None,
+) -> RunResult:
+    """run_experiment with the run directory's lock held."""
+    if resume is None and os.path.lexists(checkpoint.manifest_path(run_dir)):
         # a stopped run of this spec: starting again would replace its checkpoint
         raise checkpoint.CheckpointError(
             f"{run_dir} holds the checkpoint of a stopped run of this spec: continue it with "

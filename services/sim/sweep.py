@@ -24,9 +24,9 @@ import yaml
 
 from . import checkpoint
 from .backends import Backend, backend_for
-from .run_files import replace_file, results_dir
+from .run_files import held, lock_path, replace_file, results_dir
 from .runner import run_experiment
-from .spec import ExperimentSpec, SpecError, with_overrides
+from .spec import RESULT_NEUTRAL_FIELDS, ExperimentSpec, SpecError, with_overrides
 
 
 def grid_points(spec: ExperimentSpec) -> list[dict[str, Any]]:
@@ -94,6 +94,23 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
     runs. ``stop``: when set, every running run stops at its next sample boundary
     and checkpoints (:class:`services.sim.runner.RunInterrupted` is raised).
     """
+    sweep_dir = _sweep_dir(spec, out_dir, grid_points(spec))
+    with held(lock_path(sweep_dir), sweep_dir):
+        return _sweep(spec, out_dir, shards, address, transport, progress, backend, resume, stop)
+
+
+def _sweep(  # noqa: PLR0913, PLR0917 - run_sweep's options, passed on
+    spec: ExperimentSpec,
+    out_dir: str,
+    shards: int | None,
+    address: str | None,
+    transport: str,
+    progress: bool,
+    backend: Backend | None,
+    resume: bool,
+    stop: threading.Event | None,
+) -> pd.DataFrame:
+    """run_sweep with the sweep directory's lock held."""
     points = grid_points(spec)
     specs = point_specs(spec, points)  # every point checked before anything runs
     dirs = [results_dir(out_dir, s.name, s.run_id()) for s in specs]
@@ -119,9 +136,9 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
             if summary is not None:
                 reused[i] = True
             else:
-                loaded = checkpoint.load(dirs[i], s) if dirs[i] in stopped else None
+                loaded = _checkpoint_of(dirs[i], s) if dirs[i] in stopped else None
                 result = run_experiment(
-                    s,
+                    s if loaded is None else loaded.spec,
                     out_dir=out_dir,
                     shards=per_run,
                     progress=False,
@@ -144,10 +161,7 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
 
             with ThreadPoolExecutor(at_once) as pool:
                 rows = list(pool.map(one, range(len(points))))
-    digest = hashlib.sha256(
-        json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
-    )
-    sweep_dir = results_dir(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
+    sweep_dir = _sweep_dir(spec, out_dir, points)
     os.makedirs(sweep_dir, exist_ok=True)
     if bar is not None:
         bar.close()
@@ -164,6 +178,13 @@ def run_sweep(  # noqa: PLR0913 - the sweep's options, all optional
     return df
 
 
+def _sweep_dir(spec: ExperimentSpec, out_dir: str, points: list[dict[str, Any]]) -> str:
+    digest = hashlib.sha256(
+        json.dumps(points, sort_keys=True, default=str).encode() + spec.run_id().encode()
+    )
+    return results_dir(out_dir, spec.name, f"sweep-{digest.hexdigest()[:12]}")
+
+
 def finished_summary(run_dir: str, spec: ExperimentSpec) -> dict[str, Any] | None:
     """The summary of a finished run of exactly ``spec`` in ``run_dir``; None when the
     directory holds no finished run, a stopped one (its checkpoint), a run of another
@@ -177,10 +198,30 @@ def finished_summary(run_dir: str, spec: ExperimentSpec) -> dict[str, Any] | Non
             summary = json.load(f)
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    same = _canonical(written) == _canonical(spec.resolved_dict())
+    same = _canonical(_results_part(written)) == _canonical(_results_part(spec.resolved_dict()))
     if not same or not isinstance(summary, dict) or not isinstance(summary.get("cluster"), dict):
         return None
     return summary
+
+
+def _checkpoint_of(run_dir: str, spec: ExperimentSpec) -> checkpoint.Loaded:
+    """A stopped run's checkpoint, with its own spec: it may differ from the grid point's
+    in result-neutral fields (checkpoint_interval), never in its run id."""
+    loaded = checkpoint.load(run_dir, None)
+    if loaded.spec.run_id() != spec.run_id():
+        raise checkpoint.CheckpointError(
+            f"{run_dir}: the checkpoint is of run {loaded.spec.run_id()}, not of this grid "
+            f"point's run {spec.run_id()}"
+        )
+    return loaded
+
+
+def _results_part(spec_dict: Any) -> Any:
+    """A resolved spec without the fields that never change a result (checkpoint_interval):
+    a run made with another value of them is the same run."""
+    if not isinstance(spec_dict, dict):
+        return spec_dict
+    return {k: v for k, v in spec_dict.items() if k not in RESULT_NEUTRAL_FIELDS}
 
 
 def _canonical(value: Any) -> str:

@@ -64,7 +64,8 @@ def test_serve_exports_each_experiment_while_it_lives(tmp_path):
         (["--metrics", "--metrics-port", "70000"], "metrics port=70000"),
         (["--metrics", "--metrics-targets", "/proc/none/t.json"], "metrics targets /proc/none"),
         (["--metrics", "--metrics-targets", "{elsewhere}/new/t.json"], "does not exist"),
-        (["--metrics", "--metrics-targets", "{elsewhere}/notes.txt"], "not a file_sd"),
+        (["--metrics", "--metrics-targets", "{elsewhere}/notes.txt"], "not a targets file"),
+        (["--metrics", "--metrics-targets", "{elsewhere}/mine.json"], "not a targets file"),
         (["--metrics", "--metrics-targets", "{elsewhere}/link.json"], "not a regular file"),
         (["--metrics", "--metrics-targets", "{elsewhere}"], "not a regular file"),
     ],
@@ -76,6 +77,7 @@ def test_bad_metrics_flags_are_refused_before_anything_runs(
     a folder that does not exist, and an existing file that is not one is left alone."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     (elsewhere / "notes.txt").write_text("keep me\n")
+    (elsewhere / "mine.json").write_text('[{"targets": ["db:9100"], "labels": {}}]\n')
     (elsewhere / "link.json").symlink_to(elsewhere / "notes.txt")
     flags = [f.replace("{elsewhere}", str(elsewhere)) for f in flags]
     argv = ["run", str(SPEC), "--transport", "inprocess", "--out", str(tmp_path), "--no-progress"]
@@ -83,7 +85,7 @@ def test_bad_metrics_flags_are_refused_before_anything_runs(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no run directory, no targets file
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["link.json", "notes.txt"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["link.json", "mine.json", "notes.txt"]
     assert (elsewhere / "notes.txt").read_text() == "keep me\n"
 
 

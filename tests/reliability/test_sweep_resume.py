@@ -153,3 +153,45 @@ def test_validate_refuses_a_grid_value_the_sweep_would_refuse(tmp_path, capsys) 
     good.write_text(SPEC)
     assert main(["validate", str(good)]) == 0
     assert "2 sweep runs" in capsys.readouterr().out
+
+
+def test_a_run_or_sweep_another_process_is_writing_is_refused(tmp_path) -> None:
+    """Two sweeps (or runs) of one spec into one OUT wrote each other's checkpoints, and
+    the second took the first's live checkpoint for a stopped run. The one that comes
+    second is now refused before it writes anything (the lock is held here as another
+    process would hold it)."""
+    from services.sim.run_files import held, lock_path
+    from services.sim.runner import run_experiment
+    from services.sim.sweep import _sweep_dir
+
+    spec = load_spec_text(SPEC)
+    sweep_dir = _sweep_dir(spec, str(tmp_path), grid_points(spec))
+    refused = pytest.raises(RuntimeError, match="another overcommit process")
+    with held(lock_path(sweep_dir), sweep_dir), refused:
+        run_sweep(spec, out_dir=str(tmp_path), transport="inprocess", resume=True)
+    first, _ = _dirs(spec, tmp_path)
+    point = with_overrides(spec, {**grid_points(spec)[0], "sweep": None})
+    refused = pytest.raises(RuntimeError, match="another overcommit process")
+    with held(lock_path(first), first), refused:
+        run_experiment(point, out_dir=str(tmp_path), transport="inprocess")
+    assert not os.path.exists(first)  # nothing was written
+    run_sweep(spec, out_dir=str(tmp_path), transport="inprocess")  # once let go: it runs
+
+
+def test_resume_ignores_a_changed_checkpoint_interval(tmp_path) -> None:
+    """checkpoint_interval never changes a result (it is not in the run id): a finished
+    run is read back and a stopped one resumes though the sweep now checkpoints less
+    often (both used to be refused or made again)."""
+    spec = load_spec_text(SPEC)
+    reference = run_sweep(spec, out_dir=str(tmp_path / "ref"), transport="inprocess")
+    out = tmp_path / "out"
+    first, _ = _dirs(spec, out)
+    with pytest.raises(RunInterrupted):
+        run_sweep(
+            spec, out_dir=str(out), transport="inprocess",
+            stop=StopInSecondRun(os.path.join(first, "summary.json")),
+        )  # fmt: skip
+    rarer = load_spec_text(SPEC.replace("checkpoint_interval: 1s", "checkpoint_interval: 3s"))
+    resumed = run_sweep(rarer, out_dir=str(out), transport="inprocess", resume=True)
+    assert resumed.attrs["reused"] == 1
+    pd.testing.assert_frame_equal(_table(resumed), _table(reference))
