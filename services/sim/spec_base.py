@@ -101,15 +101,21 @@ class SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# Numbers as YAML 1.2 (and JSON) read them, not YAML 1.1: 2e6 and 1.5e6 are numbers
-# (1.1: strings), 010 is ten (1.1: octal eight), 1:00 is a string (1.1: sixty), and
-# only 0x / 0o prefixes change the base. A count must mean what it looks like.
+# Numbers and booleans as YAML 1.2 (and JSON) read them, not YAML 1.1: 2e6 and 1.5e6
+# are numbers (1.1: strings), 010 is ten (1.1: octal eight), 1:00 is a string (1.1:
+# sixty), only 0x / 0o prefixes change the base, and only true / false are booleans
+# (1.1: yes, no, on, off too, so `name: NO` was false). A value must mean what it
+# looks like.
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
 SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+SpecLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 SpecLoader.add_implicit_resolver(
     _INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
 )

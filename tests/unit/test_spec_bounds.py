@@ -214,6 +214,8 @@ def test_a_spec_file_that_is_not_utf8_is_named(tmp_path):
         ("count: 4.5", "guest_groups.0.count"),
         ("reporting: {order: true}", "guest_groups.0.reporting.order"),
         ("reporting: {enabled: 'yes'}", "guest_groups.0.reporting.enabled"),
+        ("reporting: {enabled: yes}", "guest_groups.0.reporting.enabled"),
+        ("reporting: {enabled: on}", "guest_groups.0.reporting.enabled"),
         ("reporting: {enabled: 1}", "guest_groups.0.reporting.enabled"),
     ],
 )
@@ -242,6 +244,10 @@ def test_integers_read_as_yaml_1_2_reads_them(written, count) -> None:
     """YAML 1.1 read count: 010 as eight (octal) and 1:00 as sixty (base 60)."""
     spec = load_spec_text(BASE.replace("count: 2", f"count: {written}"))
     assert spec.guest_groups[0].count == count
+
+
+def test_a_name_yaml_1_1_would_read_as_false_is_a_name() -> None:
+    assert load_spec_text(BASE.replace("name: ok", "name: NO")).name == "NO"
 
 
 def test_a_base_60_number_is_refused_as_a_count() -> None:
