@@ -55,6 +55,7 @@ DEFAULT_LINGER_S = 30.0
 MAX_LINGER_S = 24 * 3600.0
 MAX_TARGETS_FILE_BYTES = 1 << 20  # an earlier targets file this run may replace
 MAX_SPEED = 1e6  # simulated seconds per wall second
+MIN_SPEED = 1e-6  # slower: a sample interval would wait longer than a clock can count
 
 
 @dataclass(frozen=True)

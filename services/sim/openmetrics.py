@@ -11,7 +11,6 @@ same dashboards as a live one.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from .result_rows import (
     exported_columns,
     metric_samples,
 )
-from .run_files import replace_file
+from .run_files import load_run, replace_file
 
 MAX_START = 4102444800.0  # 2100-01-01: a start beyond it is a mistake, not a run
 
@@ -142,27 +141,32 @@ def export_openmetrics(run_dir: str, out: str | None = None, start: float | None
     for name in ("timeseries.parquet", "summary.json", "metadata.json", "spec.resolved.yaml"):
         if not (root / name).is_file():
             raise FileNotFoundError(f"run_dir: no {name} in {run_dir} (not a finished run)")
-    metadata = json.loads((root / "metadata.json").read_text(encoding="utf-8"))
-    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
-    spec = yaml.safe_load((root / "spec.resolved.yaml").read_text(encoding="utf-8"))
+    path = Path(out) if out else root / "metrics.om"
+    if path.is_dir() or not path.parent.is_dir():
+        raise ValueError(
+            f"out={str(path)!r}: "
+            + ("is a folder; name a file" if path.is_dir() else "its folder does not exist")
+        )
+    run = load_run(run_dir)  # each file that is not what a run writes is named
+    metadata, summary, ts = run.metadata, run.summary, run.timeseries
+    try:
+        spec = yaml.safe_load((root / "spec.resolved.yaml").read_text(encoding="utf-8"))
+        name, run_id, cluster = str(summary["name"]), str(summary["run_id"]), summary["cluster"]
+        physical, guest = int(cluster["physical_bytes"]), int(cluster["guest_bytes"])
+        epoch = int(spec["epoch"])
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(
+            f"{run_dir}: summary.json or spec.resolved.yaml is not a finished run's "
+            f"({type(e).__name__}: {e})"
+        ) from None
     if start is None:
         start = float(metadata.get("started_unix", 0.0))
     if not (math.isfinite(start) and 0 <= start <= MAX_START):
         raise ValueError(f"start={start}: must be unix seconds between 0 and {MAX_START:.0f}")
-    ts = pd.read_parquet(root / "timeseries.parquet")
-    base = {"experiment": str(summary["name"]), "run_id": str(summary["run_id"])}
+    base = {"experiment": name, "run_id": run_id}
     fams = _Families()
     _entity_series(fams, ts, base, start)
-    cluster = summary["cluster"]
-    _coordinator_series(
-        fams,
-        ts,
-        base,
-        start,
-        int(cluster["physical_bytes"]),
-        int(cluster["guest_bytes"]),
-        int(spec["epoch"]),
-    )
+    _coordinator_series(fams, ts, base, start, physical, guest, epoch)
     versions = metadata.get("versions", {})
     info = {
         "version": str(versions.get("overcommit-sim") or ""),
@@ -170,7 +174,6 @@ def export_openmetrics(run_dir: str, out: str | None = None, start: float | None
         **{pkg: str(versions.get(pkg) or "") for pkg in ("numpy", "numba", "ray", "grpcio")},
     }
     fams.add(f"{METRIC_PREFIX}_build_info", info, np.array([start]), np.array([1.0]))
-    path = Path(out) if out else root / "metrics.om"
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

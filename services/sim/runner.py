@@ -26,7 +26,7 @@ from services.units import NS_PER_S
 
 from . import checkpoint
 from .backends import ActorLostError, Backend, backend_for
-from .live_metrics import MAX_SPEED, LiveMetrics, MetricsHub, saved_bytes
+from .live_metrics import MAX_SPEED, MIN_SPEED, LiveMetrics, MetricsHub, saved_bytes
 from .result_rows import VARIANT_RUN, summarize, timeseries_frame
 from .run_files import RunResult, held, lock_path, replace_file, results_dir, write_run
 from .simulation import CHUNKS_PER_CALL, Simulation
@@ -105,9 +105,10 @@ class LiveRun:
     on_metrics: Callable[[MetricsHub], None] | None = None
 
     def __post_init__(self) -> None:
-        if self.speed is not None and not 0 < self.speed <= MAX_SPEED:
+        if self.speed is not None and not MIN_SPEED <= self.speed <= MAX_SPEED:
             raise ValueError(
-                f"speed={self.speed}: must be > 0 and <= {MAX_SPEED:g} simulated s per wall s"
+                f"speed={self.speed}: must be >= {MIN_SPEED:g} and <= {MAX_SPEED:g} simulated "
+                "s per wall s"
             )
 
 

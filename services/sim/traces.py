@@ -135,6 +135,8 @@ class UsageTrace:
 
 
 def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise TraceError(path, "is a folder; this format reads one file (name it)")
     if not path.is_file():
         raise TraceError(path, "no such file")
     size = path.stat().st_size

@@ -57,7 +57,8 @@ def test_serve_exports_each_experiment_while_it_lives(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--speed", "0"], "speed=0.0: must be > 0"),
+        (["--speed", "0"], "speed=0.0: must be >= 1e-06"),
+        (["--speed", "1e-300"], "speed=1e-300: must be >= 1e-06"),
         (["--speed", "nan"], "speed=nan"),
         (["--metrics", "--metrics-linger", "-1"], "metrics linger=-1.0"),
         (["--metrics", "--metrics-top-guests", "5000"], "top_guests=5000"),

@@ -108,3 +108,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize(
+    ("summary", "needle"),
+    [("{}", "not a finished run's (KeyError"), ("not json", "summary.json: not a run's JSON")],
+)
+def test_export_of_a_tampered_run_names_the_file_and_writes_nothing(tmp_path, summary, needle):
+    spec = load_spec_text(SPEC)
+    result = run_experiment(spec, out_dir=str(tmp_path / "out"), transport="inprocess")
+    run_dir = Path(result.run_dir)
+    (run_dir / "summary.json").write_text(summary)
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        export_openmetrics(str(run_dir))
+    assert not (run_dir / "metrics.om").exists()
+    with pytest.raises(ValueError, match="is a folder"):
+        export_openmetrics(str(run_dir), str(tmp_path))
+    with pytest.raises(ValueError, match="its folder does not exist"):
+        export_openmetrics(str(run_dir), str(tmp_path / "no" / "x.om"))
