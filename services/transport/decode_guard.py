@@ -41,6 +41,17 @@ def _refuse(request: _Unparsed, context: grpc.ServicerContext) -> None:
     abort(context, invalid_argument("request", "<bytes>", request.reason))
 
 
+def _refusing(inner: Callable[[Any, grpc.ServicerContext], Any]):
+    """A one-request handler that refuses an unparsed request, else calls ``inner``."""
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Unparsed):
+            _refuse(request, context)
+        return inner(request, context)
+
+    return handle
+
+
 def _checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
     for request in requests:
         if isinstance(request, _Unparsed):
@@ -58,23 +69,9 @@ class DecodeGuard(grpc.ServerInterceptor):
         parse = _safe(handler.request_deserializer)
         out = handler.response_serializer
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            def unary_unary(request, context):
-                if isinstance(request, _Unparsed):
-                    _refuse(request, context)
-                return inner_uu(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, parse, out)
+            return grpc.unary_unary_rpc_method_handler(_refusing(handler.unary_unary), parse, out)
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            def unary_stream(request, context):
-                if isinstance(request, _Unparsed):
-                    _refuse(request, context)
-                return inner_us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
+            return grpc.unary_stream_rpc_method_handler(_refusing(handler.unary_stream), parse, out)
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
             return grpc.stream_unary_rpc_method_handler(

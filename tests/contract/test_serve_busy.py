@@ -99,6 +99,14 @@ def test_cancel_answers_while_a_call_holds_the_experiment(served) -> None:
         assert err.value.code() == CODE.FAILED_PRECONDITION
 
 
+def _guests_of_a_new_experiment(server, manager) -> tuple:
+    """(experiment id, its GuestService router, its in-process guest shards)."""
+    with connect_experiments(server.address, timeout_s=10) as client:
+        exp_id, _ = client.create(SPEC)
+    router = manager.guest_router(exp_id)
+    return exp_id, router, manager._get(exp_id).sim.session.driver.shards
+
+
 def test_guest_calls_waiting_for_a_busy_shard_are_bounded(served) -> None:
     """GuestService calls on one experiment's guests wait for their shard between epochs;
     at most MAX_GUEST_CALLS_PER_EXPERIMENT do at once, and one more is refused at once,
@@ -109,10 +117,7 @@ def test_guest_calls_waiting_for_a_busy_shard_are_bounded(served) -> None:
     from services.sim.guest_proxy import MAX_GUEST_CALLS_PER_EXPERIMENT as GUEST_LIMIT
 
     server, manager = served
-    with connect_experiments(server.address, timeout_s=10) as client:
-        exp_id, _ = client.create(SPEC)
-    router = manager.guest_router(exp_id)
-    shards = manager._get(exp_id).sim.session.driver.shards
+    exp_id, router, shards = _guests_of_a_new_experiment(server, manager)
     request = guest_pb2.GetGuestStateRequest(experiment_id=exp_id, guest_id=0)
     with connect_guest(server.address, experiment_id=exp_id, timeout_s=10) as guests:
         for shard in shards:
@@ -143,10 +148,7 @@ def test_a_guest_call_that_cannot_get_its_shard_before_its_deadline_does_nothing
     from services.guest.guest_service import AllocOp, connect_guest, encode_ops
 
     server, manager = served
-    with connect_experiments(server.address, timeout_s=10) as client:
-        exp_id, _ = client.create(SPEC)
-    router = manager.guest_router(exp_id)
-    shards = manager._get(exp_id).sim.session.driver.shards
+    exp_id, router, shards = _guests_of_a_new_experiment(server, manager)
     state = guest_pb2.GetGuestStateRequest(experiment_id=exp_id, guest_id=0)
     alloc = guest_pb2.ApplyOpsRequest(
         experiment_id=exp_id, guest_id=0, ops=encode_ops([AllocOp(0, 1, 8)])

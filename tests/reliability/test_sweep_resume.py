@@ -16,26 +16,14 @@ from services.sim.run_files import results_dir
 from services.sim.runner import RunInterrupted
 from services.sim.spec import load_spec_text, with_overrides
 from services.sim.sweep import grid_points, run_sweep
+from tests.integration.test_cli import TINY
 
-SPEC = """
-name: sweepy
-seed: 3
-duration: 6s
-checkpoint_interval: 1s
-hosts: [{name: h, memory: 512MiB, reserve: 32MiB, swap: {capacity: 1GiB}}]
-guest_groups:
-  - name: g
-    count: 2
-    memory: 256MiB
-    workload:
-      kind: memhog
-      phases:
-        - {action: grow, target: 0.8, rate: 512MiB, duration: 2s}
-        - {action: touch, rate: 64MiB, duration: 2s}
-        - {action: free, target: 0.05, duration: 1s}
-        - {action: idle, duration: 1s}
-sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}}
-"""
+SPEC = (
+    TINY.replace("duration: 12s", "duration: 6s\ncheckpoint_interval: 1s")
+    .replace("{action: idle, duration: 7s}", "{action: idle, duration: 1s}")
+    .replace("compare: [reporting_off]\n", "")
+    + "sweep: {grid: {guest_groups.0.reporting.order: [9, 10]}}\n"
+)
 
 
 class StopInSecondRun(threading.Event):
