@@ -268,7 +268,7 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
         progress = -cmp["slowdown"]
         out += [
             (
-                f"memory saved vs {name}: mean / peak demand off - peak backed on",
+                f"memory saved vs {name}: mean / peak (demand off - backed on)",
                 f"{format_bytes(cmp['memory_saved_mean_bytes'])} / {format_bytes(cmp['memory_saved_peak_bytes'])}",
             ),
             (f"swap-out avoided vs {name}", format_bytes(cmp["swap_out_avoided_bytes"])),
