@@ -72,15 +72,16 @@ class _ReadBudget:
         self.left = MAX_TOTAL_TRACE_BYTES
 
     def take(self, files: list[Path], field: str) -> None:
-        size = trace_file_bytes(files)
+        size = trace_file_bytes(files, cap=self.left)
         if size > self.left:
             raise SpecError(
                 [
                     (
                         field,
-                        f"{len(files)} trace file(s) of {size} bytes; the spec's trace files "
-                        f"may hold {MAX_TOTAL_TRACE_BYTES} bytes in all (4 GiB), and "
-                        f"{self.left} are left",
+                        f"{len(files)} trace file(s) of more than {self.left} bytes (a .gz "
+                        f"file counted decompressed); the spec's trace files may hold "
+                        f"{MAX_TOTAL_TRACE_BYTES} bytes in all (4 GiB), and {self.left} are "
+                        "left",
                     )
                 ]
             )

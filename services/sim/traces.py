@@ -654,14 +654,41 @@ def trace_files(path: str | Path, pattern: str = "*.csv") -> list[Path]:
     return files
 
 
-def trace_file_bytes(files: list[Path]) -> int:
-    """The bytes of ``files`` on disk (each checked as :func:`trace_files` and the loaders
-    do), summed before any is read so that a spec's total can be bounded first."""
+def trace_file_bytes(files: list[Path], cap: int | None = None) -> int:
+    """The bytes ``files`` hold, summed before any is read so that a spec's total can be
+    bounded first: a file's size on disk, or a ``.gz`` file's size once decompressed
+    (counted as it streams, never held; a small gzip can expand a thousandfold). Each
+    file is checked as the loaders do. Counting stops once the sum passes ``cap``."""
     total = 0
     for f in files:
         _check_file(f)
-        total += f.stat().st_size
+        if f.suffix == ".gz":
+            left = MAX_TRACE_FILE_BYTES if cap is None else min(MAX_TRACE_FILE_BYTES, cap - total)
+            total += _gzip_size(f, left)
+        else:
+            total += f.stat().st_size
+        if cap is not None and total > cap:
+            break
     return total
+
+
+def _gzip_size(path: Path, cap: int) -> int:
+    """A gzip file's decompressed size, counted in chunks; stops once it passes ``cap``
+    (TraceError if that passes the one-file bound). TraceError if it is not gzip."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_TRACE_FILE_BYTES:
+                    raise TraceError(
+                        path, f"more than {MAX_TRACE_FILE_BYTES} bytes once decompressed"
+                    )
+                if size > cap:
+                    break
+    except (OSError, EOFError) as e:  # not gzip, or truncated
+        raise TraceError(path, f"cannot be read: {str(e).splitlines()[0]}") from None
+    return size
 
 
 def load_bitbrains_dir(path: str | Path, limit: int | None = None) -> list[UsageTrace]:

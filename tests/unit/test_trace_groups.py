@@ -275,6 +275,13 @@ def test_a_gzip_trace_that_expands_past_the_file_bound_is_refused(tmp_path, monk
     (tmp_path / "g.yaml").write_text(spec_text)
     spec = load_spec(str(tmp_path / "g.yaml"))
     assert len(group_traces(spec)[0]) == 100  # under the bound: read as before
+    from services.sim import trace_groups
+
+    # the spec's total counts a .gz decompressed: its compressed size would pass
+    monkeypatch.setattr(trace_groups, "MAX_TOTAL_TRACE_BYTES", len(text) - 1)
+    with pytest.raises(SpecError, match=r"workload\.path.*\.gz file counted decompressed"):
+        group_traces(spec)
+    monkeypatch.setattr(trace_groups, "MAX_TOTAL_TRACE_BYTES", 4 << 30)
     monkeypatch.setattr(traces, "MAX_TRACE_FILE_BYTES", len(text) - 1)
     with pytest.raises(SpecError, match=r"workload\.path.*decompressed"):
         group_traces(spec)
