@@ -78,11 +78,13 @@ def held(path: str, what: str) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # another process holds it
             raise RuntimeError(
                 f"{what} is being written by another overcommit process (it holds {path}); "
                 "wait for it to end, or give this one another --out"
             ) from None
+        except OSError:  # a file system without locks (some NFS): written unlocked
+            pass
         yield
     finally:
         if made and os.listdir(made[0]) == [os.path.basename(path)]:
