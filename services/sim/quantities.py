@@ -99,3 +99,12 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} TiB"
+
+
+def format_duration(ns: float) -> str:
+    """Human-readable duration in a unit a spec accepts, e.g. ``1 ms``, ``720 h``."""
+    for unit, size in (("h", 3600 * 10**9), ("min", 60 * 10**9), ("s", 10**9),
+                       ("ms", 10**6), ("us", 10**3)):  # fmt: skip
+        if abs(ns) >= size:
+            return f"{ns / size:g} {unit}"
+    return f"{ns:g} ns"

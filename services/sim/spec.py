@@ -37,7 +37,7 @@ from services.host.core.config import ZSWAP_LZ4_RATIO
 from services.host.core.costs import CostModel
 from services.units import NS_PER_S
 
-from .quantities import parse_duration_ns, parse_size_bytes
+from .quantities import format_bytes, format_duration
 from .spec_base import (
     DEFAULT_SYNC_CAP_NS,
     MAX_BLOCK_BYTES,
@@ -61,8 +61,11 @@ from .spec_base import (
     SpecError,
     SpecLoader,
     _dur,
+    _dur_or_none,
     _Model,
     _size,
+    _size_or_none,
+    quantity_kind,
 )
 from .spec_faults import FaultsSpec
 from .spec_overrides import apply_override, set_path
@@ -295,12 +298,8 @@ class GuestGroup(_Model):
     )
     workload: Workload = Field(default_factory=IdleWorkload, description="What the guests do.")
 
-    _sizes = field_validator("memory", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
-    )
-    _lowmem_size = field_validator("lowmem", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
-    )
+    _sizes = field_validator("memory", mode="before")(_size_or_none)
+    _lowmem_size = field_validator("lowmem", mode="before")(_size_or_none)
 
     @field_validator("memory")
     @classmethod
@@ -488,10 +487,7 @@ class ExperimentSpec(_Model):
             )
         return v
 
-    @field_validator("sync_interval", mode="before")
-    @classmethod
-    def _sync_dur(cls, v: Any, info) -> int | None:
-        return None if v is None else parse_duration_ns(v, info.field_name)
+    _sync_dur = field_validator("sync_interval", mode="before")(_dur_or_none)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
@@ -647,7 +643,26 @@ def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError([(_error_path(x), x["msg"]) for x in e.errors()]) from None
+        raise SpecError([(_error_path(x), _with_units(x)) for x in e.errors()]) from None
+
+
+_BOUND_ERRORS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt",
+                 "less_than_equal": "le"}  # fmt: skip
+
+
+def _with_units(err: dict[str, Any]) -> str:
+    """pydantic's message, and for a bound on a duration or a size, the bound in units:
+    ``... greater than or equal to 1000000 (1 ms)``."""
+    msg = str(err["msg"])
+    bound = (err.get("ctx") or {}).get(_BOUND_ERRORS.get(err["type"], ""))
+    if not isinstance(bound, int | float) or isinstance(bound, bool):
+        return msg
+    kind = quantity_kind(ExperimentSpec, err["loc"])
+    if kind == "duration":
+        return f"{msg} ({format_duration(bound)})"
+    if kind == "size":
+        return f"{msg} ({format_bytes(bound)})"
+    return msg
 
 
 def load_spec_text(

@@ -13,14 +13,16 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from services.guest.core.constants import MAX_ORDER
 
-from .quantities import parse_duration_ns, parse_size_bytes
+from .quantities import parse_duration_ns
 from .spec_base import (
     MAX_DURATION_NS,
     MAX_GUEST_MEMORY_BYTES,
     MAX_HOST_MEMORY_BYTES,
     MAX_PHASES,
     _dur,
+    _dur_or_none,
     _Model,
+    _size_or_none,
 )
 
 
@@ -50,12 +52,8 @@ class Phase(_Model):
         description="grow/free/touch: bytes per simulated second (default: as fast as possible within one epoch).",
     )
 
-    _durs = field_validator("duration", mode="before")(
-        lambda v, info: None if v is None else parse_duration_ns(v, info.field_name)
-    )
-    _sizes = field_validator("rate", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
-    )
+    _durs = field_validator("duration", mode="before")(_dur_or_none)
+    _sizes = field_validator("rate", mode="before")(_size_or_none)
 
     @model_validator(mode="after")
     def _check(self) -> Phase:
@@ -210,9 +208,7 @@ class PageCacheWorkload(_Model):
         description="Times after the start to echo 1 > /proc/sys/vm/drop_caches.",
     )
 
-    _sizes = field_validator("file_size", "read_rate", "hit_rate", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
-    )
+    _sizes = field_validator("file_size", "read_rate", "hit_rate", mode="before")(_size_or_none)
     _durs = field_validator("start", mode="before")(_dur)
 
     @field_validator("drop_caches_at", mode="before")
@@ -294,9 +290,9 @@ class WillItScaleWorkload(_Model):
 
     _durs = field_validator(
         "fault_cost", "thp_fault_cost", "cow_fault_cost", "unmap_cost", mode="before"
-    )(lambda v, info: None if v is None else parse_duration_ns(v, info.field_name))
+    )(_dur_or_none)
     _sizes = field_validator("region", "zero_rate", "copy_rate", "memory_bandwidth", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+        _size_or_none
     )
 
     @model_validator(mode="after")
@@ -421,7 +417,7 @@ class TraceWorkload(_Model):
         return float(v)
 
     _sizes = field_validator("machine_memory", "grow_rate", "free_rate", mode="before")(
-        lambda v, info: None if v is None else parse_size_bytes(v, info.field_name)
+        _size_or_none
     )
 
     @field_validator("path", "meta_path")
@@ -490,9 +486,7 @@ class ScriptStep(_Model):
         False, description="Run in the background: the next step starts without waiting."
     )
 
-    _durs = field_validator("at", "after", "duration", mode="before")(
-        lambda v, info: None if v is None else parse_duration_ns(v, info.field_name)
-    )
+    _durs = field_validator("at", "after", "duration", mode="before")(_dur_or_none)
 
     @model_validator(mode="after")
     def _check(self) -> ScriptStep:

@@ -252,3 +252,25 @@ def test_a_name_yaml_1_1_would_read_as_false_is_a_name() -> None:
 
 def test_a_base_60_number_is_refused_as_a_count() -> None:
     assert "guest_groups.0.count" in [p for p, _ in errors(BASE.replace("count: 2", "count: 1:00"))]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "shown"),
+    [
+        ("epoch: 1us", "epoch", "(1 ms)"),
+        ("duration: 100000h", "duration", "(720 h)"),
+        ("hosts: [{name: h, count: 1, memory: 1PiB}]", "hosts.0.memory", "(64.00 TiB)"),
+    ],
+)
+def test_a_bound_on_a_duration_or_a_size_is_shown_in_units(change, field, shown) -> None:
+    """pydantic states bounds in nanoseconds and bytes (1000000 for 1 ms)."""
+    key = change.split(":")[0]
+    text = "\n".join(change if line.startswith(f"{key}:") else line for line in BASE.splitlines())
+    text += "" if f"\n{key}:" in BASE else f"\n{change}\n"
+    messages = dict(errors(text))
+    assert messages[field].endswith(shown), messages
+
+
+def test_a_bound_on_a_count_is_shown_as_it_is() -> None:
+    messages = dict(errors(BASE.replace("count: 2", "count: 100001")))
+    assert messages["guest_groups.0.count"].endswith("100000"), messages
