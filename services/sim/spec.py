@@ -502,7 +502,8 @@ class ExperimentSpec(_Model):
             )
         if self.sample_interval < self.epoch or self.sample_interval % self.epoch:
             raise ValueError(
-                f"sample_interval ({self.sample_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
+                f"sample_interval ({format_duration(self.sample_interval)}) must be a whole "
+                f"multiple of epoch ({format_duration(self.epoch)})"
             )
         if self.sync_interval is None:  # resolved here, so run ids and resolved specs carry it
             object.__setattr__(
@@ -510,12 +511,13 @@ class ExperimentSpec(_Model):
             )
         elif self.sync_interval <= 0 or self.sync_interval % self.epoch:
             raise ValueError(
-                f"sync_interval ({self.sync_interval} ns) must be a whole multiple of epoch ({self.epoch} ns)"
+                f"sync_interval ({format_duration(self.sync_interval)}) must be a whole multiple "
+                f"of epoch ({format_duration(self.epoch)})"
             )
         elif self.sample_interval % self.sync_interval:
             raise ValueError(
-                f"sync_interval ({self.sync_interval} ns) must divide sample_interval "
-                f"({self.sample_interval} ns)"
+                f"sync_interval ({format_duration(self.sync_interval)}) must divide "
+                f"sample_interval ({format_duration(self.sample_interval)})"
             )
         self._check_bounds()
         nr_hosts = sum(h.count for h in self.hosts)
@@ -526,7 +528,8 @@ class ExperimentSpec(_Model):
                 )
             if kill.at >= self.duration:
                 raise ValueError(
-                    f"faults.kill.{i}.at ({kill.at} ns) must be before the end ({self.duration} ns)"
+                    f"faults.kill.{i}.at ({format_duration(kill.at)}) must be before the end "
+                    f"({format_duration(self.duration)})"
                 )
         names = [h.name for h in self.hosts] + [g.name for g in self.guest_groups]
         dup = {n for n in names if names.count(n) > 1}

@@ -130,8 +130,8 @@ def test_sync_interval_defaults_to_the_largest_multiple_of_epoch_up_to_1s_dividi
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ("sync_interval: 70ms\n", "sync_interval (70000000 ns) must be a whole multiple of epoch"),
-        ("sync_interval: 300ms\n", "sync_interval (300000000 ns) must divide sample_interval"),
+        ("sync_interval: 70ms\n", "sync_interval (70 ms) must be a whole multiple of epoch"),
+        ("sync_interval: 300ms\n", "sync_interval (300 ms) must divide sample_interval"),
         ("sync_pressure_fraction: 1.5\n", "sync_pressure_fraction"),
     ],
 )
