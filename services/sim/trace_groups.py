@@ -30,15 +30,14 @@ from .spec import (
     SpecError,
 )
 from .spec_workloads import TraceWorkload
+from .trace_files import MAX_TOTAL_TRACE_BYTES, trace_file_bytes
 from .traces import (
-    MAX_TOTAL_TRACE_BYTES,
     TraceError,
     UsageTrace,
     load_alibaba2018,
     load_bitbrains,
     load_google2019,
     synthetic,
-    trace_file_bytes,
     trace_files,
 )
 

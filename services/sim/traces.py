@@ -24,14 +24,23 @@ Parsing uses pandas' C parser and pyarrow, never a Python loop per line.
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .trace_files import (
+    MAX_TOTAL_TRACE_BYTES,
+    MAX_TRACE_FILE_BYTES,
+    MAX_TRACE_FILES,
+    TraceError,
+    check_file,
+    gunzipped,
+    trace_file_bytes,
+    trace_files,
+)
 
 FORMATS = ("bitbrains", "google2019", "alibaba2018")
 SHAPES = ("diurnal", "bursty", "step", "high_water_idle")
@@ -92,23 +101,6 @@ ALIBABA_CONTAINER_META_COLUMNS = (
     "mem_size",
 )
 
-MAX_TRACE_FILES = 100_000  # files one directory may hold (a spec bounds guests separately)
-MAX_TRACE_FILE_BYTES = 1 << 30  # one trace file
-MAX_TOTAL_TRACE_BYTES = 4 << 30  # every trace file one spec reads, summed before any is read
-
-
-class TraceError(ValueError):
-    """A trace file that cannot be used: names the file, and the line and column if known."""
-
-    def __init__(self, path: str | Path, message: str, line: int | None = None, column=None):
-        where = str(path)
-        if line is not None:
-            where += f":{line}"
-        if column is not None:
-            where += f": column {column!r}"
-        super().__init__(f"{where}: {message}")
-        self.path, self.line, self.column = str(path), line, column
-
 
 @dataclass(frozen=True, eq=False)
 class UsageTrace:
@@ -132,18 +124,6 @@ class UsageTrace:
 
 
 # ---------------------------------------------------------------- shared checks
-
-
-def _check_file(path: Path) -> None:
-    if path.is_dir():
-        raise TraceError(path, "is a folder; this format reads one file (name it)")
-    if not path.is_file():
-        raise TraceError(path, "no such file")
-    size = path.stat().st_size
-    if size == 0:
-        raise TraceError(path, "empty file")
-    if size > MAX_TRACE_FILE_BYTES:
-        raise TraceError(path, f"{size} bytes, more than the limit of {MAX_TRACE_FILE_BYTES}")
 
 
 LineOf = int | Callable[[int], int]  # the file line of data row i: first line + i, or a map
@@ -254,7 +234,7 @@ def load_bitbrains(path: str | Path) -> UsageTrace:
     """One GWA-T-12 VM file (fastStorage / Rnd layout)."""
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     with path.open("rb") as f:
         header_line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
     names = [h.strip() for h in header_line.split(";")]
@@ -348,19 +328,6 @@ def _check_fractions(path: Path, df, usage_col: str, line_of) -> None:
             raise TraceError(path, f"normalised memory {value:g} above 1", line_of(row), name)
 
 
-def _gunzipped(path: Path) -> io.BytesIO:
-    """A .gz trace decompressed in memory, refused once it passes MAX_TRACE_FILE_BYTES (a
-    small file can expand a thousandfold); OSError or EOFError if it is not gzip."""
-    out = io.BytesIO()
-    with gzip.open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if out.tell() + len(chunk) > MAX_TRACE_FILE_BYTES:
-                raise TraceError(path, f"more than {MAX_TRACE_FILE_BYTES} bytes once decompressed")
-            out.write(chunk)
-    out.seek(0)
-    return out
-
-
 def load_google2019(
     path: str | Path, machine_bytes: int, statistic: str = "average", page_cache: bool = False
 ) -> list[UsageTrace]:
@@ -376,9 +343,9 @@ def load_google2019(
     if statistic not in ("average", "maximum"):
         raise ValueError(f"statistic must be 'average' or 'maximum', got {statistic!r}")
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
-        table = pj.read_json(_gunzipped(path) if path.suffix == ".gz" else path)
+        table = pj.read_json(gunzipped(path) if path.suffix == ".gz" else path)
     except pa.ArrowException as e:
         raise TraceError(path, f"not JSON lines: {str(e).splitlines()[0]}") from None
     except (OSError, EOFError) as e:  # a .gz that is not gzip, or a truncated one
@@ -454,7 +421,7 @@ def load_google2019(
 def _read_headless(path: Path, columns: Sequence[str], dtypes: dict):
     import pandas as pd
 
-    _check_file(path)
+    check_file(path)
     with path.open("rb") as f:
         first = f.readline(1 << 16).decode("utf-8-sig", errors="replace").rstrip("\r\n")
     fields = first.count(",") + 1
@@ -639,58 +606,6 @@ def synthetic(
 # ---------------------------------------------------------------- directories
 
 
-def trace_files(path: str | Path, pattern: str = "*.csv") -> list[Path]:
-    """The trace files of a directory (sorted by name: a stable guest order), or [path]."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise TraceError(path, "no such file or directory")
-    files = sorted(p for p in path.glob(pattern) if p.is_file())
-    if not files:
-        raise TraceError(path, f"no {pattern} files in the directory")
-    if len(files) > MAX_TRACE_FILES:
-        raise TraceError(path, f"{len(files)} files, more than the limit of {MAX_TRACE_FILES}")
-    return files
-
-
-def trace_file_bytes(files: list[Path], cap: int | None = None) -> int:
-    """The bytes ``files`` hold, summed before any is read so that a spec's total can be
-    bounded first: a file's size on disk, or a ``.gz`` file's size once decompressed
-    (counted as it streams, never held; a small gzip can expand a thousandfold). Each
-    file is checked as the loaders do. Counting stops once the sum passes ``cap``."""
-    total = 0
-    for f in files:
-        _check_file(f)
-        if f.suffix == ".gz":
-            left = MAX_TRACE_FILE_BYTES if cap is None else min(MAX_TRACE_FILE_BYTES, cap - total)
-            total += _gzip_size(f, left)
-        else:
-            total += f.stat().st_size
-        if cap is not None and total > cap:
-            break
-    return total
-
-
-def _gzip_size(path: Path, cap: int) -> int:
-    """A gzip file's decompressed size, counted in chunks; stops once it passes ``cap``
-    (TraceError if that passes the one-file bound). TraceError if it is not gzip."""
-    size = 0
-    try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                size += len(chunk)
-                if size > MAX_TRACE_FILE_BYTES:
-                    raise TraceError(
-                        path, f"more than {MAX_TRACE_FILE_BYTES} bytes once decompressed"
-                    )
-                if size > cap:
-                    break
-    except (OSError, EOFError) as e:  # not gzip, or truncated
-        raise TraceError(path, f"cannot be read: {str(e).splitlines()[0]}") from None
-    return size
-
-
 def load_bitbrains_dir(path: str | Path, limit: int | None = None) -> list[UsageTrace]:
     """Every VM of a GWA-T-12 directory, in file-name order (at most ``limit``)."""
     files = trace_files(path)
@@ -701,6 +616,9 @@ def load_bitbrains_dir(path: str | Path, limit: int | None = None) -> list[Usage
 
 __all__ = [
     "FORMATS",
+    "MAX_TOTAL_TRACE_BYTES",
+    "MAX_TRACE_FILES",
+    "MAX_TRACE_FILE_BYTES",
     "SHAPES",
     "TraceError",
     "UsageTrace",

@@ -254,7 +254,7 @@ def test_a_gzip_trace_that_expands_past_the_file_bound_is_refused(tmp_path, monk
     import gzip
     import json
 
-    from services.sim import traces
+    from services.sim import trace_files
 
     row = {
         "start_time": 0, "collection_id": 1, "instance_index": 0,
@@ -282,7 +282,7 @@ def test_a_gzip_trace_that_expands_past_the_file_bound_is_refused(tmp_path, monk
     with pytest.raises(SpecError, match=r"workload\.path.*\.gz file counted decompressed"):
         group_traces(spec)
     monkeypatch.setattr(trace_groups, "MAX_TOTAL_TRACE_BYTES", 4 << 30)
-    monkeypatch.setattr(traces, "MAX_TRACE_FILE_BYTES", len(text) - 1)
+    monkeypatch.setattr(trace_files, "MAX_TRACE_FILE_BYTES", len(text) - 1)
     with pytest.raises(SpecError, match=r"workload\.path.*decompressed"):
         group_traces(spec)
 
