@@ -37,7 +37,7 @@ from services.host.core.config import ZSWAP_LZ4_RATIO
 from services.host.core.costs import CostModel
 from services.units import NS_PER_S
 
-from .quantities import format_bytes, format_duration
+from .quantities import format_duration
 from .spec_base import (
     DEFAULT_SYNC_CAP_NS,
     MAX_BLOCK_BYTES,
@@ -65,12 +65,11 @@ from .spec_base import (
     _Model,
     _size,
     _size_or_none,
-    quantity_kind,
 )
+from .spec_errors import field_errors
 from .spec_faults import FaultsSpec
 from .spec_overrides import apply_override, set_path
 from .spec_workloads import (
-    _WORKLOAD_KINDS,
     MAX_SYNTHETIC_SAMPLES,
     MAX_TOTAL_FILE_BYTES,
     IdleWorkload,
@@ -627,18 +626,6 @@ def default_sync_interval(epoch: int, sample_interval: int, cap: int = DEFAULT_S
     return epoch
 
 
-def _error_path(err: dict[str, Any]) -> str:
-    """The field path of a pydantic error, without the workload union's tag (the element
-    after ``workload``: ``workload.trace.page_cache`` is ``workload.page_cache``)."""
-    loc = err["loc"]
-    keep = [
-        str(p)
-        for i, p in enumerate(loc)
-        if not (p in _WORKLOAD_KINDS and i > 0 and loc[i - 1] == "workload")
-    ]
-    return ".".join(keep) or "<spec>"
-
-
 def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
     """Validate a spec dict; raises SpecError listing every error with its field path."""
     if not isinstance(data, dict):
@@ -646,26 +633,7 @@ def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError([(_error_path(x), _with_units(x)) for x in e.errors()]) from None
-
-
-_BOUND_ERRORS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt",
-                 "less_than_equal": "le"}  # fmt: skip
-
-
-def _with_units(err: dict[str, Any]) -> str:
-    """pydantic's message, and for a bound on a duration or a size, the bound in units:
-    ``... greater than or equal to 1000000 (1 ms)``."""
-    msg = str(err["msg"])
-    bound = (err.get("ctx") or {}).get(_BOUND_ERRORS.get(err["type"], ""))
-    if not isinstance(bound, int | float) or isinstance(bound, bool):
-        return msg
-    kind = quantity_kind(ExperimentSpec, err["loc"])
-    if kind == "duration":
-        return f"{msg} ({format_duration(bound)})"
-    if kind == "size":
-        return f"{msg} ({format_bytes(bound)})"
-    return msg
+        raise SpecError(field_errors(ExperimentSpec, e)) from None
 
 
 def load_spec_text(

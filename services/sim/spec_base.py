@@ -7,7 +7,6 @@ The bounds are upper limits on what a spec may ask for (docs/security.md lists t
 from __future__ import annotations
 
 import re
-import typing
 from typing import Any
 
 import yaml
@@ -162,44 +161,3 @@ def _size_or_none(v: Any, info) -> int | None:
 
 def _dur_or_none(v: Any, info) -> int | None:
     return None if v is None else parse_duration_ns(v, info.field_name)
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The spec models an annotation holds (through Optional, list, dict, unions)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
-def quantity_kind(model: type[BaseModel], loc: tuple) -> str | None:
-    """ "duration" or "size" if the field at ``loc`` (a pydantic error's location under
-    ``model``) is read by the duration or size validator, else None. A union's tag in
-    ``loc`` (a workload's kind) picks its member."""
-    candidates: list[type[BaseModel]] = [model]
-    for i, part in enumerate(loc):
-        by_tag = [
-            c for c in candidates if getattr(c.model_fields.get("kind"), "default", None) == part
-        ]
-        if by_tag:
-            candidates = by_tag
-            continue
-        owners = [c for c in candidates if isinstance(part, str) and part in c.model_fields]
-        if not owners:
-            continue  # a list index or a mapping key: the same models
-        if i == len(loc) - 1:
-            return _validated_as(owners[0], part)
-        nested = _models_in(owners[0].model_fields[part].annotation)
-        if not nested:
-            return None
-        candidates = nested
-    return None
-
-
-def _validated_as(model: type[BaseModel], field: str) -> str | None:
-    for dec in model.__pydantic_decorators__.field_validators.values():
-        func = getattr(dec.func, "__func__", dec.func)
-        if field in dec.info.fields and func in (_dur, _dur_or_none):
-            return "duration"
-        if field in dec.info.fields and func in (_size, _size_or_none):
-            return "size"
-    return None
