@@ -32,6 +32,7 @@ from .run_files import results_dir
 from .runner import finish_run, run_baselines
 from .serve_state import (
     MAX_NUMBER_DIGITS,
+    Footprint,
     check_fits,
     default_memory_budget,
     dir_name,
@@ -63,7 +64,7 @@ MAX_CALLS_PER_EXPERIMENT = 4
 
 
 class _Experiment:
-    def __init__(self, experiment_id: str, spec):
+    def __init__(self, experiment_id: str, spec, footprint: Footprint | None = None):
         self.id = experiment_id
         self.spec = spec
         self.sim: Simulation | None = None
@@ -77,7 +78,8 @@ class _Experiment:
         self.wall0 = time.time()
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.resumed_ns: int | None = None  # an interrupted one: its last checkpoint's time
-        self.footprint = footprint_bytes(spec)  # its share of the memory budget
+        # its share of the memory budget (create passes the one its traces gave)
+        self.footprint = footprint_bytes(spec) if footprint is None else footprint
         # once it has ended, its simulation is let go (_release); what clients still read:
         self.ended_ns: int | None = None
         self.ended_rows: list[dict[str, Any]] = []  # its samples (a few rows per interval)
@@ -169,8 +171,7 @@ class ExperimentManager:
                 )
             self._last_number = next(self._ids)
             experiment_id = f"{parsed.name}-{parsed.run_id()}-{self._last_number}"
-            exp = _Experiment(experiment_id, parsed)
-            exp.footprint = footprint
+            exp = _Experiment(experiment_id, parsed, footprint)
             self._experiments[experiment_id] = exp
         self._persist(exp)
         return experiment_id
